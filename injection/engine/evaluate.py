@@ -1,0 +1,181 @@
+"""Probe evaluation (SPEC §2, §3, §7): ℓ(q; θ) and exact match for every probe in batched forward passes.
+
+Cost matters: the study evaluates 1,800 probes after each of 2,500 updates. So
+- probes are sorted by length and packed into batches bounded by a padded-token budget;
+- the decoder runs once per batch and the LM head is applied only at the positions that predict a target
+  token (a few per probe), never vocabulary × all positions;
+- the probes are split across ranks and the results gathered to rank 0.
+
+Under ZeRO-3 every rank holds only a shard of each weight and the modules' hooks gather them during the
+forward, so all ranks must run the same number of forwards in the same order: the batch plan is global and
+ranks that run out of batches run a throw-away batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class ProbeItem:
+    """One encoded probe with its probe-log key. Target tokens are `input_ids[target_start:target_end]`."""
+
+    paragraph: int
+    scenario: str
+    kind: str
+    probe: int
+    input_ids: tuple[int, ...]
+    target_start: int
+    target_end: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.target_start < self.target_end <= len(self.input_ids):
+            raise ValueError(
+                f"probe (paragraph {self.paragraph}, {self.kind} {self.probe}): target span "
+                f"[{self.target_start}, {self.target_end}) must be non-empty, after at least one input token, "
+                f"and inside the {len(self.input_ids)} tokens"
+            )
+
+
+#: Per-probe result columns, in the order of `ProbeScores.values`.
+SCORE_COLUMNS = ("logprob", "logprob_sum", "first_logprob", "exact_match", "first_rank")
+
+
+@dataclass
+class ProbeScores:
+    """Scores of all probes (rank 0 only after a distributed evaluation), aligned with the item list."""
+
+    logprob: np.ndarray  # float32 [n]: mean target-token log-probability
+    logprob_sum: np.ndarray  # float32 [n]
+    first_logprob: np.ndarray  # float32 [n]
+    exact_match: np.ndarray  # bool [n]: argmax at every target position is the target (teacher forcing)
+    first_rank: np.ndarray  # int32 [n]: vocabulary entries scored above the first target token (0 = argmax)
+
+
+def plan_batches(items: Sequence[ProbeItem], max_tokens: int) -> list[list[int]]:
+    """Item indices grouped into batches: sorted by length, each batch's padded size ≤ max_tokens."""
+    order = sorted(range(len(items)), key=lambda i: (len(items[i].input_ids), i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = len(items[i].input_ids)  # sorted ascending, so the newest item is the longest
+        if current and longest * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _split_model(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(decoder that returns hidden states, LM head) of an HF causal LM."""
+    head = model.get_output_embeddings()
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    if head is None or base is None or base is model:
+        raise TypeError(f"{type(model).__name__} does not expose a base model and an output embedding")
+    return base, head
+
+
+@torch.no_grad()
+def _score_batch(base: torch.nn.Module, head: torch.nn.Module, batch: Sequence[ProbeItem], device) -> np.ndarray:
+    """Scores [len(batch), 5] (float64) of one padded batch."""
+    n = len(batch)
+    width = max(len(it.input_ids) for it in batch)
+    ids = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    rows, pos, tgt, owner = [], [], [], []
+    for b, it in enumerate(batch):
+        ids[b, : len(it.input_ids)] = torch.tensor(it.input_ids)
+        mask[b, : len(it.input_ids)] = 1
+        # position t predicts token t+1: the target tokens [s, e) are predicted at [s-1, e-1)
+        for t in range(it.target_start, it.target_end):
+            rows.append(b)
+            pos.append(t - 1)
+            tgt.append(it.input_ids[t])
+            owner.append(b)
+    hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    picked = hidden[torch.tensor(rows, device=device), torch.tensor(pos, device=device)]  # [n_target, H]
+    logits = head(picked).float()
+    logp = torch.log_softmax(logits, dim=-1)
+    target = torch.tensor(tgt, device=device)
+    token_lp = logp.gather(1, target[:, None])[:, 0]
+    hit = logits.argmax(dim=-1) == target
+    above = (logits > logits.gather(1, target[:, None])).sum(dim=-1)
+
+    token_lp, hit, above = token_lp.double().cpu().numpy(), hit.cpu().numpy(), above.cpu().numpy()
+    out = np.zeros((n, 5), dtype=np.float64)
+    start = 0
+    for b, it in enumerate(batch):
+        k = it.target_end - it.target_start
+        lp = token_lp[start : start + k]
+        out[b] = (lp.mean(), lp.sum(), lp[0], float(hit[start : start + k].all()), above[start])
+        start += k
+    return out
+
+
+def evaluate_probes(
+    model: torch.nn.Module,
+    items: Sequence[ProbeItem],
+    max_tokens: int = 16384,
+    rank: int = 0,
+    world_size: int = 1,
+) -> ProbeScores | None:
+    """Score every probe with `model` (an HF causal LM, or a DeepSpeed engine's `.module`).
+
+    Every rank must call this with the same items. Batch j goes to rank j mod world_size. Returns the
+    scores of all items on rank 0 and None on other ranks.
+    """
+    device = next(model.parameters()).device
+    base, head = _split_model(model)
+    batches = plan_batches(items, max_tokens)
+    mine = batches[rank::world_size]
+    rounds = math.ceil(len(batches) / world_size) if batches else 0
+    was_training = model.training
+    model.eval()
+    local_idx: list[int] = []
+    local_scores: list[np.ndarray] = []
+    for r in range(rounds):
+        if r < len(mine):
+            local_idx.extend(mine[r])
+            local_scores.append(_score_batch(base, head, [items[i] for i in mine[r]], device))
+        else:
+            # this rank has no batch left, but ZeRO-3 needs every rank in every forward: run one and drop it
+            _score_batch(base, head, [items[batches[0][0]]], device)
+    model.train(was_training)
+
+    values = np.concatenate(local_scores) if local_scores else np.zeros((0, 5))
+    if world_size > 1:
+        import torch.distributed as dist
+
+        gathered: list | None = [None] * world_size if rank == 0 else None
+        dist.gather_object((local_idx, values), gathered, dst=0)
+        if rank != 0:
+            return None
+        local_idx = [i for idx, _ in gathered for i in idx]
+        values = np.concatenate([v for _, v in gathered])
+    full = np.zeros((len(items), 5), dtype=np.float64)
+    full[np.asarray(local_idx, dtype=np.int64)] = values
+    return ProbeScores(
+        logprob=full[:, 0].astype(np.float32),
+        logprob_sum=full[:, 1].astype(np.float32),
+        first_logprob=full[:, 2].astype(np.float32),
+        exact_match=full[:, 3].astype(bool),
+        first_rank=full[:, 4].astype(np.int32),
+    )
+
+
+def brute_force_scores(model: torch.nn.Module, item: ProbeItem) -> tuple[float, float, float, bool]:
+    """One probe scored the slow, obvious way (full logits, full log_softmax): the reference for tests."""
+    with torch.no_grad():
+        ids = torch.tensor([item.input_ids])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        targets = list(item.input_ids[item.target_start : item.target_end])
+        lps = [logp[t - 1, item.input_ids[t]].item() for t in range(item.target_start, item.target_end)]
+        greedy = [int(logp[t - 1].argmax()) for t in range(item.target_start, item.target_end)]
+    return sum(lps) / len(lps), sum(lps), lps[0], greedy == targets

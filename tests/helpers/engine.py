@@ -1,0 +1,147 @@
+"""Tiny models, checkpoints, batches and probes for engine tests, made on the fly.
+
+Run as a script it is a training entry point with synthetic inputs (used by the kill/resume and the
+multi-rank tests, including under DeepSpeed's launcher):
+    python tests/helpers/engine.py CONFIG.yaml [--resume]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from injection.engine.evaluate import ProbeItem  # noqa: E402
+from injection.engine.inputs import RunInputs, read_checkpoint  # noqa: E402
+
+VOCAB = 256
+SEQ = 32
+
+
+def tiny_model(seed: int = 0, vocab: int = VOCAB, tie: bool = False):
+    import transformers
+
+    cfg = transformers.OlmoConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, max_position_embeddings=128, tie_word_embeddings=tie,
+                                  pad_token_id=1, eos_token_id=0, bos_token_id=None)
+    torch.manual_seed(seed)
+    return transformers.OlmoForCausalLM(cfg).eval()
+
+
+def write_tiny_checkpoint(dest: Path, seed: int = 0, step: int = 1000, global_batch: int = 4, seq_len: int = SEQ,
+                          with_optimizer: bool = False, lr_kind: str = "cosine") -> Path:
+    """A checkpoint directory in the design.md layout (no tokenizer: tests hand the engine token ids)."""
+    dest = Path(dest)
+    model = tiny_model(seed)
+    model.save_pretrained(dest)
+    if with_optimizer:
+        from safetensors.torch import save_file
+
+        g = torch.Generator().manual_seed(seed + 1)
+        state = {"step": torch.tensor(float(step))}
+        for name, p in model.named_parameters():
+            state[f"exp_avg/{name}"] = torch.randn(p.shape, generator=g) * 1e-3
+            state[f"exp_avg_sq/{name}"] = torch.rand(p.shape, generator=g) * 1e-6
+        save_file(state, str(dest / "optimizer.safetensors"))
+    meta = {"family": "test-tiny", "step": step, "source": "tests", "tokens_per_step": global_batch * seq_len,
+            "global_batch_size": global_batch, "seq_len": seq_len,
+            "optimizer": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "grad_clip": 1.0},
+            "lr_schedule": {"kind": lr_kind, "peak_lr": 3e-3, "warmup_steps": 100, "alpha_f": 0.1, "t_max": 5000},
+            "has_optimizer_state": with_optimizer}
+    (dest / "checkpoint.json").write_text(json.dumps(meta))
+    return dest
+
+
+@dataclass
+class SyntheticBatches:
+    """Deterministic random tokens per global step (a BatchSource)."""
+
+    global_batch_size: int
+    seq_len: int = SEQ
+    vocab: int = VOCAB
+    seed: int = 0
+
+    def get_batch(self, step: int):
+        rng = np.random.default_rng([self.seed, step])
+        tokens = rng.integers(2, self.vocab, size=(self.global_batch_size, self.seq_len), dtype=np.int64)
+        return tokens, np.arange(step * self.global_batch_size, (step + 1) * self.global_batch_size)
+
+
+def synthetic_probes(n_paragraphs: int = 4, per_kind: int = 2, seed: int = 0, vocab: int = VOCAB) -> list[ProbeItem]:
+    rng = np.random.default_rng(seed)
+    items = []
+    for p in range(n_paragraphs):
+        for kind in ("mem", "sem", "comp"):
+            for i in range(per_kind):
+                n = int(rng.integers(6, 20))
+                t = int(rng.integers(1, 4))
+                ids = tuple(int(x) for x in rng.integers(2, vocab, size=n))
+                items.append(ProbeItem(p, "duplicate" if p % 2 else "once", kind, i, ids, n - t, n))
+    return items
+
+
+@dataclass(frozen=True)
+class Item:
+    paragraph: int
+    scenario: str
+    variant: int
+    token_ids: list[int]
+
+
+@dataclass(frozen=True)
+class Record:
+    step: int
+    paragraph: int
+    scenario: str
+    variant: int
+    row: int
+    offset: int
+    tokens: int
+
+
+def simple_splice(tokens, step, items):
+    """Paragraph i at the start of row i, the row shifted right (enough for engine tests)."""
+    out = tokens.copy()
+    records = []
+    for row, it in enumerate(items):
+        ids = np.asarray(it.token_ids)
+        out[row] = np.concatenate([ids, tokens[row]])[: tokens.shape[1]]
+        records.append(Record(step, it.paragraph, it.scenario, it.variant, row, 0, len(ids)))
+    return out, records
+
+
+def synthetic_inputs(checkpoint_dir: Path, n_paragraphs: int = 4) -> RunInputs:
+    ckpt = read_checkpoint(str(checkpoint_dir))
+    probes = synthetic_probes(n_paragraphs)
+    rng = np.random.default_rng(7)
+    paragraphs = {p: [int(x) for x in rng.integers(2, VOCAB, size=12)] + [0] for p in range(n_paragraphs)}
+    injections = {0: [Item(p, "once" if p % 2 == 0 else "duplicate", 0, paragraphs[p]) for p in paragraphs],
+                  3: [Item(p, "duplicate", 0, paragraphs[p]) for p in paragraphs if p % 2]}
+    inputs = RunInputs(ckpt, SyntheticBatches(ckpt.global_batch_size, ckpt.seq_len), probes, injections,
+                       simple_splice, knowledge_source="synthetic")
+    from injection.engine.inputs import splice_records
+
+    inputs.records = splice_records(inputs)
+    return inputs
+
+
+def main(argv: list[str]) -> None:
+    from injection.engine.config import load_config
+    from injection.engine.train import run_training
+
+    torch.set_num_threads(1)
+    cfg = load_config(argv[0])
+    run_training(cfg, synthetic_inputs(Path(cfg.checkpoint)), resume="--resume" in argv, progress=False)
+
+
+if __name__ == "__main__":
+    # DeepSpeed's launcher appends --local_rank=N
+    main([a for a in sys.argv[1:] if not a.startswith("--local_rank")])
