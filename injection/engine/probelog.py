@@ -175,6 +175,6 @@ def read_table(path: Path):
     if path.is_dir():
         files = [path / n for n in sorted(os.listdir(path)) if _PART.match(n)]
         if not files:
-            return pd.DataFrame(columns=pq.read_schema(files[0]).names if files else None)
+            return pd.DataFrame()
         return pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
     return pq.read_table(path).to_pandas()

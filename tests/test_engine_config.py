@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from injection.engine.config import (
+    ExperimentConfig,
+    available_presets,
+    config_from_dict,
+    load_config,
+    preset_path,
+)
+from injection.errors import UserError
+
+BASE = dict(checkpoint="ck", knowledge="generate:4:2:0", schedule="paper", data="corpus", total_steps=10)
+
+
+def test_every_preset_loads():
+    assert {"smoke", "paper-7b-mid", "paper-1b-mid"} <= set(available_presets())
+    for name in available_presets():
+        cfg = load_config(name)
+        assert isinstance(cfg, ExperimentConfig) and cfg.total_steps > 0
+
+
+def test_paper_presets_are_the_reference_experiment():
+    cfg = load_config("paper-7b-mid")
+    assert (cfg.checkpoint, cfg.knowledge_limit, cfg.schedule, cfg.total_steps) == ("olmo-7b@mid", 120, "paper", 2500)
+    assert cfg.global_batch is None and cfg.precision == "bf16" and cfg.deepspeed_config == "zero3"
+    assert load_config("smoke").total_steps >= 30 and load_config("smoke").checkpoint_interval <= 10
+
+
+def test_overrides_and_explicit_options(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text(yaml.safe_dump(BASE))
+    cfg = load_config(str(f), ["total_steps=20", "optimizer.constant_lr=1e-4", "optimizer.fresh_moments=true",
+                               "knowledge_limit=null"], {"seed": 5, "output_dir": "out/x"})
+    assert cfg.total_steps == 20 and cfg.optimizer.constant_lr == 1e-4 and cfg.optimizer.fresh_moments
+    assert cfg.seed == 5 and cfg.output_dir == "out/x"
+    # the saved YAML loads back to the same configuration
+    again = config_from_dict(yaml.safe_load(cfg.dump_yaml()))
+    assert again == cfg and again.config_hash() == cfg.config_hash()
+    assert config_from_dict({**BASE, "output_dir": "elsewhere"}).config_hash() == config_from_dict(BASE).config_hash()
+    assert config_from_dict({**BASE, "seed": 1}).config_hash() != config_from_dict(BASE).config_hash()
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"total_steps": 0}, "total_steps"),
+        ({"total_steps": "ten"}, "total_steps"),
+        ({"micro_batch": -1}, "micro_batch"),
+        ({"precision": "fp16"}, "precision"),
+        ({"optimizer": {"constant_lr": -1.0}}, "optimizer.constant_lr"),
+        ({"optimizer": {"nesterov": True}}, "nesterov"),
+        ({"knowledge": "generate:four"}, "knowledge"),
+        ({"stepz": 3}, "stepz"),
+    ],
+)
+def test_invalid_fields_are_named(change, field):
+    with pytest.raises(UserError, match=field.replace(".", r"\.")):
+        config_from_dict({**BASE, **change})
+
+
+def test_missing_required_field_and_unknown_source():
+    with pytest.raises(UserError, match="'data'"):
+        config_from_dict({k: v for k, v in BASE.items() if k != "data"})
+    with pytest.raises(UserError, match="neither a YAML file nor a preset"):
+        load_config("no-such-preset")
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        load_config("smoke", ["total_steps"])
+    assert preset_path("smoke").is_file()

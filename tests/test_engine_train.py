@@ -1,0 +1,112 @@
+"""The training loop on a tiny model in one CPU process: files, step-0 scores, optimizer continuation."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from injection.engine.config import config_from_dict
+from injection.engine.evaluate import evaluate_probes
+from injection.engine.lr import lr_for_update
+from injection.engine.probelog import read_table
+from injection.engine.train import param_groups, run_training
+from injection.errors import UserError
+from tests.helpers.engine import synthetic_inputs, tiny_model, write_tiny_checkpoint
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(checkpoint=str(tmp_path / "ck"), knowledge="synthetic", schedule="synthetic", data="synthetic",
+                total_steps=3, micro_batch=1, output_dir=str(tmp_path / "run"), checkpoint_interval=2,
+                log_flush_steps=2)
+    return config_from_dict({**base, **kw})
+
+
+def _reference_params(ckpt_dir: Path, inputs, steps: int, micro: int):
+    """The same updates with a plain torch AdamW loop (no DeepSpeed): moments from the checkpoint."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt_dir), dtype=torch.float32)
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1.0, betas=(0.9, 0.95), eps=1e-8)
+    saved = load_file(str(ckpt_dir / "optimizer.safetensors"))
+    for name, p in model.named_parameters():
+        opt.state[p] = {"step": saved["step"].clone().float(), "exp_avg": saved[f"exp_avg/{name}"].clone(),
+                        "exp_avg_sq": saved[f"exp_avg_sq/{name}"].clone()}
+    ck = inputs.checkpoint
+    for k in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_for_update(ck.lr_schedule, ck.step, k)
+        batch = torch.from_numpy(inputs.batch(k))
+        parts = batch.split(micro)
+        for m in parts:
+            (model(input_ids=m, labels=m).loss / len(parts)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+    return dict(model.named_parameters())
+
+
+def test_run_writes_the_run_directory_and_continues_the_optimizer(tmp_path):
+    torch.set_num_threads(1)
+    ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=True)
+    cfg = _cfg(tmp_path)
+    inputs = synthetic_inputs(ck)
+    run_dir = run_training(cfg, inputs, progress=False)
+
+    probes = read_table(run_dir / "probes.parquet")
+    assert sorted(probes.step.unique()) == [0, 1, 2, 3]
+    assert len(probes) == 4 * len(inputs.probe_items)
+    # step 0 is the checkpoint itself
+    from transformers import AutoModelForCausalLM
+
+    s0 = evaluate_probes(AutoModelForCausalLM.from_pretrained(str(ck)), inputs.probe_items)
+    np.testing.assert_allclose(probes[probes.step == 0].logprob.to_numpy(), s0.logprob, atol=1e-6)
+    assert not np.allclose(probes[probes.step == 3].logprob.to_numpy(), s0.logprob)
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["tokens_per_step"] == 4 * 32
+    assert manifest["start_step"] == 1000 and manifest["config_hash"] == cfg.config_hash()
+    assert (run_dir / "config.yaml").is_file()
+    inj = read_table(run_dir / "injections.parquet")
+    assert inj.step.tolist() == [0] * 4 + [3] * 2 or set(inj.step) <= {0, 3}
+    metrics = read_table(run_dir / "train_metrics.parquet")
+    assert metrics.step.tolist() == [1, 2, 3]
+    assert metrics.lr.tolist() == pytest.approx([lr_for_update(inputs.checkpoint.lr_schedule, 1000, k)
+                                                 for k in range(3)])
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step*")) == ["step2", "step3"]
+
+    # the final weights equal a plain-torch AdamW continuation from the same moments
+    final = torch.load(run_dir / "checkpoints" / "step3" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    ref = _reference_params(ck, inputs, 3, micro=1)
+    for name, p in ref.items():
+        torch.testing.assert_close(final[name], p.detach(), atol=2e-6, rtol=1e-5)
+
+
+def test_existing_run_directory_is_refused(tmp_path):
+    ck = write_tiny_checkpoint(tmp_path / "ck")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text(json.dumps({"config_hash": "0123456789abcdef"}))
+    with pytest.raises(UserError, match="different run"):
+        run_training(_cfg(tmp_path), synthetic_inputs(ck), progress=False)
+    (run_dir / "manifest.json").write_text(json.dumps({"config_hash": _cfg(tmp_path).config_hash()}))
+    with pytest.raises(UserError, match="--resume"):
+        run_training(_cfg(tmp_path), synthetic_inputs(ck), progress=False)
+
+
+def test_batch_not_divisible_is_refused(tmp_path):
+    ck = write_tiny_checkpoint(tmp_path / "ck")
+    with pytest.raises(UserError, match="not divisible"):
+        run_training(_cfg(tmp_path, micro_batch=3), synthetic_inputs(ck), progress=False)
+
+
+def test_only_linear_weights_decay():
+    model = tiny_model(tie=True)
+    decay, no_decay = param_groups(model, 0.1)
+    decayed = {id(p) for p in decay["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert "model.embed_tokens.weight" not in names
+    assert any(n.endswith("q_proj.weight") for n in names) and decay["weight_decay"] == 0.1
+    assert no_decay["weight_decay"] == 0.0
