@@ -32,7 +32,8 @@ def _closest(name: str, candidates: Sequence[str], cutoff: float = 0.7) -> str |
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return {**names, type(None): "null"}.get(
         type(value), f"a {type(value).__name__}"
     )
 
