@@ -47,6 +47,12 @@ def _analyse(paths: list[Path], options):
     return analyses
 
 
+def _console() -> Console:
+    # Piped output would otherwise be folded to 80 columns, which breaks the numbers over lines.
+    console = _console()
+    return console if console.is_terminal else Console(width=170)
+
+
 def _print_notes(console: Console, fits) -> None:
     from analysis.report import fit_notes
 
@@ -59,14 +65,15 @@ def fit(run_dir: RunDir, json_output: Annotated[bool, typer.Option("--json", hel
         window: Window = 50, iqr_factor: IqrFactor = 1.5, metric: Metric = "logprob", t_min: TMin = 1,
         t_max: TMax = None) -> None:
     """Effectivity, decay constant a (± se, R²) and x-intercept t* for every (scenario, kind)."""
-    from analysis.report import rich_table
+    from analysis.report import rich_encounter_table, rich_table
 
     [analysis] = _analyse([run_dir], _options(window, iqr_factor, metric, t_min, t_max))
     if json_output:
         print(json.dumps([g.record() for g in analysis.fits], indent=2, allow_nan=False))
         return
-    console = Console()
+    console = _console()
     console.print(rich_table(f"{analysis.run.label} ({run_dir})", analysis.fits))
+    console.print(rich_encounter_table(analysis.fits))
     _print_notes(console, analysis.fits)
 
 
@@ -96,7 +103,7 @@ def compare(run_dirs: RunDirs, out: Annotated[Optional[Path], typer.Option("--ou
     if json_output:
         print(json.dumps(records, indent=2, allow_nan=False))
     else:
-        console = Console()
+        console = _console()
         console.print(compare_table(analyses))
         for label, analysis in zip(unique_labels(analyses), analyses):
             for g in analysis.fits:

@@ -77,6 +77,10 @@ class GroupFit:
     n_points: int = 0
     t_star_steps: float = math.nan
     t_star_tokens: float = math.nan
+    exact_match_last: float = math.nan
+    """Fraction of the group's probes recalled exactly at the last logged step."""
+    exact_match_peak: float = math.nan
+    """Highest exact-match rate over the logged steps."""
     partial: bool = False
     notes: list[str] = field(default_factory=list)
     retention_t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
@@ -101,6 +105,8 @@ class GroupFit:
             "t_min": self.t_min,
             "t_max": self.t_max,
             "n_points": self.n_points,
+            "exact_match_last": _num(self.exact_match_last),
+            "exact_match_peak": _num(self.exact_match_peak),
             "partial": self.partial,
             "notes": list(self.notes),
         }
@@ -143,6 +149,13 @@ def fit_run(run: Run, options: FitOptions | None = None) -> list[GroupFit]:
 def fit_records(run: Run, options: FitOptions | None = None) -> list[dict]:
     """Exactly the JSON objects that `analysis fit --json` prints."""
     return [g.record() for g in fit_run(run, options)]
+
+
+def exact_match_rate(run: Run, members: np.ndarray) -> np.ndarray:
+    """Fraction of the given probes whose greedy decoding yields the target, at every logged step."""
+    if run.exact_match is None:
+        raise UserError(f"{run.path / 'probes.parquet'}: no 'exact_match' column")
+    return run.exact_match[members].mean(axis=0)
 
 
 def default_t_max(last_step: int, last_encounter: np.ndarray, window: int) -> int:
@@ -189,6 +202,11 @@ def _fit_group(run: Run, options: FitOptions, enc: Encounters, acq: Acquisition,
         encounter_steps=encounter_steps, t_min=options.t_min, t_max=None, t_max_default=None,
         partial=partial, notes=notes,
     )
+    if run.exact_match is not None:
+        rate = exact_match_rate(run, members)
+        fit.exact_match_last, fit.exact_match_peak = float(rate[-1]), float(rate.max())
+    if run.tokens_per_step is None:
+        notes.append("manifest.json has no tokens_per_step: t* in tokens unknown")
     if len(kept) == 0:
         if len(injected):
             notes.append("no probe has retainability (every denominator <= 0); decay not fitted")

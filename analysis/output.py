@@ -24,6 +24,7 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -33,3 +34,9 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     return write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

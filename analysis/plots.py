@@ -65,7 +65,7 @@ def trajectories_figure(analysis: RunAnalysis) -> Figure:
 
 def _fit_label(g: GroupFit) -> str:
     if np.isfinite(g.a):
-        return f"{g.kind}: a = {g.a:.3f} ± {g.a_se:.3f}" if np.isfinite(g.a_se) else f"{g.kind}: a = {g.a:.3f}"
+        return f"{g.kind}: a = {g.a:.3f} ± {g.a_se:.1g}" if np.isfinite(g.a_se) else f"{g.kind}: a = {g.a:.3f}"
     return f"{g.kind}: not fitted"
 
 

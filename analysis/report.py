@@ -15,8 +15,8 @@ from analysis.load import load_run
 from analysis.output import prepare_dir, write_text_atomic
 from analysis.plots import compare_figure, png_bytes, run_figures
 
-COLUMNS = ["scenario", "kind", "a", "± se", "R²", "t* steps", "t* tokens", "effectivity", "E by encounter",
-           "probes", "excluded", "t range"]
+COLUMNS = ["scenario", "kind", "a", "± se", "R²", "t* steps", "t* tokens", "effectivity", "probes", "excluded",
+           "t range", "EM last"]
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -28,22 +28,41 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def table_row(g: GroupFit) -> list[str]:
-    by_enc = " ".join(_fmt(v, 2) for v in g.effectivity_by_encounter)
     t_range = f"{g.t_min}–{g.t_max}" if g.t_max is not None else "—"
     excluded = f"{g.n_excluded}" + (" (" + "; ".join(f"{n} {r}" for r, n in g.exclusions.items()) + ")"
                                      if g.exclusions else "")
     return [g.scenario, g.kind + (" *" if g.partial else ""), _fmt(g.a), _fmt(g.a_se), _fmt(g.r2),
-            _fmt(g.t_star_steps), _fmt(g.t_star_tokens), _fmt(g.effectivity), by_enc, str(g.n_probes),
-            excluded, t_range]
+            _fmt(g.t_star_steps), _fmt(g.t_star_tokens), _fmt(g.effectivity), str(g.n_probes),
+            excluded, t_range, _fmt(g.exact_match_last, 2)]
+
+
+def encounter_header(fits: list[GroupFit]) -> list[str]:
+    n = max((len(g.effectivity_by_encounter) for g in fits), default=0)
+    return ["scenario", "kind"] + [f"E{i}" for i in range(1, n + 1)]
+
+
+def encounter_row(g: GroupFit, n: int) -> list[str]:
+    values = [_fmt(v, 2) for v in g.effectivity_by_encounter]
+    return [g.scenario, g.kind] + values + [""] * (n - len(values))
 
 
 def rich_table(title: str, fits: list[GroupFit]) -> Table:
     table = Table(title=title, title_justify="left")
     for name in COLUMNS:
-        table.add_column(name, justify="left" if name in ("scenario", "kind", "E by encounter", "excluded")
-                         else "right", overflow="fold")
+        table.add_column(name, justify="left" if name in ("scenario", "kind", "excluded") else "right",
+                         overflow="fold")
     for g in fits:
         table.add_row(*table_row(g))
+    return table
+
+
+def rich_encounter_table(fits: list[GroupFit]) -> Table:
+    header = encounter_header(fits)
+    table = Table(title="effectivity by encounter (IQR-filtered mean of E(q,i))", title_justify="left")
+    for name in header:
+        table.add_column(name, justify="left" if name in ("scenario", "kind") else "right")
+    for g in fits:
+        table.add_row(*encounter_row(g, len(header) - 2))
     return table
 
 
@@ -120,6 +139,9 @@ def build_report(analyses: list[RunAnalysis]) -> str:
                      f"{run.n_probes} probes, logged steps {run.steps[0]}–{run.steps[-1]} ({len(run.steps)} steps), "
                      f"tokens per step {run.tokens_per_step if run.tokens_per_step else 'unknown'}.</p>")
         parts.append(_html_table(COLUMNS, [table_row(g) for g in analysis.fits]))
+        header = encounter_header(analysis.fits)
+        parts.append("<h3>Effectivity by encounter</h3>")
+        parts.append(_html_table(header, [encounter_row(g, len(header) - 2) for g in analysis.fits]))
         for note in fit_notes(analysis.fits):
             parts.append(f"<p class='note'>{html.escape(note)}</p>")
         for stem, fig in run_figures(analysis).items():

@@ -97,7 +97,7 @@ def write_planted_run(
     scale = dict(KIND_SCALE if kind_scale is None else kind_scale)
     logged = np.arange(n_steps) if steps is None else np.asarray(steps)
 
-    blocks, ids = [], []
+    blocks, ids, pres = [], [], []
     for sc in scenarios:
         base = curve(logged, sc.encounters, sc.gains, sc.decay, peak_delay)
         for p in sc.paragraphs:
@@ -106,6 +106,7 @@ def write_planted_run(
                     pre = -8.0 + 4.0 * rng.random()
                     row = pre + (0.0 if (p, kind, q) in flat_probes else scale[kind]) * base
                     blocks.append(row)
+                    pres.append(pre)
                     ids.append((p, sc.name, kind, q))
     matrix = np.stack(blocks)
     if noise:
@@ -119,6 +120,8 @@ def write_planted_run(
     # Rows ordered by step, then probe, as a runner appends them.
     step_col = np.repeat(logged.astype(np.int32), n_probes)
     values = matrix.T.ravel().astype(np.float32)
+    # Recalled exactly once ℓ has risen 0.5 nats above its starting value.
+    recalled = (matrix - np.array(pres)[:, None] > 0.5).T.ravel()
     columns = {
         "step": pa.array(step_col, pa.int32()),
         "paragraph": pa.array(np.tile(para, n_cols), pa.int32()),
@@ -130,7 +133,7 @@ def write_planted_run(
         "logprob": pa.array(values, pa.float32()),
         "logprob_sum": pa.array(values * 3, pa.float32()),
         "first_logprob": pa.array(values * 1.5, pa.float32()),
-        "exact_match": pa.array(values > -2.0, pa.bool_()),
+        "exact_match": pa.array(recalled, pa.bool_()),
     }
     if extra_columns:
         columns["rank_first"] = pa.array(np.zeros(len(values), np.int32))
@@ -177,3 +180,44 @@ def paper_scenarios(decay: tuple[float, float, float] = (0.20, 0.25, 0.35)) -> l
         PlantedScenario("duplicate", list(range(40, 80)), every, [1.0] + [0.4] * 9, decay[1]),
         PlantedScenario("once", list(range(80, 120)), [0], [1.0], decay[2]),
     ]
+
+
+def write_trajectories(
+    path: Path,
+    trajectories: dict[tuple[int, str, str, int], list[float]],
+    injections: list[tuple[int, int, str]],
+    *,
+    steps: list[int] | None = None,
+    tokens_per_step: int = 100,
+    manifest: dict | None = None,
+) -> Path:
+    """A hand-made run: {(paragraph, scenario, kind, probe): ℓ at each logged step}, injections (step, paragraph, scenario)."""
+    path.mkdir(parents=True, exist_ok=True)
+    n = len(next(iter(trajectories.values())))
+    logged = list(range(n)) if steps is None else list(steps)
+    rows: dict[str, list] = {k: [] for k in ("step", "paragraph", "scenario", "kind", "probe", "logprob")}
+    for j, step in enumerate(logged):
+        for (p, scenario, kind, q), values in trajectories.items():
+            for key, v in zip(rows, (step, p, scenario, kind, q, values[j])):
+                rows[key].append(v)
+    logprob = np.array(rows["logprob"], dtype=np.float32)
+    pq.write_table(pa.table({
+        "step": pa.array(rows["step"], pa.int32()), "paragraph": pa.array(rows["paragraph"], pa.int32()),
+        "scenario": pa.array(rows["scenario"]), "kind": pa.array(rows["kind"]),
+        "probe": pa.array(rows["probe"], pa.int16()), "logprob": pa.array(logprob, pa.float32()),
+        "logprob_sum": pa.array(logprob * 2, pa.float32()), "first_logprob": pa.array(logprob, pa.float32()),
+        "exact_match": pa.array(logprob > -3.5),
+    }), path / "probes.parquet")
+    pq.write_table(pa.table({
+        "step": pa.array([i[0] for i in injections], pa.int32()),
+        "paragraph": pa.array([i[1] for i in injections], pa.int32()),
+        "scenario": pa.array([i[2] for i in injections]),
+        "variant": pa.array([0] * len(injections), pa.int16()),
+        "row": pa.array(list(range(len(injections))), pa.int32()),
+        "offset": pa.array([0] * len(injections), pa.int32()),
+        "tokens": pa.array([10] * len(injections), pa.int32()),
+    }), path / "injections.parquet")
+    meta = {"tokens_per_step": tokens_per_step}
+    meta.update(manifest or {})
+    (path / "manifest.json").write_text(json.dumps(meta))
+    return path
