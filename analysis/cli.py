@@ -49,7 +49,7 @@ def _analyse(paths: list[Path], options):
 
 def _console() -> Console:
     # Piped output would otherwise be folded to 80 columns, which breaks the numbers over lines.
-    console = _console()
+    console = Console()
     return console if console.is_terminal else Console(width=170)
 
 
