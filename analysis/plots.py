@@ -168,7 +168,7 @@ def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
         axes[0][0].bar(x + offset, a, width, yerr=np.nan_to_num(se), color=color, label=label, capsize=2)
         axes[0][1].bar(x + offset, eff, width, color=color, label=label)
     for ax, title in zip(axes[0], ["decay constant a", "mean effectivity"]):
-        ax.set_xticks(x, [f"{s}\n{k}" for s, k in groups], fontsize=8)
+        ax.set_xticks(x, [f"{s} / {k}" for s, k in groups], fontsize=8, rotation=30, ha="right")
         ax.set_title(title)
         ax.axhline(0, color="0.5", lw=0.6)
     axes[0][0].legend(loc="best")
