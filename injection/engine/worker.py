@@ -1,0 +1,13 @@
+"""The per-rank entry point that DeepSpeed's launcher starts: `python -m injection.engine.worker CONFIG ...`.
+
+It accepts `injection run`'s options plus the `--local_rank` the launcher appends.
+"""
+
+from injection.engine.cli import run
+from injection.errors import HarnessTyper
+
+app = HarnessTyper(add_completion=False, no_args_is_help=True)
+app.command()(run)
+
+if __name__ == "__main__":
+    app()
