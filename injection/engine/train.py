@@ -113,13 +113,15 @@ def restore_moments(engine, path: Path) -> int:
         keys = set(f.keys())
         step = float(f.get_tensor("step").item()) if "step" in keys else 0.0
         inner = opt if isinstance(opt, torch.optim.Optimizer) and not hasattr(opt, "optimizer") else opt.optimizer
-        for group in inner.param_groups:
-            for flat in group["params"]:
-                state = inner.state[flat]
-                if not state:
-                    state["step"] = torch.tensor(step, dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
+        # ZeRO-3 puts its flat fp32 partitions into the param groups only during step()
+        flats = getattr(opt, "fp32_partitioned_groups_flat", None) or [p for g in inner.param_groups
+                                                                       for p in g["params"]]
+        for flat in flats:
+            state = inner.state[flat]
+            if not state:
+                state["step"] = torch.tensor(step, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
         if hasattr(opt, "_lazy_init_hp_params_optimizer_state"):
             opt._lazy_init_hp_params_optimizer_state()
         direct = inner is opt  # plain torch optimizer (ZeRO-0 in fp32): state keyed by the parameters
@@ -305,10 +307,18 @@ def build_engine(run: Run):
     ds = deepspeed_config(cfg, global_batch, run.world, grad_clip)
     keep_alive = None
     if ds.get("zero_optimization", {}).get("stage", 0) == 3:
-        # makes from_pretrained build the model already partitioned (zero.Init), so no rank holds it whole
-        from transformers.integrations import HfDeepSpeedConfig
+        # Makes from_pretrained build the model already partitioned (zero.Init), so no rank holds it whole.
+        # transformers needs `accelerate` for that; without it every rank loads the full model and
+        # deepspeed.initialize partitions it (correct, but host memory = ranks per node × model size).
+        try:
+            import accelerate  # noqa: F401
+            from transformers.integrations import HfDeepSpeedConfig
 
-        keep_alive = HfDeepSpeedConfig(ds)  # noqa: F841 (must stay referenced until the model exists)
+            keep_alive = HfDeepSpeedConfig(ds)  # noqa: F841 (must stay referenced until the model exists)
+        except ImportError:
+            if run.rank == 0:
+                _warn("ZeRO-3 without the `accelerate` package: every rank loads the whole model before "
+                      "DeepSpeed partitions it (pip install accelerate to load it partitioned)")
     try:
         model = AutoModelForCausalLM.from_pretrained(str(ckpt.path), dtype=torch.float32)
     except (OSError, ValueError) as err:
