@@ -1,0 +1,105 @@
+"""Probe-evaluation cost per step, as a fraction of one training step, measured and predicted by FLOPs.
+
+    predicted fraction = (probe tokens × 2 × params) / (batch tokens × 6 × params)
+                       = probe tokens / (3 × batch tokens)        (forward only vs forward + backward)
+
+The engine applies the LM head only at target-predicting positions, so for large vocabularies the
+measured fraction can fall below the prediction; the naive per-probe evaluation (one forward per probe,
+full logits) is timed beside it.
+
+    python benchmarks/bench_probe_eval.py [--probes 1800] [--batch 8] [--seq-len 512] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from injection.engine.evaluate import ProbeItem, brute_force_scores, evaluate_probes  # noqa: E402
+
+
+def study_like_probes(n: int, vocab: int, seed: int = 0) -> list[ProbeItem]:
+    """n probes of 15–30 tokens whose last 1–5 tokens are the target (the study's probes are this size)."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        length = int(rng.integers(15, 31))
+        target = int(rng.integers(1, 6))
+        ids = tuple(int(x) for x in rng.integers(0, vocab, size=length))
+        items.append(ProbeItem(i // 15, "bench", ("mem", "sem", "comp")[(i // 5) % 3], i % 5, ids, length - target, length))
+    return items
+
+
+def timed(fn, repeat: int) -> float:
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t0) / repeat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--probes", type=int, default=1800)
+    ap.add_argument("--batch", type=int, default=8, help="training rows per step")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=50304, help="OLMo's padded vocabulary size")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--naive-sample", type=int, default=200, help="probes timed with the naive loop (extrapolated)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import transformers
+
+    cfg = transformers.OlmoConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                                  num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
+                                  max_position_embeddings=max(64, args.seq_len), pad_token_id=1, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.OlmoForCausalLM(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    items = study_like_probes(args.probes, args.vocab)
+    probe_tokens = sum(len(it.input_ids) for it in items)
+    batch_tokens = args.batch * args.seq_len
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    batch = torch.randint(0, args.vocab, (args.batch, args.seq_len))
+
+    def train_step() -> None:
+        model.train()
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t_train = timed(train_step, args.repeat)
+    t_eval = timed(lambda: evaluate_probes(model, items, max_tokens=16384), args.repeat)
+    model.eval()
+    sample = items[: args.naive_sample]
+    t_naive = timed(lambda: [brute_force_scores(model, it) for it in sample], 1) * len(items) / len(sample)
+
+    predicted = probe_tokens / (3 * batch_tokens)
+    print(f"model: {params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}); "
+          f"torch threads {args.threads}")
+    print(f"probes: {len(items)} ({probe_tokens} tokens); train batch: {args.batch}×{args.seq_len} = {batch_tokens} tokens")
+    print(f"train step:              {t_train * 1e3:9.1f} ms")
+    print(f"probe eval (engine):     {t_eval * 1e3:9.1f} ms   fraction of train step {t_eval / t_train:.3f}")
+    print(f"probe eval (naive loop): {t_naive * 1e3:9.1f} ms   fraction of train step {t_naive / t_train:.3f}")
+    print(f"FLOPs-predicted fraction (probe tokens × 2P / batch tokens × 6P): {predicted:.3f}")
+    print(f"engine / predicted: {t_eval / t_train / predicted:.2f}; naive / engine: {t_naive / t_eval:.1f}×")
+    paper = 1800 * 22.5 / (3 * 2048 * 2048)
+    print(f"study scale (1,800 probes × ~22.5 tokens vs 2048×2048-token batches): predicted fraction {paper:.4f}")
+
+
+if __name__ == "__main__":
+    main()
