@@ -80,7 +80,11 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
 def staging_dir(dest: Path) -> Path:
     """A hidden temporary directory beside `dest` (same file system, so the final rename is atomic)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished checkpoint should not be
+    return tmp
 
 
 def write_checkpoint_json(directory: Path, meta: dict[str, Any]) -> None:
