@@ -394,7 +394,8 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     """Read and validate checkpoints.yaml (default: `catalog_path()`)."""
     p = Path(path) if path is not None else catalog_path()
     try:
-        raw = yaml.safe_load(p.read_text())
+        # The C loader when libyaml is present: the step lists make this file large for the pure one.
+        raw = yaml.load(p.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError:
         raise UserError(f"checkpoint catalog {p} not found (set INJECTION_CATALOG to its location)") from None
     except yaml.YAMLError as err:

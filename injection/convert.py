@@ -58,9 +58,14 @@ def safe_torch_load(path: Path, *, trust_pickle: bool = False) -> Any:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch names the offending class ("Unsupported global: GLOBAL pkg.Class"); any other
+        # unpickling failure means the bytes themselves are bad.
+        needs = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+        if not needs:
+            raise UserError(f"{path} is not a readable torch file (corrupted or truncated?)") from None
         if not trust_pickle:
             raise UserError(
-                f"{path} needs full unpickling, which can run arbitrary code ({str(err).splitlines()[0]}); "
+                f"{path} needs full unpickling, which can run arbitrary code ({needs[0]}); "
                 "pass --trust-pickle only if you trust where it came from"
             ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
