@@ -52,7 +52,7 @@ def show(ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e
     fam, step = res.family, res.step
     table = Table(show_header=False, title=res.ref)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # URLs must stay whole enough to copy, never elided
     rows = [
         ("family", f"{fam.name} ({fam.description})"),
         ("step", str(step) + (f" (stage {res.stage}: {fam.stage_rule})" if res.stage else "")),

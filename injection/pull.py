@@ -30,7 +30,6 @@ from injection.errors import UserError
 from injection.tiny import build_tiny_checkpoint, is_complete, read_checkpoint_meta, write_checkpoint_json
 
 REQUIRED_FILE = "model.pt"
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,8 @@ class RetryPolicy:
     retries: int = 5
     backoff: float = 1.0
     timeout: float = 60.0
+    chunk_size: int = 1 << 20
+    """Bytes per read; a dropped connection loses at most the chunk being read."""
 
 
 class _Retryable(Exception):
@@ -110,7 +111,7 @@ def download_file(url: str, dest: Path, *, session: requests.Session, policy: Re
                 if progress:
                     progress.update(task, total=total, completed=have)
                 with part.open("ab" if have else "wb") as f:
-                    for chunk in resp.iter_content(CHUNK):
+                    for chunk in resp.iter_content(policy.chunk_size):
                         f.write(chunk)
                         if progress:
                             progress.advance(task, len(chunk))
@@ -124,6 +125,8 @@ def download_file(url: str, dest: Path, *, session: requests.Session, policy: Re
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                 _Retryable) as err:
             last_error = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if isinstance(err, requests.exceptions.ChunkedEncodingError):
+                last_error = f"connection closed before the announced size arrived: {last_error}"
     raise UserError(f"{url}: download failed after {policy.retries + 1} attempts ({last_error}); "
                     f"the partial file {part} is kept and a new pull continues from it")
 
