@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -416,8 +415,3 @@ def human_tokens(n: int) -> str:
         return f"{n / 1e6:.1f}M"
     return str(n)
 
-
-def tokens_to_step(family: Family, tokens: float) -> int:
-    """Smallest step whose cumulative tokens reach `tokens` (for stage rules and reports)."""
-    per = family.batch_size_at(0) * family.seq_len
-    return int(math.ceil(tokens / per))
