@@ -1,4 +1,53 @@
-"""`injection knowledge ...` (placeholder until the knowledge package lands)."""
-from injection.errors import HarnessTyper
+"""`injection knowledge validate|generate`: thin wrappers over `validate_knowledge` and `write_knowledge`."""
 
-app = HarnessTyper()
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from injection.errors import HarnessTyper, UserError
+
+app = HarnessTyper(help="Validate and generate fictional knowledge sets.")
+
+
+@app.command("validate")
+def validate(
+    path: Annotated[str, typer.Argument(help="Knowledge JSON file, dataset directory (save_to_disk), or hub name.")],
+    tokenizer: Annotated[
+        Optional[str],
+        typer.Option(help="Also report token lengths under this tokenizer: olmo, a tokenizer .json, or a directory."),
+    ] = None,
+    seq_len: Annotated[int, typer.Option(help="Flag paragraph variants longer than this many tokens (EOS included).")] = 2048,
+) -> None:
+    """Check a knowledge set item by item and print counts (and token lengths with --tokenizer).
+
+    Exits 2 naming the item and field of the first problems, or the paragraphs too long for --seq-len.
+    """
+    from fictional_knowledge.validate import validate_knowledge
+
+    if seq_len < 1:
+        raise UserError(f"--seq-len must be positive, got {seq_len}")
+    summary = validate_knowledge(path, tokenizer, seq_len)
+    for line in summary.lines():
+        typer.echo(line)
+    if summary.tokens is not None and summary.tokens.too_long:
+        where = ", ".join(f"{p} (variant {v}: {n} tokens)" for p, v, n in summary.tokens.too_long)
+        raise UserError(f"{path}: paragraphs longer than --seq-len {seq_len} tokens with EOS: {where}")
+    typer.echo("ok")
+
+
+@app.command("generate")
+def generate(
+    out: Annotated[Path, typer.Option(help="Output JSON file (reference schema), written atomically.")],
+    paragraphs: Annotated[int, typer.Option(help="Number of paragraphs (knowledge items).")] = 120,
+    paraphrases: Annotated[int, typer.Option(help="Paraphrases per paragraph.")] = 9,
+    seed: Annotated[int, typer.Option(help="Seed of the generator: the same seed gives the same bytes.")] = 0,
+) -> None:
+    """Write a new fictional knowledge set made by the project's own template generator (offline)."""
+    from fictional_knowledge.generate import write_knowledge
+
+    items = write_knowledge(out, paragraphs, paraphrases, seed)
+    n_probes = sum(len(it[f]) for it in items for f in ("mem_input", "gen_input", "hard_gen_input"))
+    typer.echo(f"wrote {out}: {len(items)} paragraphs, {paraphrases} paraphrases each, {n_probes} probes (seed {seed})")

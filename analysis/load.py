@@ -1,0 +1,273 @@
+"""Read a run directory (SPEC §7) into a probe matrix: one row per probe, one column per logged step.
+
+Only `probes.parquet` (a file or a directory of parts), `injections.parquet` and `manifest.json` are read;
+extra columns and keys are ignored so that a run directory written by any tool in this format works.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from injection.errors import UserError
+
+PROBE_KEY_COLUMNS = ("step", "paragraph", "scenario", "kind", "probe")
+METRIC_COLUMNS = ("logprob", "logprob_sum", "first_logprob")
+INJECTION_COLUMNS = ("step", "paragraph")
+KIND_ORDER = ("mem", "sem", "comp")
+
+
+@dataclass
+class Run:
+    """One run directory as matrices. Probe i is (paragraph[i], kind[i], probe_index[i]) of scenario[i]."""
+
+    path: Path
+    manifest: dict
+    steps: np.ndarray
+    """Logged run steps, sorted ascending (int64). Column j of every matrix is step `steps[j]`."""
+    paragraph: np.ndarray
+    kind: np.ndarray
+    """Probe kind per probe (object array of str)."""
+    probe_index: np.ndarray
+    scenario: np.ndarray
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    """Column name -> float64 matrix [probes x steps] for each metric column present in the log."""
+    exact_match: np.ndarray | None = None
+    """bool matrix [probes x steps], or None when the log has no `exact_match` column."""
+    encounters: dict[int, np.ndarray] = field(default_factory=dict)
+    """Paragraph -> sorted distinct run steps whose batch carried it (from injections.parquet)."""
+    injection_steps_by_scenario: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n_probes(self) -> int:
+        return len(self.paragraph)
+
+    @property
+    def tokens_per_step(self) -> int | None:
+        value = self.manifest.get("tokens_per_step")
+        return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+    @property
+    def label(self) -> str:
+        return run_label(self.manifest, self.path)
+
+    def metric(self, name: str) -> np.ndarray:
+        if name not in self.metrics:
+            present = ", ".join(sorted(self.metrics)) or "none"
+            raise UserError(
+                f"{self.path / 'probes.parquet'}: metric column {name!r} is missing (metric columns present: {present})"
+            )
+        return self.metrics[name]
+
+    def groups(self) -> list[tuple[str, str]]:
+        """(scenario, kind) pairs in a stable order: scenarios by first paragraph, kinds mem/sem/comp first."""
+        first_paragraph: dict[str, int] = {}
+        for scenario, paragraph in zip(self.scenario, self.paragraph):
+            first_paragraph[scenario] = min(first_paragraph.get(scenario, paragraph), paragraph)
+        scenarios = sorted(first_paragraph, key=lambda s: (first_paragraph[s], s))
+        kinds = sorted(set(self.kind), key=_kind_sort_key)
+        present = set(zip(self.scenario, self.kind))
+        return [(s, k) for s in scenarios for k in kinds if (s, k) in present]
+
+
+def _kind_sort_key(kind: str) -> tuple[int, str]:
+    return (KIND_ORDER.index(kind), kind) if kind in KIND_ORDER else (len(KIND_ORDER), kind)
+
+
+def run_label(manifest: dict, path: Path) -> str:
+    """A short name for a run: `label` from the manifest, else family@step (+ batch size), else the dir name."""
+    if isinstance(manifest.get("label"), str) and manifest["label"]:
+        return manifest["label"]
+    checkpoint = manifest.get("checkpoint")
+    sources = [checkpoint if isinstance(checkpoint, dict) else {}, manifest]
+    if isinstance(checkpoint, str) and checkpoint:
+        name = checkpoint
+    else:
+        family = next((s["family"] for s in sources if isinstance(s.get("family"), str)), None)
+        step = next((s["step"] for s in sources if isinstance(s.get("step"), (int, str))), None)
+        name = f"{family}@{step}" if family and step is not None else (family or "")
+    batch = next(
+        (s[k] for s in sources for k in ("global_batch_size", "batch_size") if isinstance(s.get(k), int)), None
+    )
+    if not name:
+        return path.name
+    return f"{name} bs={batch}" if batch else name
+
+
+def load_run(path: str | Path) -> Run:
+    """Read and validate a run directory; raise UserError naming the file and field on bad input."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: not a run directory (expected a directory with probes.parquet, "
+                        "injections.parquet and manifest.json)")
+    manifest = _read_manifest(path / "manifest.json")
+    table = _read_table(path / "probes.parquet", PROBE_KEY_COLUMNS, METRIC_COLUMNS + ("exact_match",))
+    metric_names = [c for c in METRIC_COLUMNS if c in table.column_names]
+    if not metric_names:
+        raise UserError(f"{path / 'probes.parquet'}: none of the metric columns {', '.join(METRIC_COLUMNS)} is present")
+    injections = _read_table(path / "injections.parquet", INJECTION_COLUMNS, ("scenario",))
+    run = _to_matrices(path, manifest, table, metric_names)
+    _attach_encounters(run, injections)
+    return run
+
+
+def _read_manifest(file: Path) -> dict:
+    if not file.is_file():
+        raise UserError(f"{file}: missing (a run directory needs manifest.json)")
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{file}: malformed JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{file}: expected a JSON object at the top level, found {type(manifest).__name__}")
+    tps = manifest.get("tokens_per_step")
+    if tps is not None and (isinstance(tps, bool) or not isinstance(tps, (int, float)) or tps <= 0):
+        raise UserError(f"{file}: field 'tokens_per_step' must be a positive integer, found {tps!r}")
+    return manifest
+
+
+def _read_table(file: Path, required: tuple[str, ...], optional: tuple[str, ...]) -> pa.Table:
+    if not file.exists():
+        raise UserError(f"{file}: missing (a run directory needs probes.parquet, injections.parquet and manifest.json)")
+    try:
+        dataset = ds.dataset(file, format="parquet")
+        names = set(dataset.schema.names)
+        missing = [c for c in required if c not in names]
+        if missing:
+            raise UserError(f"{file}: missing required column(s) {', '.join(missing)}")
+        wanted = list(required) + [c for c in optional if c in names]
+        return dataset.to_table(columns=wanted)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise UserError(f"{file}: not readable as Parquet ({err})") from None
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Dictionary codes and values of a string column: far cheaper than materialising millions of str."""
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), np.array(
+        encoded.dictionary.to_pylist(), dtype=object
+    )
+
+
+def _int_column(table: pa.Table, name: str, file: Path) -> np.ndarray:
+    column = table.column(name)
+    if column.null_count:
+        raise UserError(f"{file}: column {name!r} has {column.null_count} null value(s)")
+    if not pa.types.is_integer(column.type):
+        raise UserError(f"{file}: column {name!r} must be integer, found {column.type}")
+    return column.to_numpy().astype(np.int64)
+
+
+def _to_matrices(path: Path, manifest: dict, table: pa.Table, metric_names: list[str]) -> Run:
+    file = path / "probes.parquet"
+    if table.num_rows == 0:
+        raise UserError(f"{file}: the probe log is empty")
+    step = _int_column(table, "step", file)
+    paragraph = _int_column(table, "paragraph", file)
+    probe = _int_column(table, "probe", file)
+    kind_code, kinds = _codes(table.column("kind"))
+    scenario_code, scenarios = _codes(table.column("scenario"))
+    if (kind_code < 0).any() or (scenario_code < 0).any():
+        raise UserError(f"{file}: columns 'kind' and 'scenario' must not be null")
+
+    # One int64 key per probe identity; np.unique's inverse gives each row its probe's matrix row.
+    p_lo, k_n, q_lo = paragraph.min(), len(kinds), probe.min()
+    q_span = probe.max() - q_lo + 1
+    key = ((paragraph - p_lo) * k_n + kind_code) * q_span + (probe - q_lo)
+    keys, first_row, row_probe = _unique(key)
+    steps, _, row_step = _unique(step)
+    n_probes, n_steps = len(keys), len(steps)
+
+    counts = np.bincount(row_probe * n_steps + row_step, minlength=n_probes * n_steps)
+    if (counts > 1).any():
+        cell = int(np.argmax(counts > 1))
+        raise UserError(f"{file}: duplicate rows for step {steps[cell % n_steps]}, "
+                        f"{_describe_probe(paragraph, kinds[kind_code], probe, first_row[cell // n_steps])}")
+    if (counts == 0).any():
+        missing = counts.reshape(n_probes, n_steps) == 0
+        bad_steps = steps[missing.any(axis=0)]
+        raise UserError(
+            f"{file}: {int(missing.sum())} (step, probe) row(s) missing: every logged step must carry every probe; "
+            f"incomplete steps: {_short_list(bad_steps)}"
+        )
+
+    run = Run(
+        path=path, manifest=manifest, steps=steps,
+        paragraph=paragraph[first_row], kind=kinds[kind_code[first_row]],
+        probe_index=probe[first_row], scenario=scenarios[scenario_code[first_row]],
+    )
+    inconsistent = np.flatnonzero(scenario_code != scenario_code[first_row][row_probe])
+    if len(inconsistent):
+        r = inconsistent[0]
+        raise UserError(f"{file}: row {r}: {_describe_probe(paragraph, kinds[kind_code], probe, r)} changes "
+                        f"scenario from {scenarios[scenario_code[first_row[row_probe[r]]]]!r} to {scenarios[scenario_code[r]]!r}")
+
+    for name in metric_names:
+        values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            shown = "; ".join(f"row {r} (step {step[r]}, {_describe_probe(paragraph, kinds[kind_code], probe, r)})"
+                              for r in bad[:5])
+            raise UserError(f"{file}: column {name!r} has {len(bad)} NaN/infinite value(s): {shown}"
+                            + (" ..." if len(bad) > 5 else ""))
+        matrix = np.empty((n_probes, n_steps))
+        matrix[row_probe, row_step] = values
+        run.metrics[name] = matrix
+    if "exact_match" in table.column_names:
+        column = table.column("exact_match").fill_null(False)
+        matrix = np.zeros((n_probes, n_steps), dtype=bool)
+        matrix[row_probe, row_step] = column.to_numpy(zero_copy_only=False).astype(bool)
+        run.exact_match = matrix
+    return run
+
+
+def _attach_encounters(run: Run, injections: pa.Table) -> None:
+    file = run.path / "injections.parquet"
+    step = _int_column(injections, "step", file)
+    paragraph = _int_column(injections, "paragraph", file)
+    pairs = np.unique(np.stack([paragraph, step], axis=1), axis=0) if len(step) else np.zeros((0, 2), np.int64)
+    for p in np.unique(pairs[:, 0]):
+        run.encounters[int(p)] = pairs[pairs[:, 0] == p, 1]
+    # Injection markers per scenario come from the probe log's scenario of each paragraph, so that both
+    # files agree even when injections.parquet has no scenario column.
+    scenario_of = dict(zip(run.paragraph.tolist(), run.scenario.tolist()))
+    by_scenario: dict[str, set[int]] = {}
+    for p, steps in run.encounters.items():
+        if p in scenario_of:
+            by_scenario.setdefault(scenario_of[p], set()).update(steps.tolist())
+    run.injection_steps_by_scenario = {s: np.array(sorted(v), dtype=np.int64) for s, v in by_scenario.items()}
+
+
+def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted distinct values, a representative row of each, and each row's position among them.
+
+    Steps and probe keys span small integer ranges, where a lookup table beats np.unique's sort of
+    millions of rows by an order of magnitude.
+    """
+    lo = int(values.min())
+    span = int(values.max()) - lo + 1
+    if span > 4 * len(values) + 1_000_000:
+        uniques, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+        return uniques, first, inverse
+    shifted = values - lo
+    representative = np.full(span, -1, dtype=np.int64)
+    representative[shifted] = np.arange(len(values))  # the last row of each value; any row will do
+    present = np.flatnonzero(representative >= 0)
+    position = np.full(span, -1, dtype=np.int64)
+    position[present] = np.arange(len(present))
+    return present + lo, representative[present], position[shifted]
+
+
+def _describe_probe(paragraph: np.ndarray, kind: np.ndarray, probe: np.ndarray, row: int) -> str:
+    return f"paragraph {paragraph[row]}, kind {kind[row]!r}, probe {probe[row]}"
+
+
+def _short_list(values: np.ndarray, limit: int = 8) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")

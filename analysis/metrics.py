@@ -1,0 +1,228 @@
+"""SPEC §3 on a probe matrix: local acquisition maxima, effectivity, retainability, IQR means, exact match.
+
+Everything is vectorised over probes and steps; no Python loop runs over t or over steps.
+
+Exact definitions on a log whose logged steps K may have gaps (evaluation interval > 1, missing steps):
+- encounter steps t_1 < ... < t_N of a paragraph are its distinct steps in injections.parquet that are
+  smaller than the last logged step (a later encounter left no trace in the log; the result is `partial`);
+- ℓ(θ_s) for an encounter or t_pre = t_1 is read at the latest logged step <= s (the state the batch of
+  step s was applied to);
+- the window of encounter i holds the logged steps k with t_i < k <= t_i + w; t_LAM(q,i) is the first
+  (earliest) step of the window where ℓ is largest; a window that extends past the last logged step is
+  `open` and its maximum is taken over the logged part (reported as partial);
+- R(q,t) is defined where step t_LAM(q,N) + t is logged, elsewhere it is missing and the mean at that t is
+  taken over the probes that have it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.load import Run
+
+
+@dataclass
+class Encounters:
+    """Per probe, its encounter steps as a padded matrix (so all encounters are handled in one pass)."""
+
+    steps: np.ndarray
+    """int64 [probes x max_encounters], -1 where a probe has fewer encounters."""
+    count: np.ndarray
+    """int64 [probes]: number of encounters (0 for probes whose paragraph was never injected)."""
+    dropped_after_end: int
+    """Encounters in injections.parquet at or after the last logged step (ignored)."""
+
+
+def probe_encounters(run: Run) -> Encounters:
+    last = run.steps[-1]
+    per_paragraph = {p: s[s < last] for p, s in run.encounters.items()}
+    dropped = sum(int((s >= last).sum()) for s in run.encounters.values())
+    width = max((len(s) for s in per_paragraph.values()), default=0)
+    table = np.full((len(per_paragraph) + 1, max(width, 1)), -1, dtype=np.int64)
+    row_of = {}
+    for row, (p, s) in enumerate(per_paragraph.items(), start=1):
+        table[row, : len(s)] = s
+        row_of[p] = row
+    # Row 0 stays all -1: probes of paragraphs that were never injected.
+    rows = np.array([row_of.get(int(p), 0) for p in np.unique(run.paragraph)])
+    paragraph_rows = rows[np.searchsorted(np.unique(run.paragraph), run.paragraph)]
+    steps = table[paragraph_rows]
+    return Encounters(steps=steps, count=(steps >= 0).sum(axis=1), dropped_after_end=dropped)
+
+
+def column_at_or_before(run_steps: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Column of the latest logged step <= each step (-1 where no logged step is that early)."""
+    return np.searchsorted(run_steps, steps, side="right") - 1
+
+
+@dataclass
+class Acquisition:
+    """Local acquisition maxima and effectivity for every (probe, encounter)."""
+
+    lam_step: np.ndarray
+    """int64 [probes x encounters]: t_LAM(q,i) in run steps, -1 where undefined."""
+    lam_value: np.ndarray
+    """float [probes x encounters]: ℓ at t_LAM (NaN where undefined)."""
+    effectivity: np.ndarray
+    """float [probes x encounters]: E(q,i) (NaN where undefined)."""
+    window_open: np.ndarray
+    """bool [probes x encounters]: the window extends past the last logged step."""
+
+
+def acquisition(run: Run, values: np.ndarray, enc: Encounters, window: int) -> Acquisition:
+    n_probes, n_enc = enc.steps.shape
+    valid = enc.steps >= 0
+    t_i = np.where(valid, enc.steps, 0)
+    # Window columns [lo, hi): logged steps with t_i < k <= t_i + w.
+    lo = np.searchsorted(run.steps, t_i, side="right")
+    hi = np.searchsorted(run.steps, t_i + window, side="right")
+    width = int((hi - lo).max(initial=0))
+    offsets = np.arange(max(width, 1))
+    cols = lo[..., None] + offsets  # [probes x encounters x width]
+    in_window = (offsets < (hi - lo)[..., None]) & valid[..., None]
+    safe_cols = np.minimum(cols, len(run.steps) - 1)
+    windowed = np.where(in_window, values[np.arange(n_probes)[:, None, None], safe_cols], -np.inf)
+    best = windowed.argmax(axis=-1)  # argmax returns the first maximum: the earliest step on ties
+    has_window = in_window.any(axis=-1)
+    lam_col = np.take_along_axis(safe_cols, best[..., None], axis=-1)[..., 0]
+    lam_value = np.where(has_window, np.take_along_axis(windowed, best[..., None], axis=-1)[..., 0], np.nan)
+    before = column_at_or_before(run.steps, t_i)
+    before_value = np.where(before >= 0, values[np.arange(n_probes)[:, None], np.maximum(before, 0)], np.nan)
+    ok = has_window & (before >= 0)
+    return Acquisition(
+        lam_step=np.where(ok, run.steps[lam_col], -1),
+        lam_value=np.where(ok, lam_value, np.nan),
+        effectivity=np.where(ok, lam_value - before_value, np.nan),
+        window_open=valid & (t_i + window > run.steps[-1]),
+    )
+
+
+@dataclass
+class Retention:
+    """R(q,t) for t = 0 .. t_grid_max for every probe, plus why some probes have none."""
+
+    t: np.ndarray
+    """int64 [T]: 0, 1, ..., the largest t any probe reaches."""
+    values: np.ndarray
+    """float [probes x T], NaN where undefined (step not logged, or probe excluded)."""
+    denominator: np.ndarray
+    """float [probes]: ℓ(θ_{t_LAM(q,N)}) − ℓ(θ_{t_pre}) (NaN where undefined)."""
+    reason: np.ndarray
+    """object [probes]: '' for probes with retainability, else why they have none."""
+    last_encounter: np.ndarray
+    """int64 [probes]: t_N (-1 where none)."""
+
+
+REASON_NOT_INJECTED = "paragraph never injected"
+REASON_NO_GAIN = "no gain: ℓ(t_LAM,N) − ℓ(t_pre) <= 0"
+REASON_NO_PRE = "no logged step at or before the first encounter"
+REASON_NO_WINDOW = "no logged step in the window of the last encounter"
+
+
+def retention(run: Run, values: np.ndarray, enc: Encounters, acq: Acquisition) -> Retention:
+    n_probes = values.shape[0]
+    rows = np.arange(n_probes)
+    has_enc = enc.count > 0
+    last_idx = np.maximum(enc.count - 1, 0)
+    t_n = np.where(has_enc, enc.steps[rows, last_idx], -1)
+    lam_step = np.where(has_enc, acq.lam_step[rows, last_idx], -1)
+    lam_value = acq.lam_value[rows, last_idx]
+    pre_col = column_at_or_before(run.steps, np.where(has_enc, enc.steps[:, 0], 0))
+    pre_value = np.where(pre_col >= 0, values[rows, np.maximum(pre_col, 0)], np.nan)
+    denominator = np.where(has_enc, lam_value - pre_value, np.nan)
+
+    reason = np.full(n_probes, "", dtype=object)
+    reason[~has_enc] = REASON_NOT_INJECTED
+    reason[has_enc & (pre_col < 0)] = REASON_NO_PRE
+    reason[(reason == "") & (lam_step < 0)] = REASON_NO_WINDOW
+    reason[(reason == "") & ~(denominator > 0)] = REASON_NO_GAIN
+    ok = reason == ""
+
+    last = int(run.steps[-1])
+    t_top = int(max((last - lam_step[ok]).max(initial=0), 0))
+    t = np.arange(t_top + 1)
+    # step -> column lookup, -1 for steps that were not logged (gaps, evaluation interval > 1).
+    column_of = np.full(last + 1, -1, dtype=np.int64)
+    column_of[run.steps[run.steps >= 0]] = np.flatnonzero(run.steps >= 0)
+    target = np.where(ok, lam_step, 0)[:, None] + t[None, :]
+    cols = np.where(target <= last, column_of[np.minimum(target, last)], -1)
+    have = (cols >= 0) & ok[:, None]
+    gathered = values[rows[:, None], np.maximum(cols, 0)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (gathered - pre_value[:, None]) / denominator[:, None]
+    return Retention(t=t, values=np.where(have, r, np.nan), denominator=denominator,
+                     reason=reason, last_encounter=t_n)
+
+
+def nan_quantile(x: np.ndarray, q: float, axis: int = 0) -> np.ndarray:
+    """Linear-interpolation quantile (numpy's default method) ignoring NaN, vectorised along `axis`.
+
+    np.nanquantile loops in Python over the other axis for 2-D input; sorting once is far faster.
+    """
+    x = np.moveaxis(x, axis, 0)
+    ordered = np.sort(x, axis=0)  # NaN sort last
+    n = (~np.isnan(x)).sum(axis=0)
+    pos = q * np.maximum(n - 1, 0)
+    lower = np.floor(pos).astype(np.int64)
+    upper = np.minimum(lower + 1, np.maximum(n - 1, 0))
+    lo_v = np.take_along_axis(ordered, lower[None], axis=0)[0]
+    hi_v = np.take_along_axis(ordered, upper[None], axis=0)[0]
+    out = lo_v + (hi_v - lo_v) * (pos - lower)
+    return np.where(n > 0, out, np.nan)
+
+
+def iqr_mask(x: np.ndarray, factor: float, axis: int = 0) -> np.ndarray:
+    """True for finite values inside [Q1 − f·IQR, Q3 + f·IQR] computed along `axis` (the interquartile rule)."""
+    q1 = np.expand_dims(nan_quantile(x, 0.25, axis), axis)
+    q3 = np.expand_dims(nan_quantile(x, 0.75, axis), axis)
+    spread = q3 - q1
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(x) & (x >= q1 - factor * spread) & (x <= q3 + factor * spread)
+
+
+def iqr_mean(x: np.ndarray, factor: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean along `axis` after removing outliers by the interquartile rule; also the number of values kept."""
+    keep = iqr_mask(x, factor, axis)
+    kept = keep.sum(axis=axis)
+    total = np.where(keep, x, 0.0).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(kept > 0, total / np.maximum(kept, 1), np.nan), kept
+
+
+@dataclass
+class LineFit:
+    """R ≈ b − a·log10(t) by least squares."""
+
+    a: float
+    b: float
+    a_se: float
+    r2: float
+    n_points: int
+
+
+def fit_decay(t: np.ndarray, mean_r: np.ndarray) -> LineFit | None:
+    """Least-squares line of mean R(t) against log10(t) over the finite points; None with < 2 points."""
+    ok = np.isfinite(mean_r) & (t > 0)
+    x, y = np.log10(t[ok].astype(np.float64)), mean_r[ok]
+    n = len(x)
+    if n < 2 or np.ptp(x) == 0:
+        return None
+    x_mean, y_mean = x.mean(), y.mean()
+    sxx = ((x - x_mean) ** 2).sum()
+    slope = ((x - x_mean) * (y - y_mean)).sum() / sxx
+    intercept = y_mean - slope * x_mean
+    residual = y - (intercept + slope * x)
+    ssr, sst = (residual**2).sum(), ((y - y_mean) ** 2).sum()
+    se = float(np.sqrt(ssr / (n - 2) / sxx)) if n > 2 else float("nan")
+    r2 = float(1.0 - ssr / sst) if sst > 0 else float("nan")
+    return LineFit(a=float(-slope), b=float(intercept), a_se=se, r2=r2, n_points=n)
+
+
+def x_intercept(fit: LineFit) -> float:
+    """t* = 10^(b/a): where the fitted line reaches R = 0. NaN when the line never falls (a <= 0)."""
+    if not fit.a > 0:
+        return float("nan")
+    exponent = fit.b / fit.a
+    return float(10.0**exponent) if exponent < 308 else float("inf")

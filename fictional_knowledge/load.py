@@ -1,0 +1,125 @@
+"""Loading a knowledge set from the reference JSON format, a saved `datasets` directory, or the hub.
+
+All three carry the same fields per item (`train_context`, `mem_input`/`mem_target`,
+`gen_input`/`gen_target`, `hard_gen_input`/`hard_gen_target`, optional `paraphrases`); every source
+goes through the same item checks (`validate.check_items`) before a `KnowledgeSet` is built.
+Paragraph ids are list positions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS, KnowledgeSet, Paragraph, Probe
+from fictional_knowledge.validate import PARAPHRASES_FIELD, TEXT_FIELD, check_items, parse_json_bytes
+from injection.errors import UserError
+
+#: `owner/name` or `name` on the Hugging Face hub (what is not an existing path and looks like this).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def items_to_knowledge(items: list[dict[str, Any]], source: str) -> KnowledgeSet:
+    """Build a KnowledgeSet from items that passed `check_items`."""
+    paragraphs = []
+    for i, item in enumerate(items):
+        probes = {
+            kind: tuple(Probe(x, y) for x, y in zip(item[REFERENCE_PROBE_FIELDS[kind][0]], item[REFERENCE_PROBE_FIELDS[kind][1]]))
+            for kind in PROBE_KINDS
+        }
+        paraphrases = tuple(item.get(PARAPHRASES_FIELD) or ())
+        paragraphs.append(Paragraph(i, item[TEXT_FIELD], paraphrases, probes))
+    return KnowledgeSet(tuple(paragraphs), source)
+
+
+def knowledge_to_items(knowledge: KnowledgeSet) -> list[dict[str, Any]]:
+    """The reference JSON items of a KnowledgeSet (the inverse of `items_to_knowledge`)."""
+    items = []
+    for p in knowledge.paragraphs:
+        item: dict[str, Any] = {TEXT_FIELD: p.text}
+        for kind in PROBE_KINDS:
+            in_name, tgt_name = REFERENCE_PROBE_FIELDS[kind]
+            item[in_name] = [q.input for q in p.probes.get(kind, ())]
+            item[tgt_name] = [q.target for q in p.probes.get(kind, ())]
+        item[PARAPHRASES_FIELD] = list(p.paraphrases)
+        items.append(item)
+    return items
+
+
+def _dataset_rows(ds: Any, source: str) -> list[dict[str, Any]]:
+    """Rows of a Dataset, or of the `train` (or only) split of a DatasetDict."""
+    from datasets import DatasetDict
+
+    if isinstance(ds, DatasetDict):
+        if "train" in ds:
+            ds = ds["train"]
+        elif len(ds) == 1:
+            ds = next(iter(ds.values()))
+        else:
+            raise UserError(f"{source}: a dataset with splits {sorted(ds)}; expected a 'train' split or a single split")
+    return ds.to_list()
+
+
+def _read_dataset_dir(path: Path) -> list[dict[str, Any]]:
+    from datasets import load_from_disk
+
+    try:
+        return _dataset_rows(load_from_disk(str(path)), str(path))
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: not a dataset directory saved with save_to_disk ({err})") from None
+
+
+def _read_hub(name: str) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name)
+    except ConnectionError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0")
+        why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the hub cannot be reached"
+        raise UserError(
+            f"cannot load {name!r} from the Hugging Face hub: {why} and it is not in the local cache. "
+            f"Where online, save it once with datasets.load_dataset({name!r}).save_to_disk(DIR) and pass DIR, "
+            f"or pass the knowledge JSON file ({type(err).__name__}: {err})"
+        ) from None
+    except FileNotFoundError as err:  # includes datasets' DatasetNotFoundError
+        raise UserError(f"no file, directory or hub dataset named {name!r} ({err})") from None
+    return _dataset_rows(ds, name)
+
+
+def read_items(path_or_name: str | Path) -> tuple[Any, str]:
+    """The raw items (unchecked) and a source label, from a JSON file, a dataset directory or a hub name."""
+    path = Path(path_or_name)
+    if path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise UserError(f"{path}: cannot read: {err.strerror}") from None
+        return parse_json_bytes(data, str(path)), str(path)
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+            return _read_dataset_dir(path), str(path)
+        raise UserError(f"{path}: a directory, but not a dataset saved with save_to_disk (no dataset_info.json)")
+    name = str(path_or_name)
+    looks_local = name.endswith((".json", ".jsonl")) or name.startswith((".", "/", "~")) or os.sep + os.sep in name
+    if looks_local or not _HUB_ID.match(name):
+        raise UserError(f"{name}: no such file or directory")
+    return _read_hub(name), name
+
+
+def load_knowledge_checked(path_or_name: str | Path) -> tuple[KnowledgeSet, list[str]]:
+    """The knowledge set and the names of fields that were present but ignored."""
+    items, source = read_items(path_or_name)
+    ignored = check_items(items, source)
+    return items_to_knowledge(items, source), ignored
+
+
+def load_knowledge(path_or_name: str | Path) -> KnowledgeSet:
+    """A knowledge set from a reference-format JSON file, a `save_to_disk` directory, or a hub name.
+
+    Raises UserError (naming the file, item and field) for anything malformed, and for hub names that
+    cannot be fetched (offline, unknown).
+    """
+    return load_knowledge_checked(path_or_name)[0]
