@@ -223,16 +223,10 @@ class InjectedBatches:
         self.close()
 
 
-def encode_paragraph(tokenizer, text: str) -> list[int]:
-    """Token ids of a paragraph with the tokenizer's EOS appended (no BOS: OLMo's documents are EOS-joined)."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
-
-
 def paragraph_tokens(tokenizer, knowledge, plan: Sequence) -> dict[tuple[int, int], list[int]]:
-    """(paragraph, variant) -> token ids with EOS, for every variant the plan uses."""
-    out: dict[tuple[int, int], list[int]] = {}
-    for item in plan:
-        key = (item.paragraph, item.variant)
-        if key not in out:
-            out[key] = encode_paragraph(tokenizer, knowledge[item.paragraph].variant(item.variant))
-    return out
+    """(paragraph, variant) -> token ids with EOS (fictional_knowledge.encode), for every variant the plan uses."""
+    from fictional_knowledge.encode import encode_paragraphs
+
+    keys = sorted({(item.paragraph, item.variant) for item in plan})
+    texts = [knowledge[p].variant(v) for p, v in keys]
+    return dict(zip(keys, encode_paragraphs(tokenizer, texts)))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from injection.data import open_batch_source
-from injection.data.order import GlobalIndices, build_global_indices
+from injection.data.order import GlobalIndices, build_global_indices, verify_global_indices
 from injection.errors import UserError
 from tests.helpers.corpus import make_corpus, serve_directory
 
@@ -51,6 +51,9 @@ def test_rebuilt_order_equals_olmo_saved_file(tmp_path, corpus):
     saved = GlobalIndices(tmp_path / "global_indices.npy").slice(0, len(dataset))
     rebuilt = build_global_indices(len(dataset), seed=11, epoch=3)
     assert np.array_equal(saved, rebuilt)
+    assert verify_global_indices(tmp_path / "global_indices.npy", len(dataset), seed=11, epoch=3) == len(dataset)
+    with pytest.raises(ValueError, match="entry"):
+        verify_global_indices(tmp_path / "global_indices.npy", len(dataset), seed=12, epoch=3)
     assert not np.array_equal(rebuilt, build_global_indices(len(dataset), seed=11, epoch=0))
     assert sorted(rebuilt.tolist()) == list(range(len(dataset)))
 

@@ -105,7 +105,10 @@ def reference_json(reference_dir: Path) -> str:
     return str(reference_dir / "fictional-knowledge" / "fictional_knowledge_paraphrased.json")
 
 
-def test_plan_cli_paper_over_reference(reference_dir):
+def test_plan_cli_paper_over_reference(reference_dir, olmo_tokenizer):
+    from fictional_knowledge.encode import encode_paragraph
+    from fictional_knowledge.load import load_knowledge
+
     result = CliRunner().invoke(app, ["plan", "--schedule", "paper", "--knowledge", reference_json(reference_dir), "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
@@ -115,6 +118,9 @@ def test_plan_cli_paper_over_reference(reference_dir):
         expected = r["step"] // 100 if r["paragraph"] < 40 else 0
         assert r["variant"] == expected and 100 < r["tokens"] < 2048
     assert {r["scenario"] for r in rows if r["paragraph"] >= 80} == {"once"}
+    ks = load_knowledge(reference_json(reference_dir))
+    for r in rows[::97]:
+        assert r["tokens"] == len(encode_paragraph(olmo_tokenizer, ks[r["paragraph"]].variant(r["variant"])))
     table = CliRunner().invoke(app, ["plan", "--knowledge", reference_json(reference_dir)])
     assert table.exit_code == 0 and "paraphrase" in table.stdout and "900" in table.stdout
 

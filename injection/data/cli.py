@@ -76,35 +76,6 @@ def build_corpus_cmd(
     )
 
 
-def load_knowledge_set(path: Path):
-    """The knowledge set at `path` (reference JSON list, or whatever fictional_knowledge.load accepts)."""
-    try:
-        from fictional_knowledge.load import load_knowledge
-    except ImportError:
-        return _read_reference_json(path)
-    return load_knowledge(path)
-
-
-def _read_reference_json(path: Path):
-    # Only the fields a plan needs (texts and paraphrases); probes are read by fictional_knowledge.load.
-    from fictional_knowledge.model import KnowledgeSet, Paragraph
-
-    try:
-        items = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(items, list):
-        raise UserError(f"{path}: expected a list of knowledge items")
-    paragraphs = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("train_context"), str):
-            raise UserError(f"{path}: item {i}: missing field 'train_context'")
-        paragraphs.append(Paragraph(id=i, text=item["train_context"], paraphrases=tuple(item.get("paraphrases") or ())))
-    return KnowledgeSet(tuple(paragraphs), source=str(path))
-
-
 def _ranges(ids: list[int]) -> str:
     parts, start = [], None
     for a, b in zip(ids, ids[1:] + [None]):
@@ -123,12 +94,13 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="A JSON list, one object per injected paragraph copy.")] = False,
 ) -> None:
     """Print the injection plan: step -> paragraphs, scenario, variant, tokens."""
+    from fictional_knowledge.load import load_knowledge
     from injection.schedule import load_schedule, plan_steps
     from injection.splice import paragraph_tokens
     from injection.tokenizer import load_tokenizer
 
     sched = load_schedule(schedule)
-    ks = load_knowledge_set(knowledge)
+    ks = load_knowledge(knowledge)
     items = sched.plan(ks, total_steps)
     tokens = paragraph_tokens(load_tokenizer(tokenizer), ks, items)
     if as_json:

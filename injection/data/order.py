@@ -48,6 +48,24 @@ def write_global_indices(path: Path, indices: np.ndarray) -> None:
     np.asarray(indices, dtype=np.uint32).tofile(path)
 
 
+def verify_global_indices(location: str | Path, n_instances: int, seed: int, epoch: int = 0) -> int:
+    """Compare a published order file with the order rebuilt from the seed; returns the entries compared.
+
+    Raises ValueError at the first difference (wrong seed, epoch or file list).
+    """
+    published = GlobalIndices(location)
+    rebuilt = build_global_indices(n_instances, seed, epoch)
+    n = min(len(published), len(rebuilt))
+    chunk = 1 << 24
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        diff = np.flatnonzero(published.slice(start, stop) != rebuilt[start:stop])
+        if len(diff):
+            i = start + int(diff[0])
+            raise ValueError(f"{location}: entry {i} is {published.slice(i, i + 1)[0]}, rebuilt order has {rebuilt[i]}")
+    return n
+
+
 class GlobalIndices:
     """Random access to a `global_indices.npy` (local path or URL) without reading all of it.
 
