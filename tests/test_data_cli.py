@@ -125,3 +125,24 @@ def test_build_corpus_from_saved_hf_dataset_and_text(tmp_path):
     ok = runner.invoke(app, ["data", "build-corpus", str(txt), "--seq-len", "4", "--out", str(tmp_path / "t")])
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / "t" / "corpus.json").read_text())["extra"]["documents"] == 3
+
+
+def test_extract_family_takes_batch_size_from_catalog(tmp_path, corpus, monkeypatch):
+    import sys
+    import types
+
+    order = types.SimpleNamespace(seed=5, seq_len=16, global_indices_url=None, data_paths="configs of the run")
+    family = types.SimpleNamespace(data_order=order, batch_size_at=lambda step: 2 if step >= 3 else 99)
+    fake = types.ModuleType("injection.catalog")
+    fake.load_catalog = lambda: types.SimpleNamespace(family=lambda name: family)
+    monkeypatch.setitem(sys.modules, "injection.catalog", fake)
+    ok = runner.invoke(app, ["data", "extract", "--family", "f", "--source", str(corpus), "--start", "3", "--steps", "2",
+                             "--out", str(tmp_path / "w")])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "w" / "manifest.json").read_text())["global_batch_size"] == 2
+    no_files = runner.invoke(app, ["data", "extract", "--family", "f", "--start", "3", "--steps", "2", "--out", str(tmp_path / "x")])
+    assert no_files.exit_code == 2 and "configs of the run" in no_files.output
+    order.seed = 6
+    mismatch = runner.invoke(app, ["data", "extract", "--family", "f", "--source", str(corpus), "--start", "3",
+                                   "--steps", "2", "--out", str(tmp_path / "y")])
+    assert mismatch.exit_code == 2 and "do not match" in mismatch.output

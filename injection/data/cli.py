@@ -13,21 +13,28 @@ from injection.errors import HarnessTyper, UserError
 data_app = HarnessTyper()
 
 
-def _open_source(family: str | None, source: str | None, batch_size: int | None):
-    from injection.data.family import family_data_order
-    from injection.data.source import open_batch_source, open_data_order
+def _open_source(family: str | None, source: str | None, batch_size: int | None, start: int):
+    from injection.data.family import family_data
+    from injection.data.source import open_batch_source
 
     if family is None and source is None:
-        raise UserError("give --family (data order from the catalog) or --source CORPUS_DIR_OR_URL")
-    facts = None
-    if family is not None and (source is None or batch_size is None):
-        facts, family_batch = family_data_order(family)
-        batch_size = batch_size or family_batch
+        raise UserError("give --family (data order from the catalog) and/or --source CORPUS_DIR_OR_URL")
+    facts = family_data(family, start) if family is not None else None
+    if source is None:
+        raise UserError(
+            f"the catalog does not list the token files of {family!r} (they are published in: {facts.data_paths}); "
+            "pass --source, a corpus directory or URL whose corpus.json lists them"
+        )
+    batch_size = batch_size or (facts.global_batch_size if facts else None)
     if batch_size is None:
         raise UserError("--batch-size is required with --source (the run's global batch size)")
-    if source is not None:
-        return open_batch_source(source, batch_size), source
-    return open_data_order(facts, batch_size), f"family {family}"
+    batch_source = open_batch_source(source, batch_size)
+    if facts is not None and (batch_source.seq_len, batch_source.info.seed) != (facts.seq_len, facts.seed):
+        raise UserError(
+            f"{source}: seq_len {batch_source.seq_len} and seed {batch_source.info.seed} do not match the catalog's "
+            f"{family!r} (seq_len {facts.seq_len}, seed {facts.seed})"
+        )
+    return batch_source, source
 
 
 @data_app.command("extract")
@@ -45,7 +52,7 @@ def extract(
     """Materialize global steps START … START+STEPS−1 of a run's data order as a local corpus."""
     from injection.data.extract import extract_window
 
-    batch_source, name = _open_source(family, source, batch_size)
+    batch_source, name = _open_source(family, source, batch_size, start)
     manifest = extract_window(batch_source, start, steps, out, source_name=name, check_samples=check)
     typer.echo(
         f"{out}: steps {manifest['first_step']}…{manifest['first_step'] + manifest['n_steps'] - 1} "

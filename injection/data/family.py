@@ -1,27 +1,42 @@
-"""Data-order facts of a checkpoint family (OLMo-1B, OLMo-7B), kept behind one function."""
+"""Data-order facts of a checkpoint family (olmo-1b, olmo-7b, tiny), kept behind one function.
+
+The catalog (`injection.catalog`) knows each family's seed, sequence length, order file URL and batch size
+per step, but not the list of token files (it only says where that list is published): the files come
+from `--source`, a corpus directory or URL whose `corpus.json` lists them.
+"""
 
 from __future__ import annotations
 
-from injection.data.source import CorpusInfo
+from dataclasses import dataclass
+
 from injection.errors import UserError
 
 
-def family_data_order(family: str) -> tuple[CorpusInfo, int]:
-    """(token files, dtype, seq_len, seed, epoch, order file) and the global batch size of a family's run,
-    from the checkpoint catalog (`injection.catalog.data_order(family) -> dict` with the fields of
-    `CorpusInfo` plus `global_batch_size`)."""
+@dataclass(frozen=True)
+class FamilyData:
+    family: str
+    global_batch_size: int
+    seq_len: int
+    seed: int | None
+    global_indices_url: str | None
+    data_paths: str | None
+
+
+def family_data(family: str, step: int) -> FamilyData:
+    """The data-order facts of `family` at global step `step`, from the checkpoint catalog."""
     try:
-        from injection import catalog
+        from injection.catalog import load_catalog
     except ImportError:
-        catalog = None
-    getter = getattr(catalog, "data_order", None)
-    if getter is None:
         raise UserError(
-            f"no data-order facts for family {family!r} in the checkpoint catalog; "
-            "pass --source CORPUS_DIR_OR_URL and --batch-size"
-        )
-    facts = dict(getter(family))
-    batch_size = facts.pop("global_batch_size", None)
-    if batch_size is None:
-        raise UserError(f"the catalog's data order of {family!r} has no global_batch_size; pass --batch-size")
-    return CorpusInfo.from_dict(facts, f"catalog data order of {family!r}"), int(batch_size)
+            f"no checkpoint catalog is available to look up family {family!r}; pass --source and --batch-size"
+        ) from None
+    fam = load_catalog().family(family)
+    order = fam.data_order
+    return FamilyData(
+        family=family,
+        global_batch_size=int(fam.batch_size_at(step)),
+        seq_len=int(order.seq_len),
+        seed=order.seed,
+        global_indices_url=order.global_indices_url,
+        data_paths=order.data_paths,
+    )
