@@ -1,8 +1,120 @@
-"""`injection checkpoints ...` and `injection pull` (placeholder until the catalog lands)."""
+"""`injection checkpoints list|show` and `injection pull`: thin wrappers over injection.catalog and injection.pull."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from injection.catalog import Family, human_tokens, load_catalog
 from injection.errors import HarnessTyper, UserError
 
 checkpoints_app = HarnessTyper()
 
 
-def pull(ref: str) -> None:
-    raise UserError("not implemented yet")
+def _sources(family: Family, step: int) -> str:
+    entry = family.entry(step)
+    if family.builtin:
+        return "built locally" if step == 0 else "local"
+    parts = []
+    if entry and entry.urls:
+        parts.append("original" + (f" (+{len(entry.urls) - 1} alt)" if len(entry.urls) > 1 else ""))
+    if entry and entry.hf_revision:
+        parts.append(f"hf:{entry.hf_revision}")
+    return ", ".join(parts)
+
+
+@checkpoints_app.command("list")
+def list_checkpoints(
+    family: Annotated[Optional[str], typer.Argument(help="Family to list (default: all).")] = None,
+) -> None:
+    """Every catalogued step: tokens seen, stage alias, and where it can be fetched from."""
+    catalog = load_catalog()
+    families = [catalog.family(family)] if family else list(catalog.families.values())
+    console = Console()
+    for fam in families:
+        table = Table(title=f"{fam.name}: {fam.description}")
+        for col in ("step", "tokens", "stage", "sources"):
+            table.add_column(col, justify="right" if col in ("step", "tokens") else "left")
+        for step in fam.available_steps():
+            table.add_row(str(step), human_tokens(fam.tokens_at(step)), fam.stage_of(step) or "", _sources(fam, step))
+        console.print(table)
+
+
+@checkpoints_app.command("show")
+def show(ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e.g. olmo-7b@mid.")]) -> None:
+    """All facts about one checkpoint: URLs, HF revision, batch size, learning rate at that step, run facts."""
+    res = load_catalog().resolve(ref)
+    fam, step = res.family, res.step
+    table = Table(show_header=False, title=res.ref)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")  # URLs must stay whole enough to copy, never elided
+    rows = [
+        ("family", f"{fam.name} ({fam.description})"),
+        ("step", str(step) + (f" (stage {res.stage}: {fam.stage_rule})" if res.stage else "")),
+        ("tokens seen", f"{fam.tokens_at(step):,} ({human_tokens(fam.tokens_at(step))})"),
+        ("global batch size", f"{fam.batch_size_at(step)} rows x {fam.seq_len} tokens"),
+        ("tokens per step", f"{fam.batch_size_at(step) * fam.seq_len:,}"),
+    ]
+    if res.entry:
+        rows += [("original URL", url) for url in res.entry.urls]
+        rows.append(("HF revision", f"{fam.hf_repo} @ {res.entry.hf_revision}" if res.entry.hf_revision
+                     else "unknown (not confirmed)"))
+    elif fam.builtin:
+        rows.append(("source", "built offline (step 0) or trained locally"))
+    sched = fam.lr_schedule
+    try:
+        lr = f"{sched.lr_at(step):.4g}"
+    except UserError as err:
+        lr = str(err)
+    rows += [
+        ("learning rate here", lr),
+        ("lr schedule", f"{sched.kind}, peak {sched.peak_lr:g}, warmup {sched.warmup_steps}, "
+                        f"alpha_f {sched.alpha_f:g}, t_max {sched.t_max}"),
+        ("optimizer", f"{fam.optimizer.name} betas {fam.optimizer.betas}, eps {fam.optimizer.eps:g}, "
+                      f"weight decay {fam.optimizer.weight_decay:g}, grad clip {fam.optimizer.grad_clip:g}"),
+    ]
+    a = fam.architecture
+    rows.append(("architecture", f"d_model {a.d_model}, {a.n_layers} layers, {a.n_heads} heads, mlp {a.mlp_hidden_size}, "
+                                 f"vocab {a.vocab_size} (embedding {a.embedding_size}), seq {a.max_sequence_length}, "
+                                 f"rope theta {a.rope_theta:g}, {a.layer_norm} layer norm, "
+                                 f"weight tying {a.weight_tying}, clip_qkv {a.clip_qkv}"))
+    d = fam.data_order
+    rows += [("data order", f"seed {d.seed}, global_indices {d.global_indices_url}"),
+             ("data files", str(d.data_paths)), ("tokenizer", str(d.tokenizer))]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+
+
+def pull(
+    ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e.g. olmo-1b@early or tiny@0.")],
+    source: Annotated[str, typer.Option(help="original: the run's unsharded files (with optimizer state), "
+                                             "converted to HF; hf: the -hf repository's revision (weights only).")]
+    = "original",
+    dest: Annotated[Optional[Path], typer.Option(help="Destination directory (default $INJECTION_CACHE/FAMILY/stepN). "
+                                                      "With --source hf, an HF snapshot already there is adopted.")]
+    = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow checkpoint files that need full "
+                                                                      "unpickling (can run code).")] = False,
+    keep_original: Annotated[bool, typer.Option("--keep-original", help="Keep the downloaded original files.")]
+    = False,
+    workers: Annotated[int, typer.Option(help="Files downloaded in parallel.")] = 4,
+    retries: Annotated[int, typer.Option(help="Further attempts per file after a failure.")] = 5,
+) -> None:
+    """Fetch a checkpoint and leave it as an HF OlmoForCausalLM directory with checkpoint.json."""
+    from injection.pull import RetryPolicy, pull_checkpoint
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = pull_checkpoint(ref, source=source, dest=dest, trust_pickle=trust_pickle,
+                              policy=RetryPolicy(retries=retries), workers=workers, keep_original=keep_original)
+    console = Console(stderr=True)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            console.print(f"[yellow]warning:[/yellow] {w.message}")
+    Console().print(str(out))

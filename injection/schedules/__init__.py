@@ -1,0 +1,1 @@
+"""Built-in injection schedules (YAML, shipped as package data); see injection.schedule."""

@@ -1,0 +1,122 @@
+"""checkpoints.yaml: the shipped catalog loads with the published facts; bad files fail precisely."""
+
+from __future__ import annotations
+
+import csv
+import copy
+
+import pytest
+import yaml
+
+from injection.catalog import load_catalog
+from injection.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def test_shipped_catalog_loads(catalog):
+    assert set(catalog.families) == {"olmo-1b", "olmo-7b", "tiny"}
+    one, seven = catalog.family("olmo-1b"), catalog.family("olmo-7b")
+    assert (len(one.steps), len(seven.steps)) == (351, 526)
+    assert one.hf_repo == "allenai/OLMo-1B-hf" and seven.hf_repo == "allenai/OLMo-7B-hf"
+    assert one.architecture.weight_tying and not seven.architecture.weight_tying
+    assert seven.architecture.mlp_hidden_size == 22016 and one.architecture.mlp_hidden_size == 16384
+    assert one.lr_schedule.kind == "cosine" and one.lr_schedule.warmup_steps == 2000
+    assert seven.lr_schedule.kind == "linear" and seven.lr_schedule.peak_lr == 3e-4
+    assert one.optimizer.betas == (0.9, 0.95) and seven.optimizer.weight_decay == 0.1
+
+
+def test_revision_names_are_only_confirmed_ones(catalog):
+    one, seven = catalog.family("olmo-1b"), catalog.family("olmo-7b")
+    assert one.entry(20000).hf_revision == "step20000-tokens84B"
+    assert seven.entry(40000).hf_revision == "step40000-tokens177B"
+    assert one.entry(1000).hf_revision is None  # not in any confirmed list
+    assert seven.entry(558223).hf_revision is None
+    assert len(seven.entry(557000).urls) == 2  # two run segments publish step 557000
+
+
+def test_stages(catalog):
+    seven, one = catalog.family("olmo-7b"), catalog.family("olmo-1b")
+    assert seven.stages == {"early": 40000, "mid": 113000, "late": 339000}
+    # 1B: the listed step nearest to each of the study's token counts at 2048 x 2048 tokens per step.
+    listed = [e.step for e in one.steps]
+    for stage, tokens in (("early", 168e9), ("mid", 494e9), ("late", 1.5e12)):
+        assert one.stages[stage] == min(listed, key=lambda s: abs(s * 2048 * 2048 - tokens))
+    assert round(seven.tokens_at(40000) / 1e9) == 177  # 2,160 rows per step
+    assert catalog.resolve("olmo-7b@mid").step == 113000
+
+
+def test_catalog_matches_reference_lists(catalog, reference_dir):
+    for family, name in (("olmo-1b", "OLMo-1B.csv"), ("olmo-7b", "OLMo-7B.csv")):
+        fam = catalog.family(family)
+        with (reference_dir / "olmo-checkpoints" / name).open() as f:
+            for row in csv.DictReader(f):
+                assert row["Checkpoint Directory"] in fam.entry(int(row["Step"])).urls
+
+
+def test_learning_rate_follows_olmo_schedules(catalog):
+    one, seven = catalog.family("olmo-1b").lr_schedule, catalog.family("olmo-7b").lr_schedule
+    assert one.lr_at(2000) == pytest.approx(4e-4)
+    assert one.lr_at(one.t_max) == pytest.approx(4e-5)
+    assert seven.lr_at(0) == pytest.approx(3e-5)  # OLMo warms up from 10% of the peak
+    mid = (seven.t_max + 5000) // 2
+    assert seven.lr_at(mid) == pytest.approx((3e-4 + 3e-5) / 2, rel=1e-4)
+
+
+def test_resolve_errors(catalog):
+    with pytest.raises(UserError, match="nearby steps: .*40000"):
+        catalog.resolve("olmo-1b@40500")
+    with pytest.raises(UserError, match="unknown checkpoint family"):
+        catalog.resolve("olmo-3b@early")
+    with pytest.raises(UserError, match="neither a step number nor a stage"):
+        catalog.resolve("olmo-1b@middle")
+    with pytest.raises(UserError, match="FAMILY@STEP"):
+        catalog.resolve("olmo-1b")
+
+
+@pytest.fixture(scope="module")
+def shipped_raw(catalog):
+    return yaml.load(catalog.path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def _small(tmp_path, raw, mutate):
+    fam = copy.deepcopy(raw["families"]["olmo-7b"])
+    fam["steps"] = [s for s in fam["steps"] if s["step"] in (40000, 113000, 339000)]
+    data = {"families": {"olmo-7b": fam}}
+    mutate(fam)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_small_valid_file_loads(tmp_path, shipped_raw):
+    assert len(load_catalog(_small(tmp_path, shipped_raw, lambda f: None)).family("olmo-7b").steps) == 3
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda f: f["architecture"].update(n_head=32), r"architecture: unknown key 'n_head'"),
+        (lambda f: f["lr_schedule"].pop("t_max"), r"lr_schedule: missing field 't_max'"),
+        (lambda f: f["steps"].append(dict(f["steps"][0])), r"duplicate step 40000"),
+        (lambda f: f["steps"][1].update(stepp=1), r"steps\[1\]: unknown key 'stepp'"),
+        (lambda f: f.update(stages={"early": 40000, "mid": 113000, "late": 999}), r"late=999 not among"),
+        (lambda f: f["lr_schedule"].update(kind="cosin"), r"lr_schedule.kind"),
+        (lambda f: f["optimizer"].update(betas=[0.9]), r"optimizer.betas"),
+        (lambda f: f["architecture"].update(d_model="big"), r"architecture.d_model: expected int"),
+    ],
+)
+def test_bad_files_name_the_key(tmp_path, shipped_raw, mutate, message):
+    with pytest.raises(UserError, match=message):
+        load_catalog(_small(tmp_path, shipped_raw, mutate))
+
+
+def test_catalog_env_override(tmp_path, shipped_raw, monkeypatch):
+    monkeypatch.setenv("INJECTION_CATALOG", str(_small(tmp_path, shipped_raw, lambda f: None)))
+    assert list(load_catalog().families) == ["olmo-7b"]
+    monkeypatch.setenv("INJECTION_CATALOG", str(tmp_path / "nope.yaml"))
+    with pytest.raises(UserError, match="not found"):
+        load_catalog()

@@ -1,0 +1,177 @@
+"""`injection pull` against a loopback server: resume, retries, size checks, 404s, hostile names, HF offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import yaml
+
+from injection.catalog import load_catalog
+from injection.errors import UserError
+from injection.pull import RetryPolicy, pull_checkpoint
+from injection.tiny import is_complete
+from tests.helpers.http_server import FileServer
+from tests.helpers.olmo_original import TINY_OLMO_MODEL, write_original_checkpoint
+
+FAST = RetryPolicy(retries=3, backoff=0.001, timeout=10, chunk_size=4096)
+STEP = 40
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    write_original_checkpoint(root / f"run/step{STEP}-unsharded", step=STEP)
+    with FileServer(root) as server:
+        yield server
+
+
+def _catalog(tmp_path, server, files=("config.yaml", "model.pt", "optim.pt", "train.pt")):
+    """A one-family catalog whose step URL points at the loopback server."""
+    tiny = yaml.safe_load(load_catalog().path.read_text())["families"]["tiny"]
+    arch = {**tiny["architecture"], "d_model": 32, "mlp_hidden_size": 128,
+            "max_sequence_length": TINY_OLMO_MODEL["max_sequence_length"]}
+    fam = {**tiny, "builtin": False, "files": list(files), "architecture": arch,
+           # Deliberately not the checkpoint's own 4 rows: the pull must prefer config.yaml and warn.
+           "batch_sizes": [{"first_step": 0, "last_step": None, "global_batch_size": 8, "evidence": "test"}],
+           "hf_repo": "allenai/OLMo-1B-hf",
+           "stages": {"early": STEP, "mid": STEP, "late": STEP},
+           "steps": [{"step": STEP, "urls": [server.url(f"run/step{STEP}-unsharded/")],
+                      "hf_revision": "step40-tokens0B"}]}
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump({"families": {"olmo-test": fam}}))
+    return load_catalog(path)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(autouse=True)
+def _reset(served):
+    served.drop_after.clear()
+    served.truncate.clear()
+    served.missing.clear()
+    served.requests.clear()
+
+
+def _pull(catalog, dest, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = pull_checkpoint(f"olmo-test@{STEP}", catalog=catalog, dest=dest, policy=kw.pop("policy", FAST), **kw)
+    return out, [str(w.message) for w in caught]
+
+
+def test_pull_original_end_to_end(tmp_path, served, cache):
+    from transformers import AutoModelForCausalLM
+
+    served.missing.add("train.pt")  # optional files may be absent
+    out, warned = _pull(_catalog(tmp_path, served), tmp_path / "ckpt")
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["family"] == "olmo-test" and meta["step"] == STEP and meta["source"] == "original"
+    assert meta["global_batch_size"] == 4 and meta["tokens_per_step"] == 4 * 64
+    assert meta["has_optimizer_state"] and meta["optimizer_step"] == 3
+    assert meta["lr_schedule"]["peak_lr"] == 4e-4 and meta["lr_schedule"]["t_max"] == 1000
+    assert any("global_train_batch_size 4 differs" in w for w in warned)
+    assert (out / "optimizer.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.hidden_size == 32
+    assert not (cache / "downloads" / "olmo-test" / f"step{STEP}").exists()  # raw files cleaned up
+    # A second pull finds the complete directory and downloads nothing.
+    served.requests.clear()
+    assert _pull(_catalog(tmp_path, served), tmp_path / "ckpt")[0] == out and not served.requests
+
+
+def test_interrupted_transfer_resumes(tmp_path, served, cache):
+    catalog = _catalog(tmp_path, served)
+    served.drop_after["model.pt"] = [50_000]
+    with pytest.raises(UserError, match="download failed after 1 attempts"):
+        _pull(catalog, tmp_path / "ckpt", policy=RetryPolicy(retries=0, backoff=0.001, chunk_size=4096))
+    part = cache / "downloads" / "olmo-test" / f"step{STEP}" / "model.pt.part"
+    kept = part.stat().st_size
+    assert 40_000 < kept <= 50_000  # all whole chunks received before the drop
+    assert not is_complete(tmp_path / "ckpt") and not (tmp_path / "ckpt").exists()
+    served.requests.clear()
+    out, _ = _pull(catalog, tmp_path / "ckpt")
+    assert is_complete(out)
+    assert ("run/step40-unsharded/model.pt", f"bytes={kept}-") in served.requests
+    # Files finished before the interruption are not fetched again.
+    assert not any(path.endswith("optim.pt") for path, _ in served.requests)
+
+
+def test_dropped_connections_are_retried(tmp_path, served, cache):
+    served.drop_after["model.pt"] = [10_000, 20_000]
+    served.drop_after["optim.pt"] = [5_000]
+    out, _ = _pull(_catalog(tmp_path, served), tmp_path / "ckpt")
+    assert is_complete(out)
+    ranges = [r for p, r in served.requests if p.endswith("model.pt")]
+    assert len(ranges) == 3 and ranges[0] is None
+    first, second = (int(r[6:-1]) for r in ranges[1:])
+    assert 0 < first <= 10_000 and first < second <= first + 20_000  # each retry continued the .part
+
+
+def test_truncated_file_fails_without_complete_dir(tmp_path, served, cache):
+    served.truncate["model.pt"] = 100
+    with pytest.raises(UserError, match=r"model.pt: download failed after 4 attempts .*announced size"):
+        _pull(_catalog(tmp_path, served), tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+    assert not list(tmp_path.glob(".ckpt.tmp-*"))
+
+
+def test_corrupted_file_fails_without_complete_dir(tmp_path, served, cache):
+    root = tmp_path / "bad"
+    shutil.copytree(served.root, root)
+    model = root / f"run/step{STEP}-unsharded/model.pt"
+    model.write_bytes(b"\x00" * model.stat().st_size)
+    with FileServer(root) as bad:
+        with pytest.raises(UserError, match="corrupted or truncated"):
+            _pull(_catalog(tmp_path, bad), tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists() and not list(tmp_path.glob(".ckpt.tmp-*"))
+
+
+def test_missing_model_is_fatal(tmp_path, served, cache):
+    served.missing.add("model.pt")
+    with pytest.raises(UserError, match=r"not found \(404\); model.pt is required"):
+        _pull(_catalog(tmp_path, served), tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("name", ["../escape.pt", "/etc/passwd"])
+def test_hostile_file_names_are_refused(tmp_path, served, cache, name):
+    catalog = _catalog(tmp_path, served, files=("model.pt", name))
+    with pytest.raises(UserError, match="refusing remote file name"):
+        _pull(catalog, tmp_path / "ckpt")
+    assert not (tmp_path / "escape.pt").exists() and not served.requests
+
+
+def test_hf_offline_is_a_clear_error(tmp_path, served, cache, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match=r"allenai/OLMo-1B-hf at revision step40-tokens0B.*--dest DIR"):
+        _pull(_catalog(tmp_path, served), tmp_path / "ckpt", source="hf")
+    assert not (tmp_path / "ckpt").exists() and not list(tmp_path.glob(".ckpt.tmp-*"))
+
+
+def test_hf_snapshot_fetched_elsewhere_is_adopted(tmp_path, served, cache):
+    from transformers import OlmoForCausalLM
+
+    from injection.tiny import hf_config
+
+    snapshot = tmp_path / "snapshot"
+    OlmoForCausalLM(hf_config(load_catalog().family("tiny").architecture)).save_pretrained(snapshot)
+    out, _ = _pull(_catalog(tmp_path, served), snapshot, source="hf")
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["source"] == "hf" and meta["hf_revision"] == "step40-tokens0B"
+    assert not meta["has_optimizer_state"] and (out / "tokenizer.json").is_file()
+
+
+def test_unconfirmed_revision_is_refused():
+    with pytest.raises(UserError, match="no confirmed Hugging Face revision"):
+        pull_checkpoint("olmo-1b@1000", source="hf")
