@@ -46,7 +46,8 @@ class ExperimentConfig:
     """One knowledge-injection run."""
 
     checkpoint: str
-    """Checkpoint directory (design.md layout) or a catalog reference such as `olmo-7b@mid` or `tiny@0`."""
+    """Checkpoint directory (design.md layout) or a catalog reference such as `olmo-7b@mid` or `tiny@0`
+    (`tiny@0+L512`: the built-in tiny model with a 512-token context, built on first use)."""
     knowledge: str
     """Knowledge set: a path or name for `load_knowledge`, or `generate:PARAGRAPHS:PARAPHRASES:SEED` to make one
     with the project's generator."""

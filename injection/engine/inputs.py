@@ -80,6 +80,17 @@ def resolve_checkpoint_dir(ref: str) -> Path:
     path = Path(ref).expanduser()
     if path.is_dir():
         return path
+    if ref.startswith("tiny@0+L"):
+        # the built-in tiny model with a longer context, for inputs longer than its catalog sequence length
+        seq_len = ref[len("tiny@0+L"):]
+        if not seq_len.isdigit() or int(seq_len) < 2:
+            raise UserError(f"field 'checkpoint': {ref!r}: expected tiny@0+L<sequence length>, e.g. tiny@0+L512")
+        local = checkpoint_cache_dir("tiny", 0).with_name(f"step0-L{seq_len}")
+        if not (local / "checkpoint.json").is_file():
+            from injection.tiny import build_tiny_checkpoint
+
+            build_tiny_checkpoint(local, seed=0, max_sequence_length=int(seq_len))
+        return local
     if "@" not in ref:
         raise UserError(f"field 'checkpoint': {ref!r} is not a directory (nor a catalog reference FAMILY@STEP)")
     from injection import catalog
@@ -87,10 +98,10 @@ def resolve_checkpoint_dir(ref: str) -> Path:
     resolved = catalog.load_catalog().resolve(ref)
     local = checkpoint_cache_dir(resolved.family.name, resolved.step)
     if not (local / "checkpoint.json").is_file():
-        if resolved.family.name == "tiny":
+        if resolved.family.name == "tiny" and resolved.step == 0:
             from injection.tiny import build_tiny_checkpoint
 
-            build_tiny_checkpoint(local, seed=resolved.step)
+            build_tiny_checkpoint(local, seed=0)
         else:
             raise UserError(
                 f"field 'checkpoint': {ref} is not in the local cache ({local}); fetch it first with "
@@ -100,8 +111,10 @@ def resolve_checkpoint_dir(ref: str) -> Path:
 
 
 def checkpoint_cache_dir(family: str, step: int) -> Path:
-    """Where a pulled or built checkpoint lives in the cache."""
-    return cache_dir() / "checkpoints" / family / f"step{step}"
+    """Where `injection pull` puts a checkpoint (and where `tiny@0` is built)."""
+    from injection.pull import default_dest
+
+    return default_dest(family, step)
 
 
 def read_checkpoint(ref: str) -> CheckpointInfo:
@@ -187,10 +200,9 @@ SMOKE_TEXT = ("boolq/none/validation", "passage")
 
 def cache_dir() -> Path:
     """`INJECTION_CACHE`, default ~/.cache/injection: built inputs (tiny checkpoints, tiny corpora)."""
-    import os
+    from injection.catalog import cache_dir as catalog_cache_dir
 
-    override = os.environ.get("INJECTION_CACHE")
-    return Path(override).expanduser() if override else Path.home() / ".cache" / "injection"
+    return catalog_cache_dir()
 
 
 def resolve_data(spec: str, ckpt: CheckpointInfo) -> Path:

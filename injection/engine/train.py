@@ -433,13 +433,16 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
 
     if k0 == 0:
         evaluate(0)
-    rows_per_rank = global_batch // world
+    from injection.splice import shard_batch
+
+    accumulation = check_batch_split(global_batch, cfg.micro_batch, world)
     for k in range(k0, cfg.total_steps):
         t0 = time.perf_counter()
         set_lr(run.engine, lr_of(k))
-        batch = torch.from_numpy(inputs.batch(k)[rank * rows_per_rank : (rank + 1) * rows_per_rank])
         losses = []
-        for micro in batch.split(cfg.micro_batch):
+        # this rank's rows of the spliced global batch, as `accumulation` micro-batches
+        for micro in shard_batch(inputs.batch(k), rank, world, cfg.micro_batch, accumulation):
+            micro = torch.from_numpy(micro)
             out = run.engine(input_ids=micro, labels=micro)
             run.engine.backward(out.loss)
             run.engine.step()  # DeepSpeed applies the update only at the accumulation boundary
