@@ -1,0 +1,61 @@
+"""`injection run smoke` end to end with the real pieces: tiny checkpoint, corpus and knowledge built into
+the cache on first use, the smoke schedule, the run directory read back."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from injection.cli import app
+from injection.engine.probelog import read_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def _env(cache: Path) -> dict[str, str]:
+    drop = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(INJECTION_CACHE=str(cache), OMP_NUM_THREADS="1")
+    return env
+
+
+def test_smoke_preset_runs_end_to_end(cache, tmp_path):
+    run_dir = tmp_path / "smoke"
+    # 4 updates with one encounter per group (steps 0, 1, 2) keep the test short; the preset runs 30
+    done = subprocess.run([sys.executable, "-m", "injection", "run", "smoke", "--total-steps", "4",
+                           "--set", "schedule_overrides.count=1", "--set", "checkpoint_interval=2",
+                           "-o", str(run_dir)], cwd=REPO, env=_env(cache), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FRESH AdamW moments" in done.stderr  # tiny@0 has no optimizer state
+    probes = read_table(run_dir / "probes.parquet")
+    assert sorted(probes.step.unique()) == [0, 1, 2, 3, 4]
+    assert len(probes) == 5 * 6 * 15  # 6 generated paragraphs × 15 probes
+    assert set(probes.scenario) == {"paraphrase", "duplicate", "once"}
+    inj = read_table(run_dir / "injections.parquet")
+    assert sorted(zip(inj.step, inj.paragraph)) == [(0, 0), (0, 1), (1, 2), (1, 3), (2, 4), (2, 5)]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["tokens_per_step"] == 4 * 256 and manifest["status"] == "complete"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step*")) == ["step2", "step4"]
+    # the same probes are learnt: the injected paragraphs' probes gain log-probability
+    first = probes[probes.step == 0].logprob.mean()
+    assert probes[probes.step == 4].logprob.mean() > first
+
+
+def test_schedule_that_does_not_fit_the_run(cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("INJECTION_CACHE", str(cache))
+    result = CliRunner().invoke(app, ["run", "smoke", "--total-steps", "5", "-o", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "beyond the run" in result.output
+    assert not (tmp_path / "r" / "probes.parquet").exists()
