@@ -131,3 +131,28 @@ def test_zero_stages_continue_the_optimizer_like_plain_adamw(tmp_path, stage):
     model.load_state_dict({k: v.detach() for k, v in _reference_params(ck, inputs, 2, micro=1).items()}, strict=False)
     expected = evaluate_probes(model, inputs.probe_items)
     np.testing.assert_allclose(probes[probes.step == 2].logprob.to_numpy(), expected.logprob, atol=1e-5)
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_bf16_keeps_the_checkpoints_fp32_master_weights(tmp_path, stage):
+    """DeepSpeed's bf16 optimizer would start from bf16-rounded weights; the engine restores the fp32 ones."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+    from safetensors.torch import load_file
+
+    from injection.engine.train import Run, build_engine, init_distributed, restore_master_weights, restore_moments
+
+    torch.set_num_threads(1)
+    ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=True)
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": stage}}))
+    cfg = _cfg(tmp_path, precision="bf16", deepspeed_config=str(ds))
+    rank, world = init_distributed()
+    engine = build_engine(Run(cfg, synthetic_inputs(ck), tmp_path / "run", rank, world))
+    assert restore_master_weights(engine, ck) > 0
+    restore_moments(engine, ck / "optimizer.safetensors")
+    weights, moments = load_file(str(ck / "model.safetensors")), load_file(str(ck / "optimizer.safetensors"))
+    for name, p in engine.module.named_parameters():
+        assert p.dtype == torch.bfloat16
+        torch.testing.assert_close(safe_get_full_fp32_param(p).reshape(-1), weights[name].reshape(-1), atol=0, rtol=0)
+        torch.testing.assert_close(safe_get_full_optimizer_state(p, "exp_avg").reshape(-1),
+                                   moments[f"exp_avg/{name}"].reshape(-1), atol=0, rtol=0)

@@ -145,6 +145,31 @@ def restore_moments(engine, path: Path) -> int:
     return restored
 
 
+def restore_master_weights(engine, checkpoint_dir: Path) -> int:
+    """In bf16 training, DeepSpeed builds its fp32 master weights from the bf16-cast model, which would
+    round away the checkpoint's fp32 precision; put the checkpoint's own fp32 values back. Returns the
+    number of parameters set (0 when the checkpoint's weights are not fp32)."""
+    from deepspeed.utils import safe_set_full_fp32_param
+    from safetensors import safe_open
+
+    files = sorted(checkpoint_dir.glob("model*.safetensors"))
+    names = _names_by_param(engine.module)
+    by_name = {a: p for p, aliases in names.items() for a in aliases}
+    restored = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                p = by_name.get(key)
+                if p is None or id(p) in restored:
+                    continue
+                value = f.get_tensor(key)
+                if value.dtype != torch.float32:
+                    return 0
+                safe_set_full_fp32_param(p, value.to(p.device))
+                restored.add(id(p))
+    return len(restored)
+
+
 def _names_by_param(model: torch.nn.Module) -> dict[torch.nn.Parameter, list[str]]:
     names: dict[torch.nn.Parameter, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -415,6 +440,8 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
                   "state is not continued and the first updates will be larger than the original run's.")
     else:
         restore_moments(run.engine, ckpt.path / "optimizer.safetensors")
+    if not resume and cfg.precision == "bf16":
+        restore_master_weights(run.engine, ckpt.path)
     if rank == 0:
         write_manifest(run, tokens_per_step, status="running")
         write_injections(run.run_dir, inputs.records)
