@@ -30,15 +30,22 @@ def _env(cache: Path) -> dict[str, str]:
     return env
 
 
-def test_smoke_preset_runs_end_to_end(cache, tmp_path):
-    run_dir = tmp_path / "smoke"
-    # 4 updates with one encounter per group (steps 0, 1, 2) keep the test short; the preset runs 30
-    done = subprocess.run([sys.executable, "-m", "injection", "run", "smoke", "--total-steps", "4",
-                           "--set", "schedule_overrides.count=1", "--set", "checkpoint_interval=2",
-                           "-o", str(run_dir)], cwd=REPO, env=_env(cache), capture_output=True, text=True,
-                          timeout=300)
+#: 4 updates with one encounter per group (steps 0, 1, 2) keep the tests short; the preset runs 30
+SHORT = ["--total-steps", "4", "--set", "schedule_overrides.count=1", "--set", "checkpoint_interval=2"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(cache, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    done = subprocess.run([sys.executable, "-m", "injection", "run", "smoke", *SHORT, "-o", str(run_dir)],
+                          cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FRESH AdamW moments" in done.stderr  # tiny@0 has no optimizer state
+    return run_dir
+
+
+def test_smoke_preset_runs_end_to_end(smoke_run):
+    run_dir = smoke_run
     probes = read_table(run_dir / "probes.parquet")
     assert sorted(probes.step.unique()) == [0, 1, 2, 3, 4]
     assert len(probes) == 5 * 6 * 15  # 6 generated paragraphs × 15 probes
@@ -59,3 +66,26 @@ def test_schedule_that_does_not_fit_the_run(cache, tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert "beyond the run" in result.output
     assert not (tmp_path / "r" / "probes.parquet").exists()
+
+
+def test_launch_on_two_cpu_ranks_matches_one_process(cache, smoke_run, tmp_path):
+    """`injection launch` → DeepSpeed's launcher → `python -m injection.engine.worker` on 2 ranks (gloo)."""
+    import socket
+
+    import numpy as np
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "two"
+    cmd = [sys.executable, "-m", "injection", "launch", "smoke", "--num-gpus", "2", "--master-port", str(port),
+           *SHORT[2:], "--set", "total_steps=4", "--set", f"output_dir={run_dir}"]
+    done = subprocess.run(cmd, cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "--module injection.engine.worker smoke" in done.stdout
+    key = ["step", "paragraph", "kind", "probe"]
+    one = read_table(smoke_run / "probes.parquet").sort_values(key, ignore_index=True)
+    two = read_table(run_dir / "probes.parquet").sort_values(key, ignore_index=True)
+    assert json.loads((run_dir / "manifest.json").read_text())["world_size"] == 2
+    assert (one[key] == two[key]).all().all()
+    np.testing.assert_allclose(two.logprob, one.logprob, atol=1e-4)
