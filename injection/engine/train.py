@@ -29,6 +29,7 @@ from injection.engine.inputs import RunInputs
 from injection.engine.lr import learning_rate, lr_for_update
 from injection.engine.probelog import MetricsWriter, ProbeLogWriter, write_injections, write_json_atomic
 from injection.errors import UserError
+from injection.splice import shard_batch
 
 STATE_FILE = "engine_state.json"
 
@@ -424,6 +425,7 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
         raise UserError(f"batch source has {inputs.batches.global_batch_size} rows per step, the run {global_batch}")
     tokens_per_step = global_batch * inputs.batches.seq_len
 
+    # every rank checks before deepspeed.initialize (a collective), so none can see rank 0's new manifest
     check_run_dir(cfg, resume)
     run.engine = build_engine(run)
     if rank == 0:
@@ -460,8 +462,6 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
 
     if k0 == 0:
         evaluate(0)
-    from injection.splice import shard_batch
-
     accumulation = check_batch_split(global_batch, cfg.micro_batch, world)
     for k in range(k0, cfg.total_steps):
         t0 = time.perf_counter()
