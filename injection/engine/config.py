@@ -74,6 +74,10 @@ class ExperimentConfig:
     """Training precision. `bf16` needs an accelerator; CPU tests use `fp32`."""
     eval_interval: int = 1
     """Evaluate every probe at step 0 and after every N-th update (1 = after every update)."""
+    eval_dense_window: int = 0
+    """Also evaluate at every step from each injection step through the next N steps, whatever
+    `eval_interval` says (0 = off). With the analysis window here, a sparse `eval_interval` keeps every
+    local acquisition maximum exact while the long forgetting tail is sampled more cheaply."""
     eval_batch_tokens: int = 16384
     """Upper bound on padded tokens per probe-evaluation forward pass (per rank)."""
     seed: int = 0
@@ -181,6 +185,7 @@ def _validate(cfg: ExperimentConfig, where: str) -> None:
     positive("global_batch", cfg.global_batch)
     positive("micro_batch", cfg.micro_batch)
     positive("eval_interval", cfg.eval_interval)
+    positive("eval_dense_window", cfg.eval_dense_window, allow_zero=True)
     positive("eval_batch_tokens", cfg.eval_batch_tokens)
     positive("checkpoint_interval", cfg.checkpoint_interval, allow_zero=True)
     positive("keep_checkpoints", cfg.keep_checkpoints)

@@ -18,7 +18,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -178,6 +178,16 @@ def _names_by_param(model: torch.nn.Module) -> dict[torch.nn.Parameter, list[str
     return names
 
 
+def evaluation_steps(total_steps: int, interval: int, injection_steps: list[int], dense_window: int) -> set[int]:
+    """The run steps whose probe values are logged: 0, every `interval`-th step, the last step, and with
+    `dense_window` > 0 every step t_i … t_i + dense_window around each injection step t_i (t_i itself is the
+    state before encounter i, which effectivity and retainability are measured against)."""
+    steps = {0, total_steps, *range(interval, total_steps + 1, interval)}
+    for t in injection_steps if dense_window > 0 else ():
+        steps.update(range(t, min(t + dense_window, total_steps) + 1))
+    return steps
+
+
 def set_lr(engine, lr: float) -> None:
     for group in engine.optimizer.param_groups:
         group["lr"] = lr
@@ -244,6 +254,61 @@ class ProgressHook(Hook):
 
     def on_end(self, run):
         self.progress.stop()
+
+
+class ExportHook(Hook):
+    """Saves the model at chosen run steps as a checkpoint directory in the pulled layout (docs/design.md):
+    HF weights, tokenizer, AdamW moments and checkpoint.json with global step S + k, so that a later run can
+    start from it exactly as from a pulled OLMo checkpoint. This is how the demo makes its `tiny` family.
+
+    ZeRO stages 0–2 only (every rank holds whole parameters); the files are written by rank 0.
+    """
+
+    def __init__(self, steps: Sequence[int], dest_for_step: Any, meta: dict[str, Any] | None = None) -> None:
+        self.steps = set(steps)
+        self.dest_for_step = dest_for_step
+        """Function: global step -> destination directory."""
+        self.meta = meta or {}
+        """checkpoint.json fields that replace the starting checkpoint's (e.g. a new `family`)."""
+
+    def on_update(self, run, step, metrics):
+        if step in self.steps and run.rank == 0:
+            export_checkpoint(run, step, self.dest_for_step(run.inputs.checkpoint.step + step), self.meta)
+
+
+def export_checkpoint(run: "Run", k: int, dest: Path, meta_overrides: dict[str, Any]) -> Path:
+    """Write θ_k and the optimizer moments as a checkpoint directory at global step S + k."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    from injection.tiny import save_checkpoint_dir
+    from injection.tokenizer import load_tokenizer
+
+    stage = run.engine.zero_optimization_stage()
+    if stage > 2:
+        raise UserError(f"exporting checkpoints needs ZeRO stage 0-2 (whole parameters on rank 0), not {stage}")
+    opt = run.engine.optimizer
+    inner = opt if isinstance(opt, torch.optim.Optimizer) and not hasattr(opt, "optimizer") else opt.optimizer
+    state: dict[str, torch.Tensor] = {}
+    adam_step = 0.0
+    for p, aliases in _names_by_param(run.engine.module).items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            value = inner.state[p].get(key) if inner is opt else safe_get_full_optimizer_state(p, key)
+            if value is not None:
+                state[f"{key}/{aliases[0]}"] = value.detach().float().reshape(p.shape).clone()
+    for s in inner.state.values():
+        if "step" in s:
+            adam_step = float(s["step"])
+            break
+    if state:
+        state["step"] = torch.tensor(adam_step)
+    ckpt = run.inputs.checkpoint
+    global_step = ckpt.step + k
+    meta = {**ckpt.raw, "step": global_step, "source": "trained",
+            "trainer_state": {"global_step": global_step, "run_dir": str(run.run_dir)}, **meta_overrides}
+    meta.pop("has_optimizer_state", None)
+    has_tokenizer = (ckpt.path / "tokenizer.json").is_file() or (ckpt.path / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(str(ckpt.path)) if has_tokenizer else None
+    return save_checkpoint_dir(run.engine.module, tokenizer, dest, meta, state or None)
 
 
 # ---- the run -------------------------------------------------------------------------------------------
@@ -412,8 +477,11 @@ def write_config(cfg: ExperimentConfig) -> None:
     os.replace(tmp, run_dir / "config.yaml")
 
 
-def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False, progress: bool = True) -> Path:
-    """Train T updates from the checkpoint, writing the run directory (rank 0). Returns the run dir."""
+def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False, progress: bool = True,
+                 hooks: Sequence[Hook] = ()) -> Path:
+    """Train T updates from the checkpoint, writing the run directory (rank 0). Returns the run dir.
+
+    `hooks` are added on every rank (after the rank-0 logging hooks), e.g. `ExportHook`."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -444,6 +512,7 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
         restore_moments(run.engine, ckpt.path / "optimizer.safetensors")
     if not resume and cfg.precision == "bf16":
         restore_master_weights(run.engine, ckpt.path)
+    run.hooks += list(hooks)
     if rank == 0:
         write_manifest(run, tokens_per_step, status="running")
         write_injections(run.run_dir, inputs.records)
@@ -460,6 +529,8 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
         for hook in run.hooks:
             hook.on_eval(run, step, scores)
 
+    eval_steps = evaluation_steps(cfg.total_steps, cfg.eval_interval, sorted(inputs.injections),
+                                  cfg.eval_dense_window)
     if k0 == 0:
         evaluate(0)
     accumulation = check_batch_split(global_batch, cfg.micro_batch, world)
@@ -484,7 +555,7 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
         metrics = {"loss": float(loss), "lr": lr_of(k), "grad_norm": float(grad_norm or 0.0),
                    "tokens_per_s": tokens_per_step / (time.perf_counter() - t0)}
         step = k + 1
-        if step % cfg.eval_interval == 0 or step == cfg.total_steps:
+        if step in eval_steps:
             evaluate(step)
         for hook in run.hooks:
             hook.on_update(run, step, metrics)
