@@ -77,6 +77,8 @@ class GroupFit:
     n_points: int = 0
     t_star_steps: float = math.nan
     t_star_tokens: float = math.nan
+    exact_match_first: float = math.nan
+    """Fraction of the group's probes recalled exactly at the first logged step (before any encounter)."""
     exact_match_last: float = math.nan
     """Fraction of the group's probes recalled exactly at the last logged step."""
     exact_match_peak: float = math.nan
@@ -105,6 +107,7 @@ class GroupFit:
             "t_min": self.t_min,
             "t_max": self.t_max,
             "n_points": self.n_points,
+            "exact_match_first": _num(self.exact_match_first),
             "exact_match_last": _num(self.exact_match_last),
             "exact_match_peak": _num(self.exact_match_peak),
             "partial": self.partial,
@@ -204,7 +207,7 @@ def _fit_group(run: Run, options: FitOptions, enc: Encounters, acq: Acquisition,
     )
     if run.exact_match is not None:
         rate = exact_match_rate(run, members)
-        fit.exact_match_last, fit.exact_match_peak = float(rate[-1]), float(rate.max())
+        fit.exact_match_first, fit.exact_match_last, fit.exact_match_peak = float(rate[0]), float(rate[-1]), float(rate.max())
     if run.tokens_per_step is None:
         notes.append("manifest.json has no tokens_per_step: t* in tokens unknown")
     if len(kept) == 0:

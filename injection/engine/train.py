@@ -288,6 +288,11 @@ def export_checkpoint(run: "Run", k: int, dest: Path, meta_overrides: dict[str, 
         raise UserError(f"exporting checkpoints needs ZeRO stage 0-2 (whole parameters on rank 0), not {stage}")
     opt = run.engine.optimizer
     inner = opt if isinstance(opt, torch.optim.Optimizer) and not hasattr(opt, "optimizer") else opt.optimizer
+    if hasattr(opt, "_lazy_init_hp_params_optimizer_state"):
+        # ZeRO links each parameter to its slice of the moments once, after the first step, from whatever the
+        # state held then (nothing, when the run started with fresh moments): link again from the live state
+        opt._hp_optimizer_states_linked = False
+        opt._lazy_init_hp_params_optimizer_state()
     state: dict[str, torch.Tensor] = {}
     adam_step = 0.0
     for p, aliases in _names_by_param(run.engine.module).items():
