@@ -122,16 +122,17 @@ _TEXT = (
 
 FULL = DemoProfile(
     name="full", text_sources=_TEXT, background_paragraphs=600, background_repeats=4, tokenizer_vocab=4096,
-    d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=900, peak_lr=3e-3,
-    warmup_steps=50, schedule_t_max=4000, stages=(("early", 300), ("mid", 600), ("late", 900)),
-    run_stages=("early", "late"), paragraphs_per_group=5, control_paragraphs=5, paraphrases=3, interval=25, encounters=4,
-    run_steps=220, eval_interval=5, window=20,
+    d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=600, peak_lr=1e-2,
+    warmup_steps=50, schedule_t_max=4000, stages=(("early", 200), ("mid", 400), ("late", 600)),
+    run_stages=("early", "late"), paragraphs_per_group=4, control_paragraphs=4, paraphrases=3, interval=10,
+    encounters=4, run_steps=150, eval_interval=5, window=10,
 )
 QUICK = DemoProfile(
-    name="quick", text_sources=_TEXT[:2], background_paragraphs=200, background_repeats=3, tokenizer_vocab=2048,
-    d_model=64, n_layers=2, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=120, peak_lr=3e-3,
+    name="quick", text_sources=_TEXT[:2], background_paragraphs=200, background_repeats=3, tokenizer_vocab=4096,
+    d_model=64, n_layers=2, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=120, peak_lr=1e-2,
     warmup_steps=20, schedule_t_max=2000, stages=(("early", 60), ("late", 120)), run_stages=("early", "late"),
-    paragraphs_per_group=3, control_paragraphs=3, paraphrases=2, interval=10, encounters=3, run_steps=60, eval_interval=3, window=8,
+    paragraphs_per_group=3, control_paragraphs=3, paraphrases=2, interval=8, encounters=3, run_steps=50,
+    eval_interval=3, window=6,
 )
 
 
@@ -151,11 +152,11 @@ def _documents(source: str, how: str) -> list[str]:
     return [r[how] for r in rows if r[how]]
 
 
-def build_demo_corpus(profile: DemoProfile, background: list[str], cache: Path) -> tuple[Path, Path]:
-    """(corpus directory, tokenizer directory); built once per profile."""
-    corpus_dir, tok_dir = cache / "corpus", cache / "tokenizer"
-    if (corpus_dir / "corpus.json").is_file() and (tok_dir / "tokenizer.json").is_file():
-        return corpus_dir, tok_dir
+def build_tokenizer(profile: DemoProfile, background: list[str], cache: Path) -> Path:
+    """The corpus documents (JSON Lines) and the tokenizer trained on them; built once per profile."""
+    tok_dir = cache / "tokenizer"
+    if (tok_dir / "tokenizer.json").is_file() and (cache / "documents.jsonl").is_file():
+        return tok_dir
     docs = [d for source, how in profile.text_sources for d in _documents(source, how)]
     docs += [b for b in background for _ in range(profile.background_repeats)]
     random.Random(profile.seed).shuffle(docs)
@@ -164,13 +165,31 @@ def build_demo_corpus(profile: DemoProfile, background: list[str], cache: Path) 
     tmp = jsonl.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     tmp.replace(jsonl)
-
     train_tokenizer(docs, profile.tokenizer_vocab, tok_dir)
-    from injection.data.build import build_corpus
+    return tok_dir
 
-    build_corpus(jsonl, str(tok_dir), profile.seq_len, corpus_dir, seed=profile.seed, overwrite=True,
-                 show_progress=False)
-    return corpus_dir, tok_dir
+
+def sequence_length(profile: DemoProfile, tokenizer_dir: Path, knowledge: Path) -> int:
+    """The profile's sequence length, or more when a paragraph variant (with EOS) would not fit in one row:
+    rounded up to a multiple of 64 so that similar knowledge sets share a cached model."""
+    from fictional_knowledge.encode import encode_paragraphs
+    from fictional_knowledge.load import load_knowledge
+    from injection.tokenizer import load_tokenizer
+
+    texts = [p.variant(j) for p in load_knowledge(knowledge).paragraphs for j in range(p.n_variants)]
+    longest = max(len(ids) for ids in encode_paragraphs(load_tokenizer(str(tokenizer_dir)), texts))
+    return max(profile.seq_len, -(-longest // 64) * 64)
+
+
+def build_demo_corpus(profile: DemoProfile, tokenizer_dir: Path, seq_len: int, cache: Path) -> Path:
+    """The documents tokenized into the OLMo corpus format (the code path of `injection data build-corpus`)."""
+    corpus_dir = cache / f"L{seq_len}" / "corpus"
+    if not (corpus_dir / "corpus.json").is_file():
+        from injection.data.build import build_corpus
+
+        build_corpus(cache / "documents.jsonl", str(tokenizer_dir), seq_len, corpus_dir, seed=profile.seed,
+                     overwrite=True, show_progress=False)
+    return corpus_dir
 
 
 def train_tokenizer(docs: list[str], vocab: int, out: Path) -> None:
@@ -209,7 +228,8 @@ def stage_dir(cache: Path, step: int) -> Path:
     return cache / "checkpoints" / "tiny" / f"step{step}"
 
 
-def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, probe_knowledge: Path, cache: Path) -> dict[str, Path]:
+def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, seq_len: int, probe_knowledge: Path,
+             cache: Path) -> dict[str, Path]:
     """Pretrain the tiny model from step 0 through the engine; returns {stage: checkpoint dir}.
 
     The probes of the injected knowledge are logged every 50 steps as a control: the model never sees those
@@ -234,10 +254,10 @@ def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, probe_know
             step0, seed=profile.seed, tokenizer=tokenizer,
             d_model=profile.d_model, n_layers=profile.n_layers, n_heads=profile.n_heads, n_kv_heads=profile.n_heads,
             mlp_hidden_size=8 * profile.d_model, vocab_size=len(tokenizer), embedding_size=len(tokenizer),
-            max_sequence_length=profile.seq_len, eos_token_id=tokenizer.eos_token_id,
+            max_sequence_length=seq_len, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             meta_overrides={"family": "tiny", "lr_schedule": lr_schedule, "global_batch_size": profile.global_batch,
-                            "seq_len": profile.seq_len, "tokens_per_step": profile.global_batch * profile.seq_len,
+                            "seq_len": seq_len, "tokens_per_step": profile.global_batch * seq_len,
                             "demo_profile": profile.name})
     run_dir = cache / "pretrain"
     cfg = config_from_dict(dict(
@@ -258,7 +278,7 @@ def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, probe_know
     export = ExportHook(list(steps), lambda global_step: stage_dir(cache, global_step),
                         {"family": "tiny", "source": "demo-pretraining"})
     _say(f"pretraining a {profile.d_model}-wide, {profile.n_layers}-layer OLMo model for {profile.pretrain_steps} "
-         f"steps ({profile.global_batch} × {profile.seq_len} tokens per step)")
+         f"steps ({profile.global_batch} × {seq_len} tokens per step)")
     run_training(cfg, inputs, resume=resume, progress=True, hooks=[export])
     missing = [n for n, d in stages.items() if not (d / "checkpoint.json").is_file()]
     if missing:
@@ -369,8 +389,10 @@ def run_demo(out: Path, quick: bool = False, knowledge: Path | None = None) -> d
     cache = cache_dir() / "demo" / f"{profile.name}-{profile.key()}"
     knowledge_path, background = demo_knowledge(profile, knowledge, out)
     _say("building the corpus and tokenizer (cached after the first run)")
-    corpus, tokenizer_dir = build_demo_corpus(profile, background, cache)
-    stages = pretrain(profile, corpus, tokenizer_dir, knowledge_path, cache)
+    tokenizer_dir = build_tokenizer(profile, background, cache)
+    seq_len = sequence_length(profile, tokenizer_dir, knowledge_path)
+    corpus = build_demo_corpus(profile, tokenizer_dir, seq_len, cache)
+    stages = pretrain(profile, corpus, tokenizer_dir, seq_len, knowledge_path, cache / f"L{seq_len}")
     schedule = out / "schedule.yaml"
     import yaml
 
