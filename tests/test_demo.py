@@ -1,0 +1,70 @@
+"""`injection demo --quick` from an empty cache, end to end, and its re-use of cached work."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from injection.cli import app
+from injection.demo import FULL, QUICK
+
+
+@pytest.mark.slow
+def test_quick_demo_from_nothing_then_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["checkpoint"] for r in summary["runs"]] == ["tiny@early", "tiny@late"]
+    for run in summary["runs"]:
+        # the fit objects are exactly what `analysis fit --json` prints for that run directory
+        printed = CliRunner().invoke(app_analysis(), ["fit", run["run_dir"], "--json", "--window", str(QUICK.window)])
+        assert printed.exit_code == 0, printed.output
+        assert run["fit"] == json.loads(printed.output)
+        groups = {(f["scenario"], f["kind"]) for f in run["fit"]}
+        assert {(s, k) for s in ("paraphrase", "duplicate", "once", "none") for k in ("mem", "sem", "comp")} == groups
+        injected = [f for f in run["fit"] if f["scenario"] != "none"]
+        assert all(f["n_probes"] == 5 * QUICK.paragraphs_per_group for f in injected)
+        assert all(f["effectivity"] is not None for f in injected)
+    assert (out / "report" / "report.html").stat().st_size > 10_000
+    for stage in ("early", "late"):
+        assert (out / "figures" / stage / "retainability.png").is_file()
+    # the exported stages are checkpoint directories like pulled ones (weights, tokenizer, moments)
+    stage_dirs = sorted((tmp_path / "cache" / "demo").glob("quick-*/L*/checkpoints/tiny/step*"))
+    assert [d.name for d in stage_dirs] == ["step0", "step120", "step60"]
+    meta = json.loads((stage_dirs[2] / "checkpoint.json").read_text())
+    assert meta["step"] == 60 and meta["has_optimizer_state"] and meta["family"] == "tiny"
+
+    # a second invocation reuses the corpus, the checkpoints and the finished runs
+    before = {p: p.stat().st_mtime_ns for p in stage_dirs + [out / "runs" / "early" / "manifest.json"]}
+    again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "pretraining" not in again.output and "injection run" not in again.output
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def app_analysis():
+    from analysis.cli import app as analysis_app
+
+    return analysis_app
+
+
+def test_profiles_schedule_fits_the_batch():
+    """A step carries one group's paragraphs at most, and every group fits in the global batch."""
+    for profile in (FULL, QUICK):
+        sched = profile.schedule()
+        starts = [g["first_step"] for g in sched["groups"]]
+        assert len(set(starts)) == 3 and max(starts) < profile.interval
+        assert profile.paragraphs_per_group <= profile.global_batch
+        assert dict(profile.stages).keys() >= set(profile.run_stages)
+        assert max(step for _, step in profile.stages) == profile.pretrain_steps
+
+
+def test_bad_knowledge_exits_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "k.json"
+    bad.write_text("[]")
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "o"), "--knowledge", str(bad)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
