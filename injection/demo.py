@@ -287,6 +287,18 @@ def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, seq_len: i
     return stages
 
 
+def register_tiny_family(profile: DemoProfile, stages: dict[str, Path]) -> None:
+    """Make the full demo's stages the catalog's `tiny` checkpoints (`tiny@early` … in any config): a link
+    where `injection pull` would put them. Existing directories are left alone."""
+    from injection.pull import default_dest
+
+    for name, step in profile.stages:
+        dest = default_dest("tiny", step)
+        if not dest.exists() and not dest.is_symlink():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.symlink_to(stages[name].resolve(), target_is_directory=True)
+
+
 # ---- 4–6: knowledge, runs, analysis -------------------------------------------------------------------------
 
 
@@ -393,6 +405,8 @@ def run_demo(out: Path, quick: bool = False, knowledge: Path | None = None) -> d
     seq_len = sequence_length(profile, tokenizer_dir, knowledge_path)
     corpus = build_demo_corpus(profile, tokenizer_dir, seq_len, cache)
     stages = pretrain(profile, corpus, tokenizer_dir, seq_len, knowledge_path, cache / f"L{seq_len}")
+    if profile is FULL and seq_len == profile.seq_len:
+        register_tiny_family(profile, stages)
     schedule = out / "schedule.yaml"
     import yaml
 

@@ -62,6 +62,12 @@ def test_profiles_schedule_fits_the_batch():
         assert max(step for _, step in profile.stages) == profile.pretrain_steps
 
 
+def test_catalog_tiny_stages_are_the_full_demos():
+    from injection.catalog import load_catalog
+
+    assert load_catalog().family("tiny").stages == dict(FULL.stages)
+
+
 def test_bad_knowledge_exits_2(tmp_path, monkeypatch):
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
     bad = tmp_path / "k.json"

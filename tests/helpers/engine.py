@@ -21,6 +21,7 @@ if str(REPO) not in sys.path:
 
 from injection.engine.evaluate import ProbeItem  # noqa: E402
 from injection.engine.inputs import RunInputs, read_checkpoint  # noqa: E402
+from injection.splice import InjectionRecord, SpliceItem  # noqa: E402
 
 VOCAB = 256
 SEQ = 32
@@ -88,23 +89,8 @@ def synthetic_probes(n_paragraphs: int = 4, per_kind: int = 2, seed: int = 0, vo
     return items
 
 
-@dataclass(frozen=True)
-class Item:
-    paragraph: int
-    scenario: str
-    variant: int
-    token_ids: list[int]
-
-
-@dataclass(frozen=True)
-class Record:
-    step: int
-    paragraph: int
-    scenario: str
-    variant: int
-    row: int
-    offset: int
-    tokens: int
+Item = SpliceItem
+Record = InjectionRecord
 
 
 def simple_splice(tokens, step, items):
