@@ -122,10 +122,10 @@ _TEXT = (
 
 FULL = DemoProfile(
     name="full", text_sources=_TEXT, background_paragraphs=600, background_repeats=4, tokenizer_vocab=4096,
-    d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=600, peak_lr=1e-2,
-    warmup_steps=50, schedule_t_max=4000, stages=(("early", 200), ("mid", 400), ("late", 600)),
+    d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=400, peak_lr=1e-2,
+    warmup_steps=50, schedule_t_max=4000, stages=(("early", 150), ("mid", 275), ("late", 400)),
     run_stages=("early", "late"), paragraphs_per_group=4, control_paragraphs=4, paraphrases=3, interval=10,
-    encounters=4, run_steps=150, eval_interval=5, window=10,
+    encounters=4, run_steps=140, eval_interval=5, window=10,
 )
 QUICK = DemoProfile(
     name="quick", text_sources=_TEXT[:2], background_paragraphs=200, background_repeats=3, tokenizer_vocab=4096,
@@ -182,43 +182,34 @@ def sequence_length(profile: DemoProfile, tokenizer_dir: Path, knowledge: Path) 
 
 
 def build_demo_corpus(profile: DemoProfile, tokenizer_dir: Path, seq_len: int, cache: Path) -> Path:
-    """The documents tokenized into the OLMo corpus format (the code path of `injection data build-corpus`)."""
+    """The documents tokenized into the OLMo corpus format (the code path of `injection data build-corpus`).
+
+    The corpus must hold every step the demo trains on (pretraining, then the injection runs from the last
+    stage): where one pass over the documents is too short, they are repeated, each pass shuffled anew, as
+    multi-epoch pretraining does."""
+    from injection.data.build import build_corpus
+
     corpus_dir = cache / f"L{seq_len}" / "corpus"
-    if not (corpus_dir / "corpus.json").is_file():
-        from injection.data.build import build_corpus
-
-        build_corpus(cache / "documents.jsonl", str(tokenizer_dir), seq_len, corpus_dir, seed=profile.seed,
-                     overwrite=True, show_progress=False)
-    return corpus_dir
-
-
-def train_tokenizer(docs: list[str], vocab: int, out: Path) -> None:
-    """A GPT-2-style byte-level BPE with OLMo's special tokens, saved with save_pretrained (atomically).
-    vocab 0 saves the real OLMo tokenizer instead."""
-    import shutil
-    import tempfile
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from injection.tokenizer import load_tokenizer
-
-    if vocab == 0:
-        tokenizer = load_tokenizer("olmo")
-    else:
-        bpe = Tokenizer(models.BPE())
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        bpe.decoder = decoders.ByteLevel()
-        bpe.train_from_iterator(docs, trainers.BpeTrainer(
-            vocab_size=vocab, special_tokens=["<|endoftext|>", "<|padding|>"], show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|padding|>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out.parent))
-    tokenizer.save_pretrained(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    if (corpus_dir / "corpus.json").is_file():
+        return corpus_dir
+    needed = (profile.pretrain_steps + profile.run_steps) * profile.global_batch
+    docs = [json.loads(line)["text"] for line in (cache / "documents.jsonl").read_text().splitlines()]
+    repeats = 1
+    while True:
+        jsonl = cache / f"L{seq_len}" / f"documents-x{repeats}.jsonl"
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        passes = []
+        for r in range(repeats):
+            order = list(docs)
+            random.Random(profile.seed + r).shuffle(order)
+            passes += order
+        jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in passes))
+        info = build_corpus(jsonl, str(tokenizer_dir), seq_len, corpus_dir, seed=profile.seed, overwrite=True,
+                            show_progress=False)
+        jsonl.unlink()
+        if info["n_instances"] >= needed:
+            return corpus_dir
+        repeats = -(-needed * repeats // info["n_instances"])
 
 
 # ---- 3: pretraining ---------------------------------------------------------------------------------------
