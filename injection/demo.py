@@ -212,6 +212,35 @@ def build_demo_corpus(profile: DemoProfile, tokenizer_dir: Path, seq_len: int, c
         repeats = -(-needed * repeats // info["n_instances"])
 
 
+def train_tokenizer(docs: list[str], vocab: int, out: Path) -> None:
+    """A GPT-2-style byte-level BPE with OLMo's special tokens, saved with save_pretrained (atomically).
+    vocab 0 saves the real OLMo tokenizer instead."""
+    import shutil
+    import tempfile
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from injection.tokenizer import load_tokenizer
+
+    if vocab == 0:
+        tokenizer = load_tokenizer("olmo")
+    else:
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        bpe.train_from_iterator(docs, trainers.BpeTrainer(
+            vocab_size=vocab, special_tokens=["<|endoftext|>", "<|padding|>"], show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|padding|>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out.parent))
+    tokenizer.save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
 # ---- 3: pretraining ---------------------------------------------------------------------------------------
 
 
