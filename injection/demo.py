@@ -309,12 +309,14 @@ def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, seq_len: i
 
 def register_tiny_family(profile: DemoProfile, stages: dict[str, Path]) -> None:
     """Make the full demo's stages the catalog's `tiny` checkpoints (`tiny@early` … in any config): a link
-    where `injection pull` would put them. Existing directories are left alone."""
+    where `injection pull` would put them. Existing directories are left alone; stale links are replaced."""
     from injection.pull import default_dest
 
     for name, step in profile.stages:
         dest = default_dest("tiny", step)
-        if not dest.exists() and not dest.is_symlink():
+        if dest.is_symlink() and not dest.exists():
+            dest.unlink()  # points at a demo cache that has since been removed
+        if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.symlink_to(stages[name].resolve(), target_is_directory=True)
 

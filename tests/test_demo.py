@@ -68,6 +68,23 @@ def test_catalog_tiny_stages_are_the_full_demos():
     assert load_catalog().family("tiny").stages == dict(FULL.stages)
 
 
+def test_full_demo_stages_are_linked_as_the_tiny_family(tmp_path, monkeypatch):
+    from injection.demo import register_tiny_family
+    from injection.pull import default_dest
+
+    monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
+    stages = {}
+    for name, step in FULL.stages:
+        stages[name] = tmp_path / "demo" / f"step{step}"
+        stages[name].mkdir(parents=True)
+    gone = tmp_path / "removed"
+    default_dest("tiny", FULL.stages[0][1]).parent.mkdir(parents=True)
+    default_dest("tiny", FULL.stages[0][1]).symlink_to(gone)  # a link left by a demo cache since deleted
+    register_tiny_family(FULL, stages)
+    for name, step in FULL.stages:
+        assert default_dest("tiny", step).resolve() == stages[name].resolve()
+
+
 def test_bad_knowledge_exits_2(tmp_path, monkeypatch):
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
     bad = tmp_path / "k.json"
