@@ -15,16 +15,15 @@ founded by" -> the city's founder), so they are real two-hop questions.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS
 from fictional_knowledge.validate import PARAPHRASES_FIELD, TEXT_FIELD, check_items
+from injection.atomic import write_bytes_atomic
 from injection.errors import UserError
 
 PROBES_PER_KIND = 5
@@ -475,25 +474,10 @@ def dumps_knowledge(items: list[dict[str, Any]]) -> bytes:
     return (json.dumps(items, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename over `path`: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_knowledge(out: str | Path, n_paragraphs: int, n_paraphrases: int, seed: int) -> list[dict[str, Any]]:
     """Generate a knowledge set, check it like any input file, and write it atomically to `out`."""
     out = Path(out)
     items = generate_knowledge(n_paragraphs, n_paraphrases, seed)
     check_items(items, str(out))
-    write_atomically(out, dumps_knowledge(items))
+    write_bytes_atomic(out, dumps_knowledge(items))
     return items

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from injection.atomic import write_bytes_atomic
 from injection.errors import UserError
 
 
@@ -160,11 +161,7 @@ def build_tokenizer(profile: DemoProfile, background: list[str], cache: Path) ->
     docs = [d for source, how in profile.text_sources for d in _documents(source, how)]
     docs += [b for b in background for _ in range(profile.background_repeats)]
     random.Random(profile.seed).shuffle(docs)
-    cache.mkdir(parents=True, exist_ok=True)
-    jsonl = cache / "documents.jsonl"
-    tmp = jsonl.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    tmp.replace(jsonl)
+    write_bytes_atomic(cache / "documents.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in docs).encode())
     train_tokenizer(docs, profile.tokenizer_vocab, tok_dir)
     return tok_dir
 
@@ -327,10 +324,10 @@ def register_tiny_family(profile: DemoProfile, stages: dict[str, Path]) -> None:
 def demo_knowledge(profile: DemoProfile, knowledge: Path | None, out: Path) -> tuple[Path, list[str]]:
     """(injected knowledge file, background biographies). Background people are generated in the same set
     as the injected ones, so the generator's name uniqueness keeps them disjoint."""
-    from fictional_knowledge.generate import dumps_knowledge, generate_knowledge, write_atomically
+    from fictional_knowledge.generate import dumps_knowledge, generate_knowledge
 
     def write_knowledge(items: list[dict[str, Any]], path: Path) -> None:
-        write_atomically(path, dumps_knowledge(items))
+        write_bytes_atomic(path, dumps_knowledge(items))
 
     items = generate_knowledge(profile.n_probed + profile.background_paragraphs, profile.paraphrases, profile.seed)
     background = [it["train_context"] for it in items[profile.n_probed:]]
@@ -392,9 +389,6 @@ def analyse(profile: DemoProfile, run_dirs: dict[str, Path], out: Path) -> dict[
         summary["runs"].append({"checkpoint": f"tiny@{stage}", "run_dir": str(run_dir),
                                 "fit": [g.record() for g in analysis.fits]})
     write_report(list(run_dirs.values()), out / "report", options)
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    tmp.replace(out / "summary.json")
     return summary
 
 
@@ -432,12 +426,12 @@ def run_demo(out: Path, quick: bool = False, knowledge: Path | None = None) -> d
     schedule = out / "schedule.yaml"
     import yaml
 
-    schedule.write_text(yaml.safe_dump(profile.schedule(), sort_keys=False))
+    write_bytes_atomic(schedule, yaml.safe_dump(profile.schedule(), sort_keys=False).encode())
     run_dirs = {stage: injection_run(profile, stage, stages[stage], knowledge_path, schedule, corpus, out)
                 for stage in profile.run_stages}
     summary = analyse(profile, run_dirs, out)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    write_bytes_atomic(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
     return summary
 
 

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from injection.data.atomic import progress_bar, publish_dir, temp_dir_beside, write_json_atomic
+from injection.atomic import progress_bar, publish_dir, temp_dir_beside, write_json_atomic
 from injection.data.order import build_global_indices, write_global_indices
 from injection.data.source import CORPUS_FILE
 from injection.errors import UserError

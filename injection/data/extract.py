@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from injection.data.atomic import progress_bar, write_json_atomic
+from injection.atomic import progress_bar, write_json_atomic
 from injection.data.source import CORPUS_FILE, CorpusBatchSource, CorpusInfo
 from injection.errors import UserError
 

@@ -27,7 +27,8 @@ from injection.engine.config import ExperimentConfig, resolve_deepspeed_config_p
 from injection.engine.evaluate import ProbeScores, evaluate_probes
 from injection.engine.inputs import RunInputs
 from injection.engine.lr import learning_rate, lr_for_update
-from injection.engine.probelog import MetricsWriter, ProbeLogWriter, write_injections, write_json_atomic
+from injection.atomic import write_json_atomic
+from injection.engine.probelog import MetricsWriter, ProbeLogWriter, write_injections
 from injection.errors import UserError
 from injection.splice import shard_batch
 
@@ -356,7 +357,7 @@ def save_checkpoint(run: Run, k: int) -> None:
                run.checkpoints_dir / tag / f"rng_rank{run.rank}.pt")
     dist.barrier()  # every rank's shards and RNG are on disk before the checkpoint is declared complete
     if run.rank == 0:
-        write_json_atomic({"k": k, "world_size": run.world, **extra}, run.checkpoints_dir / tag / STATE_FILE)
+        write_json_atomic(run.checkpoints_dir / tag / STATE_FILE, {"k": k, "world_size": run.world, **extra})
         for _, old in complete_checkpoints(run.run_dir)[: -run.cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -584,7 +585,7 @@ def write_manifest(run: Run, tokens_per_step: int, status: str) -> None:
     versions = {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
                 "transformers": transformers.__version__, "numpy": np.__version__}
     versions["injection"] = getattr(injection, "__version__", "0.1.0")
-    write_json_atomic({
+    write_json_atomic(run.run_dir / "manifest.json", {
         "format": "injection-run/1",
         "status": status,
         "config": cfg.to_dict(),
@@ -600,4 +601,4 @@ def write_manifest(run: Run, tokens_per_step: int, status: str) -> None:
         "n_probes": len(run.inputs.probe_items),
         "knowledge": run.inputs.knowledge_source,
         "versions": versions,
-    }, run.run_dir / "manifest.json")
+    })

@@ -10,17 +10,25 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write to a unique temporary file in the same directory, then rename over `path`."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """JSON (indented; paths and other objects as strings), written atomically."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def temp_dir_beside(path: Path) -> Path:
