@@ -86,7 +86,8 @@ def test_killed_then_resumed_run_equals_uninterrupted(reference):
     probes = read_table(run_dir / "probes.parquet").sort_values(KEY, ignore_index=True)
     pd.testing.assert_frame_equal(probes, ref_probes)  # exact: nothing lost, duplicated or changed
     metrics = read_table(run_dir / "train_metrics.parquet")
-    pd.testing.assert_frame_equal(metrics.drop(columns="tokens_per_s"), ref_metrics.drop(columns="tokens_per_s"))
+    timings = ["tokens_per_s", "eval_s", "max_mem_gib"]  # wall-clock and memory figures differ run to run
+    pd.testing.assert_frame_equal(metrics.drop(columns=timings), ref_metrics.drop(columns=timings))
     assert not any(p.name.endswith(".tmp") for p in (run_dir / "probes.parquet").iterdir())
     assert killed_mid_run, "the run finished before it was killed: nothing was resumed"
 

@@ -73,6 +73,8 @@ def test_run_writes_the_run_directory_and_continues_the_optimizer(tmp_path):
     assert inj.step.tolist() == [0] * 4 + [3] * 2 or set(inj.step) <= {0, 3}
     metrics = read_table(run_dir / "train_metrics.parquet")
     assert metrics.step.tolist() == [1, 2, 3]
+    assert (metrics.eval_s > 0).all()  # eval_interval 1: probes scored after every update, and timed
+    assert manifest["runtime"]["distributed_backend"] == ("nccl" if torch.cuda.is_available() else "gloo")
     assert metrics.lr.tolist() == pytest.approx([lr_for_update(inputs.checkpoint.lr_schedule, 1000, k)
                                                  for k in range(3)])
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step*")) == ["step2", "step3"]

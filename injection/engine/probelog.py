@@ -54,6 +54,8 @@ METRICS_SCHEMA = pa.schema(
         ("lr", pa.float64()),
         ("grad_norm", pa.float32()),
         ("tokens_per_s", pa.float32()),
+        ("max_mem_gib", pa.float32()),  # peak accelerator memory so far (NaN on CPU)
+        ("eval_s", pa.float32()),  # seconds spent scoring probes after this update (0 when not evaluated)
     ]
 )
 
@@ -147,9 +149,10 @@ class MetricsWriter(PartWriter):
     def __init__(self, run_dir: Path, flush_steps: int = 25) -> None:
         super().__init__(Path(run_dir) / "train_metrics.parquet", METRICS_SCHEMA, flush_steps)
 
-    def log(self, step: int, loss: float, lr: float, grad_norm: float, tokens_per_s: float) -> None:
+    def log(self, step: int, loss: float, lr: float, grad_norm: float, tokens_per_s: float,
+            max_mem_gib: float = float("nan"), eval_s: float = 0.0) -> None:
         self.add(step, {"step": [step], "loss": [loss], "lr": [lr], "grad_norm": [grad_norm],
-                        "tokens_per_s": [tokens_per_s]})
+                        "tokens_per_s": [tokens_per_s], "max_mem_gib": [max_mem_gib], "eval_s": [eval_s]})
 
 
 def write_injections(run_dir: Path, records: Sequence[Any]) -> Path:

@@ -530,10 +530,13 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
             return cfg.optimizer.constant_lr
         return lr_for_update(ckpt.lr_schedule, ckpt.step, k) * cfg.optimizer.lr_scale
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int) -> float:
+        """Score every probe on the current weights; returns the seconds it took."""
+        t0 = time.perf_counter()
         scores = evaluate_probes(run.engine.module, inputs.probe_items, cfg.eval_batch_tokens, rank, world)
         for hook in run.hooks:
             hook.on_eval(run, step, scores)
+        return time.perf_counter() - t0
 
     eval_steps = evaluation_steps(cfg.total_steps, cfg.eval_interval, sorted(inputs.injections),
                                   cfg.eval_dense_window)
@@ -546,7 +549,7 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
         losses = []
         # this rank's rows of the spliced global batch, as `accumulation` micro-batches
         for micro in shard_batch(inputs.batch(k), rank, world, cfg.micro_batch, accumulation):
-            micro = torch.from_numpy(micro)
+            micro = torch.from_numpy(micro).to(run.engine.device)
             out = run.engine(input_ids=micro, labels=micro)
             run.engine.backward(out.loss)
             run.engine.step()  # DeepSpeed applies the update only at the accumulation boundary
@@ -560,9 +563,10 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
         grad_norm = run.engine.get_global_grad_norm()
         metrics = {"loss": float(loss), "lr": lr_of(k), "grad_norm": float(grad_norm or 0.0),
                    "tokens_per_s": tokens_per_step / (time.perf_counter() - t0)}
+        if torch.cuda.is_available():
+            metrics["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30  # this rank's peak
         step = k + 1
-        if step in eval_steps:
-            evaluate(step)
+        metrics["eval_s"] = evaluate(step) if step in eval_steps else 0.0
         for hook in run.hooks:
             hook.on_update(run, step, metrics)
         if (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0) or step == cfg.total_steps:
@@ -585,6 +589,10 @@ def write_manifest(run: Run, tokens_per_step: int, status: str) -> None:
     versions = {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
                 "transformers": transformers.__version__, "numpy": np.__version__}
     versions["injection"] = getattr(injection, "__version__", "0.1.0")
+    import torch.distributed as dist
+
+    runtime = {"device": str(run.engine.device), "distributed_backend": dist.get_backend(),
+               "accelerator": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.machine()}
     write_json_atomic(run.run_dir / "manifest.json", {
         "format": "injection-run/1",
         "status": status,
@@ -601,4 +609,5 @@ def write_manifest(run: Run, tokens_per_step: int, status: str) -> None:
         "n_probes": len(run.inputs.probe_items),
         "knowledge": run.inputs.knowledge_source,
         "versions": versions,
+        "runtime": runtime,
     })

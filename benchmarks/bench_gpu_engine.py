@@ -1,0 +1,206 @@
+"""The training engine on an accelerator: throughput, memory and bf16 agreement, measured in one run.
+
+For each DeepSpeed config × precision asked for, `injection run` trains the same checkpoint on the same
+synthetic corpus in a fresh process, and the script prints one row:
+
+    tokens/s (median over updates after the warm-up), TFLOP/s and MFU, peak accelerator memory, seconds per
+    update with and without probe evaluation after every update, and the distributed backend used.
+
+    FLOPs per token = 6 N + 12 n_layers d_model seq_len   (PaLM appendix B; N = all parameters)
+    MFU = FLOPs per token × tokens/s / peak        (--peak-tflops, default 989: H100 SXM dense bf16)
+
+The model is a randomly initialised OLMo architecture (`--shape olmo-1b` is OLMo-1B's: 1.18B parameters,
+2,048-token context; `--shape small` is a 4-layer 256-wide model for a quick check on a CPU). With
+`--agreement`, the first config is also trained in fp32 and the probe logs of both precisions are compared
+(mean and max |Δ log-prob| and the correlation of each probe's change from step 0).
+
+    python benchmarks/bench_gpu_engine.py --shape olmo-1b --configs zero2,zero3 --agreement --out results.json
+    python benchmarks/bench_gpu_engine.py --shape small --configs cpu --precisions fp32      # CPU smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SMALL = {"d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 4, "mlp_hidden_size": 2048,
+         "max_sequence_length": 512}
+
+
+def build_inputs(work: Path, shape: str, global_batch: int, steps: int) -> tuple[Path, Path, dict]:
+    """(checkpoint dir, corpus dir, architecture facts); reused when already built."""
+    from injection.catalog import load_catalog
+    from injection.data.order import build_global_indices, write_global_indices
+    from injection.tiny import build_tiny_checkpoint, is_complete
+
+    if shape == "olmo-1b":
+        arch = dataclasses.asdict(load_catalog().family("olmo-1b").architecture)
+    else:
+        arch = {**dataclasses.asdict(load_catalog().family("tiny").architecture), **SMALL}
+    seq = arch["max_sequence_length"]
+    ckpt = work / f"ckpt-{shape}"
+    if not is_complete(ckpt):
+        t0 = time.perf_counter()
+        meta = {"family": f"bench-{shape}", "global_batch_size": global_batch, "seq_len": seq,
+                "tokens_per_step": global_batch * seq}
+        build_tiny_checkpoint(ckpt, seed=0, meta_overrides=meta, **arch)
+        print(f"built {ckpt} in {time.perf_counter() - t0:.0f} s", flush=True)
+    corpus = work / f"corpus-{shape}-B{global_batch}"
+    n = (steps + 2) * global_batch
+    if not (corpus / "corpus.json").is_file():
+        corpus.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        rng.integers(0, arch["vocab_size"] - 1, size=n * seq, dtype=np.uint16).tofile(corpus / "part-00000.npy")
+        write_global_indices(corpus / "global_indices.npy", build_global_indices(n, seed=0))
+        info = {"paths": ["part-00000.npy"], "dtype": "uint16", "seq_len": seq, "seed": 0, "n_instances": n,
+                "eos_token_id": arch["eos_token_id"]}
+        (corpus / "corpus.json").write_text(json.dumps(info))
+    return ckpt, corpus, arch
+
+
+def count_params(ckpt: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in ckpt.glob("model*.safetensors"):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                total += int(np.prod(st.get_slice(k).get_shape()))
+    return total
+
+
+def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precision: str, eval_interval: int) -> dict:
+    """One `injection run` in a fresh process; returns its measurements."""
+    import pandas as pd
+
+    out = work / "runs" / name
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    cfg = {"checkpoint": str(ckpt), "knowledge": f"generate:{args.paragraphs}:1:0", "schedule": "smoke", "schedule_overrides": {"interval": 2, "count": 2},
+           "data": str(corpus), "total_steps": args.steps, "global_batch": args.global_batch,
+           "micro_batch": args.micro_batch, "deepspeed_config": ds, "precision": precision,
+           "eval_interval": eval_interval, "output_dir": str(out), "checkpoint_interval": 0,
+           "log_flush_steps": args.steps, "optimizer": {"fresh_moments": True}}
+    path = work / f"{name}.yaml"
+    path.write_text(json.dumps(cfg))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "injection", "run", str(path)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        print(proc.stdout[-3000:], proc.stderr[-6000:], sep="\n")
+        raise SystemExit(f"{name}: injection run failed with exit code {proc.returncode}")
+    metrics = pd.read_parquet(out / "train_metrics.parquet")
+    steady = metrics[metrics.step > args.warmup]
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {"name": name, "ds": ds, "precision": precision, "eval_interval": eval_interval, "wall_s": wall,
+            "tokens_per_s": float(steady.tokens_per_s.median()),
+            "s_per_update": float((manifest["tokens_per_step"] / steady.tokens_per_s).median()),
+            "max_mem_gib": float(metrics.max_mem_gib.max()), "loss_first": float(metrics.loss.iloc[0]),
+            "loss_last": float(metrics.loss.iloc[-1]), "runtime": manifest.get("runtime", {}),
+            "n_probes": manifest["n_probes"], "run_dir": str(out),
+            "eval_s_per_step": float(metrics.eval_s[metrics.eval_s > 0].median()) if (metrics.eval_s > 0).any() else 0.0}
+
+
+def agreement(a: Path, b: Path) -> dict:
+    """Compare two probe logs of the same run in different precisions."""
+    import pandas as pd
+
+    pa_, pb = (pd.read_parquet(p / "probes.parquet") for p in (a, b))
+    key = ["step", "paragraph", "kind", "probe"]
+    m = pa_.merge(pb, on=key, suffixes=("_a", "_b"))
+    diff = (m.logprob_a - m.logprob_b).abs()
+    last = m.step.max()
+    d0 = {}
+    for suffix in ("_a", "_b"):
+        wide = m.pivot_table(index=key[1:], columns="step", values=f"logprob{suffix}")
+        d0[suffix] = (wide[last] - wide[0]).to_numpy()
+    return {"rows": len(m), "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()),
+            "change_corr": float(np.corrcoef(d0["_a"], d0["_b"])[0, 1]),
+            "mean_change_a": float(d0["_a"].mean()), "mean_change_b": float(d0["_b"].mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=["olmo-1b", "small"], default="olmo-1b")
+    ap.add_argument("--configs", default="zero2,zero3", help="comma-separated DeepSpeed configs")
+    ap.add_argument("--precisions", default="bf16")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=3, help="updates left out of the medians")
+    ap.add_argument("--global-batch", type=int, default=32)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--paragraphs", type=int, default=120, help="generated paragraphs (15 probes each)")
+    ap.add_argument("--agreement", action="store_true", help="also train the first config in fp32 and compare")
+    ap.add_argument("--eval-cost", action="store_true", help="also time the first config with probes every update")
+    ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--work", type=Path, default=Path("build/bench_gpu"))
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt, corpus, arch = build_inputs(work, args.shape, args.global_batch, args.steps)
+    n_params = count_params(ckpt)
+    flops_per_token = 6 * n_params + 12 * arch["n_layers"] * arch["d_model"] * arch["max_sequence_length"]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"device {device}; {args.shape}: {n_params / 1e9:.3f}B parameters, seq {arch['max_sequence_length']}, "
+          f"global batch {args.global_batch} (micro {args.micro_batch}), {args.steps} updates", flush=True)
+
+    rows = []
+    sparse = args.steps  # probes at step 0 and the last step only
+    for ds in args.configs.split(","):
+        for precision in args.precisions.split(","):
+            rows.append(train(work, f"{ds}-{precision}", ckpt, corpus, args, ds, precision, sparse))
+            print(json.dumps(rows[-1]), flush=True)
+    first_ds, first_precision = args.configs.split(",")[0], args.precisions.split(",")[0]
+    if args.eval_cost:
+        rows.append(train(work, f"{first_ds}-{first_precision}-eval1", ckpt, corpus, args, first_ds, first_precision, 1))
+        print(json.dumps(rows[-1]), flush=True)
+    result = {"device": device, "shape": args.shape, "n_params": n_params, "flops_per_token": flops_per_token,
+              "global_batch": args.global_batch, "micro_batch": args.micro_batch, "steps": args.steps,
+              "torch": torch.__version__, "rows": rows}
+    if args.agreement:
+        ref = train(work, f"{first_ds}-fp32-ref", ckpt, corpus, args, first_ds, "fp32", 1)
+        low = next((r for r in rows if r["name"].endswith("-eval1")), None)
+        if low is None:
+            low = train(work, f"{first_ds}-{first_precision}-eval1", ckpt, corpus, args, first_ds, first_precision, 1)
+        rows.append(ref)
+        result["agreement"] = {"a": low["name"], "b": ref["name"],
+                               **agreement(Path(low["run_dir"]), Path(ref["run_dir"]))}
+
+    print(f"\n{'run':<22}{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}{'s/update':>10}{'peak GiB':>10}{'loss':>15}")
+    for r in rows:
+        tflops = r["tokens_per_s"] * flops_per_token / 1e12
+        r["tflops"], r["mfu"] = tflops, tflops / args.peak_tflops
+        print(f"{r['name']:<22}{r['tokens_per_s']:>10,.0f}{tflops:>9.1f}{r['mfu']:>7.1%}{r['s_per_update']:>10.3f}"
+              f"{r['max_mem_gib']:>10.1f}{r['loss_first']:>8.3f}→{r['loss_last']:.3f}")
+    dense_row = next((r for r in rows if r["name"].endswith("-eval1")), None)
+    if dense_row:
+        result["probe_eval_s_per_step"] = dense_row["eval_s_per_step"]
+        result["probe_eval_over_update"] = dense_row["eval_s_per_step"] / dense_row["s_per_update"]
+        print(f"probe evaluation ({dense_row['n_probes']} probes) after every update: "
+              f"{dense_row['eval_s_per_step']:.3f} s per step = {result['probe_eval_over_update']:.1%} of an update")
+    if "agreement" in result:
+        print("bf16 vs fp32 probe logs:", json.dumps(result["agreement"]))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
