@@ -83,7 +83,7 @@ def test_run_writes_the_run_directory_and_continues_the_optimizer(tmp_path):
     final = torch.load(run_dir / "checkpoints" / "step3" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
     ref = _reference_params(ck, inputs, 3, micro=1)
     for name, p in ref.items():
-        torch.testing.assert_close(final[name], p.detach(), atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(final[name].cpu(), p.detach(), atol=2e-6, rtol=1e-5)
 
 
 def test_existing_run_directory_is_refused(tmp_path):
@@ -155,6 +155,7 @@ def test_bf16_keeps_the_checkpoints_fp32_master_weights(tmp_path, stage):
     weights, moments = load_file(str(ck / "model.safetensors")), load_file(str(ck / "optimizer.safetensors"))
     for name, p in engine.module.named_parameters():
         assert p.dtype == torch.bfloat16
-        torch.testing.assert_close(safe_get_full_fp32_param(p).reshape(-1), weights[name].reshape(-1), atol=0, rtol=0)
-        torch.testing.assert_close(safe_get_full_optimizer_state(p, "exp_avg").reshape(-1),
+        torch.testing.assert_close(safe_get_full_fp32_param(p).cpu().reshape(-1), weights[name].reshape(-1),
+                                   atol=0, rtol=0)
+        torch.testing.assert_close(safe_get_full_optimizer_state(p, "exp_avg").cpu().reshape(-1),
                                    moments[f"exp_avg/{name}"].reshape(-1), atol=0, rtol=0)
