@@ -408,10 +408,13 @@ def phenomenon_checks(summary: dict[str, Any]) -> list[tuple[str, bool]]:
     return checks
 
 
-def run_demo(out: Path, quick: bool = False, knowledge: Path | None = None) -> dict[str, Any]:
+def run_demo(out: Path, quick: bool = False, knowledge: Path | None = None,
+             profile: DemoProfile | None = None) -> dict[str, Any]:
+    """The whole demo into `out`; returns summary.json's content. `profile` (default FULL, or QUICK with
+    `quick`) lets benchmarks/demo_sweep.py try other numbers; only FULL registers the `tiny` family."""
     from injection.catalog import cache_dir
 
-    profile = QUICK if quick else FULL
+    profile = profile or (QUICK if quick else FULL)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     cache = cache_dir() / "demo" / f"{profile.name}-{profile.key()}"

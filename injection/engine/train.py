@@ -52,6 +52,8 @@ def init_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # NCCL then knows each rank's GPU
     if not dist.is_initialized():
         deepspeed.init_distributed(verbose=False)
     return dist.get_rank(), dist.get_world_size()
