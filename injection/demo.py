@@ -125,8 +125,8 @@ FULL = DemoProfile(
     name="full", text_sources=_TEXT, background_paragraphs=600, background_repeats=4, tokenizer_vocab=4096,
     d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=400, peak_lr=1e-2,
     warmup_steps=50, schedule_t_max=4000, stages=(("early", 150), ("mid", 275), ("late", 400)),
-    run_stages=("early", "late"), paragraphs_per_group=4, control_paragraphs=4, paraphrases=3, interval=10,
-    encounters=4, run_steps=140, eval_interval=5, window=10,
+    run_stages=("mid", "late"), paragraphs_per_group=4, control_paragraphs=4, paraphrases=3, interval=10,
+    encounters=4, run_steps=140, eval_interval=1, window=10,
 )
 QUICK = DemoProfile(
     name="quick", text_sources=_TEXT[:2], background_paragraphs=200, background_repeats=3, tokenizer_vocab=4096,
@@ -384,27 +384,49 @@ def analyse(profile: DemoProfile, run_dirs: dict[str, Path], out: Path) -> dict[
     options = FitOptions(window=profile.window)
     summary: dict[str, Any] = {"profile": profile.name, "runs": []}
     for stage, run_dir in run_dirs.items():
-        analysis = analyse_run(load_run(run_dir), options)
+        run = load_run(run_dir)
+        analysis = analyse_run(run, options)
         plot_run(analysis, out / "figures" / stage)
         summary["runs"].append({"checkpoint": f"tiny@{stage}", "run_dir": str(run_dir),
-                                "fit": [g.record() for g in analysis.fits]})
+                                "fit": [g.record() for g in analysis.fits], "recall": mem_recall(run)})
     write_report(list(run_dirs.values()), out / "report", options)
     return summary
 
 
+def mem_recall(run) -> dict[str, float]:
+    """Exact-match rate of `mem` probes: injected paragraphs vs the never-injected control, at step 0 and
+    averaged over every logged step after it. A tiny model at a high learning rate also gets a few control
+    probes right by chance now and then, so a rise counts only where it exceeds the control's."""
+    import numpy as np
+
+    out = {}
+    for name, members in (("injected", (run.scenario != "none") & (run.kind == "mem")),
+                          ("control", (run.scenario == "none") & (run.kind == "mem"))):
+        rate = run.exact_match[members].mean(axis=0) if members.any() and run.exact_match is not None else None
+        out[f"{name}_step0"] = None if rate is None else float(rate[0])
+        out[f"{name}_after"] = None if rate is None else float(np.mean(rate[1:]))
+    return out
+
+
 def phenomenon_checks(summary: dict[str, Any]) -> list[tuple[str, bool]]:
     """The three signs the demo exists to show, per run: every group gains at its encounters (effectivity > 0),
-    every group forgets along a power law (a > 0), and exact-match recall of `mem` probes rises."""
+    every group forgets along a power law (a > 0), and exact-match recall of injected `mem` probes rises
+    after the injections by more than the never-injected control's."""
     checks = []
     for run in summary["runs"]:
         fits = [f for f in run["fit"] if f["scenario"] != "none"]  # the control group is never injected
         gain = all((f["effectivity"] or 0) > 0 for f in fits)
         decay = all((f["a"] or 0) > 0 for f in fits)
-        recall = any((f.get("exact_match_peak") or 0) > (f.get("exact_match_first") or 0) for f in fits
-                     if f["kind"] == "mem")
+        r = run.get("recall") or {}
+        if r.get("injected_after") is None:
+            recall = False
+        else:
+            rise = r["injected_after"] - r["injected_step0"]
+            control_rise = (r["control_after"] - r["control_step0"]) if r.get("control_after") is not None else 0.0
+            recall = rise > 0 and rise > control_rise
         checks += [(f"{run['checkpoint']}: effectivity > 0 in every group", gain),
                    (f"{run['checkpoint']}: decay constant a > 0 in every group", decay),
-                   (f"{run['checkpoint']}: mem exact match rises after injections", recall)]
+                   (f"{run['checkpoint']}: mem exact match rises after injections, more than the control's", recall)]
     return checks
 
 

@@ -28,6 +28,7 @@ def test_quick_demo_from_nothing_then_cached(tmp_path, monkeypatch):
         injected = [f for f in run["fit"] if f["scenario"] != "none"]
         assert all(f["n_probes"] == 5 * QUICK.paragraphs_per_group for f in injected)
         assert all(f["effectivity"] is not None for f in injected)
+        assert set(run["recall"]) == {"injected_step0", "injected_after", "control_step0", "control_after"}
     assert (out / "report" / "report.html").stat().st_size > 10_000
     for stage in ("early", "late"):
         assert (out / "figures" / stage / "retainability.png").is_file()
@@ -91,3 +92,31 @@ def test_bad_knowledge_exits_2(tmp_path, monkeypatch):
     bad.write_text("[]")
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "o"), "--knowledge", str(bad)])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_recall_check_counts_only_a_rise_beyond_the_controls():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from injection.demo import mem_recall, phenomenon_checks
+
+    scenario = np.array(["duplicate"] * 4 + ["none"] * 4, dtype=object)
+    kind = np.array(["mem", "mem", "sem", "mem"] * 2, dtype=object)
+    em = np.zeros((8, 4), dtype=bool)
+    em[0, 2:] = True  # an injected mem probe recalled from step 2 on
+    em[4, 1] = True  # a control mem probe right once, by chance
+    em[2, :] = True  # a sem probe: not counted
+    rec = mem_recall(SimpleNamespace(scenario=scenario, kind=kind, exact_match=em))
+    assert rec == pytest.approx({"injected_step0": 0.0, "injected_after": 2 / 9, "control_step0": 0.0,
+                                 "control_after": 1 / 9})
+
+    def checks(recall):
+        fit = [{"scenario": "duplicate", "kind": "mem", "effectivity": 0.5, "a": 0.3}]
+        return dict(phenomenon_checks({"runs": [{"checkpoint": "tiny@late", "fit": fit, "recall": recall}]}))
+
+    key = "tiny@late: mem exact match rises after injections, more than the control's"
+    assert checks(rec)[key]
+    assert not checks({**rec, "control_after": rec["injected_after"]})[key]  # no better than chance
+    assert not checks({k: None for k in rec})[key]
+    assert checks(rec)["tiny@late: decay constant a > 0 in every group"]
