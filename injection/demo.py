@@ -79,37 +79,49 @@ class DemoProfile:
     eval_interval: int
     window: int
     seed: int = 0
+    once_paragraphs: int = 0
+    """Paragraphs of the `once` group (0: `paragraphs_per_group`). A single encounter moves a probe little
+    against the tiny model's drift, so this group gets more paragraphs to average over; they are injected
+    `paragraphs_per_group` per step on consecutive steps, so no step carries more than one group's worth."""
+
+    @property
+    def n_once(self) -> int:
+        return self.once_paragraphs or self.paragraphs_per_group
 
     @property
     def n_injected(self) -> int:
-        return 3 * self.paragraphs_per_group
+        return 2 * self.paragraphs_per_group + self.n_once
 
     @property
     def n_probed(self) -> int:
         return self.n_injected + self.control_paragraphs
 
     def key(self) -> str:
-        """Cache key: everything that changes the corpus or the checkpoints."""
+        """Cache key: everything that changes the corpus or the checkpoints. `run_steps` is part of it: the
+        corpus is sized to hold pretraining and runs, and its length changes the data order. So is
+        `paraphrases`: the background biographies come from the same generator call."""
         relevant = {k: v for k, v in dataclasses.asdict(self).items()
-                    if k not in ("name", "run_stages", "paragraphs_per_group", "paraphrases", "interval",
-                                 "encounters", "run_steps", "eval_interval", "window", "control_paragraphs")}
+                    if k not in ("name", "run_stages", "paragraphs_per_group", "once_paragraphs", "interval",
+                                 "encounters", "eval_interval", "window", "control_paragraphs")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
     def schedule(self) -> dict[str, Any]:
         """The study's three scenarios, scaled down; groups start one step apart so that a step never
         carries more paragraphs than a third of the batch (the study's step 0 carries all 120)."""
         g = self.paragraphs_per_group
+        once = [{"scenario": "once", "paragraphs": f"{start}-{min(start + g, 2 * g + self.n_once) - 1}",
+                 "variant": "original", "first_step": 2 + j, "count": 1}
+                for j, start in enumerate(range(2 * g, 2 * g + self.n_once, g))]
         return {
             "name": f"demo-{self.name}",
-            "description": f"paraphrase / duplicate / once, {g} paragraphs each, {self.encounters} encounters "
-                           f"every {self.interval} steps; {self.run_steps} steps",
+            "description": f"paraphrase / duplicate / once, {g} / {g} / {self.n_once} paragraphs, "
+                           f"{self.encounters} encounters every {self.interval} steps; {self.run_steps} steps",
             "total_steps": self.run_steps,
             "defaults": {"interval": self.interval, "count": self.encounters},
             "groups": [
                 {"scenario": "paraphrase", "paragraphs": f"0-{g - 1}", "variant": "cycle", "first_step": 0},
                 {"scenario": "duplicate", "paragraphs": f"{g}-{2 * g - 1}", "variant": "original", "first_step": 1},
-                {"scenario": "once", "paragraphs": f"{2 * g}-{3 * g - 1}", "variant": "original", "first_step": 2,
-                 "count": 1},
+                *once,
             ],
         }
 
@@ -125,8 +137,8 @@ FULL = DemoProfile(
     name="full", text_sources=_TEXT, background_paragraphs=600, background_repeats=4, tokenizer_vocab=4096,
     d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=400, peak_lr=1e-2,
     warmup_steps=50, schedule_t_max=4000, stages=(("early", 150), ("mid", 275), ("late", 400)),
-    run_stages=("mid", "late"), paragraphs_per_group=4, control_paragraphs=4, paraphrases=3, interval=10,
-    encounters=4, run_steps=140, eval_interval=1, window=10,
+    run_stages=("mid", "late"), paragraphs_per_group=4, control_paragraphs=4, paraphrases=3, interval=6,
+    encounters=10, run_steps=160, eval_interval=1, window=6, once_paragraphs=12,
 )
 QUICK = DemoProfile(
     name="quick", text_sources=_TEXT[:2], background_paragraphs=200, background_repeats=3, tokenizer_vocab=4096,
@@ -321,6 +333,12 @@ def register_tiny_family(profile: DemoProfile, stages: dict[str, Path]) -> None:
 # ---- 4–6: knowledge, runs, analysis -------------------------------------------------------------------------
 
 
+#: Generated paragraphs set aside for injection and control, ahead of the background biographies: the
+#: corpus must not depend on how many of them a profile uses (or a profile with more paragraphs would inject
+#: biographies another profile's cached pretraining had already seen).
+RESERVED_PARAGRAPHS = 64
+
+
 def demo_knowledge(profile: DemoProfile, knowledge: Path | None, out: Path) -> tuple[Path, list[str]]:
     """(injected knowledge file, background biographies). Background people are generated in the same set
     as the injected ones, so the generator's name uniqueness keeps them disjoint."""
@@ -329,8 +347,11 @@ def demo_knowledge(profile: DemoProfile, knowledge: Path | None, out: Path) -> t
     def write_knowledge(items: list[dict[str, Any]], path: Path) -> None:
         write_bytes_atomic(path, dumps_knowledge(items))
 
-    items = generate_knowledge(profile.n_probed + profile.background_paragraphs, profile.paraphrases, profile.seed)
-    background = [it["train_context"] for it in items[profile.n_probed:]]
+    if profile.n_probed > RESERVED_PARAGRAPHS:
+        raise UserError(f"demo profile {profile.name!r}: {profile.n_probed} probed paragraphs; at most "
+                        f"{RESERVED_PARAGRAPHS} are reserved ahead of the background biographies")
+    items = generate_knowledge(RESERVED_PARAGRAPHS + profile.background_paragraphs, profile.paraphrases, profile.seed)
+    background = [it["train_context"] for it in items[RESERVED_PARAGRAPHS:]]
     path = out / "knowledge.json"
     if knowledge is None:
         write_knowledge(items[: profile.n_probed], path)

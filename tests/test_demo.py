@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from injection.cli import app
-from injection.demo import FULL, QUICK
+from injection.demo import FULL, QUICK, RESERVED_PARAGRAPHS
 
 
 @pytest.mark.slow
@@ -26,7 +26,8 @@ def test_quick_demo_from_nothing_then_cached(tmp_path, monkeypatch):
         groups = {(f["scenario"], f["kind"]) for f in run["fit"]}
         assert {(s, k) for s in ("paraphrase", "duplicate", "once", "none") for k in ("mem", "sem", "comp")} == groups
         injected = [f for f in run["fit"] if f["scenario"] != "none"]
-        assert all(f["n_probes"] == 5 * QUICK.paragraphs_per_group for f in injected)
+        assert all(f["n_probes"] == 5 * (QUICK.n_once if f["scenario"] == "once" else QUICK.paragraphs_per_group)
+                   for f in injected)
         assert all(f["effectivity"] is not None for f in injected)
         assert set(run["recall"]) == {"injected_step0", "injected_after", "control_step0", "control_after"}
     assert (out / "report" / "report.html").stat().st_size > 10_000
@@ -57,8 +58,12 @@ def test_profiles_schedule_fits_the_batch():
     for profile in (FULL, QUICK):
         sched = profile.schedule()
         starts = [g["first_step"] for g in sched["groups"]]
-        assert len(set(starts)) == 3 and max(starts) < profile.interval
+        assert len(set(starts)) == len(starts) and max(starts) < profile.interval
         assert profile.paragraphs_per_group <= profile.global_batch
+        once = [g for g in sched["groups"] if g["scenario"] == "once"]
+        sizes = [int(g["paragraphs"].split("-")[1]) - int(g["paragraphs"].split("-")[0]) + 1 for g in once]
+        assert sum(sizes) == profile.n_once and max(sizes) <= profile.paragraphs_per_group
+        assert profile.n_probed <= RESERVED_PARAGRAPHS
         assert dict(profile.stages).keys() >= set(profile.run_stages)
         assert max(step for _, step in profile.stages) == profile.pretrain_steps
 
@@ -120,3 +125,14 @@ def test_recall_check_counts_only_a_rise_beyond_the_controls():
     assert not checks({**rec, "control_after": rec["injected_after"]})[key]  # no better than chance
     assert not checks({k: None for k in rec})[key]
     assert checks(rec)["tiny@late: decay constant a > 0 in every group"]
+
+
+def test_cache_key_follows_what_shapes_the_corpus_and_checkpoints():
+    import dataclasses
+
+    # the corpus is sized for pretraining + runs, and its length changes the data order
+    assert dataclasses.replace(FULL, run_steps=FULL.run_steps + 20).key() != FULL.key()
+    assert dataclasses.replace(FULL, peak_lr=FULL.peak_lr / 2).key() != FULL.key()
+    # schedule and evaluation numbers reuse the pretraining
+    same = dataclasses.replace(FULL, name="x", encounters=3, interval=7, eval_interval=2, run_stages=("late",))
+    assert same.key() == FULL.key()
