@@ -106,8 +106,9 @@ class DemoProfile:
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
     def schedule(self) -> dict[str, Any]:
-        """The study's three scenarios, scaled down; groups start one step apart so that a step never
-        carries more paragraphs than a third of the batch (the study's step 0 carries all 120)."""
+        """The study's three scenarios, scaled down. Groups (and the `once` group's chunks) start on
+        consecutive steps, so that no step carries more than `paragraphs_per_group` paragraphs, a quarter of
+        the batch in the full profile (the study's step 0 carries all 120)."""
         g = self.paragraphs_per_group
         once = [{"scenario": "once", "paragraphs": f"{start}-{min(start + g, 2 * g + self.n_once) - 1}",
                  "variant": "original", "first_step": 2 + j, "count": 1}
