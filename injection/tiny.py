@@ -78,13 +78,43 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
 
 
 def staging_dir(dest: Path) -> Path:
-    """A hidden temporary directory beside `dest` (same file system, so the final rename is atomic)."""
+    """A hidden temporary directory beside `dest` (same file system, so the final rename is atomic).
+
+    Its name carries the host and process id (`.NAME.tmp-HOST-PID-xxxx`), so that staging directories left
+    by a process that was killed on this host are recognised and removed here; those of live processes and
+    of other hosts (a shared file system) are left alone."""
+    import socket
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    host = socket.gethostname().replace("-", "_")
+    remove_stale_staging(dest, host)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{host}-{os.getpid()}-", dir=dest.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished checkpoint should not be
     return tmp
+
+
+def remove_stale_staging(dest: Path, host: str) -> list[Path]:
+    """Remove `dest`'s staging directories whose process (on this host) no longer exists; returns them."""
+    removed = []
+    for candidate in dest.parent.glob(f".{dest.name}.tmp-{host}-*"):
+        pid = candidate.name[len(f".{dest.name}.tmp-{host}-"):].split("-", 1)[0]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
 
 
 def write_checkpoint_json(directory: Path, meta: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 
@@ -175,3 +176,25 @@ def test_hf_snapshot_fetched_elsewhere_is_adopted(tmp_path, served, cache):
 def test_unconfirmed_revision_is_refused():
     with pytest.raises(UserError, match="no confirmed Hugging Face revision"):
         pull_checkpoint("olmo-1b@1000", source="hf")
+
+
+def test_staging_dirs_of_killed_processes_are_removed_at_the_next_write(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from injection.tiny import staging_dir
+
+    host = socket.gethostname().replace("-", "_")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid no longer names a live process
+    stale = tmp_path / f".ckpt.tmp-{host}-{dead.pid}-abc"
+    live = tmp_path / f".ckpt.tmp-{host}-{os.getpid()}-def"
+    elsewhere = tmp_path / f".ckpt.tmp-otherhost-{dead.pid}-ghi"  # another node of a shared file system
+    other_dest = tmp_path / f".other.tmp-{host}-{dead.pid}-jkl"
+    for d in (stale, live, elsewhere, other_dest):
+        (d / "sub").mkdir(parents=True)
+    fresh = staging_dir(tmp_path / "ckpt")
+    assert fresh.is_dir() and fresh.name.startswith(f".ckpt.tmp-{host}-{os.getpid()}-")
+    assert not stale.exists()
+    assert live.exists() and elsewhere.exists() and other_dest.exists()
