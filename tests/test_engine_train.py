@@ -159,3 +159,31 @@ def test_bf16_keeps_the_checkpoints_fp32_master_weights(tmp_path, stage):
                                    atol=0, rtol=0)
         torch.testing.assert_close(safe_get_full_optimizer_state(p, "exp_avg").cpu().reshape(-1),
                                    moments[f"exp_avg/{name}"].reshape(-1), atol=0, rtol=0)
+
+
+def test_zero3_builds_the_model_partitioned(tmp_path, capsys, monkeypatch):
+    """Under ZeRO-3, from_pretrained runs inside deepspeed.zero.Init (via accelerate), so no rank ever holds
+    the whole model; without it, every rank would load it whole first."""
+    import deepspeed
+
+    from injection.engine.train import Run, build_engine, init_distributed
+
+    entered = []
+    real_init = deepspeed.zero.Init
+
+    class RecordingInit(real_init):
+        def __init__(self, *args, **kwargs):
+            entered.append(True)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(deepspeed.zero, "Init", RecordingInit)
+    torch.set_num_threads(1)
+    ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=True)
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    rank, world = init_distributed()
+    engine = build_engine(Run(_cfg(tmp_path, deepspeed_config=str(ds)), synthetic_inputs(ck), tmp_path / "run",
+                              rank, world))
+    assert entered, "the model was not built under deepspeed.zero.Init"
+    assert "without the `accelerate` package" not in capsys.readouterr().err
+    assert all(hasattr(p, "ds_id") for p in engine.module.parameters())
