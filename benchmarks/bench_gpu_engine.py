@@ -168,20 +168,19 @@ def main() -> None:
             rows.append(train(work, f"{ds}-{precision}", ckpt, corpus, args, ds, precision, sparse))
             print(json.dumps(rows[-1]), flush=True)
     first_ds, first_precision = args.configs.split(",")[0], args.precisions.split(",")[0]
-    if args.eval_cost:
-        rows.append(train(work, f"{first_ds}-{first_precision}-eval1", ckpt, corpus, args, first_ds, first_precision, 1))
-        print(json.dumps(rows[-1]), flush=True)
+    dense = None  # the first config with probes after every update: the eval cost and the bf16 side
+    if args.eval_cost or args.agreement:
+        dense = train(work, f"{first_ds}-{first_precision}-eval1", ckpt, corpus, args, first_ds, first_precision, 1)
+        rows.append(dense)
+        print(json.dumps(dense), flush=True)
     result = {"device": device, "shape": args.shape, "n_params": n_params, "flops_per_token": flops_per_token,
               "global_batch": args.global_batch, "micro_batch": args.micro_batch, "steps": args.steps,
               "torch": torch.__version__, "rows": rows}
     if args.agreement:
         ref = train(work, f"{first_ds}-fp32-ref", ckpt, corpus, args, first_ds, "fp32", 1)
-        low = next((r for r in rows if r["name"].endswith("-eval1")), None)
-        if low is None:
-            low = train(work, f"{first_ds}-{first_precision}-eval1", ckpt, corpus, args, first_ds, first_precision, 1)
         rows.append(ref)
-        result["agreement"] = {"a": low["name"], "b": ref["name"],
-                               **agreement(Path(low["run_dir"]), Path(ref["run_dir"]))}
+        result["agreement"] = {"a": dense["name"], "b": ref["name"],
+                               **agreement(Path(dense["run_dir"]), Path(ref["run_dir"]))}
 
     print(f"\n{'run':<22}{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}{'s/update':>10}{'peak GiB':>10}{'loss':>15}")
     for r in rows:
@@ -189,12 +188,11 @@ def main() -> None:
         r["tflops"], r["mfu"] = tflops, tflops / args.peak_tflops
         print(f"{r['name']:<22}{r['tokens_per_s']:>10,.0f}{tflops:>9.1f}{r['mfu']:>7.1%}{r['s_per_update']:>10.3f}"
               f"{r['max_mem_gib']:>10.1f}{r['loss_first']:>8.3f}→{r['loss_last']:.3f}")
-    dense_row = next((r for r in rows if r["name"].endswith("-eval1")), None)
-    if dense_row:
-        result["probe_eval_s_per_step"] = dense_row["eval_s_per_step"]
-        result["probe_eval_over_update"] = dense_row["eval_s_per_step"] / dense_row["s_per_update"]
-        print(f"probe evaluation ({dense_row['n_probes']} probes) after every update: "
-              f"{dense_row['eval_s_per_step']:.3f} s per step = {result['probe_eval_over_update']:.1%} of an update")
+    if dense:
+        result["probe_eval_s_per_step"] = dense["eval_s_per_step"]
+        result["probe_eval_over_update"] = dense["eval_s_per_step"] / dense["s_per_update"]
+        print(f"probe evaluation ({dense['n_probes']} probes) after every update: "
+              f"{dense['eval_s_per_step']:.3f} s per step = {result['probe_eval_over_update']:.1%} of an update")
     if "agreement" in result:
         print("bf16 vs fp32 probe logs:", json.dumps(result["agreement"]))
     if args.out:

@@ -419,14 +419,14 @@ def mem_recall(run) -> dict[str, float]:
     """Exact-match rate of `mem` probes: injected paragraphs vs the never-injected control, at step 0 and
     averaged over every logged step after it. A tiny model at a high learning rate also gets a few control
     probes right by chance now and then, so a rise counts only where it exceeds the control's."""
-    import numpy as np
+    from analysis.fit import exact_match_rate
 
     out = {}
     for name, members in (("injected", (run.scenario != "none") & (run.kind == "mem")),
                           ("control", (run.scenario == "none") & (run.kind == "mem"))):
-        rate = run.exact_match[members].mean(axis=0) if members.any() and run.exact_match is not None else None
+        rate = exact_match_rate(run, members) if members.any() else None
         out[f"{name}_step0"] = None if rate is None else float(rate[0])
-        out[f"{name}_after"] = None if rate is None else float(np.mean(rate[1:]))
+        out[f"{name}_after"] = None if rate is None else float(rate[1:].mean())
     return out
 
 
