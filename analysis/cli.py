@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from injection.errors import HarnessTyper
+from harness.errors import HarnessTyper
 
 app = HarnessTyper(help="Analyse run directories (SPEC §7): effectivity, retainability, decay fits, plots, reports.")
 
@@ -94,7 +94,7 @@ def compare(run_dirs: RunDirs, out: Annotated[Optional[Path], typer.Option("--ou
             window: Window = 50, iqr_factor: IqrFactor = 1.5, metric: Metric = "logprob", t_min: TMin = 1,
             t_max: TMax = None) -> None:
     """Decay constants and effectivity across runs (stages, model sizes, batch sizes) as a table and a figure."""
-    from analysis.output import prepare_dir, write_text_atomic
+    from harness.atomic import ensure_dir, write_text_atomic
     from analysis.plots import compare_figure, save_figure
     from analysis.report import compare_records, compare_table, unique_labels
 
@@ -110,7 +110,7 @@ def compare(run_dirs: RunDirs, out: Annotated[Optional[Path], typer.Option("--ou
                 for note in g.notes:
                     console.print(f"[yellow]note:[/yellow] {label} {g.scenario}/{g.kind}: {note}", highlight=False)
     if out is not None:
-        out = prepare_dir(out)
+        out = ensure_dir(out)
         write_text_atomic(out / "compare.json", json.dumps(records, indent=2, allow_nan=False) + "\n")
         for path in save_figure(compare_figure(unique_labels(analyses), analyses), out, "compare"):
             print(path, file=__import__("sys").stderr)
@@ -120,11 +120,11 @@ def compare(run_dirs: RunDirs, out: Annotated[Optional[Path], typer.Option("--ou
 def report(run_dirs: RunDirs, out: Out, window: Window = 50, iqr_factor: IqrFactor = 1.5, metric: Metric = "logprob",
            t_min: TMin = 1, t_max: TMax = None) -> None:
     """One self-contained HTML report (tables, notes, embedded figures) for one or more runs."""
-    from analysis.output import prepare_dir, write_text_atomic
+    from harness.atomic import ensure_dir, write_text_atomic
     from analysis.report import build_report
 
     analyses = _analyse(run_dirs, _options(window, iqr_factor, metric, t_min, t_max))
-    path = write_text_atomic(prepare_dir(out) / "report.html", build_report(analyses))
+    path = write_text_atomic(ensure_dir(out) / "report.html", build_report(analyses))
     print(path)
 
 

@@ -27,7 +27,7 @@ from analysis.metrics import (
     retention,
     x_intercept,
 )
-from injection.errors import UserError
+from harness.errors import UserError
 
 
 @dataclass(frozen=True)

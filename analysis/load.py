@@ -6,7 +6,6 @@ extra columns and keys are ignored so that a run directory written by any tool i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,11 +14,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from injection.errors import UserError
+from harness import rundir
+from harness.errors import UserError
 
-PROBE_KEY_COLUMNS = ("step", "paragraph", "scenario", "kind", "probe")
-METRIC_COLUMNS = ("logprob", "logprob_sum", "first_logprob")
-INJECTION_COLUMNS = ("step", "paragraph")
+PROBE_KEYS = tuple(c.name for c in rundir.PROBE_KEY_COLUMNS)
+#: Probe-log columns that can serve as ℓ.
+METRIC_COLUMNS = rundir.LOGPROB_COLUMNS
+#: What the analysis needs of injections.parquet (its other columns are informational).
+INJECTION_KEYS = ("step", "paragraph")
 KIND_ORDER = ("mem", "sem", "comp")
 
 
@@ -106,26 +108,20 @@ def load_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise UserError(f"{path}: not a run directory (expected a directory with probes.parquet, "
                         "injections.parquet and manifest.json)")
-    manifest = _read_manifest(path / "manifest.json")
-    table = _read_table(path / "probes.parquet", PROBE_KEY_COLUMNS, METRIC_COLUMNS + ("exact_match",))
+    manifest = _read_manifest(path)
+    table = _read_table(path / rundir.PROBES, PROBE_KEYS, METRIC_COLUMNS + ("exact_match",))
     metric_names = [c for c in METRIC_COLUMNS if c in table.column_names]
     if not metric_names:
-        raise UserError(f"{path / 'probes.parquet'}: none of the metric columns {', '.join(METRIC_COLUMNS)} is present")
-    injections = _read_table(path / "injections.parquet", INJECTION_COLUMNS, ("scenario",))
+        raise UserError(f"{path / rundir.PROBES}: none of the metric columns {', '.join(METRIC_COLUMNS)} is present")
+    injections = _read_table(path / rundir.INJECTIONS, INJECTION_KEYS, ("scenario",))
     run = _to_matrices(path, manifest, table, metric_names)
     _attach_encounters(run, injections)
     return run
 
 
-def _read_manifest(file: Path) -> dict:
-    if not file.is_file():
-        raise UserError(f"{file}: missing (a run directory needs manifest.json)")
-    try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{file}: malformed JSON ({err})") from None
-    if not isinstance(manifest, dict):
-        raise UserError(f"{file}: expected a JSON object at the top level, found {type(manifest).__name__}")
+def _read_manifest(path: Path) -> dict:
+    manifest = rundir.read_manifest(path)
+    file = path / rundir.MANIFEST
     tps = manifest.get("tokens_per_step")
     if tps is not None and (isinstance(tps, bool) or not isinstance(tps, (int, float)) or tps <= 0):
         raise UserError(f"{file}: field 'tokens_per_step' must be a positive integer, found {tps!r}")
@@ -165,7 +161,7 @@ def _int_column(table: pa.Table, name: str, file: Path) -> np.ndarray:
 
 
 def _to_matrices(path: Path, manifest: dict, table: pa.Table, metric_names: list[str]) -> Run:
-    file = path / "probes.parquet"
+    file = path / rundir.PROBES
     if table.num_rows == 0:
         raise UserError(f"{file}: the probe log is empty")
     step = _int_column(table, "step", file)
@@ -228,7 +224,7 @@ def _to_matrices(path: Path, manifest: dict, table: pa.Table, metric_names: list
 
 
 def _attach_encounters(run: Run, injections: pa.Table) -> None:
-    file = run.path / "injections.parquet"
+    file = run.path / rundir.INJECTIONS
     step = _int_column(injections, "step", file)
     paragraph = _int_column(injections, "paragraph", file)
     pairs = np.unique(np.stack([paragraph, step], axis=1), axis=0) if len(step) else np.zeros((0, 2), np.int64)

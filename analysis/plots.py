@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from analysis.fit import GroupFit, RunAnalysis  # noqa: E402
-from analysis.output import prepare_dir, write_atomic  # noqa: E402
+from harness.atomic import ensure_dir, write_atomic  # noqa: E402
 
 KIND_COLORS = {"mem": "#1f77b4", "sem": "#d62728", "comp": "#2ca02c"}
 SCENARIO_COLORS = {"paraphrase": "#9467bd", "duplicate": "#ff7f0e", "once": "#17becf"}
@@ -178,7 +178,7 @@ def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
 
 def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     """PNG (150 dpi) and PDF of `fig`, each written atomically."""
-    out_dir = prepare_dir(out_dir)
+    out_dir = ensure_dir(out_dir)
     paths = [write_atomic(out_dir / f"{stem}.png", lambda h: fig.savefig(h, format="png", dpi=150)),
              write_atomic(out_dir / f"{stem}.pdf", lambda h: fig.savefig(h, format="pdf"))]
     plt.close(fig)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from analysis.fit import FitOptions, GroupFit, RunAnalysis, analyse_run
 from analysis.load import load_run
-from analysis.output import prepare_dir, write_text_atomic
+from harness.atomic import ensure_dir, write_text_atomic
 from analysis.plots import compare_figure, png_bytes, run_figures
 
 COLUMNS = ["scenario", "kind", "a", "± se", "R²", "t* steps", "t* tokens", "effectivity", "probes", "excluded",
@@ -154,5 +154,5 @@ def build_report(analyses: list[RunAnalysis]) -> str:
 def write_report(paths: list[str | Path], out_dir: str | Path, options: FitOptions | None = None) -> Path:
     """Analyse the runs and write OUT/report.html (figures embedded, no other file needed)."""
     analyses = [analyse_run(load_run(p), options) for p in paths]
-    out = prepare_dir(out_dir)
+    out = ensure_dir(out_dir)
     return write_text_atomic(out / "report.html", build_report(analyses))

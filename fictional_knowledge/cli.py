@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from injection.errors import HarnessTyper, UserError
+from harness.errors import HarnessTyper, UserError
 
 app = HarnessTyper(help="Validate and generate fictional knowledge sets.")
 

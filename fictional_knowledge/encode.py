@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from fictional_knowledge.model import Probe, ProbeRef
-from injection.errors import UserError
+from harness.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS
 from fictional_knowledge.validate import PARAPHRASES_FIELD, TEXT_FIELD, check_items
-from injection.atomic import write_bytes_atomic
-from injection.errors import UserError
+from harness.atomic import write_bytes_atomic
+from harness.errors import UserError
 
 PROBES_PER_KIND = 5
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS, KnowledgeSet, Paragraph, Probe
 from fictional_knowledge.validate import PARAPHRASES_FIELD, TEXT_FIELD, check_items, parse_json_bytes
-from injection.errors import UserError
+from harness.errors import UserError
 
 #: `owner/name` or `name` on the Hugging Face hub (what is not an existing path and looks like this).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS, KnowledgeSet, ProbeKind
-from injection.errors import UserError
+from harness.errors import UserError
 
 TEXT_FIELD = "train_context"
 PARAPHRASES_FIELD = "paraphrases"
@@ -264,7 +264,7 @@ def validate_knowledge(
     knowledge, ignored = load_knowledge_checked(path_or_name)
     tok = None
     if tokenizer is not None:
-        from injection.tokenizer import load_tokenizer
+        from harness.tokenizers import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
     summary = summarize(knowledge, tok, tokenizer or "", seq_len, ignored)

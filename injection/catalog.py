@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 import injection
-from injection.errors import UserError
+from harness.errors import UserError
+from harness.paths import cache_dir
 
 STAGES = ("early", "mid", "late")
 LR_KINDS = ("cosine", "linear", "constant")
@@ -27,12 +28,6 @@ def catalog_path() -> Path:
     """checkpoints.yaml at the repository root, or the file named by `INJECTION_CATALOG`."""
     override = os.environ.get("INJECTION_CATALOG")
     return Path(override) if override else injection.REPO_ROOT / "checkpoints.yaml"
-
-
-def cache_dir() -> Path:
-    """Where pulls and locally trained checkpoints live: `INJECTION_CACHE`, default ~/.cache/injection."""
-    override = os.environ.get("INJECTION_CACHE")
-    return Path(override).expanduser() if override else Path.home() / ".cache" / "injection"
 
 
 @dataclass(frozen=True)

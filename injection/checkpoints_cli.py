@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from injection.catalog import Family, human_tokens, load_catalog
-from injection.errors import HarnessTyper, UserError
+from harness.errors import HarnessTyper, UserError
 
 checkpoints_app = HarnessTyper()
 

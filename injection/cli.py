@@ -7,7 +7,7 @@ from injection.checkpoints_cli import checkpoints_app, pull
 from injection.data.cli import data_app, plan
 from injection.demo import demo
 from injection.engine.cli import launch, run
-from injection.errors import HarnessTyper
+from harness.errors import HarnessTyper
 
 app = HarnessTyper(
     help="Continue OLMo pretraining from an intermediate checkpoint with fictional knowledge spliced into "

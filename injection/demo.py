@@ -31,8 +31,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from injection.atomic import write_bytes_atomic
-from injection.errors import UserError
+from harness.atomic import write_bytes_atomic
+from harness.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def sequence_length(profile: DemoProfile, tokenizer_dir: Path, knowledge: Path) 
     rounded up to a multiple of 64 so that similar knowledge sets share a cached model."""
     from fictional_knowledge.encode import encode_paragraphs
     from fictional_knowledge.load import load_knowledge
-    from injection.tokenizer import load_tokenizer
+    from harness.tokenizers import load_tokenizer
 
     texts = [p.variant(j) for p in load_knowledge(knowledge).paragraphs for j in range(p.n_variants)]
     longest = max(len(ids) for ids in encode_paragraphs(load_tokenizer(str(tokenizer_dir)), texts))
@@ -231,7 +231,7 @@ def train_tokenizer(docs: list[str], vocab: int, out: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from injection.tokenizer import load_tokenizer
+    from harness.tokenizers import load_tokenizer
 
     if vocab == 0:
         tokenizer = load_tokenizer("olmo")
@@ -273,7 +273,7 @@ def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, seq_len: i
     from injection.engine.train import ExportHook, complete_checkpoints, run_training
     from injection.data import open_batch_source
     from injection.tiny import build_tiny_checkpoint
-    from injection.tokenizer import load_tokenizer
+    from harness.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(str(tokenizer_dir))
     step0 = stage_dir(cache, 0)

@@ -26,7 +26,8 @@ import requests
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from injection.catalog import Catalog, Family, Resolved, cache_dir, load_catalog
-from injection.errors import UserError
+from harness.atomic import replace_dir, staging_dir
+from harness.errors import UserError
 from injection.tiny import build_tiny_checkpoint, is_complete, read_checkpoint_meta, write_checkpoint_json
 
 REQUIRED_FILE = "model.pt"
@@ -204,8 +205,6 @@ def _pull_hf(res: Resolved, dest: Path) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    from injection.tiny import staging_dir
-
     tmp = staging_dir(dest)
     try:
         snapshot_download(fam.hf_repo, revision=revision, local_dir=str(tmp),
@@ -234,7 +233,7 @@ def _adopt(directory: Path, meta: dict) -> None:
     if config.model_type != "olmo":
         raise UserError(f"{directory}: model_type {config.model_type!r}, expected 'olmo'")
     if not (directory / "tokenizer.json").is_file():
-        from injection.tokenizer import load_tokenizer
+        from harness.tokenizers import load_tokenizer
 
         load_tokenizer("olmo").save_pretrained(str(directory))
     write_checkpoint_json(directory, {**meta, "has_optimizer_state": False, "format_version": 1})
@@ -249,11 +248,9 @@ def _pull_builtin(res: Resolved, dest: Path) -> Path:
         raise UserError(f"{res.ref} does not exist locally (looked in {local}); steps available: {have}. "
                         "Train and save it first (e.g. `injection demo`)")
     if local.resolve() != dest.resolve():
-        from injection.tiny import _replace_dir, staging_dir
-
         tmp = staging_dir(dest)
         shutil.copytree(local, tmp, dirs_exist_ok=True)
-        _replace_dir(tmp, dest)
+        replace_dir(tmp, dest)
     return dest
 
 

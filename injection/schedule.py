@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from injection.errors import UserError
+from harness.errors import UserError
 
 VARIANT_POLICIES = ("original", "paraphrase", "cycle", "random")
 _GROUP_FIELDS = ("scenario", "paragraphs", "first_step", "interval", "count", "steps", "variant", "seed")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from injection.errors import UserError
+from harness.errors import UserError
 
 
 @dataclass(frozen=True)

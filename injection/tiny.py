@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from injection.catalog import Architecture, Family, load_catalog
-from injection.errors import UserError
+from harness.atomic import replace_dir, staging_dir
+from harness.errors import UserError
 
 CHECKPOINT_JSON = "checkpoint.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -66,57 +66,6 @@ def load_optimizer_state(path: str | Path) -> dict[str, Any] | None:
     return load_file(str(p)) if p.is_file() else None
 
 
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Move a finished temporary directory to `dest`; an existing `dest` is swapped out, then removed."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def staging_dir(dest: Path) -> Path:
-    """A hidden temporary directory beside `dest` (same file system, so the final rename is atomic).
-
-    Its name carries the host and process id (`.NAME.tmp-HOST-PID-xxxx`), so that staging directories left
-    by a process that was killed on this host are recognised and removed here; those of live processes and
-    of other hosts (a shared file system) are left alone."""
-    import socket
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname().replace("-", "_")
-    remove_stale_staging(dest, host)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{host}-{os.getpid()}-", dir=dest.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished checkpoint should not be
-    return tmp
-
-
-def remove_stale_staging(dest: Path, host: str) -> list[Path]:
-    """Remove `dest`'s staging directories whose process (on this host) no longer exists; returns them."""
-    removed = []
-    for candidate in dest.parent.glob(f".{dest.name}.tmp-{host}-*"):
-        pid = candidate.name[len(f".{dest.name}.tmp-{host}-"):].split("-", 1)[0]
-        if not pid.isdigit() or _process_alive(int(pid)):
-            continue
-        shutil.rmtree(candidate, ignore_errors=True)
-        removed.append(candidate)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
-
-
 def write_checkpoint_json(directory: Path, meta: dict[str, Any]) -> None:
     tmp = directory / f".{CHECKPOINT_JSON}.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -146,7 +95,7 @@ def save_checkpoint_dir(model, tokenizer, dest: str | Path, meta: dict[str, Any]
             save_file(tensors, str(tmp / OPTIMIZER_FILE))
         write_checkpoint_json(tmp, {**meta, "has_optimizer_state": bool(optimizer_state),
                                     "format_version": FORMAT_VERSION})
-        _replace_dir(tmp, dest)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,7 +130,7 @@ def build_tiny_checkpoint(dest: str | Path, *, seed: int = 0, tokenizer: Any = N
     import torch
     from transformers import OlmoForCausalLM
 
-    from injection.tokenizer import load_tokenizer
+    from harness.tokenizers import load_tokenizer
 
     family = load_catalog().family("tiny")
     try:

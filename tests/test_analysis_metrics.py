@@ -9,7 +9,7 @@ import pytest
 
 from analysis import FitOptions, fit_records, fit_run, load_run
 from analysis.metrics import REASON_NO_GAIN, REASON_NOT_INJECTED, iqr_mean, nan_quantile
-from injection.errors import UserError
+from harness.errors import UserError
 from tests.helpers.planted import write_trajectories
 
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis import FitOptions, fit_records, load_run
-from injection.errors import UserError
+from harness.errors import UserError
 from tests.helpers.planted import KIND_SCALE, PlantedScenario, write_planted_run
 
 SCENARIOS = [

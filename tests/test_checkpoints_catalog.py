@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from injection.catalog import load_catalog
-from injection.errors import UserError
+from harness.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 
 from injection.catalog import load_catalog
 from injection.convert import convert_original, olmo_to_hf, safe_torch_load
-from injection.errors import UserError
+from harness.errors import UserError
 from injection.pull import safe_name
 from tests.helpers.olmo_original import write_original_checkpoint
 

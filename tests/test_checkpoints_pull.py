@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from injection.catalog import load_catalog
-from injection.errors import UserError
+from harness.errors import UserError
 from injection.pull import RetryPolicy, pull_checkpoint
 from injection.tiny import is_complete
 from tests.helpers.http_server import FileServer

@@ -1,7 +1,7 @@
 from typer.testing import CliRunner
 
 from injection.cli import app
-from injection.errors import HarnessTyper, UserError
+from harness.errors import HarnessTyper, UserError
 
 
 def test_help_lists_every_command():

@@ -13,7 +13,7 @@ from injection.cli import app
 from injection.data import open_batch_source
 from injection.data.extract import extract_window
 from injection.data.order import GlobalIndices, build_global_indices
-from injection.errors import UserError
+from harness.errors import UserError
 from tests.helpers.corpus import make_corpus, serve_directory
 
 B = 4

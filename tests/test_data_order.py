@@ -10,7 +10,7 @@ import pytest
 
 from injection.data import open_batch_source
 from injection.data.order import GlobalIndices, build_global_indices, verify_global_indices
-from injection.errors import UserError
+from harness.errors import UserError
 from tests.helpers.corpus import make_corpus, serve_directory
 
 B = 8

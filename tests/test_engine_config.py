@@ -10,7 +10,7 @@ from injection.engine.config import (
     load_config,
     preset_path,
 )
-from injection.errors import UserError
+from harness.errors import UserError
 
 BASE = dict(checkpoint="ck", knowledge="generate:4:2:0", schedule="paper", data="corpus", total_steps=10)
 

@@ -15,12 +15,12 @@ def test_batched_scores_equal_brute_force(tie, max_tokens):
     scores = evaluate_probes(model, items, max_tokens=max_tokens)
     for i, it in enumerate(items):
         mean, total, first, em = brute_force_scores(model, it)
-        assert scores.logprob[i] == pytest.approx(mean, abs=1e-5)
-        assert scores.logprob_sum[i] == pytest.approx(total, abs=1e-5)
-        assert scores.first_logprob[i] == pytest.approx(first, abs=1e-5)
-        assert bool(scores.exact_match[i]) == em
-    assert scores.logprob.dtype == np.float32 and scores.exact_match.dtype == bool
-    assert (scores.first_rank >= 0).all() and scores.first_rank.max() > 0
+        assert scores["logprob"][i] == pytest.approx(mean, abs=1e-5)
+        assert scores["logprob_sum"][i] == pytest.approx(total, abs=1e-5)
+        assert scores["first_logprob"][i] == pytest.approx(first, abs=1e-5)
+        assert bool(scores["exact_match"][i]) == em
+    assert scores["logprob"].dtype == np.float32 and scores["exact_match"].dtype == bool
+    assert (scores["first_rank"] >= 0).all() and scores["first_rank"].max() > 0
 
 
 def test_exact_match_and_rank_when_the_model_predicts_the_target():
@@ -37,9 +37,9 @@ def test_exact_match_and_rank_when_the_model_predicts_the_target():
     hit = ProbeItem(0, "once", "mem", 0, tuple(ids + greedy), len(ids), len(ids) + 3)
     miss = ProbeItem(0, "once", "mem", 1, tuple(ids + greedy[:2] + [(greedy[2] + 1) % 256]), len(ids), len(ids) + 3)
     s = evaluate_probes(model, [hit, miss])
-    assert s.exact_match.tolist() == [True, False]
-    assert s.first_rank.tolist() == [0, 0]
-    assert s.logprob[1] < s.logprob[0]
+    assert s["exact_match"].tolist() == [True, False]
+    assert s["first_rank"].tolist() == [0, 0]
+    assert s["logprob"][1] < s["logprob"][0]
 
 
 def test_batches_are_sorted_and_bounded():

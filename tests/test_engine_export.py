@@ -8,7 +8,7 @@ import torch
 
 from injection.engine.config import config_from_dict
 from injection.engine.inputs import RunInputs, read_checkpoint
-from injection.engine.probelog import read_table
+from harness.rundir import read_table
 from injection.engine.train import ExportHook, evaluation_steps, run_training
 from tests.helpers.engine import simple_splice, synthetic_inputs, write_tiny_checkpoint
 

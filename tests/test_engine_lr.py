@@ -4,7 +4,7 @@ import pytest
 from olmo.optim import CosWithWarmup, LinearWithWarmup
 
 from injection.engine.lr import LRSchedule, learning_rate, lr_for_update
-from injection.errors import UserError
+from harness.errors import UserError
 
 STEPS = [0, 1, 999, 1999, 2000, 2001, 5000, 113000, 399999, 739327, 739328, 800000]
 

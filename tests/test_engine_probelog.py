@@ -5,8 +5,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from injection.engine.evaluate import ProbeScores
-from injection.engine.probelog import MetricsWriter, ProbeLogWriter, read_table, write_injections
+from harness.rundir import read_table, write_injections
+from injection.engine.probelog import MetricsWriter, ProbeLogWriter
 from tests.helpers.engine import Record, synthetic_probes
 
 SPEC_COLUMNS = {
@@ -18,7 +18,8 @@ SPEC_COLUMNS = {
 def _scores(n, step):
     rng = np.random.default_rng(step)
     lp = -rng.random(n).astype(np.float32)
-    return ProbeScores(lp, lp * 3, lp * 2, lp > -0.5, rng.integers(0, 9, n).astype(np.int32))
+    return {"logprob": lp, "logprob_sum": lp * 3, "first_logprob": lp * 2, "exact_match": lp > -0.5,
+            "first_rank": rng.integers(0, 9, n).astype(np.int32)}
 
 
 def test_parts_read_as_one_table_with_the_spec_schema(tmp_path):
@@ -36,7 +37,7 @@ def test_parts_read_as_one_table_with_the_spec_schema(tmp_path):
     assert len(df) == 8 * len(items)
     ours = read_table(tmp_path / "probes.parquet")
     assert ours["step"].tolist() == sorted(ours["step"].tolist())
-    np.testing.assert_array_equal(ours[ours.step == 4].logprob.to_numpy(), _scores(len(items), 4).logprob)
+    np.testing.assert_array_equal(ours[ours.step == 4].logprob.to_numpy(), _scores(len(items), 4)["logprob"])
     assert ours.loc[0, "kind"] == items[0].kind and ours.loc[0, "scenario"] == items[0].scenario
     # a resumed run drops parts newer than its checkpoint, and stray temporaries
     (tmp_path / "probes.parquet" / ".part-000008-000009.parquet.tmp").write_bytes(b"half")

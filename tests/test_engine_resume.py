@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from injection.engine.config import config_from_dict
-from injection.engine.probelog import read_table
+from harness.rundir import read_table
 from injection.engine.train import run_training
 from tests.helpers.engine import synthetic_inputs, write_tiny_checkpoint
 

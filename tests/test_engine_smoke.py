@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from injection.cli import app
-from injection.engine.probelog import read_table
+from harness.rundir import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ import torch
 from injection.engine.config import config_from_dict
 from injection.engine.evaluate import evaluate_probes
 from injection.engine.lr import lr_for_update
-from injection.engine.probelog import read_table
+from harness.rundir import read_table
 from injection.engine.train import param_groups, run_training
-from injection.errors import UserError
+from harness.errors import UserError
 from tests.helpers.engine import synthetic_inputs, tiny_model, write_tiny_checkpoint
 
 
@@ -62,8 +62,8 @@ def test_run_writes_the_run_directory_and_continues_the_optimizer(tmp_path):
     from transformers import AutoModelForCausalLM
 
     s0 = evaluate_probes(AutoModelForCausalLM.from_pretrained(str(ck)), inputs.probe_items)
-    np.testing.assert_allclose(probes[probes.step == 0].logprob.to_numpy(), s0.logprob, atol=1e-6)
-    assert not np.allclose(probes[probes.step == 3].logprob.to_numpy(), s0.logprob)
+    np.testing.assert_allclose(probes[probes.step == 0].logprob.to_numpy(), s0["logprob"], atol=1e-6)
+    assert not np.allclose(probes[probes.step == 3].logprob.to_numpy(), s0["logprob"])
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["tokens_per_step"] == 4 * 32
@@ -132,7 +132,7 @@ def test_zero_stages_continue_the_optimizer_like_plain_adamw(tmp_path, stage):
     model = AutoModelForCausalLM.from_pretrained(str(ck))
     model.load_state_dict({k: v.detach() for k, v in _reference_params(ck, inputs, 2, micro=1).items()}, strict=False)
     expected = evaluate_probes(model, inputs.probe_items)
-    np.testing.assert_allclose(probes[probes.step == 2].logprob.to_numpy(), expected.logprob, atol=1e-5)
+    np.testing.assert_allclose(probes[probes.step == 2].logprob.to_numpy(), expected["logprob"], atol=1e-5)
 
 
 @pytest.mark.parametrize("stage", [1, 3])

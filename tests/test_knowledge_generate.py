@@ -110,9 +110,9 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path, monkeypatch):
     def fail(*_):
         raise OSError("disk full")
 
-    import injection.atomic
+    import harness.atomic
 
-    monkeypatch.setattr(injection.atomic.os, "replace", fail)
+    monkeypatch.setattr(harness.atomic.os, "replace", fail)
     with pytest.raises(OSError):
         gen.write_knowledge(out, 2, 1, 0)
     assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["k.json"]

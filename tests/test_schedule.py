@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fictional_knowledge.model import KnowledgeSet, Paragraph
 from injection.cli import app
-from injection.errors import UserError
+from harness.errors import UserError
 from injection.schedule import builtin_schedules, load_schedule, plan_steps
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from injection.data import open_batch_source
-from injection.errors import UserError
+from harness.errors import UserError
 from injection.schedule import PlannedInjection
 from injection.splice import (
     InjectedBatches,

@@ -14,10 +14,11 @@ from typing import Iterator
 
 import numpy as np
 
-from injection.atomic import progress_bar, publish_dir, temp_dir_beside, write_json_atomic
+from harness.atomic import replace_dir, staging_dir, write_json_atomic
+from harness.progress import progress as progress_bar
 from injection.data.order import build_global_indices, write_global_indices
 from injection.data.source import CORPUS_FILE
-from injection.errors import UserError
+from harness.errors import UserError
 
 #: Files are cut at a multiple of seq_len near this size, so no tokens are lost to per-file remainders.
 DEFAULT_FILE_TOKENS = 1 << 28
@@ -95,7 +96,7 @@ def build_corpus(
     show_progress: bool = True,
 ) -> dict:
     """Tokenize `source` into an OLMo-format corpus directory `out`; returns its corpus.json."""
-    from injection.tokenizer import load_tokenizer
+    from harness.tokenizers import load_tokenizer
 
     out = Path(out)
     if seq_len < 2:
@@ -111,7 +112,7 @@ def build_corpus(
     file_tokens = max(seq_len, max_file_tokens // seq_len * seq_len)
     n_docs, docs = iter_documents(source, text_field, split)
 
-    tmp = temp_dir_beside(out)
+    tmp = staging_dir(out)
     try:
         paths: list[str] = []
         counts: list[int] = []
@@ -169,7 +170,7 @@ def build_corpus(
             "extra": {"source": str(source), "documents": n_docs, "tokens": total_tokens, "text_field": text_field},
         }
         write_json_atomic(tmp / CORPUS_FILE, info)
-        publish_dir(tmp, out, overwrite)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

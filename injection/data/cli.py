@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from injection.errors import HarnessTyper, UserError
+from harness.errors import HarnessTyper, UserError
 
 data_app = HarnessTyper()
 
@@ -104,7 +104,7 @@ def plan(
     from fictional_knowledge.load import load_knowledge
     from injection.schedule import load_schedule, plan_steps
     from injection.splice import paragraph_tokens
-    from injection.tokenizer import load_tokenizer
+    from harness.tokenizers import load_tokenizer
 
     sched = load_schedule(schedule)
     ks = load_knowledge(knowledge)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from injection.atomic import progress_bar, write_json_atomic
+from harness.atomic import write_json_atomic
+from harness.progress import progress as progress_bar
 from injection.data.source import CORPUS_FILE, CorpusBatchSource, CorpusInfo
-from injection.errors import UserError
+from harness.errors import UserError
 
 STATE_FILE = "extract-state.json"
 DONE_FILE = "extract-done.npy"

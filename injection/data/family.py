@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from injection.errors import UserError
+from harness.errors import UserError
 
 
 @dataclass(frozen=True)

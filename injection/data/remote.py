@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from injection.errors import UserError
+from harness.errors import UserError
 
 _RETRIES = 4
 

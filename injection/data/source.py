@@ -17,7 +17,7 @@ import numpy as np
 
 from injection.data.order import GlobalIndices, InMemoryIndices, build_global_indices
 from injection.data.remote import ByteReader, is_url, join_location, open_reader, read_text
-from injection.errors import UserError
+from harness.errors import UserError
 
 CORPUS_FILE = "corpus.json"
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64}

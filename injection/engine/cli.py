@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from injection.errors import UserError
+from harness.errors import UserError
 
 Config = Annotated[Optional[str], typer.Argument(help="Experiment YAML file or preset name (smoke, paper-7b-mid, ...).")]
 Preset = Annotated[Optional[str], typer.Option("--preset", help="Preset name (same as giving it as CONFIG).")]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from injection.errors import UserError
+from harness.errors import UserError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 DS_CONFIGS_DIR = Path(__file__).resolve().parents[2] / "ds_configs"

@@ -20,6 +20,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from harness.rundir import SCORE_COLUMNS, SCORE_NAMES
+
 
 @dataclass(frozen=True)
 class ProbeItem:
@@ -42,19 +44,9 @@ class ProbeItem:
             )
 
 
-#: Per-probe result columns, in the order of `ProbeScores.values`.
-SCORE_COLUMNS = ("logprob", "logprob_sum", "first_logprob", "exact_match", "first_rank")
-
-
-@dataclass
-class ProbeScores:
-    """Scores of all probes (rank 0 only after a distributed evaluation), aligned with the item list."""
-
-    logprob: np.ndarray  # float32 [n]: mean target-token log-probability
-    logprob_sum: np.ndarray  # float32 [n]
-    first_logprob: np.ndarray  # float32 [n]
-    exact_match: np.ndarray  # bool [n]: argmax at every target position is the target (teacher forcing)
-    first_rank: np.ndarray  # int32 [n]: vocabulary entries scored above the first target token (0 = argmax)
+#: The evaluator's result for one set of probes: column name (harness.rundir.SCORE_NAMES) -> array aligned
+#: with the item list.
+ProbeScores = dict[str, np.ndarray]
 
 
 def plan_batches(items: Sequence[ProbeItem], max_tokens: int) -> list[list[int]]:
@@ -84,7 +76,7 @@ def _split_model(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modu
 
 @torch.no_grad()
 def _score_batch(base: torch.nn.Module, head: torch.nn.Module, batch: Sequence[ProbeItem], device) -> np.ndarray:
-    """Scores [len(batch), 5] (float64) of one padded batch."""
+    """Scores [len(batch), len(SCORE_NAMES)] (float64, columns in SCORE_NAMES order) of one padded batch."""
     n = len(batch)
     width = max(len(it.input_ids) for it in batch)
     ids = torch.zeros((n, width), dtype=torch.long)
@@ -109,12 +101,14 @@ def _score_batch(base: torch.nn.Module, head: torch.nn.Module, batch: Sequence[P
     above = (logits > logits.gather(1, target[:, None])).sum(dim=-1)
 
     token_lp, hit, above = token_lp.double().cpu().numpy(), hit.cpu().numpy(), above.cpu().numpy()
-    out = np.zeros((n, 5), dtype=np.float64)
+    out = np.zeros((n, len(SCORE_NAMES)), dtype=np.float64)
     start = 0
     for b, it in enumerate(batch):
         k = it.target_end - it.target_start
         lp = token_lp[start : start + k]
-        out[b] = (lp.mean(), lp.sum(), lp[0], float(hit[start : start + k].all()), above[start])
+        row = {"logprob": lp.mean(), "logprob_sum": lp.sum(), "first_logprob": lp[0],
+               "exact_match": float(hit[start : start + k].all()), "first_rank": above[start]}
+        out[b] = [row[name] for name in SCORE_NAMES]
         start += k
     return out
 
@@ -149,7 +143,7 @@ def evaluate_probes(
             _score_batch(base, head, [items[batches[0][0]]], device)
     model.train(was_training)
 
-    values = np.concatenate(local_scores) if local_scores else np.zeros((0, 5))
+    values = np.concatenate(local_scores) if local_scores else np.zeros((0, len(SCORE_NAMES)))
     if world_size > 1:
         import torch.distributed as dist
 
@@ -159,15 +153,9 @@ def evaluate_probes(
             return None
         local_idx = [i for idx, _ in gathered for i in idx]
         values = np.concatenate([v for _, v in gathered])
-    full = np.zeros((len(items), 5), dtype=np.float64)
+    full = np.zeros((len(items), len(SCORE_NAMES)), dtype=np.float64)
     full[np.asarray(local_idx, dtype=np.int64)] = values
-    return ProbeScores(
-        logprob=full[:, 0].astype(np.float32),
-        logprob_sum=full[:, 1].astype(np.float32),
-        first_logprob=full[:, 2].astype(np.float32),
-        exact_match=full[:, 3].astype(bool),
-        first_rank=full[:, 4].astype(np.int32),
-    )
+    return {c.name: full[:, i].astype(c.numpy_dtype) for i, c in enumerate(SCORE_COLUMNS)}
 
 
 def brute_force_scores(model: torch.nn.Module, item: ProbeItem) -> tuple[float, float, float, bool]:

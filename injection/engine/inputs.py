@@ -17,7 +17,7 @@ import numpy as np
 from injection.engine.config import ExperimentConfig, parse_generate_spec
 from injection.engine.evaluate import ProbeItem
 from injection.engine.lr import LRSchedule
-from injection.errors import UserError
+from harness.errors import UserError
 
 
 class BatchSource(Protocol):
@@ -238,7 +238,7 @@ def resolve_data(spec: str, ckpt: CheckpointInfo) -> Path | str:
 def prepare_inputs(cfg: ExperimentConfig) -> RunInputs:
     """Resolve and check every input of the run; raises UserError before any training."""
     from fictional_knowledge.encode import encode_paragraph
-    from injection.tokenizer import load_tokenizer
+    from harness.tokenizers import load_tokenizer
 
     ckpt = read_checkpoint(cfg.checkpoint)
     tokenizer = load_tokenizer(cfg.tokenizer or str(ckpt.path))

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from injection.errors import UserError
+from harness.errors import UserError
 
 ScheduleKind = Literal["cosine", "linear", "constant"]
 

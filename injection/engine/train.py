@@ -27,9 +27,10 @@ from injection.engine.config import ExperimentConfig, resolve_deepspeed_config_p
 from injection.engine.evaluate import ProbeScores, evaluate_probes
 from injection.engine.inputs import RunInputs
 from injection.engine.lr import learning_rate, lr_for_update
-from injection.atomic import write_json_atomic
-from injection.engine.probelog import MetricsWriter, ProbeLogWriter, write_injections
-from injection.errors import UserError
+from harness.atomic import write_json_atomic
+from harness.rundir import write_injections
+from injection.engine.probelog import MetricsWriter, ProbeLogWriter
+from harness.errors import UserError
 from injection.splice import shard_batch
 
 STATE_FILE = "engine_state.json"
@@ -284,7 +285,7 @@ def export_checkpoint(run: "Run", k: int, dest: Path, meta_overrides: dict[str, 
     from deepspeed.utils import safe_get_full_optimizer_state
 
     from injection.tiny import save_checkpoint_dir
-    from injection.tokenizer import load_tokenizer
+    from harness.tokenizers import load_tokenizer
 
     stage = run.engine.zero_optimization_stage()
     if stage > 2:

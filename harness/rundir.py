@@ -1,0 +1,192 @@
+"""The run directory: the contract between the training engine and the analysis, declared once.
+
+    RUN_DIR/probes.parquet/          one row per (step, probe): PROBE_SCHEMA (a directory of Parquet parts)
+    RUN_DIR/injections.parquet       one row per injected paragraph copy: INJECTION_SCHEMA
+    RUN_DIR/manifest.json            resolved configuration, checkpoint identity, tokens_per_step, status, ...
+    RUN_DIR/train_metrics.parquet/   one row per update: METRICS_SCHEMA
+    RUN_DIR/config.yaml              the resolved experiment configuration
+    RUN_DIR/checkpoints/stepK/       resumable training state
+
+The analysis reads only the first three, so a directory written in this format by any tool can be analysed.
+Columns and manifest keys may be added; the ones named here are never renamed. Part directories hold files
+named by the step range they cover (`part-000000-000024.parquet`), each written under a temporary name and
+renamed, so a reader (or a resumed run) never sees half a part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harness.atomic import write_atomic
+from harness.errors import UserError
+
+PROBES = "probes.parquet"
+INJECTIONS = "injections.parquet"
+MANIFEST = "manifest.json"
+METRICS = "train_metrics.parquet"
+CONFIG = "config.yaml"
+CHECKPOINTS = "checkpoints"
+#: What `manifest.json`'s "format" says for directories written by this version.
+MANIFEST_FORMAT = "injection-run/1"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    doc: str
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.type.to_pandas_dtype())
+
+
+#: Identity of a probe-log row: the run step and the probe's address in the knowledge set.
+PROBE_KEY_COLUMNS: tuple[Column, ...] = (
+    Column("step", pa.int32(), "run step k (0 = the loaded checkpoint, k = after k updates)"),
+    Column("paragraph", pa.int32(), "paragraph index in the knowledge set"),
+    Column("scenario", pa.string(), "the paragraph's scenario (paraphrase, duplicate, once, ..., none = never injected)"),
+    Column("kind", pa.string(), "probe kind: mem, sem or comp"),
+    Column("probe", pa.int16(), "probe index within (paragraph, kind)"),
+)
+
+#: What the probe evaluation computes for every probe; `harness.rundir.SCORE_NAMES` is their order.
+SCORE_COLUMNS: tuple[Column, ...] = (
+    Column("logprob", pa.float32(), "ℓ: mean log-probability of the target tokens (natural log)"),
+    Column("logprob_sum", pa.float32(), "sum of the target tokens' log-probabilities"),
+    Column("first_logprob", pa.float32(), "log-probability of the first target token"),
+    Column("exact_match", pa.bool_(), "greedy decoding of the input yields exactly the target tokens"),
+    Column("first_rank", pa.int32(), "vocabulary entries scored above the first target token (0 = greedy pick)"),
+)
+SCORE_NAMES: tuple[str, ...] = tuple(c.name for c in SCORE_COLUMNS)
+#: Score columns that can serve as ℓ in the analysis (real-valued log-probabilities).
+LOGPROB_COLUMNS: tuple[str, ...] = ("logprob", "logprob_sum", "first_logprob")
+
+INJECTION_COLUMNS: tuple[Column, ...] = (
+    Column("step", pa.int32(), "run step whose batch carries the copy"),
+    Column("paragraph", pa.int32(), "paragraph index"),
+    Column("scenario", pa.string(), "the paragraph's scenario"),
+    Column("variant", pa.int16(), "0 = original text, j = paraphrase j"),
+    Column("row", pa.int32(), "global batch row"),
+    Column("offset", pa.int32(), "position of the copy's first token in that row"),
+    Column("tokens", pa.int32(), "tokens written, EOS included"),
+)
+
+METRIC_COLUMNS: tuple[Column, ...] = (
+    Column("step", pa.int32(), "run step after the update (k + 1 for update k)"),
+    Column("loss", pa.float32(), "mean training loss of the global batch"),
+    Column("lr", pa.float64(), "learning rate of the update"),
+    Column("grad_norm", pa.float32(), "global gradient norm before clipping"),
+    Column("tokens_per_s", pa.float32(), "training throughput of the update"),
+    Column("max_mem_gib", pa.float32(), "peak accelerator memory so far (NaN on a CPU)"),
+    Column("eval_s", pa.float32(), "seconds spent scoring probes after this update (0 when not evaluated)"),
+    Column("skipped", pa.bool_(), "the update was skipped (non-finite loss or gradient norm, when configured)"),
+)
+
+
+def schema(columns: Sequence[Column]) -> pa.Schema:
+    return pa.schema([(c.name, c.type) for c in columns])
+
+
+PROBE_SCHEMA = schema(PROBE_KEY_COLUMNS + SCORE_COLUMNS)
+INJECTION_SCHEMA = schema(INJECTION_COLUMNS)
+METRICS_SCHEMA = schema(METRIC_COLUMNS)
+
+_PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
+
+
+def is_part(name: str) -> bool:
+    return _PART.match(name) is not None
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> Path:
+    return write_atomic(path, lambda handle: pq.write_table(table, handle))
+
+
+class PartWriter:
+    """Rows of one schema, buffered by step and written as step-range parts into a directory."""
+
+    def __init__(self, directory: Path, table_schema: pa.Schema, flush_steps: int = 25) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.schema = table_schema
+        self.flush_steps = flush_steps
+        self._columns: dict[str, list[np.ndarray]] = {name: [] for name in table_schema.names}
+        self._steps: list[int] = []
+
+    def add(self, step: int, columns: dict[str, Any]) -> None:
+        """Buffer the rows of one step (`columns` maps every schema column to an array or list)."""
+        for name in self.schema.names:
+            self._columns[name].append(np.asarray(columns[name]))
+        self._steps.append(step)
+        if len(self._steps) >= self.flush_steps:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        if not self._steps:
+            return None
+        arrays = [
+            pa.array(np.concatenate(self._columns[f.name]), type=f.type) if f.type != pa.string()
+            else pa.array([str(v) for chunk in self._columns[f.name] for v in chunk], type=pa.string())
+            for f in self.schema
+        ]
+        path = self.directory / f"part-{min(self._steps):06d}-{max(self._steps):06d}.parquet"
+        write_table_atomic(pa.Table.from_arrays(arrays, schema=self.schema), path)
+        self._columns = {name: [] for name in self.schema.names}
+        self._steps = []
+        return path
+
+    def parts(self) -> list[str]:
+        return sorted(p.name for p in self.directory.iterdir() if is_part(p.name))
+
+    def keep_only(self, names: Sequence[str]) -> list[str]:
+        """Delete parts (and stray temporaries) not in `names`: rows newer than a resumed checkpoint."""
+        keep = set(names)
+        removed = []
+        for p in self.directory.iterdir():
+            if p.name not in keep and (is_part(p.name) or p.name.endswith(".tmp")):
+                p.unlink()
+                removed.append(p.name)
+        return sorted(removed)
+
+
+def write_injections(run_dir: Path, records: Sequence[Any]) -> Path:
+    """`injections.parquet`: one row per injected paragraph copy (records carry the INJECTION_COLUMNS)."""
+    cols = {c.name: [getattr(r, c.name) for r in records] for c in INJECTION_COLUMNS}
+    return write_table_atomic(pa.Table.from_pydict(cols, schema=INJECTION_SCHEMA), Path(run_dir) / INJECTIONS)
+
+
+def read_table(path: Path):
+    """A part directory or single file as one pandas DataFrame, in the order it was written."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.is_dir():
+        files = [path / n for n in sorted(os.listdir(path)) if is_part(n)]
+        if not files:
+            return pd.DataFrame()
+        return pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
+    return pq.read_table(path).to_pandas()
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """`manifest.json` as a dict; UserError naming the file when it is missing or not a JSON object."""
+    file = Path(run_dir) / MANIFEST
+    if not file.is_file():
+        raise UserError(f"{file}: missing (a run directory needs {PROBES}, {INJECTIONS} and {MANIFEST})")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{file}: malformed JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{file}: expected a JSON object at the top level, found {type(manifest).__name__}")
+    return manifest
