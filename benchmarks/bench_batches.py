@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from injection.data import open_batch_source
+from injection.data import BatchStream, open_corpus
 from injection.data.order import build_global_indices, write_global_indices
+from injection.engine.batches import InjectedBatches
 from injection.schedule import PlannedInjection
-from injection.splice import InjectedBatches
+from injection.splice import place, splice_items
 
 VOCAB, SEQ, BATCH = 50304, 128, 16
 
@@ -55,10 +56,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         location = args.corpus or make_corpus(Path(tmp), n_instances=BATCH * (2 * args.steps + 10))
-        source = open_batch_source(location, BATCH)
+        stream = BatchStream(open_corpus(location), 0, 0, BATCH)
         rng = np.random.default_rng(0)
         plan = [PlannedInjection(k, p, "bench", 0) for k in range(2 * args.steps + 5) for p in range(args.paragraphs)]
         tokens = {(p, 0): rng.integers(0, 50000, size=40).tolist() + [50279] for p in range(args.paragraphs)}
+        injections = splice_items(plan, tokens)
+        records = {k: place(k, items, BATCH, SEQ) for k, items in injections.items()}
 
         model = tiny_olmo()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
@@ -73,20 +76,20 @@ def main() -> None:
 
         def run(prefetch: int, offset: int) -> tuple[float, float]:
             """(mean seconds waiting for data, mean seconds of the train step) per step."""
-            batches = InjectedBatches(source, plan, tokens, prefetch=prefetch)
+            batches = InjectedBatches(stream, injections, records, prefetch=prefetch)
             wait = step = 0.0
             with batches:
                 batches.get(offset)  # start-up (and the prefetch thread) outside the measurement
                 for k in range(offset + 1, offset + 1 + args.steps):
                     t0 = time.perf_counter()
-                    batch, _ = batches.get(k)
+                    batch = batches.get(k)
                     t1 = time.perf_counter()
                     train_step(batch)
                     t2 = time.perf_counter()
                     wait, step = wait + (t1 - t0), step + (t2 - t1)
             return wait / args.steps, step / args.steps
 
-        train_step(source.get_batch(0)[0])  # warm-up: allocations, first optimizer step
+        train_step(stream.batch(0)[0])  # warm-up: allocations, first optimizer step
         no_wait, no_step = run(prefetch=0, offset=0)
         pf_wait, pf_step = run(prefetch=2, offset=args.steps + 2)
 

@@ -40,9 +40,10 @@ SMALL = {"d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 4, "mlp_hidd
 
 def build_inputs(work: Path, shape: str, global_batch: int, steps: int) -> tuple[Path, Path, dict]:
     """(checkpoint dir, corpus dir, architecture facts); reused when already built."""
-    from injection.catalog import load_catalog
+    from injection.checkpoints.catalog import load_catalog
     from injection.data.order import build_global_indices, write_global_indices
-    from injection.tiny import build_tiny_checkpoint, is_complete
+    from injection.checkpoints.layout import is_complete
+    from injection.checkpoints.tiny import build_tiny_checkpoint
 
     if shape == "olmo-1b":
         arch = dataclasses.asdict(load_catalog().family("olmo-1b").architecture)

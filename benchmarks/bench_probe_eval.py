@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from injection.engine.evaluate import ProbeItem, brute_force_scores, evaluate_probes  # noqa: E402
+from injection.engine.evaluate import ProbeItem, evaluate_probes  # noqa: E402
+from tests.helpers.engine import brute_force_scores  # noqa: E402
 
 
 def study_like_probes(n: int, vocab: int, seed: int = 0) -> list[ProbeItem]:

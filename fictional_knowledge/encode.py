@@ -1,4 +1,4 @@
-"""Tokenizing probes and paragraphs for any Hugging Face fast tokenizer (SPEC §2, §5).
+"""Tokenizing probes and paragraphs for any Hugging Face fast tokenizer (docs/concepts.md: probes and splicing).
 
 A probe is scored as one text, `input + " " + target`. The target tokens are found from the character
 offsets of that joint tokenization, never by tokenizing the target alone: BPE tokenizers of the GPT-2
@@ -85,21 +85,25 @@ def encode_probes(tokenizer, probes: Iterable[Probe | ProbeRef]) -> list[Encoded
     return [_encoded(p, ids, offs) for p, ids, offs in zip(plain, enc["input_ids"], enc["offset_mapping"])]
 
 
-def _eos_id(tokenizer) -> int:
-    eos = tokenizer.eos_token_id
+def _eos_id(tokenizer, eos_token_id: int | None) -> int:
+    eos = eos_token_id if eos_token_id is not None else tokenizer.eos_token_id
     if eos is None:
         raise UserError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token; paragraphs need one appended")
     return int(eos)
 
 
-def encode_paragraph(tokenizer, text: str) -> list[int]:
-    """Ids of a paragraph with the tokenizer's EOS appended (no BOS or other special tokens): what is spliced."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [_eos_id(tokenizer)]
+def encode_paragraph(tokenizer, text: str, eos_token_id: int | None = None) -> list[int]:
+    """Ids of a paragraph with EOS appended (no BOS or other special tokens): what is spliced.
+
+    `eos_token_id` is the run's end-of-text id (the model config's); it defaults to the tokenizer's. They differ
+    for OLMo checkpoints whose config names the `...pii-special` tokenizer, where `<|endoftext|>` is id 0 while
+    the model was trained with 50279 between documents."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [_eos_id(tokenizer, eos_token_id)]
 
 
-def encode_paragraphs(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+def encode_paragraphs(tokenizer, texts: Sequence[str], eos_token_id: int | None = None) -> list[list[int]]:
     """`encode_paragraph` for many texts in one batched call."""
     if not texts:
         return []
-    eos = _eos_id(tokenizer)
+    eos = _eos_id(tokenizer, eos_token_id)
     return [list(ids) + [eos] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS
-from fictional_knowledge.validate import PARAPHRASES_FIELD, TEXT_FIELD, check_items
+from fictional_knowledge.checks import PARAPHRASES_FIELD, TEXT_FIELD, check_items
 from harness.atomic import write_bytes_atomic
 from harness.errors import UserError
 

@@ -1,9 +1,13 @@
-"""Loading a knowledge set from the reference JSON format, a saved `datasets` directory, or the hub.
+"""Loading a knowledge set from any of the ways a user can name one:
 
-All three carry the same fields per item (`train_context`, `mem_input`/`mem_target`,
-`gen_input`/`gen_target`, `hard_gen_input`/`hard_gen_target`, optional `paraphrases`); every source
-goes through the same item checks (`validate.check_items`) before a `KnowledgeSet` is built.
-Paragraph ids are list positions.
+- a JSON file in the reference format (a list of items);
+- a directory saved with `datasets`' `save_to_disk` (a Dataset, or a DatasetDict with a `train` split);
+- a Hugging Face hub name (needs the network or the local cache);
+- `generate:PARAGRAPHS:PARAPHRASES:SEED`: made on the spot by the project's generator (same spec, same set).
+
+All carry the same fields per item (`train_context`, `mem_input`/`mem_target`, `gen_input`/`gen_target`,
+`hard_gen_input`/`hard_gen_target`, optional `paraphrases`); every source goes through the same item checks
+(fictional_knowledge.checks) before a `KnowledgeSet` is built. Paragraph ids are list positions.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS, KnowledgeSet, Paragraph, Probe
-from fictional_knowledge.validate import PARAPHRASES_FIELD, TEXT_FIELD, check_items, parse_json_bytes
+from fictional_knowledge.checks import PARAPHRASES_FIELD, TEXT_FIELD, check_items, parse_json_bytes
 from harness.errors import UserError
 
 #: `owner/name` or `name` on the Hugging Face hub (what is not an existing path and looks like this).
@@ -89,9 +93,29 @@ def _read_hub(name: str) -> list[dict[str, Any]]:
     return _dataset_rows(ds, name)
 
 
+GENERATE_PREFIX = "generate:"
+
+
+def parse_generate_spec(spec: str) -> tuple[int, int, int]:
+    """`generate:PARAGRAPHS:PARAPHRASES:SEED` -> (paragraphs, paraphrases, seed)."""
+    parts = spec[len(GENERATE_PREFIX):].split(":")
+    try:
+        n, m, seed = (int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"knowledge {spec!r}: expected generate:PARAGRAPHS:PARAPHRASES:SEED (three integers, "
+                        "e.g. generate:12:3:0)") from None
+    if n <= 0 or m < 0 or seed < 0:
+        raise UserError(f"knowledge {spec!r}: PARAGRAPHS must be > 0, PARAPHRASES and SEED >= 0")
+    return n, m, seed
+
+
 def read_items(path_or_name: str | Path) -> tuple[Any, str]:
-    """The raw items (unchecked) and a source label, from a JSON file, a dataset directory or a hub name."""
-    path = Path(path_or_name)
+    """The raw items (unchecked) and a source label, from any knowledge spec (see the module docstring)."""
+    if str(path_or_name).startswith(GENERATE_PREFIX):
+        from fictional_knowledge.generate import generate_knowledge
+
+        return generate_knowledge(*parse_generate_spec(str(path_or_name))), str(path_or_name)
+    path = Path(path_or_name).expanduser()
     if path.is_file():
         try:
             data = path.read_bytes()
@@ -116,10 +140,15 @@ def load_knowledge_checked(path_or_name: str | Path) -> tuple[KnowledgeSet, list
     return items_to_knowledge(items, source), ignored
 
 
-def load_knowledge(path_or_name: str | Path) -> KnowledgeSet:
-    """A knowledge set from a reference-format JSON file, a `save_to_disk` directory, or a hub name.
+def load_knowledge(path_or_name: str | Path, limit: int | None = None) -> KnowledgeSet:
+    """A knowledge set from any spec (file, saved dataset, hub name, `generate:...`); `limit` keeps the first N.
 
     Raises UserError (naming the file, item and field) for anything malformed, and for hub names that
     cannot be fetched (offline, unknown).
     """
-    return load_knowledge_checked(path_or_name)[0]
+    knowledge = load_knowledge_checked(path_or_name)[0]
+    if limit is not None:
+        if limit > len(knowledge):
+            raise UserError(f"knowledge_limit {limit} exceeds the {len(knowledge)} paragraphs of {path_or_name}")
+        knowledge = knowledge.subset(limit)
+    return knowledge

@@ -1,4 +1,4 @@
-"""The typed model of a knowledge set (SPEC §2): paragraphs with paraphrases, and probes by kind."""
+"""The typed model of a knowledge set (docs/concepts.md): paragraphs with paraphrases, and probes by kind."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class Paragraph:
 
 @dataclass(frozen=True)
 class ProbeRef:
-    """A probe with its address in the knowledge set: the key of a probe-log row (SPEC §7)."""
+    """A probe with its address in the knowledge set: the key of a probe-log row."""
 
     paragraph: int
     kind: ProbeKind

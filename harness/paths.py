@@ -10,3 +10,27 @@ def cache_dir() -> Path:
     """`INJECTION_CACHE`, default ~/.cache/injection: pulled checkpoints, built corpora, the demo's models."""
     override = os.environ.get("INJECTION_CACHE")
     return Path(override).expanduser() if override else Path.home() / ".cache" / "injection"
+
+
+def check_output_dir(out: Path, *, marker: str, what: str, overwrite: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse an output directory that would destroy something the tool did not make.
+
+    `out` may be replaced only when `overwrite` is given and it holds `marker` (the file this tool writes last
+    into every `what` it makes); never when it is, contains or lies inside one of the `inputs`."""
+    from harness.errors import UserError
+
+    out = Path(out)
+    target = out.resolve()
+    for source in inputs:
+        src = Path(source).resolve()
+        if src == target or target in src.parents or src in target.parents:
+            raise UserError(f"--out {out} would overwrite the input {source}; choose another output directory")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    if not overwrite:
+        raise UserError(f"--out {out} already exists (pass --overwrite to replace a {what} made by this tool)")
+    if not (out / marker).is_file():
+        raise UserError(f"--out {out} exists and is not a {what} made by this tool (no {marker}); refusing to "
+                        "replace it: choose another output directory or remove it yourself")

@@ -268,12 +268,14 @@ def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, seq_len: i
     stages = {name: stage_dir(cache, step) for name, step in profile.stages}
     if all((d / "checkpoint.json").is_file() for d in stages.values()):
         return stages
-    from injection.engine.config import config_from_dict
-    from injection.engine.inputs import RunInputs, load_knowledge_set, probe_items, read_checkpoint
-    from injection.engine.train import ExportHook, complete_checkpoints, run_training
-    from injection.data import open_batch_source
-    from injection.tiny import build_tiny_checkpoint
+    from fictional_knowledge.load import load_knowledge
     from harness.tokenizers import load_tokenizer
+    from injection.checkpoints.tiny import build_tiny_checkpoint
+    from injection.data import BatchStream, open_corpus
+    from injection.engine.config import config_from_dict
+    from injection.engine.hooks import ExportHook
+    from injection.engine.inputs import RunInputs, probe_items, read_checkpoint
+    from injection.engine.loop import run_training
 
     tokenizer = load_tokenizer(str(tokenizer_dir))
     step0 = stage_dir(cache, 0)
@@ -295,15 +297,11 @@ def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, seq_len: i
         total_steps=profile.pretrain_steps, global_batch=profile.global_batch, micro_batch=profile.global_batch,
         eval_interval=50, output_dir=str(run_dir), checkpoint_interval=100, log_flush_steps=50, seed=profile.seed,
     ))
-    knowledge = load_knowledge_set(str(probe_knowledge), None)
+    knowledge = load_knowledge(str(probe_knowledge))
     ckpt = read_checkpoint(str(step0))
-    inputs = RunInputs(ckpt, open_batch_source(corpus, profile.global_batch), probe_items(knowledge, tokenizer, {}),
-                       knowledge_source=str(probe_knowledge))
-    resume = bool(complete_checkpoints(run_dir))
-    if run_dir.exists() and not resume:
-        import shutil
-
-        shutil.rmtree(run_dir)  # an earlier pretraining killed before its first checkpoint
+    inputs = RunInputs(ckpt, BatchStream(open_corpus(corpus), 0, 0, profile.global_batch),
+                       probe_items(knowledge, tokenizer, {}), knowledge_source=str(probe_knowledge))
+    resume = (run_dir / "manifest.json").is_file()  # a killed pretraining continues (or restarts) in place
     steps = {step: name for name, step in profile.stages}
     export = ExportHook(list(steps), lambda global_step: stage_dir(cache, global_step),
                         {"family": "tiny", "source": "demo-pretraining"})
@@ -320,7 +318,7 @@ def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, seq_len: i
 def register_tiny_family(profile: DemoProfile, stages: dict[str, Path]) -> None:
     """Make the full demo's stages the catalog's `tiny` checkpoints (`tiny@early` … in any config): a link
     where `injection pull` would put them. Existing directories are left alone; stale links are replaced."""
-    from injection.pull import default_dest
+    from injection.checkpoints.pull import default_dest
 
     for name, step in profile.stages:
         dest = default_dest("tiny", step)
@@ -373,27 +371,27 @@ def injection_run(profile: DemoProfile, stage: str, checkpoint: Path, knowledge:
     """One run of the study's design from a checkpoint; reused when complete, resumed when interrupted."""
     from injection.engine.config import config_from_dict
     from injection.engine.inputs import prepare_inputs
-    from injection.engine.train import complete_checkpoints, run_training
+    from injection.engine.loop import run_training
 
     run_dir = out / "runs" / stage
     cfg = config_from_dict(dict(
         checkpoint=str(checkpoint), knowledge=str(knowledge), schedule=str(schedule), data=str(corpus),
         total_steps=profile.run_steps, global_batch=profile.global_batch, micro_batch=profile.global_batch,
-        eval_interval=profile.eval_interval, eval_dense_window=profile.window, output_dir=str(run_dir),
-        checkpoint_interval=50, log_flush_steps=50, seed=profile.seed,
+        eval_interval=profile.eval_interval, eval_dense_window=profile.window, analysis_window=profile.window,
+        output_dir=str(run_dir), checkpoint_interval=50, log_flush_steps=50, seed=profile.seed,
+        label=f"tiny@{stage}",
     ))
     manifest = run_dir / "manifest.json"
     if manifest.is_file():
         old = json.loads(manifest.read_text())
-        if old.get("config_hash") == cfg.config_hash() and old.get("status") == "complete":
+        if old.get("config_hash") != cfg.config_hash():
+            profile_name = (old.get("config") or {}).get("label") or "another"
+            raise UserError(f"{run_dir} holds a run of a different demo configuration ({profile_name}, config hash "
+                            f"{old.get('config_hash')}); choose another --out, or remove {out} to start over")
+        if old.get("status") == "complete":
             return run_dir
-        if old.get("config_hash") != cfg.config_hash() or not complete_checkpoints(run_dir):
-            import shutil
-
-            shutil.rmtree(run_dir)  # a different profile's run, or killed before its first checkpoint
-    resume = manifest.is_file()
     _say(f"injection run from tiny@{stage} ({profile.run_steps} steps)")
-    run_training(cfg, prepare_inputs(cfg), resume=resume, progress=True)
+    run_training(cfg, prepare_inputs(cfg), resume=manifest.is_file(), progress=True)
     return run_dir
 
 
@@ -456,7 +454,7 @@ def run_demo(out: Path, quick: bool = False, knowledge: Path | None = None,
              profile: DemoProfile | None = None) -> dict[str, Any]:
     """The whole demo into `out`; returns summary.json's content. `profile` (default FULL, or QUICK with
     `quick`) lets benchmarks/demo_sweep.py try other numbers; only FULL registers the `tiny` family."""
-    from injection.catalog import cache_dir
+    from harness.paths import cache_dir
 
     profile = profile or (QUICK if quick else FULL)
     t0 = time.perf_counter()

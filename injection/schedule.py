@@ -1,4 +1,4 @@
-"""Declarative injection schedules (SPEC §4) -> the plan: which paragraph, in which variant, at which run step.
+"""Declarative injection schedules -> the plan: which paragraph, in which variant, at which run step.
 
 A schedule is a YAML file of groups. Each group names a scenario, its paragraphs and when they are injected
 (`first_step`, `interval`, `count`, or an explicit `steps` list) and which variant each encounter uses:
@@ -16,7 +16,6 @@ can be overridden (`load_schedule(name, overrides={"interval": 50})`). Built-in 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -86,10 +85,6 @@ class Schedule:
     total_steps: int
     """Run steps in total (T): injections must fall in 0 … total_steps − 1."""
     description: str = ""
-
-    @property
-    def paragraphs(self) -> tuple[int, ...]:
-        return tuple(sorted(p for g in self.groups for p in g.paragraphs))
 
     def plan(self, knowledge: Any, total_steps: int | None = None) -> list[PlannedInjection]:
         """Every injection of the run, sorted by (step, paragraph). `knowledge` is a KnowledgeSet (or any
@@ -266,10 +261,6 @@ def load_schedule(name_or_file: str | Path, overrides: Mapping[str, Any] | None 
     except yaml.YAMLError as err:
         raise UserError(f"{where}: not valid YAML ({err})") from None
     return schedule_from_dict(data, where, overrides)
-
-
-def with_total_steps(schedule: Schedule, total_steps: int) -> Schedule:
-    return dataclasses.replace(schedule, total_steps=total_steps)
 
 
 def plan_steps(plan: Sequence[PlannedInjection]) -> dict[int, list[PlannedInjection]]:

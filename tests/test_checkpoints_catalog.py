@@ -8,7 +8,7 @@ import copy
 import pytest
 import yaml
 
-from injection.catalog import load_catalog
+from injection.checkpoints.catalog import load_catalog
 from harness.errors import UserError
 
 
@@ -58,12 +58,14 @@ def test_catalog_matches_reference_lists(catalog, reference_dir):
 
 
 def test_learning_rate_follows_olmo_schedules(catalog):
+    from injection.lr import learning_rate
+
     one, seven = catalog.family("olmo-1b").lr_schedule, catalog.family("olmo-7b").lr_schedule
-    assert one.lr_at(2000) == pytest.approx(4e-4)
-    assert one.lr_at(one.t_max) == pytest.approx(4e-5)
-    assert seven.lr_at(0) == pytest.approx(3e-5)  # OLMo warms up from 10% of the peak
+    assert learning_rate(one, 2000) == pytest.approx(4e-4)
+    assert learning_rate(one, one.t_max) == pytest.approx(4e-5)
+    assert learning_rate(seven, 0) == pytest.approx(3e-5)  # OLMo warms up from 10% of the peak
     mid = (seven.t_max + 5000) // 2
-    assert seven.lr_at(mid) == pytest.approx((3e-4 + 3e-5) / 2, rel=1e-4)
+    assert learning_rate(seven, mid) == pytest.approx((3e-4 + 3e-5) / 2, rel=1e-4)
 
 
 def test_resolve_errors(catalog):
@@ -99,14 +101,19 @@ def test_small_valid_file_loads(tmp_path, shipped_raw):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda f: f["architecture"].update(n_head=32), r"architecture: unknown key 'n_head'"),
-        (lambda f: f["lr_schedule"].pop("t_max"), r"lr_schedule: missing field 't_max'"),
+        (lambda f: f["architecture"].update(n_head=32),
+         r"unknown field 'families.olmo-7b.architecture.n_head' \(did you mean 'n_heads'\?\)"),
+        (lambda f: f["lr_schedule"].pop("t_max"), r"lr_schedule': missing field 't_max'"),
         (lambda f: f["steps"].append(dict(f["steps"][0])), r"duplicate step 40000"),
-        (lambda f: f["steps"][1].update(stepp=1), r"steps\[1\]: unknown key 'stepp'"),
+        (lambda f: f["steps"][1].update(stepp=1), r"unknown field 'families.olmo-7b.steps\[1\].stepp'"),
         (lambda f: f.update(stages={"early": 40000, "mid": 113000, "late": 999}), r"late=999 not among"),
-        (lambda f: f["lr_schedule"].update(kind="cosin"), r"lr_schedule.kind"),
-        (lambda f: f["optimizer"].update(betas=[0.9]), r"optimizer.betas"),
-        (lambda f: f["architecture"].update(d_model="big"), r"architecture.d_model: expected int"),
+        (lambda f: f["lr_schedule"].update(kind="cosin"), r"lr_schedule'.kind"),
+        (lambda f: f["lr_schedule"].update(peak_lr=float("nan")), r"lr_schedule'.peak_lr: must be a finite"),
+        (lambda f: f["optimizer"].update(betas=[0.9]), r"optimizer'.betas"),
+        (lambda f: f["optimizer"].update(weight_decay=-0.1), r"optimizer'.weight_decay: must be a finite number >= 0"),
+        (lambda f: f.update(kind="gpt2"), r"unknown family kind 'gpt2'"),
+        (lambda f: f["architecture"].update(d_model="big"),
+         r"field 'families.olmo-7b.architecture.d_model': expected an integer"),
     ],
 )
 def test_bad_files_name_the_key(tmp_path, shipped_raw, mutate, message):

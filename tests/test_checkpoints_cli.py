@@ -38,7 +38,7 @@ def test_pull_tiny_offline(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
-    result = runner.invoke(app, ["pull", "tiny@0", "--dest", str(tmp_path / "tiny0")])
+    result = runner.invoke(app, ["pull", "tiny@0", "--out", str(tmp_path / "tiny0")])
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "tiny0" / "checkpoint.json").read_text())
     assert meta["family"] == "tiny" and meta["step"] == 0 and meta["lr_schedule"]["kind"] == "cosine"

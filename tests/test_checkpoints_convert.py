@@ -8,10 +8,11 @@ import warnings
 import pytest
 import torch
 
-from injection.catalog import load_catalog
-from injection.convert import convert_original, olmo_to_hf, safe_torch_load
+from injection.checkpoints.catalog import load_catalog
+from injection.checkpoints.olmo import convert_original, olmo_to_hf
+from injection.checkpoints.safe_load import safe_torch_load
 from harness.errors import UserError
-from injection.pull import safe_name
+from injection.checkpoints.download import safe_name
 from tests.helpers.olmo_original import write_original_checkpoint
 
 

@@ -10,10 +10,11 @@ import warnings
 import pytest
 import yaml
 
-from injection.catalog import load_catalog
+from injection.checkpoints.catalog import load_catalog
 from harness.errors import UserError
-from injection.pull import RetryPolicy, pull_checkpoint
-from injection.tiny import is_complete
+from injection.checkpoints.download import RetryPolicy
+from injection.checkpoints.pull import pull_checkpoint
+from injection.checkpoints.layout import is_complete
 from tests.helpers.http_server import FileServer
 from tests.helpers.olmo_original import TINY_OLMO_MODEL, write_original_checkpoint
 
@@ -34,7 +35,7 @@ def _catalog(tmp_path, server, files=("config.yaml", "model.pt", "optim.pt", "tr
     tiny = yaml.safe_load(load_catalog().path.read_text())["families"]["tiny"]
     arch = {**tiny["architecture"], "d_model": 32, "mlp_hidden_size": 128,
             "max_sequence_length": TINY_OLMO_MODEL["max_sequence_length"]}
-    fam = {**tiny, "builtin": False, "files": list(files), "architecture": arch,
+    fam = {**tiny, "kind": "olmo", "builtin": False, "files": list(files), "architecture": arch,
            # Deliberately not the checkpoint's own 4 rows: the pull must prefer config.yaml and warn.
            "batch_sizes": [{"first_step": 0, "last_step": None, "global_batch_size": 8, "evidence": "test"}],
            "hf_repo": "allenai/OLMo-1B-hf",
@@ -155,7 +156,7 @@ def test_hf_offline_is_a_clear_error(tmp_path, served, cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(UserError, match=r"allenai/OLMo-1B-hf at revision step40-tokens0B.*--dest DIR"):
+    with pytest.raises(UserError, match=r"allenai/OLMo-1B-hf at revision step40-tokens0B.*--out DIR"):
         _pull(_catalog(tmp_path, served), tmp_path / "ckpt", source="hf")
     assert not (tmp_path / "ckpt").exists() and not list(tmp_path.glob(".ckpt.tmp-*"))
 
@@ -163,7 +164,7 @@ def test_hf_offline_is_a_clear_error(tmp_path, served, cache, monkeypatch):
 def test_hf_snapshot_fetched_elsewhere_is_adopted(tmp_path, served, cache):
     from transformers import OlmoForCausalLM
 
-    from injection.tiny import hf_config
+    from injection.checkpoints.olmo import hf_config
 
     snapshot = tmp_path / "snapshot"
     OlmoForCausalLM(hf_config(load_catalog().family("tiny").architecture)).save_pretrained(snapshot)
@@ -183,7 +184,7 @@ def test_staging_dirs_of_killed_processes_are_removed_at_the_next_write(tmp_path
     import subprocess
     import sys
 
-    from injection.tiny import staging_dir
+    from harness.atomic import staging_dir
 
     host = socket.gethostname().replace("-", "_")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -69,14 +69,14 @@ def test_profiles_schedule_fits_the_batch():
 
 
 def test_catalog_tiny_stages_are_the_full_demos():
-    from injection.catalog import load_catalog
+    from injection.checkpoints.catalog import load_catalog
 
     assert load_catalog().family("tiny").stages == dict(FULL.stages)
 
 
 def test_full_demo_stages_are_linked_as_the_tiny_family(tmp_path, monkeypatch):
     from injection.demo import register_tiny_family
-    from injection.pull import default_dest
+    from injection.checkpoints.pull import default_dest
 
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
     stages = {}

@@ -39,7 +39,7 @@ def test_missing_checkpoint(tmp_path):
 def test_unreadable_checkpoint_json(tmp_path):
     write_tiny_checkpoint(tmp_path / "ck")
     (tmp_path / "ck" / "checkpoint.json").write_text("{not json")
-    _fails(["run", _config(tmp_path)], "checkpoint.json: unreadable")
+    _fails(["run", _config(tmp_path)], "checkpoint.json: not valid JSON")
 
 
 def test_global_batch_not_divisible(tmp_path):

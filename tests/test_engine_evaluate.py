@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from injection.engine.evaluate import ProbeItem, brute_force_scores, evaluate_probes, plan_batches
-from tests.helpers.engine import synthetic_probes, tiny_model
+from injection.engine.evaluate import ProbeItem, evaluate_probes, plan_batches
+from tests.helpers.engine import brute_force_scores, synthetic_probes, tiny_model
 
 
 @pytest.mark.parametrize("tie", [False, True])

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from injection.engine.config import config_from_dict
-from injection.engine.inputs import RunInputs, read_checkpoint
 from harness.rundir import read_table
-from injection.engine.train import ExportHook, evaluation_steps, run_training
-from tests.helpers.engine import simple_splice, synthetic_inputs, write_tiny_checkpoint
+from injection.engine.config import config_from_dict
+from injection.engine.hooks import ExportHook
+from injection.engine.inputs import RunInputs, read_checkpoint
+from injection.engine.loop import run_training
+from injection.engine.plan import evaluation_steps
+from tests.helpers.engine import synthetic_inputs, synthetic_stream, write_tiny_checkpoint
 
 
 def _cfg(tmp_path, name, checkpoint, total_steps):
@@ -32,10 +34,12 @@ def test_a_run_resumed_from_an_exported_checkpoint_continues_exactly(tmp_path, w
     assert meta["step"] == 1003 and meta["family"] == "mine" and meta["has_optimizer_state"]
     assert meta["lr_schedule"] == json.loads((ck / "checkpoint.json").read_text())["lr_schedule"]
 
-    # run B starts at global step 1003 on the same batches, with A's step-3 injections at its step 0
+    # run B starts at global step 1003 where A's data stream stood, with A's step-3 injections at its step 0
     ck_b = read_checkpoint(str(exported))
+    assert ck_b.data_position.instances_seen == inputs.stream.start + 3 * inputs.stream.batch_size
     shifted = {k - 3: items for k, items in inputs.injections.items() if k >= 3}
-    inputs_b = RunInputs(ck_b, inputs.batches, inputs.probe_items, shifted, simple_splice, knowledge_source="synthetic")
+    inputs_b = RunInputs(ck_b, synthetic_stream(ck_b), inputs.probe_items, shifted, knowledge_source="synthetic")
+    inputs_b.place_injections()
     run_b = run_training(_cfg(tmp_path, "b", exported, 3), inputs_b, progress=False)
 
     a = read_table(run_a / "probes.parquet").sort_values(["step", "paragraph", "kind", "probe"])
@@ -49,6 +53,7 @@ def test_a_run_resumed_from_an_exported_checkpoint_continues_exactly(tmp_path, w
 
 def test_evaluation_steps_are_dense_around_injections_and_sparse_elsewhere():
     assert evaluation_steps(10, 1, [], 0) == set(range(11))
+    assert evaluation_steps(100, 1, [0, 40], 2, explicit=[10, 50]) == {0, 1, 2, 10, 40, 41, 42, 50}
     assert evaluation_steps(20, 5, [], 0) == {0, 5, 10, 15, 20}
     assert evaluation_steps(23, 10, [], 0) == {0, 10, 20, 23}  # the last step is always logged
     assert evaluation_steps(30, 10, [0, 12], 3) == {0, 1, 2, 3, 10, 12, 13, 14, 15, 20, 30}

@@ -18,7 +18,7 @@ import yaml
 
 from injection.engine.config import config_from_dict
 from harness.rundir import read_table
-from injection.engine.train import run_training
+from injection.engine.loop import run_training
 from tests.helpers.engine import synthetic_inputs, write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -89,3 +89,23 @@ def test_launch_on_two_cpu_ranks_matches_one_process(cache, smoke_run, tmp_path)
     assert json.loads((run_dir / "manifest.json").read_text())["world_size"] == 2
     assert (one[key] == two[key]).all().all()
     np.testing.assert_allclose(two.logprob, one.logprob, atol=1e-4)
+
+
+#: sha256 of the smoke run's probe log (the run above), computed with the engine as it was before its
+#: reorganisation into plan / batches / zero / run_state / hooks / loop: the reshaping changed no number.
+PINNED_SMOKE_LOG = "245dde1f1b49c768a26f656b63b70af6f1b3066cfd23e325fe652117a6157375"
+
+
+def probe_log_hash(run_dir) -> str:
+    import hashlib
+
+    import pandas as pd
+
+    df = read_table(run_dir / "probes.parquet").sort_values(["step", "paragraph", "kind", "probe"]).reset_index(drop=True)
+    cols = ["step", "paragraph", "scenario", "kind", "probe", "logprob", "logprob_sum", "first_logprob",
+            "exact_match", "first_rank"]
+    return hashlib.sha256(pd.util.hash_pandas_object(df[cols], index=False).values.tobytes()).hexdigest()
+
+
+def test_smoke_probe_log_is_bit_identical_to_the_pinned_one(smoke_run):
+    assert probe_log_hash(smoke_run) == PINNED_SMOKE_LOG

@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 import torch
 
+from harness.errors import UserError
+from harness.rundir import read_table
+from injection.checkpoints.olmo import param_groups
+from injection.engine.batches import InjectedBatches
 from injection.engine.config import config_from_dict
 from injection.engine.evaluate import evaluate_probes
-from injection.engine.lr import lr_for_update
-from harness.rundir import read_table
-from injection.engine.train import param_groups, run_training
-from harness.errors import UserError
+from injection.engine.loop import run_training
+from injection.engine.plan import make_plan
+from injection.engine.zero import build_engine, init_distributed, restore_master_weights, restore_moments
+from injection.lr import lr_for_update
 from tests.helpers.engine import synthetic_inputs, tiny_model, write_tiny_checkpoint
 
 
@@ -35,10 +39,11 @@ def _reference_params(ckpt_dir: Path, inputs, steps: int, micro: int):
         opt.state[p] = {"step": saved["step"].clone().float(), "exp_avg": saved[f"exp_avg/{name}"].clone(),
                         "exp_avg_sq": saved[f"exp_avg_sq/{name}"].clone()}
     ck = inputs.checkpoint
+    batches = InjectedBatches(inputs.stream, inputs.injections, inputs.records, prefetch=0)
     for k in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_for_update(ck.lr_schedule, ck.step, k)
-        batch = torch.from_numpy(inputs.batch(k))
+        batch = torch.from_numpy(batches.get(k))
         parts = batch.split(micro)
         for m in parts:
             (model(input_ids=m, labels=m).loss / len(parts)).backward()
@@ -141,15 +146,14 @@ def test_bf16_keeps_the_checkpoints_fp32_master_weights(tmp_path, stage):
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
     from safetensors.torch import load_file
 
-    from injection.engine.train import Run, build_engine, init_distributed, restore_master_weights, restore_moments
-
     torch.set_num_threads(1)
     ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=True)
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"stage": stage}}))
     cfg = _cfg(tmp_path, precision="bf16", deepspeed_config=str(ds))
     rank, world = init_distributed()
-    engine = build_engine(Run(cfg, synthetic_inputs(ck), tmp_path / "run", rank, world))
+    inputs = synthetic_inputs(ck)
+    engine = build_engine(cfg, inputs.checkpoint, make_plan(cfg, inputs.checkpoint, world, []), rank)
     assert restore_master_weights(engine, ck) > 0
     restore_moments(engine, ck / "optimizer.safetensors")
     weights, moments = load_file(str(ck / "model.safetensors")), load_file(str(ck / "optimizer.safetensors"))
@@ -166,8 +170,6 @@ def test_zero3_builds_the_model_partitioned(tmp_path, capsys, monkeypatch):
     the whole model; without it, every rank would load it whole first."""
     import deepspeed
 
-    from injection.engine.train import Run, build_engine, init_distributed
-
     entered = []
     real_init = deepspeed.zero.Init
 
@@ -182,8 +184,8 @@ def test_zero3_builds_the_model_partitioned(tmp_path, capsys, monkeypatch):
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     rank, world = init_distributed()
-    engine = build_engine(Run(_cfg(tmp_path, deepspeed_config=str(ds)), synthetic_inputs(ck), tmp_path / "run",
-                              rank, world))
+    cfg, inputs = _cfg(tmp_path, deepspeed_config=str(ds)), synthetic_inputs(ck)
+    engine = build_engine(cfg, inputs.checkpoint, make_plan(cfg, inputs.checkpoint, world, []), rank)
     assert entered, "the model was not built under deepspeed.zero.Init"
     assert "without the `accelerate` package" not in capsys.readouterr().err
     assert all(hasattr(p, "ds_id") for p in engine.module.parameters())

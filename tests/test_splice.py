@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
-from injection.data import open_batch_source
 from harness.errors import UserError
+from injection.data import BatchStream, open_corpus
+from injection.engine.batches import InjectedBatches
 from injection.schedule import PlannedInjection
-from injection.splice import (
-    InjectedBatches,
-    SpliceItem,
-    assign_rows,
-    check_plan_fits,
-    shard_batch,
-    splice_batch,
-)
+from injection.splice import SpliceItem, apply, assign_rows, place, shard_batch, splice_batch, splice_items
 from tests.helpers.corpus import make_corpus
 
 B, L = 8, 32
@@ -66,15 +58,22 @@ def test_packing_when_paragraphs_outnumber_rows():
     assert assign_rows(20, 8) == [r.row for r in records]
 
 
-def test_too_long_refused_before_and_during():
+def test_too_long_refused_before_reading_any_batch():
     with pytest.raises(UserError, match="more than the sequence length"):
         splice_batch(batch(), 0, items([L + 1]))
-    plan = [PlannedInjection(3, p, "s", 0) for p in range(2 * B)]
-    lengths = {(p, 0): L // 2 for p in range(2 * B)}
-    check_plan_fits(plan, lengths, B, L)  # exactly fills the packed rows
-    lengths[(5, 0)] += 1
+    halves = items([L // 2] * (2 * B))
+    records = place(3, halves, B, L)  # exactly fills the packed rows
+    assert sorted({r.row for r in records}) == list(range(B)) and max(r.offset for r in records) == L // 2
+    longer = halves[:5] + [SpliceItem(5, "s", 0, list(range(L // 2 + 1)))] + halves[6:]
     with pytest.raises(UserError, match="step 3: row 2"):
-        check_plan_fits(plan, lengths, B, L)
+        place(3, longer, B, L)
+
+
+def test_apply_equals_splice_batch_and_records_come_from_lengths_alone():
+    tokens, its = batch(4), items([3, 9, 4, 12, 5, 6, 2, 8, 7, 11])
+    spliced, records = splice_batch(tokens, 5, its)
+    assert place(5, its, B, L) == records
+    assert np.array_equal(apply(tokens, its, records), spliced)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 4])
@@ -95,18 +94,18 @@ def test_placement_independent_of_sharding(world_size):
 
 def test_injected_batches_prefetch_matches_direct(tmp_path):
     corpus = make_corpus(tmp_path / "c", seq_len=L, file_tokens=(4000, 3000))
-    source = open_batch_source(corpus, B)
+    stream = BatchStream(open_corpus(corpus), 0, 4 * B, B)
     plan = [PlannedInjection(s, p, "s", 0) for s in (0, 2) for p in range(3)]
     tokens = {(p, 0): items([5, 6, 7])[p].token_ids for p in range(3)}
-    direct = InjectedBatches(source, plan, tokens, start_step=4, prefetch=0)
-    with InjectedBatches(source, plan, tokens, start_step=4, prefetch=2) as prefetched:
+    injections = splice_items(plan, tokens)
+    records = {k: place(k, its, B, L) for k, its in injections.items()}
+    direct = InjectedBatches(stream, injections, records, prefetch=0)
+    with InjectedBatches(stream, injections, records, prefetch=2) as prefetched:
         for k in [0, 1, 2, 3, 1, 2]:  # in order, then a jump back (restarts the prefetch)
-            a, ra = direct.get(k)
-            b, rb = prefetched.get(k)
-            assert np.array_equal(a, b) and ra == rb
-            original = source.get_batch(4 + k)[0]
-            clean = [r for r in range(B) if r not in {x.row for x in ra}]
+            a = direct.get(k)
+            b = prefetched.get(k)
+            assert np.array_equal(a, b)
+            original = stream.batch(k)[0]
+            clean = [r for r in range(B) if r not in {x.row for x in records.get(k, [])}]
             assert np.array_equal(b[clean], original[clean])
-        assert len(prefetched.get(2)[1]) == 3 and prefetched.get(3)[1] == []
-    with pytest.raises(UserError, match="more than the sequence length"):
-        InjectedBatches(source, plan, {**tokens, (1, 0): list(range(L + 1))})
+            assert (len(clean) < B) == (k in (0, 2))

@@ -1,12 +1,5 @@
-"""The original data order, local corpora and step-window extraction (SPEC §6)."""
+"""The original data order, local corpora, step-window extraction (`injection data ...`)."""
 
-from injection.data.source import (
-    BatchSource,
-    CorpusBatchSource,
-    CorpusInfo,
-    open_batch_source,
-    open_data_order,
-    read_corpus_info,
-)
+from injection.data.source import BatchStream, Corpus, CorpusInfo, OrderedCorpus, Segment, open_corpus, read_corpus_info
 
-__all__ = ["BatchSource", "CorpusBatchSource", "CorpusInfo", "open_batch_source", "open_data_order", "read_corpus_info"]
+__all__ = ["BatchStream", "Corpus", "CorpusInfo", "OrderedCorpus", "Segment", "open_corpus", "read_corpus_info"]

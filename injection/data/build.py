@@ -19,6 +19,7 @@ from harness.progress import progress as progress_bar
 from injection.data.order import build_global_indices, write_global_indices
 from injection.data.source import CORPUS_FILE
 from harness.errors import UserError
+from harness.paths import check_output_dir
 
 #: Files are cut at a multiple of seq_len near this size, so no tokens are lost to per-file remainders.
 DEFAULT_FILE_TOKENS = 1 << 28
@@ -94,17 +95,20 @@ def build_corpus(
     overwrite: bool = False,
     max_file_tokens: int = DEFAULT_FILE_TOKENS,
     show_progress: bool = True,
+    eos_token_id: int | None = None,
 ) -> dict:
-    """Tokenize `source` into an OLMo-format corpus directory `out`; returns its corpus.json."""
+    """Tokenize `source` into an OLMo-format corpus directory `out`; returns its corpus.json.
+
+    Documents are joined with `eos_token_id` (default: the tokenizer's EOS). An existing `out` is replaced only
+    with `overwrite` and only when it is a corpus this command made (it holds corpus.json)."""
     from harness.tokenizers import load_tokenizer
 
     out = Path(out)
     if seq_len < 2:
         raise UserError(f"--seq-len must be at least 2, got {seq_len}")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    check_output_dir(out, marker=CORPUS_FILE, what="corpus", overwrite=overwrite, inputs=(Path(source),))
     tokenizer = load_tokenizer(tokenizer_name)
-    eos = tokenizer.eos_token_id
+    eos = eos_token_id if eos_token_id is not None else tokenizer.eos_token_id
     if eos is None:
         raise UserError(f"tokenizer {tokenizer_name!r} has no EOS token: documents could not be separated")
     vocab = len(tokenizer)

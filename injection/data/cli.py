@@ -13,51 +13,91 @@ from harness.errors import HarnessTyper, UserError
 data_app = HarnessTyper()
 
 
-def _open_source(family: str | None, source: str | None, batch_size: int | None, start: int):
-    from injection.data.family import family_data
-    from injection.data.source import open_batch_source
+def _open_source(family: str | None, source: str | None):
+    """The corpus to read: `--source` (a corpus directory or URL), checked against the family's facts."""
+    from injection.checkpoints.catalog import load_catalog
+    from injection.data.source import open_corpus
 
     if family is None and source is None:
         raise UserError("give --family (data order from the catalog) and/or --source CORPUS_DIR_OR_URL")
-    facts = family_data(family, start) if family is not None else None
+    fam = load_catalog().family(family) if family is not None else None
     if source is None:
         raise UserError(
-            f"the catalog does not list the token files of {family!r} (they are published in: {facts.data_paths}); "
-            "pass --source, a corpus directory or URL whose corpus.json lists them"
+            f"the catalog does not list the token files of {family!r} (they are published in: "
+            f"{fam.data_order.data_paths}); pass --source, a corpus directory or URL whose corpus.json lists them"
         )
-    batch_size = batch_size or (facts.global_batch_size if facts else None)
-    if batch_size is None:
-        raise UserError("--batch-size is required with --source (the run's global batch size)")
-    batch_source = open_batch_source(source, batch_size)
-    if facts is not None and (batch_source.seq_len, batch_source.info.seed) != (facts.seq_len, facts.seed):
+    corpus = open_corpus(source)
+    if fam is not None and (corpus.seq_len, corpus.info.seed) != (fam.seq_len, fam.data_order.seed):
         raise UserError(
-            f"{source}: seq_len {batch_source.seq_len} and seed {batch_source.info.seed} do not match the catalog's "
-            f"{family!r} (seq_len {facts.seq_len}, seed {facts.seed})"
+            f"{source}: seq_len {corpus.seq_len} and seed {corpus.info.seed} do not match the catalog's "
+            f"{family!r} (seq_len {fam.seq_len}, seed {fam.data_order.seed})"
         )
-    return batch_source, source
+    return corpus, fam
+
+
+def _start_position(checkpoint: str | None, start: int | None, start_instance: int | None, epoch: int,
+                    batch_size: int | None, fam) -> tuple[int, int, int, dict]:
+    """(epoch, first position, batch size, label) of the window, from exactly one of the three ways to say it."""
+    given = [name for name, v in (("--checkpoint", checkpoint), ("--start", start),
+                                  ("--start-instance", start_instance)) if v is not None]
+    if len(given) != 1:
+        raise UserError("give exactly one of --checkpoint (the trainer's own data position), --start (a global step: "
+                        "step × rows per step) or --start-instance" + (f"; got {', '.join(given)}" if given else ""))
+    if checkpoint is not None:
+        from injection.checkpoints.layout import read_checkpoint_dir
+        from injection.checkpoints.pull import local_checkpoint
+
+        ckpt = read_checkpoint_dir(local_checkpoint(checkpoint))
+        pos = ckpt.data_position
+        return (pos.epoch, pos.instances_seen, batch_size or ckpt.global_batch_size,
+                {"checkpoint": checkpoint, "global_step": ckpt.step, "position_source": pos.source})
+    if start_instance is not None:
+        if start_instance < 0 or epoch < 0:
+            raise UserError("--start-instance and --epoch must be >= 0")
+        if batch_size is None:
+            raise UserError("--batch-size is required with --start-instance (rows per step of the run)")
+        return epoch, start_instance, batch_size, {"position_source": "--start-instance"}
+    if start < 0:
+        raise UserError(f"--start must be >= 0, got {start}")
+    batch_size = batch_size or (fam.batch_size_at(start) if fam is not None else None)
+    if batch_size is None:
+        raise UserError("--batch-size is required with --start and no --family (the run's rows per step)")
+    typer.echo(f"note: --start {start} assumes the run consumed {start} × {batch_size} instances of epoch 0; "
+               "--checkpoint reads the trainer's own counter instead", err=True)
+    return 0, start * batch_size, batch_size, {"global_step": start, "position_source": "step x rows"}
 
 
 @data_app.command("extract")
 def extract(
-    out: Annotated[Path, typer.Option("--out", help="Directory of the window corpus (resumable).")],
-    start: Annotated[int, typer.Option("--start", help="First global step of the window.")],
-    steps: Annotated[int, typer.Option("--steps", help="Number of steps to extract.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory of the window corpus (resumable).")],
+    steps: Annotated[int, typer.Option("--steps", help="Number of steps the window covers.")],
+    checkpoint: Annotated[Optional[str], typer.Option(
+        "--checkpoint", help="Start where this checkpoint's data stream stands (FAMILY@STEP|STAGE or a directory).")]
+    = None,
+    start: Annotated[Optional[int], typer.Option("--start", help="Start at global step START (START × rows).")] = None,
+    start_instance: Annotated[Optional[int], typer.Option(
+        "--start-instance", help="Start at this position of the epoch's order.")] = None,
+    epoch: Annotated[int, typer.Option("--epoch", help="Epoch of --start-instance.")] = 0,
     family: Annotated[Optional[str], typer.Option("--family", help="Checkpoint family (olmo-1b, olmo-7b).")] = None,
     source: Annotated[
         Optional[str], typer.Option("--source", help="Corpus directory or URL (overrides the catalog's data location).")
     ] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Global batch size (rows per step).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", help="Rows per step of the run that will read the window (default: the checkpoint's).")] = None,
     check: Annotated[int, typer.Option("--check", help="Batches re-read from the source and compared.")] = 4,
 ) -> None:
-    """Materialize global steps START … START+STEPS−1 of a run's data order as a local corpus."""
+    """Materialize the instances that STEPS steps of a continued run read, as a local window corpus."""
     from injection.data.extract import extract_window
+    from injection.data.source import BatchStream
 
-    batch_source, name = _open_source(family, source, batch_size, start)
-    manifest = extract_window(batch_source, start, steps, out, source_name=name, check_samples=check)
-    typer.echo(
-        f"{out}: steps {manifest['first_step']}…{manifest['first_step'] + manifest['n_steps'] - 1} "
-        f"({manifest['instances']} instances), checked steps {manifest['checked_steps']}: equal"
-    )
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    corpus, fam = _open_source(family, source)
+    first_epoch, first, batch, label = _start_position(checkpoint, start, start_instance, epoch, batch_size, fam)
+    stream = BatchStream(corpus, first_epoch, first, batch)
+    manifest = extract_window(corpus, stream, steps, out, source_name=str(source), check_samples=check, label=label)
+    print(f"{out}: {steps} steps of {batch} rows from epoch {first_epoch} position {first:,} "
+          f"({manifest['instances']:,} instances), checked steps {manifest['checked_steps']}: equal")
 
 
 @data_app.command("build-corpus")

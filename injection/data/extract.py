@@ -1,26 +1,29 @@
-"""`injection data extract`: materialize a window of steps of a run's data order as a local corpus.
+"""`injection data extract`: materialize the part of a run's data stream that a continuation reads, as a window.
 
-The window directory is itself a corpus: one token file with the window's instances in batch order,
-`global_indices.npy` = 0, 1, …, `instance_ids.npy` (the original instance numbers) and a `corpus.json`
-whose `first_step` makes `open_batch_source(DIR, B).get_batch(S + k)` return the original batch S + k.
+A window is a corpus directory of its own: one token file holding the instances a run of N steps reads from a
+stream position (epoch, index) on, in stream order, `instance_ids.npy` (their original numbers) and a
+`corpus.json` whose `window` lists the segments it holds. `open_corpus(DIR)` then answers for those positions
+exactly as the original corpus does, so a run reads the window instead of the remote files, at the batch size
+it was extracted for or any other that stays inside it.
 
-Resumable: `extract-state.json` pins the request, `extract-done.npy` marks the steps whose tokens are on
-disk (set only after the tokens are flushed), and `corpus.json` + `manifest.json` are written last, after
-sampled batches re-read from the source have matched. A killed extract never has a `corpus.json`.
+Resumable: `extract-state.json` pins the request, `extract-done.npy` marks the chunks whose tokens are on disk (set
+only after the tokens are flushed), and `corpus.json` + `manifest.json` are written last, after sampled batches
+re-read from the source have matched. A killed extract never has a `corpus.json`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from harness.atomic import write_json_atomic
-from harness.progress import progress as progress_bar
-from injection.data.source import CORPUS_FILE, CorpusBatchSource, CorpusInfo
 from harness.errors import UserError
+from harness.progress import progress as make_progress
+from injection.data.source import CORPUS_FILE, BatchStream, Corpus, CorpusInfo, OrderedCorpus
 
 STATE_FILE = "extract-state.json"
 DONE_FILE = "extract-done.npy"
@@ -36,37 +39,30 @@ def _save_done(out: Path, done: np.ndarray) -> None:
     tmp.replace(out / DONE_FILE)
 
 
-def check_steps(first_step: int, n_steps: int, samples: int) -> list[int]:
-    """Evenly spaced steps of the window (first and last included) that the check re-reads."""
+def check_steps(n_steps: int, samples: int) -> list[int]:
+    """Evenly spaced run steps of the window (first and last included) that the check re-reads."""
     if samples <= 0:
         return []
-    picks = np.linspace(first_step, first_step + n_steps - 1, num=min(samples, n_steps))
-    return sorted({int(round(x)) for x in picks})
+    return sorted({int(round(x)) for x in np.linspace(0, n_steps - 1, num=min(samples, n_steps))})
 
 
-def extract_window(
-    source,
-    first_step: int,
-    n_steps: int,
-    out: Path,
-    *,
-    source_name: str,
-    check_samples: int = 4,
-    show_progress: bool = True,
-) -> dict:
-    """Write global steps first_step … first_step + n_steps − 1 of `source` (a BatchSource) to `out`."""
+def extract_window(corpus: OrderedCorpus, stream: BatchStream, n_steps: int, out: Path, *, source_name: str,
+                   check_samples: int = 4, show_progress: bool = True, label: dict | None = None) -> dict:
+    """Write the instances that steps 0 … n_steps − 1 of `stream` read from `corpus` into the window `out`.
+
+    `label` (e.g. the checkpoint and global step the window continues) is recorded in the manifest."""
     out = Path(out)
-    if first_step < 0 or n_steps < 1:
-        raise UserError(f"--start must be ≥ 0 and --steps ≥ 1 (got {first_step}, {n_steps})")
-    B, L = source.global_batch_size, source.seq_len
-    base_info: CorpusInfo | None = getattr(source, "info", None)
-    dtype = base_info.dtype if base_info is not None else "uint32"
+    if n_steps < 1:
+        raise UserError(f"--steps must be >= 1, got {n_steps}")
+    segments = stream.segments(n_steps)
+    info0: CorpusInfo | None = getattr(corpus, "info", None)
+    dtype = info0.dtype if info0 is not None else "uint32"
     state = {
         "source": source_name,
-        "first_step": first_step,
+        "segments": [asdict(s) for s in segments],
+        "batch_size": stream.batch_size,
         "n_steps": n_steps,
-        "global_batch_size": B,
-        "seq_len": L,
+        "seq_len": corpus.seq_len,
         "dtype": dtype,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -83,57 +79,63 @@ def extract_window(
             raise UserError(f"{out} is not empty and holds no extract; choose an empty or new --out")
         write_json_atomic(state_path, state)
 
-    n_rows = n_steps * B
+    chunk = stream.batch_size
+    # (segment, offset within it, rows) of every chunk, and its first row in the window's files
+    chunks = [(s, off, min(chunk, s.count - off)) for s in segments for off in range(0, s.count, chunk)]
+    first_rows = np.cumsum([0] + [n for _, _, n in chunks])
+    n_rows = int(first_rows[-1])
     mode = "r+" if (out / TOKENS_FILE).exists() else "w+"
-    tokens = np.memmap(out / TOKENS_FILE, dtype=dtype, mode=mode, shape=(n_rows, L))
+    tokens = np.memmap(out / TOKENS_FILE, dtype=dtype, mode=mode, shape=(n_rows, corpus.seq_len))
     ids = np.memmap(out / IDS_FILE, dtype=np.uint32, mode=mode, shape=(n_rows,))
-    done = np.load(out / DONE_FILE) if (out / DONE_FILE).exists() else np.zeros(n_steps, dtype=bool)
+    done = np.load(out / DONE_FILE) if (out / DONE_FILE).exists() else np.zeros(len(chunks), dtype=bool)
     limit = np.iinfo(np.dtype(dtype)).max
 
-    with progress_bar() as progress:
-        task = progress.add_task(f"steps {first_step}…{first_step + n_steps - 1}", total=n_steps, visible=show_progress)
+    with make_progress() as progress:
+        task = progress.add_task(f"extracting {n_steps} steps", total=len(chunks), visible=show_progress)
         progress.advance(task, int(done.sum()))
-        for k in np.flatnonzero(~done):
-            batch, instance_ids = source.get_batch(first_step + int(k))
+        for c in np.flatnonzero(~done):
+            seg, offset, count = chunks[c]
+            batch, instance_ids = corpus.instances(seg.epoch, seg.start + offset, count)
             if batch.max(initial=0) > limit or batch.min(initial=0) < 0:
-                raise UserError(f"step {first_step + k}: token ids do not fit {dtype}")
-            tokens[k * B : (k + 1) * B] = batch
-            ids[k * B : (k + 1) * B] = instance_ids
-            # Mark done only once the tokens are on disk; a kill in between re-extracts this step.
+                raise UserError(f"epoch {seg.epoch} positions {seg.start + offset}…: token ids do not fit {dtype}")
+            rows = slice(int(first_rows[c]), int(first_rows[c + 1]))
+            tokens[rows] = batch
+            ids[rows] = instance_ids
+            # Mark done only once the tokens are on disk; a kill in between re-extracts this chunk.
             tokens.flush()
             ids.flush()
-            done[k] = True
+            done[c] = True
             _save_done(out, done)
             progress.advance(task)
     del tokens, ids
-    np.arange(n_rows, dtype=np.uint32).tofile(out / "global_indices.npy")
 
     info = CorpusInfo(
         paths=[TOKENS_FILE],
         dtype=dtype,
-        seq_len=L,
-        seed=base_info.seed if base_info is not None else 0,
-        n_instances=n_rows,
-        eos_token_id=base_info.eos_token_id if base_info is not None else None,
-        tokenizer=base_info.tokenizer if base_info is not None else None,
-        epoch=base_info.epoch if base_info is not None else 0,
-        global_indices="global_indices.npy",
-        first_step=first_step,
-        global_batch_size=B,
+        seq_len=corpus.seq_len,
+        seed=info0.seed if info0 is not None else 0,
+        n_instances=corpus.epoch_length(segments[0].epoch),
+        eos_token_id=info0.eos_token_id if info0 is not None else None,
+        tokenizer=info0.tokenizer if info0 is not None else None,
+        epoch=segments[0].epoch,
+        global_indices=None,
+        window=[asdict(s) for s in segments],
         instance_ids=IDS_FILE,
-        extra={"extracted_from": source_name},
+        extra={"extracted_from": source_name, **(label or {})},
     )
-    window = CorpusBatchSource(info, out, B)
-    checked = check_steps(first_step, n_steps, check_samples)
-    for step in checked:
-        a_tokens, a_ids = source.get_batch(step)
-        b_tokens, b_ids = window.get_batch(step)
+    window = BatchStream(Corpus(info, out), stream.epoch, stream.start, stream.batch_size)
+    checked = check_steps(n_steps, check_samples)
+    for k in checked:
+        a_tokens, a_ids = stream.batch(k)
+        b_tokens, b_ids = window.batch(k)
         if not (np.array_equal(a_tokens, b_tokens) and np.array_equal(a_ids, b_ids)):
-            raise UserError(f"{out}: step {step} re-read from {source_name} differs from the extracted copy")
+            raise UserError(f"{out}: step {k} re-read from {source_name} differs from the extracted copy")
     manifest = {
         **state,
+        "start": {"epoch": stream.epoch, "instance": stream.start},
+        **(label or {}),
         "instances": n_rows,
-        "tokens": n_rows * L,
+        "tokens": n_rows * corpus.seq_len,
         "checked_steps": checked,
         "check": "equal",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

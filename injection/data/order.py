@@ -1,4 +1,4 @@
-"""OLMo's data order (SPEC §6): which instances form the global batch of each step.
+"""OLMo's data order: which instances form the global batch of each step.
 
 ai2-olmo builds the order once per epoch in `IterableDataset._build_global_indices`: the instance numbers
 0..n-1 as uint32, shuffled in place by `numpy.random.Generator(PCG64(seed + epoch))`, then padded or cut at

@@ -1,8 +1,15 @@
-"""Batch sources: global step -> the original run's global batch (SPEC §6).
+"""The original data order: which instances each batch of a continued run holds.
 
-A corpus directory (local path or URL) holds OLMo-format token files, `global_indices.npy` and
-`corpus.json`. The same reader serves corpora built by `injection data build-corpus`, windows written by
-`injection data extract`, and the real OLMo runs (whose facts come from the catalog as a `CorpusInfo`).
+A *corpus* is a list of token files cut into instances of `seq_len` tokens plus, per epoch, an order of those
+instances (ai2-olmo's permutation for seed + epoch, or a published `global_indices.npy`). Anything with that
+shape is an `OrderedCorpus`: a corpus directory (`corpus.json` + token files + order file, local or over HTTP),
+a window extracted from one by `injection data extract`, or a stand-in in tests.
+
+Where a continued run reads is a *stream position* (epoch, index): the checkpoint's own counter of instances
+seen in its epoch (injection.checkpoints.layout.DataPosition). `BatchStream` maps run step k to its batch the way
+OLMo's trainer consumes the order: batch k of a run with B rows per step holds positions index + k·B … + B − 1
+of the epoch's order; when fewer than B instances are left in an epoch they are dropped and the stream goes on
+at position 0 of the next epoch's order. A run with another batch size B' reads the same stream B' at a time.
 """
 
 from __future__ import annotations
@@ -15,28 +22,43 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from harness.errors import UserError
 from injection.data.order import GlobalIndices, InMemoryIndices, build_global_indices
 from injection.data.remote import ByteReader, is_url, join_location, open_reader, read_text
-from harness.errors import UserError
 
 CORPUS_FILE = "corpus.json"
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64}
 
 
 @runtime_checkable
-class BatchSource(Protocol):
-    global_batch_size: int
+class OrderedCorpus(Protocol):
+    """Instances in the original run's order, epoch by epoch."""
+
     seq_len: int
 
-    def get_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens int64 [B, L], instance_ids int64 [B]) of global step `step`."""
+    def epoch_length(self, epoch: int) -> int:
+        """Instances in `epoch`'s order."""
+        ...
+
+    def instances(self, epoch: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens int64 [count, seq_len], original instance ids int64 [count]) at positions start … start+count−1
+        of `epoch`'s order."""
         ...
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A run of consecutive positions of one epoch's order."""
+
+    epoch: int
+    start: int
+    count: int
+
+
+@dataclass(frozen=True)
 class CorpusInfo:
-    """`corpus.json`: everything needed to rebuild a run's batches. Paths are relative to the corpus
-    directory or absolute (local or URL)."""
+    """`corpus.json`: everything needed to read a run's instances in order. Paths are relative to the corpus
+    directory or absolute (local paths or URLs)."""
 
     paths: list[str]
     """Token files in order: flat arrays of `dtype`, instance i = the i-th chunk of `seq_len` tokens."""
@@ -45,26 +67,28 @@ class CorpusInfo:
     seq_len: int
     """Tokens per instance (the model's context length)."""
     seed: int
-    """Data-order seed: the order is ai2-olmo's permutation for `seed + epoch`."""
+    """Data-order seed: epoch e's order is ai2-olmo's permutation for `seed + e`."""
     n_instances: int
-    """Instances over all files (each file's remainder dropped)."""
+    """Instances over all files of the original corpus (each file's remainder dropped): every epoch's length."""
     eos_token_id: int | None = None
     tokenizer: str | None = None
     epoch: int = 0
+    """The epoch whose order `global_indices` holds (other epochs are rebuilt from the seed)."""
     global_indices: str | None = "global_indices.npy"
     """The order file; `null` means rebuild it from `seed` and `epoch` (published file gone)."""
     instances_per_file: list[int] | None = None
     """Saves one size request per file for remote corpora."""
-    first_step: int = 0
-    """Global step of the first batch in `global_indices` (a window written by `injection data extract`)."""
-    global_batch_size: int | None = None
-    """Fixed batch size of a window; `null` for a full corpus (any batch size)."""
+    window: list[dict[str, int]] | None = None
+    """A window written by `injection data extract`: its segments ({epoch, start, count}, in stream order). Its
+    token files hold exactly those instances, in that order; `instance_ids` their original numbers."""
     instance_ids: str | None = None
-    """A window's file of original instance ids, aligned with its own instances."""
+    """A window's file of original instance ids (uint32), aligned with its instances."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> "CorpusInfo":
+    def from_dict(cls, data: Any, where: str) -> "CorpusInfo":
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: expected a JSON object")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -75,11 +99,24 @@ class CorpusInfo:
         info = cls(**data)
         if info.dtype not in DTYPES:
             raise UserError(f"{where}: field 'dtype' is {info.dtype!r}; expected one of {', '.join(DTYPES)}")
-        if not info.paths:
-            raise UserError(f"{where}: field 'paths' is empty")
-        if info.seq_len < 1:
-            raise UserError(f"{where}: field 'seq_len' must be positive")
+        if not isinstance(info.paths, list) or not info.paths or not all(isinstance(p, str) for p in info.paths):
+            raise UserError(f"{where}: field 'paths' must be a non-empty list of file names")
+        for name in ("seq_len", "n_instances"):
+            value = getattr(info, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{where}: field {name!r} must be a positive integer, got {value!r}")
+        if info.window is not None:
+            try:
+                segments = [Segment(int(s["epoch"]), int(s["start"]), int(s["count"])) for s in info.window]
+            except (TypeError, KeyError, ValueError):
+                raise UserError(f"{where}: field 'window' must be a list of {{epoch, start, count}}") from None
+            if not segments or info.instance_ids is None:
+                raise UserError(f"{where}: a window needs segments and an 'instance_ids' file")
         return info
+
+    @property
+    def segments(self) -> list[Segment]:
+        return [Segment(int(s["epoch"]), int(s["start"]), int(s["count"])) for s in (self.window or [])]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,62 +188,131 @@ class TokenFiles:
         return out
 
 
-class CorpusBatchSource:
-    """A `BatchSource` over a corpus: batch at global step s = instances order[(s - first_step)·B : …+B]."""
+class Corpus:
+    """An `OrderedCorpus` over a corpus directory (local path or http(s) URL) or an extracted window."""
 
-    def __init__(self, info: CorpusInfo, base: str | Path, global_batch_size: int, indices=None):
-        if info.global_batch_size is not None and info.global_batch_size != global_batch_size:
-            raise UserError(
-                f"{join_location(base, CORPUS_FILE)}: this corpus is a window extracted with global batch size "
-                f"{info.global_batch_size}; asked for {global_batch_size}"
-            )
-        if global_batch_size < 1:
-            raise UserError(f"global batch size must be positive, got {global_batch_size}")
+    def __init__(self, info: CorpusInfo, base: str | Path):
         self.info = info
-        self.global_batch_size = global_batch_size
+        self.base = str(base)
         self.seq_len = info.seq_len
-        self.files = TokenFiles(
-            [join_location(base, p) for p in info.paths], info.dtype, info.seq_len, info.instances_per_file
-        )
-        if indices is not None:
-            self.indices = indices
-        elif info.global_indices is not None:
-            self.indices = GlobalIndices(join_location(base, info.global_indices))
-        else:
-            self.indices = InMemoryIndices(build_global_indices(len(self.files), info.seed, info.epoch))
-        self.original_ids = (
-            GlobalIndices(join_location(base, info.instance_ids)) if info.instance_ids is not None else None
-        )
+        self.files = TokenFiles([join_location(base, p) for p in info.paths], info.dtype, info.seq_len,
+                                info.instances_per_file)
+        self._orders: dict[int, Any] = {}
+        self._segments = info.segments
+        self._segment_rows = np.cumsum([0] + [s.count for s in self._segments])
+        self._window_ids = GlobalIndices(join_location(base, info.instance_ids)) if info.window else None
+        if not info.window and len(self.files) != info.n_instances:
+            raise UserError(f"{join_location(base, CORPUS_FILE)}: n_instances is {info.n_instances:,}, but the token "
+                            f"files hold {len(self.files):,} instances of {info.seq_len} tokens")
 
     @property
-    def first_step(self) -> int:
-        return self.info.first_step
+    def is_window(self) -> bool:
+        return bool(self._segments)
+
+    def epoch_length(self, epoch: int) -> int:
+        return self.info.n_instances
+
+    def order(self, epoch: int):
+        """The order of `epoch`: the order file where it holds that epoch, else rebuilt from the seed."""
+        if epoch not in self._orders:
+            if epoch == self.info.epoch and self.info.global_indices is not None:
+                order = GlobalIndices(join_location(self.base, self.info.global_indices))
+                if len(order) < self.info.n_instances:
+                    raise UserError(f"{order.location}: holds {len(order):,} entries, fewer than the corpus's "
+                                    f"{self.info.n_instances:,} instances (wrong order file for these token files?)")
+            else:
+                order = InMemoryIndices(build_global_indices(self.info.n_instances, self.info.seed, epoch))
+            self._orders[epoch] = order
+        return self._orders[epoch]
+
+    def instances(self, epoch: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        if start < 0 or start + count > self.epoch_length(epoch):
+            raise UserError(f"{self.base}: positions {start}…{start + count - 1} are outside epoch {epoch}'s order "
+                            f"of {self.epoch_length(epoch):,} instances")
+        if self.is_window:
+            rows = self._window_rows(epoch, start, count)
+            return self.files.read_instances(rows), self._window_ids.slice(int(rows[0]), int(rows[-1]) + 1)
+        order = self.order(epoch)
+        ids = order.slice(start, start + count)
+        if len(ids) and int(ids.max()) >= len(self.files):
+            bad = int(np.argmax(ids >= len(self.files)))
+            raise UserError(f"{order.location}: entry {start + bad} is instance {int(ids[bad]):,}, but the token files "
+                            f"hold {len(self.files):,} instances (the order does not belong to these files)")
+        return self.files.read_instances(ids), ids
+
+    def covers(self, epoch: int, start: int, count: int) -> bool:
+        """Whether positions start … start+count−1 of `epoch` can be read (always, for a full corpus)."""
+        if not self.is_window:
+            return 0 <= start and start + count <= self.epoch_length(epoch)
+        return any(s.epoch == epoch and s.start <= start and start + count <= s.start + s.count for s in self._segments)
+
+    def _window_rows(self, epoch: int, start: int, count: int) -> np.ndarray:
+        for i, seg in enumerate(self._segments):
+            if seg.epoch == epoch and seg.start <= start and start + count <= seg.start + seg.count:
+                first = int(self._segment_rows[i]) + start - seg.start
+                return np.arange(first, first + count)
+        held = ", ".join(f"epoch {s.epoch} positions {s.start}…{s.start + s.count - 1}" for s in self._segments)
+        raise UserError(f"{self.base}: this window holds {held}; positions {start}…{start + count - 1} of epoch "
+                        f"{epoch} are outside it (extract a window that covers the run)")
+
+
+def open_corpus(location: str | Path) -> Corpus:
+    """The corpus (or window) in a directory or at a URL holding `corpus.json`."""
+    return Corpus(read_corpus_info(location), location)
+
+
+@dataclass(frozen=True)
+class BatchStream:
+    """Run step k -> the original instances of its batch: `batch_size` at a time from a stream position.
+
+    k may be negative (the batches just before the checkpoint, within the same epoch)."""
+
+    corpus: OrderedCorpus
+    epoch: int
+    """Epoch of the first batch (the checkpoint's data position)."""
+    start: int
+    """Position of the first batch's first instance in that epoch's order."""
+    batch_size: int
 
     @property
-    def n_steps(self) -> int:
-        """Complete batches available from `first_step` on."""
-        return len(self.indices) // self.global_batch_size
+    def seq_len(self) -> int:
+        return self.corpus.seq_len
 
-    def get_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        local = step - self.info.first_step
-        if not 0 <= local < self.n_steps:
-            raise UserError(
-                f"global step {step} is outside this corpus: it holds steps {self.info.first_step}.."
-                f"{self.info.first_step + self.n_steps - 1} at global batch size {self.global_batch_size}"
-            )
-        start = local * self.global_batch_size
-        order = self.indices.slice(start, start + self.global_batch_size)
-        tokens = self.files.read_instances(order)
-        ids = order if self.original_ids is None else self.original_ids.slice(start, start + self.global_batch_size)
-        return tokens, ids
+    def position(self, k: int) -> tuple[int, int]:
+        """(epoch, first position) of batch k: an epoch's last incomplete batch is dropped, as OLMo's loader does."""
+        B = self.batch_size
+        if k < 0:
+            index = self.start + k * B
+            if index < 0:
+                raise UserError(f"the batch {-k} step(s) before the checkpoint would start before epoch {self.epoch}'s "
+                                f"order (the checkpoint is {self.start:,} instances into it)")
+            return self.epoch, index
+        epoch, index = self.epoch, self.start
+        while True:
+            full = (self.corpus.epoch_length(epoch) - index) // B
+            if k < full:
+                return epoch, index + k * B
+            k -= max(full, 0)
+            epoch, index = epoch + 1, 0
 
+    def batch(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens int64 [B, L], original instance ids int64 [B]) of run step k."""
+        epoch, index = self.position(k)
+        return self.corpus.instances(epoch, index, self.batch_size)
 
-def open_batch_source(path: str | Path, global_batch_size: int) -> CorpusBatchSource:
-    """The batch source of a corpus directory (local path or http(s) URL) holding `corpus.json`."""
-    info = read_corpus_info(path)
-    return CorpusBatchSource(info, path, global_batch_size)
-
-
-def open_data_order(info: CorpusInfo, global_batch_size: int, base: str | Path = ".") -> CorpusBatchSource:
-    """The batch source of a run described by facts (e.g. the catalog's entry for an OLMo family)."""
-    return CorpusBatchSource(info, base, global_batch_size)
+    def segments(self, n_steps: int) -> list[Segment]:
+        """The stream positions that steps 0 … n_steps − 1 read, as segments per epoch. Where the run crosses into
+        the next epoch, the whole tail of the earlier one is included (a smaller batch size would read more of it)."""
+        out: list[Segment] = []
+        epoch, index, left = self.epoch, self.start, n_steps
+        while left > 0:
+            length = self.corpus.epoch_length(epoch)
+            full = (length - index) // self.batch_size
+            if left <= full:
+                out.append(Segment(epoch, index, left * self.batch_size))
+                break
+            if length > index:
+                out.append(Segment(epoch, index, length - index))
+            left -= max(full, 0)
+            epoch, index = epoch + 1, 0
+        return out

@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
 
         return prepare_inputs
     if name == "run_training":
-        from injection.engine.train import run_training
+        from injection.engine.loop import run_training
 
         return run_training
     raise AttributeError(f"module 'injection.engine' has no attribute {name!r}")

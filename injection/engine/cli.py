@@ -1,9 +1,10 @@
-"""`injection run` and `injection launch`: thin wrappers over `train.run_training` and DeepSpeed's launcher."""
+"""`injection run` and `injection launch`: thin wrappers over `loop.run_training` and DeepSpeed's launcher."""
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,58 +17,133 @@ from harness.errors import UserError
 Config = Annotated[Optional[str], typer.Argument(help="Experiment YAML file or preset name (smoke, paper-7b-mid, ...).")]
 Preset = Annotated[Optional[str], typer.Option("--preset", help="Preset name (same as giving it as CONFIG).")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Dotted override KEY=VALUE (YAML value); repeatable.")]
-Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last complete checkpoint.")]
-OutputDir = Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Run directory (overrides output_dir).")]
+Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory (from its newest "
+                                                                  "complete checkpoint, or from step 0 if it has none).")]
+Out = Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory (overrides output_dir).")]
 Steps = Annotated[Optional[int], typer.Option("--total-steps", help="Number of updates T (overrides total_steps).")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed (overrides seed).")]
 
 
-def resolve_config(config: str | None, preset: str | None, sets: list[str] | None, resume: Path | None,
-                   output_dir: str | None = None, total_steps: int | None = None, seed: int | None = None):
-    """The experiment config from CONFIG/--preset, or from RUN_DIR/config.yaml when resuming."""
-    from injection.engine.config import load_config
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
+    return out
 
-    explicit = {"output_dir": output_dir, "total_steps": total_steps, "seed": seed}
-    if resume is not None:
-        saved = resume / "config.yaml"
-        if not saved.is_file():
-            raise UserError(f"--resume {resume}: no config.yaml there (not a run directory)")
-        return load_config(str(saved), sets, {**explicit, "output_dir": str(resume)})
-    source = config or preset
-    if source is None:
-        raise UserError("give an experiment CONFIG (YAML file or preset name) or --preset NAME")
+
+def resolve_config(config: str | None, preset: str | None, sets: list[str] | None, resume: Path | None,
+                   out: str | None = None, total_steps: int | None = None, seed: int | None = None):
+    """The experiment config from CONFIG/--preset, or, with --resume, the run's own config.yaml.
+
+    With --resume, a CONFIG or `--set` may change only how the run is operated (output, checkpoints, logging,
+    the non-finite policy); anything that would change its results is refused, naming the fields."""
+    from injection.engine.config import OPERATIONAL_FIELDS, load_config
+
+    explicit = {"output_dir": out, "total_steps": total_steps, "seed": seed}
     if config and preset:
         raise UserError("give CONFIG or --preset, not both")
-    return load_config(source, sets, explicit)
+    if resume is None:
+        source = config or preset
+        if source is None:
+            raise UserError("give an experiment CONFIG (YAML file or preset name) or --preset NAME")
+        return load_config(source, sets, explicit)
+    saved_file = resume / "config.yaml"
+    if not saved_file.is_file():
+        raise UserError(f"--resume {resume}: no config.yaml there (not a run directory made by `injection run`)")
+    if out is not None and Path(out).resolve() != resume.resolve():
+        raise UserError(f"--resume {resume} with -o {out}: a resumed run stays in its own directory")
+    saved = load_config(str(saved_file), None, {"output_dir": str(resume)})
+    asked = load_config(config or preset or str(saved_file), sets, {**explicit, "output_dir": str(resume)})
+    changed = _differences(saved.identity(), asked.identity())
+    if changed:
+        raise UserError(f"--resume {resume}: the given configuration differs from the run's ({'; '.join(changed)}); "
+                        f"a resumed run keeps its configuration (only {', '.join(OPERATIONAL_FIELDS)} may change). "
+                        "Start a new run in another directory instead")
+    return asked
 
 
-def run(config: Config = None, preset: Preset = None, set_: Sets = None, resume: Resume = None,
-        output_dir: OutputDir = None, total_steps: Steps = None, seed: Seed = None,
+def preflight(cfg, resume: bool) -> None:
+    """The cheap checks, before inputs are prepared or any process group exists: run directory, checkpoint, that
+    the global batch splits over ranks × micro-batch, the monitor's package."""
+    from injection.engine.inputs import read_checkpoint
+    from injection.engine.monitor import check_monitor
+    from injection.engine.plan import accumulation_steps
+    from injection.engine.run_state import check_run_dir
+
+    check_run_dir(cfg, resume)
+    ckpt = read_checkpoint(cfg.checkpoint)
+    accumulation_steps(cfg.global_batch or ckpt.global_batch_size, cfg.micro_batch, int(os.environ.get("WORLD_SIZE", "1")))
+    check_monitor(cfg)
+
+
+def run(config: Config = None, preset: Preset = None, set_: Sets = None, resume: Resume = None, out: Out = None,
+        total_steps: Steps = None, seed: Seed = None,
         local_rank: Annotated[Optional[int], typer.Option("--local_rank", "--local-rank", hidden=True)] = None) -> None:
-    """Continue pretraining with injections and write the run directory (SPEC §7).
+    """Continue pretraining with injections and write the run directory.
 
     One process by default; under DeepSpeed's launcher (see `injection launch`) every rank runs this.
+    Ctrl-C or SIGTERM stops after the current update, saves a checkpoint and prints the command that continues.
     """
     from injection.engine.inputs import prepare_inputs
-    from injection.engine.train import preflight, run_training
+    from injection.engine.loop import Interrupted, run_training
 
-    cfg = resolve_config(config, preset, set_, resume, output_dir, total_steps, seed)
+    cfg = resolve_config(config, preset, set_, resume, out, total_steps, seed)
     preflight(cfg, resume is not None)  # before the (slower) input preparation
     inputs = prepare_inputs(cfg)
-    run_dir = run_training(cfg, inputs, resume=resume is not None, progress=sys.stderr.isatty())
+    try:
+        run_dir = run_training(cfg, inputs, resume=resume is not None, progress=True)
+    except Interrupted as err:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(128 + err.signum) from None
     if int(os.environ.get("RANK", "0")) == 0:
-        typer.echo(f"run directory: {run_dir}")
+        print(run_dir)  # the result, alone on stdout
+
+
+def _hostfile_slots(hostfile: Path) -> list[int]:
+    slots = []
+    for n, line in enumerate(hostfile.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        found = [p for p in parts[1:] if p.startswith("slots=")]
+        if not found or not found[0][6:].isdigit():
+            raise UserError(f"--hostfile {hostfile}: line {n}: expected `HOST slots=N`, got {line!r}")
+        slots.append(int(found[0][6:]))
+    if not slots:
+        raise UserError(f"--hostfile {hostfile}: no hosts listed")
+    return slots
+
+
+def launch_world_size(hostfile: Path | None, num_gpus: int | None, num_nodes: int | None) -> int:
+    """How many ranks DeepSpeed's launcher will start."""
+    if hostfile is not None:
+        slots = _hostfile_slots(hostfile)
+        nodes = slots[: num_nodes] if num_nodes else slots
+        return sum(num_gpus or s for s in nodes)
+    if num_gpus is not None:
+        return num_gpus * (num_nodes or 1)
+    try:
+        import torch
+
+        return max(torch.cuda.device_count(), 1) * (num_nodes or 1)
+    except ImportError:
+        return num_nodes or 1
 
 
 def launcher_command(config: str, hostfile: Path | None, num_gpus: int | None, num_nodes: int | None,
                      master_addr: str | None, master_port: int | None, sets: list[str] | None,
-                     resume: Path | None, include: str | None = None) -> list[str]:
+                     resume: Path | None, include: str | None = None, node_rank: int | None = None,
+                     no_ssh: bool = False) -> list[str]:
     """The `deepspeed` command that starts `python -m injection.engine.worker` on every rank."""
     deepspeed = Path(sys.executable).with_name("deepspeed")
     cmd = [str(deepspeed) if deepspeed.exists() else "deepspeed"]
     if hostfile is not None:
-        if not hostfile.is_file():
-            raise UserError(f"--hostfile {hostfile}: no such file")
         cmd += ["--hostfile", str(hostfile)]
     if include:
         cmd += ["--include", include]
@@ -79,6 +155,8 @@ def launcher_command(config: str, hostfile: Path | None, num_gpus: int | None, n
         cmd += ["--master_addr", master_addr]
     if master_port is not None:
         cmd += ["--master_port", str(master_port)]
+    if no_ssh:
+        cmd += ["--no_ssh", "--node_rank", str(node_rank or 0)]
     cmd += ["--module", "injection.engine.worker"]
     cmd += [config] if resume is None else ["--resume", str(resume)]
     for s in sets or []:
@@ -94,20 +172,37 @@ def launch(
     master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of rank 0's node.")] = None,
     master_port: Annotated[Optional[int], typer.Option("--master-port", help="Rendezvous port.")] = None,
     include: Annotated[Optional[str], typer.Option("--include", help="DeepSpeed --include filter, e.g. node1:0,1.")] = None,
+    node_rank: Annotated[Optional[int], typer.Option(
+        "--node-rank", help="Start only this node's ranks, without ssh (run the command once per node).")] = None,
     set_: Sets = None,
     resume: Resume = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the launcher command and exit.")] = False,
 ) -> None:
     """Start `injection run` on many GPUs or nodes through DeepSpeed's launcher (one process per rank)."""
+    from injection.engine.inputs import read_checkpoint
+    from injection.engine.plan import accumulation_steps
+
     if config is None and resume is None:
         raise UserError("give an experiment CONFIG (YAML file or preset name) or --resume RUN_DIR")
-    # the configuration is validated here, once, rather than on every rank after the processes started
+    if hostfile is not None and not hostfile.is_file():
+        raise UserError(f"--hostfile {hostfile}: no such file")
+    # validated here, once, rather than on every rank after the processes started
     cfg = resolve_config(config, None, set_, resume)
-
+    world = launch_world_size(hostfile, num_gpus, num_nodes)
+    if not dry_run:
+        ckpt = read_checkpoint(cfg.checkpoint)
+        accumulation_steps(cfg.global_batch or ckpt.global_batch_size, cfg.micro_batch, world)
     source = str(Path(config).resolve()) if config and Path(config).is_file() else (config or "")
-    cmd = launcher_command(source, hostfile, num_gpus, num_nodes, master_addr, master_port, set_, resume, include)
-    typer.echo(shlex.join(cmd))
+    cmd = launcher_command(source, hostfile, num_gpus, num_nodes, master_addr, master_port, set_, resume, include,
+                           node_rank, no_ssh=node_rank is not None)
+    print(shlex.join(cmd))
     if dry_run:
         return
-    del cfg
-    raise typer.Exit(subprocess.call(cmd))
+    code = subprocess.call(cmd)
+    if code < 0:
+        code = 128 - code
+    if code:
+        print(f"error: the launcher exited with code {code}" + (f" ({signal.Signals(code - 128).name})"
+              if 128 < code < 128 + 32 else "") + (f"; continue with `injection launch --resume {cfg.output_dir} ...`"
+              if Path(cfg.output_dir, "manifest.json").is_file() else ""), file=sys.stderr)
+    raise typer.Exit(code)

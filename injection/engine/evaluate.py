@@ -1,4 +1,4 @@
-"""Probe evaluation (SPEC §2, §3, §7): ℓ(q; θ) and exact match for every probe in batched forward passes.
+"""Probe evaluation: ℓ(q; θ) and exact match for every probe in batched forward passes.
 
 Cost matters: the study evaluates 1,800 probes after each of 2,500 updates. So
 - probes are sorted by length and packed into batches bounded by a padded-token budget;
@@ -156,14 +156,3 @@ def evaluate_probes(
     full = np.zeros((len(items), len(SCORE_NAMES)), dtype=np.float64)
     full[np.asarray(local_idx, dtype=np.int64)] = values
     return {c.name: full[:, i].astype(c.numpy_dtype) for i, c in enumerate(SCORE_COLUMNS)}
-
-
-def brute_force_scores(model: torch.nn.Module, item: ProbeItem) -> tuple[float, float, float, bool]:
-    """One probe scored the slow, obvious way (full logits, full log_softmax): the reference for tests."""
-    with torch.no_grad():
-        ids = torch.tensor([item.input_ids])
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-        targets = list(item.input_ids[item.target_start : item.target_end])
-        lps = [logp[t - 1, item.input_ids[t]].item() for t in range(item.target_start, item.target_end)]
-        greedy = [int(logp[t - 1].argmax()) for t in range(item.target_start, item.target_end)]
-    return sum(lps) / len(lps), sum(lps), lps[0], greedy == targets

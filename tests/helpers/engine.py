@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from injection.data.source import BatchStream  # noqa: E402
 from injection.engine.evaluate import ProbeItem  # noqa: E402
 from injection.engine.inputs import RunInputs, read_checkpoint  # noqa: E402
 from injection.splice import InjectionRecord, SpliceItem  # noqa: E402
@@ -62,18 +63,21 @@ def write_tiny_checkpoint(dest: Path, seed: int = 0, step: int = 1000, global_ba
 
 
 @dataclass
-class SyntheticBatches:
-    """Deterministic random tokens per global step (a BatchSource)."""
+class SyntheticCorpus:
+    """Deterministic random tokens per (epoch, position): an OrderedCorpus with no files."""
 
-    global_batch_size: int
     seq_len: int = SEQ
     vocab: int = VOCAB
     seed: int = 0
+    length: int = 10**9
 
-    def get_batch(self, step: int):
-        rng = np.random.default_rng([self.seed, step])
-        tokens = rng.integers(2, self.vocab, size=(self.global_batch_size, self.seq_len), dtype=np.int64)
-        return tokens, np.arange(step * self.global_batch_size, (step + 1) * self.global_batch_size)
+    def epoch_length(self, epoch: int) -> int:
+        return self.length
+
+    def instances(self, epoch: int, start: int, count: int):
+        rows = [np.random.default_rng([self.seed, epoch, start + i]).integers(2, self.vocab, size=self.seq_len)
+                for i in range(count)]
+        return np.stack(rows).astype(np.int64), np.arange(start, start + count, dtype=np.int64)
 
 
 def synthetic_probes(n_paragraphs: int = 4, per_kind: int = 2, seed: int = 0, vocab: int = VOCAB) -> list[ProbeItem]:
@@ -93,35 +97,38 @@ Item = SpliceItem
 Record = InjectionRecord
 
 
-def simple_splice(tokens, step, items):
-    """Paragraph i at the start of row i, the row shifted right (enough for engine tests)."""
-    out = tokens.copy()
-    records = []
-    for row, it in enumerate(items):
-        ids = np.asarray(it.token_ids)
-        out[row] = np.concatenate([ids, tokens[row]])[: tokens.shape[1]]
-        records.append(Record(step, it.paragraph, it.scenario, it.variant, row, 0, len(ids)))
-    return out, records
+def synthetic_stream(ckpt, batch_size: int | None = None) -> BatchStream:
+    pos = ckpt.data_position
+    return BatchStream(SyntheticCorpus(ckpt.seq_len), pos.epoch, pos.instances_seen, batch_size or ckpt.global_batch_size)
 
 
-def synthetic_inputs(checkpoint_dir: Path, n_paragraphs: int = 4) -> RunInputs:
+def synthetic_inputs(checkpoint_dir: Path, n_paragraphs: int = 4, batch_size: int | None = None) -> RunInputs:
+    """Probes, paragraphs injected at run steps 0 and 3, and random batches, for a tiny checkpoint."""
     ckpt = read_checkpoint(str(checkpoint_dir))
     probes = synthetic_probes(n_paragraphs)
     rng = np.random.default_rng(7)
     paragraphs = {p: [int(x) for x in rng.integers(2, VOCAB, size=12)] + [0] for p in range(n_paragraphs)}
     injections = {0: [Item(p, "once" if p % 2 == 0 else "duplicate", 0, paragraphs[p]) for p in paragraphs],
                   3: [Item(p, "duplicate", 0, paragraphs[p]) for p in paragraphs if p % 2]}
-    inputs = RunInputs(ckpt, SyntheticBatches(ckpt.global_batch_size, ckpt.seq_len), probes, injections,
-                       simple_splice, knowledge_source="synthetic")
-    from injection.engine.inputs import splice_records
-
-    inputs.records = splice_records(inputs)
+    inputs = RunInputs(ckpt, synthetic_stream(ckpt, batch_size), probes, injections, knowledge_source="synthetic")
+    inputs.place_injections()
     return inputs
+
+
+def brute_force_scores(model: torch.nn.Module, item: ProbeItem) -> tuple[float, float, float, bool]:
+    """One probe scored the slow, obvious way (full logits, full log_softmax): the reference for tests."""
+    with torch.no_grad():
+        ids = torch.tensor([item.input_ids])
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        targets = list(item.input_ids[item.target_start : item.target_end])
+        lps = [logp[t - 1, item.input_ids[t]].item() for t in range(item.target_start, item.target_end)]
+        greedy = [int(logp[t - 1].argmax()) for t in range(item.target_start, item.target_end)]
+    return sum(lps) / len(lps), sum(lps), lps[0], greedy == targets
 
 
 def main(argv: list[str]) -> None:
     from injection.engine.config import load_config
-    from injection.engine.train import run_training
+    from injection.engine.loop import run_training
 
     torch.set_num_threads(1)
     cfg = load_config(argv[0])

@@ -1,4 +1,4 @@
-"""Write run directories (SPEC §7) whose probe trajectories have known, planted dynamics.
+"""Write run directories whose probe trajectories have known, planted dynamics.
 
 For every probe q of a scenario with encounter steps t_1 < ... < t_N:
 

@@ -3,7 +3,7 @@ import math
 import pytest
 from olmo.optim import CosWithWarmup, LinearWithWarmup
 
-from injection.engine.lr import LRSchedule, learning_rate, lr_for_update
+from injection.lr import LRSchedule, learning_rate, lr_for_update
 from harness.errors import UserError
 
 STEPS = [0, 1, 999, 1999, 2000, 2001, 5000, 113000, 399999, 739327, 739328, 800000]
@@ -42,7 +42,7 @@ def test_update_k_uses_the_next_global_step():
 def test_bad_schedule_names_the_field():
     with pytest.raises(UserError, match="t_max"):
         LRSchedule.from_dict({"kind": "cosine", "peak_lr": 1e-3, "warmup_steps": 10})
-    with pytest.raises(UserError, match="kind"):
+    with pytest.raises(UserError, match=r"lr_schedule.kind"):
         LRSchedule.from_dict({"kind": "exp", "peak_lr": 1e-3})
     with pytest.raises(UserError, match="peak_lr"):
         LRSchedule.from_dict({"kind": "constant"})

@@ -1,7 +1,8 @@
-"""`injection checkpoints list|show` and `injection pull`: thin wrappers over injection.catalog and injection.pull."""
+"""`injection checkpoints list|show` and `injection pull`: thin wrappers over the catalog and `pull_checkpoint`."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from injection.catalog import Family, human_tokens, load_catalog
-from harness.errors import HarnessTyper, UserError
+from injection.checkpoints.catalog import Family, human_tokens, load_catalog
+from harness.errors import HarnessTyper
+from injection.lr import learning_rate
 
 checkpoints_app = HarnessTyper()
 
@@ -67,22 +69,15 @@ def show(ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e
     elif fam.builtin:
         rows.append(("source", "built offline (step 0) or trained locally"))
     sched = fam.lr_schedule
-    try:
-        lr = f"{sched.lr_at(step):.4g}"
-    except UserError as err:
-        lr = str(err)
     rows += [
-        ("learning rate here", lr),
+        ("learning rate here", f"{learning_rate(sched, step):.4g}"),
         ("lr schedule", f"{sched.kind}, peak {sched.peak_lr:g}, warmup {sched.warmup_steps}, "
                         f"alpha_f {sched.alpha_f:g}, t_max {sched.t_max}"),
-        ("optimizer", f"{fam.optimizer.name} betas {fam.optimizer.betas}, eps {fam.optimizer.eps:g}, "
+        ("optimizer", f"AdamW betas {fam.optimizer.betas}, eps {fam.optimizer.eps:g}, "
                       f"weight decay {fam.optimizer.weight_decay:g}, grad clip {fam.optimizer.grad_clip:g}"),
     ]
-    a = fam.architecture
-    rows.append(("architecture", f"d_model {a.d_model}, {a.n_layers} layers, {a.n_heads} heads, mlp {a.mlp_hidden_size}, "
-                                 f"vocab {a.vocab_size} (embedding {a.embedding_size}), seq {a.max_sequence_length}, "
-                                 f"rope theta {a.rope_theta:g}, {a.layer_norm} layer norm, "
-                                 f"weight tying {a.weight_tying}, clip_qkv {a.clip_qkv}"))
+    arch = dataclasses.asdict(fam.architecture) if dataclasses.is_dataclass(fam.architecture) else fam.architecture
+    rows.append(("architecture", f"{fam.kind}: " + ", ".join(f"{k} {v}" for k, v in arch.items())))
     d = fam.data_order
     rows += [("data order", f"seed {d.seed}, global_indices {d.global_indices_url}"),
              ("data files", str(d.data_paths)), ("tokenizer", str(d.tokenizer))]
@@ -96,9 +91,9 @@ def pull(
     source: Annotated[str, typer.Option(help="original: the run's unsharded files (with optimizer state), "
                                              "converted to HF; hf: the -hf repository's revision (weights only).")]
     = "original",
-    dest: Annotated[Optional[Path], typer.Option(help="Destination directory (default $INJECTION_CACHE/FAMILY/stepN). "
-                                                      "With --source hf, an HF snapshot already there is adopted.")]
-    = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Destination directory (default "
+                                                "$INJECTION_CACHE/FAMILY/stepN). With --source hf, an HF snapshot "
+                                                "already there is adopted.")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow checkpoint files that need full "
                                                                       "unpickling (can run code).")] = False,
     keep_original: Annotated[bool, typer.Option("--keep-original", help="Keep the downloaded original files.")]
@@ -107,14 +102,15 @@ def pull(
     retries: Annotated[int, typer.Option(help="Further attempts per file after a failure.")] = 5,
 ) -> None:
     """Fetch a checkpoint and leave it as an HF OlmoForCausalLM directory with checkpoint.json."""
-    from injection.pull import RetryPolicy, pull_checkpoint
+    from injection.checkpoints.download import RetryPolicy
+    from injection.checkpoints.pull import pull_checkpoint
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = pull_checkpoint(ref, source=source, dest=dest, trust_pickle=trust_pickle,
-                              policy=RetryPolicy(retries=retries), workers=workers, keep_original=keep_original)
+        path = pull_checkpoint(ref, source=source, dest=out, trust_pickle=trust_pickle,
+                               policy=RetryPolicy(retries=retries), workers=workers, keep_original=keep_original)
     console = Console(stderr=True)
     for w in caught:
         if issubclass(w.category, UserWarning):
             console.print(f"[yellow]warning:[/yellow] {w.message}")
-    Console().print(str(out))
+    print(path)  # the result, alone on stdout: DIR=$(injection pull ...)

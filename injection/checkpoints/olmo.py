@@ -1,8 +1,7 @@
-"""An unsharded checkpoint of an original OLMo run (config.yaml, model.pt, optim.pt, train.pt) -> the
-harness's checkpoint directory: HF `OlmoForCausalLM` weights, tokenizer, AdamW moments renamed to HF
-parameter names, and checkpoint.json.
+"""The OLMo family (OLMo 1B and 7B, Feb 2024): architecture, HF config, AdamW groups, tokenizer, and the
+conversion of the run's own unsharded checkpoints (config.yaml, model.pt, optim.pt, train.pt) into the layout.
 
-OLMo (Feb 2024) keeps fused projections that transformers splits:
+OLMo keeps fused projections that transformers splits:
 - `transformer.blocks.N.att_proj.weight` stacks q, k, v along the output dimension;
 - `transformer.blocks.N.ff_proj.weight` stacks the SwiGLU input half first and the gate half second
   (ai2-olmo's `SwiGLU.forward` does `x, gate = x.chunk(2, dim=-1)`; `silu(gate) * x`), so the first
@@ -10,70 +9,123 @@ OLMo (Feb 2024) keeps fused projections that transformers splits:
 - layer norms have no weights (non-parametric), so nothing maps onto them.
 Optimizer moments have the shapes of their parameters and are split the same way.
 
-Nothing is unpickled beyond tensors and plain containers unless the caller trusts the files.
+What continuing the run needs beyond the weights comes from the checkpoint's own files, which win over the
+catalog (with a warning where they disagree): rows per step, sequence length, learning-rate schedule and
+optimizer settings from config.yaml; where the data stream stands from train.pt
+(`global_train_examples_seen_this_epoch` in `epoch`, as OLMo's trainer resumes); the end-of-text id from the
+model config (`eos_token_id`, 50279), whatever tokenizer file the run names.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
-from injection.catalog import Architecture, Family, LRSchedule
 from harness.errors import UserError
+from harness.typed import from_mapping
+from injection.checkpoints.layout import DataPosition, OptimizerSpec, checkpoint_meta, write_checkpoint_dir
+from injection.lr import LRSchedule
 
+KIND = "olmo"
+MODEL_TYPE = "olmo"
 FSDP_PREFIX = "_fsdp_wrapped_module."
 
 
-# --- safe loading ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Architecture:
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    mlp_hidden_size: int
+    """Output width of OLMo's fused `ff_proj` (up and gate together); the SwiGLU intermediate is half."""
+    vocab_size: int
+    """Tokens the tokenizer knows."""
+    embedding_size: int
+    """Rows of the embedding matrix (vocab padded); the HF `vocab_size`."""
+    max_sequence_length: int
+    rope_theta: float
+    layer_norm: str
+    """`nonparametric` (OLMo Feb 2024: no affine weights), the only kind the conversion handles."""
+    weight_tying: bool
+    clip_qkv: float | None
+    eos_token_id: int
+    pad_token_id: int
 
 
-def _numpy_safe_globals() -> list[Any]:
-    """numpy's array and random-state reconstructors: plain data, needed for OLMo's train.pt rng state."""
-    import numpy as np
-
-    import pathlib
-
-    # Path objects appear in OLMo's trainer state (lists of checkpoint folders): plain data as well.
-    allowed: list[Any] = [np.ndarray, np.dtype, np.core.multiarray._reconstruct, pathlib.PosixPath,
-                          pathlib.PurePosixPath]
-    scalar = getattr(np.core.multiarray, "scalar", None)
-    if scalar is not None:
-        allowed.append(scalar)
-    allowed += [type(np.dtype(t)) for t in ("uint32", "int64", "float64", "uint64", "int32", "float32", "bool")]
-    return allowed
+def parse_architecture(data: Any, where: str, path: str = "architecture") -> Architecture:
+    """The catalog's `architecture:` block, validated."""
+    arch = from_mapping(Architecture, data, where, path)
+    if arch.layer_norm != "nonparametric":
+        raise UserError(f"{where}: field '{path}.layer_norm': only 'nonparametric' is supported, got {arch.layer_norm!r}")
+    if arch.d_model % arch.n_heads or arch.n_heads % arch.n_kv_heads:
+        raise UserError(f"{where}: field '{path}': d_model must divide by n_heads and n_heads by n_kv_heads")
+    if arch.embedding_size < arch.vocab_size:
+        raise UserError(f"{where}: field '{path}.embedding_size': smaller than vocab_size")
+    return arch
 
 
-def safe_torch_load(path: Path, *, trust_pickle: bool = False) -> Any:
-    """`torch.load(weights_only=True)` (tensors, numbers, strings, containers, numpy arrays). A file that
-    needs arbitrary unpickling is refused unless `trust_pickle`, since unpickling can run code."""
+def architecture_dict(arch: Architecture) -> dict[str, Any]:
+    return {f.name: getattr(arch, f.name) for f in fields(arch)}
+
+
+def hf_config(arch: Architecture):
+    """transformers' `OlmoConfig` for an OLMo (Feb 2024) architecture."""
+    from transformers import OlmoConfig
+
+    return OlmoConfig(
+        vocab_size=arch.embedding_size,
+        hidden_size=arch.d_model,
+        intermediate_size=arch.mlp_hidden_size // 2,
+        num_hidden_layers=arch.n_layers,
+        num_attention_heads=arch.n_heads,
+        num_key_value_heads=arch.n_kv_heads,
+        max_position_embeddings=arch.max_sequence_length,
+        rope_parameters={"rope_type": "default", "rope_theta": arch.rope_theta},
+        clip_qkv=arch.clip_qkv,
+        tie_word_embeddings=arch.weight_tying,
+        pad_token_id=arch.pad_token_id,
+        eos_token_id=arch.eos_token_id,
+        bos_token_id=None,
+        attention_bias=False,
+    )
+
+
+def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """OLMo's grouping: weight decay on Linear weights only; embeddings, norms and biases are not decayed
+    (ai2-olmo's get_param_groups with decay_norm_and_bias=False, decay_embeddings=False). A weight tied
+    between the embedding and the LM head counts as an embedding, as in OLMo-1B."""
     import torch
 
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # torch names the offending class ("Unsupported global: GLOBAL pkg.Class"); any other
-        # unpickling failure means the bytes themselves are bad.
-        needs = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
-        if not needs:
-            raise UserError(f"{path} is not a readable torch file (corrupted or truncated?)") from None
-        if not trust_pickle:
-            raise UserError(
-                f"{path} needs full unpickling, which can run arbitrary code ({needs[0]}); "
-                "pass --trust-pickle only if you trust where it came from"
-            ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable torch file (corrupted or truncated?): {err}") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any failure here means the file is unusable
-        raise UserError(f"{path} is not a readable torch file (corrupted or truncated?): {err}") from None
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            if name == "weight" and isinstance(module, torch.nn.Linear) and id(p) not in embeddings:
+                decay.append(p)
+            else:
+                no_decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def tokenizer(family, original_config: dict[str, Any] | None = None):
+    """The tokenizer the run names (`tokenizer.identifier` of its config, else the catalog's `data_order.tokenizer`)
+    when ai2-olmo ships that file, else `olmo`. Its EOS need not be the run's: splicing uses the model config's."""
+    from harness.tokenizers import load_tokenizer, shipped_name_of
+
+    identifier = ((original_config or {}).get("tokenizer") or {}).get("identifier") or family.data_order.tokenizer or ""
+    return load_tokenizer(shipped_name_of(str(identifier)) or "olmo")
+
+
+# --- config.yaml and train.pt -----------------------------------------------------------------------------
 
 
 def read_olmo_config(path: Path) -> dict[str, Any] | None:
@@ -87,9 +139,6 @@ def read_olmo_config(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected an OLMo training config (a mapping)")
     return data
-
-
-# --- architecture and run facts from config.yaml --------------------------------------------------------
 
 
 def architecture_from_config(cfg: dict[str, Any] | None, fallback: Architecture, where: str) -> Architecture:
@@ -136,13 +185,13 @@ def _warn(msg: str) -> None:
     warnings.warn(msg, stacklevel=3)
 
 
-def run_facts(cfg: dict[str, Any] | None, family: Family, step: int, where: str) -> dict[str, Any]:
-    """Batch size, sequence length and schedule at `step`, preferring the checkpoint's own config and
-    warning wherever it disagrees with the catalog (the 7B run's 2,048 vs 2,160 rows is the known case)."""
+def run_facts(cfg: dict[str, Any] | None, family, step: int, where: str) -> dict[str, Any]:
+    """Rows per step, sequence length, schedule and optimizer at `step`, preferring the checkpoint's own config
+    and warning wherever it disagrees with the catalog (the 7B run's 2,048 vs 2,160 rows is the known case)."""
     batch = family.batch_size_at(step)
     seq_len = family.seq_len
     sched: LRSchedule = family.lr_schedule
-    opt = family.optimizer.as_json()
+    opt = family.optimizer
     if cfg is not None:
         cfg_batch = cfg.get("global_train_batch_size")
         if isinstance(cfg_batch, int) and cfg_batch != batch:
@@ -163,6 +212,8 @@ def run_facts(cfg: dict[str, Any] | None, family: Family, step: int, where: str)
             updates["warmup_steps"] = int(s["t_warmup"])
         if s.get("alpha_f") is not None:
             updates["alpha_f"] = float(s["alpha_f"])
+        if s.get("warmup_min_lr") is not None:
+            updates["warmup_min_lr"] = float(s["warmup_min_lr"])
         t_max = s.get("t_max") or _max_steps(cfg.get("max_duration"), batch * seq_len)
         if t_max is not None:
             updates["t_max"] = int(t_max)
@@ -171,15 +222,36 @@ def run_facts(cfg: dict[str, Any] | None, family: Family, step: int, where: str)
             _warn(f"{where}: learning-rate schedule {new.as_json()} differs from the catalog's {sched.as_json()}; "
                   "using the checkpoint's")
             sched = new
+        changes: dict[str, Any] = {}
         if o.get("betas"):
-            opt["betas"] = [float(b) for b in o["betas"]]
-        for key, cfg_key in (("eps", "eps"), ("weight_decay", "weight_decay")):
-            if o.get(cfg_key) is not None:
-                opt[key] = float(o[cfg_key])
+            changes["betas"] = tuple(float(b) for b in o["betas"])
+        for key in ("eps", "weight_decay"):
+            if o.get(key) is not None:
+                changes[key] = float(o[key])
         if cfg.get("max_grad_norm") is not None:
-            opt["grad_clip"] = float(cfg["max_grad_norm"])
-    return {"global_batch_size": batch, "seq_len": seq_len, "tokens_per_step": batch * seq_len,
-            "lr_schedule": sched.as_json(), "optimizer": opt}
+            changes["grad_clip"] = float(cfg["max_grad_norm"])
+        opt = replace(opt, **changes)
+    return {"global_batch_size": batch, "seq_len": seq_len, "lr_schedule": sched, "optimizer": opt}
+
+
+def data_position(train: dict[str, Any] | None, step: int, global_batch_size: int, where: str) -> DataPosition:
+    """Where the data stream continues: OLMo's own counter (`global_train_examples_seen_this_epoch` in `epoch`)
+    when train.pt has it, else step × rows per step (with a warning)."""
+    seen = (train or {}).get("global_train_examples_seen_this_epoch")
+    if seen is None:  # older trainer states name it without "_this_epoch"
+        seen = (train or {}).get("global_train_examples_seen")
+    epoch = (train or {}).get("epoch") or 0
+    assumed = step * global_batch_size
+    if not isinstance(seen, int) or not isinstance(epoch, int):
+        _warn(f"{where}: no data-stream counter (train.pt absent or without global_train_examples_seen_this_epoch); "
+              f"assuming the run consumed step × rows per step = {step} × {global_batch_size} = {assumed:,} "
+              "instances of epoch 0")
+        return DataPosition(0, assumed, "step x rows")
+    if epoch == 0 and seen != assumed:
+        _warn(f"{where}: train.pt counts {seen:,} instances seen in epoch 0, but step × rows per step = {step} × "
+              f"{global_batch_size} = {assumed:,} (about {seen / step if step else 0:,.1f} rows per step so far); "
+              "the continuation starts at the counter, as OLMo's trainer does when it resumes")
+    return DataPosition(int(epoch), int(seen), "train.pt")
 
 
 def _max_steps(max_duration: Any, tokens_per_step: int) -> int | None:
@@ -285,31 +357,16 @@ def convert_optimizer_state(optim: dict[str, Any], arch: Architecture, where: st
     return out
 
 
-# --- tokenizer ---------------------------------------------------------------------------------------
-
-
-def tokenizer_for(cfg: dict[str, Any] | None, family: Family):
-    """The tokenizer the run names (`tokenizer.identifier`) when ai2-olmo ships that file, else `olmo`."""
-    from harness.tokenizers import SHIPPED_TOKENIZERS, load_tokenizer
-
-    identifier = ((cfg or {}).get("tokenizer") or {}).get("identifier") or family.data_order.tokenizer or ""
-    base = Path(str(identifier)).name
-    for short, file in SHIPPED_TOKENIZERS.items():
-        if file == base:
-            return load_tokenizer(short)
-    return load_tokenizer("olmo")
-
-
 # --- the whole conversion ------------------------------------------------------------------------------
 
 
-def convert_original(src: str | Path, dest: str | Path, *, family: Family, step: int,
-                     source_url: str | None = None, trust_pickle: bool = False) -> Path:
+def convert_original(src: str | Path, dest: str | Path, *, family, step: int, source_url: str | None = None,
+                     trust_pickle: bool = False) -> Path:
     """Convert an unsharded OLMo checkpoint directory `src` into the checkpoint layout at `dest`."""
     import torch
     from transformers import OlmoForCausalLM
 
-    from injection.tiny import hf_config, save_checkpoint_dir
+    from injection.checkpoints.safe_load import safe_torch_load
 
     src = Path(src)
     cfg = read_olmo_config(src / "config.yaml")
@@ -336,25 +393,21 @@ def convert_original(src: str | Path, dest: str | Path, *, family: Family, step:
         optimizer_state = convert_optimizer_state(
             safe_torch_load(src / "optim.pt", trust_pickle=trust_pickle), arch, str(src / "optim.pt"))
 
-    trainer_state = None
+    train = None
     if (src / "train.pt").is_file():
-        train = safe_torch_load(src / "train.pt", trust_pickle=trust_pickle)
-        if isinstance(train, dict):
-            trainer_state = {k: v for k, v in train.items() if isinstance(v, (int, float, str)) and k != "rng"}
-            global_step = train.get("global_step")
-            if isinstance(global_step, int) and global_step != step:
-                _warn(f"{src / 'train.pt'}: global_step {global_step} differs from the catalog's step {step}")
-
+        loaded = safe_torch_load(src / "train.pt", trust_pickle=trust_pickle)
+        train = loaded if isinstance(loaded, dict) else None
+        global_step = (train or {}).get("global_step")
+        if isinstance(global_step, int) and global_step != step:
+            _warn(f"{src / 'train.pt'}: global_step {global_step} differs from the catalog's step {step}")
     facts = run_facts(cfg, family, step, str(src / "config.yaml"))
-    meta = {
-        "family": family.name,
-        "step": step,
-        "source": "original",
-        "source_url": source_url,
-        **facts,
-        "trainer_state": trainer_state,
-        "optimizer_step": None if optimizer_state is None or "step" not in optimizer_state
+    position = data_position(train, step, facts["global_batch_size"], str(src / "train.pt"))
+    meta = checkpoint_meta(
+        family=family.name, kind=family.kind, step=step, source="original", data_position=position, **facts,
+        source_url=source_url,
+        trainer_state={k: v for k, v in (train or {}).items() if isinstance(v, (int, float, str))} or None,
+        optimizer_step=None if optimizer_state is None or "step" not in optimizer_state
         else int(optimizer_state["step"]),
-        "architecture": {k: getattr(arch, k) for k in arch.__dataclass_fields__},
-    }
-    return save_checkpoint_dir(model, tokenizer_for(cfg, family), dest, meta, optimizer_state)
+        architecture=architecture_dict(arch),
+    )
+    return write_checkpoint_dir(model, tokenizer(family, cfg), dest, meta, optimizer_state)

@@ -1,0 +1,149 @@
+"""Mappings (parsed YAML or JSON) -> typed dataclasses, validated field by field.
+
+One loader serves the experiment configuration, the checkpoint catalog and every other typed file, so that all
+of them report mistakes the same way: the file (or the `--set` override) the value came from, the dotted field,
+and what was expected:
+
+    exp.yaml: field 'optimizer.constant_lr': expected a finite number, got 'fast'
+    --set total_steps=ten: field 'total_steps': expected an integer, got 'ten'
+    checkpoints.yaml: unknown field 'families.olmo-7b.architecture.n_head' (did you mean 'n_heads'?)
+
+Supported annotations: bool, int, float (finite only), str, Literal[...], X | None, list[X], tuple[X, ...],
+tuple[X, Y], dict[str, X] / dict[str, Any], and nested dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from typing import Any, Literal, Mapping
+
+from harness.errors import UserError
+
+
+def _label(where: str, path: str, origins: Mapping[str, str] | None) -> str:
+    """Where a value came from: the override that set this field (or a parent of it), else `where`."""
+    if origins:
+        probe = path
+        while probe:
+            if probe in origins:
+                return origins[probe]
+            probe = probe.rpartition(".")[0]
+    return where
+
+
+def _fail(where: str, path: str, origins: Mapping[str, str] | None, message: str) -> UserError:
+    return UserError(f"{_label(where, path, origins)}: field '{path}': {message}")
+
+
+def _type_name(tp: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def coerce(value: Any, tp: Any, where: str, path: str, origins: Mapping[str, str] | None = None) -> Any:
+    """Check (and gently convert: int -> float, list -> tuple) one value against an annotation."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, where, path, origins)
+            except UserError as err:
+                errors.append(err)
+        if value is None:
+            raise _fail(where, path, origins, "must not be null")
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise _fail(where, path, origins, f"expected one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, where, path, origins)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _fail(where, path, origins, f"expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise _fail(where, path, origins, f"expected {len(args)} values, got {value!r}")
+            return tuple(coerce(v, a, where, f"{path}[{i}]", origins) for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [coerce(v, item, where, f"{path}[{i}]", origins) for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _fail(where, path, origins, f"expected a mapping, got {value!r}")
+        item = args[1] if len(args) == 2 else Any
+        return {k: coerce(v, item, where, f"{path}.{k}", origins) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _fail(where, path, origins, f"expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(where, path, origins, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _fail(where, path, origins, f"expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _fail(where, path, origins, f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_mapping(cls: type, data: Any, where: str, path: str = "",
+                 origins: Mapping[str, str] | None = None) -> Any:
+    """An instance of dataclass `cls` from a mapping: unknown keys, missing required fields and wrongly typed
+    values are UserErrors naming the source and the dotted field. `path` prefixes field names (nested use);
+    `origins` maps dotted field names to the label of where they were set (e.g. a `--set` override)."""
+    prefix = f"{path}." if path else ""
+    if not isinstance(data, dict):
+        what = f"field '{path}'" if path else "top level"
+        raise UserError(f"{_label(where, path, origins)}: {what}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
+    for key in data:
+        if key not in fields:
+            guess = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.7)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else f" (known: {', '.join(fields)})"
+            raise UserError(f"{_label(where, prefix + str(key), origins)}: unknown field '{prefix}{key}'{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = coerce(data[name], hints[name], where, prefix + name, origins)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UserError(f"{_label(where, path, origins)}: missing field '{prefix}{name}'")
+    return cls(**kwargs)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (for help text and documentation)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs

@@ -1,0 +1,63 @@
+"""The family interface: everything the harness must know about one kind of model, in one module per kind.
+
+A *family* in the catalog (`olmo-7b`, `tiny`, ...) is one original training run: its checkpoints, batch sizes,
+learning-rate schedule and data order (checkpoints.yaml). Its `kind` names the module that knows how that kind of
+model is built and continued. A kind's module lives at `injection/checkpoints/<kind>.py` and defines:
+
+    KIND: str                                   the kind's name (the module's name)
+    MODEL_TYPE: str                             transformers' `model_type` of its HF checkpoints
+    parse_architecture(data, where) -> arch     the catalog's `architecture:` block, validated (UserError)
+    hf_config(arch) -> PretrainedConfig         the HF config of that architecture
+    param_groups(model, weight_decay) -> list   AdamW parameter groups as the original run decayed them
+    tokenizer(family) -> tokenizer              the run's tokenizer, offline
+    convert_original(src, dest, family, step, source_url, trust_pickle) -> Path
+                                                the run's own checkpoint files -> the checkpoint layout
+                                                (raise UserError where a kind has no original format)
+
+The learning-rate schedule is data (injection.lr) and the data order is the corpus format (injection.data), so
+neither needs code per kind. Adding a family is a new module here plus its catalog entries.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any, Protocol
+
+from harness.errors import UserError
+
+#: Kinds shipped with the harness (a catalog may name any module under injection/checkpoints/ that defines KIND).
+KNOWN_KINDS = ("olmo", "tiny")
+
+
+class ModelFamily(Protocol):
+    KIND: str
+    MODEL_TYPE: str
+
+    def parse_architecture(self, data: Any, where: str) -> Any: ...
+    def hf_config(self, arch: Any) -> Any: ...
+    def param_groups(self, model: Any, weight_decay: float) -> list[dict[str, Any]]: ...
+    def tokenizer(self, family: Any) -> Any: ...
+    def convert_original(self, src: Any, dest: Any, *, family: Any, step: int, source_url: str | None,
+                         trust_pickle: bool) -> Any: ...
+
+
+def model_family(kind: str, where: str = "kind") -> ModelFamily:
+    """The module implementing a family kind (`olmo`, `tiny`, ...)."""
+    if not isinstance(kind, str) or not kind.isidentifier() or kind.startswith("_"):
+        raise UserError(f"{where}: {kind!r} is not a family kind (known: {', '.join(KNOWN_KINDS)})")
+    try:
+        module: ModuleType = importlib.import_module(f"injection.checkpoints.{kind}")
+    except ModuleNotFoundError:
+        raise UserError(f"{where}: unknown family kind {kind!r} (known: {', '.join(KNOWN_KINDS)})") from None
+    if getattr(module, "KIND", None) != kind:
+        raise UserError(f"{where}: injection.checkpoints.{kind} is not a family module (no KIND = {kind!r})")
+    return module  # type: ignore[return-value]
+
+
+def kind_of_model_type(model_type: str, where: str) -> str:
+    """The shipped kind whose HF checkpoints have this `model_type` (for checkpoints that predate `kind`)."""
+    for kind in KNOWN_KINDS:
+        if model_family(kind).MODEL_TYPE == model_type and kind != "tiny":
+            return kind
+    raise UserError(f"{where}: model_type {model_type!r} belongs to no known family kind")

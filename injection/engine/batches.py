@@ -1,0 +1,93 @@
+"""The one path from plan to batch: run step k -> the original batch with its paragraphs spliced in.
+
+Used alike by the training loop, the data benchmark and the tests. Each batch is read once and spliced once; a
+background thread prepares steps k+1, k+2, … while step k trains, so reading (local or over HTTP) and splicing
+overlap the update. A request out of sequence (a resumed run) restarts the thread from there.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from injection.data.source import BatchStream
+from injection.splice import InjectionRecord, SpliceItem, apply
+
+
+class InjectedBatches:
+    def __init__(self, stream: BatchStream, injections: Mapping[int, Sequence[SpliceItem]],
+                 records: Mapping[int, Sequence[InjectionRecord]], *, prefetch: int = 2,
+                 stop_at: int | None = None) -> None:
+        self.stream = stream
+        self.stop_at = stop_at
+        """The thread prepares no step at or after this one (the run's end)."""
+        self.injections = injections
+        self.records = records
+        self.prefetch = prefetch
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._next = 0
+
+    def compute(self, k: int) -> np.ndarray:
+        """The spliced global batch [B, L] (int64) of run step k, synchronously."""
+        tokens, _ = self.stream.batch(k)
+        items = self.injections.get(k)
+        if items:
+            tokens = apply(tokens, items, self.records[k])
+        return np.asarray(tokens, dtype=np.int64)
+
+    def get(self, k: int) -> np.ndarray:
+        if self.prefetch <= 0:
+            return self.compute(k)
+        if self._queue is None or k != self._next:
+            self._restart(k)
+        got, batch, err = self._queue.get()
+        assert got == k
+        if err is not None:
+            self.close()
+            raise err
+        self._next = k + 1
+        return batch
+
+    def _worker(self, first: int, q: queue.Queue, stop: threading.Event) -> None:
+        k = first
+        while not stop.is_set() and (self.stop_at is None or k < self.stop_at):
+            try:
+                result = (k, self.compute(k), None)
+            except BaseException as err:  # handed to the consumer, which re-raises it
+                result = (k, None, err)
+            while not stop.is_set():
+                try:
+                    q.put(result, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if result[2] is not None:
+                return
+            k += 1
+
+    def _restart(self, first: int) -> None:
+        self.close()
+        self._stop = threading.Event()
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._thread = threading.Thread(target=self._worker, args=(first, self._queue, self._stop), daemon=True,
+                                        name="injected-batches")
+        self._thread.start()
+        self._next = first
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._thread = None
+        self._queue = None
+
+    def __enter__(self) -> "InjectedBatches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,101 @@
+"""What a run does at every update, resolved once before the first one: pure functions, no model, no I/O.
+
+The loop reads everything from a `RunPlan`: rows per update and how they split over ranks and micro-batches, the
+learning rate of every update, and the steps at which probes are evaluated and checkpoints saved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from harness.errors import UserError
+from injection.lr import LRSchedule, lr_for_update
+
+
+def valid_micro_batches(global_batch: int, world: int, limit: int = 64) -> list[int]:
+    """Micro-batch sizes (up to `limit`) that split `global_batch` rows evenly over `world` ranks."""
+    if global_batch % world:
+        return []
+    per_rank = global_batch // world
+    return [m for m in range(1, min(per_rank, limit) + 1) if per_rank % m == 0]
+
+
+def accumulation_steps(global_batch: int, micro_batch: int, world: int) -> int:
+    """Gradient-accumulation steps; UserError (with the valid choices) unless
+    global_batch = micro_batch × accumulation × ranks."""
+    per_pass = micro_batch * world
+    if global_batch % per_pass:
+        valid = valid_micro_batches(global_batch, world)
+        hint = (f"micro_batch values that fit {world} rank(s): {', '.join(map(str, valid))}" if valid
+                else f"{global_batch} rows do not split over {world} ranks at all: choose another number of ranks")
+        raise UserError(f"global batch {global_batch} is not divisible by micro_batch ({micro_batch}) × ranks ({world}) "
+                        f"= {per_pass}; {hint}")
+    return global_batch // per_pass
+
+
+def learning_rates(schedule: LRSchedule, start_step: int, total_steps: int, *, constant_lr: float | None = None,
+                   lr_scale: float = 1.0) -> tuple[float, ...]:
+    """The learning rate of every update k = 0 … T−1: the original schedule continued (update k uses lr(S+k+1)),
+    or a constant, times `lr_scale`."""
+    if constant_lr is not None:
+        return (constant_lr,) * total_steps
+    return tuple(lr_for_update(schedule, start_step, k) * lr_scale for k in range(total_steps))
+
+
+def evaluation_steps(total_steps: int, interval: int, injection_steps: Sequence[int], dense_window: int,
+                     explicit: Sequence[int] | None = None) -> frozenset[int]:
+    """The run steps whose probe values are logged: 0, every `interval`-th step and the last one (or exactly
+    `explicit`, plus 0), and with `dense_window` > 0 every step t_i … t_i + dense_window around each injection
+    step t_i (t_i itself is the state before encounter i, which effectivity and retainability are measured
+    against)."""
+    if explicit is not None:
+        steps = {0, *explicit}
+    else:
+        steps = {0, total_steps, *range(interval, total_steps + 1, interval)}
+    for t in injection_steps if dense_window > 0 else ():
+        steps.update(range(t, min(t + dense_window, total_steps) + 1))
+    return frozenset(steps)
+
+
+def checkpoint_steps(total_steps: int, interval: int) -> frozenset[int]:
+    """Steps after whose update a resumable checkpoint is saved: every `interval` and the last."""
+    return frozenset({total_steps, *(range(interval, total_steps + 1, interval) if interval else ())})
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    total_steps: int
+    global_batch: int
+    """Rows per update (the run's B, which may differ from the checkpoint's)."""
+    seq_len: int
+    micro_batch: int
+    world: int
+    accumulation: int
+    """Micro-batches per rank per update."""
+    lrs: tuple[float, ...]
+    """Learning rate of update k (θ_k → θ_{k+1})."""
+    eval_steps: frozenset[int]
+    checkpoint_steps: frozenset[int]
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+
+def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
+    """The plan of a run from its configuration and the checkpoint it starts from (CheckpointInfo)."""
+    global_batch = cfg.global_batch or ckpt.global_batch_size
+    return RunPlan(
+        total_steps=cfg.total_steps,
+        global_batch=global_batch,
+        seq_len=ckpt.seq_len,
+        micro_batch=cfg.micro_batch,
+        world=world,
+        accumulation=accumulation_steps(global_batch, cfg.micro_batch, world),
+        lrs=learning_rates(ckpt.lr_schedule, ckpt.step, cfg.total_steps, constant_lr=cfg.optimizer.constant_lr,
+                           lr_scale=cfg.optimizer.lr_scale),
+        eval_steps=evaluation_steps(cfg.total_steps, cfg.eval_interval, injection_steps, cfg.eval_dense_window,
+                                    cfg.eval_steps),
+        checkpoint_steps=checkpoint_steps(cfg.total_steps, cfg.checkpoint_interval),
+    )

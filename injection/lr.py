@@ -1,0 +1,112 @@
+"""The learning rate as a pure function of the global step: the original run's schedule, continued.
+
+One `LRSchedule` type serves the catalog (each run's published schedule), checkpoint.json (`lr_schedule`) and the
+engine. The formulas are those of ai2-olmo's `CosWithWarmup` / `LinearWithWarmup` (a test compares them):
+
+    1. step < warmup_steps:  linear warm-up from warmup_min_lr (default 0.1·peak) to peak
+    2. step >= t_max:        the floor, alpha_f·peak
+    3. otherwise:            cosine (or linear) decay from peak to the floor over [warmup_steps, t_max)
+
+Which step: OLMo increments its global step *before* the update, so the update that turns the checkpoint saved
+at step S into the one saved at S+1 is taken with lr(S+1). Run update k (θ_k → θ_{k+1}, batch S+k) therefore
+uses `learning_rate(schedule, S + k + 1)`; see `lr_for_update`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from harness.errors import UserError
+
+ScheduleKind = Literal["cosine", "linear", "constant"]
+KINDS: tuple[str, ...] = ("cosine", "linear", "constant")
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """OLMo's scheduler fields, as the catalog and `checkpoint.json` record them under `lr_schedule`."""
+
+    kind: ScheduleKind
+    """`cosine` (OLMo-1B), `linear` (OLMo-7B) or `constant`."""
+    peak_lr: float
+    """The optimizer's `learning_rate` in the OLMo config: the value reached at the end of warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up length in steps."""
+    alpha_f: float = 0.1
+    """Floor as a fraction of the peak: eta_min = alpha_f · peak_lr."""
+    t_max: int | None = None
+    """Step at which the decay reaches the floor (OLMo uses the run's max steps when unset)."""
+    warmup_min_lr: float | None = None
+    """Learning rate at step 0 of the warm-up; OLMo's default is 0.1 · peak_lr."""
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "lr_schedule") -> "LRSchedule":
+        """Validated; unknown keys, missing fields and non-finite or negative values name the field."""
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: expected a mapping, got {d!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in set(d) - known)
+        if unknown:
+            raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        kind = d.get("kind")
+        if kind not in KINDS:
+            raise UserError(f"{where}.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+        if "peak_lr" not in d:
+            raise UserError(f"{where}: missing field 'peak_lr'")
+
+        def number(name: str, value: Any, integer: bool = False) -> Any:
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and value != int(value)):
+                raise UserError(f"{where}.{name}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise UserError(f"{where}.{name}: must be a finite number >= 0, got {value!r}")
+            return int(value) if integer else float(value)
+
+        sched = cls(
+            kind=kind,
+            peak_lr=number("peak_lr", d["peak_lr"]),
+            warmup_steps=number("warmup_steps", d.get("warmup_steps") or 0, integer=True),
+            alpha_f=0.1 if d.get("alpha_f") is None else number("alpha_f", d["alpha_f"]),
+            t_max=number("t_max", d.get("t_max"), integer=True),
+            warmup_min_lr=number("warmup_min_lr", d.get("warmup_min_lr")),
+        )
+        if sched.peak_lr <= 0:
+            raise UserError(f"{where}.peak_lr: must be > 0, got {sched.peak_lr}")
+        if sched.kind != "constant" and sched.t_max is None:
+            raise UserError(f"{where}: missing field 't_max' (required for a {kind} schedule: the original run's max steps)")
+        if sched.kind != "constant" and sched.t_max <= sched.warmup_steps:
+            raise UserError(f"{where}.t_max: ({sched.t_max}) must exceed 'warmup_steps' ({sched.warmup_steps})")
+        return sched
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def learning_rate(schedule: LRSchedule, step: int) -> float:
+    """The learning rate OLMo's scheduler gives at global step `step` (pure)."""
+    peak = schedule.peak_lr
+    if schedule.kind == "constant":
+        return peak
+    eta_min = peak * schedule.alpha_f
+    # 1) linear warm-up
+    if step < schedule.warmup_steps:
+        start = schedule.warmup_min_lr if schedule.warmup_min_lr is not None else 0.1 * peak
+        return start + (peak - start) * min(step, schedule.warmup_steps) / schedule.warmup_steps
+    assert schedule.t_max is not None
+    # 2) past the end of the decay: the floor
+    if step >= schedule.t_max:
+        return eta_min
+    # 3) decay from peak to floor over [warmup_steps, t_max)
+    frac = (step - schedule.warmup_steps) / (schedule.t_max - schedule.warmup_steps)
+    if schedule.kind == "cosine":
+        return eta_min + (peak - eta_min) * (1 + math.cos(math.pi * frac)) / 2
+    return peak - (peak - eta_min) * frac
+
+
+def lr_for_update(schedule: LRSchedule, start_step: int, k: int) -> float:
+    """Learning rate of run update k (θ_k → θ_{k+1}) when continuing from global step `start_step`."""
+    return learning_rate(schedule, start_step + k + 1)
