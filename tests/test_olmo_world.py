@@ -13,7 +13,7 @@ from injection.data.order import build_global_indices
 from injection.data.remote import open_reader
 from tests.helpers.corpus import serve_directory
 from tests.helpers.olmo_train_main import TRAIN_PT_GLOBALS
-from tests.helpers.olmo_world import EOS_TOKEN_ID, read_data_indices
+from tests.helpers.olmo_world import EOS_TOKEN_ID, continue_in_plain_pytorch, read_data_indices
 
 pytestmark = pytest.mark.slow  # every test needs a world: two ai2-olmo training processes (~25 s)
 
@@ -76,6 +76,27 @@ def test_resumed_run_equals_uninterrupted_run(which, request, tmp_path):
     before = _load(w.checkpoint(w.step_before) / "model.pt")
     after = _load(resumed / "model.pt")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("which", ["world", "epoch_world"])
+def test_plain_pytorch_continuation_reproduces_olmo(which, request):
+    """The update rule written out in plain PyTorch reproduces OLMo's k steps bit for bit; getting the LR
+    step or the loss normalisation wrong moves the weights far beyond fp32 noise."""
+    w = request.getfixturevalue(which)
+    olmo = _load(w.checkpoint(w.step_after) / "model.pt")
+
+    def max_diff(state):
+        return max((state[k] - olmo[k]).abs().max().item() for k in olmo)
+
+    state, losses = continue_in_plain_pytorch(w)
+    assert max_diff(state) == 0.0
+    assert losses == w.losses(w.step_before + 1, w.step_after)
+    assert max_diff(continue_in_plain_pytorch(w, lr_step_offset=0)[0]) > 1e-3
+    state, losses = continue_in_plain_pytorch(w, loss_per_token_of_batch=False)
+    assert max_diff(state) > 1e-4
+    # OLMo's logged loss is the per-position mean scaled by (L - 1) / L (same weights: the first step only)
+    first, L = w.step_before + 1, w.seq_len
+    assert losses[first] * (L - 1) / L == pytest.approx(w.record(first)["loss"], rel=1e-6)
 
 
 def test_order_file_is_olmos_rebuild_from_seed(world):

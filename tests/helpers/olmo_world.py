@@ -36,6 +36,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -180,6 +181,17 @@ class OlmoWorld:
                                 "train")
         return [step_record(r) for r in raw]
 
+    def instance_tokens(self, instance: int) -> np.ndarray:
+        """Instance `instance` as OLMo's MemMapDataset reads it: the files' seq_len-token chunks numbered in
+        file order, each file's remainder dropped."""
+        L = self.seq_len
+        for rel in self.data_paths:
+            n = (self.root / rel).stat().st_size // 2 // L
+            if instance < n:
+                return np.fromfile(self.root / rel, dtype=np.uint16, count=L, offset=2 * L * instance).astype(np.int64)
+            instance -= n
+        raise IndexError(f"the world has {self.n_instances} instances")
+
     def order_url(self, base_url: str) -> str:
         """OLMo's own order file in the run folder (the last epoch's, as published for OLMo runs)."""
         return f"{base_url.rstrip('/')}/{self.params.run_path}/train_data/global_indices.npy"
@@ -202,6 +214,8 @@ def build_olmo_world(root: Path, **params) -> OlmoWorld:
     existing = _load(root)
     if existing is not None and existing.params == p:
         return existing
+    if root.exists() and existing is None and any(root.iterdir()):
+        raise ValueError(f"{root} is neither empty nor an OLMo world; not replacing it")
     staging = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -376,3 +390,79 @@ def read_data_indices(path: Path) -> dict[int, list[int]]:
             step, *ids = line.split("\t")
             out[int(step)] = [int(i) for i in ids]
     return out
+
+
+def olmo_lr(config: dict, step: int) -> float:
+    """OLMo's cosine_with_warmup / linear_with_warmup learning rate at global step `step` (steps units,
+    warmup_min_lr unset: the warm-up starts at 0.1 x peak; t_max unset: max_duration in steps)."""
+    peak, sched = config["optimizer"]["learning_rate"], config["scheduler"]
+    warmup, floor, horizon = sched["t_warmup"], peak * sched["alpha_f"], config["max_duration"]
+    if step < warmup:
+        return 0.1 * peak + 0.9 * peak * step / warmup
+    if step >= horizon:
+        return floor
+    frac = (step - warmup) / (horizon - warmup)
+    if sched["name"] == "linear_with_warmup":
+        return peak - (peak - floor) * frac
+    return floor + (peak - floor) * (1 + math.cos(math.pi * frac)) / 2
+
+
+def continue_in_plain_pytorch(world: OlmoWorld, *, lr_step_offset: int = 1,
+                              loss_per_token_of_batch: bool = True) -> tuple[dict, dict[int, float]]:
+    """Steps N+1 .. N+k from the step-N checkpoint written out in plain PyTorch, with what OLMo's Trainer
+    does (read from ai2-olmo 0.6.0): returns (model state dict, {step: loss}). Matches the world bit for bit.
+
+    - update S -> S+1 uses lr(S+1) (`lr_step_offset` = 1; 0 would be lr(S));
+    - loss = sum of next-token cross-entropy over every position of every row / (rows x seq_len), summed
+      over micro-batches (`loss_per_token_of_batch`; False = HF-style mean over predicted positions);
+    - clip: total norm of the per-parameter fp32 norms, grads x min(1, max_norm / (total + 1e-6));
+    - torch.optim.AdamW with the checkpoint's groups (decay: Linear weights; no decay: the embedding).
+    """
+    import torch
+    import torch.nn.functional as F
+    from olmo.config import ModelConfig
+    from olmo.model import OLMo
+
+    from tests.helpers.olmo_train_main import TRAIN_PT_GLOBALS
+
+    def load(path):
+        with torch.serialization.safe_globals(TRAIN_PT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+    config = world.train_config
+    ckpt = world.checkpoint(world.step_before)
+    model = OLMo(ModelConfig(**config["model"]))
+    model.load_state_dict(load(ckpt / "model.pt"))
+    saved = load(ckpt / "optim.pt")
+    params = dict(model.named_parameters())
+    # DDP-trained: the optimizer's param_names carry DDP's "module." prefix
+    groups = [{"params": [params[n.removeprefix("module.")] for n in g["param_names"]], "param_names": g["param_names"]}
+              for g in saved["param_groups"]]
+    opt = torch.optim.AdamW(groups)
+    opt.load_state_dict(saved)  # betas, eps, weight decay per group and the moments come from the checkpoint
+    micro = config["device_train_microbatch_size"]
+    losses = {}
+    for step in range(world.step_before + 1, world.step_after + 1):
+        batch = torch.from_numpy(np.stack([world.instance_tokens(i) for i in world.record(step)["instances"]]))
+        opt.zero_grad(set_to_none=True)
+        total_loss = torch.tensor(0.0)
+        for rows in batch.split(micro):
+            logits = model(rows).logits[:, :-1].reshape(-1, model.config.embedding_size)
+            labels = rows[:, 1:].reshape(-1)
+            if loss_per_token_of_batch:
+                loss = F.cross_entropy(logits, labels, reduction="sum") / batch.numel()
+            else:
+                loss = F.cross_entropy(logits, labels) * len(rows) / len(batch)
+            total_loss += loss.detach()
+            loss.backward()
+        grads = [p.grad for g in opt.param_groups for p in g["params"]]
+        norm = (torch.cat([torch.linalg.vector_norm(g, 2.0, dtype=torch.float32).unsqueeze(0) for g in grads]) ** 2.0
+                ).sum() ** 0.5
+        coef = torch.clamp(config["max_grad_norm"] / (norm + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(coef)
+        for group in opt.param_groups:
+            group["lr"] = olmo_lr(config, step - 1 + lr_step_offset)
+        opt.step()
+        losses[step] = total_loss.item()
+    return model.state_dict(), losses
