@@ -13,7 +13,7 @@ from injection.data.order import build_global_indices
 from injection.data.remote import open_reader
 from tests.helpers.corpus import serve_directory
 from tests.helpers.olmo_train_main import TRAIN_PT_GLOBALS
-from tests.helpers.olmo_world import EOS_TOKEN_ID, continue_in_plain_pytorch, read_data_indices
+from tests.helpers.olmo_world import EOS_TOKEN_ID, continue_in_plain_pytorch, olmo_lr, read_data_indices
 
 pytestmark = pytest.mark.slow  # every test needs a world: two ai2-olmo training processes (~25 s)
 
@@ -97,6 +97,24 @@ def test_plain_pytorch_continuation_reproduces_olmo(which, request):
     # OLMo's logged loss is the per-position mean scaled by (L - 1) / L (same weights: the first step only)
     first, L = w.step_before + 1, w.seq_len
     assert losses[first] * (L - 1) / L == pytest.approx(w.record(first)["loss"], rel=1e-6)
+
+
+def test_resumed_with_another_batch_size_reads_on_from_the_counter(world, tmp_path):
+    """OLMo restarted from step N with half the rows per step takes the same stream from train.pt's
+    counter, B' instances at a time; the learning rate still follows the global step."""
+    half = world.global_batch_size // 2
+    records = world.train_with_olmo(tmp_path / "half", stop_at=world.step_before + 3,
+                                    load_path=world.checkpoint(world.step_before),
+                                    overrides=(f"--global_train_batch_size={half}",
+                                               f"--device_train_microbatch_size={half // 2}"))
+    order = np.fromfile(world.order_file(0), dtype=np.uint32)
+    start = world.step_before * world.global_batch_size
+    for j, r in enumerate(records):
+        assert r["step"] == world.step_before + 1 + j
+        assert r["instances"] == order[start + j * half:start + (j + 1) * half].tolist()
+        assert r["lr"] == olmo_lr(world.train_config, r["step"])
+    state = _load(tmp_path / "half" / f"step{world.step_before + 3}-unsharded" / "train.pt")
+    assert state["global_train_examples_seen_this_epoch"] == start + 3 * half
 
 
 def test_order_file_is_olmos_rebuild_from_seed(world):
