@@ -28,6 +28,11 @@ def epoch_world(olmo_world_factory):
     return olmo_world_factory(cross_epoch=True)
 
 
+@pytest.fixture(scope="module")
+def fsdp_world(olmo_world_factory):
+    return olmo_world_factory(strategy="fsdp")
+
+
 def _load(path):
     with torch.serialization.safe_globals(TRAIN_PT_GLOBALS):
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -78,7 +83,7 @@ def test_resumed_run_equals_uninterrupted_run(which, request, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("which", ["world", "epoch_world"])
+@pytest.mark.parametrize("which", ["world", "epoch_world", "fsdp_world"])
 def test_plain_pytorch_continuation_reproduces_olmo(which, request):
     """The update rule written out in plain PyTorch reproduces OLMo's k steps bit for bit; getting the LR
     step or the loss normalisation wrong moves the weights far beyond fp32 noise."""
@@ -97,6 +102,25 @@ def test_plain_pytorch_continuation_reproduces_olmo(which, request):
     # OLMo's logged loss is the per-position mean scaled by (L - 1) / L (same weights: the first step only)
     first, L = w.step_before + 1, w.seq_len
     assert losses[first] * (L - 1) / L == pytest.approx(w.record(first)["loss"], rel=1e-6)
+
+
+def test_fsdp_world_equals_ddp_world_in_the_published_optimizer_format(world, fsdp_world):
+    """On one rank in fp32 OLMo's FSDP and DDP paths train the same weights; FSDP's optim.pt is keyed by
+    parameter name (as published OLMo checkpoints are), DDP's by index with "module."-prefixed names."""
+    for step in (world.step_before, world.step_after):
+        _assert_same_state(_load(world.checkpoint(step) / "model.pt"), _load(fsdp_world.checkpoint(step) / "model.pt"),
+                           f"model.pt at step {step}")
+    assert world.losses(1, world.step_after) == fsdp_world.losses(1, world.step_after)
+    ddp = _load(world.checkpoint(world.step_after) / "optim.pt")
+    fsdp = _load(fsdp_world.checkpoint(world.step_after) / "optim.pt")
+    model_keys = set(_load(world.checkpoint(world.step_after) / "model.pt"))
+    assert set(fsdp["state"]) == model_keys
+    assert set(ddp["state"]) == set(range(len(model_keys)))
+    names = [n for g in ddp["param_groups"] for n in g["param_names"]]
+    assert all(n.startswith("module.") for n in names)
+    assert [n.removeprefix("module.") for n in names] == [n for g in fsdp["param_groups"] for n in g["params"]]
+    for i, name in enumerate(names):
+        _assert_same_state(ddp["state"][i], fsdp["state"][name.removeprefix("module.")], name)
 
 
 def test_resumed_with_another_batch_size_reads_on_from_the_counter(world, tmp_path):

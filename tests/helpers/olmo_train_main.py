@@ -1,9 +1,10 @@
-"""Train with ai2-olmo's own Trainer on the CPU: DDP on one gloo rank. Run as a script, in its own process.
+"""Train with ai2-olmo's own Trainer on the CPU: DDP (or FSDP) on one gloo rank. Run as a script, in its own
+process.
 
     python olmo_train_main.py CONFIG.yaml RECORD.json [--key=value ...]
 
 The steps are those of ai2-olmo's `scripts/train.py` (which the pip package does not ship) for its DDP
-path, with the CPU in place of CUDA: the same set-up order (seed, data loader, evaluators, model, DDP,
+and FSDP paths, with the CPU in place of CUDA: the same set-up order (seed, data loader, evaluators, model, DDP,
 `reset_parameters`, optimizer, scheduler, data-indices file, Trainer, restore, `fit`). Overrides use
 OLMo's own `--key=value` syntax. Paths in the config may be relative to the working directory.
 
@@ -57,6 +58,7 @@ def main(config_path: str, record_path: str, overrides: list[str]) -> None:
 
     from pathlib import Path
 
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from olmo.config import CheckpointType, DistributedStrategy, TrainConfig
@@ -88,8 +90,8 @@ def main(config_path: str, record_path: str, overrides: list[str]) -> None:
 
     prepare_cli_environment()
     cfg = TrainConfig.load(config_path, [clean_opt(s) for s in overrides])
-    if cfg.distributed_strategy != DistributedStrategy.ddp:
-        raise SystemExit("this driver runs OLMo's DDP path only")
+    if cfg.distributed_strategy not in (DistributedStrategy.ddp, DistributedStrategy.fsdp):
+        raise SystemExit("this driver runs OLMo's DDP and FSDP paths only")
     device = torch.device("cpu")
 
     # As scripts/train.py fills them in.
@@ -105,8 +107,14 @@ def main(config_path: str, record_path: str, overrides: list[str]) -> None:
     train_loader = build_train_dataloader(cfg)
     evaluators = build_evaluators(cfg, device)
     olmo_model = OLMo(cfg.model)
-    dist_model = DDP(olmo_model.to(device), find_unused_parameters=cfg.ddp.find_unused_params)
-    olmo_model.reset_parameters()  # scripts/train.py does this after wrapping for DDP
+    if cfg.distributed_strategy == DistributedStrategy.ddp:
+        dist_model = DDP(olmo_model.to(device), find_unused_parameters=cfg.ddp.find_unused_params)
+    else:  # FSDP as scripts/train.py wraps it (no hybrid sharding), on the CPU device
+        dist_model = FSDP(olmo_model, sharding_strategy=cfg.fsdp.sharding_strategy, mixed_precision=cfg.fsdp_precision,
+                          auto_wrap_policy=olmo_model.get_fsdp_wrap_policy(cfg.fsdp.wrapping_strategy),
+                          use_orig_params=cfg.fsdp.use_orig_params, limit_all_gathers=True, device_id=device,
+                          param_init_fn=lambda module: module.to_empty(device=device))
+    olmo_model.reset_parameters()  # scripts/train.py does this after wrapping (DDP, or FSDP with param_init_fn)
     optim = build_optimizer(cfg, dist_model)
     scheduler = build_scheduler(cfg)
 
@@ -120,8 +128,10 @@ def main(config_path: str, record_path: str, overrides: list[str]) -> None:
                           scheduler=scheduler, train_loader=train_loader, device=device, evaluators=evaluators,
                           indices_file=indices_file) as trainer:
         if not cfg.no_pre_train_checkpoint and cfg.load_path is None:
-            path, cache = trainer.save_checkpoint(checkpoint_type=CheckpointType.unsharded)
-            trainer.restore_checkpoint(path, checkpoint_type=CheckpointType.unsharded, local_cache=cache)
+            kind = CheckpointType.sharded if (cfg.distributed_strategy == DistributedStrategy.fsdp
+                                              and cfg.save_num_checkpoints_to_keep != 0) else CheckpointType.unsharded
+            path, cache = trainer.save_checkpoint(checkpoint_type=kind)
+            trainer.restore_checkpoint(path, checkpoint_type=kind, local_cache=cache)
         if cfg.load_path is not None:
             trainer.restore_checkpoint(cfg.load_path, load_optimizer_state=not cfg.reset_optimizer_state,
                                        load_trainer_state=not cfg.reset_trainer_state)

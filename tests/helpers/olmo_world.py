@@ -24,7 +24,8 @@ What is in `root` (every path also served as is by a loopback server over `root`
 How it is made: process 1 trains steps 1..N from scratch and saves `step{N}-unsharded`; process 2 starts
 from that checkpoint (`load_path`) in the same save folder, as a restarted OLMo job does, trains N+1..N+k
 and saves `step{N+k}-unsharded`. Both run ai2-olmo 0.6.0's `Trainer.fit()` with DDP on one gloo rank on
-the CPU (tests/helpers/olmo_train_main.py, which lists its two shims). With `cross_epoch=True` the corpus
+the CPU (tests/helpers/olmo_train_main.py, which lists its two shims); `strategy="fsdp"` uses OLMo's FSDP
+path instead (same weights, optim.pt keyed by parameter name as in the published checkpoints). With `cross_epoch=True` the corpus
 holds fewer instances, so that epoch 0 ends inside the continued steps and OLMo moves on to epoch 1's
 order (seed + 1), leaving the last instances of epoch 0 unused.
 
@@ -83,6 +84,9 @@ class WorldParams:
     max_grad_norm: float = 1.0
     token_seed: int = 0
     run_path: str = "ai2-llm/olmo-tiny/world"
+    strategy: str = "ddp"
+    """"ddp" or "fsdp" (by-block wrapping, fp32): FSDP writes optim.pt keyed by parameter name, as the
+    published OLMo checkpoints are; DDP keys it by index, with names prefixed "module."."""
 
     @property
     def n_instances(self) -> int:
@@ -200,7 +204,7 @@ class OlmoWorld:
 def build_olmo_world(root: Path, **params) -> OlmoWorld:
     """Build (or reuse) the world described by `WorldParams(**params)` at `root`.
 
-    Takes two ai2-olmo training processes (about 15 s each on a 2-core CPU). Built in a staging folder
+    Takes two ai2-olmo training processes (about 25 s for both on a 2-core CPU, 30 s with FSDP). Built in a staging folder
     next to `root` and renamed into place, so an interrupted build leaves no half-made world behind.
     """
     p = WorldParams(**params)
@@ -257,7 +261,7 @@ def train_config(p: WorldParams) -> dict:
         "save_folder": p.run_path,
         "save_overwrite": False,
         "save_interval": 1000,
-        "save_num_checkpoints_to_keep": 0,  # DDP: unsharded checkpoints only
+        "save_num_checkpoints_to_keep": 0,  # unsharded checkpoints only
         "save_interval_unsharded": 1000,  # checkpoints come from the final save at stop_at
         "save_num_unsharded_checkpoints_to_keep": -1,
         "no_pre_train_checkpoint": True,
@@ -267,9 +271,10 @@ def train_config(p: WorldParams) -> dict:
         "max_grad_norm": p.max_grad_norm,
         "eval_interval": 1000,
         "console_log_interval": 1,
-        "distributed_strategy": "ddp",
-        "ddp": {"grad_sync_mode": "batch", "find_unused_params": False},
-        "fsdp": None,
+        "distributed_strategy": p.strategy,
+        **({"ddp": {"grad_sync_mode": "batch", "find_unused_params": False}, "fsdp": None}
+           if p.strategy == "ddp" else
+           {"fsdp": {"wrapping_strategy": "by_block", "precision": None, "use_orig_params": True}}),
     }
 
 
@@ -392,6 +397,30 @@ def read_data_indices(path: Path) -> dict[int, list[int]]:
     return out
 
 
+def clean_param_name(name: str) -> str:
+    """An optimizer group's `param_names` entry as a model.pt key: DDP prefixes "module.", FSDP inserts
+    "_fsdp_wrapped_module." (once per wrapping level)."""
+    return name.replace("_fsdp_wrapped_module.", "").removeprefix("module.")
+
+
+def optimizer_state_by_index(saved: dict) -> dict:
+    """optim.pt as torch's `Optimizer.load_state_dict` takes it. DDP checkpoints already are (state keyed
+    0, 1, ... in group order); FSDP's full state dict keys state and groups' `params` by parameter name."""
+    if all(isinstance(k, int) for k in saved["state"]):
+        return saved
+    index, groups = 0, []
+    state = {}
+    for group in saved["param_groups"]:
+        ids = []
+        for name in group["params"]:
+            if name in saved["state"]:
+                state[index] = saved["state"][name]
+            ids.append(index)
+            index += 1
+        groups.append({**group, "params": ids})
+    return {"state": state, "param_groups": groups}
+
+
 def olmo_lr(config: dict, step: int) -> float:
     """OLMo's cosine_with_warmup / linear_with_warmup learning rate at global step `step` (steps units,
     warmup_min_lr unset: the warm-up starts at 0.1 x peak; t_max unset: max_duration in steps)."""
@@ -435,11 +464,10 @@ def continue_in_plain_pytorch(world: OlmoWorld, *, lr_step_offset: int = 1,
     model.load_state_dict(load(ckpt / "model.pt"))
     saved = load(ckpt / "optim.pt")
     params = dict(model.named_parameters())
-    # DDP-trained: the optimizer's param_names carry DDP's "module." prefix
-    groups = [{"params": [params[n.removeprefix("module.")] for n in g["param_names"]], "param_names": g["param_names"]}
+    groups = [{"params": [params[clean_param_name(n)] for n in g["param_names"]], "param_names": g["param_names"]}
               for g in saved["param_groups"]]
     opt = torch.optim.AdamW(groups)
-    opt.load_state_dict(saved)  # betas, eps, weight decay per group and the moments come from the checkpoint
+    opt.load_state_dict(optimizer_state_by_index(saved))  # betas, eps, decay per group, moments, step count
     micro = config["device_train_microbatch_size"]
     losses = {}
     for step in range(world.step_before + 1, world.step_after + 1):
