@@ -206,7 +206,7 @@ def test_token_files_are_raw_uint16_with_eos_joined_documents(world):
         assert not raw.startswith(b"\x93NUMPY")
         tokens = np.frombuffer(raw, dtype=np.uint16)
         assert len(tokens) % world.seq_len != 0  # a remainder OLMo drops
-        assert tokens.max() <= EOS_TOKEN_ID and (tokens == EOS_TOKEN_ID).sum() > 1
+        assert tokens.max() <= EOS_TOKEN_ID and (tokens == EOS_TOKEN_ID).sum() > 1 and tokens[-1] == EOS_TOKEN_ID
         total += len(tokens) // world.seq_len
     assert total == world.n_instances
     assert world.data_paths[0] == "preprocessed/olmo-mix/v1_5/gpt-neox-20b-pii-special/part-000-00000.npy"

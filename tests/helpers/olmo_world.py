@@ -110,7 +110,11 @@ class OlmoWorld:
     epoch_boundary_step: int | None
     """First global step trained on epoch 1's order (None: the world stays in epoch 0)."""
     records: list[dict] = field(repr=False)
-    """metrics.json: one dict per global step 1 .. N+k (see `build_olmo_world`)."""
+    """metrics.json, one dict per global step s = 1 .. N+k, describing the update that made step s:
+    `epoch` and `examples_seen_this_epoch` (OLMo's counters after it), `loss` (OLMo's logged
+    train/CrossEntropyLoss: summed next-token cross-entropy / (rows x seq_len)), `lr` (the rate it used),
+    `grad_norm` (total norm before clipping), `instances` (the batch's instance ids, in row order) and
+    `olmo_metrics` (OLMo's train/ and optim/ metrics of that step as it computed them)."""
 
     @property
     def run_dir(self) -> Path:
@@ -279,27 +283,22 @@ def train_config(p: WorldParams) -> dict:
 
 
 def write_token_files(root: Path, p: WorldParams) -> list[str]:
-    """Documents of random token ids, each ending in EOS, cut into files whose lengths leave remainders."""
+    """Files of whole documents (random token ids, each followed by EOS), sized to hold an uneven share
+    of the instances plus a remainder of 1 .. seq_len-1 tokens that OLMo drops."""
     rng = np.random.default_rng(p.token_seed)
-    stream: list[np.ndarray] = []
-    total, need = 0, p.n_instances * p.seq_len + 3 * p.seq_len
-    while total < need:
-        doc = rng.integers(2, EOS_TOKEN_ID, size=int(rng.integers(3, 3 * p.seq_len)))
-        stream += [doc, np.array([EOS_TOKEN_ID])]
-        total += len(doc) + 1
-    tokens = np.concatenate(stream).astype(np.uint16)
-    # instances per file: uneven split; each file gets a remainder of 1 .. seq_len-1 tokens that OLMo drops
-    n0 = p.n_instances * 3 // 8
-    n1 = p.n_instances // 4
+    n0, n1 = p.n_instances * 3 // 8, p.n_instances // 4
     counts = [n0, n1, p.n_instances - n0 - n1]
     remainders = [p.seq_len // 2 + 1, 3, p.seq_len - 1]
-    paths, start = [], 0
     (root / DATA_DIR).mkdir(parents=True)
+    paths = []
     for name, n, extra in zip(DATA_FILES, counts, remainders):
-        size = n * p.seq_len + extra
-        tokens[start:start + size].tofile(root / DATA_DIR / name)
+        left, docs = n * p.seq_len + extra, []
+        while left > 0:
+            length = min(int(rng.integers(3, 3 * p.seq_len)), left - 1)  # the last document fills the file
+            docs += [rng.integers(2, EOS_TOKEN_ID, size=length), [EOS_TOKEN_ID]]
+            left -= length + 1
+        np.concatenate(docs).astype(np.uint16).tofile(root / DATA_DIR / name)
         paths.append(f"{DATA_DIR}/{name}")
-        start += size
     return paths
 
 
