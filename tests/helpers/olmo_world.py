@@ -25,9 +25,9 @@ How it is made: process 1 trains steps 1..N from scratch and saves `step{N}-unsh
 from that checkpoint (`load_path`) in the same save folder, as a restarted OLMo job does, trains N+1..N+k
 and saves `step{N+k}-unsharded`. Both run ai2-olmo 0.6.0's `Trainer.fit()` with DDP on one gloo rank on
 the CPU (tests/helpers/olmo_train_main.py, which lists its two shims); `strategy="fsdp"` uses OLMo's FSDP
-path instead (same weights, optim.pt keyed by parameter name as in the published checkpoints). With `cross_epoch=True` the corpus
-holds fewer instances, so that epoch 0 ends inside the continued steps and OLMo moves on to epoch 1's
-order (seed + 1), leaving the last instances of epoch 0 unused.
+path instead (same weights, optim.pt keyed by parameter name as in the published checkpoints).
+With `cross_epoch=True` the corpus holds fewer instances, so that epoch 0 ends inside the continued
+steps and OLMo moves on to epoch 1's order (seed + 1), leaving the last instances of epoch 0 unused.
 
 A finished world is reused when `root` already holds one built with the same parameters.
 """
@@ -147,7 +147,8 @@ class OlmoWorld:
     def checkpoint(self, step: int) -> Path:
         path = self.run_dir / f"step{step}-unsharded"
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: the world has checkpoints at steps {self.step_before} and {self.step_after}")
+            raise FileNotFoundError(f"{path}: the world has checkpoints at steps {self.step_before} "
+                                    f"and {self.step_after}")
         return path
 
     def order_file(self, epoch: int = 0) -> Path:
@@ -208,8 +209,8 @@ class OlmoWorld:
 def build_olmo_world(root: Path, **params) -> OlmoWorld:
     """Build (or reuse) the world described by `WorldParams(**params)` at `root`.
 
-    Takes two ai2-olmo training processes (about 25 s for both on a 2-core CPU, 30 s with FSDP). Built in a staging folder
-    next to `root` and renamed into place, so an interrupted build leaves no half-made world behind.
+    Takes two ai2-olmo training processes (about 25 s for both on a 2-core CPU, 30 s with FSDP). Built in
+    a staging folder next to `root` and renamed into place: an interrupted build leaves no half-made world.
     """
     p = WorldParams(**params)
     if p.steps_before < 1 or p.steps_after < 1:
