@@ -25,3 +25,19 @@ def olmo_tokenizer():
     from harness.tokenizers import load_tokenizer
 
     return load_tokenizer("olmo")
+
+
+@pytest.fixture(scope="session")
+def olmo_world_factory(tmp_path_factory):
+    """`make(**params) -> OlmoWorld`: a world trained by ai2-olmo's own Trainer (tests/helpers/olmo_world.py),
+    built once per session and parameter set (about 25 s each). Set OLMO_WORLD_CACHE=DIR to keep the
+    worlds between sessions."""
+    from tests.helpers.olmo_world import WorldParams, build_olmo_world
+
+    cache = os.environ.get("OLMO_WORLD_CACHE")
+    base = Path(cache) if cache else tmp_path_factory.mktemp("olmo-worlds")
+
+    def make(**params):
+        return build_olmo_world(base / f"world-{WorldParams(**params).key()}", **params)
+
+    return make
