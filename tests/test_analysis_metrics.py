@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from analysis import FitOptions, fit_records, fit_run, load_run
-from analysis.metrics import REASON_NO_GAIN, REASON_NOT_INJECTED, iqr_mean, nan_quantile
+from analysis.metrics import NO_GAIN, NOT_INJECTED, iqr_mean, nan_quantile
 from harness.errors import UserError
 from tests.helpers.planted import write_trajectories
 
@@ -64,11 +64,11 @@ def test_two_encounters_exclusion_and_never_injected(tmp_path):
     assert m["a"] == pytest.approx(-slope, abs=1e-5) and m["b"] == pytest.approx(intercept, abs=1e-5)
     assert m["n_excluded"] == 0
     s = records[("dup", "sem")]
-    assert s["n_excluded"] == 1 and s["exclusions"] == {REASON_NO_GAIN: 1}
+    assert s["n_excluded"] == 1 and s["exclusions"] == {NO_GAIN: 1}
     assert s["a"] is None and s["t_star_steps"] is None
     assert s["effectivity_by_encounter"] == [0.0, 0.0]
     c = records[("control", "mem")]
-    assert c["exclusions"] == {REASON_NOT_INJECTED: 1} and c["effectivity"] is None
+    assert c["exclusions"] == {NOT_INJECTED: 1} and c["effectivity"] is None
 
 
 def test_first_maximum_wins_ties_and_window_bounds(tmp_path):
