@@ -1,4 +1,4 @@
-"""Read a run directory (SPEC §7) into a probe matrix: one row per probe, one column per logged step.
+"""Read a run directory into a probe matrix: one row per probe, one column per logged step.
 
 Only `probes.parquet` (a file or a directory of parts), `injections.parquet` and `manifest.json` are read;
 extra columns and keys are ignored so that a run directory written by any tool in this format works.

@@ -188,22 +188,28 @@ def nan_quantile(x: np.ndarray, q: float, axis: int = 0) -> np.ndarray:
 
     np.nanquantile loops in Python over the other axis for 2-D input; sorting once is far faster.
     """
+    return nan_quantiles(x, (q,), axis)[0]
+
+
+def nan_quantiles(x: np.ndarray, qs: tuple[float, ...], axis: int = 0) -> list[np.ndarray]:
+    """Several quantiles of `x` along `axis` from one sort (see nan_quantile)."""
     x = np.moveaxis(x, axis, 0)
     ordered = np.sort(x, axis=0)  # NaN sort last
     n = (~np.isnan(x)).sum(axis=0)
-    pos = q * np.maximum(n - 1, 0)
-    lower = np.floor(pos).astype(np.int64)
-    upper = np.minimum(lower + 1, np.maximum(n - 1, 0))
-    lo_v = np.take_along_axis(ordered, lower[None], axis=0)[0]
-    hi_v = np.take_along_axis(ordered, upper[None], axis=0)[0]
-    out = lo_v + (hi_v - lo_v) * (pos - lower)
-    return np.where(n > 0, out, np.nan)
+    out = []
+    for q in qs:
+        pos = q * np.maximum(n - 1, 0)
+        lower = np.floor(pos).astype(np.int64)
+        upper = np.minimum(lower + 1, np.maximum(n - 1, 0))
+        lo_v = np.take_along_axis(ordered, lower[None], axis=0)[0]
+        hi_v = np.take_along_axis(ordered, upper[None], axis=0)[0]
+        out.append(np.where(n > 0, lo_v + (hi_v - lo_v) * (pos - lower), np.nan))
+    return out
 
 
 def iqr_mask(x: np.ndarray, factor: float, axis: int = 0) -> np.ndarray:
     """True for finite values inside [Q1 − f·IQR, Q3 + f·IQR] computed along `axis` (the interquartile rule)."""
-    q1 = np.expand_dims(nan_quantile(x, 0.25, axis), axis)
-    q3 = np.expand_dims(nan_quantile(x, 0.75, axis), axis)
+    q1, q3 = (np.expand_dims(q, axis) for q in nan_quantiles(x, (0.25, 0.75), axis))
     spread = q3 - q1
     with np.errstate(invalid="ignore"):
         return np.isfinite(x) & (x >= q1 - factor * spread) & (x <= q3 + factor * spread)
