@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -137,8 +138,11 @@ def check_curves_path(path: Path, run_dirs: list[Path]) -> Path:
         if metadata.get(b"analysis.curves") != b"1":
             raise UserError(f"--curves {path}: exists and is not a curves table written by `analysis`; "
                             "choose another name or remove it")
-    if path.parent != Path("") and path.parent.exists() and not path.parent.is_dir():
-        raise UserError(f"--curves {path}: {path.parent} is not a directory")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"--curves {path}: {parent} is not a directory")
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--curves {path}: {parent} is not writable")
     return path
 
 

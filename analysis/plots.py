@@ -39,7 +39,7 @@ plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8
                      "grid.alpha": 0.3})
 
 STEP_LABEL = "run step k (updates since the checkpoint)"
-T_LABEL = "t: steps after the last acquisition maximum (log scale)"
+T_LABEL = "t: steps after the last acquisition maximum"
 
 
 def _color(table: dict[str, str], name: str, index: int) -> str:
@@ -89,7 +89,7 @@ def _legend_below(ax: Axes, ncol: int = 3) -> None:
     if handles:
         # Anchored at the axes' bottom edge and pushed down by a fixed distance (in font sizes), so that it
         # clears the tick labels and the x label whatever the height of the axes.
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.4, ncol=ncol,
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.9, ncol=ncol,
                   frameon=False)
 
 
@@ -177,7 +177,9 @@ def retention_figure(analysis: RunAnalysis) -> Figure:
     if not groups:
         return _empty("no group has retainability")
     fig, axes = _panels(len(groups))
+    y_low, y_high = _robust_limits([g.retention_mean for fits in groups.values() for g in fits])
     for ax, (scenario, fits) in zip(axes, groups.items()):
+        ax.set_ylim(y_low, y_high)
         for i, g in enumerate(fits):
             color = _color(KIND_COLORS, g.kind, i)
             ax.plot(g.retention_t, g.retention_mean, color=color, lw=0.9, alpha=0.55)

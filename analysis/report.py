@@ -72,7 +72,7 @@ def retention_columns(options: FitOptions) -> list[Column]:
         columns.append(Column(f"t(R={level:g})", lambda g, i=i: _level(g, i), 1 + i))
     for i, t in enumerate(options.at):
         columns.append(Column(f"R({t:,})", lambda g, i=i: _r_at(g, i), 1 + i))
-        columns.append(Column("± se", lambda g, i=i: fmt(g.r_at[i]["se"]) if g.r_at else "—", 4 + i))
+        columns.append(Column(f"se R({t:,})", lambda g, i=i: fmt(g.r_at[i]["se"]) if g.r_at else "—", 4 + i))
     return columns
 
 
@@ -100,17 +100,17 @@ def encounter_columns(fits: list[GroupFit]) -> list[Column]:
 def _rich(title: str, columns: list[Column], rows: list[Any], console: Console | None, caption: str = "") -> Table:
     """A table of `rows` that fits `console`: low-priority columns are left out until it does."""
     shown = list(columns)
-    cells = {c.name: [c.cell(row) for row in rows] for c in columns}
+    cells = {id(c): [c.cell(row) for row in rows] for c in columns}
 
     def build(with_title: bool) -> Table:
         table = Table(title=title if with_title else None, title_justify="left", box=box.SIMPLE_HEAD,
                       padding=(0, 1), pad_edge=False, show_edge=False, caption_justify="left")
         for c in shown:
-            widest = max((len(v) for v in cells[c.name]), default=0)
+            widest = max((len(v) for v in cells[id(c)]), default=0)
             table.add_column(c.name, justify="left" if c.left else "right", no_wrap=not c.wrap, overflow="fold",
                              min_width=min(widest, 16) if c.wrap else max(widest, len(c.name)))
         for i in range(len(rows)):
-            table.add_row(*(cells[c.name][i] for c in shown))
+            table.add_row(*(cells[id(c)][i] for c in shown))
         return table
 
     while console is not None:
@@ -221,19 +221,15 @@ def unique_labels(analyses: list[RunAnalysis]) -> list[str]:
             for label, a in zip(labels, analyses)]
 
 
-def compare_columns() -> list[Column]:
-    """Columns over (run label, group) rows: the run first, then the group's own columns."""
+def compare_columns(options: FitOptions) -> list[Column]:
+    """Columns over (run label, group) rows: the run, the group's fit columns, then its retention columns."""
     own = {c.name: c for c in fit_columns()}
     names = ["scenario", "kind", "effectivity", "a", "± se", "R²", "t* steps", "t* CI", "t* tokens"]
     columns = [Column("run", lambda row: row[0], 0, left=True, wrap=True)]
     columns += [Column(n, lambda row, c=own[n]: c.cell(row[1]), own[n].priority, own[n].left) for n in names]
-    columns.append(Column("t(R=0.5)", lambda row: _half_life(row[1]), 6))
+    columns += [Column(c.name, lambda row, c=c: c.cell(row[1]), c.priority + 6, c.left)
+                for c in retention_columns(options)[2:]]
     return columns
-
-
-def _half_life(g: GroupFit) -> str:
-    entry = next((e for e in g.retention_levels if e["level"] == 0.5), None)
-    return fmt(entry["t_fit"]) if entry else "—"
 
 
 def compare_rows(labels: list[str], analyses: list[RunAnalysis]) -> list[tuple[str, GroupFit]]:
@@ -242,7 +238,7 @@ def compare_rows(labels: list[str], analyses: list[RunAnalysis]) -> list[tuple[s
 
 def compare_table(analyses: list[RunAnalysis], console: Console | None = None) -> Table:
     labels = unique_labels(analyses)
-    return _rich("decay constant a, t* and effectivity across runs", compare_columns(),
+    return _rich("decay constant a, t* and effectivity across runs", compare_columns(analyses[0].options),
                  compare_rows(labels, analyses), console)
 
 
@@ -295,7 +291,7 @@ def build_report(analyses: list[RunAnalysis]) -> str:
              options_html(options, analyses), _DEFINITIONS]
     if len(analyses) > 1:
         parts.append("<h2>Comparison</h2>")
-        parts.append(_html_columns(compare_columns(), compare_rows(labels, analyses)))
+        parts.append(_html_columns(compare_columns(options), compare_rows(labels, analyses)))
         fig = compare_figure(labels, analyses)
         parts.append(_img(png_bytes(fig), "comparison of decay constants and effectivity"))
         plt.close(fig)

@@ -150,6 +150,16 @@ def test_tables_survive_a_narrow_terminal(run_dir):
         assert "scenario" in text and "effectivity" in text and "t* steps" in text
         if width == 80:
             assert "left out for width" in text
+    # every cell sits under its own header (columns of the same name once swapped their values)
+    from analysis.format import fmt
+
+    console = Console(width=400, record=True, file=open("/dev/null", "w"))
+    console.print(compare_table([analysis], console))
+    header, *rows = [x for x in console.export_text().splitlines() if x.startswith(("run", analysis.run.label))]
+    names = [c for c in header.split("  ") if c.strip()]
+    g = analysis.fits[0]
+    cells = dict(zip([n.strip() for n in names], [c.strip() for c in rows[0].split("  ") if c.strip()]))
+    assert (cells["a"], cells["± se"], cells["R²"]) == (fmt(g.a), fmt(g.a_se), fmt(g.r2))
 
 
 def test_label_is_the_checkpoint_as_typed(tmp_path):
