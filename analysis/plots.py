@@ -343,28 +343,45 @@ def run_figures(analysis: RunAnalysis) -> dict[str, Figure]:
 
 
 def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
-    """Grouped bars across runs: decay constant a (± standard error) and pooled effectivity per group.
-    Groups no run has a number for (control groups) get no slot."""
+    """Across runs, per group: decay constant a (± standard error), pooled effectivity, and t* with its
+    interval on a log axis. Groups no run has a number for (control groups) get no slot."""
     groups = [key for key in dict.fromkeys((g.scenario, g.kind) for a in analyses for g in a.fits)
               if any(np.isfinite(g.a) or np.isfinite(g.effectivity)
                      for a in analyses for g in a.fits if (g.scenario, g.kind) == key and not g.control)]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 0.55 * len(groups) * max(len(labels), 2) + 3), 4.4),
-                             squeeze=False)
+    width_in = max(12.0, 0.75 * len(groups) * max(len(labels), 2) + 4)
+    fig, axes = plt.subplots(1, 3, figsize=(width_in, 4.4), squeeze=False)
     width = 0.8 / max(len(labels), 1)
     x = np.arange(len(groups))
+    finite_t_star = [g.t_star_steps for a in analyses for g in a.fits if np.isfinite(g.t_star_steps)]
+    top = max(finite_t_star) * 30 if finite_t_star else 10.0
     for r, (label, analysis) in enumerate(zip(labels, analyses)):
         by_group = {(g.scenario, g.kind): g for g in analysis.fits}
-        a = [by_group[k].a if k in by_group else np.nan for k in groups]
-        se = [by_group[k].a_se if k in by_group else np.nan for k in groups]
-        eff = [by_group[k].effectivity if k in by_group else np.nan for k in groups]
+        pick = [by_group.get(k) for k in groups]
+        a = [g.a if g else np.nan for g in pick]
+        se = [g.a_se if g else np.nan for g in pick]
+        eff = [g.effectivity if g else np.nan for g in pick]
         offset = (r - (len(labels) - 1) / 2) * width
         color = _FALLBACK[r % len(_FALLBACK)]
         axes[0][0].bar(x + offset, a, width, yerr=np.nan_to_num(se), color=color, label=label, capsize=2)
         axes[0][1].bar(x + offset, eff, width, color=color, label=label)
-    titles = ["decay constant a (per decade of t)", f"pooled effectivity ({unit(analyses[0].options)})"]
+        for i, g in enumerate(pick):
+            if g is None or not np.isfinite(g.t_star_steps):
+                continue
+            low, high = g.t_star_ci_steps
+            marker = "o" if not g.flags else "x"
+            axes[0][2].plot([x[i] + offset], [g.t_star_steps], marker, color=color, ms=5)
+            if np.isfinite(low):
+                axes[0][2].plot([x[i] + offset] * 2, [max(low, 0.5), min(high, top)], color=color, lw=1.2)
+                if not np.isfinite(high) or high > top:
+                    axes[0][2].plot([x[i] + offset], [top], "^", color=color, ms=5)
+    axes[0][2].set_yscale("log")
+    axes[0][2].set_ylim(0.5, top * 1.5)  # t* below one step means nothing; lower ends are cut there
+    titles = ["decay constant a (per decade of t)", f"pooled effectivity ({unit(analyses[0].options)})",
+              "t* (steps) with its interval; x: implausible fit, ▲: no upper end"]
     for ax, title in zip(axes[0], titles):
         ax.set_xticks(x, [f"{s} / {k}" for s, k in groups], fontsize=8, rotation=30, ha="right")
         ax.set_title(title, fontsize=10)
+    for ax in axes[0][:2]:
         ax.axhline(0, color="0.5", lw=0.6)
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="upper center", ncol=min(len(names), 4), frameon=False)
