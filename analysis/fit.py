@@ -450,7 +450,7 @@ def _fit_group(ctx: _Context, scenario: str, kind: str) -> GroupFit:
         fit.negated = True
         curve.mean = -curve.mean
         mean_r = -mean_r
-        notes.append(f"mean R at t = {int(t[0])} is negative; the study's code negates such a curve before the fit")
+        notes.append(f"mean R at t = {int(t[0])} is negative; the study-code rules negate such a curve before the fit")
     fit.retention_t, fit.retention_mean = t, mean_r
     _observed(fit, curve, options)
     line = fit_decay(t, mean_r)
