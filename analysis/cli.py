@@ -28,19 +28,19 @@ ControlAdjust = Annotated[bool, typer.Option(
          "at every step, before effectivity and retainability; reports show raw and adjusted.")]
 Window = Annotated[Optional[int], typer.Option(
     help="Steps after an encounter searched for the local acquisition maximum "
-         "[default: the window the run recorded in manifest.json, else 50].")]
+         "(default: the window the run recorded in manifest.json, else 50).")]
 IqrFactor = Annotated[Optional[float], typer.Option(
-    help="Interquartile-rule factor for outlier removal [default: the rule set's, paper 1.5, study-code 2.0].")]
+    help="Interquartile-rule factor for outlier removal (default: the rule set's, paper 1.5, study-code 2.0).")]
 Metric = Annotated[str, typer.Option(help="Probe-log column used as ℓ: logprob, logprob_sum or first_logprob.")]
 TMin = Annotated[int, typer.Option(help="First t of the decay fit.")]
 TMax = Annotated[Optional[int], typer.Option(
-    help="Last t of the decay fit [default: paper rules: the largest t every probe of the group has; "
-         "study-code rules: one range for every group].")]
+    help="Last t of the decay fit (default: paper rules: the largest t every probe of the group has; "
+         "study-code rules: one range for every group).")]
 Levels = Annotated[str, typer.Option(
     help="Fractions of the gain: report the t at which mean R falls to each (comma-separated).")]
 At = Annotated[str, typer.Option(help="Report mean R at these t (comma-separated steps).")]
 Bootstrap = Annotated[int, typer.Option(
-    help="Interval of t* from this many resamples of each group's probes [default 0: delta method].")]
+    help="Interval of t* from this many resamples of each group's probes (0: delta method).")]
 CiLevel = Annotated[float, typer.Option(help="Confidence level of the interval of t*.")]
 Curves = Annotated[Optional[Path], typer.Option(
     help="Also write mean R(t), its standard error and probe counts per (run, scenario, kind, t) to this "

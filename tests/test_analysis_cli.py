@@ -312,3 +312,14 @@ def test_bad_input_exits_2_with_one_line(run_dir, tmp_path, case):
     assert {p: p.stat().st_mtime_ns for p in target.rglob("*")} == before  # nothing of the run touched
     if case == "curves_foreign_file":
         assert (tmp_path / "mine.parquet").read_bytes() == b"my own data"
+
+
+def test_help_shows_every_default():
+    # square brackets in help text are eaten as markup; the defaults that depend on the run must show
+    result = runner.invoke(app, ["fit", "--help"], terminal_width=300, env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for phrase in ("default: the window the run recorded in manifest.json, else 50",
+                   "default: the rule set's, paper 1.5, study-code 2.0", "study-code rules: one range for every group",
+                   "0: delta method"):
+        assert phrase in text, phrase
