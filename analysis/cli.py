@@ -1,34 +1,97 @@
-"""`analysis fit|plot|compare|report`: thin wrappers over analysis.fit, analysis.plots and analysis.report."""
+"""`analysis fit|plot|compare|report`: thin wrappers over analysis.fit, analysis.plots, analysis.report and
+analysis.export. Results go to stdout; warnings, notes on files written and progress to stderr."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from harness.errors import HarnessTyper
+from harness.errors import HarnessTyper, UserError
 
-app = HarnessTyper(help="Analyse run directories (SPEC §7): effectivity, retainability, decay fits, plots, reports.")
+app = HarnessTyper(help="Analyse run directories: effectivity, retainability, decay fits, plots, reports.")
 
 RunDir = Annotated[Path, typer.Argument(help="Run directory: probes.parquet, injections.parquet, manifest.json.")]
 RunDirs = Annotated[list[Path], typer.Argument(help="One or more run directories.")]
-Window = Annotated[int, typer.Option(help="Steps after an encounter searched for the local acquisition maximum.")]
-IqrFactor = Annotated[float, typer.Option(help="Interquartile-rule factor for outlier removal.")]
+Rules = Annotated[str, typer.Option(
+    help="Rule set: 'paper' (the study's text) or 'study-code' (the study's public analysis code); "
+         "the README lists where they differ.")]
+Scale = Annotated[str, typer.Option(
+    help="'logprob': work on ℓ; 'perplexity': work on exp(−ℓ), as the study's scripts do by default.")]
+ControlAdjust = Annotated[bool, typer.Option(
+    "--control-adjust/--no-control-adjust",
+    help="Subtract the mean drift of the never-injected control probes (scenario 'none') of the same kind, "
+         "at every step, before effectivity and retainability; reports show raw and adjusted.")]
+Window = Annotated[Optional[int], typer.Option(
+    help="Steps after an encounter searched for the local acquisition maximum "
+         "(default: the window the run recorded in manifest.json, else 50).")]
+IqrFactor = Annotated[Optional[float], typer.Option(
+    help="Interquartile-rule factor for outlier removal (default: the rule set's, paper 1.5, study-code 2.0).")]
 Metric = Annotated[str, typer.Option(help="Probe-log column used as ℓ: logprob, logprob_sum or first_logprob.")]
 TMin = Annotated[int, typer.Option(help="First t of the decay fit.")]
 TMax = Annotated[Optional[int], typer.Option(
-    help="Last t of the decay fit [default: last logged step − (t_N + window), the largest t every probe has].")]
-Out = Annotated[Path, typer.Option("--out", help="Output directory (created if needed).")]
+    help="Last t of the decay fit (default: paper rules: the largest t every probe of the group has; "
+         "study-code rules: one range for every group).")]
+Levels = Annotated[str, typer.Option(
+    help="Fractions of the gain: report the t at which mean R falls to each (comma-separated).")]
+At = Annotated[str, typer.Option(help="Report mean R at these t (comma-separated steps).")]
+Bootstrap = Annotated[int, typer.Option(
+    help="Interval of t* from this many resamples of each group's probes (0: delta method).")]
+CiLevel = Annotated[float, typer.Option(help="Confidence level of the interval of t*.")]
+Curves = Annotated[Optional[Path], typer.Option(
+    help="Also write mean R(t), its standard error and probe counts per (run, scenario, kind, t) to this "
+         ".parquet file.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (created if needed).")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON ({\"options\", ..., \"groups\"}) instead of tables.")]
 
 
-def _options(window: int, iqr_factor: float, metric: str, t_min: int, t_max: Optional[int]):
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected comma-separated numbers, e.g. 0.8,0.5,0.3") from None
+    if not values:
+        raise UserError(f"{option} {text!r}: expected at least one number")
+    return values
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    values = _floats(text, option)
+    if any(v != int(v) for v in values):
+        raise UserError(f"{option} {text!r}: expected whole numbers of steps, e.g. 100,1000")
+    return tuple(int(v) for v in values)
+
+
+def _options(rules: str, scale: str, control_adjust: bool, window: Optional[int], iqr_factor: Optional[float],
+             metric: str, t_min: int, t_max: Optional[int], retention_levels: str, at: str, bootstrap: int,
+             ci_level: float):
     from analysis.fit import FitOptions
 
-    options = FitOptions(window=window, iqr_factor=iqr_factor, metric=metric, t_min=t_min, t_max=t_max)
-    options.validate()
+    levels = _floats(retention_levels, "--retention-levels")
+    bad = [v for v in levels if not 0 < v < 1]
+    if bad:
+        raise UserError(f"--retention-levels {retention_levels!r}: {bad[0]:g} is not a fraction between 0 and 1")
+    steps = _ints(at, "--at")
+    if any(t < 1 for t in steps):
+        raise UserError(f"--at {at!r}: every t must be at least 1")
+    option_names = {"rules": "--rules", "scale": "--scale", "window": "--window", "iqr_factor": "--iqr-factor",
+                    "metric": "--metric", "t_min": "--t-min", "t_max": "--t-max", "bootstrap": "--bootstrap",
+                    "ci_level": "--ci-level"}
+    options = FitOptions(rules=rules, scale=scale, control_adjust=control_adjust, window=window,
+                         iqr_factor=iqr_factor, metric=metric, t_min=t_min, t_max=t_max, retention_levels=levels,
+                         at=steps, bootstrap=bootstrap, ci_level=ci_level)
+    try:
+        options.validate()
+    except UserError as err:
+        # Name the command-line option rather than the library field.
+        text = str(err)
+        for field_name, flag in option_names.items():
+            text = text.replace(f"option {field_name}:", f"{flag}:")
+        raise UserError(text) from None
     return options
 
 
@@ -44,86 +107,132 @@ def _analyse(paths: list[Path], options):
         for path in paths:
             analyses.append(analyse_run(load_run(path), options))
             progress.advance(task)
+    err = Console(stderr=True)
+    for analysis in analyses:
+        for warning in analysis.warnings:
+            err.print(f"[yellow]warning:[/yellow] {analysis.run.path}: {warning}", highlight=False, soft_wrap=True)
     return analyses
 
 
 def _console() -> Console:
-    # Piped output would otherwise be folded to 80 columns, which breaks the numbers over lines.
+    # Piped output would otherwise be folded to 80 columns; tables still leave out columns beyond this width.
     console = Console()
     return console if console.is_terminal else Console(width=170)
 
 
-def _print_notes(console: Console, fits) -> None:
+def _print_notes(console: Console, fits, prefix: str = "") -> None:
     from analysis.report import fit_notes
 
     for note in fit_notes(fits):
-        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        console.print(f"[yellow]note:[/yellow] {prefix}{note}", highlight=False, soft_wrap=True)
+
+
+def _write_curves(curves: Path, labels: list[str], analyses) -> None:
+    from analysis.export import curves_table, write_curves
+
+    path = write_curves(curves, [curves_table(label, a) for label, a in zip(labels, analyses)])
+    print(f"curves: {path}", file=sys.stderr)
 
 
 @app.command()
-def fit(run_dir: RunDir, json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
-        window: Window = 50, iqr_factor: IqrFactor = 1.5, metric: Metric = "logprob", t_min: TMin = 1,
-        t_max: TMax = None) -> None:
-    """Effectivity, decay constant a (± se, R²) and x-intercept t* for every (scenario, kind)."""
-    from analysis.report import rich_encounter_table, rich_table
+def fit(run_dir: RunDir, json_output: JsonOutput = False, rules: Rules = "paper", scale: Scale = "logprob",
+        control_adjust: ControlAdjust = False, window: Window = None, iqr_factor: IqrFactor = None,
+        metric: Metric = "logprob", t_min: TMin = 1, t_max: TMax = None, retention_levels: Levels = "0.8,0.5,0.3",
+        at: At = "100,1000", bootstrap: Bootstrap = 0, ci_level: CiLevel = 0.95, curves: Curves = None) -> None:
+    """Effectivity, decay constant a (± se, R²), t* with its interval, retention levels, for every group."""
+    from analysis.export import check_curves_path, fit_document
+    from analysis.report import (
+        rich_adjusted_table,
+        rich_control_table,
+        rich_encounter_table,
+        rich_retention_table,
+        rich_table,
+    )
 
-    [analysis] = _analyse([run_dir], _options(window, iqr_factor, metric, t_min, t_max))
+    options = _options(rules, scale, control_adjust, window, iqr_factor, metric, t_min, t_max, retention_levels, at,
+                       bootstrap, ci_level)
+    if curves is not None:
+        check_curves_path(curves, [run_dir])
+    [analysis] = _analyse([run_dir], options)
+    if curves is not None:
+        _write_curves(curves, [analysis.run.label], [analysis])
     if json_output:
-        print(json.dumps([g.record() for g in analysis.fits], indent=2, allow_nan=False))
+        print(json.dumps(fit_document(analysis), indent=2, allow_nan=False))
         return
     console = _console()
-    console.print(rich_table(f"{analysis.run.label} ({run_dir})", analysis.fits))
-    console.print(rich_encounter_table(analysis.fits))
+    console.print(rich_table(f"{analysis.run.label} ({run_dir}): {options.rules} rules, {options.scale} scale"
+                             + (", control-adjusted" if options.control_adjust else ""), analysis.fits, console))
+    for table in (rich_adjusted_table(analysis, console), rich_retention_table(analysis, console),
+                  rich_encounter_table(analysis.fits, console), rich_control_table(analysis, console)):
+        if table is not None:
+            console.print(table)
     _print_notes(console, analysis.fits)
 
 
 @app.command()
-def plot(run_dir: RunDir, out: Out, window: Window = 50, iqr_factor: IqrFactor = 1.5, metric: Metric = "logprob",
-         t_min: TMin = 1, t_max: TMax = None) -> None:
-    """PNG and PDF figures: Δℓ trajectories, mean R(t) with fits, effectivity by encounter, exact match."""
+def plot(run_dir: RunDir, out: Out, rules: Rules = "paper", scale: Scale = "logprob",
+         control_adjust: ControlAdjust = False, window: Window = None, iqr_factor: IqrFactor = None,
+         metric: Metric = "logprob", t_min: TMin = 1, t_max: TMax = None, retention_levels: Levels = "0.8,0.5,0.3",
+         at: At = "100,1000", bootstrap: Bootstrap = 0, ci_level: CiLevel = 0.95) -> None:
+    """PNG and PDF figures: Δℓ trajectories (also in the study's Figure 2 layout), mean R(t) with the fits and
+    t*, effectivity by encounter, exact match, the control probes' drift."""
     from analysis.plots import plot_run
 
-    [analysis] = _analyse([run_dir], _options(window, iqr_factor, metric, t_min, t_max))
+    options = _options(rules, scale, control_adjust, window, iqr_factor, metric, t_min, t_max, retention_levels, at,
+                       bootstrap, ci_level)
+    [analysis] = _analyse([run_dir], options)
     for path in plot_run(analysis, out):
         print(path)
 
 
 @app.command()
-def compare(run_dirs: RunDirs, out: Annotated[Optional[Path], typer.Option("--out", help="Write compare.json and the figure here.")] = None,
-            json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
-            window: Window = 50, iqr_factor: IqrFactor = 1.5, metric: Metric = "logprob", t_min: TMin = 1,
-            t_max: TMax = None) -> None:
-    """Decay constants and effectivity across runs (stages, model sizes, batch sizes) as a table and a figure."""
-    from harness.atomic import ensure_dir, write_text_atomic
+def compare(run_dirs: RunDirs,
+            out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write compare.json and the figure here.")] = None,
+            json_output: JsonOutput = False, rules: Rules = "paper", scale: Scale = "logprob",
+            control_adjust: ControlAdjust = False, window: Window = None, iqr_factor: IqrFactor = None,
+            metric: Metric = "logprob", t_min: TMin = 1, t_max: TMax = None, retention_levels: Levels = "0.8,0.5,0.3",
+            at: At = "100,1000", bootstrap: Bootstrap = 0, ci_level: CiLevel = 0.95, curves: Curves = None) -> None:
+    """Decay constants, t* with intervals and effectivity across runs (stages, model sizes, batch sizes)."""
+    from analysis.export import check_curves_path, compare_document
     from analysis.plots import compare_figure, save_figure
-    from analysis.report import compare_records, compare_table, unique_labels
+    from analysis.report import compare_table, unique_labels
+    from harness.atomic import ensure_dir, write_text_atomic
 
-    analyses = _analyse(run_dirs, _options(window, iqr_factor, metric, t_min, t_max))
-    records = compare_records(analyses)
+    options = _options(rules, scale, control_adjust, window, iqr_factor, metric, t_min, t_max, retention_levels, at,
+                       bootstrap, ci_level)
+    if curves is not None:
+        check_curves_path(curves, run_dirs)
+    analyses = _analyse(run_dirs, options)
+    labels = unique_labels(analyses)
+    document = compare_document(labels, analyses, options)
+    if curves is not None:
+        _write_curves(curves, labels, analyses)
     if json_output:
-        print(json.dumps(records, indent=2, allow_nan=False))
+        print(json.dumps(document, indent=2, allow_nan=False))
     else:
         console = _console()
-        console.print(compare_table(analyses))
-        for label, analysis in zip(unique_labels(analyses), analyses):
-            for g in analysis.fits:
-                for note in g.notes:
-                    console.print(f"[yellow]note:[/yellow] {label} {g.scenario}/{g.kind}: {note}", highlight=False)
+        console.print(compare_table(analyses, console))
+        for label, analysis in zip(labels, analyses):
+            _print_notes(console, analysis.fits, prefix=f"{label} ")
     if out is not None:
         out = ensure_dir(out)
-        write_text_atomic(out / "compare.json", json.dumps(records, indent=2, allow_nan=False) + "\n")
-        for path in save_figure(compare_figure(unique_labels(analyses), analyses), out, "compare"):
-            print(path, file=__import__("sys").stderr)
+        write_text_atomic(out / "compare.json", json.dumps(document, indent=2, allow_nan=False) + "\n")
+        for path in save_figure(compare_figure(labels, analyses), out, "compare"):
+            print(path, file=sys.stderr)
 
 
 @app.command()
-def report(run_dirs: RunDirs, out: Out, window: Window = 50, iqr_factor: IqrFactor = 1.5, metric: Metric = "logprob",
-           t_min: TMin = 1, t_max: TMax = None) -> None:
+def report(run_dirs: RunDirs, out: Out, rules: Rules = "paper", scale: Scale = "logprob",
+           control_adjust: ControlAdjust = False, window: Window = None, iqr_factor: IqrFactor = None,
+           metric: Metric = "logprob", t_min: TMin = 1, t_max: TMax = None, retention_levels: Levels = "0.8,0.5,0.3",
+           at: At = "100,1000", bootstrap: Bootstrap = 0, ci_level: CiLevel = 0.95) -> None:
     """One self-contained HTML report (tables, notes, embedded figures) for one or more runs."""
-    from harness.atomic import ensure_dir, write_text_atomic
     from analysis.report import build_report
+    from harness.atomic import ensure_dir, write_text_atomic
 
-    analyses = _analyse(run_dirs, _options(window, iqr_factor, metric, t_min, t_max))
+    options = _options(rules, scale, control_adjust, window, iqr_factor, metric, t_min, t_max, retention_levels, at,
+                       bootstrap, ci_level)
+    analyses = _analyse(run_dirs, options)
     path = write_text_atomic(ensure_dir(out) / "report.html", build_report(analyses))
     print(path)
 

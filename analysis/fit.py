@@ -1,59 +1,152 @@
 """Per (scenario, kind): effectivity, mean retainability R(t), the decay constant and the learnability threshold.
 
-Outlier removal (interquartile rule, factor `iqr_factor`) is applied within each (scenario, kind) group:
+Outlier removal (interquartile rule; the factor is the rule set's unless given) within each (scenario, kind):
+- overall effectivity: over all (probe, encounter) values of the group pooled, once;
 - effectivity of encounter i: over the group's E(q,i) values;
-- overall effectivity: the mean of those per-encounter means (pooling all encounters before the rule
-  would flag a whole encounter whose gains differ from the others, e.g. the first, as outliers);
-- mean R(t): separately at every t over the group's probes (as the reference study's code does), so that
-  a probe that is an outlier only late in training still counts early.
+- mean R(t): separately at every t over the group's probes, so that a probe that is an outlier only late in
+  training still counts early.
+The rule sets (`analysis.rules`) decide the rest: which gains exclude a probe, where retainability's
+reference is read, which t range is fitted.
+
+Uncertainty: the decay line is fitted by ordinary least squares, which gives standard errors of a and b.
+The interval of t* = 10^(b/a) comes from the delta method on b/a (default), or from a percentile bootstrap
+over the group's probes (`bootstrap` > 0 resamples). The points of mean R(t) share their probes, so they
+are not independent and the least-squares errors understate the spread; the bootstrap does not assume
+independence across t and is the one to quote.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 
 import numpy as np
 
 from analysis.load import METRIC_COLUMNS, Run
 from analysis.metrics import (
+    CONTROL_SCENARIO,
+    REASONS,
+    ZERO_GAIN,
     Acquisition,
     Encounters,
+    LineFit,
     Retention,
     acquisition,
+    control_adjusted,
+    control_drift,
     fit_decay,
     iqr_mean,
+    iqr_stats,
+    level_crossing_fit,
+    on_scale,
+    pow10,
     probe_encounters,
     retention,
+    t_star_interval_delta,
     x_intercept,
 )
+from analysis.rules import RULE_SETS, SCALES, Rules, rule_set
 from harness.errors import UserError
+
+#: Window when neither the option nor the run's manifest gives one (the study's 50 steps).
+DEFAULT_WINDOW = 50
+#: A fit is flagged as implausible when it explains less than this share of the variance of mean R(t) ...
+WEAK_FIT_R2 = 0.3
+#: ... or when t* lies more than this factor beyond the last fitted t (two decades of extrapolation).
+FAR_EXTRAPOLATION = 100.0
+FLAG_TEXT = {
+    "weak_fit": f"R² below {WEAK_FIT_R2:g}: the line explains little of mean R(t)",
+    "far_extrapolation": f"t* lies more than {FAR_EXTRAPOLATION:g}× beyond the last fitted t",
+    "no_decay": "mean R(t) does not fall with log t (a ≤ 0): no t*",
+}
 
 
 @dataclass(frozen=True)
 class FitOptions:
-    window: int = 50
-    """w: steps after an encounter searched for the local acquisition maximum."""
-    iqr_factor: float = 1.5
-    """Interquartile-rule factor for outlier removal (the study's text: 1.5; its code: 2.0)."""
+    rules: str = "paper"
+    """Rule set: `paper` (the study's text) or `study-code` (the study's public analysis code)."""
+    window: int | None = None
+    """w: steps after an encounter searched for the local acquisition maximum. None: the window the run
+    recorded in manifest.json (`analysis_defaults.window`), else 50."""
+    iqr_factor: float | None = None
+    """Interquartile-rule factor for outlier removal. None: the rule set's (paper 1.5, study-code 2.0)."""
     metric: str = "logprob"
     """Probe-log column used as ℓ: logprob, logprob_sum or first_logprob."""
+    scale: str = "logprob"
+    """`logprob`: work on ℓ. `perplexity`: work on exp(−ℓ) (the study's scripts' default)."""
+    control_adjust: bool = False
+    """Subtract the mean drift of the control probes of the same kind before computing anything."""
     t_min: int = 1
     """First t of the decay fit (t = 0 has no logarithm)."""
     t_max: int | None = None
-    """Last t of the decay fit; None = the largest t every probe of the group has (see `default_t_max`)."""
+    """Last t of the decay fit; None = the rule set's default range (see `default_t_max`)."""
+    retention_levels: tuple[float, ...] = (0.8, 0.5, 0.3)
+    """Fractions of the gain: report the t at which mean R falls to each."""
+    at: tuple[int, ...] = (100, 1000)
+    """Report mean R (and the fitted line) at these t."""
+    ci_level: float = 0.95
+    """Confidence level of the interval of t*."""
+    bootstrap: int = 0
+    """0: delta-method interval of t*. N > 0: percentile interval from N resamples of the group's probes."""
+    seed: int = 0
+    """Seed of the bootstrap resampling."""
+
+    @property
+    def rule_set(self) -> Rules:
+        return rule_set(self.rules)
+
+    @property
+    def factor(self) -> float:
+        return self.iqr_factor if self.iqr_factor is not None else self.rule_set.iqr_factor
 
     def validate(self) -> None:
-        if self.window < 1:
+        rule_set(self.rules)
+        if self.window is not None and self.window < 1:
             raise UserError(f"option window: must be >= 1, got {self.window}")
-        if not self.iqr_factor >= 0:
+        if self.iqr_factor is not None and not self.iqr_factor >= 0:
             raise UserError(f"option iqr_factor: must be >= 0, got {self.iqr_factor}")
         if self.metric not in METRIC_COLUMNS:
             raise UserError(f"option metric: must be one of {', '.join(METRIC_COLUMNS)}, got {self.metric!r}")
+        if self.scale not in SCALES:
+            raise UserError(f"option scale: must be one of {', '.join(SCALES)}, got {self.scale!r}")
         if self.t_min < 1:
             raise UserError(f"option t_min: must be >= 1 (log10 t), got {self.t_min}")
         if self.t_max is not None and self.t_max < self.t_min:
             raise UserError(f"option t_max: must be >= t_min = {self.t_min}, got {self.t_max}")
+        for level in self.retention_levels:
+            if not 0 < level < 1:
+                raise UserError(f"option retention_levels: each must be a fraction between 0 and 1, got {level}")
+        for t in self.at:
+            if t < 1:
+                raise UserError(f"option at: each t must be >= 1, got {t}")
+        if not 0 < self.ci_level < 1:
+            raise UserError(f"option ci_level: must be between 0 and 1, got {self.ci_level}")
+        if self.bootstrap < 0 or self.bootstrap == 1:
+            raise UserError(f"option bootstrap: must be 0 (delta method) or >= 2 resamples, got {self.bootstrap}")
+
+    def record(self) -> dict:
+        """The options as JSON (what `fit --json` and `compare --json` record)."""
+        return {
+            "rules": self.rules, "scale": self.scale, "metric": self.metric, "control_adjust": self.control_adjust,
+            "window": self.window, "iqr_factor": self.iqr_factor, "t_min": self.t_min, "t_max": self.t_max,
+            "retention_levels": list(self.retention_levels), "at": list(self.at),
+            "ci": {"method": "bootstrap" if self.bootstrap else "delta", "level": self.ci_level,
+                   "resamples": self.bootstrap, "seed": self.seed},
+        }
+
+
+@dataclass
+class Curve:
+    """Mean R(t) of a group for t = 1 .. the largest t any of its probes reaches (before any negation)."""
+
+    t: np.ndarray
+    mean: np.ndarray
+    se: np.ndarray
+    kept: np.ndarray
+    """Probes whose R(t) entered the mean."""
+    removed: np.ndarray
+    """Probes with an R(t) that the interquartile rule removed at that t."""
 
 
 @dataclass
@@ -63,6 +156,7 @@ class GroupFit:
     n_probes: int
     n_excluded: int
     exclusions: dict[str, int]
+    """Reason key (analysis.metrics.REASONS) -> probes without retainability for that reason."""
     effectivity: float
     effectivity_by_encounter: list[float]
     encounter_steps: list[int]
@@ -70,13 +164,28 @@ class GroupFit:
     t_min: int
     t_max: int | None
     t_max_default: int | None
+    control: bool = False
+    """A control group: scenario `none`, never injected; it has a drift instead of a fit."""
+    drift_last: float = math.nan
+    """Control groups: mean ℓ change of its probes from the first to the last logged step (raw ℓ)."""
     a: float = math.nan
     b: float = math.nan
     a_se: float = math.nan
+    b_se: float = math.nan
     r2: float = math.nan
     n_points: int = 0
+    negated: bool = False
+    """study-code rules: mean R at the first fitted t was negative, so the curve was negated before the fit."""
     t_star_steps: float = math.nan
     t_star_tokens: float = math.nan
+    t_star_ci_steps: tuple[float, float] = (math.nan, math.nan)
+    tokens_per_step: int | None = None
+    retention_levels: list[dict] = field(default_factory=list)
+    """[{"level", "t_fit", "t_observed"}]: where the fitted line / the observed mean first reach each level."""
+    r_at: list[dict] = field(default_factory=list)
+    """[{"t", "r", "se", "n", "r_fit"}]: observed mean R, its standard error and probes, and the line, at t."""
+    flags: list[str] = field(default_factory=list)
+    """Why the fit is implausible (keys of FLAG_TEXT); empty when it is not."""
     exact_match_first: float = math.nan
     """Fraction of the group's probes recalled exactly at the first logged step (before any encounter)."""
     exact_match_last: float = math.nan
@@ -85,28 +194,46 @@ class GroupFit:
     """Highest exact-match rate over the logged steps."""
     partial: bool = False
     notes: list[str] = field(default_factory=list)
+    curve: Curve | None = field(default=None, repr=False)
     retention_t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    """The fitted t (t_min .. t_max) ..."""
     retention_mean: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    """... and mean R at those t, as fitted (negated where `negated`)."""
+
+    @property
+    def t_star_ci_tokens(self) -> tuple[float, float]:
+        if self.tokens_per_step is None:
+            return (math.nan, math.nan)
+        return (self.t_star_ci_steps[0] * self.tokens_per_step, self.t_star_ci_steps[1] * self.tokens_per_step)
 
     def record(self) -> dict:
-        """The JSON object printed by `analysis fit --json` (NaN and infinity become null)."""
+        """The JSON object of one group in `analysis fit --json` (NaN becomes null; an unbounded end "inf")."""
         return {
             "scenario": self.scenario,
             "kind": self.kind,
+            "control": self.control,
             "a": _num(self.a),
             "a_se": _num(self.a_se),
             "b": _num(self.b),
+            "b_se": _num(self.b_se),
             "r2": _num(self.r2),
             "t_star_steps": _num(self.t_star_steps),
             "t_star_tokens": _num(self.t_star_tokens),
+            "t_star_ci_steps": [_bound(v) for v in self.t_star_ci_steps],
+            "t_star_ci_tokens": [_bound(v) for v in self.t_star_ci_tokens],
+            "flags": list(self.flags),
             "effectivity": _num(self.effectivity),
             "effectivity_by_encounter": [_num(v) for v in self.effectivity_by_encounter],
+            "retention_levels": [{k: _num(v) if k != "level" else v for k, v in d.items()} for d in self.retention_levels],
+            "r_at": [{k: (_num(v) if isinstance(v, float) else v) for k, v in d.items()} for d in self.r_at],
+            "drift_last": _num(self.drift_last),
             "n_probes": self.n_probes,
             "n_excluded": self.n_excluded,
             "exclusions": dict(self.exclusions),
             "t_min": self.t_min,
             "t_max": self.t_max,
             "n_points": self.n_points,
+            "negated": self.negated,
             "exact_match_first": _num(self.exact_match_first),
             "exact_match_last": _num(self.exact_match_last),
             "exact_match_peak": _num(self.exact_match_peak),
@@ -120,37 +247,85 @@ def _num(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _bound(value: float) -> float | str | None:
+    """Interval ends: a number, "inf" for an unbounded end, None when there is no interval."""
+    value = float(value)
+    if math.isinf(value):
+        return "inf"
+    return value if math.isfinite(value) else None
+
+
 @dataclass
 class RunAnalysis:
-    """The intermediate arrays of one fit, kept for plots."""
+    """One run analysed under one set of options, with the intermediate arrays kept for plots and exports."""
 
     run: Run
     options: FitOptions
+    """The options as applied to this run: window and iqr_factor resolved to numbers."""
     values: np.ndarray
+    """The probe matrix the metrics ran on: ℓ, control-adjusted if asked, on the chosen scale."""
     encounters: Encounters
     acquisition: Acquisition
     retention: Retention
     fits: list[GroupFit]
+    window_source: str = "option"
+    """Where the window came from: `option`, `manifest` (the run's analysis_defaults) or `default`."""
+    encounter_spacing: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    control_drift: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per kind: mean change of the control probes' raw ℓ since the first logged step, at every logged step."""
+    raw: RunAnalysis | None = None
+    """With control adjustment: the same analysis on the unadjusted ℓ, for side-by-side reports."""
+
+    def run_record(self) -> dict:
+        return {"label": self.run.label, "path": str(self.run.path), "window": self.options.window,
+                "window_source": self.window_source, "iqr_factor": self.options.factor,
+                "encounter_spacing": self.encounter_spacing, "tokens_per_step": self.run.tokens_per_step,
+                "warnings": list(self.warnings)}
+
+
+def resolve_window(run: Run, requested: int | None) -> tuple[int, str]:
+    """(window, where it came from): the option, else the run's recorded design, else 50."""
+    if requested is not None:
+        return requested, "option"
+    recorded = run.analysis_defaults.get("window")
+    if recorded is not None:
+        return int(recorded), "manifest"
+    return DEFAULT_WINDOW, "default"
 
 
 def analyse_run(run: Run, options: FitOptions | None = None) -> RunAnalysis:
+    """Every (scenario, kind) of the run under `options`; with control adjustment, the raw analysis too."""
     options = options or FitOptions()
     options.validate()
-    values = run.metric(options.metric)
+    window, source = resolve_window(run, options.window)
+    resolved = replace(options, window=window, iqr_factor=options.factor)
+    raw_values = run.metric(options.metric)
     enc = probe_encounters(run)
-    acq = acquisition(run, values, enc, options.window)
-    ret = retention(run, values, enc, acq)
-    fits = [_fit_group(run, options, enc, acq, ret, scenario, kind) for scenario, kind in run.groups()]
-    return RunAnalysis(run, options, values, enc, acq, ret, fits)
+    spacing = run.encounter_spacing()
+    warnings = []
+    if spacing is not None and window > spacing:
+        warnings.append(f"window {window} spans the next encounter: a paragraph's encounters are as close as "
+                        f"{spacing} steps apart, so a local maximum can include the next encounter's gain "
+                        f"(use --window {spacing} or less)")
+    drift = control_drift(run, raw_values, enc)
+    extras = dict(window_source=source, encounter_spacing=spacing, warnings=warnings, control_drift=drift)
+    if not options.control_adjust:
+        return _analyse(run, resolved, on_scale(raw_values, options.scale), enc, raw_values, **extras)
+    adjusted = control_adjusted(run, raw_values, enc)
+    analysis = _analyse(run, resolved, on_scale(adjusted, options.scale), enc, raw_values, **extras)
+    analysis.raw = _analyse(run, replace(resolved, control_adjust=False), on_scale(raw_values, options.scale), enc,
+                            raw_values, **extras)
+    return analysis
 
 
 def fit_run(run: Run, options: FitOptions | None = None) -> list[GroupFit]:
-    """SPEC §3 for every (scenario, kind) of the run."""
+    """The study's measures for every (scenario, kind) of the run."""
     return analyse_run(run, options).fits
 
 
 def fit_records(run: Run, options: FitOptions | None = None) -> list[dict]:
-    """Exactly the JSON objects that `analysis fit --json` prints."""
+    """The group objects of `analysis fit --json` (its "groups" list)."""
     return [g.record() for g in fit_run(run, options)]
 
 
@@ -170,8 +345,36 @@ def default_t_max(last_step: int, last_encounter: np.ndarray, window: int) -> in
     return int(last_step - (last_encounter + window).max())
 
 
-def _fit_group(run: Run, options: FitOptions, enc: Encounters, acq: Acquisition, ret: Retention,
-               scenario: str, kind: str) -> GroupFit:
+@dataclass
+class _Context:
+    run: Run
+    options: FitOptions
+    rules: Rules
+    raw_values: np.ndarray
+    enc: Encounters
+    acq: Acquisition
+    ret: Retention
+    shared_t_max: int | None
+    z: float
+    rng: np.random.Generator
+
+
+def _analyse(run: Run, options: FitOptions, values: np.ndarray, enc: Encounters, raw_values: np.ndarray,
+             **extras) -> RunAnalysis:
+    rules = options.rule_set
+    acq = acquisition(run, values, enc, options.window)
+    ret = retention(run, values, enc, acq, rules)
+    injected = enc.count > 0
+    shared = (default_t_max(int(run.steps[-1]), ret.last_encounter[injected], options.window)
+              if rules.shared_t_range and injected.any() else None)
+    ctx = _Context(run, options, rules, raw_values, enc, acq, ret, shared,
+                   z=NormalDist().inv_cdf(0.5 + options.ci_level / 2), rng=np.random.default_rng(options.seed))
+    fits = [_fit_group(ctx, scenario, kind) for scenario, kind in run.groups()]
+    return RunAnalysis(run, options, values, enc, acq, ret, fits, **extras)
+
+
+def _fit_group(ctx: _Context, scenario: str, kind: str) -> GroupFit:
+    run, options, enc, acq, ret = ctx.run, ctx.options, ctx.enc, ctx.acq, ctx.ret
     members = np.flatnonzero((run.scenario == scenario) & (run.kind == kind))
     reasons, counts = np.unique(ret.reason[members], return_counts=True)
     exclusions = {str(r): int(c) for r, c in zip(reasons, counts) if r}
@@ -181,12 +384,13 @@ def _fit_group(run: Run, options: FitOptions, enc: Encounters, acq: Acquisition,
     notes: list[str] = []
     partial = False
 
-    # Effectivity: pooled over (probe, encounter) and per encounter index.
+    # Effectivity: pooled over (probe, encounter), and per encounter index.
+    contributing = injected if ctx.rules.dropped_probe_has_effectivity else injected[ret.reason[injected] != ZERO_GAIN]
     n_enc = int(enc.count[injected].max(initial=0))
-    eff = acq.effectivity[injected][:, :n_enc] if n_enc else np.zeros((0, 0))
-    by_encounter, _ = iqr_mean(eff, options.iqr_factor, axis=0) if n_enc else (np.zeros(0), None)
-    finite = by_encounter[np.isfinite(by_encounter)]
-    effectivity = finite.mean() if len(finite) else math.nan
+    eff = acq.effectivity[contributing][:, :n_enc] if n_enc else np.zeros((0, 0))
+    by_encounter = iqr_mean(eff, options.factor, axis=0)[0] if n_enc else np.zeros(0)
+    pooled = eff[np.isfinite(eff)]
+    effectivity = float(iqr_mean(pooled, options.factor)[0]) if len(pooled) else math.nan
     if n_enc and acq.window_open[injected][:, :n_enc].any():
         partial = True
         notes.append(f"the run ends at step {last}, before the {options.window}-step window of an encounter closes; "
@@ -194,28 +398,39 @@ def _fit_group(run: Run, options: FitOptions, enc: Encounters, acq: Acquisition,
     if enc.dropped_after_end:
         partial = True
         notes.append(f"{enc.dropped_after_end} injection(s) at or after the last logged step {last} are ignored")
-    if len(injected) == 0:
+    control = scenario == CONTROL_SCENARIO and len(injected) == 0
+    if len(injected) == 0 and not control:
         notes.append("no probe of this group belongs to an injected paragraph")
 
     encounter_steps = sorted({int(s) for s in enc.steps[injected].ravel() if s >= 0})
     fit = GroupFit(
         scenario=scenario, kind=kind, n_probes=len(members), n_excluded=len(members) - len(kept),
-        exclusions=exclusions, effectivity=float(np.asarray(effectivity)),
+        exclusions=exclusions, effectivity=effectivity,
         effectivity_by_encounter=[float(v) for v in np.atleast_1d(by_encounter)],
         encounter_steps=encounter_steps, t_min=options.t_min, t_max=None, t_max_default=None,
-        partial=partial, notes=notes,
+        control=control, tokens_per_step=run.tokens_per_step, partial=partial, notes=notes,
     )
+    if control:
+        fit.drift_last = float((ctx.raw_values[members, -1] - ctx.raw_values[members, 0]).mean())
     if run.exact_match is not None:
         rate = exact_match_rate(run, members)
         fit.exact_match_first, fit.exact_match_last, fit.exact_match_peak = float(rate[0]), float(rate[-1]), float(rate.max())
-    if run.tokens_per_step is None:
+    if run.tokens_per_step is None and not control:
         notes.append("manifest.json has no tokens_per_step: t* in tokens unknown")
     if len(kept) == 0:
         if len(injected):
-            notes.append("no probe has retainability (every denominator <= 0); decay not fitted")
+            notes.append("no probe has retainability (every gain excluded it); decay not fitted")
         return fit
 
-    t_default = default_t_max(last, ret.last_encounter[kept], options.window)
+    block = ret.values[kept][:, 1:]  # t = 1 .. the largest t any probe reaches
+    stats = iqr_stats(block, options.factor, axis=0)
+    curve = Curve(t=ret.t[1:], mean=stats.mean, se=stats.se, kept=stats.kept, removed=stats.removed)
+    fit.curve = curve
+
+    if ctx.shared_t_max is not None:
+        t_default = ctx.shared_t_max
+    else:
+        t_default = default_t_max(last, ret.last_encounter[kept], options.window)
     fit.t_max_default = t_default
     t_max = options.t_max if options.t_max is not None else t_default
     fit.t_max = t_max if t_max >= options.t_min else None
@@ -229,21 +444,83 @@ def _fit_group(run: Run, options: FitOptions, enc: Encounters, acq: Acquisition,
         notes.append(f"t_max = {t_max} exceeds {t_default}, the largest t every probe has; "
                      "late means cover fewer probes")
 
-    upper = min(t_max, len(ret.t) - 1)
-    t = ret.t[options.t_min: upper + 1]
-    block = ret.values[kept][:, options.t_min: upper + 1]
-    mean_r, _ = iqr_mean(block, options.iqr_factor, axis=0)
+    in_fit = (curve.t >= options.t_min) & (curve.t <= t_max)
+    t, mean_r = curve.t[in_fit], curve.mean[in_fit]
+    if ctx.rules.negate_falling_curve and len(mean_r) and mean_r[0] < 0:
+        fit.negated = True
+        curve.mean = -curve.mean
+        mean_r = -mean_r
+        notes.append(f"mean R at t = {int(t[0])} is negative; the study-code rules negate such a curve before the fit")
     fit.retention_t, fit.retention_mean = t, mean_r
+    _observed(fit, curve, options)
     line = fit_decay(t, mean_r)
     if line is None:
         notes.append(f"fewer than 2 logged t in [{options.t_min}, {t_max}]; decay not fitted")
         return fit
-    fit.a, fit.b, fit.a_se, fit.r2, fit.n_points = line.a, line.b, line.a_se, line.r2, line.n_points
+    fit.a, fit.b, fit.a_se, fit.b_se, fit.r2, fit.n_points = line.a, line.b, line.a_se, line.b_se, line.r2, line.n_points
     fit.t_star_steps = x_intercept(line)
     if run.tokens_per_step is not None:
         fit.t_star_tokens = fit.t_star_steps * run.tokens_per_step
-    if not line.a > 0:
-        notes.append("mean retainability does not fall with log t (a <= 0): no x-intercept")
-    elif not math.isfinite(fit.t_star_steps):
+    if options.bootstrap:
+        fit.t_star_ci_steps = _bootstrap_interval(ctx, block[:, in_fit], t)
+    else:
+        fit.t_star_ci_steps = t_star_interval_delta(line, ctx.z)
+    _fitted(fit, line, options, t_max)
+    if line.a > 0 and not math.isfinite(fit.t_star_steps):
         notes.append("the x-intercept 10^(b/a) overflows")
     return fit
+
+
+def _observed(fit: GroupFit, curve: Curve, options: FitOptions) -> None:
+    """Retention levels and R at the requested t, read off the observed mean curve."""
+    from_t_min = curve.t >= options.t_min
+    for level in options.retention_levels:
+        below = from_t_min & (curve.mean <= level)
+        fit.retention_levels.append({"level": level, "t_fit": math.nan,
+                                     "t_observed": float(curve.t[np.argmax(below)]) if below.any() else math.nan})
+    for t in options.at:
+        i = t - 1  # the curve starts at t = 1
+        inside = 0 <= i < len(curve.t)
+        fit.r_at.append({"t": t, "r": float(curve.mean[i]) if inside else math.nan,
+                         "se": float(curve.se[i]) if inside else math.nan,
+                         "n": int(curve.kept[i]) if inside else 0, "r_fit": math.nan})
+
+
+def _fitted(fit: GroupFit, line: LineFit, options: FitOptions, t_max: int) -> None:
+    for entry in fit.retention_levels:
+        entry["t_fit"] = level_crossing_fit(line, entry["level"])
+    for entry in fit.r_at:
+        entry["r_fit"] = line.b - line.a * math.log10(entry["t"])
+    if not line.a > 0:
+        fit.flags.append("no_decay")
+        return
+    if not line.r2 >= WEAK_FIT_R2:
+        fit.flags.append("weak_fit")
+    if fit.t_star_steps > FAR_EXTRAPOLATION * t_max:
+        fit.flags.append("far_extrapolation")
+
+
+def _bootstrap_interval(ctx: _Context, block: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """Percentile interval of t* over resamples of the group's probes (rows of `block`, R at the fitted t).
+
+    Each resample repeats the whole measurement: outlier removal at every t, the rule set's negation, the
+    line. A resample whose line does not fall gives an unbounded t*.
+    """
+    n = block.shape[0]
+    log_t_star = np.empty(ctx.options.bootstrap)
+    for r in range(ctx.options.bootstrap):  # resamples, not steps: each one is vectorised over t
+        mean_r = iqr_mean(block[ctx.rng.integers(0, n, n)], ctx.options.factor, axis=0)[0]
+        if ctx.rules.negate_falling_curve and len(mean_r) and mean_r[0] < 0:
+            mean_r = -mean_r
+        line = fit_decay(t, mean_r)
+        log_t_star[r] = line.b / line.a if line is not None and line.a > 0 else np.inf
+    ordered = np.sort(log_t_star)
+    alpha = 1 - ctx.options.ci_level
+    lo = ordered[int(math.floor(alpha / 2 * (len(ordered) - 1)))]
+    hi = ordered[int(math.ceil((1 - alpha / 2) * (len(ordered) - 1)))]
+    return pow10(lo), pow10(hi)
+
+
+def reason_text(key: str) -> str:
+    return REASONS.get(key, key)
+

@@ -1,4 +1,4 @@
-"""Read a run directory (SPEC §7) into a probe matrix: one row per probe, one column per logged step.
+"""Read a run directory into a probe matrix: one row per probe, one column per logged step.
 
 Only `probes.parquet` (a file or a directory of parts), `injections.parquet` and `manifest.json` are read;
 extra columns and keys are ignored so that a run directory written by any tool in this format works.
@@ -6,6 +6,7 @@ extra columns and keys are ignored so that a run directory written by any tool i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ METRIC_COLUMNS = rundir.LOGPROB_COLUMNS
 #: What the analysis needs of injections.parquet (its other columns are informational).
 INJECTION_KEYS = ("step", "paragraph")
 KIND_ORDER = ("mem", "sem", "comp")
+#: Manifest key where a run records how it was designed to be analysed.
+ANALYSIS_DEFAULTS = "analysis_defaults"
 
 
 @dataclass
@@ -59,6 +62,22 @@ class Run:
     def label(self) -> str:
         return run_label(self.manifest, self.path)
 
+    @property
+    def analysis_defaults(self) -> dict:
+        """The manifest's `analysis_defaults` ({"window": W, "encounter_spacing": D or None}), validated on load;
+        {} when the run did not record them."""
+        return self.manifest.get(ANALYSIS_DEFAULTS) or {}
+
+    def encounter_spacing(self) -> int | None:
+        """D: the smallest gap between consecutive encounters of any paragraph (None: no paragraph has two).
+
+        The manifest's value when the run recorded one, else computed from injections.parquet.
+        """
+        if "encounter_spacing" in self.analysis_defaults:
+            return self.analysis_defaults["encounter_spacing"]
+        gaps = [int(np.diff(s).min()) for s in self.encounters.values() if len(s) > 1]
+        return min(gaps) if gaps else None
+
     def metric(self, name: str) -> np.ndarray:
         if name not in self.metrics:
             present = ", ".join(sorted(self.metrics)) or "none"
@@ -82,10 +101,23 @@ def _kind_sort_key(kind: str) -> tuple[int, str]:
     return (KIND_ORDER.index(kind), kind) if kind in KIND_ORDER else (len(KIND_ORDER), kind)
 
 
+#: A checkpoint as a user names it from the catalog: FAMILY@STEP or FAMILY@STAGE, optionally +options.
+_CATALOG_REFERENCE = re.compile(r"^[A-Za-z0-9][\w.-]*@[\w.+-]+$")
+
+
 def run_label(manifest: dict, path: Path) -> str:
-    """A short name for a run: `label` from the manifest, else family@step (+ batch size), else the dir name."""
+    """A short name for a run, as the user would call it.
+
+    In order: the manifest's `label`; the checkpoint as typed in the run's configuration when it is a catalog
+    reference (`tiny@mid`, `olmo-7b@40000`), not a directory; family@step of the loaded checkpoint (plus the
+    batch size); the directory name.
+    """
     if isinstance(manifest.get("label"), str) and manifest["label"]:
         return manifest["label"]
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    typed = config.get("checkpoint")
+    if isinstance(typed, str) and _CATALOG_REFERENCE.match(typed):
+        return typed
     checkpoint = manifest.get("checkpoint")
     sources = [checkpoint if isinstance(checkpoint, dict) else {}, manifest]
     if isinstance(checkpoint, str) and checkpoint:
@@ -125,6 +157,20 @@ def _read_manifest(path: Path) -> dict:
     tps = manifest.get("tokens_per_step")
     if tps is not None and (isinstance(tps, bool) or not isinstance(tps, (int, float)) or tps <= 0):
         raise UserError(f"{file}: field 'tokens_per_step' must be a positive integer, found {tps!r}")
+    defaults = manifest.get(ANALYSIS_DEFAULTS)
+    if defaults is not None:
+        if not isinstance(defaults, dict):
+            raise UserError(f"{file}: field {ANALYSIS_DEFAULTS!r} must be an object "
+                            f'{{"window": W, "encounter_spacing": D or null}}, found {defaults!r}')
+        for key, nullable in (("window", False), ("encounter_spacing", True)):
+            if key not in defaults:
+                continue
+            value = defaults[key]
+            if value is None and nullable:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                allowed = "a positive integer" + (" or null" if nullable else "")
+                raise UserError(f"{file}: field '{ANALYSIS_DEFAULTS}.{key}' must be {allowed}, found {value!r}")
     return manifest
 
 

@@ -1,4 +1,4 @@
-"""SPEC §3 on a probe matrix: local acquisition maxima, effectivity, retainability, IQR means, exact match.
+"""The study's metrics on a probe matrix: local acquisition maxima, effectivity, retainability, IQR means, fits.
 
 Everything is vectorised over probes and steps; no Python loop runs over t or over steps.
 
@@ -12,6 +12,8 @@ Exact definitions on a log whose logged steps K may have gaps (evaluation interv
   `open` and its maximum is taken over the logged part (reported as partial);
 - R(q,t) is defined where step t_LAM(q,N) + t is logged, elsewhere it is missing and the mean at that t is
   taken over the probes that have it.
+
+Where the two rule sets (`analysis.rules`) differ, the functions take the `Rules` and say which field they read.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.load import Run
+from analysis.rules import Rules
+from harness.errors import UserError
+
+#: Scenario name of control probes: paragraphs whose probes are logged but which are never injected.
+CONTROL_SCENARIO = "none"
 
 
 @dataclass
@@ -108,20 +115,34 @@ class Retention:
     values: np.ndarray
     """float [probes x T], NaN where undefined (step not logged, or probe excluded)."""
     denominator: np.ndarray
-    """float [probes]: ℓ(θ_{t_LAM(q,N)}) − ℓ(θ_{t_pre}) (NaN where undefined)."""
+    """float [probes]: ℓ(θ_{t_LAM(q,N)}) − ℓ(reference) (NaN where undefined)."""
     reason: np.ndarray
-    """object [probes]: '' for probes with retainability, else why they have none."""
+    """object [probes]: '' for probes with retainability, else the key (in REASONS) of why they have none."""
     last_encounter: np.ndarray
     """int64 [probes]: t_N (-1 where none)."""
 
 
-REASON_NOT_INJECTED = "paragraph never injected"
-REASON_NO_GAIN = "no gain: ℓ(t_LAM,N) − ℓ(t_pre) <= 0"
-REASON_NO_PRE = "no logged step at or before the first encounter"
-REASON_NO_WINDOW = "no logged step in the window of the last encounter"
+#: Why a probe has no retainability: stable keys (in JSON) and the sentence shown in tables.
+NOT_INJECTED = "not_injected"
+NO_PRE = "no_pre"
+NO_WINDOW = "no_window"
+NO_GAIN = "no_gain"
+ZERO_GAIN = "zero_gain"
+REASONS = {
+    NOT_INJECTED: "paragraph never injected",
+    NO_PRE: "no logged step at or before the first encounter",
+    NO_WINDOW: "no logged step in the window of the last encounter",
+    NO_GAIN: "no gain: ℓ(t_LAM,N) − ℓ(t_pre) ≤ 0",
+    ZERO_GAIN: "zero gain: ℓ(t_LAM,N) = ℓ at the first logged step",
+}
 
 
-def retention(run: Run, values: np.ndarray, enc: Encounters, acq: Acquisition) -> Retention:
+def retention(run: Run, values: np.ndarray, enc: Encounters, acq: Acquisition, rules: Rules) -> Retention:
+    """R(q,t) = [v(t_LAM,N + t) − v(ref)] / [v(t_LAM,N) − v(ref)].
+
+    `rules.reference_at_first_step` places ref (t_pre, or the first logged step); `rules.drop_only_zero_gain`
+    decides which denominators exclude a probe.
+    """
     n_probes = values.shape[0]
     rows = np.arange(n_probes)
     has_enc = enc.count > 0
@@ -129,15 +150,21 @@ def retention(run: Run, values: np.ndarray, enc: Encounters, acq: Acquisition) -
     t_n = np.where(has_enc, enc.steps[rows, last_idx], -1)
     lam_step = np.where(has_enc, acq.lam_step[rows, last_idx], -1)
     lam_value = acq.lam_value[rows, last_idx]
-    pre_col = column_at_or_before(run.steps, np.where(has_enc, enc.steps[:, 0], 0))
+    if rules.reference_at_first_step:
+        pre_col = np.zeros(n_probes, dtype=np.int64)
+    else:
+        pre_col = column_at_or_before(run.steps, np.where(has_enc, enc.steps[:, 0], 0))
     pre_value = np.where(pre_col >= 0, values[rows, np.maximum(pre_col, 0)], np.nan)
     denominator = np.where(has_enc, lam_value - pre_value, np.nan)
 
     reason = np.full(n_probes, "", dtype=object)
-    reason[~has_enc] = REASON_NOT_INJECTED
-    reason[has_enc & (pre_col < 0)] = REASON_NO_PRE
-    reason[(reason == "") & (lam_step < 0)] = REASON_NO_WINDOW
-    reason[(reason == "") & ~(denominator > 0)] = REASON_NO_GAIN
+    reason[~has_enc] = NOT_INJECTED
+    reason[has_enc & (pre_col < 0)] = NO_PRE
+    reason[(reason == "") & (lam_step < 0)] = NO_WINDOW
+    if rules.drop_only_zero_gain:
+        reason[(reason == "") & (denominator == 0)] = ZERO_GAIN
+    else:
+        reason[(reason == "") & ~(denominator > 0)] = NO_GAIN
     ok = reason == ""
 
     last = int(run.steps[-1])
@@ -161,22 +188,28 @@ def nan_quantile(x: np.ndarray, q: float, axis: int = 0) -> np.ndarray:
 
     np.nanquantile loops in Python over the other axis for 2-D input; sorting once is far faster.
     """
+    return nan_quantiles(x, (q,), axis)[0]
+
+
+def nan_quantiles(x: np.ndarray, qs: tuple[float, ...], axis: int = 0) -> list[np.ndarray]:
+    """Several quantiles of `x` along `axis` from one sort (see nan_quantile)."""
     x = np.moveaxis(x, axis, 0)
     ordered = np.sort(x, axis=0)  # NaN sort last
     n = (~np.isnan(x)).sum(axis=0)
-    pos = q * np.maximum(n - 1, 0)
-    lower = np.floor(pos).astype(np.int64)
-    upper = np.minimum(lower + 1, np.maximum(n - 1, 0))
-    lo_v = np.take_along_axis(ordered, lower[None], axis=0)[0]
-    hi_v = np.take_along_axis(ordered, upper[None], axis=0)[0]
-    out = lo_v + (hi_v - lo_v) * (pos - lower)
-    return np.where(n > 0, out, np.nan)
+    out = []
+    for q in qs:
+        pos = q * np.maximum(n - 1, 0)
+        lower = np.floor(pos).astype(np.int64)
+        upper = np.minimum(lower + 1, np.maximum(n - 1, 0))
+        lo_v = np.take_along_axis(ordered, lower[None], axis=0)[0]
+        hi_v = np.take_along_axis(ordered, upper[None], axis=0)[0]
+        out.append(np.where(n > 0, lo_v + (hi_v - lo_v) * (pos - lower), np.nan))
+    return out
 
 
 def iqr_mask(x: np.ndarray, factor: float, axis: int = 0) -> np.ndarray:
     """True for finite values inside [Q1 − f·IQR, Q3 + f·IQR] computed along `axis` (the interquartile rule)."""
-    q1 = np.expand_dims(nan_quantile(x, 0.25, axis), axis)
-    q3 = np.expand_dims(nan_quantile(x, 0.75, axis), axis)
+    q1, q3 = (np.expand_dims(q, axis) for q in nan_quantiles(x, (0.25, 0.75), axis))
     spread = q3 - q1
     with np.errstate(invalid="ignore"):
         return np.isfinite(x) & (x >= q1 - factor * spread) & (x <= q3 + factor * spread)
@@ -184,20 +217,44 @@ def iqr_mask(x: np.ndarray, factor: float, axis: int = 0) -> np.ndarray:
 
 def iqr_mean(x: np.ndarray, factor: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Mean along `axis` after removing outliers by the interquartile rule; also the number of values kept."""
+    stats = iqr_stats(x, factor, axis)
+    return stats.mean, stats.kept
+
+
+@dataclass
+class IqrStats:
+    mean: np.ndarray
+    se: np.ndarray
+    """Standard error of that mean: sample standard deviation of the kept values / sqrt(kept)."""
+    kept: np.ndarray
+    removed: np.ndarray
+    """Finite values the interquartile rule removed."""
+
+
+def iqr_stats(x: np.ndarray, factor: float, axis: int = 0) -> IqrStats:
+    """Mean, its standard error and the counts along `axis` after the interquartile rule."""
     keep = iqr_mask(x, factor, axis)
     kept = keep.sum(axis=axis)
-    total = np.where(keep, x, 0.0).sum(axis=axis)
+    removed = np.isfinite(x).sum(axis=axis) - kept
+    values = np.where(keep, x, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(kept > 0, total / np.maximum(kept, 1), np.nan), kept
+        mean = np.where(kept > 0, values.sum(axis=axis) / np.maximum(kept, 1), np.nan)
+        spread = np.where(keep, x - np.expand_dims(mean, axis), 0.0)
+        variance = (spread**2).sum(axis=axis) / np.maximum(kept - 1, 1)
+        se = np.where(kept > 1, np.sqrt(variance / np.maximum(kept, 1)), np.nan)
+    return IqrStats(mean=mean, se=se, kept=kept, removed=removed)
 
 
 @dataclass
 class LineFit:
-    """R ≈ b − a·log10(t) by least squares."""
+    """R ≈ b − a·log10(t) by least squares, with the standard errors of the ordinary least-squares fit."""
 
     a: float
     b: float
     a_se: float
+    b_se: float
+    cov_ab: float
+    """Covariance of the estimates of a and b."""
     r2: float
     n_points: int
 
@@ -215,14 +272,93 @@ def fit_decay(t: np.ndarray, mean_r: np.ndarray) -> LineFit | None:
     intercept = y_mean - slope * x_mean
     residual = y - (intercept + slope * x)
     ssr, sst = (residual**2).sum(), ((y - y_mean) ** 2).sum()
-    se = float(np.sqrt(ssr / (n - 2) / sxx)) if n > 2 else float("nan")
+    s2 = ssr / (n - 2) if n > 2 else float("nan")
+    a_se = float(np.sqrt(s2 / sxx))
+    b_se = float(np.sqrt(s2 * (1.0 / n + x_mean**2 / sxx)))
+    # cov(intercept, slope) = −x̄·s²/Sxx, and a = −slope.
+    cov_ab = float(x_mean * s2 / sxx)
     r2 = float(1.0 - ssr / sst) if sst > 0 else float("nan")
-    return LineFit(a=float(-slope), b=float(intercept), a_se=se, r2=r2, n_points=n)
+    return LineFit(a=float(-slope), b=float(intercept), a_se=a_se, b_se=b_se, cov_ab=cov_ab, r2=r2, n_points=n)
 
 
 def x_intercept(fit: LineFit) -> float:
     """t* = 10^(b/a): where the fitted line reaches R = 0. NaN when the line never falls (a <= 0)."""
     if not fit.a > 0:
         return float("nan")
-    exponent = fit.b / fit.a
+    return pow10(fit.b / fit.a)
+
+
+def pow10(exponent: float) -> float:
+    """10^x, infinite where it would overflow (and for x = +inf)."""
     return float(10.0**exponent) if exponent < 308 else float("inf")
+
+
+def t_star_interval_delta(fit: LineFit, z: float) -> tuple[float, float]:
+    """Confidence interval of t* by the delta method on log10 t* = b/a, mapped back through 10^x.
+
+    Var(b/a) ≈ Var(b)/a² + b²·Var(a)/a⁴ − 2b·Cov(a,b)/a³. When the interval of a itself reaches 0 the data
+    do not exclude a line that never falls, and the upper end is infinite.
+    """
+    if not fit.a > 0 or not np.isfinite(fit.a_se):
+        return float("nan"), float("nan")
+    a, b = fit.a, fit.b
+    var = fit.b_se**2 / a**2 + b**2 * fit.a_se**2 / a**4 - 2 * b * fit.cov_ab / a**3
+    half = z * float(np.sqrt(max(var, 0.0)))
+    g = b / a
+    upper = float("inf") if a - z * fit.a_se <= 0 else pow10(g + half)
+    return pow10(g - half), upper
+
+
+def level_crossing_fit(fit: LineFit, level: float) -> float:
+    """t where the fitted line b − a·log10 t equals `level` (NaN when a <= 0)."""
+    if not fit.a > 0:
+        return float("nan")
+    return pow10((fit.b - level) / fit.a)
+
+
+def on_scale(values: np.ndarray, scale: str) -> np.ndarray:
+    """ℓ -> the quantity the metrics work on (see analysis.rules.SCALES); higher is better on both."""
+    if scale == "logprob":
+        return values
+    with np.errstate(over="ignore"):
+        out = -np.exp(-values)
+    if not np.isfinite(out).all():
+        raise UserError("option scale: perplexity exp(−ℓ) overflows for some probes (ℓ below −709); "
+                        "use the logprob scale")
+    return out
+
+
+def control_members(run: Run, enc: Encounters) -> np.ndarray:
+    """bool [probes]: control probes, i.e. of scenario `none` and of a paragraph that was never injected."""
+    return (run.scenario == CONTROL_SCENARIO) & (enc.count == 0)
+
+
+def control_drift(run: Run, values: np.ndarray, enc: Encounters) -> dict[str, np.ndarray]:
+    """Per probe kind: mean over the control probes c of ℓ(c; θ_k) − ℓ(c; θ_first logged), at every logged step."""
+    controls = control_members(run, enc)
+    drift = {}
+    for kind in dict.fromkeys(run.kind[controls]):
+        members = controls & (run.kind == kind)
+        drift[str(kind)] = (values[members] - values[members, :1]).mean(axis=0)
+    return drift
+
+
+def control_adjusted(run: Run, values: np.ndarray, enc: Encounters) -> np.ndarray:
+    """ℓ'(q; θ_k) = ℓ(q; θ_k) − [mean_c ℓ(c; θ_k) − ℓ(c; θ_0)], c the control probes of q's kind.
+
+    A difference-in-differences estimate: what every probe of a kind gains or loses while the model trains
+    on, measured on paragraphs it never saw, is taken out before effectivity and retainability.
+    """
+    drift = control_drift(run, values, enc)
+    if not drift:
+        raise UserError(f"{run.path}: control adjustment needs control probes (scenario "
+                        f"{CONTROL_SCENARIO!r}, paragraphs never injected); this run has none")
+    missing = sorted({str(k) for k in run.kind[enc.count > 0]} - set(drift))
+    if missing:
+        raise UserError(f"{run.path}: control adjustment needs control probes (scenario {CONTROL_SCENARIO!r}) of "
+                        f"every injected kind; none of kind {', '.join(map(repr, missing))}")
+    kinds = list(drift)
+    table = np.stack([drift[k] for k in kinds])
+    code = np.array([kinds.index(k) if k in drift else -1 for k in run.kind])
+    shift = np.where((code >= 0)[:, None], table[np.maximum(code, 0)], 0.0)
+    return values - shift

@@ -1,8 +1,20 @@
-"""The study's figures from a fitted run: Δℓ trajectories, mean R(t) with fits, effectivity, exact match."""
+"""The study's figures from a fitted run, as PNG and PDF.
+
+    trajectories     mean Δℓ per kind over steps, one panel per scenario side by side
+    study_fig2       the study's Figure 2 layout: one wide row per injected scenario, injections dotted
+    retainability    mean R(t) on log t with the fitted lines over the fitted range
+    study_decay      the study's retainability panels: mean R(t) as points, the fitted line drawn on to t*
+    effectivity      mean effectivity per encounter, one panel per kind
+    exact_match      exact-match rate over steps (axis scaled to the data)
+    control_drift    the control probes' own mean Δℓ over steps (runs that log controls)
+
+Legends sit outside the axes so that they never cover data; groups without data get no panel.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import matplotlib
@@ -10,17 +22,24 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from analysis.fit import GroupFit, RunAnalysis  # noqa: E402
+from analysis.fit import FitOptions, GroupFit, RunAnalysis  # noqa: E402
+from analysis.format import fmt  # noqa: E402
+from analysis.metrics import CONTROL_SCENARIO  # noqa: E402
 from harness.atomic import ensure_dir, write_atomic  # noqa: E402
 
 KIND_COLORS = {"mem": "#1f77b4", "sem": "#d62728", "comp": "#2ca02c"}
+KIND_NAMES = {"mem": "memorization", "sem": "semantic", "comp": "composition"}
 SCENARIO_COLORS = {"paraphrase": "#9467bd", "duplicate": "#ff7f0e", "once": "#17becf"}
 _FALLBACK = plt.get_cmap("tab10").colors
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8.5, "axes.grid": True,
                      "grid.alpha": 0.3})
+
+STEP_LABEL = "run step k (updates since the checkpoint)"
+T_LABEL = "t: steps after the last acquisition maximum"
 
 
 def _color(table: dict[str, str], name: str, index: int) -> str:
@@ -31,54 +50,140 @@ def _scenarios(analysis: RunAnalysis) -> list[str]:
     return list(dict.fromkeys(g.scenario for g in analysis.fits))
 
 
+def _injected_scenarios(analysis: RunAnalysis) -> list[str]:
+    return list(dict.fromkeys(g.scenario for g in analysis.fits if not g.control and g.encounter_steps))
+
+
 def _kinds(analysis: RunAnalysis) -> list[str]:
     return list(dict.fromkeys(g.kind for g in analysis.fits))
 
 
-def _panels(n: int, width: float = 4.6, height: float = 3.6, sharey: bool = True):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), sharey=sharey, squeeze=False)
+def unit(options: FitOptions) -> str:
+    """What one unit of the measured quantity is, for axis labels."""
+    if options.scale == "perplexity":
+        return "perplexity exp(−ℓ)"
+    return {"logprob": "nats, mean over target tokens", "logprob_sum": "nats, summed over target tokens",
+            "first_logprob": "nats, first target token"}.get(options.metric, "nats")
+
+
+def delta_label(options: FitOptions) -> str:
+    """Short axis label of the change of the measured quantity since the first logged step."""
+    return "mean fall of perplexity" if options.scale == "perplexity" else "mean Δℓ (nats)"
+
+
+def delta_title(options: FitOptions) -> str:
+    """What the Δ axis measures, in full, for titles."""
+    adjusted = ", control-adjusted" if options.control_adjust else ""
+    if options.scale == "perplexity":
+        return f"change of perplexity exp(−{options.metric}) since the first logged step{adjusted}"
+    return f"change of {options.metric} since the first logged step ({unit(options)}{adjusted})"
+
+
+def _panels(n: int, width: float = 4.6, height: float = 3.4, sharey: bool = True):
+    fig, axes = plt.subplots(1, max(n, 1), figsize=(width * max(n, 1), height), sharey=sharey, squeeze=False)
     return fig, list(axes[0])
 
 
+def _legend_below(ax: Axes, ncol: int = 3) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        # Anchored at the axes' bottom edge and pushed down by a fixed distance (in font sizes), so that it
+        # clears the tick labels and the x label whatever the height of the axes.
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.9, ncol=ncol,
+                  frameon=False)
+
+
+def _mark_injections(ax: Axes, steps, label: bool = True) -> None:
+    for j, step in enumerate(steps):
+        ax.axvline(step, color="0.35", ls=":", lw=1.0, label="injection" if label and j == 0 else None)
+
+
+def _empty(message: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    return fig
+
+
 def trajectories_figure(analysis: RunAnalysis) -> Figure:
-    """Mean ℓ(θ_k) − ℓ(θ_0) per scenario, one line per probe kind, dotted lines at injection steps (Fig. 2)."""
+    """Mean Δ per scenario, one line per probe kind, dotted lines at injection steps. The control panel is
+    left out when the values are control-adjusted (it is zero by construction; see control_drift)."""
     run, values = analysis.run, analysis.values
     delta = values - values[:, :1]
-    scenarios = _scenarios(analysis)
+    scenarios = [s for s in _scenarios(analysis)
+                 if not (analysis.options.control_adjust and s == CONTROL_SCENARIO)]
     fig, axes = _panels(len(scenarios))
     for ax, scenario in zip(axes, scenarios):
         for i, kind in enumerate(_kinds(analysis)):
             members = (run.scenario == scenario) & (run.kind == kind)
             if members.any():
                 ax.plot(run.steps, delta[members].mean(axis=0), lw=1.2, color=_color(KIND_COLORS, kind, i),
-                        label=f"{kind} ({int(members.sum())})")
-        for j, step in enumerate(run.injection_steps_by_scenario.get(scenario, [])):
-            ax.axvline(step, color="0.4", ls=":", lw=0.9, label="injection" if j == 0 else None)
-        ax.set_title(scenario)
-        ax.set_xlabel("run step k")
-        ax.legend(loc="best")
-    axes[0].set_ylabel(f"mean Δ{analysis.options.metric}  (ℓ(θ_k) − ℓ(θ_0))")
-    fig.suptitle(f"{run.label}: probe log-probability change", fontsize=12)
+                        label=f"{kind} ({int(members.sum())} probes)")
+        _mark_injections(ax, run.injection_steps_by_scenario.get(scenario, []))
+        ax.set_title(f"{scenario} (control, never injected)" if scenario == CONTROL_SCENARIO else scenario)
+        ax.set_xlabel(STEP_LABEL)
+        _legend_below(ax, ncol=2)
+    axes[0].set_ylabel(delta_label(analysis.options))
+    fig.suptitle(f"{run.label}: {delta_title(analysis.options)}", fontsize=12)
     fig.tight_layout()
+    return fig
+
+
+def study_fig2_figure(analysis: RunAnalysis) -> Figure:
+    """The study's Figure 2 layout: one wide row per injected scenario, mean Δ per kind, injections dotted."""
+    run, values = analysis.run, analysis.values
+    delta = values - values[:, :1]
+    scenarios = _injected_scenarios(analysis)
+    if not scenarios:
+        return _empty("no injected scenario")
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(11, 2.4 * len(scenarios) + 0.8), sharex=True,
+                             squeeze=False)
+    for ax, scenario in zip(axes[:, 0], scenarios):
+        for i, kind in enumerate(_kinds(analysis)):
+            members = (run.scenario == scenario) & (run.kind == kind)
+            if members.any():
+                ax.plot(run.steps, delta[members].mean(axis=0), lw=1.3, color=_color(KIND_COLORS, kind, i),
+                        label=KIND_NAMES.get(kind, kind))
+        _mark_injections(ax, run.injection_steps_by_scenario.get(scenario, []))
+        ax.set_title(scenario, loc="left")
+        ax.set_ylabel(delta_label(analysis.options))
+    axes[-1, 0].set_xlabel(STEP_LABEL)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"{run.label}: {delta_title(analysis.options)}", fontsize=11)
+    fig.tight_layout(rect=(0, 0.045, 1, 1))
     return fig
 
 
 def _fit_label(g: GroupFit) -> str:
     if np.isfinite(g.a):
-        return f"{g.kind}: a = {g.a:.3f} ± {g.a_se:.1g}" if np.isfinite(g.a_se) else f"{g.kind}: a = {g.a:.3f}"
+        se = f" ± {fmt(g.a_se)}" if np.isfinite(g.a_se) else ""
+        flag = "?" if g.flags else ""
+        return f"{g.kind}: a = {fmt(g.a)}{se}, R² {fmt(g.r2)}{flag}"
     return f"{g.kind}: not fitted"
 
 
+def _fitted_groups(analysis: RunAnalysis) -> dict[str, list[GroupFit]]:
+    out: dict[str, list[GroupFit]] = {}
+    for g in analysis.fits:
+        if g.curve is not None and len(g.retention_t):
+            out.setdefault(g.scenario, []).append(g)
+    return out
+
+
 def retention_figure(analysis: RunAnalysis) -> Figure:
-    """Mean R(t) on a log t axis with the fitted lines R = b − a·log10 t (Fig. 4/5)."""
-    scenarios = _scenarios(analysis)
-    fig, axes = _panels(len(scenarios))
-    for ax, scenario in zip(axes, scenarios):
-        for i, g in enumerate(f for f in analysis.fits if f.scenario == scenario):
+    """Mean R(t) on a log t axis with the fitted lines R = b − a·log10 t over the fitted range."""
+    groups = _fitted_groups(analysis)
+    if not groups:
+        return _empty("no group has retainability")
+    fig, axes = _panels(len(groups))
+    y_low, y_high = _robust_limits([g.retention_mean for fits in groups.values() for g in fits])
+    for ax, (scenario, fits) in zip(axes, groups.items()):
+        ax.set_ylim(y_low, y_high)
+        for i, g in enumerate(fits):
             color = _color(KIND_COLORS, g.kind, i)
-            if len(g.retention_t):
-                ax.plot(g.retention_t, g.retention_mean, color=color, lw=0.9, alpha=0.55)
-            if np.isfinite(g.a) and len(g.retention_t):
+            ax.plot(g.retention_t, g.retention_mean, color=color, lw=0.9, alpha=0.55)
+            if np.isfinite(g.a):
                 t = np.array([g.retention_t[0], g.retention_t[-1]], dtype=float)
                 ax.plot(t, g.b - g.a * np.log10(t), color=color, ls="--", lw=1.8, label=_fit_label(g))
             else:
@@ -86,30 +191,91 @@ def retention_figure(analysis: RunAnalysis) -> Figure:
         ax.set_xscale("log")
         ax.axhline(0, color="0.5", lw=0.6)
         ax.set_title(scenario)
-        ax.set_xlabel("t: steps after the last acquisition maximum")
-        ax.legend(loc="best")
-    axes[0].set_ylabel("mean retainability R(t)")
-    fig.suptitle(f"{analysis.run.label}: retainability (IQR ×{analysis.options.iqr_factor:g} per t)", fontsize=12)
+        ax.set_xlabel(T_LABEL)
+        _legend_below(ax, ncol=1)
+    axes[0].set_ylabel("mean R(t) (fraction of the gain)")
+    o = analysis.options
+    fig.suptitle(f"{analysis.run.label}: retainability ({o.rules} rules, IQR ×{o.factor:g} at every t)", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def _robust_limits(curves: list[np.ndarray], low: float = 0.0, high: float = 1.0) -> tuple[float, float]:
+    """A y range that holds [low, high] and the central 90 % of the points, so that a few wild means (small
+    gains divide into large ratios) do not flatten everything else."""
+    values = np.concatenate([c[np.isfinite(c)] for c in curves]) if curves else np.zeros(0)
+    if len(values):
+        low, high = min(low, float(np.quantile(values, 0.05))), max(high, float(np.quantile(values, 0.95)))
+    pad = 0.08 * (high - low)
+    return low - pad, high + pad
+
+
+def study_decay_figure(analysis: RunAnalysis) -> Figure:
+    """The study's retainability panels: mean R(t) as points on log t, the fitted line drawn on to its
+    x-intercept t* (marked), one panel per scenario."""
+    groups = _fitted_groups(analysis)
+    if not groups:
+        return _empty("no group has retainability")
+    fig, axes = _panels(len(groups), width=4.4, height=3.9)
+    y_low, y_high = _robust_limits([g.retention_mean for fits in groups.values() for g in fits])
+    for ax, (scenario, fits) in zip(axes, groups.items()):
+        right = max(float(g.retention_t[-1]) for g in fits)
+        reach = [g.t_star_steps for g in fits if np.isfinite(g.t_star_steps) and g.t_star_steps > 0]
+        x_end = min(max(reach + [right]) * 1.5, right * 1e3)  # at most three decades past the data
+        outside = 0
+        for i, g in enumerate(fits):
+            color = _color(KIND_COLORS, g.kind, i)
+            ax.plot(g.retention_t, g.retention_mean, "o", ms=2.2, alpha=0.35, color=color, mec="none")
+            outside += int(((g.retention_mean < y_low) | (g.retention_mean > y_high)).sum())
+            label = f"{KIND_NAMES.get(g.kind, g.kind)}: a = {fmt(g.a)}"
+            if np.isfinite(g.a) and g.a > 0:
+                t_star = g.t_star_steps
+                stop = t_star if np.isfinite(t_star) and t_star <= x_end else x_end
+                t = np.geomspace(1.0, max(stop, 2.0), 50)
+                ax.plot(t, g.b - g.a * np.log10(t), ls=":", lw=2.0, color=color)
+                if np.isfinite(t_star) and t_star <= x_end:
+                    ax.plot([t_star], [0.0], marker="v", ms=7, color=color, clip_on=False)
+                    label += f", t* = {fmt(t_star)}" + ("?" if g.flags else "")
+                elif np.isfinite(t_star):
+                    label += f", t* = {fmt(t_star)} (off the axis)"
+            else:
+                label += " (does not fall)" if np.isfinite(g.a) else " (not fitted)"
+            ax.plot([], [], "o", color=color, label=label)
+        ax.set_xscale("log")
+        ax.set_xlim(0.8, x_end)
+        ax.set_ylim(y_low, y_high)
+        if outside:
+            ax.text(0.98, 0.02, f"{outside} mean(s) outside the axis", transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=7.5, color="0.35")
+        ax.axhline(0, color="0.4", lw=0.7)
+        ax.set_title(scenario)
+        ax.set_xlabel("t (steps after the last acquisition maximum)")
+        _legend_below(ax, ncol=1)
+    axes[0].set_ylabel("mean R(q, t) (fraction of the gain)")
+    fig.suptitle(f"{analysis.run.label}: decay of retainability; dotted: fitted line to t* (▼); ? implausible fit",
+                 fontsize=11)
     fig.tight_layout()
     return fig
 
 
 def effectivity_figure(analysis: RunAnalysis) -> Figure:
-    """Mean effectivity per encounter index, one panel per kind, one line per scenario."""
+    """Mean effectivity per encounter index, one panel per kind, one line per injected scenario."""
     kinds = _kinds(analysis)
     fig, axes = _panels(len(kinds), sharey=False)
     for ax, kind in zip(axes, kinds):
-        for i, g in enumerate(f for f in analysis.fits if f.kind == kind):
+        for i, g in enumerate(f for f in analysis.fits if f.kind == kind and not f.control):
             e = np.array(g.effectivity_by_encounter, dtype=float)
-            if len(e):
+            if len(e) and np.isfinite(e).any():
                 ax.plot(np.arange(1, len(e) + 1), e, marker="o", ms=4, color=_color(SCENARIO_COLORS, g.scenario, i),
-                        label=f"{g.scenario} (mean {g.effectivity:.3g})")
+                        label=f"{g.scenario} (pooled {fmt(g.effectivity)})")
+        ax.axhline(0, color="0.5", lw=0.6)
         ax.set_title(kind)
         ax.set_xlabel("encounter i")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(loc="best")
-    axes[0].set_ylabel(f"effectivity E(q,i) ({analysis.options.metric})")
-    fig.suptitle(f"{analysis.run.label}: effectivity by encounter (window {analysis.options.window})", fontsize=12)
+        _legend_below(ax, ncol=1)
+    axes[0].set_ylabel("E(q,i): fall of perplexity" if analysis.options.scale == "perplexity" else "E(q,i) (nats)")
+    fig.suptitle(f"{analysis.run.label}: effectivity by encounter, window {analysis.options.window} steps "
+                 f"({unit(analysis.options)})", fontsize=12)
     fig.tight_layout()
     return fig
 
@@ -121,20 +287,42 @@ def exact_match_figure(analysis: RunAnalysis) -> Figure | None:
         return None
     scenarios = _scenarios(analysis)
     fig, axes = _panels(len(scenarios))
+    top = 0.0
     for ax, scenario in zip(axes, scenarios):
         for i, kind in enumerate(_kinds(analysis)):
             members = (run.scenario == scenario) & (run.kind == kind)
             if members.any():
-                ax.plot(run.steps, run.exact_match[members].mean(axis=0), lw=1.2,
-                        color=_color(KIND_COLORS, kind, i), label=kind)
-        for step in run.injection_steps_by_scenario.get(scenario, []):
-            ax.axvline(step, color="0.4", ls=":", lw=0.9)
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_title(scenario)
-        ax.set_xlabel("run step k")
-        ax.legend(loc="best")
-    axes[0].set_ylabel("exact-match rate")
+                rate = 100 * run.exact_match[members].mean(axis=0)
+                top = max(top, float(rate.max()))
+                ax.plot(run.steps, rate, lw=1.2, color=_color(KIND_COLORS, kind, i), label=kind)
+        _mark_injections(ax, run.injection_steps_by_scenario.get(scenario, []))
+        ax.set_title(f"{scenario} (control)" if scenario == CONTROL_SCENARIO else scenario)
+        ax.set_xlabel(STEP_LABEL)
+        _legend_below(ax, ncol=4)
+    # Scaled to the data (a 0–100 % axis flattens the few percent a small model reaches), at least 0–5 %.
+    axes[0].set_ylim(0, max(5.0, math.ceil(top * 1.1)))
+    axes[0].set_ylabel("exact-match rate (% of probes)")
     fig.suptitle(f"{run.label}: exact-match recall", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def control_drift_figure(analysis: RunAnalysis) -> Figure | None:
+    """The control probes' mean ℓ change since the first logged step, per kind; None without controls."""
+    if not analysis.control_drift:
+        return None
+    run = analysis.run
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for i, (kind, drift) in enumerate(analysis.control_drift.items()):
+        ax.plot(run.steps, drift, lw=1.3, color=_color(KIND_COLORS, kind, i), label=kind)
+    steps = sorted({int(s) for v in run.injection_steps_by_scenario.values() for s in v})
+    _mark_injections(ax, steps, label=True)
+    ax.axhline(0, color="0.5", lw=0.6)
+    ax.set_xlabel(STEP_LABEL)
+    ax.set_ylabel(f"mean Δ{analysis.options.metric} of control probes (nats)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    adjusted = "; subtracted from every probe of its kind" if analysis.options.control_adjust else ""
+    ax.set_title(f"{run.label}: drift of never-injected probes{adjusted}", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -142,37 +330,62 @@ def exact_match_figure(analysis: RunAnalysis) -> Figure | None:
 def run_figures(analysis: RunAnalysis) -> dict[str, Figure]:
     figures = {
         "trajectories": trajectories_figure(analysis),
+        "study_fig2": study_fig2_figure(analysis),
         "retainability": retention_figure(analysis),
+        "study_decay": study_decay_figure(analysis),
         "effectivity": effectivity_figure(analysis),
     }
-    em = exact_match_figure(analysis)
-    if em is not None:
-        figures["exact_match"] = em
+    for stem, make in (("exact_match", exact_match_figure), ("control_drift", control_drift_figure)):
+        fig = make(analysis)
+        if fig is not None:
+            figures[stem] = fig
     return figures
 
 
 def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
-    """Grouped bars across runs: decay constant a (± standard error) and mean effectivity per group."""
-    groups = list(dict.fromkeys((g.scenario, g.kind) for a in analyses for g in a.fits))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 0.9 * len(groups) * max(len(labels), 2) * 0.6 + 4), 4.2),
-                             squeeze=False)
+    """Across runs, per group: decay constant a (± standard error), pooled effectivity, and t* with its
+    interval on a log axis. Groups no run has a number for (control groups) get no slot."""
+    groups = [key for key in dict.fromkeys((g.scenario, g.kind) for a in analyses for g in a.fits)
+              if any(np.isfinite(g.a) or np.isfinite(g.effectivity)
+                     for a in analyses for g in a.fits if (g.scenario, g.kind) == key and not g.control)]
+    width_in = max(12.0, 0.75 * len(groups) * max(len(labels), 2) + 4)
+    fig, axes = plt.subplots(1, 3, figsize=(width_in, 4.4), squeeze=False)
     width = 0.8 / max(len(labels), 1)
     x = np.arange(len(groups))
+    finite_t_star = [g.t_star_steps for a in analyses for g in a.fits if np.isfinite(g.t_star_steps)]
+    top = max(finite_t_star) * 30 if finite_t_star else 10.0
     for r, (label, analysis) in enumerate(zip(labels, analyses)):
         by_group = {(g.scenario, g.kind): g for g in analysis.fits}
-        a = [by_group[k].a if k in by_group else np.nan for k in groups]
-        se = [by_group[k].a_se if k in by_group else np.nan for k in groups]
-        eff = [by_group[k].effectivity if k in by_group else np.nan for k in groups]
+        pick = [by_group.get(k) for k in groups]
+        a = [g.a if g else np.nan for g in pick]
+        se = [g.a_se if g else np.nan for g in pick]
+        eff = [g.effectivity if g else np.nan for g in pick]
         offset = (r - (len(labels) - 1) / 2) * width
         color = _FALLBACK[r % len(_FALLBACK)]
         axes[0][0].bar(x + offset, a, width, yerr=np.nan_to_num(se), color=color, label=label, capsize=2)
         axes[0][1].bar(x + offset, eff, width, color=color, label=label)
-    for ax, title in zip(axes[0], ["decay constant a", "mean effectivity"]):
+        for i, g in enumerate(pick):
+            if g is None or not np.isfinite(g.t_star_steps):
+                continue
+            low, high = g.t_star_ci_steps
+            marker = "o" if not g.flags else "x"
+            axes[0][2].plot([x[i] + offset], [g.t_star_steps], marker, color=color, ms=5)
+            if np.isfinite(low):
+                axes[0][2].plot([x[i] + offset] * 2, [max(low, 0.5), min(high, top)], color=color, lw=1.2)
+                if not np.isfinite(high) or high > top:
+                    axes[0][2].plot([x[i] + offset], [top], "^", color=color, ms=5)
+    axes[0][2].set_yscale("log")
+    axes[0][2].set_ylim(0.5, top * 1.5)  # t* below one step means nothing; lower ends are cut there
+    titles = ["decay constant a (per decade of t)", f"pooled effectivity ({unit(analyses[0].options)})",
+              "t* (steps) with its interval; x: implausible fit, ▲: no upper end"]
+    for ax, title in zip(axes[0], titles):
         ax.set_xticks(x, [f"{s} / {k}" for s, k in groups], fontsize=8, rotation=30, ha="right")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
+    for ax in axes[0][:2]:
         ax.axhline(0, color="0.5", lw=0.6)
-    axes[0][0].legend(loc="best")
-    fig.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncol=min(len(names), 4), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     return fig
 
 

@@ -1,73 +1,217 @@
-"""Tables (rich and HTML), cross-run comparison and the self-contained HTML report."""
+"""Tables (rich and HTML), cross-run comparison and the self-contained HTML report.
+
+Terminal tables fit the console: numbers never wrap, and when the columns do not fit, the least important
+ones are left out (the caption says which; `--json` and the HTML report always have all of them).
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import math
+import io
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import matplotlib.pyplot as plt
+import numpy as np
+from rich import box
+from rich.console import Console
 from rich.table import Table
 
-from analysis.fit import FitOptions, GroupFit, RunAnalysis, analyse_run
+from analysis.fit import FLAG_TEXT, FitOptions, GroupFit, RunAnalysis, analyse_run
+from analysis.format import fmt, fmt_interval, fmt_pct, fmt_signed
 from analysis.load import load_run
+from analysis.metrics import REASONS
+from analysis.plots import compare_figure, png_bytes, run_figures, unit
 from harness.atomic import ensure_dir, write_text_atomic
-from analysis.plots import compare_figure, png_bytes, run_figures
-
-COLUMNS = ["scenario", "kind", "a", "± se", "R²", "t* steps", "t* tokens", "effectivity", "probes", "excluded",
-           "t range", "EM last"]
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None or not math.isfinite(value):
+@dataclass(frozen=True)
+class Column:
+    name: str
+    cell: Callable[[Any], str]
+    priority: int = 0
+    """0: always shown; among the others the highest number is left out first when space runs short."""
+    left: bool = False
+    wrap: bool = False
+    """Free text (run labels) may wrap over lines; numbers and names never do."""
+
+
+def _t_star(g: GroupFit) -> str:
+    return fmt(g.t_star_steps) + ("?" if g.flags and np.isfinite(g.t_star_steps) else "")
+
+
+def _excluded(g: GroupFit, detailed: bool) -> str:
+    if not detailed or not g.exclusions:
+        return str(g.n_excluded)
+    return f"{g.n_excluded} (" + "; ".join(f"{n} {REASONS.get(r, r)}" for r, n in g.exclusions.items()) + ")"
+
+
+def fit_columns(detailed: bool = False) -> list[Column]:
+    return [
+        Column("scenario", lambda g: g.scenario, 0, left=True),
+        Column("kind", lambda g: g.kind + (" *" if g.partial else ""), 0, left=True),
+        Column("effectivity", lambda g: fmt(g.effectivity), 1),
+        Column("a", lambda g: fmt(g.a), 1),
+        Column("± se", lambda g: fmt(g.a_se), 3),
+        Column("R²", lambda g: fmt(g.r2), 2),
+        Column("t* steps", _t_star, 1),
+        Column("t* CI", lambda g: fmt_interval(*g.t_star_ci_steps), 3),
+        Column("t* tokens", lambda g: fmt(g.t_star_tokens), 6),
+        Column("probes", lambda g: str(g.n_probes), 5),
+        Column("excluded", lambda g: _excluded(g, detailed), 4, left=detailed),
+        Column("t range", lambda g: f"{g.t_min}–{g.t_max}" if g.t_max is not None else "—", 5),
+        Column("EM last", lambda g: fmt_pct(g.exact_match_last), 6),
+    ]
+
+
+def retention_columns(options: FitOptions) -> list[Column]:
+    columns = [Column("scenario", lambda g: g.scenario, 0, left=True), Column("kind", lambda g: g.kind, 0, left=True)]
+    for i, level in enumerate(options.retention_levels):
+        columns.append(Column(f"t(R={level:g})", lambda g, i=i: _level(g, i), 1 + i))
+    for i, t in enumerate(options.at):
+        columns.append(Column(f"R({t:,})", lambda g, i=i: _r_at(g, i), 1 + i))
+        columns.append(Column(f"se R({t:,})", lambda g, i=i: fmt(g.r_at[i]["se"]) if g.r_at else "—", 4 + i))
+    return columns
+
+
+def _level(g: GroupFit, i: int) -> str:
+    if not g.retention_levels:
         return "—"
-    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}f}" if abs(value) < 100 else f"{value:,.0f}"
+    entry = g.retention_levels[i]
+    return fmt(entry["t_fit"]) + ("?" if g.flags and np.isfinite(entry["t_fit"]) else "")
 
 
-def table_row(g: GroupFit) -> list[str]:
-    t_range = f"{g.t_min}–{g.t_max}" if g.t_max is not None else "—"
-    excluded = f"{g.n_excluded}" + (" (" + "; ".join(f"{n} {r}" for r, n in g.exclusions.items()) + ")"
-                                     if g.exclusions else "")
-    return [g.scenario, g.kind + (" *" if g.partial else ""), _fmt(g.a), _fmt(g.a_se), _fmt(g.r2),
-            _fmt(g.t_star_steps), _fmt(g.t_star_tokens), _fmt(g.effectivity), str(g.n_probes),
-            excluded, t_range, _fmt(g.exact_match_last, 2)]
+def _r_at(g: GroupFit, i: int) -> str:
+    return fmt(g.r_at[i]["r"]) if g.r_at else "—"
 
 
-def encounter_header(fits: list[GroupFit]) -> list[str]:
+def encounter_columns(fits: list[GroupFit]) -> list[Column]:
     n = max((len(g.effectivity_by_encounter) for g in fits), default=0)
-    return ["scenario", "kind"] + [f"E{i}" for i in range(1, n + 1)]
+    columns = [Column("scenario", lambda g: g.scenario, 0, left=True), Column("kind", lambda g: g.kind, 0, left=True)]
+    for i in range(n):
+        # Later encounters are left out first when the terminal is narrow.
+        columns.append(Column(f"E{i + 1}", lambda g, i=i: fmt(g.effectivity_by_encounter[i])
+                              if i < len(g.effectivity_by_encounter) else "", 1 + i))
+    return columns
 
 
-def encounter_row(g: GroupFit, n: int) -> list[str]:
-    values = [_fmt(v, 2) for v in g.effectivity_by_encounter]
-    return [g.scenario, g.kind] + values + [""] * (n - len(values))
+def _rich(title: str, columns: list[Column], rows: list[Any], console: Console | None, caption: str = "") -> Table:
+    """A table of `rows` that fits `console`: low-priority columns are left out until it does."""
+    shown = list(columns)
+    cells = {id(c): [c.cell(row) for row in rows] for c in columns}
 
+    def build(with_title: bool) -> Table:
+        table = Table(title=title if with_title else None, title_justify="left", box=box.SIMPLE_HEAD,
+                      padding=(0, 1), pad_edge=False, show_edge=False, caption_justify="left")
+        for c in shown:
+            widest = max((len(v) for v in cells[id(c)]), default=0)
+            table.add_column(c.name, justify="left" if c.left else "right", no_wrap=not c.wrap, overflow="fold",
+                             min_width=min(widest, 16) if c.wrap else max(widest, len(c.name)))
+        for i in range(len(rows)):
+            table.add_row(*(cells[id(c)][i] for c in shown))
+        return table
 
-def rich_table(title: str, fits: list[GroupFit]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for name in COLUMNS:
-        table.add_column(name, justify="left" if name in ("scenario", "kind", "excluded") else "right",
-                         overflow="fold")
-    for g in fits:
-        table.add_row(*table_row(g))
+    while console is not None:
+        droppable = [c for c in shown if c.priority > 0]
+        if not droppable or _natural_width(build(with_title=False)) <= console.width:
+            break
+        shown.remove(max(droppable, key=lambda c: (c.priority, shown.index(c))))
+    table = build(with_title=True)
+    left_out = [c.name for c in columns if c not in shown]
+    notes = [caption] if caption else []
+    if left_out:
+        notes.append(f"left out for width: {', '.join(left_out)} (see --json or the HTML report)")
+    table.caption = "\n".join(notes) or None
     return table
 
 
-def rich_encounter_table(fits: list[GroupFit]) -> Table:
-    header = encounter_header(fits)
-    table = Table(title="effectivity by encounter (IQR-filtered mean of E(q,i))", title_justify="left")
-    for name in header:
-        table.add_column(name, justify="left" if name in ("scenario", "kind") else "right")
-    for g in fits:
-        table.add_row(*encounter_row(g, len(header) - 2))
-    return table
+def _natural_width(table: Table) -> int:
+    """Width of the table laid out without a limit, wrapping columns at their minimum width."""
+    wide = Console(width=10_000, file=io.StringIO(), color_system=None)
+    with wide.capture() as capture:
+        wide.print(table)
+    return max((len(line.rstrip()) for line in capture.get().splitlines()), default=0)
+
+
+def injected(fits: list[GroupFit]) -> list[GroupFit]:
+    return [g for g in fits if not g.control]
+
+
+def rich_table(title: str, fits: list[GroupFit], console: Console | None = None) -> Table:
+    return _rich(title, fit_columns(), injected(fits), console,
+                 caption="* partial (see notes); ? implausible fit (see notes)" if any(
+                     g.partial or g.flags for g in fits) else "")
+
+
+def rich_retention_table(analysis: RunAnalysis, console: Console | None = None) -> Table:
+    fits = [g for g in injected(analysis.fits) if g.curve is not None]
+    return _rich("retention: t where the fitted line reaches R, and observed mean R at t",
+                 retention_columns(analysis.options), fits, console)
+
+
+def rich_encounter_table(fits: list[GroupFit], console: Console | None = None) -> Table:
+    return _rich("effectivity by encounter: IQR mean of E(q,i)", encounter_columns(fits), injected(fits),
+                 console)
+
+
+def control_rows(analysis: RunAnalysis) -> list[list[str]]:
+    run, rows = analysis.run, []
+    for kind, drift in analysis.control_drift.items():
+        n = int(((run.scenario == "none") & (run.kind == kind)).sum())
+        k = int(np.abs(drift).argmax())
+        rows.append([kind, str(n), fmt_signed(float(drift[-1])), f"{fmt_signed(float(drift[k]))} at step {run.steps[k]}"])
+    return rows
+
+
+CONTROL_HEADER = ["kind", "probes", "Δℓ at the last step", "largest |Δℓ|"]
+
+
+def rich_control_table(analysis: RunAnalysis, console: Console | None = None) -> Table | None:
+    rows = control_rows(analysis)
+    if not rows:
+        return None
+    columns = [Column(h, lambda r, i=i: r[i], 0, left=i == 0) for i, h in enumerate(CONTROL_HEADER)]
+    return _rich(f"control probes (never injected): drift of {analysis.options.metric} (nats)", columns, rows, console)
+
+
+def adjusted_rows(analysis: RunAnalysis) -> list[list[str]]:
+    """Raw and control-adjusted numbers of every injected group, side by side."""
+    if analysis.raw is None:
+        return []
+    raw = {(g.scenario, g.kind): g for g in analysis.raw.fits}
+    rows = []
+    for g in injected(analysis.fits):
+        r = raw[(g.scenario, g.kind)]
+        rows.append([g.scenario, g.kind, fmt(r.effectivity), fmt(g.effectivity), fmt(r.a), fmt(g.a),
+                     fmt(r.r2), fmt(g.r2), _t_star(r), _t_star(g)])
+    return rows
+
+
+ADJUSTED_HEADER = ["scenario", "kind", "eff. raw", "eff. adj.", "a raw", "a adj.", "R² raw", "R² adj.",
+                   "t* raw", "t* adj."]
+
+
+def rich_adjusted_table(analysis: RunAnalysis, console: Console | None = None) -> Table | None:
+    rows = adjusted_rows(analysis)
+    if not rows:
+        return None
+    priorities = [0, 0, 1, 1, 1, 1, 2, 2, 3, 3]
+    columns = [Column(h, lambda r, i=i: r[i], p, left=i < 2) for i, (h, p) in enumerate(zip(ADJUSTED_HEADER, priorities))]
+    return _rich("raw and control-adjusted, side by side", columns, rows, console)
 
 
 def fit_notes(fits: list[GroupFit]) -> list[str]:
-    return [f"{g.scenario}/{g.kind}: {note}" for g in fits for note in g.notes]
+    notes = [f"{g.scenario}/{g.kind}: {note}" for g in fits for note in g.notes]
+    for g in fits:
+        if "no_decay" in g.flags:
+            notes.append(f"{g.scenario}/{g.kind}: {FLAG_TEXT['no_decay']} (a = {fmt(g.a)}, R² {fmt(g.r2)})")
+        elif g.flags:
+            reasons = "; ".join(FLAG_TEXT[f] for f in g.flags)
+            notes.append(f"{g.scenario}/{g.kind}: implausible fit, t* = {fmt(g.t_star_steps)} steps at R² "
+                         f"{fmt(g.r2)}: {reasons}")
+    return notes
 
 
 def unique_labels(analyses: list[RunAnalysis]) -> list[str]:
@@ -77,29 +221,37 @@ def unique_labels(analyses: list[RunAnalysis]) -> list[str]:
             for label, a in zip(labels, analyses)]
 
 
-def compare_records(analyses: list[RunAnalysis]) -> list[dict]:
-    records = []
-    for label, analysis in zip(unique_labels(analyses), analyses):
-        for g in analysis.fits:
-            records.append({"run": label, "path": str(analysis.run.path), **g.record()})
-    return records
+def compare_columns(options: FitOptions) -> list[Column]:
+    """Columns over (run label, group) rows: the run, the group's fit columns, then its retention columns."""
+    own = {c.name: c for c in fit_columns()}
+    names = ["scenario", "kind", "effectivity", "a", "± se", "R²", "t* steps", "t* CI", "t* tokens"]
+    columns = [Column("run", lambda row: row[0], 0, left=True, wrap=True)]
+    columns += [Column(n, lambda row, c=own[n]: c.cell(row[1]), own[n].priority, own[n].left) for n in names]
+    columns += [Column(c.name, lambda row, c=c: c.cell(row[1]), c.priority + 6, c.left)
+                for c in retention_columns(options)[2:]]
+    return columns
 
 
-def compare_table(analyses: list[RunAnalysis]) -> Table:
-    table = Table(title="decay constant a and effectivity across runs", title_justify="left")
-    for name in ["run", "scenario", "kind", "a", "± se", "R²", "t* steps", "t* tokens", "effectivity"]:
-        table.add_column(name, justify="left" if name in ("run", "scenario", "kind") else "right")
-    for label, analysis in zip(unique_labels(analyses), analyses):
-        for g in analysis.fits:
-            row = table_row(g)
-            table.add_row(label, *row[:2], *row[2:8])
-    return table
+def compare_rows(labels: list[str], analyses: list[RunAnalysis]) -> list[tuple[str, GroupFit]]:
+    return [(label, g) for label, a in zip(labels, analyses) for g in injected(a.fits)]
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def compare_table(analyses: list[RunAnalysis], console: Console | None = None) -> Table:
+    labels = unique_labels(analyses)
+    return _rich("decay constant a, t* and effectivity across runs", compare_columns(analyses[0].options),
+                 compare_rows(labels, analyses), console)
+
+
+def _html_table(header: list[str], rows: list[list[str]], left: int = 2) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td{' class=l' if i < left else ''}>{html.escape(c)}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_columns(columns: list[Column], rows: list[Any]) -> str:
+    return _html_table([c.name for c in columns], [[c.cell(r) for c in columns] for r in rows],
+                       left=sum(1 for c in columns if c.left))
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -107,15 +259,28 @@ def _img(png: bytes, alt: str) -> str:
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px}
-th{background:#f2f2f2}td{text-align:right}td:nth-child(-n+2){text-align:left}img{max-width:100%}
-.note{color:#8a4b00}code{background:#f5f5f5;padding:0 3px}"""
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #ccc;padding:3px 8px}th{background:#f2f2f2}td{text-align:right}td.l{text-align:left}
+img{max-width:100%}.note{color:#8a4b00}.warn{color:#a00}code{background:#f5f5f5;padding:0 3px}"""
 
-_DEFINITIONS = """<p>Definitions (SPEC §3): effectivity E(q,i) = ℓ at the local acquisition maximum within the window after
-encounter i minus ℓ just before it; retainability R(q,t) = [ℓ(t_LAM,N + t) − ℓ(t_pre)] / [ℓ(t_LAM,N) − ℓ(t_pre)];
-decay constant a from the least-squares line R ≈ b − a·log10 t of the outlier-filtered mean R(t);
-t* = 10^(b/a) is where that line reaches zero (in steps, and × tokens per step in tokens).
-Probes whose denominator is ≤ 0 are excluded and counted. Groups marked * are partial (see notes).</p>"""
+_DEFINITIONS = """<p>Effectivity E(q,i): ℓ at the local acquisition maximum within the window after encounter i
+minus ℓ just before it; the group's effectivity pools every (probe, encounter) value and removes outliers once.
+Retainability R(q,t) = [ℓ(t_LAM,N + t) − ℓ(ref)] / [ℓ(t_LAM,N) − ℓ(ref)]; mean R(t) removes outliers at every t.
+Decay constant a from the least-squares line R ≈ b − a·log10 t of mean R(t); t* = 10^(b/a) is where that line
+reaches zero (in steps, and × tokens per step in tokens). t(R=x) is where the line reaches R = x.
+Groups marked * are partial and t* marked ? rests on an implausible fit (see the notes).</p>"""
+
+
+def options_html(options: FitOptions, analyses: list[RunAnalysis]) -> str:
+    windows = ", ".join(f"{html.escape(a.run.label)}: {a.options.window} ({a.window_source})" for a in analyses)
+    ci = (f"percentile bootstrap over probes, {options.bootstrap} resamples" if options.bootstrap
+          else "delta method on b/a (least-squares errors; they treat the points of mean R(t) as independent)")
+    t_max = options.t_max if options.t_max is not None else "the rule set's default"
+    return (f"<p>Rules <code>{html.escape(options.rules)}</code>, scale <code>{options.scale}</code>, metric "
+            f"<code>{html.escape(options.metric)}</code>, control adjustment "
+            f"<code>{'on' if options.control_adjust else 'off'}</code>, IQR factor {options.factor:g}, "
+            f"t from {options.t_min} to {t_max}; window: {windows}. Interval of t*: "
+            f"{int(round(options.ci_level * 100))} %, {ci}.</p>")
 
 
 def build_report(analyses: list[RunAnalysis]) -> str:
@@ -123,25 +288,34 @@ def build_report(analyses: list[RunAnalysis]) -> str:
     options = analyses[0].options
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Knowledge-injection report</title>"
              f"<style>{_CSS}</style></head><body><h1>Knowledge-injection report</h1>",
-             f"<p>Metric <code>{html.escape(options.metric)}</code>, window {options.window}, IQR factor "
-             f"{options.iqr_factor:g}, t from {options.t_min} to "
-             f"{options.t_max if options.t_max is not None else 'the largest t every probe has'}.</p>", _DEFINITIONS]
+             options_html(options, analyses), _DEFINITIONS]
     if len(analyses) > 1:
         parts.append("<h2>Comparison</h2>")
-        rows = [[label, *table_row(g)[:8]] for label, a in zip(labels, analyses) for g in a.fits]
-        parts.append(_html_table(["run"] + COLUMNS[:8], rows))
+        parts.append(_html_columns(compare_columns(options), compare_rows(labels, analyses)))
         fig = compare_figure(labels, analyses)
         parts.append(_img(png_bytes(fig), "comparison of decay constants and effectivity"))
         plt.close(fig)
     for label, analysis in zip(labels, analyses):
         run = analysis.run
+        tps = f"{run.tokens_per_step:,}" if run.tokens_per_step else "unknown"
         parts.append(f"<h2>{html.escape(label)}</h2><p><code>{html.escape(str(run.path))}</code>: "
-                     f"{run.n_probes} probes, logged steps {run.steps[0]}–{run.steps[-1]} ({len(run.steps)} steps), "
-                     f"tokens per step {run.tokens_per_step if run.tokens_per_step else 'unknown'}.</p>")
-        parts.append(_html_table(COLUMNS, [table_row(g) for g in analysis.fits]))
-        header = encounter_header(analysis.fits)
+                     f"{run.n_probes:,} probes, logged steps {run.steps[0]}–{run.steps[-1]} ({len(run.steps):,} "
+                     f"steps), tokens per step {tps}, quantities in {html.escape(unit(analysis.options))}.</p>")
+        for warning in analysis.warnings:
+            parts.append(f"<p class='warn'>warning: {html.escape(warning)}</p>")
+        parts.append(_html_columns(fit_columns(detailed=True), injected(analysis.fits)))
+        if analysis.raw is not None:
+            parts.append("<h3>Raw and control-adjusted</h3>")
+            parts.append(_html_table(ADJUSTED_HEADER, adjusted_rows(analysis)))
+        if analysis.control_drift:
+            parts.append("<h3>Control probes (never injected)</h3>")
+            parts.append(_html_table(CONTROL_HEADER, control_rows(analysis), left=1))
+        fitted = [g for g in injected(analysis.fits) if g.curve is not None]
+        if fitted:
+            parts.append("<h3>Retention</h3>")
+            parts.append(_html_columns(retention_columns(analysis.options), fitted))
         parts.append("<h3>Effectivity by encounter</h3>")
-        parts.append(_html_table(header, [encounter_row(g, len(header) - 2) for g in analysis.fits]))
+        parts.append(_html_columns(encounter_columns(analysis.fits), injected(analysis.fits)))
         for note in fit_notes(analysis.fits):
             parts.append(f"<p class='note'>{html.escape(note)}</p>")
         for stem, fig in run_figures(analysis).items():

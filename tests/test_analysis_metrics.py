@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from analysis import FitOptions, fit_records, fit_run, load_run
-from analysis.metrics import REASON_NO_GAIN, REASON_NOT_INJECTED, iqr_mean, nan_quantile
+from analysis.metrics import NO_GAIN, NOT_INJECTED, iqr_mean, nan_quantile
 from harness.errors import UserError
 from tests.helpers.planted import write_trajectories
 
@@ -64,11 +64,11 @@ def test_two_encounters_exclusion_and_never_injected(tmp_path):
     assert m["a"] == pytest.approx(-slope, abs=1e-5) and m["b"] == pytest.approx(intercept, abs=1e-5)
     assert m["n_excluded"] == 0
     s = records[("dup", "sem")]
-    assert s["n_excluded"] == 1 and s["exclusions"] == {REASON_NO_GAIN: 1}
+    assert s["n_excluded"] == 1 and s["exclusions"] == {NO_GAIN: 1}
     assert s["a"] is None and s["t_star_steps"] is None
     assert s["effectivity_by_encounter"] == [0.0, 0.0]
     c = records[("control", "mem")]
-    assert c["exclusions"] == {REASON_NOT_INJECTED: 1} and c["effectivity"] is None
+    assert c["exclusions"] == {NOT_INJECTED: 1} and c["effectivity"] is None
 
 
 def test_first_maximum_wins_ties_and_window_bounds(tmp_path):
@@ -113,3 +113,36 @@ def test_iqr_rule_and_quantiles():
         assert nan_quantile(x, q, axis=0) == pytest.approx(np.nanquantile(x, q, axis=0))
     columns, _ = iqr_mean(np.array([[1.0, 1.0], [2.0, 1.0], [3.0, np.nan], [50.0, 1.0]]), 1.5, axis=0)
     assert columns == pytest.approx([2.0, 1.0])  # per column (per t): 50 is an outlier of column 0 only
+
+
+def test_number_format():
+    from analysis.format import fmt, fmt_interval, fmt_pct
+
+    cases = {0.2031: "0.203", 9.847: "9.85", 98.489: "98.5", 1811.3: "1,811", 4.2e6: "4.2e6", 0.00042: "4.2e-4",
+             -0.0161: "-0.016", 0.0: "0", float("inf"): "∞", float("nan"): "—", None: "—"}
+    assert {k: fmt(k) for k in cases} == cases
+    assert fmt_pct(0.025) == "2.5 %" and fmt_interval(70.7, float("inf")) == "70.7–∞"
+    assert fmt_interval(float("nan"), 3.0) == "—"
+
+
+def test_implausible_fits_are_flagged(tmp_path):
+    from tests.helpers.planted import PlantedScenario, write_planted_run
+
+    # a barely falling curve under noise: weak fit, t* far beyond the data
+    run = write_planted_run(tmp_path / "run", [PlantedScenario("once", [0, 1, 2], [0], [1.0], 0.02)],
+                            n_steps=300, noise=0.3, kinds=("mem",), seed=4)
+    [rec] = fit_records(load_run(run.path))
+    assert rec["r2"] < 0.3 and "weak_fit" in rec["flags"]
+    assert rec["t_star_steps"] > 100 * rec["t_max"] and "far_extrapolation" in rec["flags"]
+    # the clean planted curve is not flagged
+    clean = write_planted_run(tmp_path / "clean", [PlantedScenario("once", [0], [0], [1.0], 0.3)], n_steps=300,
+                              kinds=("mem",))
+    [rec] = fit_records(load_run(clean.path))
+    assert rec["flags"] == []
+
+
+def test_perplexity_scale_overflow_is_a_user_error(tmp_path):
+    run = write_trajectories(tmp_path / "run", {(0, "once", "mem", 0): [-800.0, -5.0, -4.0, -4.5]},
+                             [(0, 0, "once")])
+    with pytest.raises(UserError, match="overflows"):
+        fit_records(load_run(run), FitOptions(window=2, scale="perplexity"))

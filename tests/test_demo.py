@@ -19,10 +19,10 @@ def test_quick_demo_from_nothing_then_cached(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["checkpoint"] for r in summary["runs"]] == ["tiny@early", "tiny@late"]
     for run in summary["runs"]:
-        # the fit objects are exactly what `analysis fit --json` prints for that run directory
+        # the fit objects are exactly the groups `analysis fit --json` prints for that run directory
         printed = CliRunner().invoke(app_analysis(), ["fit", run["run_dir"], "--json", "--window", str(QUICK.window)])
         assert printed.exit_code == 0, printed.output
-        assert run["fit"] == json.loads(printed.output)
+        assert run["fit"] == json.loads(printed.stdout)["groups"]
         groups = {(f["scenario"], f["kind"]) for f in run["fit"]}
         assert {(s, k) for s in ("paraphrase", "duplicate", "once", "none") for k in ("mem", "sem", "comp")} == groups
         injected = [f for f in run["fit"] if f["scenario"] != "none"]

@@ -172,14 +172,18 @@ def write_planted_run(
     return PlantedRun(path=path, scenarios=scenarios, steps=logged, kind_scale=scale)
 
 
-def paper_scenarios(decay: tuple[float, float, float] = (0.20, 0.25, 0.35)) -> list[PlantedScenario]:
-    """The study's schedule: 40 paragraphs each of paraphrase / duplicate (0..900 every 100) / once (0)."""
+def paper_scenarios(decay: tuple[float, float, float] = (0.20, 0.25, 0.35), controls: int = 0) -> list[PlantedScenario]:
+    """The study's schedule: 40 paragraphs each of paraphrase / duplicate (0..900 every 100) / once (0), and
+    `controls` paragraphs from 120 on that are logged but never injected (scenario `none`)."""
     every = list(range(0, 1000, 100))
-    return [
+    scenarios = [
         PlantedScenario("paraphrase", list(range(0, 40)), every, [1.0] + [0.6] * 9, decay[0]),
         PlantedScenario("duplicate", list(range(40, 80)), every, [1.0] + [0.4] * 9, decay[1]),
         PlantedScenario("once", list(range(80, 120)), [0], [1.0], decay[2]),
     ]
+    if controls:
+        scenarios.append(PlantedScenario("none", list(range(120, 120 + controls)), [], [], 0.0))
+    return scenarios
 
 
 def write_trajectories(
