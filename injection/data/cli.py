@@ -1,4 +1,4 @@
-"""`injection data extract|build-corpus` and `injection plan`: thin wrappers over the library functions."""
+"""`injection data prepare|extract|build-corpus` and `injection plan`: thin wrappers over the library functions."""
 
 from __future__ import annotations
 
@@ -15,20 +15,19 @@ data_app = HarnessTyper()
 
 def _open_source(family: str | None, source: str | None, batch_size: int | None, start: int):
     from injection.data.family import family_data
-    from injection.data.source import open_batch_source
+    from injection.data.prepare import open_checked_source, open_prepared
 
     if family is None and source is None:
-        raise UserError("give --family (data order from the catalog) and/or --source CORPUS_DIR_OR_URL")
+        raise UserError("give --family (the description made by `injection data prepare FAMILY`) "
+                        "and/or --source CORPUS_DIR_OR_URL")
     facts = family_data(family, start) if family is not None else None
-    if source is None:
-        raise UserError(
-            f"the catalog does not list the token files of {family!r} (they are published in: {facts.data_paths}); "
-            "pass --source, a corpus directory or URL whose corpus.json lists them"
-        )
     batch_size = batch_size or (facts.global_batch_size if facts else None)
     if batch_size is None:
         raise UserError("--batch-size is required with --source (the run's global batch size)")
-    batch_source = open_batch_source(source, batch_size)
+    if source is None:
+        batch_source, source = open_prepared(family, batch_size)
+    else:
+        batch_source = open_checked_source(source, batch_size)
     if facts is not None and (batch_source.seq_len, batch_source.info.seed) != (facts.seq_len, facts.seed):
         raise UserError(
             f"{source}: seq_len {batch_source.seq_len} and seed {batch_source.info.seed} do not match the catalog's "
@@ -44,7 +43,8 @@ def extract(
     steps: Annotated[int, typer.Option("--steps", help="Number of steps to extract.")],
     family: Annotated[Optional[str], typer.Option("--family", help="Checkpoint family (olmo-1b, olmo-7b).")] = None,
     source: Annotated[
-        Optional[str], typer.Option("--source", help="Corpus directory or URL (overrides the catalog's data location).")
+        Optional[str], typer.Option("--source", help="Corpus directory or URL (default with --family: the description "
+                                                     "`injection data prepare FAMILY` left in the cache).")
     ] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Global batch size (rows per step).")] = None,
     check: Annotated[int, typer.Option("--check", help="Batches re-read from the source and compared.")] = 4,
@@ -58,6 +58,48 @@ def extract(
         f"{out}: steps {manifest['first_step']}…{manifest['first_step'] + manifest['n_steps'] - 1} "
         f"({manifest['instances']} instances), checked steps {manifest['checked_steps']}: equal"
     )
+
+
+@data_app.command("prepare")
+def prepare(
+    family: Annotated[str, typer.Argument(help="Checkpoint family whose run's data to describe (olmo-1b, olmo-7b).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for corpus.json and the size cache "
+                                                              "(default $INJECTION_CACHE/data/FAMILY).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the file URLs and what would be fetched; "
+                                                            "no network.")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Size requests in flight.", min=1)] = 16,
+    retries: Annotated[int, typer.Option("--retries", help="Further attempts per request, with backoff.", min=0)] = 5,
+    full_order_check: Annotated[bool, typer.Option(
+        "--full-order-check", help="Read the whole published order file (3.7 GB for olmo-7b) and check every index; "
+                                   "by default its size is checked here and its indices in every window extracted.")
+    ] = False,
+    rebuild_order: Annotated[bool, typer.Option(
+        "--rebuild-order", help="Ignore the published order file; rebuild the order from the seed (unverifiable).")
+    ] = False,
+) -> None:
+    """Describe a run's corpus (corpus.json): token-file URLs from the shipped list, their sizes, the order."""
+    import warnings
+
+    from rich.console import Console
+
+    from injection.data.prepare import HttpPolicy, plan_prepare, prepare_corpus
+
+    plan = plan_prepare(family, out, rebuild_order=rebuild_order, full_order_check=full_order_check)
+    if dry_run:
+        typer.echo("\n".join(plan.urls))
+        for line in plan.describe():
+            typer.echo(line, err=True)
+        return
+    console = Console(stderr=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # warnings are printed as they come, below
+        info = prepare_corpus(plan, policy=HttpPolicy(retries=retries), workers=workers,
+                              warn=lambda message: console.print(f"[yellow]warning:[/yellow] {message}"))
+    order = info.extra["order"]
+    described = (f"{order['source']} ({order['entries']:,} entries; checked: {order['checked']})"
+                 if info.global_indices is not None else f"rebuilt from seed {info.seed} + epoch {info.epoch} (unverified)")
+    typer.echo(f"{plan.out / 'corpus.json'}: {family}, {len(info.paths)} files, {info.n_instances:,} instances of "
+               f"{info.seq_len:,} tokens ({info.dtype}); order: {described}")
 
 
 @data_app.command("build-corpus")
