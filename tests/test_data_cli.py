@@ -81,7 +81,8 @@ def test_extract_resumes_and_killed_never_looks_complete(tmp_path, corpus):
         extract_window(open_batch_source(corpus, B), 1, 8, out, source_name="c", show_progress=False)
 
 
-def test_extract_needs_source_or_known_family(tmp_path):
+def test_extract_needs_source_or_known_family(tmp_path, monkeypatch):
+    monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
     result = runner.invoke(app, ["data", "extract", "--family", "olmo-1b", "--start", "0", "--steps", "1", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "error:" in result.output
 
@@ -140,8 +141,9 @@ def test_extract_family_takes_batch_size_from_catalog(tmp_path, corpus, monkeypa
                              "--out", str(tmp_path / "w")])
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / "w" / "manifest.json").read_text())["global_batch_size"] == 2
-    no_files = runner.invoke(app, ["data", "extract", "--family", "f", "--start", "3", "--steps", "2", "--out", str(tmp_path / "x")])
-    assert no_files.exit_code == 2 and "configs of the run" in no_files.output
+    monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
+    unprepared = runner.invoke(app, ["data", "extract", "--family", "f", "--start", "3", "--steps", "2", "--out", str(tmp_path / "x")])
+    assert unprepared.exit_code == 2 and "injection data prepare f" in unprepared.output
     order.seed = 6
     mismatch = runner.invoke(app, ["data", "extract", "--family", "f", "--source", str(corpus), "--start", "3",
                                    "--steps", "2", "--out", str(tmp_path / "y")])

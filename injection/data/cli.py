@@ -78,10 +78,6 @@ def prepare(
     ] = False,
 ) -> None:
     """Describe a run's corpus (corpus.json): token-file URLs from the shipped list, their sizes, the order."""
-    import warnings
-
-    from rich.console import Console
-
     from injection.data.prepare import HttpPolicy, plan_prepare, prepare_corpus
 
     plan = plan_prepare(family, out, rebuild_order=rebuild_order, full_order_check=full_order_check)
@@ -90,11 +86,8 @@ def prepare(
         for line in plan.describe():
             typer.echo(line, err=True)
         return
-    console = Console(stderr=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # warnings are printed as they come, below
-        info = prepare_corpus(plan, policy=HttpPolicy(retries=retries), workers=workers,
-                              warn=lambda message: console.print(f"[yellow]warning:[/yellow] {message}"))
+    info = prepare_corpus(plan, policy=HttpPolicy(retries=retries), workers=workers,
+                          warn=lambda message: typer.echo(f"warning: {message}", err=True))
     order = info.extra["order"]
     described = (f"{order['source']} ({order['entries']:,} entries; checked: {order['checked']})"
                  if info.global_indices is not None else f"rebuilt from seed {info.seed} + epoch {info.epoch} (unverified)")

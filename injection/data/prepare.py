@@ -122,6 +122,8 @@ class HttpPolicy:
     timeout: float = 60.0
     chunk_bytes: int = 64 << 20
     """Bytes per Range request when the whole order file is read."""
+    stream_bytes: int = 1 << 16
+    """Bytes per socket read: a body that stops short keeps all but the read in progress."""
 
 
 class _Short(Exception):
@@ -187,7 +189,7 @@ class Http:
                         if response.status_code not in _RETRY_STATUS:
                             raise UserError(f"{url}: HTTP {response.status_code} for bytes {start}-{offset + length - 1}")
                         raise _Short(f"HTTP {response.status_code}")
-                    for chunk in response.iter_content(1 << 20):
+                    for chunk in response.iter_content(self.policy.stream_bytes):
                         buf += chunk[: length - len(buf)]
                         if len(buf) >= length:
                             break
