@@ -170,6 +170,15 @@ def test_short_range_reads_resume_where_the_body_stopped(world):
     assert ranges[1:3] == ["bytes=0-255", "bytes=32-255"], ranges
 
 
+def test_an_order_saved_with_np_save_is_read_past_its_header(world):
+    np.save(world.files / "global_indices.npy", build_global_indices(N, SEED))  # np.save keeps the name given
+    info = prepare_corpus(plan_prepare("loop", world.root / "p", full_order_check=True), policy=FAST,
+                          show_progress=False)
+    assert info.extra["order"]["entries"] == N and info.extra["order"]["largest_index"] == N - 1
+    local = open_batch_source(world.files, B)
+    assert np.array_equal(open_batch_source(world.root / "p", B).get_batch(5)[1], local.get_batch(5)[1])
+
+
 @pytest.mark.parametrize("entries", [N + B, N - B])
 def test_an_order_of_the_wrong_size_names_the_file(world, entries):
     order = build_global_indices(N + B, SEED)

@@ -1,8 +1,8 @@
 """Data-order facts of a checkpoint family (olmo-1b, olmo-7b, tiny), kept behind one function.
 
-The catalog (`injection.catalog`) knows each family's seed, sequence length, order file URL and batch size
-per step, but not the list of token files (it only says where that list is published): the files come
-from `--source`, a corpus directory or URL whose `corpus.json` lists them.
+The catalog (`injection.catalog`) knows each family's seed, sequence length, order file URL, batch size per
+step and which list of token files the run read (`data_paths`, resolved by `injection.data.prepare`).
+`injection data prepare FAMILY` turns them into a corpus description; `--source` names any other corpus.
 """
 
 from __future__ import annotations

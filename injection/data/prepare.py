@@ -126,8 +126,8 @@ class HttpPolicy:
     """Bytes per socket read: a body that stops short keeps all but the read in progress."""
 
 
-class _Short(Exception):
-    """A Range read that ended before the asked bytes arrived."""
+class _Retry(Exception):
+    """A Range read to try again: the body ended early, or the server answered with a transient status."""
 
 
 class Http:
@@ -188,15 +188,15 @@ class Http:
                     if response.status_code != 206:
                         if response.status_code not in _RETRY_STATUS:
                             raise UserError(f"{url}: HTTP {response.status_code} for bytes {start}-{offset + length - 1}")
-                        raise _Short(f"HTTP {response.status_code}")
+                        raise _Retry(f"HTTP {response.status_code}")
                     for chunk in response.iter_content(self.policy.stream_bytes):
                         buf += chunk[: length - len(buf)]
                         if len(buf) >= length:
                             break
                 if len(buf) < length:
-                    raise _Short(f"the body ended after {len(buf) - before} bytes")
-            except (requests.RequestException, _Short) as err:
-                why = str(err).splitlines()[0] if isinstance(err, _Short) else type(err).__name__
+                    raise _Retry(f"the body ended after {len(buf) - before} bytes")
+            except (requests.RequestException, _Retry) as err:
+                why = str(err).splitlines()[0] if isinstance(err, _Retry) else type(err).__name__
                 idle = 0 if len(buf) > before else idle + 1
                 if idle > self.policy.retries:
                     raise UserError(f"{url}: reading bytes {start}-{offset + length - 1} failed "
