@@ -130,8 +130,7 @@ def progress(*columns: Any, transient: bool = False, bytes_unit: bool = False):
     if not stderr_is_terminal():
         return LineProgress(bytes_unit=bytes_unit)
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     if not columns:
         columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -139,17 +138,13 @@ def progress(*columns: Any, transient: bool = False, bytes_unit: bool = False):
     return _RichWithInfo(*columns, console=Console(stderr=True), transient=transient)
 
 
-def _rich_class():
-    from rich.progress import Progress
-
-    return Progress
-
-
 class _RichWithInfo:
     """rich's Progress whose tasks always carry an `info` field (so one column set serves every caller)."""
 
     def __init__(self, *columns: Any, **kwargs: Any) -> None:
-        self._progress = _rich_class()(*columns, **kwargs)
+        from rich.progress import Progress
+
+        self._progress = Progress(*columns, **kwargs)
 
     def __enter__(self):
         self._progress.__enter__()

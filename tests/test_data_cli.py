@@ -108,7 +108,8 @@ def test_extract_from_a_checkpoints_own_data_position(tmp_path, corpus):
     assert both.exit_code == 2 and "exactly one of" in both.output
 
 
-def test_extract_needs_source_or_known_family(tmp_path):
+def test_extract_needs_source_or_known_family(tmp_path, monkeypatch):
+    monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
     result = runner.invoke(app, ["data", "extract", "--family", "olmo-1b", "--start", "0", "--steps", "1", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "error:" in result.output
 
@@ -168,8 +169,9 @@ def test_extract_family_takes_batch_size_from_catalog(tmp_path, corpus, monkeypa
                              "--out", str(tmp_path / "w")])
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / "w" / "manifest.json").read_text())["batch_size"] == 2
-    no_files = runner.invoke(app, ["data", "extract", "--family", "f", "--start", "3", "--steps", "2", "--out", str(tmp_path / "x")])
-    assert no_files.exit_code == 2 and "configs of the run" in no_files.output
+    monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
+    unprepared = runner.invoke(app, ["data", "extract", "--family", "f", "--start", "3", "--steps", "2", "--out", str(tmp_path / "x")])
+    assert unprepared.exit_code == 2 and "injection data prepare f" in unprepared.output
     order.seed = 6
     mismatch = runner.invoke(app, ["data", "extract", "--family", "f", "--source", str(corpus), "--start", "3",
                                    "--steps", "2", "--out", str(tmp_path / "y")])

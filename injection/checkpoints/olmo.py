@@ -28,7 +28,7 @@ import yaml
 
 from harness.errors import UserError
 from harness.typed import from_mapping
-from injection.checkpoints.layout import DataPosition, OptimizerSpec, checkpoint_meta, write_checkpoint_dir
+from injection.checkpoints.layout import DataPosition, checkpoint_meta, write_checkpoint_dir
 from injection.lr import LRSchedule
 
 KIND = "olmo"

@@ -1,4 +1,4 @@
-"""`injection data extract|build-corpus` and `injection plan`: thin wrappers over the library functions."""
+"""`injection data prepare|extract|build-corpus` and `injection plan`: thin wrappers over the library functions."""
 
 from __future__ import annotations
 
@@ -14,19 +14,20 @@ data_app = HarnessTyper()
 
 
 def _open_source(family: str | None, source: str | None):
-    """The corpus to read: `--source` (a corpus directory or URL), checked against the family's facts."""
+    """The corpus to read: `--source` (a corpus directory or URL), or the family's description prepared by
+    `injection data prepare`; checked against the family's facts."""
     from injection.checkpoints.catalog import load_catalog
+    from injection.data.prepare import open_prepared
     from injection.data.source import open_corpus
 
     if family is None and source is None:
-        raise UserError("give --family (data order from the catalog) and/or --source CORPUS_DIR_OR_URL")
+        raise UserError("give --family (the description made by `injection data prepare FAMILY`) "
+                        "and/or --source CORPUS_DIR_OR_URL")
     fam = load_catalog().family(family) if family is not None else None
     if source is None:
-        raise UserError(
-            f"the catalog does not list the token files of {family!r} (they are published in: "
-            f"{fam.data_order.data_paths}); pass --source, a corpus directory or URL whose corpus.json lists them"
-        )
-    corpus = open_corpus(source)
+        corpus, source = open_prepared(family)
+    else:
+        corpus = open_corpus(source)
     if fam is not None and (corpus.seq_len, corpus.info.seed) != (fam.seq_len, fam.data_order.seed):
         raise UserError(
             f"{source}: seq_len {corpus.seq_len} and seed {corpus.info.seed} do not match the catalog's "
@@ -80,7 +81,8 @@ def extract(
     epoch: Annotated[int, typer.Option("--epoch", help="Epoch of --start-instance.")] = 0,
     family: Annotated[Optional[str], typer.Option("--family", help="Checkpoint family (olmo-1b, olmo-7b).")] = None,
     source: Annotated[
-        Optional[str], typer.Option("--source", help="Corpus directory or URL (overrides the catalog's data location).")
+        Optional[str], typer.Option("--source", help="Corpus directory or URL (default with --family: the description "
+                                                     "`injection data prepare FAMILY` left in the cache).")
     ] = None,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Rows per step of the run that will read the window (default: the checkpoint's).")] = None,
@@ -98,6 +100,41 @@ def extract(
     manifest = extract_window(corpus, stream, steps, out, source_name=str(source), check_samples=check, label=label)
     print(f"{out}: {steps} steps of {batch} rows from epoch {first_epoch} position {first:,} "
           f"({manifest['instances']:,} instances), checked steps {manifest['checked_steps']}: equal")
+
+
+@data_app.command("prepare")
+def prepare(
+    family: Annotated[str, typer.Argument(help="Checkpoint family whose run's data to describe (olmo-1b, olmo-7b).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for corpus.json and the size cache "
+                                                              "(default $INJECTION_CACHE/data/FAMILY).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the file URLs and what would be fetched; "
+                                                            "no network.")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Size requests in flight.", min=1)] = 16,
+    retries: Annotated[int, typer.Option("--retries", help="Further attempts per request, with backoff.", min=0)] = 5,
+    full_order_check: Annotated[bool, typer.Option(
+        "--full-order-check", help="Read the whole published order file (3.7 GB for olmo-7b) and check every index; "
+                                   "by default its size is checked here and its indices in every window extracted.")
+    ] = False,
+    rebuild_order: Annotated[bool, typer.Option(
+        "--rebuild-order", help="Ignore the published order file; rebuild the order from the seed (unverifiable).")
+    ] = False,
+) -> None:
+    """Describe a run's corpus (corpus.json): token-file URLs from the shipped list, their sizes, the order."""
+    from injection.data.prepare import HttpPolicy, plan_prepare, prepare_corpus
+
+    plan = plan_prepare(family, out, rebuild_order=rebuild_order, full_order_check=full_order_check)
+    if dry_run:
+        typer.echo("\n".join(plan.urls))
+        for line in plan.describe():
+            typer.echo(line, err=True)
+        return
+    info = prepare_corpus(plan, policy=HttpPolicy(retries=retries), workers=workers,
+                          warn=lambda message: typer.echo(f"warning: {message}", err=True))
+    order = info.extra["order"]
+    described = (f"{order['source']} ({order['entries']:,} entries; checked: {order['checked']})"
+                 if info.global_indices is not None else f"rebuilt from seed {info.seed} + epoch {info.epoch} (unverified)")
+    typer.echo(f"{plan.out / 'corpus.json'}: {family}, {len(info.paths)} files, {info.n_instances:,} instances of "
+               f"{info.seq_len:,} tokens ({info.dtype}); order: {described}")
 
 
 @data_app.command("build-corpus")

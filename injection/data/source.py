@@ -210,16 +210,17 @@ class Corpus:
         return bool(self._segments)
 
     def epoch_length(self, epoch: int) -> int:
-        return self.info.n_instances
+        """The order file's length for the epoch it holds (ai2-olmo trims an epoch to a multiple of the number of
+        ranks), the number of instances for epochs rebuilt from the seed."""
+        if self.is_window or not (epoch == self.info.epoch and self.info.global_indices is not None):
+            return self.info.n_instances
+        return len(self.order(epoch))
 
     def order(self, epoch: int):
         """The order of `epoch`: the order file where it holds that epoch, else rebuilt from the seed."""
         if epoch not in self._orders:
             if epoch == self.info.epoch and self.info.global_indices is not None:
                 order = GlobalIndices(join_location(self.base, self.info.global_indices))
-                if len(order) < self.info.n_instances:
-                    raise UserError(f"{order.location}: holds {len(order):,} entries, fewer than the corpus's "
-                                    f"{self.info.n_instances:,} instances (wrong order file for these token files?)")
             else:
                 order = InMemoryIndices(build_global_indices(self.info.n_instances, self.info.seed, epoch))
             self._orders[epoch] = order
@@ -237,7 +238,9 @@ class Corpus:
         if len(ids) and int(ids.max()) >= len(self.files):
             bad = int(np.argmax(ids >= len(self.files)))
             raise UserError(f"{order.location}: entry {start + bad} is instance {int(ids[bad]):,}, but the token files "
-                            f"hold {len(self.files):,} instances (the order does not belong to these files)")
+                            f"hold {len(self.files):,} instances: the order does not belong to these files (a prepared "
+                            "corpus can use the order rebuilt from the seed: `injection data prepare FAMILY "
+                            "--rebuild-order`, which cannot be verified)")
         return self.files.read_instances(ids), ids
 
     def covers(self, epoch: int, start: int, count: int) -> bool:

@@ -29,7 +29,7 @@ from injection.engine.batches import InjectedBatches
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import evaluate_probes
 from injection.engine.hooks import Hook, MetricsHook, ProbeLogHook, ProgressHook, Run
-from injection.engine.inputs import describe_inputs
+from injection.engine.inputs import RunInputs, describe_inputs
 from injection.engine.plan import make_plan
 from injection.splice import shard_batch
 

@@ -4,7 +4,12 @@
         server.drop_after["model.pt"] = [1000, 5000]   # first two GETs of model.pt die after N bytes
         server.truncate["optim.pt"] = 10               # announce the full size, send 10 bytes fewer
         server.missing.add("train.pt")                 # 404
+        server.flaky_missing["part-1.npy"] = 2         # the first two requests (HEAD or GET) answer 404
         url = server.url("ckpt/")
+
+GET requests are logged in `requests` as (path, Range header), HEAD requests in `heads` (paths). A Range
+`bytes=a-b` is answered with exactly those bytes, `bytes=a-` with the rest of the file. Directory URLs
+answer 404, as the public OLMo hosts do.
 """
 
 from __future__ import annotations
@@ -21,9 +26,24 @@ class FileServer:
         self.drop_after: dict[str, list[int]] = {}
         self.truncate: dict[str, int] = {}
         self.missing: set[str] = set()
+        self.flaky_missing: dict[str, int] = {}
         self.ignore_range = False
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.heads: list[str] = []
+        lock = threading.Lock()
         server = self
+
+        def lookup(rel: str) -> Path | None:
+            """The file behind a request path, or None for a 404."""
+            name = rel.rsplit("/", 1)[-1]
+            with lock:
+                if server.flaky_missing.get(name, 0) > 0:
+                    server.flaky_missing[name] -= 1
+                    return None
+            path = server.root / rel
+            if name in server.missing or not path.is_file() or ".." in rel.split("/"):
+                return None
+            return path
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -31,21 +51,38 @@ class FileServer:
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
 
+            def _not_found(self) -> None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+                rel = unquote(urlparse(self.path).path).lstrip("/")
+                server.heads.append(rel)
+                path = lookup(rel)
+                if path is None:
+                    self._not_found()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(path.stat().st_size))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 rel = unquote(urlparse(self.path).path).lstrip("/")
                 server.requests.append((rel, self.headers.get("Range")))
                 name = rel.rsplit("/", 1)[-1]
-                path = server.root / rel
-                if name in server.missing or not path.is_file() or ".." in rel.split("/"):
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                path = lookup(rel)
+                if path is None:
+                    self._not_found()
                     return
                 data = path.read_bytes()
-                start = 0
+                start, end = 0, len(data) - 1
                 rng = self.headers.get("Range")
                 if rng and not server.ignore_range and rng.startswith("bytes="):
-                    start = int(rng[6:].split("-")[0])
+                    first, _, last = rng[6:].partition("-")
+                    start = int(first)
+                    end = min(int(last), len(data) - 1) if last else len(data) - 1
                     if start >= len(data):
                         self.send_response(416)
                         self.send_header("Content-Range", f"bytes */{len(data)}")
@@ -53,10 +90,10 @@ class FileServer:
                         self.end_headers()
                         return
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
                 else:
                     self.send_response(200)
-                body = data[start:]
+                body = data[start : end + 1]
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()

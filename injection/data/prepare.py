@@ -1,0 +1,453 @@
+"""`injection data prepare FAMILY`: the corpus description of an original run, built from the shipped file list.
+
+The catalog's `data_order.data_paths` names the run's list of token files: a list shipped in
+`injection/data/lists/` (`olmo-1b.txt`, `olmo-7b.txt`) or a list file beside the catalog. Preparing it
+writes `corpus.json` (the format of `injection.data.source.CorpusInfo`) whose `paths` are the absolute URLs
+and whose `instances_per_file` spare the remote reader one size request per file, so
+`open_corpus(DIR)` serves the run's instances by byte ranges.
+
+What it fetches, and what it checks:
+- the size of every file, by HEAD requests in parallel, each retried with exponential backoff. Sizes are
+  cached in `sizes.json` beside `corpus.json` as they arrive, so a second or interrupted run fetches only the
+  sizes it does not know. Instances per file = bytes // (itemsize · seq_len), as ai2-olmo counts them
+  (uint16 files for vocabularies up to 65,536 tokens);
+- the published order file (the catalog's `global_indices_url`, epoch 0), where the host still has it: its
+  entry count must equal the files' instance count up to OLMo's rounding to a multiple of the number of
+  ranks (less than one global batch), or the file set does not belong to that order. Every index must be
+  below the instance count; the published OLMo-7B file is known to break this (allenai/OLMo issue 538).
+  Reading the whole file (3.7 GB for OLMo-7B) is left to `--full-order-check`; otherwise every read of the
+  order (`data extract`, a run) checks the entries it reads, which is where an out-of-range index would do harm;
+- otherwise (no published file, a 404, or `--rebuild-order`) the order is rebuilt from the seed with
+  ai2-olmo's permutation, with a warning that it cannot be verified against the original run (the
+  OLMo-1B epoch-1 file is lost, allenai/OLMo issue 879).
+
+What the hosts do, as the OLMo issue trackers report it: directory URLs answer 404 by design (a list names
+files only, and a URL ending in `/` is refused before anything is fetched); a single file answers 404 now
+and then (retried; files still missing are named together at the end, after every other size is cached);
+Range reads can come back short (the read resumes where the body stopped).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from harness.atomic import write_json_atomic
+from harness.errors import UserError
+from harness.paths import cache_dir
+from harness.progress import progress as progress_bar
+from injection.data.order import GlobalIndices
+from injection.data.remote import is_url
+from injection.data.source import CORPUS_FILE, DTYPES, CorpusInfo, open_corpus
+
+LISTS_DIR = Path(__file__).resolve().parent / "lists"
+SIZES_FILE = "sizes.json"
+_NPY_MAGIC = b"\x93NUMPY"
+#: Statuses worth another try. 404 is among them: the public hosts answer it for an existing file now and then.
+_RETRY_STATUS = {404, 408, 429, 500, 502, 503, 504}
+
+
+def prepared_dir(family: str) -> Path:
+    """Where `injection data prepare FAMILY` writes by default, and where `data extract --family` looks."""
+    return cache_dir() / "data" / family
+
+
+# --- file lists ------------------------------------------------------------------------------------------
+
+
+def read_file_list(path: Path) -> list[str]:
+    """URLs of a list file: one a line, `#` comments and blank lines ignored, in order."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file list not found") from None
+    urls: list[str] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path}, line {number}"
+        if not is_url(line):
+            raise UserError(f"{where}: {line!r} is not an http(s) URL")
+        if line.endswith("/"):
+            raise UserError(f"{where}: {line} names a directory; the data hosts answer directory URLs with 404, "
+                            "so a list names every file")
+        if line in seen:
+            raise UserError(f"{where}: {line} repeats line {seen[line]}")
+        seen[line] = number
+        urls.append(line)
+    if not urls:
+        raise UserError(f"{path}: the file list names no files")
+    return urls
+
+
+def resolve_list(data_paths: str | None, catalog_path: Path, family: str) -> Path:
+    """The list file named by a family's `data_order.data_paths`: a shipped list's name, or a path relative
+    to the catalog's folder."""
+    if not data_paths:
+        raise UserError(f"{catalog_path}: families.{family}.data_order.data_paths is null: the catalog lists no "
+                        f"token files for {family!r}")
+    shipped = LISTS_DIR / data_paths
+    if "/" not in data_paths and shipped.is_file():
+        return shipped
+    path = Path(data_paths).expanduser()
+    path = path if path.is_absolute() else catalog_path.parent / path
+    if not path.is_file():
+        known = ", ".join(sorted(p.name for p in LISTS_DIR.glob("*.txt")))
+        raise UserError(f"{catalog_path}: families.{family}.data_order.data_paths {data_paths!r} is neither a "
+                        f"shipped list ({known}) nor a file ({path} does not exist)")
+    return path
+
+
+# --- HTTP ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """How hard to try: `retries` further attempts, sleeping `backoff · 2**attempt` seconds in between."""
+
+    retries: int = 5
+    backoff: float = 1.0
+    timeout: float = 60.0
+    chunk_bytes: int = 64 << 20
+    """Bytes per Range request when the whole order file is read."""
+    stream_bytes: int = 1 << 16
+    """Bytes per socket read: a body that stops short keeps all but the read in progress."""
+
+
+class _Retry(Exception):
+    """A Range read to try again: the body ended early, or the server answered with a transient status."""
+
+
+class Http:
+    """HEAD sizes and resumable Range reads with one pooled `requests.Session` per thread."""
+
+    def __init__(self, policy: HttpPolicy = HttpPolicy()):
+        self.policy = policy
+        self._local = threading.local()
+
+    def _session(self):
+        import requests
+
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    def _sleep(self, attempt: int) -> None:
+        time.sleep(self.policy.backoff * 2 ** (attempt - 1))
+
+    def size(self, url: str) -> tuple[int | None, str]:
+        """(bytes, "") of a file, or (None, why) once the retries are spent or the answer is final."""
+        import requests
+
+        why = ""
+        for attempt in range(self.policy.retries + 1):
+            if attempt:
+                self._sleep(attempt)
+            try:
+                response = self._session().head(url, allow_redirects=True, timeout=self.policy.timeout)
+            except requests.RequestException as err:
+                why = type(err).__name__
+                continue
+            length = response.headers.get("Content-Length")
+            if response.status_code == 200 and length is not None:
+                return int(length), ""
+            why = f"HTTP {response.status_code}" + (" without Content-Length" if response.status_code == 200 else "")
+            if response.status_code != 200 and response.status_code not in _RETRY_STATUS:
+                return None, why
+        return None, f"{why} after {self.policy.retries + 1} attempts"
+
+    def read(self, url: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length). A short body (a dropped connection, a truncated answer) is resumed
+        from where it stopped; `retries` attempts in a row that bring nothing are an error."""
+        import requests
+
+        buf = bytearray()
+        idle, why = 0, ""
+        while len(buf) < length:
+            start = offset + len(buf)
+            before = len(buf)
+            try:
+                headers = {"Range": f"bytes={start}-{offset + length - 1}"}
+                with self._session().get(url, headers=headers, stream=True, timeout=self.policy.timeout) as response:
+                    if response.status_code == 200:
+                        raise UserError(f"{url}: the server ignores HTTP Range requests (it answered 200 to a "
+                                        "range); the order and token files must be served by byte ranges")
+                    if response.status_code != 206:
+                        if response.status_code not in _RETRY_STATUS:
+                            raise UserError(f"{url}: HTTP {response.status_code} for bytes {start}-{offset + length - 1}")
+                        raise _Retry(f"HTTP {response.status_code}")
+                    for chunk in response.iter_content(self.policy.stream_bytes):
+                        buf += chunk[: length - len(buf)]
+                        if len(buf) >= length:
+                            break
+                if len(buf) < length:
+                    raise _Retry(f"the body ended after {len(buf) - before} bytes")
+            except (requests.RequestException, _Retry) as err:
+                why = str(err).splitlines()[0] if isinstance(err, _Retry) else type(err).__name__
+                idle = 0 if len(buf) > before else idle + 1
+                if idle > self.policy.retries:
+                    raise UserError(f"{url}: reading bytes {start}-{offset + length - 1} failed "
+                                    f"{idle} times in a row ({why})") from None
+                if idle:
+                    self._sleep(idle)
+        return bytes(buf)
+
+
+# --- sizes -----------------------------------------------------------------------------------------------
+
+
+def _load_sizes(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}  # a cache, not an input: a damaged one is refetched
+    return {k: int(v) for k, v in data.items() if isinstance(k, str) and isinstance(v, int) and v >= 0}
+
+
+def fetch_sizes(urls: list[str], cache: Path, http: Http, *, workers: int = 16,
+                show_progress: bool = True) -> dict[str, int]:
+    """Byte size of every URL; known sizes come from `cache`, new ones are added to it as they arrive.
+
+    Every URL is tried; those that still fail are named together in one UserError at the end."""
+    sizes = _load_sizes(cache)
+    todo = [u for u in urls if u not in sizes]
+    failed: dict[str, str] = {}
+    last_write = time.monotonic()
+    with progress_bar() as progress:
+        task = progress.add_task("file sizes", total=len(urls), completed=len(urls) - len(todo), visible=show_progress)
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        try:
+            futures = {pool.submit(http.size, url): url for url in todo}
+            for future in as_completed(futures):
+                url = futures[future]
+                size, why = future.result()
+                if size is None:
+                    failed[url] = why
+                else:
+                    sizes[url] = size
+                progress.advance(task)
+                if time.monotonic() - last_write > 1.0:
+                    write_json_atomic(cache, sizes)
+                    last_write = time.monotonic()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            if todo:
+                write_json_atomic(cache, sizes)
+    if failed:
+        lines = "\n".join(f"  {url}: {why}" for url, why in failed.items())
+        raise UserError(f"{len(failed)} of {len(urls)} token files could not be sized:\n{lines}\n"
+                        f"the other {len(urls) - len(failed)} sizes are cached in {cache}; run the command again "
+                        "to fetch only these")
+    return {u: sizes[u] for u in urls}
+
+
+# --- the order file --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrderFile:
+    url: str
+    size: int
+    header: int
+    entries: int
+
+
+def probe_order(url: str, http: Http) -> OrderFile | None:
+    """Size and layout of a published order file; None when the host no longer has it."""
+    size, why = http.size(url)
+    if size is None:
+        if why.startswith("HTTP 404"):
+            return None
+        raise UserError(f"{url}: cannot get the order file's size ({why})")
+    head = http.read(url, 0, min(size, len(_NPY_MAGIC))) if size else b""
+    if head.startswith(_NPY_MAGIC):
+        entries = len(GlobalIndices(url))  # np.save layout: the reader parses the header
+        return OrderFile(url, size, size - 4 * entries, entries)
+    if size % 4:
+        raise UserError(f"{url}: {size} bytes is not a whole number of uint32 entries; not an OLMo order file")
+    return OrderFile(url, size, 0, size // 4)
+
+
+def check_order_size(order: OrderFile, n_instances: int, n_files: int, max_batch: int) -> None:
+    """OLMo's order has one entry per instance, cut or padded to a multiple of the number of ranks (which
+    divides the global batch size), so a file set that matches differs by less than one batch."""
+    if abs(order.entries - n_instances) >= max_batch:
+        raise UserError(
+            f"{order.url}: the order file has {order.entries:,} entries, but the {n_files} token files hold "
+            f"{n_instances:,} instances (they may differ by less than one global batch, {max_batch:,}): the file "
+            "list does not belong to this order")
+
+
+def scan_order(order: OrderFile, n_instances: int, http: Http, *, show_progress: bool = True) -> int:
+    """Read the whole order file; returns its largest index. Raises UserError naming the file, the first
+    offending entry and the largest index when any index is ≥ n_instances."""
+    largest, first_bad, n_bad = -1, None, 0
+    step = max(4, http.policy.chunk_bytes // 4 * 4)
+    with progress_bar() as progress:
+        task = progress.add_task("order entries checked", total=order.entries, visible=show_progress)
+        for start in range(0, order.entries * 4, step):
+            length = min(step, order.entries * 4 - start)
+            values = np.frombuffer(http.read(order.url, order.header + start, length), dtype="<u4")
+            largest = max(largest, int(values.max(initial=0)))
+            bad = np.flatnonzero(values >= n_instances)
+            if len(bad):
+                n_bad += len(bad)
+                if first_bad is None:
+                    first_bad = start // 4 + int(bad[0])
+            progress.advance(task, len(values))
+    if first_bad is not None:
+        raise UserError(
+            f"{order.url}: {n_bad:,} of the order's {order.entries:,} entries are not below the {n_instances:,} "
+            f"instances of the token files (first at entry {first_bad:,}; largest index {largest:,}): this order "
+            "does not belong to these files. Prepare with --rebuild-order to use the order rebuilt from the seed "
+            "(it cannot be verified)")
+    return largest
+
+
+def open_prepared(family: str):
+    """(corpus, location) of `family`'s prepared description in the cache (`injection data prepare FAMILY`)."""
+    where = prepared_dir(family)
+    if not (where / CORPUS_FILE).is_file():
+        raise UserError(f"no prepared corpus description of {family!r} at {where / CORPUS_FILE}; run "
+                        f"`injection data prepare {family}` first (or pass --source DIR for one prepared with --out DIR)")
+    return open_corpus(where), str(where)
+
+
+# --- prepare ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparePlan:
+    """What `prepare_corpus` will do: resolved from the catalog and the list, without any network."""
+
+    family: str
+    catalog: Path
+    list_file: Path
+    urls: list[str]
+    out: Path
+    dtype: str
+    seq_len: int
+    seed: int
+    eos_token_id: int
+    tokenizer: str | None
+    max_batch: int
+    order_url: str | None
+    """The published order file to use; None = rebuild from the seed."""
+    rebuild_reason: str | None
+    full_order_check: bool
+    cached: list[str] = field(default_factory=list)
+    """URLs whose size `sizes.json` already holds."""
+
+    def describe(self) -> list[str]:
+        """The plan in lines, for `--dry-run`."""
+        lines = [f"{self.family}: {len(self.urls)} token files from {self.list_file}",
+                 f"would fetch: the sizes of {len(self.urls) - len(self.cached)} files by HEAD requests "
+                 f"({len(self.cached)} known from {self.out / SIZES_FILE})"]
+        if self.order_url is not None:
+            what = "every index (reads the whole file)" if self.full_order_check else \
+                "its size (indices are checked in every window `data extract` reads)"
+            lines.append(f"would check: the order file {self.order_url}: {what}")
+        else:
+            lines.append(f"would rebuild: the order from seed {self.seed} + epoch 0 ({self.rebuild_reason}); "
+                         "it cannot be verified against the original run")
+        lines.append(f"would write: {self.out / CORPUS_FILE}")
+        return lines
+
+
+def plan_prepare(family: str, out: Path | None = None, *, catalog_path: Path | None = None,
+                 rebuild_order: bool = False, full_order_check: bool = False) -> PreparePlan:
+    """Resolve the family's list, data facts and output folder (reads local files only)."""
+    from injection.checkpoints.catalog import load_catalog
+
+    catalog = load_catalog(catalog_path)
+    fam = catalog.family(family)
+    order = fam.data_order
+    where = f"{catalog.path}: families.{family}.data_order"
+    if order.seed is None:
+        raise UserError(f"{where}.seed is null: the data order of {family!r} is unknown")
+    list_file = resolve_list(order.data_paths, catalog.path, family)
+    urls = read_file_list(list_file)
+    out = Path(out) if out is not None else prepared_dir(family)
+    arch = fam.architecture
+    # ai2-olmo's memmap files are uint16 unless the vocabulary needs more (its `memmap_dtype`).
+    dtype = "uint16" if arch.embedding_size <= 1 << 16 else "uint32"
+    if rebuild_order:
+        order_url, reason = None, "--rebuild-order"
+    elif order.global_indices_url is None:
+        order_url, reason = None, f"the catalog lists no published order file for {family}"
+    else:
+        order_url, reason = order.global_indices_url, None
+    known = _load_sizes(out / SIZES_FILE)
+    return PreparePlan(
+        family=family, catalog=catalog.path, list_file=list_file, urls=urls, out=out, dtype=dtype,
+        seq_len=order.seq_len, seed=order.seed, eos_token_id=arch.eos_token_id, tokenizer=order.tokenizer,
+        max_batch=max(r.global_batch_size for r in fam.batch_sizes), order_url=order_url, rebuild_reason=reason,
+        full_order_check=full_order_check and order_url is not None, cached=[u for u in urls if u in known],
+    )
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def prepare_corpus(plan: PreparePlan, *, policy: HttpPolicy = HttpPolicy(), workers: int = 16,
+                   show_progress: bool = True, warn: Callable[[str], None] = _warn) -> CorpusInfo:
+    """Fetch sizes, check the order and write `plan.out/corpus.json` (last, atomically); returns it."""
+    http = Http(policy)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    order_url, reason = plan.order_url, plan.rebuild_reason
+    order = None
+    if order_url is not None:
+        # Asked first: a missing order file changes what this run can promise, so say so before the long part.
+        order = probe_order(order_url, http)
+        if order is None:
+            order_url, reason = None, f"the published order file {plan.order_url} is gone (HTTP 404)"
+    if order_url is None:
+        warn(f"{plan.family}: the order will be rebuilt from seed {plan.seed} + epoch 0 with ai2-olmo's permutation "
+             f"({reason}); it cannot be verified against the original run")
+
+    sizes = fetch_sizes(plan.urls, plan.out / SIZES_FILE, http, workers=workers, show_progress=show_progress)
+    itemsize = np.dtype(DTYPES[plan.dtype]).itemsize
+    counts = []
+    for url in plan.urls:
+        if sizes[url] % itemsize:
+            raise UserError(f"{url}: {sizes[url]:,} bytes is not a whole number of {plan.dtype} tokens; "
+                            "not an OLMo token file of this run")
+        counts.append(sizes[url] // (itemsize * plan.seq_len))
+    n_instances = sum(counts)
+    if n_instances == 0:
+        raise UserError(f"{plan.list_file}: the {len(plan.urls)} files hold no instance of {plan.seq_len} tokens")
+
+    order_facts: dict = {"source": "rebuilt", "seed": plan.seed, "epoch": 0, "verified": False, "reason": reason}
+    if order is not None:
+        check_order_size(order, n_instances, len(plan.urls), plan.max_batch)
+        order_facts = {"source": order.url, "entries": order.entries, "checked": "size"}
+        if plan.full_order_check:
+            order_facts.update(checked="every index", largest_index=scan_order(order, n_instances, http,
+                                                                               show_progress=show_progress))
+
+    info = CorpusInfo(
+        paths=list(plan.urls), dtype=plan.dtype, seq_len=plan.seq_len, seed=plan.seed, n_instances=n_instances,
+        eos_token_id=plan.eos_token_id, tokenizer=plan.tokenizer, epoch=0,
+        global_indices=order.url if order is not None else None, instances_per_file=counts,
+        extra={"family": plan.family, "catalog": str(plan.catalog), "file_list": str(plan.list_file),
+               "order": order_facts,
+               "prepared": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+    )
+    write_json_atomic(plan.out / CORPUS_FILE, info.to_dict())
+    return info
+
