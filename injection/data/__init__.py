@@ -8,5 +8,16 @@ from injection.data.source import (
     open_data_order,
     read_corpus_info,
 )
+from injection.data.indexed import IndexedBatchSource, IndexedCorpusInfo, IndexedDataset
 
-__all__ = ["BatchSource", "CorpusBatchSource", "CorpusInfo", "open_batch_source", "open_data_order", "read_corpus_info"]
+__all__ = [
+    "BatchSource",
+    "CorpusBatchSource",
+    "CorpusInfo",
+    "IndexedBatchSource",
+    "IndexedCorpusInfo",
+    "IndexedDataset",
+    "open_batch_source",
+    "open_data_order",
+    "read_corpus_info",
+]

@@ -19,7 +19,7 @@ import numpy as np
 
 from harness.atomic import write_json_atomic
 from harness.progress import progress as progress_bar
-from injection.data.source import CORPUS_FILE, CorpusBatchSource, CorpusInfo
+from injection.data.source import CORPUS_FILE, DTYPES, CorpusBatchSource, CorpusInfo
 from harness.errors import UserError
 
 STATE_FILE = "extract-state.json"
@@ -60,7 +60,8 @@ def extract_window(
         raise UserError(f"--start must be ≥ 0 and --steps ≥ 1 (got {first_step}, {n_steps})")
     B, L = source.global_batch_size, source.seq_len
     base_info: CorpusInfo | None = getattr(source, "info", None)
-    dtype = base_info.dtype if base_info is not None else "uint32"
+    # The window is OLMo-format: a source in another token type (an indexed dataset's int32) is stored as uint32.
+    dtype = base_info.dtype if base_info is not None and base_info.dtype in DTYPES else "uint32"
     state = {
         "source": source_name,
         "first_step": first_step,

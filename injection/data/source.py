@@ -1,8 +1,11 @@
 """Batch sources: global step -> the original run's global batch (SPEC §6).
 
-A corpus directory (local path or URL) holds OLMo-format token files, `global_indices.npy` and
-`corpus.json`. The same reader serves corpora built by `injection data build-corpus`, windows written by
-`injection data extract`, and the real OLMo runs (whose facts come from the catalog as a `CorpusInfo`).
+A corpus directory (local path or URL) holds `corpus.json` and the data it names. Its `format` says which:
+- `olmo` (the default): OLMo-format token files and `global_indices.npy`. The same reader serves corpora built
+  by `injection data build-corpus`, windows written by `injection data extract`, and the real OLMo runs (whose
+  facts come from the catalog as a `CorpusInfo`);
+- `megatron-indexed`: a pre-packed, pre-ordered Megatron indexed dataset (Pythia's published Pile), read by
+  `injection.data.indexed`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from injection.data.remote import ByteReader, is_url, join_location, open_reader
 from harness.errors import UserError
 
 CORPUS_FILE = "corpus.json"
+OLMO_FORMAT = "olmo"
+INDEXED_FORMAT = "megatron-indexed"
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64}
 
 
@@ -65,6 +70,10 @@ class CorpusInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> "CorpusInfo":
+        data = dict(data)
+        fmt = data.pop("format", OLMO_FORMAT)
+        if fmt != OLMO_FORMAT:
+            raise UserError(f"{where}: field 'format' is {fmt!r}; this reader takes {OLMO_FORMAT!r}")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -85,12 +94,23 @@ class CorpusInfo:
         return asdict(self)
 
 
-def read_corpus_info(location: str | Path) -> CorpusInfo:
+def _read_corpus_json(location: str | Path) -> tuple[dict[str, Any], str]:
     where = join_location(location, CORPUS_FILE)
     try:
         data = json.loads(read_text(where))
     except json.JSONDecodeError as err:
         raise UserError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    fmt = data.get("format", OLMO_FORMAT)
+    if fmt not in (OLMO_FORMAT, INDEXED_FORMAT):
+        raise UserError(f"{where}: field 'format' is {fmt!r}; expected {OLMO_FORMAT!r} or {INDEXED_FORMAT!r}")
+    return data, where
+
+
+def read_corpus_info(location: str | Path) -> CorpusInfo:
+    """The `corpus.json` of an OLMo-format corpus directory."""
+    data, where = _read_corpus_json(location)
     return CorpusInfo.from_dict(data, where)
 
 
@@ -201,10 +221,14 @@ class CorpusBatchSource:
         return tokens, ids
 
 
-def open_batch_source(path: str | Path, global_batch_size: int) -> CorpusBatchSource:
+def open_batch_source(path: str | Path, global_batch_size: int) -> BatchSource:
     """The batch source of a corpus directory (local path or http(s) URL) holding `corpus.json`."""
-    info = read_corpus_info(path)
-    return CorpusBatchSource(info, path, global_batch_size)
+    data, where = _read_corpus_json(path)
+    if data.get("format") == INDEXED_FORMAT:
+        from injection.data.indexed import IndexedBatchSource, IndexedCorpusInfo
+
+        return IndexedBatchSource(IndexedCorpusInfo.from_dict(data, where), path, global_batch_size)
+    return CorpusBatchSource(CorpusInfo.from_dict(data, where), path, global_batch_size)
 
 
 def open_data_order(info: CorpusInfo, global_batch_size: int, base: str | Path = ".") -> CorpusBatchSource:
