@@ -225,7 +225,7 @@ def open_batch_source(path: str | Path, global_batch_size: int) -> BatchSource:
     """The batch source of a corpus directory (local path or http(s) URL) holding `corpus.json`."""
     data, where = _read_corpus_json(path)
     if data.get("format") == INDEXED_FORMAT:
-        from injection.data.indexed import IndexedBatchSource, IndexedCorpusInfo
+        from injection.data.indexed import IndexedBatchSource, IndexedCorpusInfo  # it imports this module
 
         return IndexedBatchSource(IndexedCorpusInfo.from_dict(data, where), path, global_batch_size)
     return CorpusBatchSource(CorpusInfo.from_dict(data, where), path, global_batch_size)
