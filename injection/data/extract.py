@@ -23,7 +23,7 @@ import numpy as np
 from harness.atomic import write_json_atomic
 from harness.errors import UserError
 from harness.progress import progress as make_progress
-from injection.data.source import CORPUS_FILE, BatchStream, Corpus, CorpusInfo, OrderedCorpus
+from injection.data.source import CORPUS_FILE, DTYPES, BatchStream, Corpus, CorpusInfo, OrderedCorpus
 
 STATE_FILE = "extract-state.json"
 DONE_FILE = "extract-done.npy"
@@ -55,8 +55,9 @@ def extract_window(corpus: OrderedCorpus, stream: BatchStream, n_steps: int, out
     if n_steps < 1:
         raise UserError(f"--steps must be >= 1, got {n_steps}")
     segments = stream.segments(n_steps)
-    info0: CorpusInfo | None = getattr(corpus, "info", None)
-    dtype = info0.dtype if info0 is not None else "uint32"
+    info0 = getattr(corpus, "info", None)
+    # the source's token type where it is one a corpus can hold (an indexed dataset's may not be: uint32 then)
+    dtype = info0.dtype if info0 is not None and info0.dtype in DTYPES else "uint32"
     state = {
         "source": source_name,
         "segments": [asdict(s) for s in segments],
@@ -113,7 +114,7 @@ def extract_window(corpus: OrderedCorpus, stream: BatchStream, n_steps: int, out
         paths=[TOKENS_FILE],
         dtype=dtype,
         seq_len=corpus.seq_len,
-        seed=info0.seed if info0 is not None else 0,
+        seed=(info0.seed or 0) if info0 is not None else 0,
         n_instances=corpus.epoch_length(segments[0].epoch),
         eos_token_id=info0.eos_token_id if info0 is not None else None,
         tokenizer=info0.tokenizer if info0 is not None else None,

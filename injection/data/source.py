@@ -3,7 +3,9 @@
 A *corpus* is a list of token files cut into instances of `seq_len` tokens plus, per epoch, an order of those
 instances (ai2-olmo's permutation for seed + epoch, or a published `global_indices.npy`). Anything with that
 shape is an `OrderedCorpus`: a corpus directory (`corpus.json` + token files + order file, local or over HTTP),
-a window extracted from one by `injection data extract`, or a stand-in in tests.
+a window extracted from one by `injection data extract`, a pre-packed Megatron indexed dataset (Pythia's published
+Pile, injection.data.indexed), or a stand-in in tests. `corpus.json`'s `format` says which: `olmo` (the
+default) or `megatron-indexed`.
 
 Where a continued run reads is a *stream position* (epoch, index): the checkpoint's own counter of instances
 seen in its epoch (injection.checkpoints.layout.DataPosition). `BatchStream` maps run step k to its batch the way
@@ -27,6 +29,8 @@ from injection.data.order import GlobalIndices, InMemoryIndices, build_global_in
 from injection.data.remote import ByteReader, is_url, join_location, open_reader, read_text
 
 CORPUS_FILE = "corpus.json"
+OLMO_FORMAT = "olmo"
+INDEXED_FORMAT = "megatron-indexed"
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64}
 
 
@@ -89,6 +93,10 @@ class CorpusInfo:
     def from_dict(cls, data: Any, where: str) -> "CorpusInfo":
         if not isinstance(data, dict):
             raise UserError(f"{where}: expected a JSON object")
+        data = dict(data)
+        fmt = data.pop("format", OLMO_FORMAT)
+        if fmt != OLMO_FORMAT:
+            raise UserError(f"{where}: field 'format' is {fmt!r}; this reader takes {OLMO_FORMAT!r}")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -122,12 +130,24 @@ class CorpusInfo:
         return asdict(self)
 
 
-def read_corpus_info(location: str | Path) -> CorpusInfo:
+def read_corpus_json(location: str | Path) -> tuple[dict[str, Any], str]:
+    """The raw `corpus.json` of a directory or URL, and its location for messages."""
     where = join_location(location, CORPUS_FILE)
     try:
         data = json.loads(read_text(where))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    fmt = data.get("format", OLMO_FORMAT)
+    if fmt not in (OLMO_FORMAT, INDEXED_FORMAT):
+        raise UserError(f"{where}: field 'format' is {fmt!r}; expected {OLMO_FORMAT!r} or {INDEXED_FORMAT!r}")
+    return data, where
+
+
+def read_corpus_info(location: str | Path) -> CorpusInfo:
+    """The `corpus.json` of an OLMo-format corpus directory."""
+    data, where = read_corpus_json(location)
     return CorpusInfo.from_dict(data, where)
 
 
@@ -259,9 +279,14 @@ class Corpus:
                         f"{epoch} are outside it (extract a window that covers the run)")
 
 
-def open_corpus(location: str | Path) -> Corpus:
-    """The corpus (or window) in a directory or at a URL holding `corpus.json`."""
-    return Corpus(read_corpus_info(location), location)
+def open_corpus(location: str | Path) -> OrderedCorpus:
+    """The corpus (a full one, a window, or an indexed dataset) in a directory or at a URL holding `corpus.json`."""
+    data, where = read_corpus_json(location)
+    if data.get("format") == INDEXED_FORMAT:
+        from injection.data.indexed import IndexedCorpus, IndexedCorpusInfo
+
+        return IndexedCorpus(IndexedCorpusInfo.from_dict(data, where), location)
+    return Corpus(CorpusInfo.from_dict(data, where), location)
 
 
 @dataclass(frozen=True)
