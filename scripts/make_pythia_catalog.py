@@ -162,7 +162,7 @@ def stage_steps() -> tuple[dict[str, int], str]:
     OLMo-1B's stages and its schedule length are read from checkpoints.yaml (their one home). Both runs
     decay a cosine over the whole run, so equal fractions are also equal phases of the learning rate.
     """
-    from injection.catalog import load_catalog
+    from injection.checkpoints.catalog import load_catalog
 
     olmo = load_catalog().family("olmo-1b")
     steps = checkpoint_steps()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from injection import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = REPO_ROOT / "scripts" / "make_pythia_catalog.py"
 SIZES = ["70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"]

@@ -18,7 +18,7 @@ def _open_source(family: str | None, source: str | None):
     `injection data prepare`; checked against the family's facts."""
     from injection.checkpoints.catalog import load_catalog
     from injection.data.prepare import open_prepared
-    from injection.data.source import open_corpus
+    from injection.data.formats import open_corpus
 
     if family is None and source is None:
         raise UserError("give --family (the description made by `injection data prepare FAMILY`) "

@@ -47,7 +47,8 @@ from harness.paths import cache_dir
 from harness.progress import progress as progress_bar
 from injection.data.order import GlobalIndices
 from injection.data.remote import is_url
-from injection.data.source import CORPUS_FILE, DTYPES, CorpusInfo, open_corpus
+from injection.data.formats import open_corpus
+from injection.data.source import CORPUS_FILE, DTYPES, CorpusInfo
 
 LISTS_DIR = Path(__file__).resolve().parent / "lists"
 SIZES_FILE = "sizes.json"

@@ -279,16 +279,6 @@ class Corpus:
                         f"{epoch} are outside it (extract a window that covers the run)")
 
 
-def open_corpus(location: str | Path) -> OrderedCorpus:
-    """The corpus (a full one, a window, or an indexed dataset) in a directory or at a URL holding `corpus.json`."""
-    data, where = read_corpus_json(location)
-    if data.get("format") == INDEXED_FORMAT:
-        from injection.data.indexed import IndexedCorpus, IndexedCorpusInfo
-
-        return IndexedCorpus(IndexedCorpusInfo.from_dict(data, where), location)
-    return Corpus(CorpusInfo.from_dict(data, where), location)
-
-
 @dataclass(frozen=True)
 class BatchStream:
     """Run step k -> the original instances of its batch: `batch_size` at a time from a stream position.

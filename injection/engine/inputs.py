@@ -104,7 +104,7 @@ def resolve_data(spec: str, ckpt: CheckpointInfo) -> Path | str:
 
 def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo) -> BatchStream:
     """The run's batches: the corpus `data` read from the checkpoint's data position, `global_batch` at a time."""
-    from injection.data.source import open_corpus
+    from injection.data.formats import open_corpus
 
     corpus = open_corpus(resolve_data(cfg.data, ckpt))
     if corpus.seq_len != ckpt.seq_len:
