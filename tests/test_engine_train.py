@@ -45,8 +45,10 @@ def _reference_params(ckpt_dir: Path, inputs, steps: int, micro: int):
             g["lr"] = lr_for_update(ck.lr_schedule, ck.step, k)
         batch = torch.from_numpy(batches.get(k))
         parts = batch.split(micro)
+        L = batch.shape[1]
         for m in parts:
-            (model(input_ids=m, labels=m).loss / len(parts)).backward()
+            # OLMo's objective: the summed loss over rows × L (HF's mean is over rows × (L − 1))
+            (model(input_ids=m, labels=m).loss * (L - 1) / L / len(parts)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad()

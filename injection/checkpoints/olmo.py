@@ -34,6 +34,7 @@ from injection.lr import LRSchedule
 KIND = "olmo"
 MODEL_TYPE = "olmo"
 FSDP_PREFIX = "_fsdp_wrapped_module."
+DDP_PREFIX = "module."
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,12 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
             else:
                 no_decay.append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def loss_factor(seq_len: int) -> float:
+    """OLMo's trainer sums the cross-entropy of the L − 1 predicted positions of each row and divides by rows × L
+    (the token count of the batch, not of the predictions); HF's loss is the mean over rows × (L − 1)."""
+    return (seq_len - 1) / seq_len
 
 
 def tokenizer(family, original_config: dict[str, Any] | None = None):
@@ -277,6 +284,8 @@ def _max_steps(max_duration: Any, tokens_per_step: int) -> int | None:
 def olmo_to_hf(name: str, tensor, arch: Architecture) -> Iterator[tuple[str, Any]]:
     """(HF name, tensor) pairs for one ai2-olmo parameter (or a moment of it, which has the same shape)."""
     name = name.replace(FSDP_PREFIX, "")
+    if name.startswith(DDP_PREFIX):  # optim.pt of a DDP run names parameters through the DDP wrapper
+        name = name[len(DDP_PREFIX):]
     parts = name.split(".")
     if name == "transformer.wte.weight":
         yield "model.embed_tokens.weight", tensor

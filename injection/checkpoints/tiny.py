@@ -14,13 +14,14 @@ from typing import Any
 
 from harness.errors import UserError
 from injection.checkpoints.layout import DataPosition, checkpoint_meta, write_checkpoint_dir
-from injection.checkpoints.olmo import Architecture, architecture_dict, hf_config, param_groups, parse_architecture
+from injection.checkpoints.olmo import (Architecture, architecture_dict, hf_config, loss_factor, param_groups,
+                                        parse_architecture)
 
 KIND = "tiny"
 MODEL_TYPE = "olmo"
 
 __all__ = ["KIND", "MODEL_TYPE", "Architecture", "build_tiny_checkpoint", "convert_original", "hf_config",
-           "param_groups", "parse_architecture", "tokenizer"]
+           "loss_factor", "param_groups", "parse_architecture", "tokenizer"]
 
 
 def tokenizer(family: Any = None, original_config: dict[str, Any] | None = None):

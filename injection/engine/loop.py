@@ -96,7 +96,7 @@ def update(run: Run, batch: np.ndarray, lr: float) -> dict[str, float]:
     for i, micro in enumerate(micro_batches):
         ids = torch.from_numpy(micro).to(engine.device)
         out = engine(input_ids=ids, labels=ids)
-        loss = out.loss
+        loss = out.loss * plan.loss_factor  # the original trainer's objective (its normalisation)
         if not torch.isfinite(loss):  # sync point: the decision must come before backward
             bad += 1
             loss = out.logits.sum() * 0.0  # a zero gradient from this micro-batch
@@ -106,7 +106,7 @@ def update(run: Run, batch: np.ndarray, lr: float) -> dict[str, float]:
             zero.set_lr(engine, 0.0)
         engine.backward(loss)
         engine.step()  # DeepSpeed applies the update only at the accumulation boundary
-        losses.append(out.loss.detach().float())
+        losses.append((out.loss * plan.loss_factor).detach().float())
     loss = torch.stack(losses).mean()
     if run.world > 1:
         import torch.distributed as dist

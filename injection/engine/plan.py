@@ -77,6 +77,8 @@ class RunPlan:
     """Learning rate of update k (θ_k → θ_{k+1})."""
     eval_steps: frozenset[int]
     checkpoint_steps: frozenset[int]
+    loss_factor: float = 1.0
+    """Multiplier of HF's mean next-token loss that gives the original trainer's objective (see the family)."""
 
     @property
     def tokens_per_step(self) -> int:
@@ -85,6 +87,8 @@ class RunPlan:
 
 def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
     """The plan of a run from its configuration and the checkpoint it starts from (CheckpointInfo)."""
+    from injection.checkpoints.family import model_family
+
     global_batch = cfg.global_batch or ckpt.global_batch_size
     return RunPlan(
         total_steps=cfg.total_steps,
@@ -98,4 +102,5 @@ def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
         eval_steps=evaluation_steps(cfg.total_steps, cfg.eval_interval, injection_steps, cfg.eval_dense_window,
                                     cfg.eval_steps),
         checkpoint_steps=checkpoint_steps(cfg.total_steps, cfg.checkpoint_interval),
+        loss_factor=model_family(ckpt.kind).loss_factor(ckpt.seq_len),
     )
