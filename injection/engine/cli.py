@@ -88,9 +88,11 @@ def run(config: Config = None, preset: Preset = None, set_: Sets = None, resume:
     One process by default; under DeepSpeed's launcher (see `injection launch`) every rank runs this.
     Ctrl-C or SIGTERM stops after the current update, saves a checkpoint and prints the command that continues.
     """
+    from harness.streams import import_deepspeed
     from injection.engine.inputs import prepare_inputs
     from injection.engine.loop import Interrupted, run_training
 
+    import_deepspeed()  # before anything imports it: its log lines go to stderr, the run directory alone to stdout
     cfg = resolve_config(config, preset, set_, resume, out, total_steps, seed)
     preflight(cfg, resume is not None)  # before the (slower) input preparation
     inputs = prepare_inputs(cfg)
