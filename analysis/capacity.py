@@ -98,13 +98,13 @@ def fit_saturation(exposures: np.ndarray, rate: np.ndarray) -> SaturationFit | N
     """Least squares of rate ≈ M∞·(1 − e^(−E/τ)). For a given τ the best M∞ is a one-variable linear fit
     (closed form), so only τ is searched: on a log grid from a hundredth of the smallest positive E to a
     hundred times the largest, then by golden section between the best grid point's neighbours.
-    None with fewer than 2 points at E > 0."""
+    None with fewer than 2 points at E > 0, or when the rate is 0 throughout (nothing to fit)."""
     x = np.asarray(exposures, dtype=np.float64)
     y = np.asarray(rate, dtype=np.float64)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     positive = x[x > 0]
-    if len(np.unique(positive)) < 2:
+    if len(np.unique(positive)) < 2 or not (y > 0).any():
         return None
 
     def best_m(log_tau: float) -> tuple[float, float]:
@@ -188,7 +188,7 @@ class Overwrite:
     """What a knowledge base keeps after its training stopped while another one was trained."""
 
     switch_step: int
-    """The last logged step at or before its exposures stopped growing."""
+    """The first logged step at which it had all its exposures."""
     bits_at_switch: float
     bits_last: float
     exact_match_at_switch: float
@@ -232,7 +232,9 @@ class KnowledgeBase:
     bits_strict: np.ndarray
     exact_match: np.ndarray
     attributes: list[AttributeCapacity]
-    learned_until: int
+    done: int
+    """Column of the first logged step at which its exposures have reached their final value (its training is
+    over; after it, another knowledge base may be trained)."""
     memorization: SaturationFit | None = None
     overwrite: Overwrite | None = None
 
@@ -293,7 +295,7 @@ class RunCapacity:
                 "scenario": kb.scenario, "people": kb.people, "available_bits": _num(kb.available_bits),
                 "bits": _num(kb.bits[col]), "bits_strict": _num(kb.bits_strict[col]),
                 "exact_match": _num(kb.exact_match[col]), "exposures": _num(kb.exposures[col]),
-                "learned_until": kb.learned_until,
+                "trained_until_step": int(self.steps[kb.done]),
                 "memorization_fit": kb.memorization.record() if kb.memorization else None,
                 "attributes": [{
                     "name": a.name, "size": a.size, "log2_size": _num(math.log2(a.size)), "facts": a.facts,
@@ -350,20 +352,22 @@ def capacity_of_run(run: Run, options: CapacityOptions | None = None) -> RunCapa
                 cross_entropy=ce[rows].mean(axis=0) if rows.any() else np.full(len(run.steps), np.nan),
                 exact_match=run.exact_match[rows].mean(axis=0) if rows.any() else np.full(len(run.steps), np.nan)))
         exposures = info.exposures_at(scenario, run.steps)
-        learned = info.learned_until(scenario)
+        done = int(np.argmax(exposures >= exposures[-1] - 1e-9))
         kb = KnowledgeBase(
             scenario=scenario, people=len(np.unique(run.paragraph[kb_members])), exposures=exposures,
             bits=np.sum([a.bits for a in attrs], axis=0), bits_strict=strict,
-            exact_match=run.exact_match[kb_members].mean(axis=0), attributes=attrs, learned_until=learned)
-        growing = run.steps <= learned
+            exact_match=run.exact_match[kb_members].mean(axis=0), attributes=attrs, done=done)
+        growing = np.arange(len(run.steps)) <= done
         kb.memorization = fit_saturation(exposures[growing], kb.exact_match[growing])
         if kb.memorization is None:
-            notes.append(f"{scenario}: fewer than 2 logged steps with exposures > 0; memorization not fitted")
+            why = ("no exact match at any logged step" if (kb.exact_match[growing] == 0).all()
+                   else "fewer than 2 logged steps with exposures > 0")
+            notes.append(f"{scenario}: {why}; memorization not fitted")
         elif kb.memorization.at_bound:
             notes.append(f"{scenario}: the memorization fit's τ is at the edge of its search range "
                          f"({kb.memorization.tau:.3g} exposures): the rate shows no saturation to fit")
-        if learned < run.steps[-1] and _others_grow_after(info, scenario, learned):
-            kb.overwrite = overwrite(run, kb_members, kb, learned, options)
+        if done < len(run.steps) - 1 and _others_grow_after(info, scenario, run.steps[done], run.steps[-1]):
+            kb.overwrite = overwrite(run, kb_members, kb, options)
         bases.append(kb)
     column = _comparison_column(run, bases[0], options.at_exposures)
     if run.steps[0] != 0:
@@ -371,25 +375,25 @@ def capacity_of_run(run: Run, options: CapacityOptions | None = None) -> RunCapa
     return RunCapacity(run, info, options.kind, bases, column, notes)
 
 
-def _others_grow_after(info: rundir.CapacityManifest, scenario: str, step: int) -> bool:
-    return any(float(info.exposures_at(s, [info.learned_until(s)])[0]) > float(info.exposures_at(s, [step])[0])
-               for s in info.exposures if s != scenario)
+def _others_grow_after(info: rundir.CapacityManifest, scenario: str, step: int, last: int) -> bool:
+    """Another knowledge base is trained between `step` and `last`."""
+    return any(float(np.diff(info.exposures_at(s, [step, last]))[0]) > 0 for s in info.exposures if s != scenario)
 
 
 def _comparison_column(run: Run, kb: KnowledgeBase, at_exposures: float | None) -> int:
     if at_exposures is None:
         return len(run.steps) - 1
-    candidates = np.flatnonzero(run.steps <= kb.learned_until)
+    candidates = np.arange(kb.done + 1)
     return int(candidates[np.argmin(np.abs(kb.exposures[candidates] - at_exposures))])
 
 
-def overwrite(run: Run, members: np.ndarray, kb: KnowledgeBase, learned: int, options: CapacityOptions) -> Overwrite:
-    """Retainability of a knowledge base after its training stopped, with the machinery of injected paragraphs:
-    t_pre = step 0 (before any exposure) and the state at the switch in place of the acquisition maximum, so
-    R(q,t) = [ℓ(switch + t) − ℓ(0)] / [ℓ(switch) − ℓ(0)]; mean R(t) with outliers removed at every t, and the
-    line R ≈ b − a·log10 t."""
+def overwrite(run: Run, members: np.ndarray, kb: KnowledgeBase, options: CapacityOptions) -> Overwrite:
+    """Retainability of a knowledge base after its training stopped (the switch: the first logged step with all
+    its exposures), with the machinery of injected paragraphs: t_pre = step 0 (before any exposure) and the
+    state at the switch in place of the acquisition maximum, so R(q,t) = [ℓ(switch + t) − ℓ(0)] /
+    [ℓ(switch) − ℓ(0)]; mean R(t) with outliers removed at every t, and the line R ≈ b − a·log10 t."""
     values = run.metric(options.metric)
-    col = int(np.searchsorted(run.steps, learned, side="right") - 1)
+    col = kb.done
     switch = int(run.steps[col])
     enc = Encounters(steps=np.where(members, 0, -1)[:, None], count=members.astype(np.int64), dropped_after_end=0)
     acq = Acquisition(lam_step=np.where(members, switch, -1)[:, None],

@@ -244,7 +244,7 @@ def memorization_figure(analysis) -> Figure:
     index = 0
     for r in analysis.runs:
         for kb in r.knowledge_bases:
-            grow = r.steps <= kb.learned_until
+            grow = np.arange(len(r.steps)) <= kb.done
             color = _FALLBACK[index % len(_FALLBACK)]
             index += 1
             name = r.label if len(r.knowledge_bases) == 1 else f"{r.label} / {kb.scenario}"

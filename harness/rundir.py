@@ -222,17 +222,13 @@ class CapacityManifest:
     non_embedding_parameters: int
     attributes: tuple[tuple[str, int], ...]
     """(name, |V_a|) in probe order."""
-    exposures: dict[str, tuple[tuple[int, ...], tuple[float, ...]]]
-    """scenario -> (run steps, exposures at those steps)."""
+    exposures: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+    """scenario -> (run steps, exposures at those steps). Steps may be fractional: where an epoch ends inside
+    an update's batch."""
 
     def exposures_at(self, scenario: str, steps: np.ndarray) -> np.ndarray:
         knots_steps, knots_values = self.exposures[scenario]
         return np.interp(np.asarray(steps, dtype=np.float64), knots_steps, knots_values)
-
-    def learned_until(self, scenario: str) -> int:
-        """The first run step at which the scenario's exposures reach their final value."""
-        steps, values = self.exposures[scenario]
-        return int(steps[int(np.argmax(np.asarray(values) >= values[-1]))])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -284,11 +280,11 @@ class CapacityManifest:
             values = curve.get("exposures") if isinstance(curve, dict) else None
             if not isinstance(steps, list) or not isinstance(values, list) or not steps or len(steps) != len(values):
                 raise UserError(f"{here}: expected {{steps, exposures}}: two lists of the same non-zero length")
-            if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in steps) or \
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in steps) or \
                     any(b <= a for a, b in zip(steps, steps[1:])):
                 raise UserError(f"{here}, steps: expected increasing run steps >= 0, found {steps}")
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in values) or \
                     any(b < a for a, b in zip(values, values[1:])):
                 raise UserError(f"{here}, exposures: expected non-decreasing numbers >= 0, found {values}")
-            exposures[str(scenario)] = (tuple(steps), tuple(float(v) for v in values))
+            exposures[str(scenario)] = (tuple(float(v) for v in steps), tuple(float(v) for v in values))
         return cls(str(raw["model"]), total, non_embedding, tuple(parsed_attributes), exposures)

@@ -138,7 +138,7 @@ def test_overwrite_keeps_a_share_and_decays_as_planted(tmp_path):
     run = write_scored_run(tmp_path / "run", scores, steps, manifest=manifest)
     cap = capacity_of_run(load_run(run))
     kb1, kb2 = cap.knowledge_bases
-    assert kb2.overwrite is None and kb1.learned_until == 20
+    assert kb2.overwrite is None and kb1.done == 20 and kb2.done == 40
     o = kb1.overwrite
     bits = lambda lp: max(0.0, 10 + lp / LN2)  # noqa: E731  (log2 1024 − CE)
     assert o.switch_step == 20 and o.bits_at_switch == pytest.approx(10 * bits(first(20)), abs=1e-3)

@@ -74,6 +74,9 @@ class ExperimentConfig:
     """Training precision. `bf16` needs an accelerator; CPU tests use `fp32`."""
     eval_interval: int = 1
     """Evaluate every probe at step 0 and after every N-th update (1 = after every update)."""
+    eval_steps: list[int] | None = None
+    """Evaluate exactly at these run steps (plus 0 and total_steps) instead of every `eval_interval`-th
+    step (null = use eval_interval and eval_dense_window), e.g. at chosen numbers of exposures."""
     eval_dense_window: int = 0
     """Also evaluate at every step from each injection step through the next N steps, whatever
     `eval_interval` says (0 = off). With the analysis window here, a sparse `eval_interval` keeps every
@@ -104,6 +107,8 @@ class ExperimentConfig:
         d = self.to_dict()
         for volatile in ("output_dir", "checkpoint_interval", "keep_checkpoints", "log_flush_steps"):
             d.pop(volatile)
+        if d["eval_steps"] is None:
+            d.pop("eval_steps")  # unset: the same hash as before the field existed, so older runs still resume
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def dump_yaml(self) -> str:
@@ -133,6 +138,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise UserError(f"{where}: expected a mapping, got {value!r}")
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        [item_type] = typing.get_args(tp) or [Any]
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -191,6 +201,10 @@ def _validate(cfg: ExperimentConfig, where: str) -> None:
     positive("keep_checkpoints", cfg.keep_checkpoints)
     positive("log_flush_steps", cfg.log_flush_steps)
     positive("knowledge_limit", cfg.knowledge_limit)
+    if cfg.eval_steps is not None:
+        late = [k for k in cfg.eval_steps if not 0 <= k <= cfg.total_steps]
+        if late:
+            raise UserError(f"{where}: field 'eval_steps' has step {late[0]} outside 0..total_steps ({cfg.total_steps})")
     if cfg.optimizer.constant_lr is not None and cfg.optimizer.constant_lr <= 0:
         raise UserError(f"{where}: field 'optimizer.constant_lr' must be > 0, got {cfg.optimizer.constant_lr}")
     if cfg.optimizer.lr_scale <= 0:

@@ -62,6 +62,8 @@ class RunInputs:
     records: list[Any] = field(default_factory=list)
     """All injection records of the run (rows of injections.parquet), found by splicing up front."""
     knowledge_source: str = ""
+    manifest_extra: dict[str, Any] = field(default_factory=dict)
+    """Keys added to manifest.json (e.g. `label`, and `capacity` for capacity runs: harness.rundir)."""
 
     def batch(self, k: int) -> np.ndarray:
         """Batch k: the original global batch of step S+k with this step's paragraphs spliced in."""
@@ -181,13 +183,15 @@ def load_knowledge_set(spec: str, limit: int | None):
 
 def probe_items(knowledge, tokenizer, scenario_of: dict[int, str]) -> list[ProbeItem]:
     """Every probe of the knowledge set, encoded, with its probe-log key (order: KnowledgeSet.iter_probes)."""
-    from fictional_knowledge.encode import encode_probe
+    from fictional_knowledge.encode import encode_probes
 
+    refs = list(knowledge.iter_probes())
     items = []
-    for ref in knowledge.iter_probes():
-        enc = encode_probe(tokenizer, ref)
-        items.append(ProbeItem(ref.paragraph, scenario_of.get(ref.paragraph, "none"), ref.kind, ref.index,
-                               tuple(enc.input_ids), enc.target_start, enc.target_end))
+    for start in range(0, len(refs), 4096):  # batched: one tokenizer call per chunk, not per probe
+        chunk = refs[start: start + 4096]
+        for ref, enc in zip(chunk, encode_probes(tokenizer, chunk)):
+            items.append(ProbeItem(ref.paragraph, scenario_of.get(ref.paragraph, "none"), ref.kind, ref.index,
+                                   tuple(enc.input_ids), enc.target_start, enc.target_end))
     return items
 
 

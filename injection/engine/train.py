@@ -182,11 +182,14 @@ def _names_by_param(model: torch.nn.Module) -> dict[torch.nn.Parameter, list[str
     return names
 
 
-def evaluation_steps(total_steps: int, interval: int, injection_steps: list[int], dense_window: int) -> set[int]:
-    """The run steps whose probe values are logged: 0, every `interval`-th step, the last step, and with
-    `dense_window` > 0 every step t_i … t_i + dense_window around each injection step t_i (t_i itself is the
-    state before encounter i, which effectivity and retainability are measured against)."""
-    steps = {0, total_steps, *range(interval, total_steps + 1, interval)}
+def evaluation_steps(total_steps: int, interval: int, injection_steps: list[int], dense_window: int,
+                     explicit: Sequence[int] | None = None) -> set[int]:
+    """The run steps whose probe values are logged: 0, every `interval`-th step (or the `explicit` steps
+    instead), the last step, and with `dense_window` > 0 every step t_i … t_i + dense_window around each
+    injection step t_i (t_i itself is the state before encounter i, which effectivity and retainability are
+    measured against)."""
+    regular = range(interval, total_steps + 1, interval) if explicit is None else explicit
+    steps = {0, total_steps, *regular}
     for t in injection_steps if dense_window > 0 else ():
         steps.update(range(t, min(t + dense_window, total_steps) + 1))
     return steps
@@ -542,7 +545,7 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
         return time.perf_counter() - t0
 
     eval_steps = evaluation_steps(cfg.total_steps, cfg.eval_interval, sorted(inputs.injections),
-                                  cfg.eval_dense_window)
+                                  cfg.eval_dense_window, cfg.eval_steps)
     if k0 == 0:
         evaluate(0)
     accumulation = check_batch_split(global_batch, cfg.micro_batch, world)
@@ -613,4 +616,5 @@ def write_manifest(run: Run, tokens_per_step: int, status: str) -> None:
         "knowledge": run.inputs.knowledge_source,
         "versions": versions,
         "runtime": runtime,
+        **run.inputs.manifest_extra,
     })
