@@ -95,9 +95,10 @@ class SaturationFit:
 
 
 def fit_saturation(exposures: np.ndarray, rate: np.ndarray) -> SaturationFit | None:
-    """Least squares of rate ≈ M∞·(1 − e^(−E/τ)). For a given τ the best M∞ is a one-variable linear fit
-    (closed form), so only τ is searched: on a log grid from a hundredth of the smallest positive E to a
-    hundred times the largest, then by golden section between the best grid point's neighbours.
+    """Least squares of rate ≈ M∞·(1 − e^(−E/τ)) with 0 <= M∞ <= 1 (a rate). For a given τ the best M∞ is a
+    one-variable linear fit (closed form, clipped to [0, 1], which is exact for a one-variable quadratic), so
+    only τ is searched: on a log grid from a hundredth of the smallest positive E to a hundred times the
+    largest, then by golden section between the best grid point's neighbours.
     None with fewer than 2 points at E > 0, or when the rate is 0 throughout (nothing to fit)."""
     x = np.asarray(exposures, dtype=np.float64)
     y = np.asarray(rate, dtype=np.float64)
@@ -110,7 +111,7 @@ def fit_saturation(exposures: np.ndarray, rate: np.ndarray) -> SaturationFit | N
     def best_m(log_tau: float) -> tuple[float, float]:
         f = -np.expm1(-x / math.exp(log_tau))
         denom = float(f @ f)
-        m = float(f @ y) / denom if denom > 0 else 0.0
+        m = min(max(float(f @ y) / denom, 0.0), 1.0) if denom > 0 else 0.0
         return m, float(((y - m * f) ** 2).sum())
 
     lo, hi = math.log(positive.min() / 100), math.log(positive.max() * 100)

@@ -73,6 +73,12 @@ def test_saturation_fit_recovers_exact_curve():
     assert fit.m_inf == pytest.approx(0.8, rel=1e-6) and fit.tau == pytest.approx(30, rel=1e-6)
     assert fit.r2 == pytest.approx(1.0, abs=1e-12) and fit.n_points == 31 and not fit.at_bound
     assert fit_saturation(np.array([0.0, 5.0]), np.array([0.0, 0.5])) is None  # one point with E > 0
+    assert fit_saturation(e, np.zeros_like(e)) is None  # nothing recalled: nothing to fit
+    # a rate that is still accelerating: M∞ stays a rate (at most 1), the time constant takes the rest
+    y = (e / 300) ** 2
+    convex = fit_saturation(e, y)
+    sse = lambda tau: float(((y + np.expm1(-e / tau)) ** 2).sum())  # noqa: E731  (M∞ = 1)
+    assert convex.m_inf == 1.0 and sse(convex.tau) <= min(sse(convex.tau * 1.01), sse(convex.tau / 1.01))
 
 
 def test_memorization_fit_on_a_planted_run(tmp_path):

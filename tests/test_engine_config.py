@@ -1,3 +1,5 @@
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,18 @@ def test_missing_required_field_and_unknown_source():
     with pytest.raises(UserError, match="KEY=VALUE"):
         load_config("smoke", ["total_steps"])
     assert preset_path("smoke").is_file()
+
+
+def test_eval_steps_are_checked_and_count_in_the_hash_only_when_set():
+    plain = config_from_dict(BASE)
+    assert plain.eval_steps is None
+    chosen = config_from_dict({**BASE, "eval_steps": [3, 7]})
+    assert chosen.eval_steps == [3, 7] and chosen.config_hash() != plain.config_hash()
+    # unset, the field is left out of the hash: run directories written before it existed still resume
+    fields = {k: v for k, v in plain.to_dict().items()
+              if k not in ("eval_steps", "output_dir", "checkpoint_interval", "keep_checkpoints", "log_flush_steps")}
+    assert plain.config_hash() == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    with pytest.raises(UserError, match=r"'eval_steps' has step 11 outside 0..total_steps \(10\)"):
+        config_from_dict({**BASE, "eval_steps": [3, 11]})
+    with pytest.raises(UserError, match=r"field 'eval_steps'\[1\]: expected an integer"):
+        config_from_dict({**BASE, "eval_steps": [3, "x"]})
