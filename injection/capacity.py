@@ -218,7 +218,7 @@ def load_capacity_config(profile: str | None = None, config: str | Path | None =
     """A shipped profile or a YAML file, then `--set key=value` overrides; validated."""
     import yaml
 
-    from injection.engine.config import _from_dict, set_dotted
+    from injection.engine.config import set_dotted, typed_from_dict
 
     if config is not None:
         path = Path(config)
@@ -243,7 +243,7 @@ def load_capacity_config(profile: str | None = None, config: str | Path | None =
     if clash:
         raise UserError(f"{where}: field 'bios.{clash[0]}' is set by the ladder: use the top-level "
                         f"{'people' if clash[0] == 'people' else 'seed'}")
-    cfg = _from_dict(CapacityConfig, data, where)
+    cfg = typed_from_dict(CapacityConfig, data, where)
     cfg.validate(where)
     return cfg
 
@@ -593,8 +593,9 @@ def run_capacity(cfg: CapacityConfig, out: Path):
 
 
 def capacity(
-    profile: Annotated[str, typer.Option(help="Shipped ladder: quick (a CPU, a few minutes), cpu (a 2-core CPU, "
-                                              "about 15 minutes), gpu (10M-100M parameters, for a GPU).")] = "cpu",
+    profile: Annotated[Literal["quick", "cpu", "gpu"], typer.Option(
+        help="Shipped ladder: quick (a CPU, about a minute), cpu (a 2-core CPU, about 15 minutes or less), "
+             "gpu (16M-88M parameters, for a GPU).")] = "cpu",
     config: Annotated[Optional[Path], typer.Option("--config", help="A capacity YAML file instead of a profile.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Where the rungs, analysis and report go (rerun to continue).")] = Path("capacity_out"),
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: KEY=VALUE (YAML value).")] = None,

@@ -33,7 +33,8 @@ SMALL = {
     "people": [6],
     "exposures": 5,
     "eval_exposures": [1, 2.5],
-    "bios": {"cities": 8, "universities": 8, "majors": 6, "employers": 8, "first_year": 1990, "last_year": 1990},
+    "bios": {"cities": 8, "universities": 8, "majors": 6, "employers": 8, "first_year": 1990, "last_year": 1990,
+             "paraphrases": 2},
     "overwrite": {"models": ["d32-L1"], "people": 4, "second_people": 3, "second_exposures": 2},
     "tokenizer_vocab": 300,
     "seq_len": 32,
@@ -110,13 +111,13 @@ def _documents(corpus_path, total_steps: int, global_batch: int, tokenizer_dir) 
 
 
 def _person(doc: str, knowledge) -> int:
-    names = [p.probes["mem"][0].input.split(" was ")[0].split("'s ")[0] for p in knowledge.paragraphs]
-    found = [i for i, p in enumerate(knowledge.paragraphs) if doc.startswith(" ".join(p.text.split()[:2]))]
-    assert len(found) == 1, (doc, names)
+    """The person whose biography (some variant of it) the document is, exactly."""
+    found = [i for i, p in enumerate(knowledge.paragraphs) if doc in (p.text, *p.paraphrases)]
+    assert len(found) == 1, doc
     return found[0]
 
 
-def test_every_person_once_per_epoch_in_a_fresh_order(inputs):
+def test_every_person_once_per_epoch_in_a_fresh_order_and_variant(inputs):
     cfg, out, knowledge, tokenizer_dir = inputs
     [rung, overwrite_rung] = cfg.rungs()
     kb, scenarios = rung_knowledge(knowledge, rung, cfg.first_people)
@@ -133,6 +134,8 @@ def test_every_person_once_per_epoch_in_a_fresh_order(inputs):
     for e in full_epochs:
         epoch = people[(e - 1) * 6: e * 6]
         assert sorted(epoch) == list(range(6)), e  # each person exactly once
+        # in the variant of that epoch (the original, then paraphrase 1, 2, then the original again)
+        assert docs[(e - 1) * 6: e * 6] == [kb[p].variant((e - 1) % 3) for p in epoch]
         orders.append(epoch)
         # the epoch's last document ends where the manifest says epoch e ends (the pass's EOS padding after it)
         assert ends[e * 6 - 1] <= knot_steps[e] * tokens_per_step < (ends[e * 6] if e * 6 < len(ends) else np.inf)

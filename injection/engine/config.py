@@ -186,6 +186,12 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def typed_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """A dataclass from a mapping, every field checked against its annotation (nested dataclasses, lists,
+    unions, literals); UserError naming the field. Shared by other typed YAML configs (e.g. capacity ladders)."""
+    return _from_dict(cls, data, where)
+
+
 def _validate(cfg: ExperimentConfig, where: str) -> None:
     def positive(name: str, value: int | None, allow_zero: bool = False) -> None:
         if value is not None and (value < 0 or (value == 0 and not allow_zero)):
