@@ -201,9 +201,13 @@ class Rung:
     second_exposures: int = 0
 
     @property
+    def data_name(self) -> str:
+        """What the rung trains on (shared by the rungs of every model with the same people)."""
+        return f"N{self.people}" + (f"+N{self.second_people}" if self.second_people else "")
+
+    @property
     def name(self) -> str:
-        second = f"+N{self.second_people}" if self.second_people else ""
-        return f"{self.model.name}-N{self.people}{second}"
+        return f"{self.model.name}-{self.data_name}"
 
 
 # ---- configuration --------------------------------------------------------------------------------------------
@@ -314,7 +318,7 @@ def build_corpus_for(cfg: CapacityConfig, rung: Rung, knowledge, scenarios: dict
     from injection.data.build import build_corpus
     from injection.data.order import write_global_indices
 
-    corpus_dir = out / "corpora" / rung.name
+    corpus_dir = out / "corpora" / rung.data_name
     meta_file = corpus_dir / "epochs.json"
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
@@ -515,7 +519,7 @@ def run_rung(cfg: CapacityConfig, rung: Rung, knowledge, tokenizer_dir: Path, ou
     from injection.engine.train import complete_checkpoints, run_training
 
     kb, scenarios = rung_knowledge(knowledge, rung, cfg.first_people)
-    kb_path = out / "knowledge" / f"{rung.name}.json"
+    kb_path = out / "knowledge" / f"{rung.data_name}.json"
     if not kb_path.is_file():
         from fictional_knowledge.generate import dumps_knowledge
         from fictional_knowledge.load import knowledge_to_document
