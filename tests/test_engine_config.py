@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -69,3 +67,14 @@ def test_missing_required_field_and_unknown_source():
     with pytest.raises(UserError, match="KEY=VALUE"):
         load_config("smoke", ["total_steps"])
     assert preset_path("smoke").is_file()
+
+
+def test_eval_steps_are_checked_and_count_in_the_hash():
+    plain = config_from_dict(BASE)
+    assert plain.eval_steps is None
+    chosen = config_from_dict({**BASE, "eval_steps": [3, 7]})
+    assert chosen.eval_steps == [3, 7] and chosen.config_hash() != plain.config_hash()
+    with pytest.raises(UserError, match=r"field 'eval_steps': step 11 is outside the run \(0…10\)"):
+        config_from_dict({**BASE, "eval_steps": [3, 11]})
+    with pytest.raises(UserError, match=r"field 'eval_steps\[1\]': expected an integer"):
+        config_from_dict({**BASE, "eval_steps": [3, "x"]})

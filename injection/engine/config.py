@@ -100,6 +100,9 @@ class ExperimentConfig:
     """Recompute activations in the backward pass (less memory, more compute): allows a larger micro_batch."""
     eval_interval: int = 1
     """Evaluate every probe at step 0 and after every N-th update (1 = after every update)."""
+    eval_steps: list[int] | None = None
+    """Evaluate exactly at these run steps (plus 0 and total_steps) instead of every `eval_interval`-th
+    step (null = use eval_interval and eval_dense_window), e.g. at chosen numbers of exposures."""
     eval_dense_window: int = 0
     """Also evaluate at every step from each injection step through the next N steps, whatever
     `eval_interval` says (0 = off). With the analysis window here, a sparse `eval_interval` keeps every

@@ -45,14 +45,11 @@ def learning_rates(schedule: LRSchedule, start_step: int, total_steps: int, *, c
 
 def evaluation_steps(total_steps: int, interval: int, injection_steps: Sequence[int], dense_window: int,
                      explicit: Sequence[int] | None = None) -> frozenset[int]:
-    """The run steps whose probe values are logged: 0, every `interval`-th step and the last one (or exactly
-    `explicit`, plus 0), and with `dense_window` > 0 every step t_i … t_i + dense_window around each injection
-    step t_i (t_i itself is the state before encounter i, which effectivity and retainability are measured
-    against)."""
-    if explicit is not None:
-        steps = {0, *explicit}
-    else:
-        steps = {0, total_steps, *range(interval, total_steps + 1, interval)}
+    """The run steps whose probe values are logged: 0, the last, every `interval`-th step (or the `explicit` ones
+    instead), and with `dense_window` > 0 every step t_i … t_i + dense_window around each injection step t_i (t_i
+    itself is the state before encounter i, which effectivity and retainability are measured against)."""
+    regular = range(interval, total_steps + 1, interval) if explicit is None else explicit
+    steps = {0, total_steps, *regular}
     for t in injection_steps if dense_window > 0 else ():
         steps.update(range(t, min(t + dense_window, total_steps) + 1))
     return frozenset(steps)
