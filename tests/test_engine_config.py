@@ -21,10 +21,33 @@ def test_every_preset_loads():
 
 
 def test_paper_presets_are_the_reference_experiment():
-    cfg = load_config("paper-7b-mid")
-    assert (cfg.checkpoint, cfg.knowledge_limit, cfg.schedule, cfg.total_steps) == ("olmo-7b@mid", 120, "paper", 2500)
-    assert cfg.global_batch is None and cfg.precision == "bf16" and cfg.deepspeed_config == "zero3"
+    from injection.engine.plan import accumulation_steps, resolve_micro_batch
+
+    for size in ("1b", "7b"):
+        for stage in ("early", "mid", "late"):
+            cfg = load_config(f"paper-{size}-{stage}")
+            assert (cfg.checkpoint, cfg.schedule, cfg.total_steps) == (f"olmo-{size}@{stage}", "paper", 2500)
+            assert cfg.knowledge_limit == 130  # items 120-129 are never injected: logged as controls
+            assert cfg.global_batch is None and cfg.precision == "bf16" and cfg.deepspeed_config == "zero3"
+            assert cfg.data == f"data/olmo-{size}-{stage}"
+            # rows per update of the run (2,048; part of the 7B run 2,160) split over 1, 8 and 16 GPUs
+            for rows in (2048, 2160):
+                for gpus in (1, 8, 16):
+                    micro = resolve_micro_batch(rows, gpus, cfg.micro_batch, cfg.max_micro_batch)
+                    assert 1 <= micro <= cfg.max_micro_batch and accumulation_steps(rows, micro, gpus) >= 1
+    variant = load_config("paper-7b-mid-bs128")
+    assert variant.global_batch == 128 and variant.optimizer.constant_lr == 3e-4 and variant.optimizer.fresh_moments
     assert load_config("smoke").total_steps >= 30 and load_config("smoke").checkpoint_interval <= 10
+
+
+def test_a_split_that_does_not_fit_names_the_valid_micro_batches():
+    from injection.engine.plan import accumulation_steps, resolve_micro_batch
+
+    with pytest.raises(UserError, match=r"micro_batch values that fit 16 rank\(s\): 1, 3, 5, 9, 15, 27, 45"):
+        accumulation_steps(2160, 4, 16)
+    assert resolve_micro_batch(2160, 16, "auto", 8) == 5 and resolve_micro_batch(2048, 16, "auto", 8) == 8
+    with pytest.raises(UserError, match="does not split over 7 ranks"):
+        resolve_micro_batch(2048, 7, "auto", 8)
 
 
 def test_overrides_and_explicit_options(tmp_path):
