@@ -250,14 +250,20 @@ def _to_matrices(path: Path, manifest: dict, table: pa.Table, metric_names: list
         raise UserError(f"{file}: row {r}: {_describe_probe(paragraph, kinds[kind_code], probe, r)} changes "
                         f"scenario from {scenarios[scenario_code[first_row[row_probe[r]]]]!r} to {scenarios[scenario_code[r]]!r}")
 
+    status = manifest.get("status")
     for name in metric_names:
-        values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        column = table.column(name)
+        if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+            raise UserError(f"{file}: column {name!r} must be numeric (log-probabilities), found {column.type}")
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(values))
         if len(bad):
             shown = "; ".join(f"row {r} (step {step[r]}, {_describe_probe(paragraph, kinds[kind_code], probe, r)})"
                               for r in bad[:5])
+            why = (f" (the run diverged: manifest.json says {manifest.get('stop')}; analyse it up to an earlier "
+                   "step, or resume it with nonfinite: skip)" if status == "diverged" else "")
             raise UserError(f"{file}: column {name!r} has {len(bad)} NaN/infinite value(s): {shown}"
-                            + (" ..." if len(bad) > 5 else ""))
+                            + (" ..." if len(bad) > 5 else "") + why)
         matrix = np.empty((n_probes, n_steps))
         matrix[row_probe, row_step] = values
         run.metrics[name] = matrix

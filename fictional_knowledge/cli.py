@@ -43,7 +43,7 @@ _BIOS = "bios style"
 
 @app.command("generate")
 def generate(
-    out: Annotated[Path, typer.Option(help="Output JSON file (reference schema), written atomically.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output JSON file (reference schema), written atomically.")],
     paragraphs: Annotated[int, typer.Option(help="Number of paragraphs (knowledge items); with --style bios, people.")] = 120,
     paraphrases: Annotated[int, typer.Option(help="Paraphrases per paragraph (bios: further variants, one per exposure).")] = 9,
     seed: Annotated[int, typer.Option(help="Seed of the generator: the same seed gives the same bytes.")] = 0,

@@ -23,10 +23,25 @@ def current_umask() -> int:
     return mask
 
 
+def make_parents(path: Path) -> None:
+    """Create `path`'s parent directories; UserError naming the component that is a file, not a directory."""
+    from harness.errors import UserError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), path.parent)
+        raise UserError(f"{path}: {blocker} is a file, not a directory") from None
+
+
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call `write` on a temporary file beside `path`, then rename it to `path` (only if `write` succeeded)."""
+    from harness.errors import UserError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a file name")
+    make_parents(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -602,7 +602,7 @@ def capacity(
         help="Shipped ladder: quick (a CPU, about a minute), cpu (a 2-core CPU, about 15 minutes or less), "
              "gpu (16M-88M parameters, for a GPU).")] = "cpu",
     config: Annotated[Optional[Path], typer.Option("--config", help="A capacity YAML file instead of a profile.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Where the rungs, analysis and report go (rerun to continue).")] = Path("capacity_out"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the rungs, analysis and report go (rerun to continue).")] = Path("capacity_out"),
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: KEY=VALUE (YAML value).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the rungs with estimated tokens and FLOPs; train nothing.")] = False,
 ) -> None:

@@ -106,6 +106,8 @@ class CheckpointInfo:
     data_position: DataPosition
     eos_token_id: int | None
     """The run's end-of-text id (the model config's `eos_token_id`): every spliced paragraph ends with it."""
+    vocab_size: int | None
+    """Rows of the model's embedding (the HF config's `vocab_size`): every token id must be below it."""
     meta: dict[str, Any]
 
     @property
@@ -141,12 +143,18 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _model_eos(path: Path) -> int | None:
-    """`eos_token_id` of the HF model config (an int, or the first of a list)."""
+def _model_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path / 'config.json'}: unreadable: {err}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path / 'config.json'}: expected a JSON object")
+    return config
+
+
+def _model_eos(config: dict[str, Any]) -> int | None:
+    """`eos_token_id` of the HF model config (an int, or the first of a list)."""
     eos = config.get("eos_token_id")
     if isinstance(eos, list):
         eos = eos[0] if eos else None
@@ -177,6 +185,8 @@ def read_checkpoint_dir(path: str | Path) -> CheckpointInfo:
     family = meta.get("family")
     if not isinstance(family, str) or not family:
         raise UserError(f"{where}: field 'family' must be a non-empty string, got {family!r}")
+    model_config = _model_config(path)
+    vocab = model_config.get("vocab_size")
     return CheckpointInfo(
         path=path,
         family=family,
@@ -188,7 +198,8 @@ def read_checkpoint_dir(path: str | Path) -> CheckpointInfo:
         optimizer=OptimizerSpec.from_dict(meta.get("optimizer") or {}, f"{where}: optimizer"),
         has_optimizer_state=has_state,
         data_position=data_position,
-        eos_token_id=_model_eos(path),
+        eos_token_id=_model_eos(model_config),
+        vocab_size=vocab if isinstance(vocab, int) else None,
         meta=meta,
     )
 

@@ -30,6 +30,16 @@ def _is_hf_dataset_dir(path: Path) -> bool:
     return path.is_dir() and any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json", "state.json"))
 
 
+def read_text_file(path: Path) -> str:
+    """A text file's content; UserError with the byte offset when it is not UTF-8 (e.g. a binary file)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}: "
+                        f"{err.reason}); give a .txt, .jsonl or a saved dataset directory") from None
+
+
 def iter_documents(source: Path, text_field: str = "text", split: str | None = None) -> tuple[int | None, Iterator[str]]:
     """(number of documents if known, documents) of a .txt (blank-line separated), .jsonl, or HF dataset dir."""
     source = Path(source)
@@ -63,8 +73,9 @@ def iter_documents(source: Path, text_field: str = "text", split: str | None = N
         return sum(len(p) for p in parts), gen()
     if not source.is_file():
         raise UserError(f"{source}: no such file or dataset directory")
+    text = read_text_file(source)
     if source.suffix in (".jsonl", ".json"):
-        lines = source.read_text().splitlines()
+        lines = text.splitlines()
 
         def gen_jsonl() -> Iterator[str]:
             for n, line in enumerate(lines, 1):
@@ -79,7 +90,7 @@ def iter_documents(source: Path, text_field: str = "text", split: str | None = N
                 yield str(record[text_field])
 
         return sum(1 for line in lines if line.strip()), gen_jsonl()
-    docs = [d.strip() for d in source.read_text().split("\n\n") if d.strip()]
+    docs = [d.strip() for d in text.split("\n\n") if d.strip()]
     return len(docs), iter(docs)
 
 

@@ -105,7 +105,7 @@ def extract(
 @data_app.command("prepare")
 def prepare(
     family: Annotated[str, typer.Argument(help="Checkpoint family whose run's data to describe (olmo-1b, olmo-7b).")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for corpus.json and the size cache "
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for corpus.json and the size cache "
                                                               "(default $INJECTION_CACHE/data/FAMILY).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the file URLs and what would be fetched; "
                                                             "no network.")] = False,
@@ -140,7 +140,7 @@ def prepare(
 @data_app.command("build-corpus")
 def build_corpus_cmd(
     source: Annotated[Path, typer.Argument(help="Text file (blank-line separated), JSON Lines, or a saved HF dataset.")],
-    out: Annotated[Path, typer.Option("--out", help="Corpus directory to create.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Corpus directory to create.")],
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per instance.")],
     tokenizer: Annotated[str, typer.Option("--tokenizer", help="olmo | tokenizer .json | saved tokenizer dir.")] = "olmo",
     seed: Annotated[int, typer.Option("--seed", help="Data-order seed (ai2-olmo's permutation).")] = 0,

@@ -154,10 +154,30 @@ def prepare_inputs(cfg: ExperimentConfig) -> RunInputs:
     for p in plan:
         scenario_of.setdefault(p.paragraph, p.scenario)
     tokens = paragraph_tokens(tokenizer, knowledge, plan, eos_token_id=ckpt.eos_token_id)
+    without_probes = sorted({p.paragraph for p in plan if not any(knowledge[p.paragraph].probes.values())})
+    if without_probes:
+        raise UserError(f"schedule {cfg.schedule}: injects paragraph(s) {', '.join(map(str, without_probes[:10]))} of "
+                        f"{cfg.knowledge}, which have no probes: nothing would measure them (add probes, or leave "
+                        "them out of the schedule)")
     inputs = RunInputs(ckpt, stream, probe_items(knowledge, tokenizer, scenario_of), splice_items(plan, tokens),
                        knowledge_source=cfg.knowledge)
+    check_vocabulary(inputs, cfg.tokenizer or str(ckpt.path))
     inputs.place_injections()
     return inputs
+
+
+def check_vocabulary(inputs: RunInputs, tokenizer: str) -> None:
+    """Every token id a run feeds the model must have a row in its embedding (a tokenizer that does not belong
+    to the checkpoint would fail deep inside the first forward pass)."""
+    limit = inputs.checkpoint.vocab_size
+    if limit is None:
+        return
+    ids = [max(it.input_ids) for it in inputs.probe_items] + [max(i.token_ids) for items in inputs.injections.values()
+                                                              for i in items]
+    if ids and max(ids) >= limit:
+        raise UserError(f"tokenizer {tokenizer} gives token id {max(ids)}, but the model of {inputs.checkpoint.path} "
+                        f"has {limit} embedding rows: the tokenizer does not belong to this checkpoint (field "
+                        "'tokenizer')")
 
 
 def describe_inputs(inputs: RunInputs) -> dict[str, Any]:
