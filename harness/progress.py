@@ -169,3 +169,12 @@ class _RichWithInfo:
 
     def advance(self, task_id: int, advance: float = 1) -> None:
         self._progress.advance(task_id, advance)
+
+
+def say(message: str, style: str = "cyan", prefix: str = "") -> None:
+    """One message line on stderr (never wrapped: logs stay greppable), coloured on a terminal."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    label = f"[bold {style}]{escape(prefix)}[/] " if prefix else ""
+    Console(stderr=True, soft_wrap=True).print(f"{label}[{style}]{escape(message)}[/]", highlight=False)

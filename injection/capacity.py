@@ -249,9 +249,9 @@ def load_capacity_config(profile: str | None = None, config: str | Path | None =
 
 
 def _say(message: str) -> None:
-    from rich.console import Console
+    from harness.progress import say
 
-    Console(stderr=True).print(f"[bold cyan]capacity:[/] {message}")
+    say(message, prefix="capacity:")
 
 
 def build_knowledge(cfg: CapacityConfig, out: Path):

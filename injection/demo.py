@@ -481,9 +481,9 @@ def run_demo(out: Path, quick: bool = False, knowledge: Path | None = None,
 
 
 def _say(message: str) -> None:
-    from rich.console import Console
+    from harness.progress import say
 
-    Console(stderr=True).print(f"[bold cyan]demo:[/] {message}")
+    say(message, prefix="demo:")
 
 
 def demo(

@@ -282,6 +282,7 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
     if inputs.stream.batch_size != plan.global_batch:
         raise UserError(f"the data stream reads {inputs.stream.batch_size} rows per step, the run {plan.global_batch}")
     run = Run(cfg, inputs, plan, decision.run_dir, rank, world, zero.build_engine(cfg, inputs.checkpoint, plan, rank))
+    run.engine.train()  # training mode (from_pretrained returns eval mode; activation checkpointing needs this)
     if rank == 0:
         if decision.message:
             zero.say(decision.message)

@@ -110,15 +110,15 @@ def build_engine(cfg: ExperimentConfig, ckpt, plan: RunPlan, rank: int):
 
 
 def warn(message: str) -> None:
-    from rich.console import Console
+    from harness.progress import say as say_line
 
-    Console(stderr=True).print(f"[bold red]{message}", highlight=False)
+    say_line(message, style="bold red")
 
 
 def say(message: str) -> None:
-    from rich.console import Console
+    from harness.progress import say as say_line
 
-    Console(stderr=True).print(f"[cyan]{message}", highlight=False)
+    say_line(message)
 
 
 def set_lr(engine, lr: float) -> None:
