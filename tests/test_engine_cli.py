@@ -98,3 +98,19 @@ def test_launch_one_node_of_several_without_ssh(tmp_path):
     _fails(["launch", "smoke", "--hostfile", str(hostfile), "--node-rank", "0", "--dry-run"], "needs --master-addr")
     hostfile.write_text("localhost slots=1\nlocalhost slots=1\n")
     _fails([*base, "--node-rank", "0"], "line 2: host 'localhost' is listed twice")
+
+
+def test_a_lost_rank_is_told_from_other_errors():
+    import torch.distributed as dist
+
+    from injection.engine.zero import peer_failure
+
+    closed = RuntimeError("\n[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed "
+                          "by peer [127.0.0.1]:35456. This is typically caused by a remote worker crashing.")
+    assert peer_failure(closed) == "Connection closed by peer [127.0.0.1]:35456"
+    hung = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms "
+                        "for recv operation to complete")
+    assert peer_failure(hung) == "Timed out waiting 15000ms for recv operation to complete"
+    assert peer_failure(dist.DistNetworkError("failed to recv, got 0 bytes")) == "failed to recv, got 0 bytes"
+    assert peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert peer_failure(ValueError("gloo")) is None

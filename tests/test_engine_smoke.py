@@ -1,5 +1,6 @@
 """`injection run smoke` end to end with the real pieces: tiny checkpoint, corpus and knowledge built into
-the cache on first use, the smoke schedule, the run directory read back."""
+the cache on first use, the smoke schedule, the run directory read back; the same run through `injection
+launch` on two ranks of one node and on two "nodes" without ssh (with one killed and the run resumed)."""
 
 import json
 import os
