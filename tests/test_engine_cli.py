@@ -83,3 +83,37 @@ def test_launch_dry_run_builds_the_deepspeed_command(tmp_path):
     resumed = launcher_command("", None, 2, None, None, 29511, None, tmp_path / "run")
     assert resumed[-4:] == ["--module", "injection.engine.worker", "--resume", str(tmp_path / "run")]
     _fails(["launch", "smoke", "--hostfile", str(tmp_path / "missing"), "--dry-run"], "no such file")
+
+
+def test_launch_one_node_of_several_without_ssh(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    base = ["launch", "smoke", "--hostfile", str(hostfile), "--master-addr", "127.0.0.1", "--master-port", "29600",
+            "--dry-run"]
+    result = runner.invoke(app, [*base, "--node-rank", "1"])
+    assert result.exit_code == 0, result.output
+    cmd = shlex.split(result.output.strip().splitlines()[-1])
+    assert cmd[1:9] == ["--hostfile", str(hostfile), "--master_addr", "127.0.0.1", "--master_port", "29600",
+                        "--no_ssh", "--node_rank"] and cmd[9] == "1"
+    _fails([*base, "--node-rank", "2"], "--node-rank 2: must be 0…1")
+    _fails([*base, "--node-rank", "1", "--num-nodes", "1"], "--node-rank 1: must be 0…0")
+    _fails(["launch", "smoke", "--node-rank", "0", "--dry-run"], "needs --hostfile")
+    _fails(["launch", "smoke", "--hostfile", str(hostfile), "--node-rank", "0", "--dry-run"], "needs --master-addr")
+    hostfile.write_text("localhost slots=1\nlocalhost slots=1\n")
+    _fails([*base, "--node-rank", "0"], "line 2: host 'localhost' is listed twice")
+
+
+def test_a_lost_rank_is_told_from_other_errors():
+    import torch.distributed as dist
+
+    from injection.engine.zero import peer_failure
+
+    closed = RuntimeError("\n[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed "
+                          "by peer [127.0.0.1]:35456. This is typically caused by a remote worker crashing.")
+    assert peer_failure(closed) == "Connection closed by peer [127.0.0.1]:35456"
+    hung = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms "
+                        "for recv operation to complete")
+    assert peer_failure(hung) == "Timed out waiting 15000ms for recv operation to complete"
+    assert peer_failure(dist.DistNetworkError("failed to recv, got 0 bytes")) == "failed to recv, got 0 bytes"
+    assert peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert peer_failure(ValueError("gloo")) is None

@@ -1,8 +1,10 @@
 """`injection run smoke` end to end with the real pieces: tiny checkpoint, corpus and knowledge built into
-the cache on first use, the smoke schedule, the run directory read back."""
+the cache on first use, the smoke schedule, the run directory read back; the same run through `injection
+launch` on two ranks of one node and on two "nodes" without ssh (with one killed and the run resumed)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,10 +39,11 @@ SHORT = ["--total-steps", "4", "--set", "schedule_overrides.count=1", "--set", "
 @pytest.fixture(scope="module")
 def smoke_run(cache, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    done = subprocess.run([sys.executable, "-m", "injection", "run", "smoke", *SHORT, "-o", str(run_dir)],
-                          cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "injection", "run", "smoke", *SHORT, "--set", "log_interval=1",
+                           "-o", str(run_dir)], cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FRESH AdamW moments" in done.stderr  # tiny@0 has no optimizer state
+    (run_dir.parent / "stderr.txt").write_text(done.stderr)
     return run_dir
 
 
@@ -58,6 +61,14 @@ def test_smoke_preset_runs_end_to_end(smoke_run):
     # the same probes are learnt: the injected paragraphs' probes gain log-probability
     first = probes[probes.step == 0].logprob.mean()
     assert probes[probes.step == 4].logprob.mean() > first
+
+
+def test_progress_lines_without_a_terminal_have_an_eta(smoke_run):
+    lines = [line for line in (smoke_run.parent / "stderr.txt").read_text().splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]  # log_interval=1
+    for line in lines[:-1]:
+        assert re.search(r", elapsed \d+m\d\ds, eta \d+m\d\ds$", line), line
+    assert "eta" not in lines[-1]
 
 
 def test_schedule_that_does_not_fit_the_run(cache, tmp_path, monkeypatch):
@@ -89,6 +100,100 @@ def test_launch_on_two_cpu_ranks_matches_one_process(cache, smoke_run, tmp_path)
     assert json.loads((run_dir / "manifest.json").read_text())["world_size"] == 2
     assert (one[key] == two[key]).all().all()
     np.testing.assert_allclose(two.logprob, one.logprob, atol=1e-4)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback_survive_a_killed_node_and_resume(cache, smoke_run, tmp_path):
+    """Multi-node without ssh, rehearsed on one machine: two DeepSpeed "nodes" (`localhost` and `127.0.0.1` in
+    one hostfile), one `injection launch --node-rank N` each, one rank per node, gloo. Node 1 is killed with
+    SIGKILL after the checkpoint of step 2; node 0 must stop on its own with one clear line and a non-zero exit
+    (no hang: a gloo peer's closed connection is noticed at once, `distributed_timeout` bounds the rest), and
+    `injection launch --resume` on both nodes must finish the run with the single-process probe log."""
+    import signal
+    import time
+
+    import numpy as np
+    import pandas as pd
+
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    run_dir = tmp_path / "two-nodes"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def start_nodes(what: list[str], tag: str) -> list[subprocess.Popen]:
+        port = _free_port()
+        nodes = []
+        for rank in (0, 1):
+            cmd = [sys.executable, "-m", "injection", "launch", *what, "--hostfile", str(hostfile), "--node-rank",
+                   str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                   "--set", "distributed_timeout=30", "--set", "log_interval=1"]
+            with open(logs / f"{tag}{rank}.out", "w") as out, open(logs / f"{tag}{rank}.err", "w") as err:
+                nodes.append(subprocess.Popen(cmd, cwd=REPO, env=_env(cache), stdout=out, stderr=err,
+                                              start_new_session=True))  # a node = a process group we can kill
+        return nodes
+
+    def log(name: str) -> str:
+        return (logs / name).read_text()
+
+    nodes = start_nodes(["smoke", *SHORT[2:], "--set", "total_steps=4", "--set", f"output_dir={run_dir}"], "first")
+    try:
+        deadline = time.time() + 240
+        while "step 3/4" not in log("first0.err"):  # rank 0's progress: the checkpoint of step 2 is complete
+            assert all(n.poll() is None for n in nodes), log("first0.err")[-3000:] + log("first1.err")[-3000:]
+            assert time.time() < deadline, "the two nodes did not reach step 3"
+            time.sleep(0.02)
+        os.killpg(nodes[1].pid, signal.SIGKILL)
+        killed_at = time.time()
+        code = nodes[0].wait(timeout=120)
+        stopped_after = time.time() - killed_at
+    finally:
+        for n in nodes:
+            if n.poll() is None:
+                os.killpg(n.pid, signal.SIGKILL)
+                n.wait()
+    print(f"node 0 stopped {stopped_after:.1f} s after node 1 was killed")
+    assert "--no_ssh --node_rank 1" in log("first1.out")
+    assert code == 75, log("first0.err")[-3000:]
+    errors = [line for line in log("first0.err").splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("error: rank 0 of 2 lost contact with the other ranks (")
+    assert f"continue from the checkpoint after step 2 with `injection launch --resume {run_dir} ...` on every " \
+           "node" in errors[0]
+    assert errors[1].startswith("error: the launcher exited with code 75 (a rank lost contact with the others)")
+    assert "Traceback" not in log("first0.err")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["last_step"] == 3, manifest
+    assert manifest["stop"]["reason"].startswith("lost contact with another rank: ")
+
+    nodes = start_nodes(["--resume", str(run_dir)], "resume")
+    try:
+        codes = [n.wait(timeout=300) for n in nodes]
+    finally:
+        for n in nodes:
+            if n.poll() is None:
+                os.killpg(n.pid, signal.SIGKILL)
+    assert codes == [0, 0], log("resume0.err")[-3000:] + log("resume1.err")[-3000:]
+    assert "resuming from the checkpoint after step 2" in " ".join(log("resume0.err").split())  # wrapped by rich
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["world_size"] == 2
+    # the same tolerances as two ranks on one node (tests/test_engine_resume.py)
+    key = ["step", "paragraph", "kind", "probe"]
+    one = read_table(smoke_run / "probes.parquet").sort_values(key, ignore_index=True)
+    two = read_table(run_dir / "probes.parquet").sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(two[key + ["scenario"]], one[key + ["scenario"]])
+    np.testing.assert_allclose(two.logprob, one.logprob, atol=1e-4)
+    np.testing.assert_allclose(two.logprob_sum, one.logprob_sum, atol=3e-4)
+    assert (two.exact_match == one.exact_match).mean() > 0.99
+    np.testing.assert_allclose(read_table(run_dir / "train_metrics.parquet").loss,
+                               read_table(smoke_run / "train_metrics.parquet").loss, atol=1e-4)
 
 
 #: sha256 of the smoke run's probe log (the run above). The engine's reorganisation into plan / batches / zero /

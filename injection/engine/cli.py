@@ -74,9 +74,9 @@ def preflight(cfg, resume: bool) -> None:
     from injection.engine.plan import check_split
     from injection.engine.run_state import check_run_dir
 
+    check_monitor(cfg)
     check_run_dir(cfg, resume)
     check_split(cfg, read_checkpoint(cfg.checkpoint), int(os.environ.get("WORLD_SIZE", "1")))
-    check_monitor(cfg)
 
 
 def run(config: Config = None, preset: Preset = None, set_: Sets = None, resume: Resume = None, out: Out = None,
@@ -89,7 +89,7 @@ def run(config: Config = None, preset: Preset = None, set_: Sets = None, resume:
     """
     from harness.streams import import_deepspeed
     from injection.engine.inputs import prepare_inputs
-    from injection.engine.loop import Interrupted, run_training
+    from injection.engine.loop import Interrupted, LostRank, run_training
 
     import_deepspeed()  # before anything imports it: its log lines go to stderr, the run directory alone to stdout
     cfg = resolve_config(config, preset, set_, resume, out, total_steps, seed)
@@ -101,12 +101,17 @@ def run(config: Config = None, preset: Preset = None, set_: Sets = None, resume:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(128 + err.signum) from None
+    except LostRank as err:
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one line per node (rank 0's may be the lost one)
+            print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(LostRank.exit_code) from None
     if int(os.environ.get("RANK", "0")) == 0:
         print(run_dir)  # the result, alone on stdout
 
 
-def _hostfile_slots(hostfile: Path) -> list[int]:
-    slots = []
+def read_hostfile(hostfile: Path) -> list[tuple[str, int]]:
+    """(host, slots) per line of a DeepSpeed hostfile, in order (the order of the node ranks)."""
+    hosts: list[tuple[str, int]] = []
     for n, line in enumerate(hostfile.read_text(encoding="utf-8").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -115,16 +120,20 @@ def _hostfile_slots(hostfile: Path) -> list[int]:
         found = [p for p in parts[1:] if p.startswith("slots=")]
         if not found or not found[0][6:].isdigit():
             raise UserError(f"--hostfile {hostfile}: line {n}: expected `HOST slots=N`, got {line!r}")
-        slots.append(int(found[0][6:]))
-    if not slots:
+        if parts[0] in dict(hosts):
+            raise UserError(f"--hostfile {hostfile}: line {n}: host {parts[0]!r} is listed twice (DeepSpeed's "
+                            "launcher refuses that; two nodes on one machine need two names, e.g. localhost and "
+                            "127.0.0.1)")
+        hosts.append((parts[0], int(found[0][6:])))
+    if not hosts:
         raise UserError(f"--hostfile {hostfile}: no hosts listed")
-    return slots
+    return hosts
 
 
 def launch_world_size(hostfile: Path | None, num_gpus: int | None, num_nodes: int | None) -> int:
     """How many ranks DeepSpeed's launcher will start."""
     if hostfile is not None:
-        slots = _hostfile_slots(hostfile)
+        slots = [s for _, s in read_hostfile(hostfile)]
         nodes = slots[: num_nodes] if num_nodes else slots
         return sum(num_gpus or s for s in nodes)
     if num_gpus is not None:
@@ -135,6 +144,21 @@ def launch_world_size(hostfile: Path | None, num_gpus: int | None, num_nodes: in
         return max(torch.cuda.device_count(), 1) * (num_nodes or 1)
     except ImportError:
         return num_nodes or 1
+
+
+def check_node_rank(node_rank: int, hostfile: Path | None, num_nodes: int | None, master_addr: str | None) -> None:
+    """What DeepSpeed's launcher needs to start one node's ranks without ssh (`--no_ssh --node_rank N`): every
+    node's hostfile lists all nodes in the same order (it numbers the ranks from it), and the master address is
+    given (otherwise the launcher asks the first host for it over ssh)."""
+    if hostfile is None:
+        raise UserError(f"--node-rank {node_rank}: needs --hostfile listing every node (the same file on each node)")
+    if not master_addr:
+        raise UserError(f"--node-rank {node_rank}: needs --master-addr, the address of node 0 as the other nodes "
+                        "reach it")
+    nodes = len(read_hostfile(hostfile)[: num_nodes or None])
+    if not 0 <= node_rank < nodes:
+        raise UserError(f"--node-rank {node_rank}: must be 0…{nodes - 1} (the nodes of --hostfile {hostfile}"
+                        + (f" kept by --num-nodes {num_nodes}" if num_nodes else "") + ")")
 
 
 def launcher_command(config: str, hostfile: Path | None, num_gpus: int | None, num_nodes: int | None,
@@ -179,16 +203,23 @@ def launch(
     resume: Resume = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the launcher command and exit.")] = False,
 ) -> None:
-    """Start `injection run` on many GPUs or nodes through DeepSpeed's launcher (one process per rank)."""
+    """Start `injection run` on many GPUs or nodes through DeepSpeed's launcher (one process per rank).
+
+    Several nodes: with ssh between them, once on node 0 (`--hostfile`, `--num-nodes`); without ssh, once on
+    every node with its `--node-rank`, the same hostfile and `--master-addr` (node 0's address)."""
     from injection.engine.inputs import read_checkpoint
+    from injection.engine.monitor import check_monitor
     from injection.engine.plan import check_split
 
     if config is None and resume is None:
         raise UserError("give an experiment CONFIG (YAML file or preset name) or --resume RUN_DIR")
     if hostfile is not None and not hostfile.is_file():
         raise UserError(f"--hostfile {hostfile}: no such file")
+    if node_rank is not None:
+        check_node_rank(node_rank, hostfile, num_nodes, master_addr)
     # validated here, once, rather than on every rank after the processes started
     cfg = resolve_config(config, None, set_, resume)
+    check_monitor(cfg)
     world = launch_world_size(hostfile, num_gpus, num_nodes)
     try:
         ckpt = read_checkpoint(cfg.checkpoint)
@@ -208,7 +239,12 @@ def launch(
     if code < 0:
         code = 128 - code
     if code:
-        print(f"error: the launcher exited with code {code}" + (f" ({signal.Signals(code - 128).name})"
-              if 128 < code < 128 + 32 else "") + (f"; continue with `injection launch --resume {cfg.output_dir} ...`"
-              if Path(cfg.output_dir, "manifest.json").is_file() else ""), file=sys.stderr)
+        from injection.engine.loop import LostRank
+
+        why = (f" ({signal.Signals(code - 128).name})" if 128 < code < 128 + 32 else
+               " (a rank lost contact with the others)" if code == LostRank.exit_code else "")
+        again = (f"; continue with `injection launch --resume {cfg.output_dir} ...` (the same launcher options"
+                 + (", on every node)" if node_rank is not None else ")")
+                 if Path(cfg.output_dir, "manifest.json").is_file() else "")
+        print(f"error: the launcher exited with code {code}{why}{again}", file=sys.stderr)
     raise typer.Exit(code)

@@ -27,7 +27,7 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 #: Fields that may differ between a run and its resumption: where and how often things are written, how
 #: progress is reported, and what to do should the loss stop being finite. Everything else is the run's identity.
 OPERATIONAL_FIELDS = ("output_dir", "checkpoint_interval", "keep_checkpoints", "log_flush_steps", "log_interval",
-                      "nonfinite", "monitor", "label")
+                      "nonfinite", "monitor", "label", "distributed_timeout")
 
 
 @dataclass
@@ -131,6 +131,11 @@ class ExperimentConfig:
     """Write a probe-log Parquet part at least every N evaluated steps (bounds memory)."""
     log_interval: int = 10
     """Without a terminal (batch jobs), print a progress line every N updates."""
+    distributed_timeout: int | None = None
+    """Seconds a rank waits for the others (to join at start, in a collective, at a checkpoint) before it gives
+    up with an error; unset = DeepSpeed's default, 10 minutes (or DEEPSPEED_TIMEOUT minutes). A rank that dies is
+    usually noticed at once through its closed connections; this bounds the wait for one that hangs. Keep it
+    above the slowest checkpoint save of the run (the others wait for it at a barrier)."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A non-finite loss: `stop` the run (exit 2, the manifest says where) or `skip` that update (parameters left
     unchanged) and count it."""
@@ -182,7 +187,7 @@ def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> Non
         at_least(name, getattr(cfg, name), 1)
     if cfg.micro_batch != "auto":
         at_least("micro_batch", cfg.micro_batch, 1)
-    for name in ("global_batch", "knowledge_limit", "analysis_window"):
+    for name in ("global_batch", "knowledge_limit", "analysis_window", "distributed_timeout"):
         at_least(name, getattr(cfg, name), 1)
     at_least("eval_dense_window", cfg.eval_dense_window, 0)
     at_least("checkpoint_interval", cfg.checkpoint_interval, 0)

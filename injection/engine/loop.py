@@ -37,10 +37,10 @@ from injection.splice import shard_batch
 class Interrupted(Exception):
     """The run stopped at a clean point on SIGINT or SIGTERM, after saving a checkpoint."""
 
-    def __init__(self, run_dir: Path, step: int, signum: int) -> None:
+    def __init__(self, run_dir: Path, step: int, signum: int, world: int = 1) -> None:
         self.run_dir, self.step, self.signum = run_dir, step, signum
         super().__init__(f"interrupted ({signal.Signals(signum).name}) after step {step}; the checkpoint is "
-                         f"saved: continue with `{run_state.resume_command(run_dir)}`")
+                         f"saved: continue with `{run_state.resume_command(run_dir, world)}`")
 
 
 class StopRequest:
@@ -74,6 +74,20 @@ class StopRequest:
         flag = torch.tensor([self.signum or 0], device=run.engine.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # sync point, once per update
         return int(flag.item()) or None
+
+
+class LostRank(Exception):
+    """Another rank stopped answering (its node or process died, it hung past `distributed_timeout`, or the
+    network failed): this rank stops too, and the run continues from its newest checkpoint."""
+
+    exit_code = 75  # EX_TEMPFAIL: nothing is wrong with the input; resuming may succeed
+
+    def __init__(self, run_dir: Path, rank: int, world: int, what: str) -> None:
+        ckpts = run_state.complete_checkpoints(run_dir)
+        since = f"from the checkpoint after step {ckpts[-1][0]}" if ckpts else "from step 0 (no checkpoint yet)"
+        super().__init__(f"rank {rank} of {world} lost contact with the other ranks ({what}): a node or one of its "
+                         f"processes stopped (see its log) or the network failed; continue {since} with "
+                         f"`{run_state.resume_command(run_dir, world)}` on every node")
 
 
 class Diverged(Exception):
@@ -175,7 +189,7 @@ def train(run: Run, batches: InjectedBatches, k0: int, stop: StopRequest) -> int
         if run.rank == 0:
             run.manifest["last_step"] = step
         if signum and step < plan.total_steps:
-            raise Interrupted(run.run_dir, step, signum)
+            raise Interrupted(run.run_dir, step, signum, run.world)
     return plan.total_steps
 
 
@@ -268,11 +282,12 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
     """Train T updates from the checkpoint, writing the run directory (rank 0). Returns the run directory.
 
     `hooks` are added on every rank after the writing hooks (e.g. an ExportHook). Raises Interrupted after a
-    clean stop on SIGINT/SIGTERM, UserError when the run diverges (the manifest says where)."""
+    clean stop on SIGINT/SIGTERM, UserError when the run diverges (the manifest says where), LostRank when
+    another rank stops answering."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    rank, world = zero.init_distributed()
+    rank, world = zero.init_distributed(cfg.distributed_timeout)
     decision = run_state.check_run_dir(cfg, resume)  # every rank, before the first collective
     if decision.action == "done":
         if rank == 0:
@@ -327,14 +342,20 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
     except Diverged as err:
         status = "diverged"
         error = UserError(f"{run.run_dir}: the run stopped: {err}; the newest checkpoint is intact: resume it with "
-                          f"`{run_state.resume_command(run.run_dir)} --set nonfinite=skip` to skip such updates, "
+                          f"`{run_state.resume_command(run.run_dir, world)} --set nonfinite=skip` to skip such updates, "
                           "or lower the learning rate in a new run")
         if rank == 0:
             run.manifest["stop"] = {"step": err.step, "reason": err.what}
     except BaseException as err:
         status, error = "failed", err
+        lost = zero.peer_failure(err) if world > 1 else None
+        if lost:
+            error = LostRank(run.run_dir, rank, world, lost)
+            error.__cause__ = err
         if rank == 0:
-            run.manifest["stop"] = {"reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+            reason = f"lost contact with another rank: {lost}" if lost else \
+                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            run.manifest["stop"] = {"reason": reason}
     for hook in run.hooks:
         try:
             hook.on_end(run, status)

@@ -9,6 +9,7 @@ exact-match rate. The run directory's own Parquet files stay the record; these a
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,38 +62,45 @@ class CsvLogger:
 
 
 class TensorBoardLogger:
-    """TensorBoard event files (`torch.utils.tensorboard`); a resumed run purges events after its checkpoint."""
+    """TensorBoard event files (`torch.utils.tensorboard`). A resumed run's writer starts with a purge step, so
+    TensorBoard drops the events the interrupted run wrote after its checkpoint."""
 
     def __init__(self, directory: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self.directory = directory
-        self.writer = SummaryWriter(log_dir=str(directory))
+        self.writer = None  # opened at the first value, so a resume writes one event file, not an empty one too
+        self.purge_step: int | None = None
 
     def log_dict(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.directory), purge_step=self.purge_step)
         for name, value in values.items():
             self.writer.add_scalar(name, float(value), global_step=step)
         self.writer.flush()
 
     def truncate(self, last_step: int) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer.close()
-        self.writer = SummaryWriter(log_dir=str(self.directory), purge_step=last_step + 1)
+        self.close()
+        self.writer, self.purge_step = None, last_step + 1
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class WandbLogger:
-    """Weights & Biases; `offline` (the default) needs no network and writes files `wandb sync` uploads."""
+    """Weights & Biases; `offline` (the default) needs no network and writes files `wandb sync` uploads.
 
-    def __init__(self, directory: Path, project: str, mode: str, name: str, config: dict[str, Any]) -> None:
+    The W&B run id is derived from the run directory and configuration, so a resumed run continues the same W&B
+    run. W&B keeps no step twice: the steps an interrupted run logged after its checkpoint keep those values."""
+
+    def __init__(self, directory: Path, project: str, mode: str, name: str, run_id: str,
+                 config: dict[str, Any]) -> None:
         import wandb
 
         directory.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, name=name, mode=mode, dir=str(directory), config=config,
-                              resume="allow", id=name.replace("/", "_"))
+                              resume="allow", id=run_id)
 
     def log_dict(self, step: int, values: dict[str, float]) -> None:
         self.run.log(dict(values), step=step)
@@ -126,7 +134,9 @@ def make_logger(cfg: ExperimentConfig, run_dir: Path) -> MetricLogger | None:
         return CsvLogger(directory)
     if kind == "tensorboard":
         return TensorBoardLogger(directory)
-    return WandbLogger(directory, cfg.monitor.project, cfg.monitor.wandb_mode, cfg.label or run_dir.name,
+    # one id per (run directory, configuration): two runs both named `run` must not become one W&B run
+    run_id = hashlib.sha256(f"{Path(run_dir).resolve()}|{cfg.config_hash()}".encode()).hexdigest()[:16]
+    return WandbLogger(directory, cfg.monitor.project, cfg.monitor.wandb_mode, cfg.label or run_dir.name, run_id,
                        cfg.identity())
 
 

@@ -48,8 +48,10 @@ class Decision:
     message: str = ""
 
 
-def resume_command(run_dir: Path) -> str:
-    return f"injection run --resume {run_dir}"
+def resume_command(run_dir: Path, world: int = 1) -> str:
+    """The command that continues the run; a run of several ranks goes back through the launcher, with the
+    options it was started with (`...`), on every node."""
+    return f"injection run --resume {run_dir}" if world == 1 else f"injection launch --resume {run_dir} ..."
 
 
 def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO set-up, and the optimizer state in and out of it.
 
 - `init_distributed`: the process group (one in-process rank without a launcher; NCCL ranks bind their GPU first);
+  `peer_failure` tells a lost rank from other errors;
 - `build_engine`: the HF model from the checkpoint and AdamW with the family's parameter groups, inside
   DeepSpeed (under ZeRO-3 the model is built already partitioned);
 - `restore_moments`, `restore_master_weights`: the checkpoint's AdamW moments and fp32 weights into ZeRO's
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size). Without a launcher, pretend to be rank 0 of 1 so DeepSpeed works in-process."""
+def init_distributed(timeout_s: int | None = None) -> tuple[int, int]:
+    """(rank, world size). Without a launcher, pretend to be rank 0 of 1 so DeepSpeed works in-process.
+
+    `timeout_s` bounds every wait on the other ranks (the rendezvous, collectives); None = DeepSpeed's default."""
     import torch.distributed as dist
 
     from harness.streams import import_deepspeed, stdout_to_stderr
@@ -42,9 +47,25 @@ def init_distributed() -> tuple[int, int]:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # NCCL then knows each rank's GPU
     if not dist.is_initialized():
+        timeout = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
         with stdout_to_stderr():  # DeepSpeed prints while it loads its communication ops
-            deepspeed.init_distributed(verbose=False)
+            deepspeed.init_distributed(verbose=False, **timeout)
     return dist.get_rank(), dist.get_world_size()
+
+
+def peer_failure(err: BaseException) -> str | None:
+    """What went wrong, in a few words, when `err` says another rank stopped answering (it died, hung past the
+    timeout, or the network failed); None for any other error.
+
+    torch raises DistError subclasses for NCCL and the rendezvous store, but a plain RuntimeError that quotes
+    gloo's source file for gloo's lost connections and timeouts."""
+    import torch.distributed as dist
+
+    text = str(err)
+    if not (isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and "gloo" in text)):
+        return None
+    text = re.sub(r"\[[^\]]*:\d+\]\s*", "", " ".join(text.split()))  # gloo's "[path/file.cc:553] " prefix
+    return text.split(". ")[0].rstrip(".") or type(err).__name__
 
 
 def deepspeed_config(cfg: ExperimentConfig, plan: RunPlan, grad_clip: float) -> dict[str, Any]:
