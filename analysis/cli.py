@@ -12,10 +12,11 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from harness.errors import HarnessTyper, UserError
+from harness.errors import HarnessTyper, UserError, add_version_option
 
 app = HarnessTyper(help="Analyse run directories: effectivity, retainability, decay fits, knowledge "
                         "capacity, plots, reports.")
+add_version_option(app, "analysis")
 
 RunDir = Annotated[Path, typer.Argument(help="Run directory: probes.parquet, injections.parquet, manifest.json.")]
 RunDirs = Annotated[list[Path], typer.Argument(help="One or more run directories.")]

@@ -91,3 +91,22 @@ class HarnessTyper(typer.Typer):
             return fn
 
         return decorator
+
+
+def add_version_option(app: typer.Typer, program: str) -> None:
+    """`PROGRAM --version`: the installed version of the harness, then exit."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def show(value: bool) -> None:
+        if value:
+            try:
+                number = version("knowledge-injection")
+            except PackageNotFoundError:
+                number = "unknown (not installed)"
+            print(f"{program} {number}")
+            raise typer.Exit()
+
+    @app.callback()
+    def main(_version: bool = typer.Option(False, "--version", help="Show the version and exit.", callback=show,
+                                           is_eager=True)) -> None:
+        """The harness's command line."""

@@ -62,3 +62,35 @@ def load_tokenizer(name_or_path: str):
         f"unknown tokenizer {name_or_path!r}: give one of {known}, a tokenizer .json file, "
         "or a directory saved with save_pretrained (hub names need network and are not fetched)"
     )
+
+
+def train_bpe_tokenizer(docs: list[str], vocab: int, out: Path) -> Path:
+    """A GPT-2-style byte-level BPE with OLMo's special tokens (`<|endoftext|>` = 0, `<|padding|>` = 1) trained on
+    `docs`, saved with save_pretrained into `out` (staged, then renamed into place). vocab 0 saves the real OLMo
+    tokenizer instead."""
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from harness.atomic import replace_dir, staging_dir
+
+    if vocab == 0:
+        tokenizer = load_tokenizer("olmo")
+    else:
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        bpe.train_from_iterator(docs, trainers.BpeTrainer(
+            vocab_size=vocab, special_tokens=["<|endoftext|>", "<|padding|>"], show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|padding|>")
+    out = Path(out)
+    tmp = staging_dir(out)
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -266,12 +266,12 @@ def build_knowledge(cfg: CapacityConfig, out: Path):
 
 
 def build_tokenizer(cfg: CapacityConfig, knowledge, out: Path) -> Path:
-    from injection.demo import train_tokenizer
+    from harness.tokenizers import train_bpe_tokenizer
 
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
         texts = [p.variant(j) for p in knowledge.paragraphs for j in range(p.n_variants)]
-        train_tokenizer(texts, cfg.tokenizer_vocab, tok_dir)
+        train_bpe_tokenizer(texts, cfg.tokenizer_vocab, tok_dir)
     return tok_dir
 
 
@@ -487,12 +487,12 @@ def plan(cfg: CapacityConfig) -> list[dict[str, Any]]:
 
     from fictional_knowledge.bios import generate_bios
     from harness.tokenizers import load_tokenizer
-    from injection.demo import train_tokenizer
+    from harness.tokenizers import train_bpe_tokenizer
 
     sample = generate_bios(dataclasses.replace(cfg.bios_spec(min(cfg.total_people, 2000)), paraphrases=0))
     texts = [p.text for p in sample.paragraphs]
     with tempfile.TemporaryDirectory() as tmp:
-        train_tokenizer(texts, cfg.tokenizer_vocab, Path(tmp) / "tokenizer")
+        train_bpe_tokenizer(texts, cfg.tokenizer_vocab, Path(tmp) / "tokenizer")
         tokenizer = load_tokenizer(str(Path(tmp) / "tokenizer"))
         tokens_per_person = float(np.mean([len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]])) + 1
     rows = []

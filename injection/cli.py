@@ -8,12 +8,13 @@ from injection.checkpoints.cli import checkpoints_app, pull
 from injection.data.cli import data_app, plan
 from injection.demo import demo
 from injection.engine.cli import launch, run
-from harness.errors import HarnessTyper
+from harness.errors import HarnessTyper, add_version_option
 
 app = HarnessTyper(
     help="Continue OLMo pretraining from an intermediate checkpoint with fictional knowledge spliced into "
     "the original batches, logging every probe's log-probability after every update."
 )
+add_version_option(app, "injection")
 app.add_typer(knowledge_app, name="knowledge", help="Validate and generate fictional knowledge sets.")
 app.add_typer(checkpoints_app, name="checkpoints", help="List and show the catalog of OLMo intermediate checkpoints.")
 app.command("pull", help="Fetch a checkpoint (FAMILY@STEP|STAGE) and convert it into a resumable HF directory.")(pull)

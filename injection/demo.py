@@ -168,6 +168,8 @@ def _documents(source: str, how: str) -> list[str]:
 
 def build_tokenizer(profile: DemoProfile, background: list[str], cache: Path) -> Path:
     """The corpus documents (JSON Lines) and the tokenizer trained on them; built once per profile."""
+    from harness.tokenizers import train_bpe_tokenizer
+
     tok_dir = cache / "tokenizer"
     if (tok_dir / "tokenizer.json").is_file() and (cache / "documents.jsonl").is_file():
         return tok_dir
@@ -175,7 +177,7 @@ def build_tokenizer(profile: DemoProfile, background: list[str], cache: Path) ->
     docs += [b for b in background for _ in range(profile.background_repeats)]
     random.Random(profile.seed).shuffle(docs)
     write_bytes_atomic(cache / "documents.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in docs).encode())
-    train_tokenizer(docs, profile.tokenizer_vocab, tok_dir)
+    train_bpe_tokenizer(docs, profile.tokenizer_vocab, tok_dir)
     return tok_dir
 
 
@@ -220,35 +222,6 @@ def build_demo_corpus(profile: DemoProfile, tokenizer_dir: Path, seq_len: int, c
         if info["n_instances"] >= needed:
             return corpus_dir
         repeats = -(-needed * repeats // info["n_instances"])
-
-
-def train_tokenizer(docs: list[str], vocab: int, out: Path) -> None:
-    """A GPT-2-style byte-level BPE with OLMo's special tokens, saved with save_pretrained (atomically).
-    vocab 0 saves the real OLMo tokenizer instead."""
-    import shutil
-    import tempfile
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from harness.tokenizers import load_tokenizer
-
-    if vocab == 0:
-        tokenizer = load_tokenizer("olmo")
-    else:
-        bpe = Tokenizer(models.BPE())
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        bpe.decoder = decoders.ByteLevel()
-        bpe.train_from_iterator(docs, trainers.BpeTrainer(
-            vocab_size=vocab, special_tokens=["<|endoftext|>", "<|padding|>"], show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|padding|>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out.parent))
-    tokenizer.save_pretrained(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
 
 
 # ---- 3: pretraining ---------------------------------------------------------------------------------------

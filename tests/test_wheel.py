@@ -18,9 +18,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_wheel_installed_outside_the_checkout_runs_smoke_and_analysis(tmp_path):
+    import shutil
+
+    # built from a copy, so that the build's own files (build/, *.egg-info) never land in the checkout
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "runs", "demo_out"))
     wheels = tmp_path / "wheels"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(REPO)], capture_output=True, text=True, timeout=300)
+                            "-w", str(wheels), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     [wheel] = wheels.glob("knowledge_injection-*.whl")
 
