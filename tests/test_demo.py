@@ -19,10 +19,14 @@ def test_quick_demo_from_nothing_then_cached(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["checkpoint"] for r in summary["runs"]] == ["tiny@early", "tiny@late"]
     for run in summary["runs"]:
-        # the fit objects are exactly the groups `analysis fit --json` prints for that run directory
-        printed = CliRunner().invoke(app_analysis(), ["fit", run["run_dir"], "--json", "--window", str(QUICK.window)])
-        assert printed.exit_code == 0, printed.output
-        assert run["fit"] == json.loads(printed.stdout)["groups"]
+        # the fit objects are exactly the groups `analysis fit --json` prints for that run directory:
+        # control-adjusted under "fit", unadjusted under "fit_raw"
+        for key, flag in (("fit", "--control-adjust"), ("fit_raw", "--no-control-adjust")):
+            printed = CliRunner().invoke(app_analysis(), ["fit", run["run_dir"], "--json", "--window",
+                                                          str(QUICK.window), flag])
+            assert printed.exit_code == 0, printed.output
+            assert run[key] == json.loads(printed.stdout)["groups"]
+        assert [f["control"] for f in run["fit"]] == [f["scenario"] == "none" for f in run["fit"]]
         groups = {(f["scenario"], f["kind"]) for f in run["fit"]}
         assert {(s, k) for s in ("paraphrase", "duplicate", "once", "none") for k in ("mem", "sem", "comp")} == groups
         injected = [f for f in run["fit"] if f["scenario"] != "none"]
@@ -117,7 +121,7 @@ def test_recall_check_counts_only_a_rise_beyond_the_controls():
                                  "control_after": 1 / 9})
 
     def checks(recall):
-        fit = [{"scenario": "duplicate", "kind": "mem", "effectivity": 0.5, "a": 0.3}]
+        fit = [{"scenario": "duplicate", "kind": "mem", "effectivity": 0.5, "a": 0.3, "control": False}]
         return dict(phenomenon_checks({"runs": [{"checkpoint": "tiny@late", "fit": fit, "recall": recall}]}))
 
     key = "tiny@late: mem exact match rises after injections, more than the control's"
