@@ -1,5 +1,6 @@
-"""`analysis fit|plot|compare|report`: thin wrappers over analysis.fit, analysis.plots, analysis.report and
-analysis.export. Results go to stdout; warnings, notes on files written and progress to stderr."""
+"""`analysis fit|plot|compare|capacity|report`: thin wrappers over analysis.fit, analysis.capacity,
+analysis.plots, analysis.report and analysis.export. Results go to stdout; warnings, notes on files written and
+progress to stderr."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from rich.console import Console
 
 from harness.errors import HarnessTyper, UserError
 
-app = HarnessTyper(help="Analyse run directories: effectivity, retainability, decay fits, plots, reports.")
+app = HarnessTyper(help="Analyse run directories: effectivity, retainability, decay fits, knowledge "
+                        "capacity, plots, reports.")
 
 RunDir = Annotated[Path, typer.Argument(help="Run directory: probes.parquet, injections.parquet, manifest.json.")]
 RunDirs = Annotated[list[Path], typer.Argument(help="One or more run directories.")]
@@ -218,6 +220,45 @@ def compare(run_dirs: RunDirs,
         out = ensure_dir(out)
         write_text_atomic(out / "compare.json", json.dumps(document, indent=2, allow_nan=False) + "\n")
         for path in save_figure(compare_figure(labels, analyses), out, "compare"):
+            print(path, file=sys.stderr)
+
+
+@app.command()
+def capacity(run_dirs: RunDirs,
+             json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+             out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write capacity.json and the figures here.")] = None,
+             kind: Annotated[str, typer.Option(help="Probes to measure: mem (the biography's sentences) or sem "
+                                                    "(a held-out wording).")] = "mem",
+             at_exposures: Annotated[Optional[float], typer.Option(
+                 help="Compare runs at the logged step nearest this many exposures [default: each run's last step].")] = None,
+             iqr_factor: IqrFactor = 1.5) -> None:
+    """Stored knowledge in bits, bits per parameter, exact-match memorization and overwriting of capacity runs."""
+    from harness.atomic import ensure_dir, write_text_atomic
+    from analysis.capacity import CapacityOptions, analyse_capacity
+    from analysis.load import load_run
+    from analysis.report import capacity_notes, capacity_tables, fit_line
+
+    options = CapacityOptions(kind=kind, at_exposures=at_exposures, iqr_factor=iqr_factor)
+    options.validate()
+    analysis = analyse_capacity([load_run(p) for p in run_dirs], options)
+    record = analysis.record()
+    if json_output:
+        print(json.dumps(record, indent=2, allow_nan=False))
+    else:
+        console = _console()
+        for table in capacity_tables(analysis):
+            console.print(table)
+        line = fit_line(analysis)
+        if line:
+            console.print(line, highlight=False)
+        for note in capacity_notes(analysis):
+            console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    if out is not None:
+        from analysis.plots import plot_capacity
+
+        out = ensure_dir(out)
+        write_text_atomic(out / "capacity.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
+        for path in plot_capacity(analysis, out):
             print(path, file=sys.stderr)
 
 

@@ -46,7 +46,7 @@ from analysis.metrics import (
     t_star_interval_delta,
     x_intercept,
 )
-from analysis.rules import RULE_SETS, SCALES, Rules, rule_set
+from analysis.rules import SCALES, Rules, rule_set
 from harness.errors import UserError
 
 #: Window when neither the option nor the run's manifest gives one (the study's 50 steps).

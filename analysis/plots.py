@@ -423,3 +423,144 @@ def plot_run(analysis: RunAnalysis, out_dir: str | Path) -> list[Path]:
     for stem, fig in run_figures(analysis).items():
         written += save_figure(fig, Path(out_dir), stem)
     return written
+
+
+# ---- capacity runs ----------------------------------------------------------------------------------------
+
+
+def capacity_bits_figure(analysis) -> Figure:
+    """Stored bits against parameters (total, non-embedding) on log axes, with the fitted bits per parameter and
+    the 2 and 1 bits-per-parameter lines; one point per run (colour: people), a star per model's capacity."""
+    fig, axes = _panels(2, width=5.4, height=4.4, sharey=True)
+    people = np.array([r.people for r in analysis.runs], dtype=float)
+    cmap = plt.get_cmap("viridis")
+    norm = matplotlib.colors.LogNorm(vmin=max(people.min(), 1), vmax=max(people.max(), 2))
+    for ax, which, fit in ((axes[0], "total", analysis.fit_total),
+                           (axes[1], "non-embedding", analysis.fit_non_embedding)):
+        def params(info_or_model):
+            return info_or_model.parameters if which == "total" else info_or_model.non_embedding_parameters
+
+        x = np.array([params(r.info) for r in analysis.runs], dtype=float)
+        y = np.array([max(r.bits[r.column], 1e-3) for r in analysis.runs])
+        ax.scatter(x, y, c=people, cmap=cmap, norm=norm, s=28, zorder=3, label="runs (colour: people)")
+        mx = np.array([params(m) for m in analysis.models], dtype=float)
+        my = np.array([max(m.capacity, 1e-3) for m in analysis.models])
+        ax.scatter(mx, my, marker="*", s=150, facecolors="none", edgecolors="black", zorder=4,
+                   label="capacity (max over N)")
+        span = np.array([x.min() / 1.5, x.max() * 1.5])
+        ax.plot(span, 2 * span, color="0.35", lw=1.2, label="2 bits / parameter")
+        ax.plot(span, span, color="0.35", lw=1.0, ls="--", label="1 bit / parameter")
+        if fit is not None and fit.slope > 0:
+            se = f" ± {fit.slope_se:.2g}" if np.isfinite(fit.slope_se) else ""
+            ax.plot(span, fit.slope * span, color="#d62728", lw=1.6, label=f"fit: {fit.slope:.3g}{se} bits / parameter")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(f"{which} parameters")
+        ax.legend(loc="upper left", fontsize=7.5)
+    axes[0].set_ylabel("stored bits (Σ max(0, log2|V| − CE))")
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="people N", shrink=0.8)
+    fig.suptitle("knowledge stored against model size", fontsize=12)
+    return fig
+
+
+def memorization_figure(analysis) -> Figure:
+    """Exact-match rate against exposures while each knowledge base is trained, with M(E) = M∞(1 − e^(−E/τ))."""
+    fig, axes = _panels(1, width=6.4, height=4.2)
+    ax = axes[0]
+    index = 0
+    for r in analysis.runs:
+        for kb in r.knowledge_bases:
+            grow = np.arange(len(r.steps)) <= kb.done
+            color = _FALLBACK[index % len(_FALLBACK)]
+            index += 1
+            name = r.label if len(r.knowledge_bases) == 1 else f"{r.label} / {kb.scenario}"
+            fit = kb.memorization
+            if fit is not None:
+                label = f"{name}: M∞ {fit.m_inf:.2f}, τ {fit.tau:.3g}, R² {fit.r2:.2f}"
+                e = np.linspace(0, kb.exposures[grow].max(), 200)
+                ax.plot(e, fit(e), color=color, lw=1.2, ls="--")
+            else:
+                label = f"{name}: not fitted"
+            ax.plot(kb.exposures[grow], kb.exact_match[grow], "o", ms=3.5, color=color, label=label)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("exposures per fact E")
+    ax.set_ylabel("exact-match rate (greedy decoding of the value)")
+    ax.legend(loc="best", fontsize=7.5)
+    ax.set_title("memorization against exposures")
+    fig.tight_layout()
+    return fig
+
+
+def attribute_figure(analysis) -> Figure:
+    """Per attribute: the share of its bits stored and its exact-match rate, one bar per run."""
+    fig, axes = _panels(2, width=5.8, height=4.0, sharey=False)
+    names = [name for name, _ in analysis.runs[0].info.attributes]
+    width = 0.8 / max(len(analysis.runs), 1)
+    x = np.arange(len(names))
+    for i, r in enumerate(analysis.runs):
+        col = r.column
+        stored = np.zeros(len(names))
+        available = np.zeros(len(names))
+        em = np.zeros(len(names))
+        facts = np.zeros(len(names))
+        for kb in r.knowledge_bases:
+            for j, a in enumerate(kb.attributes[: len(names)]):
+                stored[j] += a.bits[col]
+                available[j] += a.available_bits
+                em[j] += a.exact_match[col] * a.facts if a.facts else 0.0
+                facts[j] += a.facts
+        offset = (i - (len(analysis.runs) - 1) / 2) * width
+        color = _FALLBACK[i % len(_FALLBACK)]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            axes[0].bar(x + offset, stored / available, width, color=color, label=r.label)
+            axes[1].bar(x + offset, em / facts, width, color=color, label=r.label)
+    for ax, title in zip(axes, ("share of the attribute's bits stored", "exact-match rate")):
+        ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(title)
+    axes[0].legend(loc="best", fontsize=7.5)
+    fig.suptitle("per attribute (at each run's compared step)", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def bits_trajectory_figure(analysis) -> Figure:
+    """Stored bits of every knowledge base (and their share of what it holds) against the epochs trained so far
+    (summed over the run's knowledge bases, so a second knowledge base continues the axis; dashed: it starts)."""
+    fig, axes = _panels(2, width=5.6, height=4.2, sharey=False)
+    index = 0
+    for r in analysis.runs:
+        trained = np.sum([kb.exposures for kb in r.knowledge_bases], axis=0)
+        for kb in r.knowledge_bases:
+            color = _FALLBACK[index % len(_FALLBACK)]
+            index += 1
+            name = r.label if len(r.knowledge_bases) == 1 else f"{r.label} / {kb.scenario}"
+            axes[0].plot(trained, np.where(kb.bits > 0, kb.bits, np.nan), color=color, lw=1.3, label=name)
+            axes[1].plot(trained, kb.bits / kb.available_bits, color=color, lw=1.3)
+            if kb.overwrite is not None:
+                switch = trained[np.searchsorted(r.steps, kb.overwrite.switch_step)]
+                for ax in axes:
+                    ax.axvline(switch, color=color, ls="--", lw=0.8)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("stored bits (log scale; zero not drawn)")
+    axes[1].set_ylabel("share of the knowledge base's bits stored")
+    axes[1].set_ylim(-0.02, 1.02)
+    for ax in axes:
+        ax.set_xlabel("epochs trained (exposures, summed over knowledge bases)")
+    axes[0].legend(loc="best", fontsize=7.5)
+    fig.suptitle("stored knowledge during training", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def capacity_figures(analysis) -> dict[str, Figure]:
+    return {"capacity_bits": capacity_bits_figure(analysis), "capacity_memorization": memorization_figure(analysis),
+            "capacity_attributes": attribute_figure(analysis), "capacity_trajectories": bits_trajectory_figure(analysis)}
+
+
+def plot_capacity(analysis, out_dir: str | Path) -> list[Path]:
+    written: list[Path] = []
+    for stem, fig in capacity_figures(analysis).items():
+        written += save_figure(fig, Path(out_dir), stem)
+    return written

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from analysis.fit import FLAG_TEXT, FitOptions, GroupFit, RunAnalysis, analyse_run
@@ -286,19 +288,32 @@ def options_html(options: FitOptions, analyses: list[RunAnalysis]) -> str:
             f"{int(round(options.ci_level * 100))} %, {ci}.</p>")
 
 
+def _is_capacity_only(analysis: RunAnalysis) -> bool:
+    """A capacity run with nothing injected: its section is the capacity one, not effectivity and decay."""
+    from analysis.capacity import is_capacity_run
+
+    return is_capacity_run(analysis.run) and not analysis.run.encounters
+
+
 def build_report(analyses: list[RunAnalysis]) -> str:
+    from analysis.capacity import CapacityOptions, analyse_capacity, is_capacity_run
+
     labels = unique_labels(analyses)
     options = analyses[0].options
+    shown = [(label, a) for label, a in zip(labels, analyses) if not _is_capacity_only(a)]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Knowledge-injection report</title>"
-             f"<style>{_CSS}</style></head><body><h1>Knowledge-injection report</h1>",
-             options_html(options, analyses), _DEFINITIONS]
-    if len(analyses) > 1:
+             f"<style>{_CSS}</style></head><body><h1>Knowledge-injection report</h1>"]
+    if shown:
+        parts += [options_html(options, [a for _, a in shown]), _DEFINITIONS]
+    if len(shown) > 1:
         parts.append("<h2>Comparison</h2>")
-        parts.append(_html_columns(compare_columns(options, compare_in_tokens(analyses)), compare_rows(labels, analyses)))
-        fig = compare_figure(labels, analyses)
+        shown_labels, shown_analyses = [label for label, _ in shown], [a for _, a in shown]
+        parts.append(_html_columns(compare_columns(options, compare_in_tokens(shown_analyses)),
+                                   compare_rows(shown_labels, shown_analyses)))
+        fig = compare_figure(shown_labels, shown_analyses)
         parts.append(_img(png_bytes(fig), "comparison of decay constants and effectivity"))
         plt.close(fig)
-    for label, analysis in zip(labels, analyses):
+    for label, analysis in shown:
         run = analysis.run
         tps = f"{run.tokens_per_step:,}" if run.tokens_per_step else "unknown"
         start = f", starting after {run.start_tokens:,} tokens of the original run" if run.start_tokens is not None else ""
@@ -325,6 +340,9 @@ def build_report(analyses: list[RunAnalysis]) -> str:
         for stem, fig in run_figures(analysis).items():
             parts.append(_img(png_bytes(fig), f"{label}: {stem}"))
             plt.close(fig)
+    capacity_runs = [a.run for a in analyses if is_capacity_run(a.run)]
+    if capacity_runs:
+        parts.append(capacity_html(analyse_capacity(capacity_runs, CapacityOptions(iqr_factor=options.factor))))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -334,3 +352,134 @@ def write_report(paths: list[str | Path], out_dir: str | Path, options: FitOptio
     analyses = [analyse_run(load_run(p), options) for p in paths]
     out = ensure_dir(out_dir)
     return write_text_atomic(out / "report.html", build_report(analyses))
+
+
+# ---- capacity runs ----------------------------------------------------------------------------------------
+
+CAPACITY_COLUMNS = ["run", "model", "params", "non-emb params", "people", "step", "exposures", "bits", "strict",
+                    "of available", "bits/param", "bits/non-emb", "EM", "M∞", "τ", "R²"]
+ATTRIBUTE_COLUMNS = ["run", "knowledge base", "attribute", "|V|", "log2|V|", "bits", "of available", "CE bits", "EM"]
+MODEL_COLUMNS = ["model", "params", "non-emb params", "capacity bits", "bits/param", "bits/non-emb", "limited by",
+                 "rungs (people: bits)"]
+OVERWRITE_COLUMNS = ["run", "knowledge base", "switch step", "bits at switch", "bits last", "kept", "EM at switch",
+                     "EM last", "kept (EM)", "a", "± se", "R²", "excluded"]
+
+
+def _int(value: int) -> str:
+    return f"{value:,}"
+
+
+def capacity_rows(analysis) -> list[list[str]]:
+    rows = []
+    for r in analysis.runs:
+        rec = r.record()
+        fit = r.knowledge_bases[0].memorization
+        share = rec["bits"] / rec["available_bits"] if rec["available_bits"] else math.nan
+        em = sum(kb.exact_match[r.column] * kb.people for kb in r.knowledge_bases) / max(r.people, 1)
+        rows.append([rec["run"], rec["model"], _int(rec["parameters"]), _int(rec["non_embedding_parameters"]),
+                     _int(rec["people"]), str(rec["step"]), fmt(rec["exposures"]), fmt(rec["bits"]),
+                     fmt(rec["bits_strict"]), fmt(share), fmt(rec["bits_per_parameter"]),
+                     fmt(rec["bits_per_non_embedding_parameter"]), fmt(em),
+                     fmt(fit.m_inf if fit else None), fmt(fit.tau if fit else None),
+                     fmt(fit.r2 if fit else None)])
+    return rows
+
+
+def attribute_rows(analysis) -> list[list[str]]:
+    rows = []
+    for r in analysis.runs:
+        col = r.column
+        for kb in r.knowledge_bases:
+            for a in kb.attributes:
+                share = a.bits[col] / a.available_bits if a.available_bits else math.nan
+                rows.append([r.label, kb.scenario, a.name, _int(a.size), fmt(math.log2(a.size)),
+                             fmt(a.bits[col]), fmt(share), fmt(a.cross_entropy[col]),
+                             fmt(a.exact_match[col])])
+    return rows
+
+
+def model_rows(analysis) -> list[list[str]]:
+    return [[m.model, _int(m.parameters), _int(m.non_embedding_parameters), fmt(m.capacity),
+             fmt(m.capacity / m.parameters), fmt(m.capacity / m.non_embedding_parameters),
+             "model" if m.limited_by_model else "data",
+             ", ".join(f"{r.people}: {r.bits[r.column]:,.0f}" for r in sorted(m.runs, key=lambda r: r.people))]
+            for m in analysis.models]
+
+
+def overwrite_rows(analysis) -> list[list[str]]:
+    rows = []
+    for r in analysis.runs:
+        for kb in r.knowledge_bases:
+            o = kb.overwrite
+            if o is not None:
+                rows.append([r.label, kb.scenario, str(o.switch_step), fmt(o.bits_at_switch), fmt(o.bits_last),
+                             fmt(o.bits_kept), fmt(o.exact_match_at_switch), fmt(o.exact_match_last),
+                             fmt(o.exact_match_kept), fmt(o.a), fmt(o.a_se), fmt(o.r2), str(o.n_excluded)])
+    return rows
+
+
+def fit_line(analysis) -> str:
+    parts = []
+    for name, fit in (("total", analysis.fit_total), ("non-embedding", analysis.fit_non_embedding)):
+        if fit is not None:
+            se = f" ± {fmt(fit.slope_se)}" if math.isfinite(fit.slope_se) else ""
+            parts.append(f"{fmt(fit.slope)}{se} bits per {name} parameter (R² {fmt(fit.r2)}, "
+                         f"{fit.n_points} model{'s' if fit.n_points != 1 else ''})")
+    return "capacity against parameters, line through the origin: " + "; ".join(parts) if parts else ""
+
+
+def capacity_notes(analysis) -> list[str]:
+    return list(analysis.notes) + [f"{r.label}: {n}" for r in analysis.runs for n in r.notes]
+
+
+def _plain_table(title: str, header: list[str], rows: list[list[str]], left: int = 2) -> Table:
+    table = Table(title=title, title_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < left else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))  # run names may hold "[...]", which rich reads as markup
+    return table
+
+
+def capacity_tables(analysis) -> list[Table]:
+    kind = analysis.runs[0].kind
+    tables = [_plain_table(f"stored knowledge ({kind} probes; bits = Σ max(0, log2|V| − CE))", CAPACITY_COLUMNS,
+                    capacity_rows(analysis)),
+              _plain_table("per attribute", ATTRIBUTE_COLUMNS, attribute_rows(analysis), left=3),
+              _plain_table("capacity per model (most bits over the rungs)", MODEL_COLUMNS, model_rows(analysis), left=1)]
+    rows = overwrite_rows(analysis)
+    if rows:
+        tables.append(_plain_table("overwriting: a knowledge base after training moved on to another", OVERWRITE_COLUMNS, rows))
+    return tables
+
+
+_CAPACITY_DEFINITIONS = """<p>Stored knowledge (after Allen-Zhu &amp; Li, "Physics of Language Models: Part 3.3"):
+for every (person, attribute a), log2 |V_a| minus the model's cross-entropy of the value in bits (its summed
+token log-probability after the probe prompt, divided by −ln 2), floored at 0 and summed (<code>bits</code>);
+<code>strict</code> floors each attribute's sum instead, so facts predicted worse than a uniform guess cancel
+facts that are known. Exact match (EM): greedy decoding yields the whole value. M(E) = M∞·(1 − e^(−E/τ)) is
+fitted to EM against exposures E. A model's capacity is its most bits over rungs with different numbers of
+people; bits per parameter is the slope of a line through the origin of capacity against parameters.</p>"""
+
+
+def capacity_html(analysis) -> str:
+    from analysis.plots import capacity_figures
+
+    parts = ["<h2>Knowledge capacity</h2>", _CAPACITY_DEFINITIONS,
+             _html_table(CAPACITY_COLUMNS, capacity_rows(analysis))]
+    line = fit_line(analysis)
+    if line:
+        parts.append(f"<p>{html.escape(line)}</p>")
+    parts += ["<h3>Capacity per model</h3>", _html_table(MODEL_COLUMNS, model_rows(analysis)),
+              "<h3>Per attribute</h3>", _html_table(ATTRIBUTE_COLUMNS, attribute_rows(analysis))]
+    rows = overwrite_rows(analysis)
+    if rows:
+        parts += ["<h3>Overwriting</h3>", "<p>A knowledge base after its training stopped while another one was "
+                  "trained: bits and exact matches kept, and R(t) = [ℓ(switch + t) − ℓ(0)] / [ℓ(switch) − ℓ(0)] "
+                  "fitted as R ≈ b − a·log10 t.</p>", _html_table(OVERWRITE_COLUMNS, rows)]
+    for note in capacity_notes(analysis):
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    for stem, fig in capacity_figures(analysis).items():
+        parts.append(_img(png_bytes(fig), stem))
+        plt.close(fig)
+    return "\n".join(parts)

@@ -19,7 +19,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS
 from fictional_knowledge.checks import PARAPHRASES_FIELD, TEXT_FIELD, check_items
@@ -84,8 +84,9 @@ _REAL_WORDS = set(
 _AWKWARD = re.compile(r"[aeiou]{3}|ii|uu|aa|(.)\1\1")
 
 
-class _Names:
-    """Invented names, unique across one generated set (compared case-insensitively)."""
+class NameGenerator:
+    """Invented names, unique across one generated set (compared case-insensitively); shared by every
+    generator style, so all the names of one set (people, places, organizations) are distinct."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
@@ -123,6 +124,10 @@ class _Names:
 
     def stem(self) -> str:
         return self._fresh(lambda: self.word(2))
+
+    def coined(self, syllables: Sequence[int], endings: Sequence[str]) -> str:
+        """A fresh word of a randomly chosen number of syllables and ending (e.g. a field of study)."""
+        return self._fresh(lambda: self.word(self.rng.choice(list(syllables)), self.rng.choice(list(endings))))
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,7 @@ class World:
         ]
 
 
-def _make_world(rng: random.Random, names: _Names) -> World:
+def _make_world(rng: random.Random, names: NameGenerator) -> World:
     hero, rival, founder = names.person(), names.person(), names.person()
     profession, rival_profession = rng.sample(_PROFESSIONS, 2)
     birth_year = rng.randint(1620, 1880)
@@ -458,7 +463,7 @@ def _generate(n_paragraphs: int, n_paraphrases: int, seed: int) -> list[tuple[Wo
         raise UserError(f"--paraphrases must be at least 0, got {n_paraphrases}")
     # Worlds first from their own stream, so the names do not depend on the number of paraphrases.
     world_rng = random.Random(seed)
-    names = _Names(world_rng)
+    names = NameGenerator(world_rng)
     worlds = [_make_world(world_rng, names) for _ in range(n_paragraphs)]
     text_rng = random.Random(f"text-{seed}")
     return [(w, _item(w, text_rng, n_paraphrases)) for w in worlds]
@@ -469,9 +474,10 @@ def generate_knowledge(n_paragraphs: int, n_paraphrases: int, seed: int) -> list
     return [item for _, item in _generate(n_paragraphs, n_paraphrases, seed)]
 
 
-def dumps_knowledge(items: list[dict[str, Any]]) -> bytes:
-    """The canonical bytes of a knowledge file (stable key order and formatting)."""
-    return (json.dumps(items, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+def dumps_knowledge(document: list[dict[str, Any]] | dict[str, Any]) -> bytes:
+    """The canonical bytes of a knowledge file (a list of items, or an object with items and a value space;
+    stable key order and formatting)."""
+    return (json.dumps(document, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
 
 def write_knowledge(out: str | Path, n_paragraphs: int, n_paraphrases: int, seed: int) -> list[dict[str, Any]]:

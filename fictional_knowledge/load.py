@@ -1,13 +1,15 @@
 """Loading a knowledge set from any of the ways a user can name one:
 
-- a JSON file in the reference format (a list of items);
+- a JSON file in the reference format (a list of items), or an object with `items` and a `value_space` (sets
+  whose probes ask for attribute values drawn from closed value sets, fictional_knowledge.bios);
 - a directory saved with `datasets`' `save_to_disk` (a Dataset, or a DatasetDict with a `train` split);
 - a Hugging Face hub name (needs the network or the local cache);
 - `generate:PARAGRAPHS:PARAPHRASES:SEED`: made on the spot by the project's generator (same spec, same set).
 
 All carry the same fields per item (`train_context`, `mem_input`/`mem_target`, `gen_input`/`gen_target`,
 `hard_gen_input`/`hard_gen_target`, optional `paraphrases`); every source goes through the same item checks
-(fictional_knowledge.checks) before a `KnowledgeSet` is built. Paragraph ids are list positions.
+(fictional_knowledge.checks, including `check_value_space`) before a `KnowledgeSet` is built. Paragraph ids are
+list positions.
 """
 
 from __future__ import annotations
@@ -17,16 +19,26 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS, KnowledgeSet, Paragraph, Probe
-from fictional_knowledge.checks import PARAPHRASES_FIELD, TEXT_FIELD, check_items, parse_json_bytes
+from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS, KnowledgeSet, Paragraph, Probe, ValueSpace
+from fictional_knowledge.checks import (
+    ATTRIBUTES_FIELD,
+    ITEMS_KEY,
+    PARAPHRASES_FIELD,
+    TEXT_FIELD,
+    VALUE_SPACE_KEY,
+    check_items,
+    check_value_space,
+    parse_json_bytes,
+    split_document,
+)
 from harness.errors import UserError
 
 #: `owner/name` or `name` on the Hugging Face hub (what is not an existing path and looks like this).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def items_to_knowledge(items: list[dict[str, Any]], source: str) -> KnowledgeSet:
-    """Build a KnowledgeSet from items that passed `check_items`."""
+def items_to_knowledge(items: list[dict[str, Any]], source: str, value_space: ValueSpace | None = None) -> KnowledgeSet:
+    """Build a KnowledgeSet from items that passed `check_items` (and `check_value_space`, with a value space)."""
     paragraphs = []
     for i, item in enumerate(items):
         probes = {
@@ -34,8 +46,22 @@ def items_to_knowledge(items: list[dict[str, Any]], source: str) -> KnowledgeSet
             for kind in PROBE_KINDS
         }
         paraphrases = tuple(item.get(PARAPHRASES_FIELD) or ())
-        paragraphs.append(Paragraph(i, item[TEXT_FIELD], paraphrases, probes))
-    return KnowledgeSet(tuple(paragraphs), source)
+        attributes = dict(item[ATTRIBUTES_FIELD]) if value_space is not None else {}
+        paragraphs.append(Paragraph(i, item[TEXT_FIELD], paraphrases, probes, attributes))
+    return KnowledgeSet(tuple(paragraphs), source, value_space)
+
+
+def knowledge_from_document(data: Any, source: str) -> tuple[KnowledgeSet, list[str]]:
+    """A parsed knowledge file (a list of items, or an object with items and a value space), fully checked;
+    also the names of fields that were present but ignored."""
+    items, raw_space = split_document(data, source)
+    ignored = check_items(items, source)
+    space = None
+    if raw_space is not None:
+        space = check_value_space(raw_space, items, source)
+    elif any(ATTRIBUTES_FIELD in item for item in items):
+        ignored = sorted({*ignored, ATTRIBUTES_FIELD})  # values without a value space mean nothing here
+    return items_to_knowledge(items, source, space), ignored
 
 
 def knowledge_to_items(knowledge: KnowledgeSet) -> list[dict[str, Any]]:
@@ -48,8 +74,32 @@ def knowledge_to_items(knowledge: KnowledgeSet) -> list[dict[str, Any]]:
             item[in_name] = [q.input for q in p.probes.get(kind, ())]
             item[tgt_name] = [q.target for q in p.probes.get(kind, ())]
         item[PARAPHRASES_FIELD] = list(p.paraphrases)
+        if knowledge.value_space is not None:
+            item[ATTRIBUTES_FIELD] = dict(p.attributes)
         items.append(item)
     return items
+
+
+def value_space_to_json(space: ValueSpace) -> dict[str, Any]:
+    """The `value_space` object of a knowledge file (the inverse of `checks.check_value_space`)."""
+    sets: dict[str, Any] = {}
+    for name, vs in space.value_sets.items():
+        if vs.dates is not None:
+            d = vs.dates
+            sets[name] = {"dates": {"first_year": d.first_year, "last_year": d.last_year,
+                                    "days_per_month": d.days_per_month}}
+        else:
+            sets[name] = list(vs.values)
+    return {"attributes": [{"name": a.name, "value_set": a.value_set, "size": a.size} for a in space.attributes],
+            "value_sets": sets}
+
+
+def knowledge_to_document(knowledge: KnowledgeSet) -> list[dict[str, Any]] | dict[str, Any]:
+    """What a knowledge file holds: the list of items, or `{"items", "value_space"}` for a set with a value space."""
+    items = knowledge_to_items(knowledge)
+    if knowledge.value_space is None:
+        return items
+    return {VALUE_SPACE_KEY: value_space_to_json(knowledge.value_space), ITEMS_KEY: items}
 
 
 def _dataset_rows(ds: Any, source: str) -> list[dict[str, Any]]:
@@ -110,7 +160,8 @@ def parse_generate_spec(spec: str) -> tuple[int, int, int]:
 
 
 def read_items(path_or_name: str | Path) -> tuple[Any, str]:
-    """The raw items (unchecked) and a source label, from any knowledge spec (see the module docstring)."""
+    """The raw content (unchecked: a list of items, or for JSON files possibly an object with items and a value
+    space) and a source label, from any knowledge spec (see the module docstring)."""
     if str(path_or_name).startswith(GENERATE_PREFIX):
         from fictional_knowledge.generate import generate_knowledge
 
@@ -135,9 +186,8 @@ def read_items(path_or_name: str | Path) -> tuple[Any, str]:
 
 def load_knowledge_checked(path_or_name: str | Path) -> tuple[KnowledgeSet, list[str]]:
     """The knowledge set and the names of fields that were present but ignored."""
-    items, source = read_items(path_or_name)
-    ignored = check_items(items, source)
-    return items_to_knowledge(items, source), ignored
+    data, source = read_items(path_or_name)
+    return knowledge_from_document(data, source)
 
 
 def load_knowledge(path_or_name: str | Path, limit: int | None = None) -> KnowledgeSet:

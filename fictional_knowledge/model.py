@@ -1,8 +1,12 @@
-"""The typed model of a knowledge set (docs/concepts.md): paragraphs with paraphrases, and probes by kind."""
+"""The typed model of a knowledge set (docs/concepts.md): paragraphs with paraphrases, probes by kind, and
+(optionally) the closed value space that the probes' answers come from."""
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterator, Literal
 
 ProbeKind = Literal["mem", "sem", "comp"]
@@ -39,6 +43,8 @@ class Paragraph:
     text: str
     paraphrases: tuple[str, ...] = ()
     probes: dict[ProbeKind, tuple[Probe, ...]] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)
+    """Attribute name -> value, for sets with a value space (empty otherwise)."""
 
     def variant(self, j: int) -> str:
         if j == 0:
@@ -62,10 +68,98 @@ class ProbeRef:
     probe: Probe
 
 
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+_DATE = re.compile(r"^(?P<month>[A-Z][a-z]+) (?P<day>[1-9][0-9]?), (?P<year>[0-9]{4})$")
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """Every date `Month D, YYYY` with D in 1..days_per_month of every month of the years first..last
+    (days_per_month = 28 keeps every month the same size, so a uniform draw is a uniform date)."""
+
+    first_year: int
+    last_year: int
+    days_per_month: int = 28
+
+    @property
+    def size(self) -> int:
+        return (self.last_year - self.first_year + 1) * len(MONTHS) * self.days_per_month
+
+    def date(self, index: int) -> str:
+        """The index-th date in calendar order (0 <= index < size)."""
+        year, rest = divmod(index, len(MONTHS) * self.days_per_month)
+        month, day = divmod(rest, self.days_per_month)
+        return f"{MONTHS[month]} {day + 1}, {self.first_year + year}"
+
+    def __contains__(self, value: object) -> bool:
+        m = _DATE.match(value) if isinstance(value, str) else None
+        return (m is not None and m["month"] in MONTHS and 1 <= int(m["day"]) <= self.days_per_month
+                and self.first_year <= int(m["year"]) <= self.last_year)
+
+
+@dataclass(frozen=True)
+class ValueSet:
+    """The values an attribute can take: an explicit list of distinct strings, or a date range."""
+
+    name: str
+    values: tuple[str, ...] = ()
+    dates: DateRange | None = None
+
+    @property
+    def size(self) -> int:
+        return self.dates.size if self.dates is not None else len(self.values)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.dates if self.dates is not None else value in self._members
+
+    @cached_property
+    def _members(self) -> frozenset[str]:
+        return frozenset(self.values)
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute of every paragraph's subject, answered by probe `index` of the `mem` (and `sem`) kind."""
+
+    name: str
+    value_set: str
+    size: int
+    """|V_a|: how many values the attribute can take (the size of its value set)."""
+
+    @property
+    def bits(self) -> float:
+        """log2 |V_a|: the information in one uniformly drawn value."""
+        return math.log2(self.size)
+
+
+@dataclass(frozen=True)
+class ValueSpace:
+    """The closed answer sets of a knowledge set whose probes ask for attribute values.
+
+    Probe i of kind `mem` (and of kind `sem`, when a paragraph has sem probes) of every paragraph asks for
+    attribute i, and its target is that paragraph's value of the attribute. Values are drawn uniformly from
+    their value set, and no value of a set is a prefix of another, so the model's probabilities of a set's
+    values (each after the same prompt) sum to at most 1: log2 |V_a| minus the model's cross-entropy of a value
+    is what the model knows about it beyond a uniform guess.
+    """
+
+    attributes: tuple[Attribute, ...]
+    value_sets: dict[str, ValueSet]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.attributes)
+
+    def attribute(self, name: str) -> Attribute:
+        return next(a for a in self.attributes if a.name == name)
+
+
 @dataclass(frozen=True)
 class KnowledgeSet:
     paragraphs: tuple[Paragraph, ...]
     source: str = ""
+    value_space: ValueSpace | None = None
 
     def __len__(self) -> int:
         return len(self.paragraphs)
@@ -83,4 +177,4 @@ class KnowledgeSet:
 
     def subset(self, n: int) -> "KnowledgeSet":
         """The first n paragraphs (the reference experiment uses the first 120 of 130)."""
-        return KnowledgeSet(self.paragraphs[:n], self.source)
+        return KnowledgeSet(self.paragraphs[:n], self.source, self.value_space)

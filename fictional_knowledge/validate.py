@@ -1,4 +1,5 @@
-"""Summarising and validating a knowledge set: counts, token lengths, paragraphs too long for a context.
+"""Summarising and validating a knowledge set: counts, token lengths, paragraphs too long for a context, and
+the value space of sets whose probes ask for attribute values.
 
 `validate_knowledge` is what `injection knowledge validate` runs: load (every item checked, see
 fictional_knowledge.checks), then count, and with a tokenizer measure.
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from fictional_knowledge.load import load_knowledge_checked
-from fictional_knowledge.model import PROBE_KINDS, KnowledgeSet, ProbeKind
+from fictional_knowledge.model import PROBE_KINDS, KnowledgeSet, ProbeKind, ValueSpace
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -58,6 +59,7 @@ class KnowledgeSummary:
     mem_not_verbatim: int  # mem probes whose input + " " + target is not a substring of the paragraph
     ignored_fields: tuple[str, ...] = ()
     tokens: TokenReport | None = field(default=None)
+    value_space: ValueSpace | None = None
 
     def lines(self) -> list[str]:
         dist = ", ".join(f"{n} paraphrases: {c}" for n, c in sorted(self.paraphrases.items()))
@@ -69,6 +71,13 @@ class KnowledgeSummary:
         ]
         if self.ignored_fields:
             out.append("ignored fields: " + ", ".join(self.ignored_fields))
+        space = self.value_space
+        if space is not None:
+            per_person = sum(a.bits for a in space.attributes)
+            out.append(f"value space: {len(space.attributes)} attributes, {self.n_paragraphs * len(space.attributes)} "
+                       f"facts, {self.n_paragraphs * per_person:,.0f} bits in all ({per_person:.2f} per paragraph)")
+            out += [f"  attribute {a.name}: value set {a.value_set}, {a.size:,} values ({a.bits:.2f} bits)"
+                    for a in space.attributes]
         t = self.tokens
         if t is not None:
             out += [
@@ -115,7 +124,8 @@ def summarize(
     )
     tokens = token_report(knowledge, tokenizer, tokenizer_name, seq_len) if tokenizer is not None else None
     return KnowledgeSummary(
-        knowledge.source, len(knowledge), counts, dict(sorted(paraphrases.items())), not_verbatim, tuple(ignored_fields), tokens
+        knowledge.source, len(knowledge), counts, dict(sorted(paraphrases.items())), not_verbatim, tuple(ignored_fields),
+        tokens, knowledge.value_space,
     )
 
 

@@ -8,6 +8,8 @@
     RUN_DIR/checkpoints/stepK/       resumable training state
 
 The analysis reads only the first three, so a directory written in this format by any tool can be analysed.
+A run that trains on a knowledge set with a value space also records `CapacityManifest` under the manifest's
+`capacity` key (what `analysis capacity` needs beyond the probe log).
 Columns and manifest keys may be added; the ones named here are never renamed. Part directories hold files
 named by the step range they cover (`part-000000-000024.parquet`), each written under a temporary name and
 renamed, so a reader (or a resumed run) never sees half a part.
@@ -190,3 +192,99 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise UserError(f"{file}: expected a JSON object at the top level, found {type(manifest).__name__}")
     return manifest
+
+
+# ---- capacity runs -----------------------------------------------------------------------------------------
+
+#: manifest.json key of a run that trains a model on a knowledge set with a value space (`injection capacity`).
+CAPACITY = "capacity"
+
+
+@dataclass(frozen=True)
+class CapacityManifest:
+    """`manifest.json["capacity"]`: what the stored-knowledge analysis needs beyond the probe log.
+
+        "capacity": {
+          "model": "d64-L2",                                  # runs of one model are compared across data sizes
+          "parameters": {"total": 412160, "non_embedding": 150016},
+          "attributes": [{"name": "birth_date", "size": 67200}, ...],   # mem/sem probe i asks for attribute i
+          "exposures": {"bios": {"steps": [0, 600], "exposures": [0, 100]}}
+        }
+
+    `exposures` maps each scenario of the probe log (one knowledge base) to the mean number of times each of
+    its facts has been seen, as a piecewise-linear function of the run step through the given points (constant
+    after the last one). A knowledge base trained first and then left alone (while another is learned) has
+    a flat piece at the end.
+    """
+
+    model: str
+    parameters: int
+    non_embedding_parameters: int
+    attributes: tuple[tuple[str, int], ...]
+    """(name, |V_a|) in probe order."""
+    exposures: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
+    """scenario -> (run steps, exposures at those steps). Steps may be fractional: where an epoch ends inside
+    an update's batch."""
+
+    def exposures_at(self, scenario: str, steps: np.ndarray) -> np.ndarray:
+        knots_steps, knots_values = self.exposures[scenario]
+        return np.interp(np.asarray(steps, dtype=np.float64), knots_steps, knots_values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "parameters": {"total": self.parameters, "non_embedding": self.non_embedding_parameters},
+            "attributes": [{"name": n, "size": size} for n, size in self.attributes],
+            "exposures": {s: {"steps": list(st), "exposures": list(ex)} for s, (st, ex) in self.exposures.items()},
+        }
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], file: Path) -> "CapacityManifest":
+        """Parse and check `manifest[CAPACITY]`; UserError naming the file and the field."""
+        raw = manifest.get(CAPACITY)
+        where = f"{file}: field {CAPACITY!r}"
+        if raw is None:
+            raise UserError(f"{where} is missing: not a capacity run (written by `injection capacity`, or add it: "
+                            f"model, parameters, attributes, exposures)")
+        if not isinstance(raw, dict):
+            raise UserError(f"{where}: expected an object, found {type(raw).__name__}")
+        missing = [k for k in ("model", "parameters", "attributes", "exposures") if k not in raw]
+        if missing:
+            raise UserError(f"{where}: missing {', '.join(map(repr, missing))}")
+
+        def count(value: Any, name: str, minimum: int) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise UserError(f"{where}, {name}: expected an integer >= {minimum}, found {value!r}")
+            return value
+
+        params = raw["parameters"]
+        if not isinstance(params, dict):
+            raise UserError(f"{where}, 'parameters': expected {{total, non_embedding}}, found {params!r}")
+        total = count(params.get("total"), "'parameters.total'", 1)
+        non_embedding = count(params.get("non_embedding"), "'parameters.non_embedding'", 1)
+        attributes = raw["attributes"]
+        if not isinstance(attributes, list) or not attributes:
+            raise UserError(f"{where}, 'attributes': expected a non-empty list of {{name, size}}")
+        parsed_attributes = []
+        for i, a in enumerate(attributes):
+            if not isinstance(a, dict) or not isinstance(a.get("name"), str):
+                raise UserError(f"{where}, 'attributes'[{i}]: expected {{name, size}}, found {a!r}")
+            parsed_attributes.append((a["name"], count(a.get("size"), f"'attributes'[{i}].size", 2)))
+        exposures_raw = raw["exposures"]
+        if not isinstance(exposures_raw, dict) or not exposures_raw:
+            raise UserError(f"{where}, 'exposures': expected an object mapping each scenario to {{steps, exposures}}")
+        exposures = {}
+        for scenario, curve in exposures_raw.items():
+            here = f"{where}, 'exposures.{scenario}'"
+            steps = curve.get("steps") if isinstance(curve, dict) else None
+            values = curve.get("exposures") if isinstance(curve, dict) else None
+            if not isinstance(steps, list) or not isinstance(values, list) or not steps or len(steps) != len(values):
+                raise UserError(f"{here}: expected {{steps, exposures}}: two lists of the same non-zero length")
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in steps) or \
+                    any(b <= a for a, b in zip(steps, steps[1:])):
+                raise UserError(f"{here}, steps: expected increasing run steps >= 0, found {steps}")
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in values) or \
+                    any(b < a for a, b in zip(values, values[1:])):
+                raise UserError(f"{here}, exposures: expected non-decreasing numbers >= 0, found {values}")
+            exposures[str(scenario)] = (tuple(float(v) for v in steps), tuple(float(v) for v in values))
+        return cls(str(raw["model"]), total, non_embedding, tuple(parsed_attributes), exposures)

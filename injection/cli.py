@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fictional_knowledge.cli import app as knowledge_app
+from injection.capacity import capacity
 from injection.checkpoints.cli import checkpoints_app, pull
 from injection.data.cli import data_app, plan
 from injection.demo import demo
@@ -21,6 +22,8 @@ app.command("plan", help="Print the injection plan of a schedule over a knowledg
 app.command("run", help="Continue pretraining with injections and write the run directory (probe log, injections, manifest).")(run)
 app.command("launch", help="Start `injection run` on many GPUs or nodes through DeepSpeed's launcher.")(launch)
 app.command("demo", help="The whole experiment offline on one CPU: corpus, tiny model, injections, analysis.")(demo)
+app.command("capacity", help="Knowledge capacity: models of several sizes trained from scratch on generated "
+            "biographies; stored bits against parameters, memorization, overwriting.")(capacity)
 
 if __name__ == "__main__":
     app()

@@ -208,8 +208,8 @@ def schedule_from_dict(data: Any, where: str, overrides: Mapping[str, Any] | Non
         raise UserError(f"{where}: missing field 'total_steps'")
     total_steps = _int(total_steps, where, "total_steps", 1)
     groups_raw = data.get("groups")
-    if not isinstance(groups_raw, list) or not groups_raw:
-        raise UserError(f"{where}: field 'groups' must be a non-empty list")
+    if not isinstance(groups_raw, list):
+        raise UserError(f"{where}: field 'groups' must be a list (empty: no injections, the original run continued)")
     groups = []
     for i, raw in enumerate(groups_raw):
         if not isinstance(raw, dict):

@@ -8,6 +8,14 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    """Import DeepSpeed once, outside any captured command, so its logger writes to the process's stderr (it
+    binds the stream it finds at import): in-process CLI tests then see only results on stdout."""
+    from harness.streams import import_deepspeed
+
+    import_deepspeed()
 REFERENCE_DIR = Path(os.environ.get("INJECTION_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
 
 

@@ -95,3 +95,43 @@ def test_hostile_names(name):
     with pytest.raises(UserError, match="refusing remote file name"):
         safe_name(name)
     assert safe_name("sub/model.pt") == "sub/model.pt"
+
+
+def test_the_data_position_comes_from_train_pt_not_step_times_rows(tmp_path):
+    """OLMo resumes its data stream at train.pt's counter (instances seen in its epoch), which is the truth
+    where it disagrees with step × rows (a run whose rows per step changed, as OLMo-7B's did)."""
+    import json
+
+    src, _ = write_original_checkpoint(tmp_path / "orig", step=40, global_batch_size=4)
+    train = torch.load(src / "train.pt", weights_only=False)
+    train.update(epoch=1, global_train_examples_seen_this_epoch=173)
+    torch.save(train, src / "train.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = convert_original(src, tmp_path / "hf", family=load_catalog().family("tiny"), step=40)
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["data_position"] == {"epoch": 1, "instances_seen": 173, "source": "train.pt"}
+    assert meta["global_batch_size"] == 4  # rows per step from the checkpoint's own config
+
+    (src / "train.pt").unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = convert_original(src, tmp_path / "hf2", family=load_catalog().family("tiny"), step=40)
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["data_position"] == {"epoch": 0, "instances_seen": 160, "source": "step x rows"}
+    assert any("no data-stream counter" in str(w.message) for w in caught)
+
+
+def test_ddp_optimizer_state_names_are_read(tmp_path):
+    """optim.pt of a DDP-trained OLMo names parameters through the wrapper (`module.`)."""
+    from safetensors.torch import load_file
+
+    src, _ = write_original_checkpoint(tmp_path / "orig")
+    opt = torch.load(src / "optim.pt", weights_only=True)
+    for group in opt["param_groups"]:
+        group["param_names"] = [f"module.{n}" for n in group["param_names"]]
+    torch.save(opt, src / "optim.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = convert_original(src, tmp_path / "hf", family=load_catalog().family("tiny"), step=40)
+    assert "exp_avg/model.layers.1.self_attn.k_proj.weight" in load_file(out / "optimizer.safetensors")

@@ -71,12 +71,15 @@ def test_launch_dry_run_builds_the_deepspeed_command(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node1 slots=8\nnode2 slots=8\n")
     result = runner.invoke(app, ["launch", "smoke", "--hostfile", str(hostfile), "--num-nodes", "2", "--num-gpus", "8",
-                                 "--master-addr", "node1", "--set", "total_steps=40", "--dry-run"])
+                                 "--master-addr", "node1", "--set", "global_batch=64", "--dry-run"])
     assert result.exit_code == 0, result.output
     cmd = shlex.split(result.output.strip().splitlines()[-1])
     assert cmd[0].endswith("deepspeed")
     assert cmd[1:] == ["--hostfile", str(hostfile), "--num_nodes", "2", "--num_gpus", "8", "--master_addr", "node1",
-                       "--module", "injection.engine.worker", "smoke", "--set", "total_steps=40"]
+                       "--module", "injection.engine.worker", "smoke", "--set", "global_batch=64"]
+    # the split is checked before anything starts, with the micro-batches that would fit
+    _fails(["launch", "smoke", "--hostfile", str(hostfile), "--set", "global_batch=48", "--set", "micro_batch=2",
+            "--dry-run"], "micro_batch values that fit 16 rank(s): 1, 3")
     resumed = launcher_command("", None, 2, None, None, 29511, None, tmp_path / "run")
     assert resumed[-4:] == ["--module", "injection.engine.worker", "--resume", str(tmp_path / "run")]
     _fails(["launch", "smoke", "--hostfile", str(tmp_path / "missing"), "--dry-run"], "no such file")

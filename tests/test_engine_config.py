@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -23,10 +21,33 @@ def test_every_preset_loads():
 
 
 def test_paper_presets_are_the_reference_experiment():
-    cfg = load_config("paper-7b-mid")
-    assert (cfg.checkpoint, cfg.knowledge_limit, cfg.schedule, cfg.total_steps) == ("olmo-7b@mid", 120, "paper", 2500)
-    assert cfg.global_batch is None and cfg.precision == "bf16" and cfg.deepspeed_config == "zero3"
+    from injection.engine.plan import accumulation_steps, resolve_micro_batch
+
+    for size in ("1b", "7b"):
+        for stage in ("early", "mid", "late"):
+            cfg = load_config(f"paper-{size}-{stage}")
+            assert (cfg.checkpoint, cfg.schedule, cfg.total_steps) == (f"olmo-{size}@{stage}", "paper", 2500)
+            assert cfg.knowledge_limit == 130  # items 120-129 are never injected: logged as controls
+            assert cfg.global_batch is None and cfg.precision == "bf16" and cfg.deepspeed_config == "zero3"
+            assert cfg.data == f"data/olmo-{size}-{stage}"
+            # rows per update of the run (2,048; part of the 7B run 2,160) split over 1, 8 and 16 GPUs
+            for rows in (2048, 2160):
+                for gpus in (1, 8, 16):
+                    micro = resolve_micro_batch(rows, gpus, cfg.micro_batch, cfg.max_micro_batch)
+                    assert 1 <= micro <= cfg.max_micro_batch and accumulation_steps(rows, micro, gpus) >= 1
+    variant = load_config("paper-7b-mid-bs128")
+    assert variant.global_batch == 128 and variant.optimizer.constant_lr == 3e-4 and variant.optimizer.fresh_moments
     assert load_config("smoke").total_steps >= 30 and load_config("smoke").checkpoint_interval <= 10
+
+
+def test_a_split_that_does_not_fit_names_the_valid_micro_batches():
+    from injection.engine.plan import accumulation_steps, resolve_micro_batch
+
+    with pytest.raises(UserError, match=r"micro_batch values that fit 16 rank\(s\): 1, 3, 5, 9, 15, 27, 45"):
+        accumulation_steps(2160, 4, 16)
+    assert resolve_micro_batch(2160, 16, "auto", 8) == 5 and resolve_micro_batch(2048, 16, "auto", 8) == 8
+    with pytest.raises(UserError, match="does not split over 7 ranks"):
+        resolve_micro_batch(2048, 7, "auto", 8)
 
 
 @pytest.mark.parametrize("name, size", [("paper-pythia-1b-mid", "1b"), ("paper-pythia-6.9b-mid", "6.9b")])
@@ -34,13 +55,15 @@ def test_pythia_paper_presets(name, size):
     """The reference design with the last 10 items as controls; micro-batches that split 1,024 rows on 1, 8 and
     16 GPUs; moments rebuilt, since Pythia publishes none."""
     from injection.checkpoints.catalog import load_catalog
-    from injection.engine.plan import accumulation_steps
+    from injection.engine.plan import accumulation_steps, resolve_micro_batch
 
     cfg = load_config(name)
     assert (cfg.checkpoint, cfg.schedule, cfg.total_steps) == (f"pythia-{size}-deduped@mid", "paper", 2500)
     assert cfg.knowledge_limit == 130 and cfg.optimizer.moment_warmup_steps > 0 and cfg.global_batch is None
     rows = load_catalog().resolve(cfg.checkpoint).family.batch_size_at(23000)
-    assert [accumulation_steps(rows, cfg.micro_batch, gpus) * cfg.micro_batch * gpus for gpus in (1, 8, 16)] == [1024] * 3
+    for gpus in (1, 8, 16):
+        micro = resolve_micro_batch(rows, gpus, cfg.micro_batch, cfg.max_micro_batch)
+        assert accumulation_steps(rows, micro, gpus) * micro * gpus == 1024 and micro == cfg.max_micro_batch
     smoke = load_config("smoke-pythia")
     assert smoke.checkpoint.startswith("pythia-tiny@") and smoke.deepspeed_config == "cpu"
 
@@ -85,3 +108,14 @@ def test_missing_required_field_and_unknown_source():
     with pytest.raises(UserError, match="KEY=VALUE"):
         load_config("smoke", ["total_steps"])
     assert preset_path("smoke").is_file()
+
+
+def test_eval_steps_are_checked_and_count_in_the_hash():
+    plain = config_from_dict(BASE)
+    assert plain.eval_steps is None
+    chosen = config_from_dict({**BASE, "eval_steps": [3, 7]})
+    assert chosen.eval_steps == [3, 7] and chosen.config_hash() != plain.config_hash()
+    with pytest.raises(UserError, match=r"field 'eval_steps': step 11 is outside the run \(0…10\)"):
+        config_from_dict({**BASE, "eval_steps": [3, 11]})
+    with pytest.raises(UserError, match=r"field 'eval_steps\[1\]': expected an integer"):
+        config_from_dict({**BASE, "eval_steps": [3, "x"]})

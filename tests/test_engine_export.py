@@ -53,8 +53,11 @@ def test_a_run_resumed_from_an_exported_checkpoint_continues_exactly(tmp_path, w
 
 def test_evaluation_steps_are_dense_around_injections_and_sparse_elsewhere():
     assert evaluation_steps(10, 1, [], 0) == set(range(11))
-    assert evaluation_steps(100, 1, [0, 40], 2, explicit=[10, 50]) == {0, 1, 2, 10, 40, 41, 42, 50}
+    assert evaluation_steps(100, 1, [0, 40], 2, explicit=[10, 50]) == {0, 1, 2, 10, 40, 41, 42, 50, 100}
     assert evaluation_steps(20, 5, [], 0) == {0, 5, 10, 15, 20}
     assert evaluation_steps(23, 10, [], 0) == {0, 10, 20, 23}  # the last step is always logged
     assert evaluation_steps(30, 10, [0, 12], 3) == {0, 1, 2, 3, 10, 12, 13, 14, 15, 20, 30}
     assert evaluation_steps(14, 10, [12], 5) == {0, 10, 12, 13, 14}  # clipped at the end of the run
+    # explicit steps replace the regular interval; 0 and the last step stay
+    assert evaluation_steps(30, 1, [], 0, [7, 19]) == {0, 7, 19, 30}
+    assert evaluation_steps(30, 1, [12], 2, [5]) == {0, 5, 12, 13, 14, 30}

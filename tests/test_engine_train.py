@@ -27,31 +27,44 @@ def _cfg(tmp_path, **kw):
     return config_from_dict({**base, **kw})
 
 
-def _reference_params(ckpt_dir: Path, inputs, steps: int, micro: int):
-    """The same updates with a plain torch AdamW loop (no DeepSpeed): moments from the checkpoint."""
+def _update(model, opt, batch: torch.Tensor, micro: int, lr: float) -> None:
+    """One plain-torch update with the engine's rules: OLMo's objective (the summed loss over rows × L; HF's mean
+    is over rows × (L − 1)), clipping at 1.0, AdamW at `lr`."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    parts = batch.split(micro)
+    L = batch.shape[1]
+    for m in parts:
+        (model(input_ids=m, labels=m).loss * (L - 1) / L / len(parts)).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad()
+
+
+def _reference_params(ckpt_dir: Path, inputs, steps: int, micro: int, warmup: int = 0):
+    """The same updates with a plain torch AdamW loop (no DeepSpeed): moments from the checkpoint, or rebuilt
+    from `warmup` updates at learning rate 0 on the batches before it, AdamW's step count then set to S."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(ckpt_dir), dtype=torch.float32)
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1.0, betas=(0.9, 0.95), eps=1e-8)
-    saved = load_file(str(ckpt_dir / "optimizer.safetensors"))
-    for name, p in model.named_parameters():
-        opt.state[p] = {"step": saved["step"].clone().float(), "exp_avg": saved[f"exp_avg/{name}"].clone(),
-                        "exp_avg_sq": saved[f"exp_avg_sq/{name}"].clone()}
     ck = inputs.checkpoint
+    if warmup:
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        for j in range(-warmup, 0):
+            _update(model, opt, torch.from_numpy(inputs.stream.batch(j)[0]), micro, 0.0)
+        assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # lr 0: nothing moves
+        for state in opt.state.values():
+            state["step"] = torch.tensor(float(ck.step))
+    else:
+        saved = load_file(str(ckpt_dir / "optimizer.safetensors"))
+        for name, p in model.named_parameters():
+            opt.state[p] = {"step": saved["step"].clone().float(), "exp_avg": saved[f"exp_avg/{name}"].clone(),
+                            "exp_avg_sq": saved[f"exp_avg_sq/{name}"].clone()}
     batches = InjectedBatches(inputs.stream, inputs.injections, inputs.records, prefetch=0)
     for k in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_for_update(ck.lr_schedule, ck.step, k)
-        batch = torch.from_numpy(batches.get(k))
-        parts = batch.split(micro)
-        L = batch.shape[1]
-        for m in parts:
-            # OLMo's objective: the summed loss over rows × L (HF's mean is over rows × (L − 1))
-            (model(input_ids=m, labels=m).loss * (L - 1) / L / len(parts)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
+        _update(model, opt, torch.from_numpy(batches.get(k)), micro, lr_for_update(ck.lr_schedule, ck.step, k))
     return dict(model.named_parameters())
 
 
@@ -191,3 +204,27 @@ def test_zero3_builds_the_model_partitioned(tmp_path, capsys, monkeypatch):
     assert entered, "the model was not built under deepspeed.zero.Init"
     assert "without the `accelerate` package" not in capsys.readouterr().err
     assert all(hasattr(p, "ds_id") for p in engine.module.parameters())
+
+
+def test_moment_warmup_rebuilds_adamw_state_without_moving_the_weights(tmp_path):
+    """A checkpoint without optimizer state: K updates at learning rate 0 on the K batches before it rebuild the
+    moments, AdamW's step count is set to S, and the run then continues like a plain-torch reference that does
+    the same; without the option the moments are fresh (and the result differs)."""
+    torch.set_num_threads(1)
+    ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=False, step=1000)
+    inputs = synthetic_inputs(ck)
+    run_dir = run_training(_cfg(tmp_path, total_steps=2, checkpoint_interval=2,
+                                optimizer={"moment_warmup_steps": 3}), inputs, progress=False)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    state = manifest["optimizer_state"]
+    assert state["moments"] == "rebuilt" and state["warmup_steps"] == 3 and state["adam_step"] == 1000
+    assert "global steps 997…999" in state["batches"]
+    final = torch.load(run_dir / "checkpoints" / "step2" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    ref = _reference_params(ck, inputs, 2, micro=1, warmup=3)
+    for name, p in ref.items():
+        torch.testing.assert_close(final[name].cpu(), p.detach(), atol=2e-6, rtol=1e-5)
+    fresh_run = run_training(_cfg(tmp_path, total_steps=2, checkpoint_interval=2, output_dir=str(tmp_path / "fresh")),
+                             synthetic_inputs(ck), progress=False)
+    fresh_final = torch.load(fresh_run / "checkpoints" / "step2" / "mp_rank_00_model_states.pt",
+                             weights_only=False)["module"]
+    assert max(float((fresh_final[n] - final[n]).abs().max()) for n in final) > 1e-4

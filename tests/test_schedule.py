@@ -32,9 +32,10 @@ def write_yaml(path: Path, data) -> Path:
 
 
 def test_every_builtin_schedule_loads():
-    assert {"paper", "demo"} <= set(builtin_schedules())
+    assert {"paper", "demo", "smoke", "none"} <= set(builtin_schedules())
     for name in builtin_schedules():
-        assert load_schedule(name).groups
+        assert load_schedule(name).groups or name == "none"
+    assert load_schedule("none").plan(knowledge(3), total_steps=50) == []
 
 
 def test_paper_plan():

@@ -102,8 +102,11 @@ def pull(
     retries: Annotated[int, typer.Option(help="Further attempts per file after a failure.")] = 5,
 ) -> None:
     """Fetch a checkpoint and leave it as an HF OlmoForCausalLM directory with checkpoint.json."""
+    from harness.streams import import_deepspeed
     from injection.checkpoints.download import RetryPolicy
     from injection.checkpoints.pull import pull_checkpoint
+
+    import_deepspeed()  # transformers may import it: its log lines must not reach stdout
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -71,12 +71,11 @@ def preflight(cfg, resume: bool) -> None:
     the global batch splits over ranks × micro-batch, the monitor's package."""
     from injection.engine.inputs import read_checkpoint
     from injection.engine.monitor import check_monitor
-    from injection.engine.plan import accumulation_steps
+    from injection.engine.plan import check_split
     from injection.engine.run_state import check_run_dir
 
     check_run_dir(cfg, resume)
-    ckpt = read_checkpoint(cfg.checkpoint)
-    accumulation_steps(cfg.global_batch or ckpt.global_batch_size, cfg.micro_batch, int(os.environ.get("WORLD_SIZE", "1")))
+    check_split(cfg, read_checkpoint(cfg.checkpoint), int(os.environ.get("WORLD_SIZE", "1")))
     check_monitor(cfg)
 
 
@@ -88,9 +87,11 @@ def run(config: Config = None, preset: Preset = None, set_: Sets = None, resume:
     One process by default; under DeepSpeed's launcher (see `injection launch`) every rank runs this.
     Ctrl-C or SIGTERM stops after the current update, saves a checkpoint and prints the command that continues.
     """
+    from harness.streams import import_deepspeed
     from injection.engine.inputs import prepare_inputs
     from injection.engine.loop import Interrupted, run_training
 
+    import_deepspeed()  # before anything imports it: its log lines go to stderr, the run directory alone to stdout
     cfg = resolve_config(config, preset, set_, resume, out, total_steps, seed)
     preflight(cfg, resume is not None)  # before the (slower) input preparation
     inputs = prepare_inputs(cfg)
@@ -180,7 +181,7 @@ def launch(
 ) -> None:
     """Start `injection run` on many GPUs or nodes through DeepSpeed's launcher (one process per rank)."""
     from injection.engine.inputs import read_checkpoint
-    from injection.engine.plan import accumulation_steps
+    from injection.engine.plan import check_split
 
     if config is None and resume is None:
         raise UserError("give an experiment CONFIG (YAML file or preset name) or --resume RUN_DIR")
@@ -189,9 +190,14 @@ def launch(
     # validated here, once, rather than on every rank after the processes started
     cfg = resolve_config(config, None, set_, resume)
     world = launch_world_size(hostfile, num_gpus, num_nodes)
-    if not dry_run:
+    try:
         ckpt = read_checkpoint(cfg.checkpoint)
-        accumulation_steps(cfg.global_batch or ckpt.global_batch_size, cfg.micro_batch, world)
+    except UserError:
+        if not dry_run:
+            raise
+        ckpt = None  # a dry run may come before the pull: the split is checked where the rows per step are known
+    if ckpt is not None or cfg.global_batch:
+        check_split(cfg, ckpt, world)
     source = str(Path(config).resolve()) if config and Path(config).is_file() else (config or "")
     cmd = launcher_command(source, hostfile, num_gpus, num_nodes, master_addr, master_port, set_, resume, include,
                            node_rank, no_ssh=node_rank is not None)

@@ -89,8 +89,11 @@ class ExperimentConfig:
     global_batch: int | None = None
     """Rows per update; unset = the checkpoint's own rows per step. Another value reads the same original stream
     that many rows at a time. Must equal micro_batch × gradient-accumulation steps × ranks."""
-    micro_batch: int = 1
-    """Rows per rank per forward/backward pass."""
+    micro_batch: int | Literal["auto"] = 1
+    """Rows per rank per forward/backward pass, or `auto`: the largest number up to max_micro_batch that splits
+    the rows of an update evenly over the ranks (whatever their number)."""
+    max_micro_batch: int = 8
+    """The largest micro-batch `micro_batch: auto` may choose (what fits in an accelerator's memory)."""
     deepspeed_config: str = "cpu"
     """DeepSpeed JSON: a file or a shipped name (`cpu`, `zero1`, `zero2`, `zero3`, `zero3_offload`).
     Batch sizes, clipping and precision are filled in from this config at run time."""
@@ -100,6 +103,9 @@ class ExperimentConfig:
     """Recompute activations in the backward pass (less memory, more compute): allows a larger micro_batch."""
     eval_interval: int = 1
     """Evaluate every probe at step 0 and after every N-th update (1 = after every update)."""
+    eval_steps: list[int] | None = None
+    """Evaluate exactly at these run steps (plus 0 and total_steps) instead of every `eval_interval`-th
+    step (null = use eval_interval and eval_dense_window), e.g. at chosen numbers of exposures."""
     eval_dense_window: int = 0
     """Also evaluate at every step from each injection step through the next N steps, whatever
     `eval_interval` says (0 = off). With the analysis window here, a sparse `eval_interval` keeps every
@@ -171,9 +177,11 @@ def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> Non
         if value is not None and value < minimum:
             raise fail(name, f"must be >= {minimum}, got {value}")
 
-    for name in ("total_steps", "micro_batch", "eval_interval", "eval_batch_tokens", "keep_checkpoints",
-                 "log_flush_steps", "log_interval"):
+    for name in ("total_steps", "eval_interval", "eval_batch_tokens", "keep_checkpoints", "log_flush_steps",
+                 "log_interval", "max_micro_batch"):
         at_least(name, getattr(cfg, name), 1)
+    if cfg.micro_batch != "auto":
+        at_least("micro_batch", cfg.micro_batch, 1)
     for name in ("global_batch", "knowledge_limit", "analysis_window"):
         at_least(name, getattr(cfg, name), 1)
     at_least("eval_dense_window", cfg.eval_dense_window, 0)

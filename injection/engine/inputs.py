@@ -33,6 +33,8 @@ class RunInputs:
     knowledge_source: str = ""
     records: dict[int, list[InjectionRecord]] = field(default_factory=dict)
     """Run step -> where each copy of that step goes (the rows of injections.parquet); see `place_injections`."""
+    manifest_extra: dict[str, Any] = field(default_factory=dict)
+    """Keys added to manifest.json (e.g. `label`, and `capacity` for capacity runs: harness.rundir)."""
 
     def place_injections(self) -> None:
         """Place every copy of the run from the token counts alone (no batch is read): finds paragraphs that do

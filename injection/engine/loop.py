@@ -259,6 +259,7 @@ def first_manifest(run: Run) -> dict[str, Any]:
         "runtime": run_state.runtime(run.engine),
         "last_step": 0,
         "skipped_updates": [],
+        **run.inputs.manifest_extra,
     }
 
 

@@ -21,6 +21,18 @@ def valid_micro_batches(global_batch: int, world: int, limit: int = 64) -> list[
     return [m for m in range(1, min(per_rank, limit) + 1) if per_rank % m == 0]
 
 
+def resolve_micro_batch(global_batch: int, world: int, micro_batch: int | str, max_micro_batch: int) -> int:
+    """`micro_batch` itself, or for `auto` the largest size up to `max_micro_batch` that splits `global_batch`
+    rows evenly over `world` ranks."""
+    if micro_batch != "auto":
+        return int(micro_batch)
+    valid = [m for m in valid_micro_batches(global_batch, world, max_micro_batch)]
+    if not valid:
+        raise UserError(f"global batch {global_batch} does not split over {world} ranks: choose another number of "
+                        "ranks (or global_batch)")
+    return valid[-1]
+
+
 def accumulation_steps(global_batch: int, micro_batch: int, world: int) -> int:
     """Gradient-accumulation steps; UserError (with the valid choices) unless
     global_batch = micro_batch × accumulation × ranks."""
@@ -45,14 +57,11 @@ def learning_rates(schedule: LRSchedule, start_step: int, total_steps: int, *, c
 
 def evaluation_steps(total_steps: int, interval: int, injection_steps: Sequence[int], dense_window: int,
                      explicit: Sequence[int] | None = None) -> frozenset[int]:
-    """The run steps whose probe values are logged: 0, every `interval`-th step and the last one (or exactly
-    `explicit`, plus 0), and with `dense_window` > 0 every step t_i … t_i + dense_window around each injection
-    step t_i (t_i itself is the state before encounter i, which effectivity and retainability are measured
-    against)."""
-    if explicit is not None:
-        steps = {0, *explicit}
-    else:
-        steps = {0, total_steps, *range(interval, total_steps + 1, interval)}
+    """The run steps whose probe values are logged: 0, the last, every `interval`-th step (or the `explicit` ones
+    instead), and with `dense_window` > 0 every step t_i … t_i + dense_window around each injection step t_i (t_i
+    itself is the state before encounter i, which effectivity and retainability are measured against)."""
+    regular = range(interval, total_steps + 1, interval) if explicit is None else explicit
+    steps = {0, total_steps, *regular}
     for t in injection_steps if dense_window > 0 else ():
         steps.update(range(t, min(t + dense_window, total_steps) + 1))
     return frozenset(steps)
@@ -93,13 +102,14 @@ def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
     from injection.checkpoints.family import model_family
 
     global_batch = cfg.global_batch or ckpt.global_batch_size
+    micro_batch = resolve_micro_batch(global_batch, world, cfg.micro_batch, cfg.max_micro_batch)
     return RunPlan(
         total_steps=cfg.total_steps,
         global_batch=global_batch,
         seq_len=ckpt.seq_len,
-        micro_batch=cfg.micro_batch,
+        micro_batch=micro_batch,
         world=world,
-        accumulation=accumulation_steps(global_batch, cfg.micro_batch, world),
+        accumulation=accumulation_steps(global_batch, micro_batch, world),
         lrs=learning_rates(ckpt.lr_schedule, ckpt.step, cfg.total_steps, constant_lr=cfg.optimizer.constant_lr,
                            lr_scale=cfg.optimizer.lr_scale),
         eval_steps=evaluation_steps(cfg.total_steps, cfg.eval_interval, injection_steps, cfg.eval_dense_window,
@@ -108,3 +118,12 @@ def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
         loss_factor=model_family(ckpt.kind).loss_factor(ckpt.seq_len),
         tokens_per_row=ckpt.tokens_per_row,
     )
+
+
+def check_split(cfg, ckpt, world: int) -> int:
+    """Fail before anything starts unless the run's rows per update split over `world` ranks; returns the
+    micro-batch. `ckpt` may be None when the config gives global_batch."""
+    global_batch = cfg.global_batch or ckpt.global_batch_size
+    micro_batch = resolve_micro_batch(global_batch, world, cfg.micro_batch, cfg.max_micro_batch)
+    accumulation_steps(global_batch, micro_batch, world)
+    return micro_batch

@@ -31,16 +31,19 @@ def _free_port() -> int:
 
 def init_distributed() -> tuple[int, int]:
     """(rank, world size). Without a launcher, pretend to be rank 0 of 1 so DeepSpeed works in-process."""
-    import deepspeed
     import torch.distributed as dist
 
+    from harness.streams import import_deepspeed, stdout_to_stderr
+
+    deepspeed = import_deepspeed()
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # NCCL then knows each rank's GPU
     if not dist.is_initialized():
-        deepspeed.init_distributed(verbose=False)
+        with stdout_to_stderr():  # DeepSpeed prints while it loads its communication ops
+            deepspeed.init_distributed(verbose=False)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -68,11 +71,12 @@ def deepspeed_config(cfg: ExperimentConfig, plan: RunPlan, grad_clip: float) -> 
 
 def build_engine(cfg: ExperimentConfig, ckpt, plan: RunPlan, rank: int):
     """HF causal LM from the checkpoint dir + AdamW (the checkpoint's hyper-parameters) inside DeepSpeed."""
-    import deepspeed
     from transformers import AutoModelForCausalLM
 
+    from harness.streams import import_deepspeed, stdout_to_stderr
     from injection.checkpoints.family import model_family
 
+    deepspeed = import_deepspeed()
     grad_clip = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip is not None else ckpt.optimizer.grad_clip
     ds = deepspeed_config(cfg, plan, grad_clip)
     keep_alive = None
@@ -99,7 +103,8 @@ def build_engine(cfg: ExperimentConfig, ckpt, plan: RunPlan, rank: int):
     groups = model_family(ckpt.kind).param_groups(model, wd)
     optimizer = torch.optim.AdamW(groups, lr=plan.lrs[0] if plan.lrs else 0.0, betas=ckpt.optimizer.betas,
                                   eps=ckpt.optimizer.eps, weight_decay=wd)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+    with stdout_to_stderr():  # DeepSpeed prints what it builds and configures
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
     del keep_alive
     return engine
 

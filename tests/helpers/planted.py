@@ -225,3 +225,48 @@ def write_trajectories(
     meta.update(manifest or {})
     (path / "manifest.json").write_text(json.dumps(meta))
     return path
+
+
+def capacity_manifest(attributes: list[tuple[str, int]], exposures: dict[str, tuple[list[int], list[float]]], *,
+                      model: str = "m", parameters: int = 1000, non_embedding: int = 600) -> dict:
+    """`manifest.json["capacity"]` of a capacity run (harness.rundir.CapacityManifest)."""
+    return {"capacity": {
+        "model": model, "parameters": {"total": parameters, "non_embedding": non_embedding},
+        "attributes": [{"name": n, "size": s} for n, s in attributes],
+        "exposures": {sc: {"steps": list(st), "exposures": list(ex)} for sc, (st, ex) in exposures.items()},
+    }}
+
+
+def write_scored_run(
+    path: Path,
+    scores: dict[tuple[int, str, str, int], tuple[list[float], list[bool]]],
+    steps: list[int],
+    *,
+    manifest: dict | None = None,
+    target_tokens: int = 2,
+) -> Path:
+    """A run directory with nothing injected whose probes have the given summed log-probabilities and exact
+    matches: {(paragraph, scenario, kind, probe): (logprob_sum at each step, exact_match at each step)}.
+    `logprob` is logprob_sum / target_tokens (a mean over that many target tokens)."""
+    path.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list] = {k: [] for k in ("step", "paragraph", "scenario", "kind", "probe", "logprob_sum",
+                                             "exact_match")}
+    for j, step in enumerate(steps):
+        for (p, scenario, kind, q), (sums, matches) in scores.items():
+            for key, v in zip(rows, (step, p, scenario, kind, q, sums[j], bool(matches[j]))):
+                rows[key].append(v)
+    sums = np.array(rows["logprob_sum"], dtype=np.float32)
+    pq.write_table(pa.table({
+        "step": pa.array(rows["step"], pa.int32()), "paragraph": pa.array(rows["paragraph"], pa.int32()),
+        "scenario": pa.array(rows["scenario"]), "kind": pa.array(rows["kind"]),
+        "probe": pa.array(rows["probe"], pa.int16()), "logprob": pa.array(sums / target_tokens, pa.float32()),
+        "logprob_sum": pa.array(sums, pa.float32()), "first_logprob": pa.array(sums / target_tokens, pa.float32()),
+        "exact_match": pa.array(rows["exact_match"], pa.bool_()),
+    }), path / "probes.parquet")
+    empty = {"step": pa.int32(), "paragraph": pa.int32(), "scenario": pa.string(), "variant": pa.int16(),
+             "row": pa.int32(), "offset": pa.int32(), "tokens": pa.int32()}
+    pq.write_table(pa.table({k: pa.array([], t) for k, t in empty.items()}), path / "injections.parquet")
+    meta = {"tokens_per_step": 1000}
+    meta.update(manifest or {})
+    (path / "manifest.json").write_text(json.dumps(meta))
+    return path
