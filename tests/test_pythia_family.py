@@ -207,3 +207,13 @@ def test_pull_builds_pythia_tiny_offline(tmp_path, monkeypatch):
     assert (longer.seq_len, longer.tokens_per_step) == (97, 8 * 96)
     with pytest.raises(UserError, match="of a built-in family"):
         local_checkpoint("pythia-1b@0+L96")
+
+
+def test_checkpoints_show_and_list_a_pythia_model():
+    shown = runner.invoke(app, ["checkpoints", "show", "pythia-2.8b@early"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "1024 rows x 2049 tokens (2048 trained per row)" in text and "2,097,152" in text
+    assert "reported problem" in text and "EleutherAI/pythia#205" in text and "step8000" in text
+    listed = runner.invoke(app, ["checkpoints", "list", "pythia-1b"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and listed.output.count("hf:step") == 154
