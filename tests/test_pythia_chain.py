@@ -146,9 +146,14 @@ def pulled(world) -> Path:
 
 
 def _env(world) -> dict[str, str]:
-    drop = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"}
+    return _clean_env(world["env"])
+
+
+def _clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment without distributed variables (it may be rank 0 of a 1-process group)."""
+    drop = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE", "INJECTION_CATALOG"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(world["env"], OMP_NUM_THREADS="1",
+    env.update(extra, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
     return env
 
@@ -276,3 +281,19 @@ def test_compare_a_pythia_run_with_an_olmo_architecture_run(world, reference, tm
     assert (out / "compare.png").is_file()
     analyses = [analyse_run(load_run(p), FitOptions(window=2)) for p in (reference, tmp_path / "tiny")]
     assert compare_in_tokens(analyses)
+
+
+@pytest.mark.slow
+def test_smoke_pythia_preset(tmp_path):
+    """`injection run smoke-pythia`, shortened: pythia-tiny with a 256-token context (rows of 257) built on first
+    use, a corpus built in its tokenizer, generated knowledge."""
+    env = _clean_env({"INJECTION_CACHE": str(tmp_path / "cache")})
+    done = subprocess.run([sys.executable, "-m", "injection", "run", "smoke-pythia", "--total-steps", "4", "--set",
+                           "schedule_overrides.count=1", "--set", "checkpoint_interval=2", "-o", str(tmp_path / "run")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert (manifest["status"], manifest["label"]) == ("complete", "pythia-tiny@0+L256")
+    assert (manifest["seq_len"], manifest["tokens_per_step"]) == (257, 4 * 256)
+    metrics = read_table(tmp_path / "run" / "train_metrics.parquet").sort_values("step")
+    assert metrics.lr.iloc[0] == 0.0 and np.isfinite(metrics.loss).all()  # GPT-NeoX's first update is at lr 0
