@@ -281,6 +281,7 @@ class RunAnalysis:
         return {"label": self.run.label, "path": str(self.run.path), "window": self.options.window,
                 "window_source": self.window_source, "iqr_factor": self.options.factor,
                 "encounter_spacing": self.encounter_spacing, "tokens_per_step": self.run.tokens_per_step,
+                "start_step": self.run.manifest.get("start_step"), "start_tokens": self.run.start_tokens,
                 "warnings": list(self.warnings)}
 
 

@@ -59,6 +59,12 @@ class Run:
         return int(value) if isinstance(value, (int, float)) and value > 0 else None
 
     @property
+    def start_tokens(self) -> int | None:
+        """Tokens the original run had trained on at the run's starting checkpoint, where the manifest says."""
+        value = self.manifest.get("start_tokens")
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+    @property
     def label(self) -> str:
         return run_label(self.manifest, self.path)
 

@@ -342,9 +342,17 @@ def run_figures(analysis: RunAnalysis) -> dict[str, Figure]:
     return figures
 
 
+def compare_in_tokens(analyses: list[RunAnalysis]) -> bool:
+    """Whether t* is compared in tokens: runs that train on different numbers of tokens per step (other batch
+    sizes, or models whose rows count differently) are comparable only there. Needs every run's tokens per step."""
+    per_step = [a.run.tokens_per_step for a in analyses]
+    return None not in per_step and len(set(per_step)) > 1
+
+
 def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
     """Across runs, per group: decay constant a (± standard error), pooled effectivity, and t* with its
-    interval on a log axis. Groups no run has a number for (control groups) get no slot."""
+    interval on a log axis (in tokens when the runs' tokens per step differ, else in steps). Groups no run has a
+    number for (control groups) get no slot."""
     groups = [key for key in dict.fromkeys((g.scenario, g.kind) for a in analyses for g in a.fits)
               if any(np.isfinite(g.a) or np.isfinite(g.effectivity)
                      for a in analyses for g in a.fits if (g.scenario, g.kind) == key and not g.control)]
@@ -352,8 +360,14 @@ def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
     fig, axes = plt.subplots(1, 3, figsize=(width_in, 4.4), squeeze=False)
     width = 0.8 / max(len(labels), 1)
     x = np.arange(len(groups))
-    finite_t_star = [g.t_star_steps for a in analyses for g in a.fits if np.isfinite(g.t_star_steps)]
-    top = max(finite_t_star) * 30 if finite_t_star else 10.0
+    tokens = compare_in_tokens(analyses)
+    bottom = 0.5 * min(a.run.tokens_per_step for a in analyses) if tokens else 0.5
+
+    def t_star(g) -> tuple[float, float, float]:
+        return ((g.t_star_tokens, *g.t_star_ci_tokens) if tokens else (g.t_star_steps, *g.t_star_ci_steps))
+
+    finite_t_star = [t_star(g)[0] for a in analyses for g in a.fits if np.isfinite(t_star(g)[0])]
+    top = max(finite_t_star) * 30 if finite_t_star else 20 * bottom
     for r, (label, analysis) in enumerate(zip(labels, analyses)):
         by_group = {(g.scenario, g.kind): g for g in analysis.fits}
         pick = [by_group.get(k) for k in groups]
@@ -365,19 +379,19 @@ def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
         axes[0][0].bar(x + offset, a, width, yerr=np.nan_to_num(se), color=color, label=label, capsize=2)
         axes[0][1].bar(x + offset, eff, width, color=color, label=label)
         for i, g in enumerate(pick):
-            if g is None or not np.isfinite(g.t_star_steps):
+            if g is None or not np.isfinite(t_star(g)[0]):
                 continue
-            low, high = g.t_star_ci_steps
+            value, low, high = t_star(g)
             marker = "o" if not g.flags else "x"
-            axes[0][2].plot([x[i] + offset], [g.t_star_steps], marker, color=color, ms=5)
+            axes[0][2].plot([x[i] + offset], [value], marker, color=color, ms=5)
             if np.isfinite(low):
-                axes[0][2].plot([x[i] + offset] * 2, [max(low, 0.5), min(high, top)], color=color, lw=1.2)
+                axes[0][2].plot([x[i] + offset] * 2, [max(low, bottom), min(high, top)], color=color, lw=1.2)
                 if not np.isfinite(high) or high > top:
                     axes[0][2].plot([x[i] + offset], [top], "^", color=color, ms=5)
     axes[0][2].set_yscale("log")
-    axes[0][2].set_ylim(0.5, top * 1.5)  # t* below one step means nothing; lower ends are cut there
+    axes[0][2].set_ylim(bottom, top * 1.5)  # t* below one step means nothing; lower ends are cut there
     titles = ["decay constant a (per decade of t)", f"pooled effectivity ({unit(analyses[0].options)})",
-              "t* (steps) with its interval; x: implausible fit, ▲: no upper end"]
+              f"t* ({'tokens' if tokens else 'steps'}) with its interval; x: implausible fit, ▲: no upper end"]
     for ax, title in zip(axes[0], titles):
         ax.set_xticks(x, [f"{s} / {k}" for s, k in groups], fontsize=8, rotation=30, ha="right")
         ax.set_title(title, fontsize=10)

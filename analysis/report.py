@@ -25,7 +25,7 @@ from analysis.fit import FLAG_TEXT, FitOptions, GroupFit, RunAnalysis, analyse_r
 from analysis.format import fmt, fmt_interval, fmt_pct, fmt_signed
 from analysis.load import load_run
 from analysis.metrics import REASONS
-from analysis.plots import compare_figure, png_bytes, run_figures, unit
+from analysis.plots import compare_figure, compare_in_tokens, png_bytes, run_figures, unit
 from harness.atomic import ensure_dir, write_text_atomic
 
 
@@ -223,12 +223,14 @@ def unique_labels(analyses: list[RunAnalysis]) -> list[str]:
             for label, a in zip(labels, analyses)]
 
 
-def compare_columns(options: FitOptions) -> list[Column]:
-    """Columns over (run label, group) rows: the run, the group's fit columns, then its retention columns."""
+def compare_columns(options: FitOptions, in_tokens: bool = False) -> list[Column]:
+    """Columns over (run label, group) rows: the run, the group's fit columns, then its retention columns. With
+    `in_tokens` (runs of different tokens per step) t* in tokens is kept as long as t* in steps."""
     own = {c.name: c for c in fit_columns()}
     names = ["scenario", "kind", "effectivity", "a", "± se", "R²", "t* steps", "t* CI", "t* tokens"]
+    priority = {**{n: own[n].priority for n in names}, **({"t* tokens": own["t* steps"].priority} if in_tokens else {})}
     columns = [Column("run", lambda row: row[0], 0, left=True, wrap=True)]
-    columns += [Column(n, lambda row, c=own[n]: c.cell(row[1]), own[n].priority, own[n].left) for n in names]
+    columns += [Column(n, lambda row, c=own[n]: c.cell(row[1]), priority[n], own[n].left) for n in names]
     columns += [Column(c.name, lambda row, c=c: c.cell(row[1]), c.priority + 6, c.left)
                 for c in retention_columns(options)[2:]]
     return columns
@@ -240,8 +242,9 @@ def compare_rows(labels: list[str], analyses: list[RunAnalysis]) -> list[tuple[s
 
 def compare_table(analyses: list[RunAnalysis], console: Console | None = None) -> Table:
     labels = unique_labels(analyses)
-    return _rich("decay constant a, t* and effectivity across runs", compare_columns(analyses[0].options),
-                 compare_rows(labels, analyses), console)
+    return _rich("decay constant a, t* and effectivity across runs",
+                 compare_columns(analyses[0].options, compare_in_tokens(analyses)), compare_rows(labels, analyses),
+                 console)
 
 
 def _html_table(header: list[str], rows: list[list[str]], left: int = 2) -> str:
@@ -305,16 +308,18 @@ def build_report(analyses: list[RunAnalysis]) -> str:
     if len(shown) > 1:
         parts.append("<h2>Comparison</h2>")
         shown_labels, shown_analyses = [label for label, _ in shown], [a for _, a in shown]
-        parts.append(_html_columns(compare_columns(options), compare_rows(shown_labels, shown_analyses)))
+        parts.append(_html_columns(compare_columns(options, compare_in_tokens(shown_analyses)),
+                                   compare_rows(shown_labels, shown_analyses)))
         fig = compare_figure(shown_labels, shown_analyses)
         parts.append(_img(png_bytes(fig), "comparison of decay constants and effectivity"))
         plt.close(fig)
     for label, analysis in shown:
         run = analysis.run
         tps = f"{run.tokens_per_step:,}" if run.tokens_per_step else "unknown"
+        start = f", starting after {run.start_tokens:,} tokens of the original run" if run.start_tokens is not None else ""
         parts.append(f"<h2>{html.escape(label)}</h2><p><code>{html.escape(str(run.path))}</code>: "
                      f"{run.n_probes:,} probes, logged steps {run.steps[0]}–{run.steps[-1]} ({len(run.steps):,} "
-                     f"steps), tokens per step {tps}, quantities in {html.escape(unit(analysis.options))}.</p>")
+                     f"steps), tokens per step {tps}{start}, quantities in {html.escape(unit(analysis.options))}.</p>")
         for warning in analysis.warnings:
             parts.append(f"<p class='warn'>warning: {html.escape(warning)}</p>")
         parts.append(_html_columns(fit_columns(detailed=True), injected(analysis.fits)))

@@ -1,15 +1,33 @@
 """The learning rate as a pure function of the global step: the original run's schedule, continued.
 
 One `LRSchedule` type serves the catalog (each run's published schedule), checkpoint.json (`lr_schedule`) and the
-engine. The formulas are those of ai2-olmo's `CosWithWarmup` / `LinearWithWarmup` (a test compares them):
+engine. Two trainers' schedulers are stated here, each as the formula its trainer computes (tests compare them):
 
-    1. step < warmup_steps:  linear warm-up from warmup_min_lr (default 0.1·peak) to peak
-    2. step >= t_max:        the floor, alpha_f·peak
-    3. otherwise:            cosine (or linear) decay from peak to the floor over [warmup_steps, t_max)
+ai2-olmo's `CosWithWarmup` / `LinearWithWarmup` (kinds `cosine`, `linear`), at global step s:
 
-Which step: OLMo increments its global step *before* the update, so the update that turns the checkpoint saved
-at step S into the one saved at S+1 is taken with lr(S+1). Run update k (θ_k → θ_{k+1}, batch S+k) therefore
-uses `learning_rate(schedule, S + k + 1)`; see `lr_for_update`.
+    1. s < warmup_steps:  linear warm-up from warmup_min_lr (default 0.1·peak) to peak
+    2. s >= t_max:        the floor, alpha_f·peak
+    3. otherwise:         cosine (or linear) decay from peak to the floor over [warmup_steps, t_max)
+
+GPT-NeoX's `AnnealingLR` with cosine decay (kind `gpt-neox-cosine`, the Pythia runs), after n applied updates,
+with W = warmup_steps and T = t_max (GPT-NeoX's lr_decay_iters):
+
+    1. n <= W:            peak · n / W (from 0)
+    2. otherwise:         max(alpha_f·peak, peak/2 · (1 + cos(π · (min(n, T − W) − W) / T)))
+
+    The cosine runs over a period of T, not T − W, and never reaches its end: the floor takes over part-way
+    (at n = 115,139 of Pythia's 143,000) and holds to the end of training.
+
+Which step each update uses differs between the two trainers:
+- OLMo increments its global step *before* the update, so the update that turns the checkpoint saved at step S
+  into the one saved at S+1 is taken with lr(S+1);
+- GPT-NeoX sets lr(n) with n = updates applied so far and steps its scheduler *after* each update, so that
+  update is taken with lr(S) (the very first update of a run uses lr(0) = 0). Updates GPT-NeoX skipped on an
+  fp16 overflow advance neither n nor the checkpoint's weights but do advance the step count; published
+  checkpoints do not say how many there were (a few per thousand at most), so n = S is assumed.
+
+Run update k (θ_k → θ_{k+1}, batch S+k) therefore uses `learning_rate(schedule, S + k + UPDATE_OFFSET[kind])`;
+see `lr_for_update`.
 """
 
 from __future__ import annotations
@@ -21,26 +39,30 @@ from typing import Any, Literal
 
 from harness.errors import UserError
 
-ScheduleKind = Literal["cosine", "linear", "constant"]
-KINDS: tuple[str, ...] = ("cosine", "linear", "constant")
+ScheduleKind = Literal["cosine", "linear", "constant", "gpt-neox-cosine"]
+KINDS: tuple[str, ...] = ("cosine", "linear", "constant", "gpt-neox-cosine")
+#: Run update k from global step S uses lr(S + k + offset): 1 where the trainer counts the step before the
+#: update (OLMo), 0 where it steps the scheduler after it (GPT-NeoX).
+UPDATE_OFFSET = {"cosine": 1, "linear": 1, "constant": 1, "gpt-neox-cosine": 0}
 
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """OLMo's scheduler fields, as the catalog and `checkpoint.json` record them under `lr_schedule`."""
+    """A run's scheduler fields, as the catalog and `checkpoint.json` record them under `lr_schedule`."""
 
     kind: ScheduleKind
-    """`cosine` (OLMo-1B), `linear` (OLMo-7B) or `constant`."""
+    """`cosine` (OLMo-1B), `linear` (OLMo-7B), `gpt-neox-cosine` (Pythia) or `constant`."""
     peak_lr: float
-    """The optimizer's `learning_rate` in the OLMo config: the value reached at the end of warm-up."""
+    """The optimizer's learning rate in the run's config: the value reached at the end of warm-up."""
     warmup_steps: int = 0
     """Linear warm-up length in steps."""
     alpha_f: float = 0.1
-    """Floor as a fraction of the peak: eta_min = alpha_f · peak_lr."""
+    """Floor as a fraction of the peak: eta_min = alpha_f · peak_lr (GPT-NeoX's min_lr / lr)."""
     t_max: int | None = None
-    """Step at which the decay reaches the floor (OLMo uses the run's max steps when unset)."""
+    """Length of the decay: the step at which OLMo's reaches the floor (OLMo uses the run's max steps when unset);
+    the cosine's period for `gpt-neox-cosine` (GPT-NeoX's lr_decay_iters)."""
     warmup_min_lr: float | None = None
-    """Learning rate at step 0 of the warm-up; OLMo's default is 0.1 · peak_lr."""
+    """Learning rate at step 0 of OLMo's warm-up; OLMo's default is 0.1 · peak_lr. GPT-NeoX warms up from 0."""
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "lr_schedule") -> "LRSchedule":
@@ -80,6 +102,8 @@ class LRSchedule:
             raise UserError(f"{where}: missing field 't_max' (required for a {kind} schedule: the original run's max steps)")
         if sched.kind != "constant" and sched.t_max <= sched.warmup_steps:
             raise UserError(f"{where}.t_max: ({sched.t_max}) must exceed 'warmup_steps' ({sched.warmup_steps})")
+        if sched.kind == "gpt-neox-cosine" and sched.warmup_min_lr is not None:
+            raise UserError(f"{where}.warmup_min_lr: GPT-NeoX warms up from 0; leave it unset for {kind}")
         return sched
 
     def as_json(self) -> dict[str, Any]:
@@ -87,10 +111,13 @@ class LRSchedule:
 
 
 def learning_rate(schedule: LRSchedule, step: int) -> float:
-    """The learning rate OLMo's scheduler gives at global step `step` (pure)."""
+    """The learning rate the run's scheduler gives at `step` (pure): OLMo's global step, or GPT-NeoX's count of
+    applied updates for `gpt-neox-cosine`."""
     peak = schedule.peak_lr
     if schedule.kind == "constant":
         return peak
+    if schedule.kind == "gpt-neox-cosine":
+        return _gpt_neox_cosine(schedule, step)
     eta_min = peak * schedule.alpha_f
     # 1) linear warm-up
     if step < schedule.warmup_steps:
@@ -107,6 +134,18 @@ def learning_rate(schedule: LRSchedule, step: int) -> float:
     return peak - (peak - eta_min) * frac
 
 
+def _gpt_neox_cosine(schedule: LRSchedule, n: int) -> float:
+    peak, warmup, period = schedule.peak_lr, schedule.warmup_steps, schedule.t_max
+    assert period is not None
+    # 1) linear warm-up from 0 (inclusive of n = W, where it reaches the peak)
+    if warmup > 0 and n <= warmup:
+        return peak * n / warmup
+    # 2) cosine of period T started after warm-up, its argument held at T − 2W from n = T − W on, floored
+    x = min(n, period - warmup) - warmup
+    return max(schedule.alpha_f * peak, peak / 2 * (1 + math.cos(math.pi * x / period)))
+
+
 def lr_for_update(schedule: LRSchedule, start_step: int, k: int) -> float:
-    """Learning rate of run update k (θ_k → θ_{k+1}) when continuing from global step `start_step`."""
-    return learning_rate(schedule, start_step + k + 1)
+    """Learning rate of run update k (θ_k → θ_{k+1}) when continuing from global step `start_step`: lr(S+k+1) for
+    OLMo's schedules, lr(S+k) for GPT-NeoX's (see the module docstring)."""
+    return learning_rate(schedule, start_step + k + UPDATE_OFFSET[schedule.kind])

@@ -18,7 +18,9 @@ def catalog():
 
 
 def test_shipped_catalog_loads(catalog):
-    assert set(catalog.families) == {"olmo-1b", "olmo-7b", "tiny"}
+    pythia = {f"pythia-{s}{v}" for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+              for v in ("", "-deduped")}
+    assert set(catalog.families) == {"olmo-1b", "olmo-7b", "tiny", "pythia-tiny"} | pythia
     one, seven = catalog.family("olmo-1b"), catalog.family("olmo-7b")
     assert (len(one.steps), len(seven.steps)) == (351, 526)
     assert one.hf_repo == "allenai/OLMo-1B-hf" and seven.hf_repo == "allenai/OLMo-7B-hf"
@@ -127,3 +129,40 @@ def test_catalog_env_override(tmp_path, shipped_raw, monkeypatch):
     monkeypatch.setenv("INJECTION_CATALOG", str(tmp_path / "nope.yaml"))
     with pytest.raises(UserError, match="not found"):
         load_catalog()
+
+
+def _small_pythia(tmp_path, raw, mutate):
+    fam = copy.deepcopy(raw["families"]["pythia-1b"])
+    fam["steps"] = [s for s in fam["steps"] if s["step"] in (8000, 23000, 69000)]
+    mutate(fam)
+    path = tmp_path / "pythia.yaml"
+    path.write_text(yaml.safe_dump({"families": {"pythia-1b": fam}}))
+    return path
+
+
+def test_small_pythia_file_loads(tmp_path, shipped_raw):
+    fam = load_catalog(_small_pythia(tmp_path, shipped_raw, lambda f: None)).family("pythia-1b")
+    assert [e.step for e in fam.steps] == [8000, 23000, 69000] and fam.issues_at(8000) == []
+    assert [i.source for i in fam.issues_at(1)] == ["EleutherAI/pythia#83, #198"] and fam.row_len == 2049
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda f: f["architecture"].update(params=1_011_781_633),
+         r"architecture.params': 1,011,781,633 does not match the architecture, which has 1,011,781,632"),
+        (lambda f: f["architecture"].update(rotary_pct=0.3), r"architecture.rotary_pct'.*even number of dimensions"),
+        (lambda f: f["architecture"].update(n_heads=7), r"architecture.n_heads'.*must divide"),
+        (lambda f: f["architecture"].update(activation="relu"), r"architecture.activation'.*gelu, gelu_tanh"),
+        (lambda f: f["architecture"].update(kind="gpt-neox"), r"unknown field 'families.pythia-1b.architecture.kind'"),
+        (lambda f: f["steps"][0].update(hf_revision=None), r"steps\[0\]': a step needs original URLs or an hf_revision"),
+        (lambda f: f["data_order"].pop("index_url"), r"format megatron-indexed needs index_url and data_urls"),
+        (lambda f: f["data_order"].update(row_len=2000), r"row_len': 2000 is shorter than seq_len 2048"),
+        (lambda f: f["data_order"].update(format="arrow"), r"data_order.format'.*olmo, megatron-indexed"),
+        (lambda f: f["known_issues"][0].update(step=[1]), r"unknown field 'families.pythia-1b.known_issues\[0\].step'"),
+        (lambda f: f["lr_schedule"].update(warmup_min_lr=1e-5), r"GPT-NeoX warms up from 0"),
+    ],
+)
+def test_bad_pythia_entries_name_the_key(tmp_path, shipped_raw, mutate, message):
+    with pytest.raises(UserError, match=message):
+        load_catalog(_small_pythia(tmp_path, shipped_raw, mutate))

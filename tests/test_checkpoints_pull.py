@@ -166,12 +166,26 @@ def test_hf_snapshot_fetched_elsewhere_is_adopted(tmp_path, served, cache):
 
     from injection.checkpoints.olmo import hf_config
 
+    catalog = _catalog(tmp_path, served)
     snapshot = tmp_path / "snapshot"
-    OlmoForCausalLM(hf_config(load_catalog().family("tiny").architecture)).save_pretrained(snapshot)
-    out, _ = _pull(_catalog(tmp_path, served), snapshot, source="hf")
+    OlmoForCausalLM(hf_config(catalog.family("olmo-test").architecture)).save_pretrained(snapshot)
+    out, _ = _pull(catalog, snapshot, source="hf")
     meta = json.loads((out / "checkpoint.json").read_text())
     assert meta["source"] == "hf" and meta["hf_revision"] == "step40-tokens0B"
     assert not meta["has_optimizer_state"] and (out / "tokenizer.json").is_file()
+    assert "hf_config_changes" not in meta  # the -hf conversion computes what OLMo trained
+
+
+def test_hf_snapshot_of_another_size_is_refused(tmp_path, served, cache):
+    from transformers import OlmoForCausalLM
+
+    from injection.checkpoints.olmo import hf_config
+
+    snapshot = tmp_path / "snapshot"
+    OlmoForCausalLM(hf_config(load_catalog().family("tiny").architecture)).save_pretrained(snapshot)
+    with pytest.raises(UserError, match=r"config.json: hidden_size is 64, the catalog's architecture has 32"):
+        _pull(_catalog(tmp_path, served), snapshot, source="hf")
+    assert not is_complete(snapshot)
 
 
 def test_unconfirmed_revision_is_refused():

@@ -163,7 +163,8 @@ def test_extract_family_takes_batch_size_from_catalog(tmp_path, corpus, monkeypa
     import types
 
     order = types.SimpleNamespace(seed=5, seq_len=16, global_indices_url=None, data_paths="configs of the run")
-    family = types.SimpleNamespace(data_order=order, seq_len=16, batch_size_at=lambda step: 2 if step >= 3 else 99)
+    family = types.SimpleNamespace(data_order=order, seq_len=16, row_len=16,
+                                   batch_size_at=lambda step: 2 if step >= 3 else 99)
     monkeypatch.setattr(catalog, "load_catalog", lambda: types.SimpleNamespace(family=lambda name: family))
     ok = runner.invoke(app, ["data", "extract", "--family", "f", "--source", str(corpus), "--start", "3", "--steps", "2",
                              "--out", str(tmp_path / "w")])

@@ -50,6 +50,24 @@ def test_a_split_that_does_not_fit_names_the_valid_micro_batches():
         resolve_micro_batch(2048, 7, "auto", 8)
 
 
+@pytest.mark.parametrize("name, size", [("paper-pythia-1b-mid", "1b"), ("paper-pythia-6.9b-mid", "6.9b")])
+def test_pythia_paper_presets(name, size):
+    """The reference design with the last 10 items as controls; micro-batches that split 1,024 rows on 1, 8 and
+    16 GPUs; moments rebuilt, since Pythia publishes none."""
+    from injection.checkpoints.catalog import load_catalog
+    from injection.engine.plan import accumulation_steps, resolve_micro_batch
+
+    cfg = load_config(name)
+    assert (cfg.checkpoint, cfg.schedule, cfg.total_steps) == (f"pythia-{size}-deduped@mid", "paper", 2500)
+    assert cfg.knowledge_limit == 130 and cfg.optimizer.moment_warmup_steps > 0 and cfg.global_batch is None
+    rows = load_catalog().resolve(cfg.checkpoint).family.batch_size_at(23000)
+    for gpus in (1, 8, 16):
+        micro = resolve_micro_batch(rows, gpus, cfg.micro_batch, cfg.max_micro_batch)
+        assert accumulation_steps(rows, micro, gpus) * micro * gpus == 1024 and micro == cfg.max_micro_batch
+    smoke = load_config("smoke-pythia")
+    assert smoke.checkpoint.startswith("pythia-tiny@") and smoke.deepspeed_config == "cpu"
+
+
 def test_overrides_and_explicit_options(tmp_path):
     f = tmp_path / "exp.yaml"
     f.write_text(yaml.safe_dump(BASE))

@@ -46,3 +46,78 @@ def test_bad_schedule_names_the_field():
         LRSchedule.from_dict({"kind": "exp", "peak_lr": 1e-3})
     with pytest.raises(UserError, match="peak_lr"):
         LRSchedule.from_dict({"kind": "constant"})
+
+
+class _NeoxTrainer:
+    """GPT-NeoX's AnnealingLR (cosine) as its trainer drives it, written out here from GPT-NeoX v1.0's
+    learning_rates.py and training.py: warm-up = warmup fraction × lr_decay_iters, the scheduler is set for
+    0 iterations when built and stepped once after every applied update."""
+
+    def __init__(self, lr: float, warmup: float, decay_iters: int, min_lr: float) -> None:
+        self.start_lr, self.min_lr = lr, min_lr
+        self.warmup_iter, self.end_iter = warmup * decay_iters, decay_iters
+        self.num_iters = 0
+
+    def current(self) -> float:
+        n = min(self.num_iters, self.end_iter - self.warmup_iter)
+        if self.warmup_iter > 0 and self.num_iters <= self.warmup_iter:
+            return self.start_lr * n / self.warmup_iter
+        n -= self.warmup_iter
+        return max(self.start_lr / 2.0 * (math.cos(math.pi * n / self.end_iter) + 1), self.min_lr)
+
+    def train(self, updates: int) -> list[float]:
+        """The learning rate each of the next `updates` updates is taken with."""
+        used = []
+        for _ in range(updates):
+            used.append(self.current())
+            self.num_iters += 1  # the engine steps the scheduler after the optimizer
+        return used
+
+
+PYTHIA_1B = LRSchedule("gpt-neox-cosine", 2.5e-4, 1430, 0.1, 143000)
+
+
+def test_gpt_neox_cosine_matches_the_trainer_at_every_kind_of_step():
+    trainer = _NeoxTrainer(2.5e-4, 0.01, 143000, 2.5e-5)
+    for n in [0, 1, 715, 1429, 1430, 1431, 8000, 23000, 69000, 115138, 115139, 141569, 141570, 141571, 143000,
+              150000]:
+        trainer.num_iters = n
+        assert learning_rate(PYTHIA_1B, n) == pytest.approx(trainer.current(), rel=1e-12, abs=0), n
+    # values by hand: warm-up from 0, the cosine's period is 143,000 and starts after warm-up, the floor holds
+    assert learning_rate(PYTHIA_1B, 0) == 0.0 and learning_rate(PYTHIA_1B, 1430) == 2.5e-4
+    assert learning_rate(PYTHIA_1B, 8000) == pytest.approx(2.5e-4 * (1 + math.cos(math.pi * 6570 / 143000)) / 2)
+    assert learning_rate(PYTHIA_1B, 69000) == pytest.approx(1.358e-4, rel=1e-3)
+    assert learning_rate(PYTHIA_1B, 115138) > 2.5e-5 == learning_rate(PYTHIA_1B, 115139) == learning_rate(PYTHIA_1B, 143000)
+    # not OLMo's cosine over the same numbers
+    olmo = LRSchedule("cosine", 2.5e-4, 1430, 0.1, 143000)
+    assert learning_rate(olmo, 69000) / learning_rate(PYTHIA_1B, 69000) == pytest.approx(0.5821 / 0.5431, rel=1e-3)
+
+
+def test_gpt_neox_update_k_uses_the_updates_applied_before_it():
+    """Continuing from the checkpoint saved after S updates, update k is the trainer's update S + k."""
+    start, k = 23000, 7
+    trainer = _NeoxTrainer(2.5e-4, 0.01, 143000, 2.5e-5)
+    used = trainer.train(start + k + 1)
+    assert [lr_for_update(PYTHIA_1B, start, j) for j in range(k + 1)] == pytest.approx(used[start:], rel=1e-12)
+    assert lr_for_update(PYTHIA_1B, 0, 0) == 0.0  # GPT-NeoX's first update of all is taken at lr 0
+
+
+def test_gpt_neox_cosine_equals_the_catalog_generator():
+    """scripts/make_pythia_catalog.py states the formula a third time (for the catalog's comments)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_pythia_catalog.py"
+    spec = importlib.util.spec_from_file_location("make_pythia_catalog_lr", path)
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    for n in range(0, 143001, 997):
+        assert learning_rate(PYTHIA_1B, n) == pytest.approx(script.neox_lr(n, 2.5e-4), rel=1e-12, abs=0)
+
+
+def test_gpt_neox_schedule_refuses_an_olmo_warmup_start():
+    with pytest.raises(UserError, match="warmup_min_lr: GPT-NeoX warms up from 0"):
+        LRSchedule.from_dict({"kind": "gpt-neox-cosine", "peak_lr": 1e-3, "warmup_steps": 10, "t_max": 100,
+                              "warmup_min_lr": 1e-4})

@@ -12,7 +12,7 @@ import bisect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -40,13 +40,34 @@ class DataOrder:
     seed: int | None
     """Data-order seed: epoch e's order is the permutation for seed + e."""
     seq_len: int
-    """Tokens per instance (the model's context length)."""
+    """Tokens per instance that a step trains on (the model's context length): the unit of token counts."""
     global_indices_url: str | None
     """The published order file of the run, where it still exists."""
     data_paths: str | None
-    """Where the run's list of token files comes from."""
+    """Where the run's list of token files comes from (format `olmo`)."""
     tokenizer: str | None
     """The tokenizer file the run's config names."""
+    format: Literal["olmo", "megatron-indexed"] = "olmo"
+    """How the data is published: OLMo token files plus an order (`olmo`), or rows already in training order in
+    a Megatron indexed dataset (`megatron-indexed`)."""
+    row_len: int | None = None
+    """Tokens per row of the data, where a row holds more than `seq_len` (a pre-packed row with the last label
+    appended: seq_len + 1); unset = seq_len."""
+    index_url: str | None = None
+    """`megatron-indexed`: the `.idx` file."""
+    data_urls: tuple[str, ...] = ()
+    """`megatron-indexed`: the `.bin` token file, or its shards in order."""
+
+
+@dataclass(frozen=True)
+class KnownIssue:
+    """A reported problem with some published checkpoints of a run (`injection pull` warns about it)."""
+
+    steps: tuple[int, ...]
+    source: str
+    """Where it was reported."""
+    reported: str
+    """What was reported."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,9 @@ class Family:
     stages: dict[str, int]
     steps: tuple[StepEntry, ...] = field(repr=False)
     builtin: bool = False
+    precision: str | None = None
+    """The precision the original run trained in (informational)."""
+    known_issues: tuple[KnownIssue, ...] = ()
     _by_step: dict[int, StepEntry] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -96,7 +120,17 @@ class Family:
 
     @property
     def seq_len(self) -> int:
+        """Tokens per row that a step trains on (token counts use it)."""
         return self.data_order.seq_len
+
+    @property
+    def row_len(self) -> int:
+        """Tokens per row of the data (what the model is fed per row; checkpoint.json's `seq_len`)."""
+        return self.data_order.row_len or self.data_order.seq_len
+
+    def issues_at(self, step: int) -> list[KnownIssue]:
+        """Reported problems with this step's published checkpoint."""
+        return [issue for issue in self.known_issues if step in issue.steps]
 
     def batch_size_at(self, step: int) -> int:
         """Rows per optimizer step at a global step."""
@@ -213,6 +247,8 @@ class _Raw:
     stages: dict[str, int]
     steps: tuple[StepEntry, ...]
     builtin: bool = False
+    precision: str | None = None
+    known_issues: tuple[KnownIssue, ...] = ()
 
 
 def _family(name: str, data: Any, where: str) -> Family:
@@ -228,9 +264,15 @@ def _family(name: str, data: Any, where: str) -> Family:
         if entry.step in seen:
             raise UserError(f"{where}: field '{path}.steps[{i}]': duplicate step {entry.step} "
                             "(list alternative URLs in one entry's urls)")
-        if not entry.urls:
-            raise UserError(f"{where}: field '{path}.steps[{i}].urls': expected a non-empty list of URLs")
+        if not entry.urls and not entry.hf_revision:
+            raise UserError(f"{where}: field '{path}.steps[{i}]': a step needs original URLs or an hf_revision")
         seen.add(entry.step)
+    order = raw.data_order
+    if order.row_len is not None and order.row_len < order.seq_len:
+        raise UserError(f"{where}: field '{path}.data_order.row_len': {order.row_len} is shorter than seq_len "
+                        f"{order.seq_len}")
+    if order.format == "megatron-indexed" and not raw.builtin and not (order.index_url and order.data_urls):
+        raise UserError(f"{where}: field '{path}.data_order': format megatron-indexed needs index_url and data_urls")
     fam = Family(
         name=name, kind=raw.kind, description=raw.description, hf_repo=raw.hf_repo,
         hf_revisions_source=raw.hf_revisions_source, files=raw.files,
@@ -238,7 +280,7 @@ def _family(name: str, data: Any, where: str) -> Family:
         optimizer=OptimizerSpec.from_dict(raw.optimizer, f"{where}: field '{path}.optimizer'"),
         lr_schedule=LRSchedule.from_dict(raw.lr_schedule, f"{where}: field '{path}.lr_schedule'"),
         data_order=raw.data_order, batch_sizes=raw.batch_sizes, stage_rule=raw.stage_rule, stages=dict(raw.stages),
-        steps=raw.steps, builtin=raw.builtin,
+        steps=raw.steps, builtin=raw.builtin, precision=raw.precision, known_issues=raw.known_issues,
     )
     if not fam.builtin:
         missing = [f"{s}={v}" for s, v in fam.stages.items() if fam.entry(v) is None]

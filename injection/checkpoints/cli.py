@@ -59,9 +59,13 @@ def show(ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e
         ("family", f"{fam.name} ({fam.description})"),
         ("step", str(step) + (f" (stage {res.stage}: {fam.stage_rule})" if res.stage else "")),
         ("tokens seen", f"{fam.tokens_at(step):,} ({human_tokens(fam.tokens_at(step))})"),
-        ("global batch size", f"{fam.batch_size_at(step)} rows x {fam.seq_len} tokens"),
+        ("global batch size", f"{fam.batch_size_at(step)} rows x {fam.row_len} tokens"
+                              + (f" ({fam.seq_len} trained per row)" if fam.row_len != fam.seq_len else "")),
         ("tokens per step", f"{fam.batch_size_at(step) * fam.seq_len:,}"),
     ]
+    if fam.precision:
+        rows.append(("trained in", fam.precision))
+    rows += [("reported problem", f"{issue.reported} ({issue.source})") for issue in fam.issues_at(step)]
     if res.entry:
         rows += [("original URL", url) for url in res.entry.urls]
         rows.append(("HF revision", f"{fam.hf_repo} @ {res.entry.hf_revision}" if res.entry.hf_revision
@@ -79,8 +83,13 @@ def show(ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e
     arch = dataclasses.asdict(fam.architecture) if dataclasses.is_dataclass(fam.architecture) else fam.architecture
     rows.append(("architecture", f"{fam.kind}: " + ", ".join(f"{k} {v}" for k, v in arch.items())))
     d = fam.data_order
-    rows += [("data order", f"seed {d.seed}, global_indices {d.global_indices_url}"),
-             ("data files", str(d.data_paths)), ("tokenizer", str(d.tokenizer))]
+    if d.format == "megatron-indexed":
+        rows += [("data order", f"the rows of an indexed dataset in training order (seed {d.seed})"),
+                 ("data index", str(d.index_url)), ("data files", f"{len(d.data_urls)} token file(s)"),
+                 ("tokenizer", str(d.tokenizer))]
+    else:
+        rows += [("data order", f"seed {d.seed}, global_indices {d.global_indices_url}"),
+                 ("data files", str(d.data_paths)), ("tokenizer", str(d.tokenizer))]
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
@@ -101,7 +110,7 @@ def pull(
     workers: Annotated[int, typer.Option(help="Files downloaded in parallel.")] = 4,
     retries: Annotated[int, typer.Option(help="Further attempts per file after a failure.")] = 5,
 ) -> None:
-    """Fetch a checkpoint and leave it as an HF OlmoForCausalLM directory with checkpoint.json."""
+    """Fetch a checkpoint and leave it as an HF model directory with checkpoint.json."""
     from harness.streams import import_deepspeed
     from injection.checkpoints.download import RetryPolicy
     from injection.checkpoints.pull import pull_checkpoint

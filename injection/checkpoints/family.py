@@ -15,9 +15,18 @@ model is built and continued. A kind's module lives at `injection/checkpoints/<k
     convert_original(src, dest, family, step, source_url, trust_pickle) -> Path
                                                 the run's own checkpoint files -> the checkpoint layout
                                                 (raise UserError where a kind has no original format)
+    check_hf_config(config, arch, where) -> dict
+                                                an HF snapshot's config.json (`injection pull --source hf`)
+                                                checked against the catalog's architecture; returns the
+                                                config.json changes that make the model compute what the
+                                                original trainer computed ({} when it already does)
+    build_initial(dest, family, seed, **overrides) -> Path
+                                                step 0 of a built-in family (random initialisation, offline;
+                                                needed only by kinds that have built-in families)
 
-The learning-rate schedule is data (injection.lr) and the data order is the corpus format (injection.data), so
-neither needs code per kind. Adding a family is a new module here plus its catalog entries.
+The learning-rate schedule is data (injection.lr: its kind also says which step each update uses) and the data
+order is the corpus format (injection.data), so neither needs code per kind. Adding a family is a new module here
+plus its catalog entries.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from typing import Any, Protocol
 from harness.errors import UserError
 
 #: Kinds shipped with the harness (a catalog may name any module under injection/checkpoints/ that defines KIND).
-KNOWN_KINDS = ("olmo", "tiny")
+KNOWN_KINDS = ("olmo", "tiny", "pythia")
 
 
 class ModelFamily(Protocol):
@@ -43,6 +52,7 @@ class ModelFamily(Protocol):
     def tokenizer(self, family: Any) -> Any: ...
     def convert_original(self, src: Any, dest: Any, *, family: Any, step: int, source_url: str | None,
                          trust_pickle: bool) -> Any: ...
+    def check_hf_config(self, config: dict[str, Any], arch: Any, where: str) -> dict[str, Any]: ...
 
 
 def model_family(kind: str, where: str = "kind") -> ModelFamily:

@@ -9,6 +9,11 @@ with its one writer (`write_checkpoint_dir`) and its one reader (`read_checkpoin
 checkpoint.json holds what continuing the original run needs and the HF files do not say: the family and its
 kind, the global step S, rows per step and sequence length, the optimizer's hyper-parameters and learning-rate
 schedule, whether AdamW moments are present, and where the original data stream stands (`data_position`).
+
+`seq_len` is the length of the rows the data stream holds and the model is fed; `tokens_per_step` counts the
+tokens a step trains on as the original run counted them. They are global_batch_size × seq_len for OLMo; a run
+whose rows carry one extra token for the last label (Pythia: rows of 2,049, 2,048 trained tokens each) records
+global_batch_size × (seq_len − 1).
 """
 
 from __future__ import annotations
@@ -100,6 +105,9 @@ class CheckpointInfo:
     """S: the global step the checkpoint was saved at."""
     global_batch_size: int
     seq_len: int
+    """Tokens per row of the data (what the model is fed per row)."""
+    tokens_per_row: int
+    """Tokens a row counts for in the run's token count (checkpoint.json's tokens_per_step / global_batch_size)."""
     lr_schedule: LRSchedule
     optimizer: OptimizerSpec
     has_optimizer_state: bool
@@ -112,7 +120,7 @@ class CheckpointInfo:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.global_batch_size * self.seq_len
+        return self.global_batch_size * self.tokens_per_row
 
     @property
     def optimizer_file(self) -> Path:
@@ -176,6 +184,11 @@ def read_checkpoint_dir(path: str | Path) -> CheckpointInfo:
         return value
 
     step, batch, seq_len = integer("step", 0), integer("global_batch_size", 1), integer("seq_len", 1)
+    tokens_per_step = meta.get("tokens_per_step", batch * seq_len)
+    if (isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int) or tokens_per_step % batch
+            or not 1 <= tokens_per_step // batch <= seq_len):
+        raise UserError(f"{where}: field 'tokens_per_step' must be global_batch_size ({batch}) × a number of tokens "
+                        f"per row from 1 to seq_len ({seq_len}), got {tokens_per_step!r}")
     position = meta.get("data_position")
     data_position = (DataPosition.from_dict(position, f"{where}: data_position") if position is not None
                      else DataPosition(0, step * batch, "step x rows"))
@@ -194,6 +207,7 @@ def read_checkpoint_dir(path: str | Path) -> CheckpointInfo:
         step=step,
         global_batch_size=batch,
         seq_len=seq_len,
+        tokens_per_row=tokens_per_step // batch,
         lr_schedule=LRSchedule.from_dict(meta.get("lr_schedule"), f"{where}: lr_schedule"),
         optimizer=OptimizerSpec.from_dict(meta.get("optimizer") or {}, f"{where}: optimizer"),
         has_optimizer_state=has_state,
@@ -214,8 +228,9 @@ def _kind_from_model_type(path: Path) -> str:
 
 def checkpoint_meta(*, family: str, kind: str, step: int, source: str, global_batch_size: int, seq_len: int,
                     lr_schedule: LRSchedule, optimizer: OptimizerSpec, data_position: DataPosition | None = None,
-                    **extra: Any) -> dict[str, Any]:
-    """The checkpoint.json fields, from typed values (`write_checkpoint_dir` adds `has_optimizer_state`)."""
+                    tokens_per_row: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The checkpoint.json fields, from typed values (`write_checkpoint_dir` adds `has_optimizer_state`).
+    `tokens_per_row` defaults to `seq_len` (see the module docstring)."""
     return {
         "family": family,
         "kind": kind,
@@ -223,7 +238,7 @@ def checkpoint_meta(*, family: str, kind: str, step: int, source: str, global_ba
         "source": source,
         "global_batch_size": global_batch_size,
         "seq_len": seq_len,
-        "tokens_per_step": global_batch_size * seq_len,
+        "tokens_per_step": global_batch_size * (seq_len if tokens_per_row is None else tokens_per_row),
         "lr_schedule": lr_schedule.as_json(),
         "optimizer": optimizer.as_json(),
         "data_position": asdict(data_position) if data_position is not None else None,

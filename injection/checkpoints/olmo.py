@@ -97,6 +97,17 @@ def hf_config(arch: Architecture):
     )
 
 
+def check_hf_config(config: dict[str, Any], arch: Architecture, where: str) -> dict[str, Any]:
+    """An HF snapshot's config.json against the catalog's architecture: a snapshot of another size is refused.
+    The -hf conversions compute what OLMo's trainer computed, so nothing needs changing."""
+    expected = hf_config(arch).to_dict()
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+        if key in config and config[key] != expected[key]:
+            raise UserError(f"{where}: {key} is {config[key]!r}, the catalog's architecture has {expected[key]!r} "
+                            "(a snapshot of another model?)")
+    return {}
+
+
 def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """OLMo's grouping: weight decay on Linear weights only; embeddings, norms and biases are not decayed
     (ai2-olmo's get_param_groups with decay_norm_and_bias=False, decay_embeddings=False). A weight tied

@@ -3,8 +3,13 @@
 Sources:
 - `original`: the run's unsharded directory over HTTP(S) (injection.checkpoints.download), then converted by the
   family's module (keeps AdamW moments, the trainer's step and its data-stream position);
-- `hf`: the family's Hugging Face repository at the step's confirmed revision (weights only, no optimizer state);
-- built-in families (`tiny`): step 0 is built; other steps must already exist locally.
+- `hf`: the family's Hugging Face repository at the step's confirmed revision (weights only, no optimizer state),
+  checked against the catalog's architecture by the family's module;
+- built-in families (`tiny`, `pythia-tiny`): step 0 is built by the family's module; other steps must already
+  exist locally.
+
+Steps the catalog lists a reported problem for (`known_issues`: e.g. revisions that serve another step's weights)
+are pulled with a warning naming the report.
 
 Nothing that looks complete appears before it is: downloads sit in the cache's `downloads/` folder, the
 conversion writes into a hidden staging sibling of the destination, and checkpoint.json is written last.
@@ -12,11 +17,13 @@ conversion writes into a hidden staging sibling of the destination, and checkpoi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
-from harness.atomic import replace_dir, staging_dir
+from harness.atomic import replace_dir, staging_dir, write_json_atomic
 from harness.errors import UserError
 from harness.paths import cache_dir
 from injection.checkpoints.catalog import Catalog, Resolved, load_catalog
@@ -36,7 +43,8 @@ def default_dest(family: str, step: int) -> Path:
 def _pull_original(res: Resolved, dest: Path, *, trust_pickle: bool, policy: RetryPolicy, workers: int,
                    keep_original: bool) -> Path:
     if res.entry is None or not res.entry.urls:
-        raise UserError(f"{res.ref}: the catalog lists no original URL for this step")
+        hint = "; its Hugging Face revision can be pulled with --source hf" if res.entry and res.entry.hf_revision else ""
+        raise UserError(f"{res.ref}: the catalog lists no original URL for this step{hint}")
     if REQUIRED_FILE not in res.family.files:
         raise UserError(f"{res.family.name}.files must include {REQUIRED_FILE}")
     raw = cache_dir() / "downloads" / res.family.name / f"step{res.step}"
@@ -70,9 +78,26 @@ def _hf_meta(res: Resolved, revision: str) -> dict:
     fam = res.family
     batch = fam.batch_size_at(res.step)
     return checkpoint_meta(family=fam.name, kind=fam.kind, step=res.step, source="hf", global_batch_size=batch,
-                           seq_len=fam.seq_len, lr_schedule=fam.lr_schedule, optimizer=fam.optimizer,
-                           data_position=DataPosition(0, res.step * batch, "step x rows"),
+                           seq_len=fam.row_len, tokens_per_row=fam.seq_len, lr_schedule=fam.lr_schedule,
+                           optimizer=fam.optimizer, data_position=DataPosition(0, res.step * batch, "step x rows"),
                            hf_repo=fam.hf_repo, hf_revision=revision, has_optimizer_state=False)
+
+
+#: Weight files of an HF snapshot: safetensors where the revision has them, else PyTorch pickles (some older
+#: revisions have only those; transformers reads them with weights_only, which runs no code).
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+
+def _has_weights(directory: Path) -> bool:
+    return any(next(directory.glob(pattern), None) for pattern in WEIGHT_PATTERNS)
+
+
+def _weight_pattern(repo: str, revision: str) -> str:
+    """Which weight files to fetch: the revision's safetensors when it has any, else its .bin files."""
+    from huggingface_hub import HfApi
+
+    files = HfApi().list_repo_files(repo, revision=revision)
+    return WEIGHT_PATTERNS[0] if any(f.endswith(".safetensors") for f in files) else WEIGHT_PATTERNS[1]
 
 
 def _pull_hf(res: Resolved, dest: Path) -> Path:
@@ -82,7 +107,7 @@ def _pull_hf(res: Resolved, dest: Path) -> Path:
         raise UserError(f"{res.ref}: no confirmed Hugging Face revision for this step in the catalog; "
                         "use --source original")
     meta = _hf_meta(res, revision)
-    if dest.is_dir() and (dest / "config.json").is_file() and any(dest.glob("*.safetensors")):
+    if dest.is_dir() and (dest / "config.json").is_file() and _has_weights(dest):
         _adopt(dest, meta, res)  # a snapshot fetched elsewhere, pointed at with --out
         return dest
     from huggingface_hub import snapshot_download
@@ -91,7 +116,7 @@ def _pull_hf(res: Resolved, dest: Path) -> Path:
     tmp = staging_dir(dest)
     try:
         snapshot_download(fam.hf_repo, revision=revision, local_dir=str(tmp),
-                          allow_patterns=["*.json", "*.safetensors", "*.txt"])
+                          allow_patterns=["*.json", "*.txt", _weight_pattern(fam.hf_repo, revision)])
         _adopt(tmp, meta, res)
         os.replace(tmp, dest)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as err:
@@ -106,7 +131,8 @@ def _pull_hf(res: Resolved, dest: Path) -> Path:
 
 
 def _adopt(directory: Path, meta: dict, res: Resolved) -> None:
-    """Check an HF snapshot loads with the family's model type and mark it complete with checkpoint.json."""
+    """Check an HF snapshot loads with the family's model type and matches the catalog's architecture, apply the
+    config changes the family asks for (recorded in checkpoint.json), and mark it complete."""
     from transformers import AutoConfig
 
     code = model_family(res.family.kind)
@@ -117,16 +143,25 @@ def _adopt(directory: Path, meta: dict, res: Resolved) -> None:
     if config.model_type != code.MODEL_TYPE:
         raise UserError(f"{directory}: model_type {config.model_type!r}, expected {code.MODEL_TYPE!r} "
                         f"for {res.family.name}")
+    config_file = directory / "config.json"
+    raw = json.loads(config_file.read_text(encoding="utf-8"))
+    changes = code.check_hf_config(raw, res.family.architecture, str(config_file))
+    if changes:
+        meta = {**meta, "hf_config_changes": {k: [raw.get(k), v] for k, v in changes.items()}}
+        write_json_atomic(config_file, {**raw, **changes})
     if not (directory / "tokenizer.json").is_file():
         code.tokenizer(res.family).save_pretrained(str(directory))
     mark_complete(directory, meta)
 
 
+def _build_initial(family, dest: Path, **overrides) -> Path:
+    """Step 0 of a built-in family, built by its kind's module."""
+    return model_family(family.kind).build_initial(dest, family=family, seed=0, **overrides)
+
+
 def _pull_builtin(res: Resolved, dest: Path) -> Path:
     if res.step == 0:
-        from injection.checkpoints.tiny import build_tiny_checkpoint
-
-        return build_tiny_checkpoint(dest)
+        return _build_initial(res.family, dest)
     local = default_dest(res.family.name, res.step)
     if not is_complete(local):
         have = ", ".join(str(s) for s in res.family.available_steps())
@@ -149,6 +184,9 @@ def pull_checkpoint(ref: str, *, source: str = "original", dest: str | Path | No
     if source not in ("original", "hf"):
         raise UserError(f"--source must be 'original' or 'hf', got {source!r}")
     res = (catalog or load_catalog()).resolve(ref)
+    for issue in res.family.issues_at(res.step):
+        warnings.warn(f"{res.ref}: a problem is reported with this published checkpoint ({issue.source}): "
+                      f"{issue.reported}; check its weights before relying on them", stacklevel=2)
     target = Path(dest).expanduser() if dest is not None else default_dest(res.family.name, res.step)
     if target.exists() and not target.is_dir():
         raise UserError(f"{target}: exists and is not a directory; choose another --out")
@@ -173,30 +211,29 @@ def pull_checkpoint(ref: str, *, source: str = "original", dest: str | Path | No
 def local_checkpoint(ref: str) -> Path:
     """A checkpoint directory, or a catalog reference (`olmo-7b@mid`) already pulled into the cache.
 
-    `tiny@0` is built on first use, and `tiny@0+L<n>` is the same model with an n-token context (for inputs
-    longer than the catalog's sequence length)."""
+    Step 0 of a built-in family (`tiny@0`, `pythia-tiny@0`) is built on first use, and `FAMILY@0+L<n>` is the
+    same model with an n-token context (for inputs longer than the catalog's sequence length)."""
     path = Path(ref).expanduser()
     if path.is_dir():
         return path
-    if ref.startswith("tiny@0+L"):
-        seq_len = ref[len("tiny@0+L"):]
-        if not seq_len.isdigit() or int(seq_len) < 2:
-            raise UserError(f"checkpoint {ref!r}: expected tiny@0+L<sequence length>, e.g. tiny@0+L512")
-        local = default_dest("tiny", 0).with_name(f"step0-L{seq_len}")
-        if not is_complete(local):
-            from injection.checkpoints.tiny import build_tiny_checkpoint
-
-            build_tiny_checkpoint(local, seed=0, max_sequence_length=int(seq_len))
-        return local
     if "@" not in ref:
         raise UserError(f"checkpoint {ref!r} is not a directory (nor a catalog reference FAMILY@STEP)")
+    name, _, what = ref.partition("@")
+    if what.startswith("0+L"):
+        family = load_catalog().family(name)
+        seq_len = what[len("0+L"):]
+        if not family.builtin or not seq_len.isdigit() or int(seq_len) < 2:
+            raise UserError(f"checkpoint {ref!r}: expected FAMILY@0+L<context length> of a built-in family, "
+                            "e.g. tiny@0+L512")
+        local = default_dest(name, 0).with_name(f"step0-L{seq_len}")
+        if not is_complete(local):
+            _build_initial(family, local, max_sequence_length=int(seq_len))
+        return local
     resolved = load_catalog().resolve(ref)
     local = default_dest(resolved.family.name, resolved.step)
     if not is_complete(local):
         if resolved.family.builtin and resolved.step == 0:
-            from injection.checkpoints.tiny import build_tiny_checkpoint
-
-            build_tiny_checkpoint(local, seed=0)
+            _build_initial(resolved.family, local)
         else:
             raise UserError(f"checkpoint {ref} is not in the local cache ({local}); fetch it first with "
                             f"`injection pull {ref}`")

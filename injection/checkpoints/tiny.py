@@ -14,14 +14,14 @@ from typing import Any
 
 from harness.errors import UserError
 from injection.checkpoints.layout import DataPosition, checkpoint_meta, write_checkpoint_dir
-from injection.checkpoints.olmo import (Architecture, architecture_dict, hf_config, loss_factor, param_groups,
-                                        parse_architecture)
+from injection.checkpoints.olmo import (Architecture, architecture_dict, check_hf_config, hf_config, loss_factor,
+                                        param_groups, parse_architecture)
 
 KIND = "tiny"
 MODEL_TYPE = "olmo"
 
-__all__ = ["KIND", "MODEL_TYPE", "Architecture", "build_tiny_checkpoint", "convert_original", "hf_config",
-           "loss_factor", "param_groups", "parse_architecture", "tokenizer"]
+__all__ = ["KIND", "MODEL_TYPE", "Architecture", "build_initial", "build_tiny_checkpoint", "check_hf_config",
+           "convert_original", "hf_config", "loss_factor", "param_groups", "parse_architecture", "tokenizer"]
 
 
 def tokenizer(family: Any = None, original_config: dict[str, Any] | None = None):
@@ -33,6 +33,11 @@ def tokenizer(family: Any = None, original_config: dict[str, Any] | None = None)
 
 def convert_original(src, dest, *, family, step: int, source_url: str | None = None, trust_pickle: bool = False):
     raise UserError(f"{family.name} is built locally; it has no original checkpoint files to convert")
+
+
+def build_initial(dest: str | Path, *, family=None, seed: int = 0, **overrides: Any) -> Path:
+    """Step 0 of the built-in `tiny` family: see `build_tiny_checkpoint`."""
+    return build_tiny_checkpoint(dest, seed=seed, **overrides)
 
 
 def build_tiny_checkpoint(dest: str | Path, *, seed: int = 0, tokenizer: Any = None,

@@ -28,10 +28,10 @@ def _open_source(family: str | None, source: str | None):
         corpus, source = open_prepared(family)
     else:
         corpus = open_corpus(source)
-    if fam is not None and (corpus.seq_len, corpus.info.seed) != (fam.seq_len, fam.data_order.seed):
+    if fam is not None and (corpus.seq_len, corpus.info.seed) != (fam.row_len, fam.data_order.seed):
         raise UserError(
             f"{source}: seq_len {corpus.seq_len} and seed {corpus.info.seed} do not match the catalog's "
-            f"{family!r} (seq_len {fam.seq_len}, seed {fam.data_order.seed})"
+            f"{family!r} (rows of {fam.row_len} tokens, seed {fam.data_order.seed})"
         )
     return corpus, fam
 
@@ -79,7 +79,8 @@ def extract(
     start_instance: Annotated[Optional[int], typer.Option(
         "--start-instance", help="Start at this position of the epoch's order.")] = None,
     epoch: Annotated[int, typer.Option("--epoch", help="Epoch of --start-instance.")] = 0,
-    family: Annotated[Optional[str], typer.Option("--family", help="Checkpoint family (olmo-1b, olmo-7b).")] = None,
+    family: Annotated[Optional[str], typer.Option("--family", help="Checkpoint family (olmo-1b, olmo-7b, "
+                                                                   "pythia-1b-deduped, ...).")] = None,
     source: Annotated[
         Optional[str], typer.Option("--source", help="Corpus directory or URL (default with --family: the description "
                                                      "`injection data prepare FAMILY` left in the cache).")
@@ -104,7 +105,8 @@ def extract(
 
 @data_app.command("prepare")
 def prepare(
-    family: Annotated[str, typer.Argument(help="Checkpoint family whose run's data to describe (olmo-1b, olmo-7b).")],
+    family: Annotated[str, typer.Argument(help="Checkpoint family whose run's data to describe (olmo-1b, olmo-7b, "
+                                               "pythia-1b-deduped, ...).")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for corpus.json and the size cache "
                                                               "(default $INJECTION_CACHE/data/FAMILY).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the file URLs and what would be fetched; "
@@ -119,9 +121,23 @@ def prepare(
         "--rebuild-order", help="Ignore the published order file; rebuild the order from the seed (unverifiable).")
     ] = False,
 ) -> None:
-    """Describe a run's corpus (corpus.json): token-file URLs from the shipped list, their sizes, the order."""
-    from injection.data.prepare import HttpPolicy, plan_prepare, prepare_corpus
+    """Describe a run's corpus (corpus.json): token-file URLs from the shipped list, their sizes, the order; or,
+    for data published as a Megatron indexed dataset, its index and token files, checked by opening them."""
+    from injection.data.prepare import (HttpPolicy, is_indexed_family, plan_prepare, plan_prepare_indexed,
+                                        prepare_corpus, prepare_indexed)
 
+    if is_indexed_family(family):
+        indexed = plan_prepare_indexed(family, out)
+        if dry_run:
+            typer.echo("\n".join(indexed.urls))
+            for line in indexed.describe():
+                typer.echo(line, err=True)
+            return
+        done = prepare_indexed(indexed, warn=lambda message: typer.echo(f"warning: {message}", err=True))
+        typer.echo(f"{indexed.out / 'corpus.json'}: {family}, a Megatron indexed dataset of {done['n_instances']:,} "
+                   f"rows of {done['seq_len']:,} tokens ({done['dtype']}) in {len(done['paths'])} file(s); the order "
+                   "is the files' own")
+        return
     plan = plan_prepare(family, out, rebuild_order=rebuild_order, full_order_check=full_order_check)
     if dry_run:
         typer.echo("\n".join(plan.urls))

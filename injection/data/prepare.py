@@ -1,4 +1,10 @@
-"""`injection data prepare FAMILY`: the corpus description of an original run, built from the shipped file list.
+"""`injection data prepare FAMILY`: the corpus description of an original run, built from the catalog's facts.
+
+A family whose data is a pre-packed Megatron indexed dataset (`data_order.format: megatron-indexed`, Pythia's
+published Pile) is described by its index and token-file URLs (`data_order.index_url`, `data_urls`): preparing it
+opens the dataset once over HTTP (one size request per file, the index header and its last entry), checks that it
+holds rows of the run's row length, and writes a `corpus.json` of that format (`prepare_indexed`). The rest of this
+module is about OLMo's format:
 
 The catalog's `data_order.data_paths` names the run's list of token files: a list shipped in
 `injection/data/lists/` (`olmo-1b.txt`, `olmo-7b.txt`) or a list file beside the catalog. Preparing it
@@ -48,7 +54,7 @@ from harness.progress import progress as progress_bar
 from injection.data.order import GlobalIndices
 from injection.data.remote import is_url
 from injection.data.formats import open_corpus
-from injection.data.source import CORPUS_FILE, DTYPES, CorpusInfo
+from injection.data.source import CORPUS_FILE, DTYPES, INDEXED_FORMAT, CorpusInfo
 
 LISTS_DIR = Path(__file__).resolve().parent / "lists"
 SIZES_FILE = "sizes.json"
@@ -452,3 +458,79 @@ def prepare_corpus(plan: PreparePlan, *, policy: HttpPolicy = HttpPolicy(), work
     write_json_atomic(plan.out / CORPUS_FILE, info.to_dict())
     return info
 
+
+
+# --- pre-packed indexed datasets -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexedPlan:
+    """What `prepare_indexed` will do for a family whose data is a Megatron indexed dataset (no network)."""
+
+    family: str
+    catalog: Path
+    out: Path
+    index: str
+    paths: list[str]
+    row_len: int
+    seed: int | None
+    eos_token_id: int | None
+    tokenizer: str | None
+    rows_needed: int
+    """Rows up to the family's last listed step (the data should hold at least these)."""
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.index, *self.paths]
+
+    def describe(self) -> list[str]:
+        return [f"{self.family}: a Megatron indexed dataset, {len(self.paths)} token file(s) and the index {self.index}",
+                f"would fetch: the size of {len(self.urls)} files by HEAD requests, the index header and its last "
+                f"entry (rows of {self.row_len} tokens expected)",
+                f"would write: {self.out / CORPUS_FILE}"]
+
+
+def is_indexed_family(family: str, catalog_path: Path | None = None) -> bool:
+    from injection.checkpoints.catalog import load_catalog
+
+    return load_catalog(catalog_path).family(family).data_order.format == INDEXED_FORMAT
+
+
+def plan_prepare_indexed(family: str, out: Path | None = None, *, catalog_path: Path | None = None) -> IndexedPlan:
+    from injection.checkpoints.catalog import load_catalog
+
+    catalog = load_catalog(catalog_path)
+    fam = catalog.family(family)
+    order = fam.data_order
+    if not (order.index_url and order.data_urls):
+        raise UserError(f"{catalog.path}: families.{family}.data_order lists no index_url and data_urls: the catalog "
+                        f"names no published data for {family!r}")
+    last_step = max((e.step for e in fam.steps), default=0)
+    return IndexedPlan(
+        family=family, catalog=catalog.path, out=Path(out) if out is not None else prepared_dir(family),
+        index=order.index_url, paths=list(order.data_urls), row_len=fam.row_len, seed=order.seed,
+        eos_token_id=getattr(fam.architecture, "eos_token_id", None), tokenizer=order.tokenizer,
+        rows_needed=fam.tokens_at(last_step) // fam.seq_len,
+    )
+
+
+def prepare_indexed(plan: IndexedPlan, warn: Callable[[str], None] = _warn) -> dict:
+    """Open the dataset the plan names (sizes, index header, last entry; rows of the run's length) and write
+    `plan.out/corpus.json` (format megatron-indexed) with the facts the index gave; returns it."""
+    from injection.data.indexed import IndexedCorpus, IndexedCorpusInfo
+
+    info = IndexedCorpusInfo(index=plan.index, paths=plan.paths, seq_len=plan.row_len, seed=plan.seed,
+                             eos_token_id=plan.eos_token_id, tokenizer=plan.tokenizer)
+    corpus = IndexedCorpus(info, plan.out)
+    n = len(corpus.dataset)
+    if n:
+        corpus.dataset.rows(n - 1, n, plan.row_len)  # the last row: a dataset of other rows is named here
+    if n < plan.rows_needed:
+        warn(f"{plan.family}: the dataset holds {n:,} rows, fewer than the {plan.rows_needed:,} the run's listed "
+             "steps consumed; continuations from late steps will run out of data")
+    resolved = {**corpus.info.to_dict(),
+                "extra": {"family": plan.family, "catalog": str(plan.catalog),
+                          "prepared": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
+    plan.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan.out / CORPUS_FILE, resolved)
+    return resolved

@@ -180,10 +180,26 @@ def check_vocabulary(inputs: RunInputs, tokenizer: str) -> None:
                         "'tokenizer')")
 
 
+def run_label(cfg: ExperimentConfig, ckpt: CheckpointInfo) -> str:
+    """The run's name in reports: the configured label, else the checkpoint as typed when it is a catalog reference
+    (`olmo-1b@mid`), else FAMILY@STEP of the checkpoint directory."""
+    if cfg.label:
+        return cfg.label
+    return f"{ckpt.family}@{ckpt.step}" if Path(cfg.checkpoint).expanduser().is_dir() else cfg.checkpoint
+
+
+def start_tokens(ckpt: CheckpointInfo) -> int | None:
+    """Tokens the original run trained on before the checkpoint, as it counts them (rows consumed × tokens per row),
+    where the data position says (within the first epoch)."""
+    pos = ckpt.data_position
+    return pos.instances_seen * ckpt.tokens_per_row if pos.epoch == 0 else None
+
+
 def describe_inputs(inputs: RunInputs) -> dict[str, Any]:
     """What the manifest records about the inputs: where the data stream starts and what it reads."""
     ckpt, stream = inputs.checkpoint, inputs.stream
     return {
+        "start_tokens": start_tokens(ckpt),
         "data_start": {"epoch": stream.epoch, "instance": stream.start, "source": ckpt.data_position.source},
         "eos_token_id": ckpt.eos_token_id,
         "n_probes": len(inputs.probe_items),

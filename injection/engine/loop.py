@@ -29,7 +29,7 @@ from injection.engine.batches import InjectedBatches
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import evaluate_probes
 from injection.engine.hooks import Hook, MetricsHook, ProbeLogHook, ProgressHook, Run
-from injection.engine.inputs import RunInputs, describe_inputs
+from injection.engine.inputs import RunInputs, describe_inputs, run_label
 from injection.engine.plan import make_plan
 from injection.splice import shard_batch
 
@@ -255,7 +255,7 @@ def first_manifest(run: Run) -> dict[str, Any]:
     return {
         "format": rundir.MANIFEST_FORMAT,
         "status": "running",
-        "label": cfg.label or cfg.checkpoint,
+        "label": run_label(cfg, ckpt),
         "config": cfg.to_dict(),
         "config_hash": cfg.config_hash(),
         "checkpoint": ckpt.identity(),

@@ -78,6 +78,7 @@ class RunPlan:
     global_batch: int
     """Rows per update (the run's B, which may differ from the checkpoint's)."""
     seq_len: int
+    """Tokens per row fed to the model."""
     micro_batch: int
     world: int
     accumulation: int
@@ -88,10 +89,12 @@ class RunPlan:
     checkpoint_steps: frozenset[int]
     loss_factor: float = 1.0
     """Multiplier of HF's mean next-token loss that gives the original trainer's objective (see the family)."""
+    tokens_per_row: int | None = None
+    """Tokens a row counts for, as the original run counted them (the checkpoint's); None = seq_len."""
 
     @property
     def tokens_per_step(self) -> int:
-        return self.global_batch * self.seq_len
+        return self.global_batch * (self.seq_len if self.tokens_per_row is None else self.tokens_per_row)
 
 
 def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
@@ -113,6 +116,7 @@ def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
                                     cfg.eval_steps),
         checkpoint_steps=checkpoint_steps(cfg.total_steps, cfg.checkpoint_interval),
         loss_factor=model_family(ckpt.kind).loss_factor(ckpt.seq_len),
+        tokens_per_row=ckpt.tokens_per_row,
     )
 
 
