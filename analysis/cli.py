@@ -24,7 +24,7 @@ Rules = Annotated[str, typer.Option(
     help="Rule set: 'paper' (the study's text) or 'study-code' (the study's public analysis code); "
          "the README lists where they differ.")]
 Scale = Annotated[str, typer.Option(
-    help="'logprob': work on ℓ; 'perplexity': work on exp(−ℓ), as the study's scripts do by default.")]
+    help="'logprob': work on ℓ; 'perplexity': work on −exp(−ℓ) (perplexity negated, so higher is still better), as the study's scripts do by default.")]
 ControlAdjust = Annotated[bool, typer.Option(
     "--control-adjust/--no-control-adjust",
     help="Subtract the mean drift of the never-injected control probes (scenario 'none') of the same kind, "

@@ -74,7 +74,7 @@ class FitOptions:
     metric: str = "logprob"
     """Probe-log column used as ℓ: logprob, logprob_sum or first_logprob."""
     scale: str = "logprob"
-    """`logprob`: work on ℓ. `perplexity`: work on exp(−ℓ) (the study's scripts' default)."""
+    """`logprob`: work on ℓ. `perplexity`: work on −exp(−ℓ), the negated perplexity, so that higher is still better (the study's scripts' default)."""
     control_adjust: bool = False
     """Subtract the mean drift of the control probes of the same kind before computing anything."""
     t_min: int = 1

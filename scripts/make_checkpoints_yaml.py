@@ -2,7 +2,7 @@
 
 Inputs (facts, not computed):
 - OLMo-1B.csv / OLMo-7B.csv (`Step,Checkpoint Directory`): the official unsharded checkpoint URLs
-  (pass the folder holding them, e.g. ../shared/reference/olmo-checkpoints);
+  (pass the folder holding them);
 - scripts/hf_revisions/OLMo-{1B,7B}.txt: Hugging Face revision (branch) names, one per line, as listed
   by the reference study's public training script for allenai/OLMo-1B and allenai/OLMo-7B.
   A step without a listed name gets `hf_revision: null`: names round token counts inconsistently,

@@ -110,8 +110,6 @@ class ExperimentConfig:
     """Also evaluate at every step from each injection step through the next N steps, whatever
     `eval_interval` says (0 = off). With the analysis window here, a sparse `eval_interval` keeps every
     local acquisition maximum exact while the long forgetting tail is sampled more cheaply."""
-    eval_steps: list[int] | None = None
-    """Evaluate exactly at these run steps (and step 0) instead of following eval_interval."""
     eval_batch_tokens: int = 16384
     """Upper bound on padded tokens per probe-evaluation forward pass (per rank)."""
     analysis_window: int | None = None
