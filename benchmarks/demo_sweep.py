@@ -76,7 +76,7 @@ def describe(name: str, summary: dict) -> list[str]:
     lines = []
     for run in summary["runs"]:
         ckpt = run["checkpoint"]
-        marks = "".join("✓" if ok else "✗" for text, ok in checks if text.startswith(f"{ckpt}: "))
+        marks = "".join("–" if ok is None else "✓" if ok else "✗" for text, ok in checks if text.startswith(f"{ckpt}: "))
         fits = {(f["scenario"], f["kind"]): f for f in run["fit"]}
         a = " ".join(
             f"{sc[0]}:" + "/".join("—" if fits.get((sc, k), {}).get("a") is None else f"{fits[(sc, k)]['a']:.2f}"

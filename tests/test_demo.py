@@ -127,7 +127,8 @@ def test_recall_check_counts_only_a_rise_beyond_the_controls():
     key = "tiny@late: mem exact match rises after injections, more than the control's"
     assert checks(rec)[key]
     assert not checks({**rec, "control_after": rec["injected_after"]})[key]  # no better than chance
-    assert not checks({k: None for k in rec})[key]
+    assert checks({k: None for k in rec})[key] is False  # nothing measured: a failed check
+    assert checks({k: 0.0 for k in rec})[key] is None  # never an exact match anywhere: not measurable
     assert checks(rec)["tiny@late: decay constant a > 0 in every group"]
 
 
