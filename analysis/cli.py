@@ -237,7 +237,7 @@ def capacity(run_dirs: RunDirs,
     from harness.atomic import ensure_dir, write_text_atomic
     from analysis.capacity import CapacityOptions, analyse_capacity
     from analysis.load import load_run
-    from analysis.report import capacity_notes, capacity_tables, fit_line
+    from analysis.report import print_capacity
 
     options = CapacityOptions(kind=kind, at_exposures=at_exposures, iqr_factor=iqr_factor)
     options.validate()
@@ -246,14 +246,7 @@ def capacity(run_dirs: RunDirs,
     if json_output:
         print(json.dumps(record, indent=2, allow_nan=False))
     else:
-        console = _console()
-        for table in capacity_tables(analysis):
-            console.print(table)
-        line = fit_line(analysis)
-        if line:
-            console.print(line, highlight=False)
-        for note in capacity_notes(analysis):
-            console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+        print_capacity(analysis, _console())
     if out is not None:
         from analysis.plots import plot_capacity
 

@@ -432,6 +432,17 @@ def capacity_notes(analysis) -> list[str]:
     return list(analysis.notes) + [f"{r.label}: {n}" for r in analysis.runs for n in r.notes]
 
 
+def print_capacity(analysis, console) -> None:
+    """The capacity tables, the bits-per-parameter line and the notes, on a rich console."""
+    for table in capacity_tables(analysis):
+        console.print(table)
+    line = fit_line(analysis)
+    if line:
+        console.print(line, highlight=False)
+    for note in capacity_notes(analysis):
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+
+
 def _plain_table(title: str, header: list[str], rows: list[list[str]], left: int = 2) -> Table:
     table = Table(title=title, title_justify="left")
     for i, name in enumerate(header):

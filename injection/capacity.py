@@ -610,7 +610,7 @@ def capacity(
     from rich.console import Console
     from rich.table import Table
 
-    from analysis.report import capacity_notes, capacity_tables, fit_line
+    from analysis.report import print_capacity
 
     cfg = load_capacity_config(profile, config, overrides)
     if dry_run:
@@ -629,11 +629,5 @@ def capacity(
     analysis = run_capacity(cfg, out)
     wall = json.loads((out / "analysis" / "capacity.json").read_text())["wall_seconds"]
     console = Console() if Console().is_terminal else Console(width=170)
-    for table in capacity_tables(analysis):
-        console.print(table)
-    line = fit_line(analysis)
-    if line:
-        console.print(line, highlight=False)
-    for note in capacity_notes(analysis):
-        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    print_capacity(analysis, console)
     console.print(f"{wall:.0f} s; analysis: {out / 'analysis'}   report: {out / 'report' / 'report.html'}")

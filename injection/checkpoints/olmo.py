@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -69,10 +69,6 @@ def parse_architecture(data: Any, where: str, path: str = "architecture") -> Arc
     if arch.embedding_size < arch.vocab_size:
         raise UserError(f"{where}: field '{path}.embedding_size': smaller than vocab_size")
     return arch
-
-
-def architecture_dict(arch: Architecture) -> dict[str, Any]:
-    return {f.name: getattr(arch, f.name) for f in fields(arch)}
 
 
 def hf_config(arch: Architecture):
@@ -428,6 +424,6 @@ def convert_original(src: str | Path, dest: str | Path, *, family, step: int, so
         trainer_state={k: v for k, v in (train or {}).items() if isinstance(v, (int, float, str))} or None,
         optimizer_step=None if optimizer_state is None or "step" not in optimizer_state
         else int(optimizer_state["step"]),
-        architecture=architecture_dict(arch),
+        architecture=asdict(arch),
     )
     return write_checkpoint_dir(model, tokenizer(family, cfg), dest, meta, optimizer_state)

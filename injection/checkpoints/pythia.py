@@ -17,7 +17,7 @@ on the fly, so the 2,049th position needs no embedding).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,10 +115,6 @@ def parse_architecture(data: Any, where: str, path: str = "architecture") -> Arc
         if stated is not None and stated != counted:
             raise fail(name, f"{stated:,} does not match the architecture, which has {counted:,}")
     return arch
-
-
-def architecture_dict(arch: Architecture) -> dict[str, Any]:
-    return {f.name: getattr(arch, f.name) for f in fields(arch)}
 
 
 def hf_config(arch: Architecture):
@@ -234,7 +230,7 @@ def build_pythia_tiny(dest: str | Path, *, seed: int = 0, family: Any = None, to
         raise UserError(f"build_pythia_tiny: {err}") from None
     if overrides:
         arch = replace(arch, params=None, non_embedding_params=None)
-        arch = parse_architecture(architecture_dict(arch), "build_pythia_tiny")
+        arch = parse_architecture(asdict(arch), "build_pythia_tiny")
     batch = family.batch_size_at(0)
     torch.manual_seed(seed)
     model = GPTNeoXForCausalLM(hf_config(arch))
@@ -242,7 +238,7 @@ def build_pythia_tiny(dest: str | Path, *, seed: int = 0, family: Any = None, to
     meta = checkpoint_meta(
         family=family.name, kind=KIND, step=0, source="built", global_batch_size=batch, seq_len=context + 1,
         tokens_per_row=context, lr_schedule=family.lr_schedule, optimizer=family.optimizer,
-        data_position=DataPosition(0, 0, "built"), seed=seed, architecture=architecture_dict(arch),
+        data_position=DataPosition(0, 0, "built"), seed=seed, architecture=asdict(arch),
     )
     meta.update(meta_overrides or {})
     if "global_batch_size" in (meta_overrides or {}):

@@ -8,13 +8,13 @@ Step 0 is built on demand; other steps exist once something (the demo's pretrain
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
 from injection.checkpoints.layout import DataPosition, checkpoint_meta, write_checkpoint_dir
-from injection.checkpoints.olmo import (Architecture, architecture_dict, check_hf_config, hf_config, loss_factor,
+from injection.checkpoints.olmo import (Architecture, check_hf_config, hf_config, loss_factor,
                                         param_groups, parse_architecture)
 
 KIND = "tiny"
@@ -65,7 +65,7 @@ def build_tiny_checkpoint(dest: str | Path, *, seed: int = 0, tokenizer: Any = N
     meta = checkpoint_meta(
         family=family.name, kind=KIND, step=0, source="built", global_batch_size=batch,
         seq_len=arch.max_sequence_length, lr_schedule=family.lr_schedule, optimizer=family.optimizer,
-        data_position=DataPosition(0, 0, "built"), seed=seed, architecture=architecture_dict(arch),
+        data_position=DataPosition(0, 0, "built"), seed=seed, architecture=asdict(arch),
     )
     meta.update(meta_overrides or {})
     if "global_batch_size" in (meta_overrides or {}) or "seq_len" in (meta_overrides or {}):

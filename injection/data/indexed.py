@@ -25,7 +25,6 @@ shuffles at training time) has no rows, and reading it as rows is an error namin
 from __future__ import annotations
 
 import dataclasses
-import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -47,29 +46,6 @@ DTYPE_CODES = {name: code for code, name in TOKEN_DTYPES.items()}
 
 
 # --- byte readers ---------------------------------------------------------------------------------------
-
-
-class MappedFile:
-    """A local file read through a memory map, with the interface of the remote readers."""
-
-    def __init__(self, path: str | Path):
-        self.path = str(path)
-        try:
-            self.size = os.stat(self.path).st_size
-        except FileNotFoundError:
-            raise UserError(f"{self.path}: file not found") from None
-        # np.memmap refuses empty files; an empty file has nothing to map.
-        self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if self.size else np.zeros(0, np.uint8)
-
-    def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or offset + length > self.size:
-            raise UserError(f"{self.path}: {length} bytes at offset {offset} are beyond the file's {self.size} bytes")
-        return self._map[offset : offset + length].tobytes()
-
-
-def open_file(location: str) -> ByteReader:
-    """A reader of a local file (memory map) or an http(s) URL (range requests)."""
-    return open_reader(location) if is_url(location) else MappedFile(location)
 
 
 class ConcatReader:
@@ -162,10 +138,10 @@ class IndexedDataset:
 
     def __init__(self, index: str, data: list[str]):
         self.index_location = str(index)
-        self._index = open_file(self.index_location)
+        self._index = open_reader(self.index_location)
         self.header = read_index_header(self._index, self.index_location)
         self.dtype = self.header.dtype
-        self._data = ConcatReader([open_file(str(p)) for p in data], [str(p) for p in data])
+        self._data = ConcatReader([open_reader(str(p)) for p in data], [str(p) for p in data])
         self.remote = is_url(self.index_location) or any(is_url(str(p)) for p in data)
         self._pool = ThreadPoolExecutor(max_workers=32) if self.remote else None
         n = len(self)
