@@ -8,6 +8,7 @@ message names what went wrong. Files the case marks as precious must be unchange
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -309,6 +310,9 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, monkeypatch):
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1, f"{case.name}: expected one error line, got:\n{stderr}"
     assert case.expect in errors[0], f"{case.name}: {errors[0]!r} does not mention {case.expect!r}"
+    if os.environ.get("CLI_ERROR_TABLE"):  # docs/errors.md is made from these lines
+        with open(os.environ["CLI_ERROR_TABLE"], "a", encoding="utf-8") as table:
+            table.write(json.dumps({"case": case.name, "error": errors[0].replace(str(tmp_path), "TMP")}) + "\n")
     for path, content in before.items():
         assert path.read_bytes() == content, f"{case.name}: {path} changed"
     leftovers = [p for p in tmp_path.rglob(".*.tmp*")]
