@@ -107,8 +107,8 @@ class DemoProfile:
 
     def schedule(self) -> dict[str, Any]:
         """The study's three scenarios, scaled down. Groups (and the `once` group's chunks) start on
-        consecutive steps, so that no step carries more than `paragraphs_per_group` paragraphs, a quarter of
-        the batch in the full profile (the study's step 0 carries all 120)."""
+        consecutive steps, so that no step carries more than `paragraphs_per_group` paragraphs, 6 of the 16
+        rows in the full profile (the study's step 0 carries all 120)."""
         g = self.paragraphs_per_group
         once = [{"scenario": "once", "paragraphs": f"{start}-{min(start + g, 2 * g + self.n_once) - 1}",
                  "variant": "original", "first_step": 2 + j, "count": 1}
@@ -138,7 +138,7 @@ FULL = DemoProfile(
     name="full", text_sources=_TEXT, background_paragraphs=600, background_repeats=4, tokenizer_vocab=4096,
     d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=400, peak_lr=1e-2,
     warmup_steps=50, schedule_t_max=4000, stages=(("early", 150), ("mid", 275), ("late", 400)),
-    run_stages=("mid", "late"), paragraphs_per_group=4, control_paragraphs=4, paraphrases=3, interval=6,
+    run_stages=("mid", "late"), paragraphs_per_group=6, control_paragraphs=6, paraphrases=3, interval=6,
     encounters=10, run_steps=160, eval_interval=1, window=6, once_paragraphs=12,
 )
 QUICK = DemoProfile(
