@@ -599,7 +599,7 @@ def run_capacity(cfg: CapacityConfig, out: Path):
 
 def capacity(
     profile: Annotated[Literal["quick", "cpu", "gpu"], typer.Option(
-        help="Shipped ladder: quick (a CPU, about a minute), cpu (a 2-core CPU, about 15 minutes or less), "
+        help="Shipped ladder: quick (a CPU, about a minute), cpu (a 2-core CPU, about 5.5 minutes), "
              "gpu (16M-88M parameters, for a GPU).")] = "cpu",
     config: Annotated[Optional[Path], typer.Option("--config", help="A capacity YAML file instead of a profile.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the rungs, analysis and report go (rerun to continue).")] = Path("capacity_out"),
