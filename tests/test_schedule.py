@@ -55,8 +55,8 @@ def test_paper_plan():
 
 def test_demo_schedule_parameters_override():
     sched = load_schedule("demo", overrides={"interval": 10, "count": 3, "total_steps": 40})
-    plan = sched.plan(knowledge(20, paraphrases=1))
-    assert sorted({x.step for x in plan}) == [0, 1, 2, 3, 4, 10, 11, 20, 21]
+    plan = sched.plan(knowledge(24, paraphrases=1))
+    assert sorted({x.step for x in plan}) == [0, 1, 2, 3, 10, 11, 20, 21]
     # cycle wraps: original, paraphrase 1, original
     assert [x.variant for x in plan if x.paragraph == 0] == [0, 1, 0]
 
