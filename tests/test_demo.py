@@ -141,3 +141,19 @@ def test_cache_key_follows_what_shapes_the_corpus_and_checkpoints():
     # schedule and evaluation numbers reuse the pretraining
     same = dataclasses.replace(FULL, name="x", encounters=3, interval=7, eval_interval=2, run_stages=("late",))
     assert same.key() == FULL.key()
+
+
+def test_an_output_directory_of_another_profile_is_refused(tmp_path):
+    """A run directory left by another demo configuration is never replaced or mixed with this one's."""
+    from harness.errors import UserError
+    from injection.demo import injection_run
+
+    run_dir = tmp_path / "out" / "runs" / "mid"
+    run_dir.mkdir(parents=True)
+    manifest = {"config_hash": "0123abcd", "status": "complete", "config": {"label": "tiny@mid"}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    before = (run_dir / "manifest.json").read_bytes()
+    with pytest.raises(UserError, match="holds a run of a different demo configuration"):
+        injection_run(FULL, "mid", tmp_path / "ck", tmp_path / "k.json", tmp_path / "s.yaml", tmp_path / "c",
+                      tmp_path / "out")
+    assert (run_dir / "manifest.json").read_bytes() == before
