@@ -65,6 +65,22 @@ class MonitorConfig:
 
 
 @dataclass
+class KernelConfig:
+    """How the model computes, never what (each choice changes only rounding; speeds in docs/benchmarks.md)."""
+
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """Attention implementation: `sdpa` (PyTorch's fused attention), `eager` (the reference), `flash_attention_2`
+    (needs the flash-attn package)."""
+    loss_chunk_tokens: int = 0
+    """Compute the LM head and cross-entropy this many token positions at a time, never the full-vocabulary
+    logits of a whole micro-batch (0 = all at once, as transformers does)."""
+    fused_adamw: bool = False
+    """Torch's single-kernel AdamW."""
+    compile: bool = False
+    """torch.compile the model (through DeepSpeed's engine.compile)."""
+
+
+@dataclass
 class ExperimentConfig:
     """One knowledge-injection run."""
 
@@ -101,6 +117,8 @@ class ExperimentConfig:
     """Training precision. `bf16` needs an accelerator; CPU tests use `fp32`."""
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more compute): allows a larger micro_batch."""
+    kernels: KernelConfig = field(default_factory=KernelConfig)
+    """Throughput levers (attention kernel, chunked LM-head loss, fused AdamW, torch.compile)."""
     eval_interval: int = 1
     """Evaluate every probe at step 0 and after every N-th update (1 = after every update)."""
     eval_steps: list[int] | None = None
@@ -188,6 +206,7 @@ def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> Non
     for name in ("global_batch", "knowledge_limit", "analysis_window", "distributed_timeout"):
         at_least(name, getattr(cfg, name), 1)
     at_least("eval_dense_window", cfg.eval_dense_window, 0)
+    at_least("kernels.loss_chunk_tokens", cfg.kernels.loss_chunk_tokens, 0)
     at_least("checkpoint_interval", cfg.checkpoint_interval, 0)
     at_least("optimizer.moment_warmup_steps", cfg.optimizer.moment_warmup_steps, 0)
     at_least("optimizer.weight_decay", cfg.optimizer.weight_decay, 0)

@@ -29,6 +29,7 @@ from injection.engine.batches import InjectedBatches
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import evaluate_probes
 from injection.engine.hooks import Hook, MetricsHook, ProbeLogHook, ProgressHook, Run
+from injection.engine.kernels import zero_gradient_loss
 from injection.engine.inputs import RunInputs, describe_inputs, run_label
 from injection.engine.plan import make_plan
 from injection.splice import shard_batch
@@ -113,7 +114,7 @@ def update(run: Run, batch: np.ndarray, lr: float) -> dict[str, float]:
         loss = out.loss * plan.loss_factor  # the original trainer's objective (its normalisation)
         if not torch.isfinite(loss):  # sync point: the decision must come before backward
             bad += 1
-            loss = out.logits.sum() * 0.0  # a zero gradient from this micro-batch
+            loss = zero_gradient_loss(out)  # backward still runs on every micro-batch, adding nothing
         if i == len(micro_batches) - 1 and _any_rank(run, bad):
             if run.cfg.nonfinite == "stop":
                 raise Diverged(0, "non-finite loss")  # the step is filled in by the caller

@@ -114,19 +114,29 @@ def build_engine(cfg: ExperimentConfig, ckpt, plan: RunPlan, rank: int):
             if rank == 0:
                 warn("ZeRO-3 without the `accelerate` package: every rank loads the whole model before "
                      "DeepSpeed partitions it (pip install accelerate to load it partitioned)")
+    kernels = cfg.kernels
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(ckpt.path), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(ckpt.path), dtype=torch.float32,
+                                                     attn_implementation=kernels.attention)
+    except ImportError as err:  # an attention implementation whose package is missing
+        raise UserError(f"kernels.attention: {kernels.attention} cannot be used here: {err}") from None
     except (OSError, ValueError) as err:
         raise UserError(f"checkpoint {ckpt.path}: cannot load the model: {err}") from None
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable()
+    if kernels.loss_chunk_tokens:
+        from injection.engine.kernels import use_chunked_loss
+
+        use_chunked_loss(model, kernels.loss_chunk_tokens)
     wd = cfg.optimizer.weight_decay if cfg.optimizer.weight_decay is not None else ckpt.optimizer.weight_decay
     groups = model_family(ckpt.kind).param_groups(model, wd)
     optimizer = torch.optim.AdamW(groups, lr=plan.lrs[0] if plan.lrs else 0.0, betas=ckpt.optimizer.betas,
-                                  eps=ckpt.optimizer.eps, weight_decay=wd)
+                                  eps=ckpt.optimizer.eps, weight_decay=wd, fused=kernels.fused_adamw or None)
     with stdout_to_stderr():  # DeepSpeed prints what it builds and configures
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
     del keep_alive
+    if kernels.compile:
+        engine.compile()
     return engine
 
 
@@ -156,8 +166,8 @@ def _inner_optimizer(engine):
 def set_adam_step(engine, step: int) -> None:
     """Set AdamW's step count (its bias correction) in every parameter's or partition's state."""
     for state in _inner_optimizer(engine).state.values():
-        if "step" in state:
-            state["step"] = torch.tensor(float(step), dtype=torch.float32) if torch.is_tensor(state["step"]) \
+        if "step" in state:  # keeps the step's type and device (fused AdamW keeps it beside the parameters)
+            state["step"] = torch.full_like(state["step"], float(step)) if torch.is_tensor(state["step"]) \
                 else float(step)
 
 
@@ -182,8 +192,9 @@ def restore_moments(engine, path: Path) -> int:
                                                                        for p in g["params"]]
         for flat in flats:
             state = inner.state[flat]
-            if not state:
-                state["step"] = torch.tensor(step, dtype=torch.float32)
+            if not state:  # fused AdamW wants its step count on the parameters' device
+                on = flat.device if inner.defaults.get("fused") else "cpu"
+                state["step"] = torch.tensor(step, dtype=torch.float32, device=on)
                 state["exp_avg"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
         if hasattr(opt, "_lazy_init_hp_params_optimizer_state"):
