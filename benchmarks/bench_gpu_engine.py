@@ -14,7 +14,14 @@ The model is a randomly initialised OLMo architecture (`--shape olmo-1b` is OLMo
 `--agreement`, the first config is also trained in fp32 and the probe logs of both precisions are compared
 (mean and max |Δ log-prob| and the correlation of each probe's change from step 0).
 
+With `--levers`, the first config × precision is also trained once per throughput lever (the `kernels:`
+fields, activation checkpointing with a larger micro-batch, DeepSpeed's bucket settings), each alone on top of
+the baseline, then once with every lever that gained more than 1 % together; a table gives each one's gain.
+`--shape olmo-7b` is OLMo-7B's architecture (6.9B parameters); `--projection` prints, from the measured
+tokens/s, the time of the reference experiment (2,500 updates of the checkpoint's batch) on 8 GPUs.
+
     python benchmarks/bench_gpu_engine.py --shape olmo-1b --configs zero2,zero3 --agreement --out results.json
+    python benchmarks/bench_gpu_engine.py --shape olmo-1b --configs zero2 --levers all --out levers.json
     python benchmarks/bench_gpu_engine.py --shape small --configs cpu --precisions fp32      # CPU smoke check
 """
 
@@ -34,6 +41,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+STUDY_ROWS = {"olmo-1b": 512, "olmo-7b": 2160}
+"""Rows per update of the original runs' checkpoints (OLMo-7B's by its token counts; its config says 2,048)."""
+
 SMALL = {"d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 4, "mlp_hidden_size": 2048,
          "max_sequence_length": 512}
 
@@ -45,8 +55,8 @@ def build_inputs(work: Path, shape: str, global_batch: int, steps: int) -> tuple
     from injection.checkpoints.layout import is_complete
     from injection.checkpoints.tiny import build_tiny_checkpoint
 
-    if shape == "olmo-1b":
-        arch = dataclasses.asdict(load_catalog().family("olmo-1b").architecture)
+    if shape in ("olmo-1b", "olmo-7b"):
+        arch = dataclasses.asdict(load_catalog().family(shape).architecture)
     else:
         arch = {**dataclasses.asdict(load_catalog().family("tiny").architecture), **SMALL}
     seq = arch["max_sequence_length"]
@@ -81,8 +91,9 @@ def count_params(ckpt: Path) -> int:
     return total
 
 
-def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precision: str, eval_interval: int) -> dict:
-    """One `injection run` in a fresh process; returns its measurements."""
+def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precision: str, eval_interval: int,
+          extra: dict | None = None) -> dict:
+    """One `injection run` in a fresh process (`extra`: more configuration fields); returns its measurements."""
     import pandas as pd
 
     out = work / "runs" / name
@@ -94,7 +105,8 @@ def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precis
            "data": str(corpus), "total_steps": args.steps, "global_batch": args.global_batch,
            "micro_batch": args.micro_batch, "deepspeed_config": ds, "precision": precision,
            "eval_interval": eval_interval, "output_dir": str(out), "checkpoint_interval": 0,
-           "log_flush_steps": args.steps, "optimizer": {"fresh_moments": True}}
+           "log_flush_steps": args.steps, "optimizer": {"fresh_moments": True}, "kernels": dict(args.kernels),
+           **(extra or {})}
     path = work / f"{name}.yaml"
     path.write_text(json.dumps(cfg))
     t0 = time.perf_counter()
@@ -108,6 +120,7 @@ def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precis
     steady = metrics[metrics.step > args.warmup]
     manifest = json.loads((out / "manifest.json").read_text())
     return {"name": name, "ds": ds, "precision": precision, "eval_interval": eval_interval, "wall_s": wall,
+            "micro_batch": cfg["micro_batch"], "extra": extra or {},
             "tokens_per_s": float(steady.tokens_per_s.median()),
             "s_per_update": float((manifest["tokens_per_step"] / steady.tokens_per_s).median()),
             "max_mem_gib": float(metrics.max_mem_gib.max()), "loss_first": float(metrics.loss.iloc[0]),
@@ -134,9 +147,83 @@ def agreement(a: Path, b: Path) -> dict:
             "mean_change_a": float(d0["_a"].mean()), "mean_change_b": float(d0["_b"].mean())}
 
 
+def lever_runs(args, work: Path, ds: str) -> dict[str, dict]:
+    """Each lever as the configuration fields it sets on top of the baseline (`--kernels`)."""
+    m = args.micro_batch
+    ds_path = resolve_ds(ds)
+    small_buckets = work / f"{ds}-small-buckets.json"
+    config = json.loads(ds_path.read_text())
+    zero = config.setdefault("zero_optimization", {})
+    zero.update(overlap_comm=False, reduce_bucket_size=int(5e7), allgather_bucket_size=int(5e7))
+    small_buckets.write_text(json.dumps(config))
+    kernels = dict(args.kernels)
+    levers = {
+        "eager": {"kernels": {**kernels, "attention": "eager"}},
+        "chunked": {"kernels": {**kernels, "loss_chunk_tokens": args.loss_chunk_tokens}},
+        "chunked-2x": {"kernels": {**kernels, "loss_chunk_tokens": args.loss_chunk_tokens}, "micro_batch": 2 * m},
+        "fused-adamw": {"kernels": {**kernels, "fused_adamw": True}},
+        "compile": {"kernels": {**kernels, "compile": True}},
+        "ckpt-4x": {"activation_checkpointing": True, "micro_batch": 4 * m},
+        "small-buckets": {"deepspeed_config": str(small_buckets)},
+    }
+    chosen = list(levers) if args.levers == "all" else args.levers.split(",")
+    unknown = [name for name in chosen if name not in levers]
+    if unknown:
+        raise SystemExit(f"--levers: unknown {unknown}; choose from {', '.join(levers)} or all")
+    return {name: levers[name] for name in chosen if args.global_batch % levers[name].get("micro_batch", m) == 0}
+
+
+def resolve_ds(ds: str) -> Path:
+    from injection.engine.config import resolve_deepspeed_config_path
+
+    return resolve_deepspeed_config_path(ds)
+
+
+def combine(levers: dict[str, dict], names: list[str]) -> dict:
+    """One configuration with every named lever (kernels merged; the largest micro-batch)."""
+    out: dict = {}
+    for name in names:
+        for key, value in levers[name].items():
+            if key == "kernels":
+                out["kernels"] = {**out.get("kernels", {}), **value}
+            elif key == "micro_batch":
+                out[key] = max(out.get(key, 0), value)
+            else:
+                out[key] = value
+    return out
+
+
+def measure_levers(work, ckpt, corpus, args, ds, precision, baseline: dict) -> list[dict]:
+    """Each lever alone on top of `baseline`, then all the levers that gained more than 1 % together."""
+    levers = lever_runs(args, work, ds)
+    rows = []
+    for name, extra in levers.items():
+        row = train(work, f"lever-{name}", ckpt, corpus, args, ds, precision, args.steps, extra)
+        row["lever"], row["gain"] = name, row["tokens_per_s"] / baseline["tokens_per_s"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    paying = [r["lever"] for r in rows if r["gain"] > 1.01 and r["lever"] in levers]
+    if len(paying) > 1:
+        row = train(work, "lever-all-paying", ckpt, corpus, args, ds, precision, args.steps, combine(levers, paying))
+        row["lever"], row["gain"] = "+".join(paying), row["tokens_per_s"] / baseline["tokens_per_s"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def projection(tokens_per_s: float, arch: dict, shape: str, peak_tflops: float) -> dict:
+    """The reference experiment (2,500 updates at the checkpoint's rows × 2,048 tokens) on 8 GPUs, assuming each
+    GPU keeps the measured tokens/s (8 H100) or the same MFU at an A100's 312 TFLOP/s bf16 peak (8 A100)."""
+    rows = STUDY_ROWS.get(shape, 512)
+    tokens = 2500 * rows * arch["max_sequence_length"]
+    h100_days = tokens / (8 * tokens_per_s) / 86400
+    return {"tokens": tokens, "rows_per_update": rows, "days_8x_h100": h100_days,
+            "days_8x_a100": h100_days * peak_tflops / 312.0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=["olmo-1b", "small"], default="olmo-1b")
+    ap.add_argument("--shape", choices=["olmo-1b", "olmo-7b", "small"], default="olmo-1b")
     ap.add_argument("--configs", default="zero2,zero3", help="comma-separated DeepSpeed configs")
     ap.add_argument("--precisions", default="bf16")
     ap.add_argument("--steps", type=int, default=12)
@@ -146,10 +233,16 @@ def main() -> None:
     ap.add_argument("--paragraphs", type=int, default=120, help="generated paragraphs (15 probes each)")
     ap.add_argument("--agreement", action="store_true", help="also train the first config in fp32 and compare")
     ap.add_argument("--eval-cost", action="store_true", help="also time the first config with probes every update")
+    ap.add_argument("--levers", default=None, help="comma-separated throughput levers to measure one by one "
+                    "(eager, chunked, chunked-2x, fused-adamw, compile, ckpt-4x, small-buckets) or all")
+    ap.add_argument("--kernels", default="", help="kernels fields of every run, e.g. loss_chunk_tokens=8192,fused_adamw=true")
+    ap.add_argument("--loss-chunk-tokens", type=int, default=8192, help="the chunk size the `chunked` levers use")
+    ap.add_argument("--projection", action="store_true", help="print the reference experiment's time on 8 GPUs")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--work", type=Path, default=Path("build/bench_gpu"))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    args.kernels = parse_kernels(args.kernels)
 
     import torch
 
@@ -177,6 +270,10 @@ def main() -> None:
     result = {"device": device, "shape": args.shape, "n_params": n_params, "flops_per_token": flops_per_token,
               "global_batch": args.global_batch, "micro_batch": args.micro_batch, "steps": args.steps,
               "torch": torch.__version__, "rows": rows}
+    if args.levers:
+        baseline = rows[0]
+        result["levers"] = measure_levers(work, ckpt, corpus, args, first_ds, first_precision, baseline)
+        rows += result["levers"]
     if args.agreement:
         ref = train(work, f"{first_ds}-fp32-ref", ckpt, corpus, args, first_ds, "fp32", 1)
         rows.append(ref)
@@ -194,11 +291,40 @@ def main() -> None:
         result["probe_eval_over_update"] = dense["eval_s_per_step"] / dense["s_per_update"]
         print(f"probe evaluation ({dense['n_probes']} probes) after every update: "
               f"{dense['eval_s_per_step']:.3f} s per step = {result['probe_eval_over_update']:.1%} of an update")
+        study_rows = STUDY_ROWS.get(args.shape)
+        if study_rows:  # the same evaluation against an update of the checkpoint's own batch, at this tokens/s
+            study_update_s = study_rows * arch["max_sequence_length"] / dense["tokens_per_s"]
+            result["probe_eval_over_study_update"] = dense["eval_s_per_step"] / study_update_s
+            print(f"  at the checkpoint's own batch ({study_rows} rows, {study_update_s:.1f} s per update at this "
+                  f"speed): {result['probe_eval_over_study_update']:.2%} of an update")
+    if "levers" in result:
+        print(f"\nlevers on {rows[0]['name']} ({rows[0]['tokens_per_s']:,.0f} tokens/s):")
+        for r in result["levers"]:
+            print(f"  {r['lever']:<36}{r['tokens_per_s']:>10,.0f} tokens/s {r['gain']:>6.3f}x  micro-batch "
+                  f"{r['micro_batch']}, peak {r['max_mem_gib']:.1f} GiB")
+    if args.projection:
+        best = max(rows, key=lambda r: r["tokens_per_s"] if r["eval_interval"] == args.steps else 0)
+        result["projection"] = {"from": best["name"], **projection(best["tokens_per_s"], arch, args.shape,
+                                                                   args.peak_tflops)}
+        p = result["projection"]
+        print(f"reference experiment ({p['tokens'] / 1e9:.1f}B tokens) from {best['name']}: "
+              f"{p['days_8x_h100']:.2f} days on 8 H100, {p['days_8x_a100']:.2f} days on 8 A100 (same MFU)")
     if "agreement" in result:
         print("bf16 vs fp32 probe logs:", json.dumps(result["agreement"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
+
+
+def parse_kernels(text: str) -> dict:
+    """`loss_chunk_tokens=8192,fused_adamw=true` → the kernels mapping (values read as YAML)."""
+    import yaml
+
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 if __name__ == "__main__":
