@@ -139,15 +139,18 @@ LEVERS = {"attention": "eager", "loss_chunk_tokens": 20, "fused_adamw": True}
 
 
 @pytest.mark.parametrize("kernels", [{}, LEVERS], ids=["plain", "levers"])
-@pytest.mark.parametrize("stage", [0, 2, 3])
+@pytest.mark.parametrize("stage", [0, 2, 3, "zero3_offload"])
 def test_zero_stages_continue_the_optimizer_like_plain_adamw(tmp_path, stage, kernels):
-    """Moments restored through DeepSpeed's fragment API under ZeRO-0/2/3 (ZeRO-1: the test above);
-    ZeRO-3 also evaluates probes through its partitioned modules. The throughput levers (`kernels:`) leave the
-    result where the plain path puts it."""
+    """Moments restored through DeepSpeed's fragment API under ZeRO-0/2/3 (ZeRO-1: the test above) and the
+    shipped ZeRO-3 config that offloads the optimizer and parameters; ZeRO-3 also evaluates probes through its
+    partitioned modules. The throughput levers (`kernels:`) leave the result where the plain path puts it."""
     torch.set_num_threads(1)
     ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=True)
-    ds = tmp_path / "ds.json"
-    ds.write_text(json.dumps({"zero_optimization": {"stage": stage}}))
+    if isinstance(stage, str):
+        ds = stage
+    else:
+        ds = tmp_path / "ds.json"
+        ds.write_text(json.dumps({"zero_optimization": {"stage": stage}}))
     cfg = _cfg(tmp_path, total_steps=2, deepspeed_config=str(ds), checkpoint_interval=0, kernels=kernels)
     inputs = synthetic_inputs(ck)
     run_dir = run_training(cfg, inputs, progress=False)
