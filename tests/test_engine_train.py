@@ -139,7 +139,7 @@ LEVERS = {"attention": "eager", "loss_chunk_tokens": 20, "fused_adamw": True}
 
 
 @pytest.mark.parametrize("kernels", [{}, LEVERS], ids=["plain", "levers"])
-@pytest.mark.parametrize("stage", [0, 2, 3, "zero3_offload"])
+@pytest.mark.parametrize("stage", [0, 2, 3, "zero2_offload", "zero3_offload"])
 def test_zero_stages_continue_the_optimizer_like_plain_adamw(tmp_path, stage, kernels):
     """Moments restored through DeepSpeed's fragment API under ZeRO-0/2/3 (ZeRO-1: the test above) and the
     shipped ZeRO-3 config that offloads the optimizer and parameters; ZeRO-3 also evaluates probes through its

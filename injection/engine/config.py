@@ -111,7 +111,8 @@ class ExperimentConfig:
     max_micro_batch: int = 8
     """The largest micro-batch `micro_batch: auto` may choose (what fits in an accelerator's memory)."""
     deepspeed_config: str = "cpu"
-    """DeepSpeed JSON: a file or a shipped name (`cpu`, `zero1`, `zero2`, `zero3`, `zero3_offload`).
+    """DeepSpeed JSON: a file or a shipped name (`cpu`, `zero1`, `zero2`, `zero2_offload`, `zero3`,
+    `zero3_offload`; the `_offload` ones keep AdamW's state in host memory).
     Batch sizes, clipping and precision are filled in from this config at run time."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Training precision. `bf16` needs an accelerator; CPU tests use `fp32`."""
