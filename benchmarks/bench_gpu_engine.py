@@ -102,9 +102,9 @@ def count_params(ckpt: Path) -> int:
 
 
 def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precision: str, eval_interval: int,
-          **settings) -> dict:
-    """One `injection run` in a fresh process; returns its measurements. `settings` replace fields of the run's
-    configuration (e.g. `schedule_overrides`)."""
+          env: dict | None = None, **settings) -> dict:
+    """One `injection run` in a fresh process; returns its measurements. `env` adds to its environment;
+    `settings` replace fields of the run's configuration (e.g. `schedule_overrides`)."""
     import pandas as pd
 
     out = work / "runs" / name
@@ -121,7 +121,7 @@ def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precis
     path.write_text(json.dumps(cfg))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "injection", "run", str(path)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     wall = time.perf_counter() - t0
     if proc.returncode:
         print(proc.stdout[-3000:], proc.stderr[-6000:], sep="\n")

@@ -2,18 +2,19 @@
 the same token file read in the same order, the same global batch, micro-batch, sequence length and number of
 updates. Prints tokens/s, TFLOP/s, MFU and peak memory of each side and the ratio harness / OLMo.
 
-1. OLMo (benchmarks/olmo_trainer.py): ai2-olmo's unmodified `Trainer`, set up as OLMo trains: FSDP with
-   by-block wrapping on one rank; on a GPU its mixed precision (autocast bf16, FSDP `mixed`: bf16 parameters,
-   fp32 gradient reduction), flash attention only where the `flash_attn` package is importable; on a CPU
-   fp32. It initialises the model itself, saves it as its pre-train checkpoint (`step0-unsharded`) and
-   trains `--steps` updates. Throughput is what its own speed monitor logs,
+1. OLMo (benchmarks/olmo_trainer.py): ai2-olmo's unmodified `Trainer`, set up as OLMo trains: FSDP on one
+   rank, wrapped block by block (`--olmo-wrapping`); on a GPU its mixed precision (autocast bf16, FSDP
+   `mixed`: bf16 parameters, fp32 gradient reduction), flash attention only where the `flash_attn` package
+   is importable; on a CPU fp32. It initialises the model itself, saves it as its pre-train checkpoint
+   (`step0-unsharded`) and trains `--steps` updates. Throughput is what its own speed monitor logs,
    `throughput/device/tokens_per_second`, with a window of one update so that each step's value is that
    update's; the median over the updates after `--warmup`.
 2. The harness (`injection run`, through bench_gpu_engine.py): OLMo's step-0 checkpoint converted by the
    project's converter, the same token file in OLMo's own order (its `global_indices.npy`), ZeRO-2 (bf16 on a
    GPU, fp32 on a CPU), paragraphs spliced in from the second update on (smoke schedule, every 2 updates),
    probes scored before the first update and after the last. Throughput is its logged `tokens_per_s`, the
-   median over the same updates.
+   median over the same updates. (Its clock includes taking the next batch from its prefetching reader;
+   OLMo's starts once its data loader has produced the batch.)
 
 The first update of both sides starts from the same weights on the same rows, so their first logged losses
 (OLMo's normalisation: summed cross-entropy / (rows x seq_len)) agree: to float rounding in fp32; in bf16 up
@@ -24,8 +25,8 @@ to the two schemes' rounding (OLMo autocasts from fp32 weights, DeepSpeed comput
 
     python benchmarks/bench_peer_olmo.py --shape olmo-1b --steps 12 --warmup 3 --global-batch 32 \\
         --micro-batch 4 --out peer.json                                         # a GPU
-    python benchmarks/bench_peer_olmo.py --shape small --steps 6 --warmup 2 --global-batch 8 \\
-        --micro-batch 4 --paragraphs 6                                          # CPU smoke check
+    python benchmarks/bench_peer_olmo.py --shape small --steps 5 --warmup 2 --global-batch 4 \\
+        --micro-batch 2 --paragraphs 6                                          # CPU smoke check
 
 `--arch d_model=64,n_layers=2,...` and `--seq-len` shrink the model further (rows must hold a generated
 paragraph: 256 tokens suffice). The work folder is emptied first; for olmo-1b it ends up holding about 26 GB
@@ -98,14 +99,15 @@ def olmo_train_config(arch: dict, args, token_file: Path, gpu: bool) -> dict:
         "device_train_microbatch_size": args.micro_batch,
         "max_grad_norm": 1.0,
         "distributed_strategy": "fsdp",
-        "fsdp": {"wrapping_strategy": "by_block", "precision": "mixed" if gpu else None, "use_orig_params": True},
+        "fsdp": {"wrapping_strategy": None if args.olmo_wrapping == "none" else args.olmo_wrapping,
+                 "precision": "mixed" if gpu else None, "use_orig_params": True},
         "speed_monitor": {"window_size": 1},
         "eval_interval": 1_000_000,
         "console_log_interval": 1,
     }
 
 
-def run_olmo(work: Path, arch: dict, args, token_file: Path, gpu: bool) -> tuple[dict, Path]:
+def run_olmo(work: Path, arch: dict, args, token_file: Path, gpu: bool, env: dict) -> tuple[dict, Path]:
     """OLMo's side: (its measurements, its pre-train checkpoint directory)."""
     import yaml
 
@@ -115,7 +117,7 @@ def run_olmo(work: Path, arch: dict, args, token_file: Path, gpu: bool) -> tuple
     config.write_text(yaml.safe_dump(olmo_train_config(arch, args, token_file, gpu), sort_keys=False))
     t0 = time.perf_counter()
     records = olmo_trainer.launch(config, olmo_dir / "records.json", [], cwd=olmo_dir, log=olmo_dir / "train.log",
-                                  device="cuda" if gpu else "cpu")
+                                  device="cuda" if gpu else "cpu", env=env)
     wall = time.perf_counter() - t0
     steady = [r["metrics"]["throughput/device/tokens_per_second"] for r in records
               if r["step"] > args.warmup and "throughput/device/tokens_per_second" in r["metrics"]]
@@ -148,9 +150,9 @@ def harness_inputs(work: Path, olmo_checkpoint: Path, corpus: Path) -> Path:
     return ckpt
 
 
-def run_harness(work: Path, ckpt: Path, corpus: Path, args, gpu: bool) -> dict:
+def run_harness(work: Path, ckpt: Path, corpus: Path, args, gpu: bool, env: dict) -> dict:
     row = train(work, "harness-zero2", ckpt, corpus, args, "zero2", "bf16" if gpu else "fp32", args.steps,
-                schedule_overrides=SCHEDULE_OVERRIDES)
+                env=env, schedule_overrides=SCHEDULE_OVERRIDES)
     peak = row["max_mem_gib"]
     return {**row, "name": "harness ZeRO-2", "max_mem_gib": None if math.isnan(peak) else peak}
 
@@ -172,6 +174,8 @@ def _arch_overrides(text: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=["olmo-1b", "small"], default="olmo-1b")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto: the GPU where torch sees one; cpu hides it from both trainers")
     ap.add_argument("--arch", default="", help="architecture fields to replace, e.g. d_model=64,n_layers=2")
     ap.add_argument("--seq-len", type=int, default=None, help="tokens per row (default: the shape's context)")
     ap.add_argument("--steps", type=int, default=12, help="updates each side trains")
@@ -179,6 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--global-batch", type=int, default=32)
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--paragraphs", type=int, default=120, help="generated paragraphs the harness probes (15 each)")
+    ap.add_argument("--olmo-wrapping", default="by_block",
+                    help="OLMo's FSDP wrapping strategy (its names; `none`: the whole model one unit, as the "
+                         "published OLMo-1B config has it)")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--work", type=Path, default=Path("build/bench_peer"))
     ap.add_argument("--out", type=Path, default=None)
@@ -192,7 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    gpu = torch.cuda.is_available()
+    gpu = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    if gpu and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
+    env = {} if gpu else {"CUDA_VISIBLE_DEVICES": ""}  # both trainers' processes then see no GPU
     device = torch.cuda.get_device_name() if gpu else "cpu"
     overrides = _arch_overrides(args.arch)
     if args.seq_len:
@@ -207,10 +217,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     corpus = work / "corpus"
     token_file = write_corpus(corpus, arch, (args.steps + 2) * args.global_batch, seed=OLMO_SEED)
-    olmo, olmo_ckpt = run_olmo(work, arch, args, token_file, gpu)
+    olmo, olmo_ckpt = run_olmo(work, arch, args, token_file, gpu, env)
     print(json.dumps(olmo), flush=True)
     ckpt = harness_inputs(work, olmo_ckpt, corpus)
-    harness = run_harness(work, ckpt, corpus, args, gpu)
+    harness = run_harness(work, ckpt, corpus, args, gpu, env)
     print(json.dumps(harness), flush=True)
 
     n_params = count_params(ckpt)

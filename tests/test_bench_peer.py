@@ -17,19 +17,21 @@ STEPS, WARMUP, BATCH, MICRO, SEQ = 4, 1, 4, 2, 256  # rows of 256 tokens hold a 
 def test_both_sides_train_the_same_model_on_the_same_tokens(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "peer.json"
-    bench_peer_olmo.main(["--shape", "small", "--arch", "d_model=64,n_layers=2,n_heads=4,n_kv_heads=4,mlp_hidden_size=512",
-                          "--seq-len", str(SEQ), "--steps", str(STEPS), "--warmup", str(WARMUP),
+    bench_peer_olmo.main(["--device", "cpu", "--shape", "small", "--arch", "d_model=64,n_layers=2,n_heads=4,n_kv_heads=4,"
+                          "mlp_hidden_size=512", "--seq-len", str(SEQ), "--steps", str(STEPS), "--warmup", str(WARMUP),
                           "--global-batch", str(BATCH), "--micro-batch", str(MICRO), "--paragraphs", "6",
                           "--work", str(tmp_path / "work"), "--out", str(out)])
     result = json.loads(out.read_text())
     olmo, harness = result["olmo"], result["harness"]
 
-    assert (result["steps"], result["global_batch"], result["micro_batch"], result["seq_len"]) == (STEPS, BATCH, MICRO, SEQ)
+    assert ((result["steps"], result["global_batch"], result["micro_batch"], result["seq_len"])
+            == (STEPS, BATCH, MICRO, SEQ))
     for side in (olmo, harness):
         assert side["updates"] == STEPS
         assert side["tokens"] == STEPS * BATCH * SEQ
         assert side["tokens_per_s"] > 0
-        assert side["mfu"] == pytest.approx(side["tokens_per_s"] * result["flops_per_token"] / 1e12 / result["peak_tflops"])
+        flops = side["tokens_per_s"] * result["flops_per_token"]
+        assert side["mfu"] == pytest.approx(flops / 1e12 / result["peak_tflops"])
         assert side["max_mem_gib"] is None  # no accelerator: no peak to report
     assert result["ratio"] == pytest.approx(harness["tokens_per_s"] / olmo["tokens_per_s"], rel=1e-12)
     # The same initial weights (OLMo's, converted) and the same first rows (OLMo's order): the first update's loss,
