@@ -48,17 +48,44 @@ SMALL = {"d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 4, "mlp_hidd
          "max_sequence_length": 512}
 
 
-def build_inputs(work: Path, shape: str, global_batch: int, steps: int) -> tuple[Path, Path, dict]:
-    """(checkpoint dir, corpus dir, architecture facts); reused when already built."""
+def architecture(shape: str, **overrides) -> dict:
+    """The benchmarked model's architecture (the catalog's `Architecture` fields): OLMo-1B's for `olmo-1b`,
+    the small CPU shape for `small`; `overrides` replace fields (e.g. a narrower model for a quick test)."""
     from injection.checkpoints.catalog import load_catalog
-    from injection.data.order import build_global_indices, write_global_indices
-    from injection.checkpoints.layout import is_complete
-    from injection.checkpoints.tiny import build_tiny_checkpoint
 
     if shape in ("olmo-1b", "olmo-7b"):
         arch = dataclasses.asdict(load_catalog().family(shape).architecture)
     else:
         arch = {**dataclasses.asdict(load_catalog().family("tiny").architecture), **SMALL}
+    unknown = sorted(set(overrides) - set(arch))
+    if unknown:
+        raise SystemExit(f"unknown architecture field(s): {', '.join(unknown)} (known: {', '.join(arch)})")
+    return {**arch, **overrides}
+
+
+def write_corpus(corpus: Path, arch: dict, n_instances: int, seed: int = 0) -> Path:
+    """A synthetic corpus in the harness's format: one token file of `n_instances` rows of random ids, the order
+    for `seed` and corpus.json. Returns the token file (ai2-olmo's trainer can read the same file)."""
+    from injection.data.order import build_global_indices, write_global_indices
+
+    seq = arch["max_sequence_length"]
+    corpus.mkdir(parents=True, exist_ok=True)
+    tokens = corpus / "part-00000.npy"
+    rng = np.random.default_rng(0)
+    rng.integers(0, arch["vocab_size"] - 1, size=n_instances * seq, dtype=np.uint16).tofile(tokens)
+    write_global_indices(corpus / "global_indices.npy", build_global_indices(n_instances, seed=seed))
+    info = {"paths": [tokens.name], "dtype": "uint16", "seq_len": seq, "seed": seed, "n_instances": n_instances,
+            "eos_token_id": arch["eos_token_id"]}
+    (corpus / "corpus.json").write_text(json.dumps(info))
+    return tokens
+
+
+def build_inputs(work: Path, shape: str, global_batch: int, steps: int) -> tuple[Path, Path, dict]:
+    """(checkpoint dir, corpus dir, architecture facts); reused when already built."""
+    from injection.checkpoints.layout import is_complete
+    from injection.checkpoints.tiny import build_tiny_checkpoint
+
+    arch = architecture(shape)
     seq = arch["max_sequence_length"]
     ckpt = work / f"ckpt-{shape}"
     if not is_complete(ckpt):
@@ -68,15 +95,8 @@ def build_inputs(work: Path, shape: str, global_batch: int, steps: int) -> tuple
         build_tiny_checkpoint(ckpt, seed=0, meta_overrides=meta, **arch)
         print(f"built {ckpt} in {time.perf_counter() - t0:.0f} s", flush=True)
     corpus = work / f"corpus-{shape}-B{global_batch}"
-    n = (steps + 2) * global_batch
     if not (corpus / "corpus.json").is_file():
-        corpus.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(0)
-        rng.integers(0, arch["vocab_size"] - 1, size=n * seq, dtype=np.uint16).tofile(corpus / "part-00000.npy")
-        write_global_indices(corpus / "global_indices.npy", build_global_indices(n, seed=0))
-        info = {"paths": ["part-00000.npy"], "dtype": "uint16", "seq_len": seq, "seed": 0, "n_instances": n,
-                "eos_token_id": arch["eos_token_id"]}
-        (corpus / "corpus.json").write_text(json.dumps(info))
+        write_corpus(corpus, arch, (steps + 2) * global_batch)
     return ckpt, corpus, arch
 
 
@@ -92,8 +112,9 @@ def count_params(ckpt: Path) -> int:
 
 
 def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precision: str, eval_interval: int,
-          extra: dict | None = None) -> dict:
-    """One `injection run` in a fresh process (`extra`: more configuration fields); returns its measurements."""
+          env: dict | None = None, **settings) -> dict:
+    """One `injection run` in a fresh process; returns its measurements. `env` adds to its environment;
+    `settings` replace fields of the run's configuration (e.g. `schedule_overrides`)."""
     import pandas as pd
 
     out = work / "runs" / name
@@ -105,13 +126,13 @@ def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precis
            "data": str(corpus), "total_steps": args.steps, "global_batch": args.global_batch,
            "micro_batch": args.micro_batch, "deepspeed_config": ds, "precision": precision,
            "eval_interval": eval_interval, "output_dir": str(out), "checkpoint_interval": 0,
-           "log_flush_steps": args.steps, "optimizer": {"fresh_moments": True}, "kernels": dict(args.kernels),
-           **(extra or {})}
+           "log_flush_steps": args.steps, "optimizer": {"fresh_moments": True},
+           "kernels": dict(getattr(args, "kernels", {})), **settings}
     path = work / f"{name}.yaml"
     path.write_text(json.dumps(cfg))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "injection", "run", str(path)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     wall = time.perf_counter() - t0
     if proc.returncode:
         print(proc.stdout[-3000:], proc.stderr[-6000:], sep="\n")
@@ -120,7 +141,8 @@ def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precis
     steady = metrics[metrics.step > args.warmup]
     manifest = json.loads((out / "manifest.json").read_text())
     return {"name": name, "ds": ds, "precision": precision, "eval_interval": eval_interval, "wall_s": wall,
-            "micro_batch": cfg["micro_batch"], "extra": extra or {},
+            "micro_batch": cfg["micro_batch"], "settings": settings,
+            "updates": len(metrics), "tokens": int(manifest["tokens_per_step"]) * len(metrics),
             "tokens_per_s": float(steady.tokens_per_s.median()),
             "s_per_update": float((manifest["tokens_per_step"] / steady.tokens_per_s).median()),
             "max_mem_gib": float(metrics.max_mem_gib.max()), "loss_first": float(metrics.loss.iloc[0]),
@@ -198,13 +220,13 @@ def measure_levers(work, ckpt, corpus, args, ds, precision, baseline: dict) -> l
     levers = lever_runs(args, work, ds)
     rows = []
     for name, extra in levers.items():
-        row = train(work, f"lever-{name}", ckpt, corpus, args, ds, precision, args.steps, extra)
+        row = train(work, f"lever-{name}", ckpt, corpus, args, ds, precision, args.steps, **extra)
         row["lever"], row["gain"] = name, row["tokens_per_s"] / baseline["tokens_per_s"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     paying = [r["lever"] for r in rows if r["gain"] > 1.01 and r["lever"] in levers]
     if len(paying) > 1:
-        row = train(work, "lever-all-paying", ckpt, corpus, args, ds, precision, args.steps, combine(levers, paying))
+        row = train(work, "lever-all-paying", ckpt, corpus, args, ds, precision, args.steps, **combine(levers, paying))
         row["lever"], row["gain"] = "+".join(paying), row["tokens_per_s"] / baseline["tokens_per_s"]
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -12,7 +12,7 @@ import yaml
 from injection.data.order import build_global_indices
 from injection.data.remote import open_reader
 from tests.helpers.corpus import serve_directory
-from tests.helpers.olmo_train_main import TRAIN_PT_GLOBALS
+from benchmarks.olmo_trainer import TRAIN_PT_GLOBALS
 from tests.helpers.olmo_world import EOS_TOKEN_ID, continue_in_plain_pytorch, olmo_lr, read_data_indices
 
 pytestmark = pytest.mark.slow  # every test needs a world: two ai2-olmo training processes (~25 s)

@@ -24,7 +24,7 @@ What is in `root` (every path also served as is by a loopback server over `root`
 How it is made: process 1 trains steps 1..N from scratch and saves `step{N}-unsharded`; process 2 starts
 from that checkpoint (`load_path`) in the same save folder, as a restarted OLMo job does, trains N+1..N+k
 and saves `step{N+k}-unsharded`. Both run ai2-olmo 0.6.0's `Trainer.fit()` with DDP on one gloo rank on
-the CPU (tests/helpers/olmo_train_main.py, which lists its two shims); `strategy="fsdp"` uses OLMo's FSDP
+the CPU (benchmarks/olmo_trainer.py, which lists its two shims); `strategy="fsdp"` uses OLMo's FSDP
 path instead (same weights, optim.pt keyed by parameter name as in the published checkpoints).
 With `cross_epoch=True` the corpus holds fewer instances, so that epoch 0 ends inside the continued
 steps and OLMo moves on to epoch 1's order (seed + 1), leaving the last instances of epoch 0 unused.
@@ -40,13 +40,13 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from benchmarks.olmo_trainer import launch
 
 FORMAT = "olmo-world/1"
 DATA_DIR = "preprocessed/olmo-mix/v1_5/gpt-neox-20b-pii-special"
@@ -54,7 +54,6 @@ DATA_FILES = ("part-000-00000.npy", "part-000-00001.npy", "part-001-00000.npy")
 EOS_TOKEN_ID = 50279
 PAD_TOKEN_ID = 1
 OLMO_TOKENIZER = "tokenizers/allenai_eleuther-ai-gpt-neox-20b-pii-special.json"
-TRAIN_MAIN = Path(__file__).with_name("olmo_train_main.py")
 CONFIG = "configs/olmo-tiny.yaml"
 
 
@@ -339,19 +338,11 @@ def _build(root: Path, p: WorldParams) -> None:
 
 
 def run_olmo_training(root: Path, config: Path, overrides: list[str], out: Path, name: str) -> list[dict]:
-    """One ai2-olmo training process with `root` as working directory (the config's relative data and
-    save paths resolve there); `out/name.log` gets its log. Returns its records, one per step trained."""
-    out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled",
-           "TOKENIZERS_PARALLELISM": "false"}
-    log_path, record_path = out / f"{name}.log", out / f"{name}.json"
-    with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, str(TRAIN_MAIN), str(config), str(record_path), *overrides],
-                              cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        tail = log_path.read_text()[-4000:]
-        raise RuntimeError(f"ai2-olmo training ({' '.join(overrides)}) exited with {proc.returncode}:\n{tail}")
-    return json.loads(record_path.read_text())
+    """One ai2-olmo training process on the CPU, one thread, with `root` as working directory (the config's
+    relative data and save paths resolve there); `out/name.log` gets its log. Returns its records, one per step
+    trained."""
+    return launch(config, out / f"{name}.json", overrides, cwd=root, log=out / f"{name}.log",
+                  env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
 
 
 def _keep_order_file(root: Path, p: WorldParams, epoch: int) -> None:
@@ -452,7 +443,7 @@ def continue_in_plain_pytorch(world: OlmoWorld, *, lr_step_offset: int = 1,
     from olmo.config import ModelConfig
     from olmo.model import OLMo
 
-    from tests.helpers.olmo_train_main import TRAIN_PT_GLOBALS
+    from benchmarks.olmo_trainer import TRAIN_PT_GLOBALS
 
     def load(path):
         with torch.serialization.safe_globals(TRAIN_PT_GLOBALS):

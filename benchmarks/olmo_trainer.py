@@ -1,16 +1,22 @@
-"""Train with ai2-olmo's own Trainer on the CPU: DDP (or FSDP) on one gloo rank. Run as a script, in its own
-process.
+"""Train with ai2-olmo's own Trainer in one process: DDP or FSDP on a single rank, on the CPU (gloo) or one CUDA
+device (NCCL). Run as a script, in its own process; it imports nothing from this project, so it runs by path.
 
-    python olmo_train_main.py CONFIG.yaml RECORD.json [--key=value ...]
+    python benchmarks/olmo_trainer.py CONFIG.yaml RECORD.json [--device=cpu|cuda] [--key=value ...]
 
-The steps are those of ai2-olmo's `scripts/train.py` (which the pip package does not ship) for its DDP
-and FSDP paths, with the CPU in place of CUDA: the same set-up order (seed, data loader, evaluators, model, DDP,
-`reset_parameters`, optimizer, scheduler, data-indices file, Trainer, restore, `fit`). Overrides use
-OLMo's own `--key=value` syntax. Paths in the config may be relative to the working directory.
+The steps are those of ai2-olmo's `scripts/train.py` (which the pip package does not ship) for its DDP and
+FSDP paths: the same set-up order (seed, data loader, evaluators, model, compile and activation checkpointing,
+DDP or FSDP, `reset_parameters`, optimizer, scheduler, data-indices file, Trainer, pre-train checkpoint or
+restore, `fit`). `--device` (default `cpu`) picks where; on `cuda` the process binds `LOCAL_RANK`'s GPU (0)
+before anything else, as scripts/train.py does. Overrides use OLMo's own `--key=value` syntax. Paths in the
+config may be relative to the working directory.
 
-RECORD.json receives, for every update this process trained, the metrics dict OLMo's Trainer built for
-it (loss, learning rate, gradient norm, ...) and the instance ids of the batch, read off the batch
-OLMo's data loader produced. Nothing in the training itself is changed to record them.
+`launch(...)` starts it from Python and returns the records. Users: tests/helpers/olmo_world.py (the reference
+worlds, CPU) and benchmarks/bench_peer_olmo.py (OLMo's throughput beside the harness's, CPU or GPU).
+
+RECORD.json receives, for every update this process trained, the metrics dict OLMo's Trainer built for it
+(loss, learning rate, gradient norm, its speed monitor's `throughput/...`), the instance ids of the batch, read
+off the batch OLMo's data loader produced, and `max_mem_gib`: the accelerator's peak allocated memory so far
+(null on the CPU). Nothing in the training itself is changed to record them.
 
 Shims, each the least that lets the unmodified Trainer run on a CPU-only torch:
 1. `torch.cuda.get_rng_state` / `set_rng_state`: the Trainer saves and restores the CUDA RNG state
@@ -23,7 +29,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import pathlib
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -39,6 +47,7 @@ TRAIN_PT_GLOBALS = [
     np.dtype,
     type(np.dtype(np.uint32)),
 ]
+DEVICES = ("cpu", "cuda")
 
 
 def _install_cpu_shims() -> None:
@@ -48,13 +57,29 @@ def _install_cpu_shims() -> None:
     torch.serialization.add_safe_globals(TRAIN_PT_GLOBALS)
 
 
-def main(config_path: str, record_path: str, overrides: list[str]) -> None:
+def _bind_device(kind: str) -> torch.device:
+    """The device this rank trains on. CUDA: this process's GPU, bound before the process group exists."""
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SystemExit("--device=cuda: torch sees no CUDA device")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def _peak_mem_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def main(config_path: str, record_path: str, overrides: list[str], device_kind: str = "cpu") -> None:
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
     _install_cpu_shims()
-    dist.init_process_group(backend="gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                            timeout=timedelta(minutes=5))
+    device = _bind_device(device_kind)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                            init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                            timeout=timedelta(minutes=30))
 
     from pathlib import Path
 
@@ -72,7 +97,7 @@ def main(config_path: str, record_path: str, overrides: list[str]) -> None:
 
     @dataclass
     class RecordingTrainer(Trainer):
-        """OLMo's Trainer; keeps each step's metrics dict (fit() adds the LR to it after the step)."""
+        """OLMo's Trainer; keeps each step's metrics dict (fit() adds speed and LR metrics to it after the step)."""
 
         records: list = field(default_factory=list)
 
@@ -84,6 +109,7 @@ def main(config_path: str, record_path: str, overrides: list[str]) -> None:
                 "epoch": self.epoch or 0,
                 "examples_seen_this_epoch": self.global_train_examples_seen_this_epoch,
                 "instances": instances,
+                "max_mem_gib": _peak_mem_gib(device),  # train_step ended on .item(): the step's work is done
                 "metrics": metrics,  # the same object fit() updates with speed and LR metrics
             })
             return metrics
@@ -92,7 +118,6 @@ def main(config_path: str, record_path: str, overrides: list[str]) -> None:
     cfg = TrainConfig.load(config_path, [clean_opt(s) for s in overrides])
     if cfg.distributed_strategy not in (DistributedStrategy.ddp, DistributedStrategy.fsdp):
         raise SystemExit("this driver runs OLMo's DDP and FSDP paths only")
-    device = torch.device("cpu")
 
     # As scripts/train.py fills them in.
     cfg.model.precision = cfg.precision
@@ -107,9 +132,13 @@ def main(config_path: str, record_path: str, overrides: list[str]) -> None:
     train_loader = build_train_dataloader(cfg)
     evaluators = build_evaluators(cfg, device)
     olmo_model = OLMo(cfg.model)
+    if cfg.compile is not None:
+        for block in olmo_model.transformer.blocks:
+            block.compile(**cfg.compile.asdict())
+    olmo_model.set_activation_checkpointing(cfg.activation_checkpointing)
     if cfg.distributed_strategy == DistributedStrategy.ddp:
         dist_model = DDP(olmo_model.to(device), find_unused_parameters=cfg.ddp.find_unused_params)
-    else:  # FSDP as scripts/train.py wraps it (no hybrid sharding), on the CPU device
+    else:  # FSDP as scripts/train.py wraps it (no hybrid sharding); parameters materialise on `device`
         dist_model = FSDP(olmo_model, sharding_strategy=cfg.fsdp.sharding_strategy, mixed_precision=cfg.fsdp_precision,
                           auto_wrap_policy=olmo_model.get_fsdp_wrap_policy(cfg.fsdp.wrapping_strategy),
                           use_orig_params=cfg.fsdp.use_orig_params, limit_all_gathers=True, device_id=device,
@@ -141,6 +170,22 @@ def main(config_path: str, record_path: str, overrides: list[str]) -> None:
     dist.destroy_process_group()
 
 
+def launch(config: pathlib.Path, record: pathlib.Path, overrides: list[str], *, cwd: pathlib.Path, log: pathlib.Path,
+           device: str = "cpu", env: dict[str, str] | None = None) -> list[dict]:
+    """Train in a fresh process with `cwd` as working directory (the config's relative data and save paths
+    resolve there), its output into `log`; returns RECORD's list, one dict per update. `env` adds to the
+    inherited environment (W&B is always off). Raises RuntimeError with the log's tail when training fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    with open(log, "w") as out:
+        proc = subprocess.run([sys.executable, __file__, str(config), str(record), f"--device={device}", *overrides],
+                              cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log.read_text()[-4000:]
+        raise RuntimeError(f"ai2-olmo training ({' '.join(overrides)}) exited with {proc.returncode}:\n{tail}")
+    return json.loads(pathlib.Path(record).read_text())
+
+
 def _free_port() -> int:
     import socket
 
@@ -149,5 +194,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _split_device(argv: list[str]) -> tuple[str, list[str]]:
+    """(`--device=` value, OLMo's own overrides)."""
+    device, rest = "cpu", []
+    for arg in argv:
+        if arg.startswith("--device="):
+            device = arg.split("=", 1)[1]
+            if device not in DEVICES:
+                raise SystemExit(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+        else:
+            rest.append(arg)
+    return device, rest
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3:])
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    device_kind, olmo_overrides = _split_device(sys.argv[3:])
+    main(sys.argv[1], sys.argv[2], olmo_overrides, device_kind)
