@@ -123,3 +123,22 @@ def test_kernel_fields_are_validated(tmp_path):
         _cfg(tmp_path, kernels={"loss_chunk_tokens": -1})
     with pytest.raises(UserError, match=r"kernels.attention"):
         _cfg(tmp_path, kernels={"attention": "fast"})
+
+
+def test_chunked_loss_in_bf16_agrees_with_transformers_loss():
+    """Under bf16 weights (the GPU runs) both paths upcast logits to fp32 for the loss; they agree to bf16's
+    rounding, and the gradients point the same way."""
+    torch.set_num_threads(1)
+    model = tiny_model(0).train().to(torch.bfloat16)
+    ids = torch.randint(2, 256, (2, 30), generator=torch.Generator().manual_seed(3))
+    reference = model(input_ids=ids, labels=ids).loss
+    reference.backward()
+    expected = _grads(model)
+    use_chunked_loss(model, 16)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    got = _grads(model)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, reference.float(), rtol=2e-3, atol=0)
+    flat = lambda grads: torch.cat([g.float().flatten() for g in grads.values()])  # noqa: E731
+    assert torch.nn.functional.cosine_similarity(flat(got), flat(expected), dim=0) > 0.999
