@@ -42,8 +42,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STUDY_ROWS = {"olmo-1b": 512, "olmo-7b": 2160}
-"""Rows per update of the original runs' checkpoints (OLMo-7B's by its token counts; its config says 2,048)."""
+def study_rows(shape: str) -> int | None:
+    """Rows per update of the original run's `mid` checkpoint (the catalog's batch size there), for the OLMo
+    shapes; None for the small CPU shape."""
+    if shape not in ("olmo-1b", "olmo-7b"):
+        return None
+    from injection.checkpoints.catalog import load_catalog
+
+    family = load_catalog().family(shape)
+    return family.batch_size_at(family.stages["mid"])
 
 SMALL = {"d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 4, "mlp_hidden_size": 2048,
          "max_sequence_length": 512}
@@ -173,7 +180,9 @@ def agreement(a: Path, b: Path) -> dict:
 def lever_runs(args, work: Path, ds: str) -> dict[str, dict]:
     """Each lever as the configuration fields it sets on top of the baseline (`--kernels`)."""
     m = args.micro_batch
-    ds_path = resolve_ds(ds)
+    from injection.engine.config import resolve_deepspeed_config_path
+
+    ds_path = resolve_deepspeed_config_path(ds)
     small_buckets = work / f"{ds}-small-buckets.json"
     config = json.loads(ds_path.read_text())
     zero = config.setdefault("zero_optimization", {})
@@ -194,12 +203,6 @@ def lever_runs(args, work: Path, ds: str) -> dict[str, dict]:
     if unknown:
         raise SystemExit(f"--levers: unknown {unknown}; choose from {', '.join(levers)} or all")
     return {name: levers[name] for name in chosen if args.global_batch % levers[name].get("micro_batch", m) == 0}
-
-
-def resolve_ds(ds: str) -> Path:
-    from injection.engine.config import resolve_deepspeed_config_path
-
-    return resolve_deepspeed_config_path(ds)
 
 
 def combine(levers: dict[str, dict], names: list[str]) -> dict:
@@ -247,7 +250,7 @@ def measure_levers(work, ckpt, corpus, args, ds, precision, baseline: dict) -> l
 def projection(tokens_per_s: float, arch: dict, shape: str, peak_tflops: float) -> dict:
     """The reference experiment (2,500 updates at the checkpoint's rows × 2,048 tokens) on 8 GPUs, assuming each
     GPU keeps the measured tokens/s (8 H100) or the same MFU at an A100's 312 TFLOP/s bf16 peak (8 A100)."""
-    rows = STUDY_ROWS[shape]
+    rows = study_rows(shape)
     tokens = 2500 * rows * arch["max_sequence_length"]
     h100_days = tokens / (8 * tokens_per_s) / 86400
     return {"tokens": tokens, "rows_per_update": rows, "days_8x_h100": h100_days,
@@ -324,11 +327,11 @@ def main() -> None:
         result["probe_eval_over_update"] = dense["eval_s_per_step"] / dense["s_per_update"]
         print(f"probe evaluation ({dense['n_probes']} probes) after every update: "
               f"{dense['eval_s_per_step']:.3f} s per step = {result['probe_eval_over_update']:.1%} of an update")
-        study_rows = STUDY_ROWS.get(args.shape)
-        if study_rows:  # the same evaluation against an update of the checkpoint's own batch, at this tokens/s
-            study_update_s = study_rows * arch["max_sequence_length"] / dense["tokens_per_s"]
+        rows_at_study = study_rows(args.shape)
+        if rows_at_study:  # the same evaluation against an update of the checkpoint's own batch, at this tokens/s
+            study_update_s = rows_at_study * arch["max_sequence_length"] / dense["tokens_per_s"]
             result["probe_eval_over_study_update"] = dense["eval_s_per_step"] / study_update_s
-            print(f"  at the checkpoint's own batch ({study_rows} rows, {study_update_s:.1f} s per update at this "
+            print(f"  at the checkpoint's own batch ({rows_at_study} rows, {study_update_s:.1f} s per update at this "
                   f"speed): {result['probe_eval_over_study_update']:.2%} of an update")
     if "levers" in result:
         noise = result["levers"][0]["noise"] if result["levers"] else 0.0
@@ -337,7 +340,7 @@ def main() -> None:
         for r in result["levers"]:
             print(f"  {r['lever']:<36}{r['tokens_per_s']:>10,.0f} tokens/s {r['gain']:>6.3f}x  micro-batch "
                   f"{r['micro_batch']}, peak {r['max_mem_gib']:.1f} GiB")
-    if args.projection and args.shape not in STUDY_ROWS:
+    if args.projection and study_rows(args.shape) is None:
         print(f"no projection for --shape {args.shape}: the reference experiment runs OLMo-1B or OLMo-7B")
     elif args.projection:
         best = max(rows, key=lambda r: r["tokens_per_s"] if r["eval_interval"] == args.steps else 0)
@@ -354,13 +357,12 @@ def main() -> None:
 
 
 def parse_kernels(text: str) -> dict:
-    """`loss_chunk_tokens=8192,fused_adamw=true` → the kernels mapping (values read as YAML)."""
-    import yaml
+    """`loss_chunk_tokens=8192,fused_adamw=true` → the kernels mapping (each value read as `--set` reads it)."""
+    from injection.engine.config import set_dotted
 
-    out = {}
+    out: dict = {}
     for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        out[key.strip()] = yaml.safe_load(value)
+        set_dotted(out, item)
     return out
 
 

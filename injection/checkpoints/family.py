@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from harness.errors import UserError
 
@@ -53,6 +53,19 @@ class ModelFamily(Protocol):
     def convert_original(self, src: Any, dest: Any, *, family: Any, step: int, source_url: str | None,
                          trust_pickle: bool) -> Any: ...
     def check_hf_config(self, config: dict[str, Any], arch: Any, where: str) -> dict[str, Any]: ...
+
+
+def decay_groups(model: Any, weight_decay: float, decayed: Callable[[Any, str], bool]) -> list[dict[str, Any]]:
+    """AdamW's two parameter groups: the trainable parameters for which `decayed(module, name)` holds get
+    `weight_decay`, the others none. A shared (tied) parameter is placed once, by the first module that owns it."""
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            (decay if decayed(module, name) else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def model_family(kind: str, where: str = "kind") -> ModelFamily:

@@ -110,18 +110,11 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     between the embedding and the LM head counts as an embedding, as in OLMo-1B."""
     import torch
 
+    from injection.checkpoints.family import decay_groups
+
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay, seen = [], [], set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if id(p) in seen or not p.requires_grad:
-                continue
-            seen.add(id(p))
-            if name == "weight" and isinstance(module, torch.nn.Linear) and id(p) not in embeddings:
-                decay.append(p)
-            else:
-                no_decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return decay_groups(model, weight_decay, lambda module, name: name == "weight" and isinstance(
+        module, torch.nn.Linear) and id(module.weight) not in embeddings)
 
 
 def loss_factor(seq_len: int) -> float:

@@ -164,17 +164,10 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     decayed, the input embedding and the output layer included."""
     import torch
 
-    decay, no_decay, seen = [], [], set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if id(p) in seen or not p.requires_grad:
-                continue
-            seen.add(id(p))
-            if isinstance(module, torch.nn.LayerNorm) or name == "bias":
-                no_decay.append(p)
-            else:
-                decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    from injection.checkpoints.family import decay_groups
+
+    return decay_groups(model, weight_decay,
+                        lambda module, name: not (isinstance(module, torch.nn.LayerNorm) or name == "bias"))
 
 
 def loss_factor(seq_len: int) -> float:

@@ -192,8 +192,8 @@ def restore_moments(engine, path: Path) -> int:
                                                                        for p in g["params"]]
         for flat in flats:
             state = inner.state[flat]
-            if not state:  # fused AdamW wants its step count on the parameters' device
-                on = flat.device if inner.defaults.get("fused") else "cpu"
+            if not state:  # torch keeps the step count beside the parameters for fused or capturable AdamW
+                on = flat.device if inner.defaults.get("fused") or inner.defaults.get("capturable") else "cpu"
                 state["step"] = torch.tensor(step, dtype=torch.float32, device=on)
                 state["exp_avg"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(flat, memory_format=torch.preserve_format)
