@@ -138,7 +138,7 @@ FULL = DemoProfile(
     name="full", text_sources=_TEXT, background_paragraphs=600, background_repeats=4, tokenizer_vocab=4096,
     d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=400, peak_lr=1e-2,
     warmup_steps=50, schedule_t_max=4000, stages=(("early", 150), ("mid", 275), ("late", 400)),
-    run_stages=("mid", "late"), paragraphs_per_group=6, control_paragraphs=6, paraphrases=3, interval=6,
+    run_stages=("mid", "late"), paragraphs_per_group=6, control_paragraphs=24, paraphrases=3, interval=6,
     encounters=10, run_steps=160, eval_interval=1, window=6, once_paragraphs=12,
 )
 QUICK = DemoProfile(
