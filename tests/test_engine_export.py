@@ -7,18 +7,16 @@ import pytest
 import torch
 
 from harness.rundir import read_table
-from injection.engine.config import config_from_dict
 from injection.engine.hooks import ExportHook
 from injection.engine.inputs import RunInputs, read_checkpoint
 from injection.engine.loop import run_training
 from injection.engine.plan import evaluation_steps
-from tests.helpers.engine import synthetic_inputs, synthetic_stream, write_tiny_checkpoint
+from tests.helpers.engine import synthetic_config, synthetic_inputs, synthetic_stream, write_tiny_checkpoint
 
 
 def _cfg(tmp_path, name, checkpoint, total_steps):
-    return config_from_dict(dict(checkpoint=str(checkpoint), knowledge="synthetic", schedule="synthetic",
-                                 data="synthetic", total_steps=total_steps, micro_batch=2,
-                                 output_dir=str(tmp_path / name), checkpoint_interval=0, log_flush_steps=10))
+    return synthetic_config(checkpoint, total_steps=total_steps, micro_batch=2, output_dir=tmp_path / name,
+                            checkpoint_interval=0, log_flush_steps=10)
 
 
 @pytest.mark.parametrize("with_optimizer", [True, False], ids=["restored-moments", "fresh-moments"])

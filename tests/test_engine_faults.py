@@ -19,20 +19,17 @@ import yaml
 
 from harness.errors import UserError
 from harness.rundir import read_table
-from injection.engine.config import config_from_dict
 from injection.engine.hooks import Hook
 from injection.engine.loop import run_training
 from injection.engine.run_state import complete_checkpoints
-from tests.helpers.engine import synthetic_inputs, write_tiny_checkpoint
+from tests.helpers.engine import synthetic_config, synthetic_inputs, write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(checkpoint=str(tmp_path / "ck"), knowledge="synthetic", schedule="synthetic", data="synthetic",
-                total_steps=5, micro_batch=2, output_dir=str(tmp_path / "run"), checkpoint_interval=2,
-                log_flush_steps=1)
-    return config_from_dict({**base, **kw})
+    base = dict(total_steps=5, micro_batch=2, output_dir=tmp_path / "run", checkpoint_interval=2, log_flush_steps=1)
+    return synthetic_config(tmp_path / "ck", **{**base, **kw})
 
 
 class PoisonLoss(Hook):

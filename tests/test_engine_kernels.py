@@ -4,7 +4,6 @@ attention kernel whose package is missing. (The levers inside a full ZeRO-0/2/3 
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -12,10 +11,9 @@ import torch
 
 from harness.errors import UserError
 from harness.rundir import read_table
-from injection.engine.config import config_from_dict
 from injection.engine.kernels import IGNORE_INDEX, chunked_lm_loss, use_chunked_loss
 from injection.engine.loop import run_training
-from tests.helpers.engine import synthetic_inputs, tiny_model, write_tiny_checkpoint
+from tests.helpers.engine import synthetic_config, synthetic_inputs, tiny_model, write_tiny_checkpoint
 
 
 def _gpt_neox():
@@ -71,10 +69,8 @@ def test_chunked_loss_differs_when_a_chunk_is_lost():
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(checkpoint=str(tmp_path / "ck"), knowledge="synthetic", schedule="synthetic", data="synthetic",
-                total_steps=3, micro_batch=2, output_dir=str(tmp_path / "run"), checkpoint_interval=0,
-                log_flush_steps=1)
-    return config_from_dict({**base, **kw})
+    base = dict(total_steps=3, micro_batch=2, output_dir=tmp_path / "run", checkpoint_interval=0, log_flush_steps=1)
+    return synthetic_config(tmp_path / "ck", **{**base, **kw})
 
 
 def test_a_non_finite_loss_is_skipped_under_the_chunked_loss(tmp_path):

@@ -15,10 +15,9 @@ from typer.testing import CliRunner
 
 from harness.rundir import read_table
 from injection.cli import app
-from injection.engine.config import config_from_dict
 from injection.engine.hooks import Hook
 from injection.engine.loop import run_training
-from tests.helpers.engine import synthetic_inputs, write_tiny_checkpoint
+from tests.helpers.engine import synthetic_config, synthetic_inputs, write_tiny_checkpoint
 
 TOTAL = 6
 CRASH_AT = 3  # checkpoints after steps 2, 4, 6: the crash leaves step 3 logged past the newest one
@@ -31,9 +30,8 @@ def checkpoint(tmp_path_factory):
 
 
 def _config(checkpoint: Path, run_dir: Path, kind: str):
-    return config_from_dict(dict(checkpoint=str(checkpoint), knowledge="synthetic", schedule="synthetic",
-                                 data="synthetic", total_steps=TOTAL, micro_batch=1, output_dir=str(run_dir),
-                                 checkpoint_interval=2, log_flush_steps=1, monitor={"kind": kind}))
+    return synthetic_config(checkpoint, total_steps=TOTAL, micro_batch=1, output_dir=run_dir, checkpoint_interval=2,
+                            log_flush_steps=1, monitor={"kind": kind})
 
 
 class CrashAt(Hook):

@@ -19,7 +19,7 @@ import yaml
 from injection.engine.config import config_from_dict
 from harness.rundir import read_table
 from injection.engine.loop import run_training
-from tests.helpers.engine import synthetic_inputs, write_tiny_checkpoint
+from tests.helpers.engine import synthetic_inputs, synthetic_settings, write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "tests" / "helpers" / "engine.py"
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow
 
 
 def _config(tmp: Path, name: str) -> Path:
-    cfg = dict(checkpoint=str(tmp / "ck"), knowledge="synthetic", schedule="synthetic", data="synthetic",
-               total_steps=40, micro_batch=1, output_dir=str(tmp / name), checkpoint_interval=3, log_flush_steps=2)
+    cfg = synthetic_settings(tmp / "ck", total_steps=40, micro_batch=1, output_dir=tmp / name,
+                             checkpoint_interval=3, log_flush_steps=2)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -11,20 +11,17 @@ from harness.errors import UserError
 from harness.rundir import read_table
 from injection.checkpoints.olmo import param_groups
 from injection.engine.batches import InjectedBatches
-from injection.engine.config import config_from_dict
 from injection.engine.evaluate import evaluate_probes
 from injection.engine.loop import run_training
 from injection.engine.plan import make_plan
 from injection.engine.zero import build_engine, init_distributed, restore_master_weights, restore_moments
 from injection.lr import lr_for_update
-from tests.helpers.engine import synthetic_inputs, tiny_model, write_tiny_checkpoint
+from tests.helpers.engine import synthetic_config, synthetic_inputs, tiny_model, write_tiny_checkpoint
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(checkpoint=str(tmp_path / "ck"), knowledge="synthetic", schedule="synthetic", data="synthetic",
-                total_steps=3, micro_batch=1, output_dir=str(tmp_path / "run"), checkpoint_interval=2,
-                log_flush_steps=2)
-    return config_from_dict({**base, **kw})
+    base = dict(total_steps=3, micro_batch=1, output_dir=tmp_path / "run", checkpoint_interval=2, log_flush_steps=2)
+    return synthetic_config(tmp_path / "ck", **{**base, **kw})
 
 
 def _update(model, opt, batch: torch.Tensor, micro: int, lr: float) -> None:

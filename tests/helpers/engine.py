@@ -115,6 +115,20 @@ def synthetic_inputs(checkpoint_dir: Path, n_paragraphs: int = 4, batch_size: in
     return inputs
 
 
+def synthetic_settings(checkpoint: Path | str, **settings) -> dict:
+    """A run configuration (as YAML would hold it) whose knowledge, schedule and data are the synthetic ones
+    made from `checkpoint` (`synthetic_inputs`); `settings` are the rest of the fields (paths as strings)."""
+    return {"checkpoint": str(checkpoint), "knowledge": "synthetic", "schedule": "synthetic", "data": "synthetic",
+            **{k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}}
+
+
+def synthetic_config(checkpoint: Path | str, **settings):
+    """`synthetic_settings` as a checked `ExperimentConfig`."""
+    from injection.engine.config import config_from_dict
+
+    return config_from_dict(synthetic_settings(checkpoint, **settings))
+
+
 def brute_force_scores(model: torch.nn.Module, item: ProbeItem) -> tuple[float, float, float, bool]:
     """One probe scored the slow, obvious way (full logits, full log_softmax): the reference for tests."""
     with torch.no_grad():
