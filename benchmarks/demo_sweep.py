@@ -5,7 +5,7 @@ spec with `quick/` to build on QUICK instead). Tuple fields take `+`-separated v
 (`stages=early@300+mid@550+late@800`). Examples:
 
     python benchmarks/demo_sweep.py --out sweep base: \\
-        more-probes:paragraphs_per_group=8,control_paragraphs=8 \\
+        more-probes:paragraphs_per_group=12,paragraphs_per_step=6 \\
         batch32:global_batch=32 \\
         three-stages:run_stages=early+mid+late
 
@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def parse_variant(spec: str):
-    """'name:field=value,...' -> (name, DemoProfile)."""
+    """'name:field=value,...' -> (name, DemoProfile). The profile keeps its base's name (`full` or `quick`):
+    the demo's cache directory is named after the profile and its key, so variants that leave the
+    pretraining alone find the base's cached corpus and checkpoints."""
     import yaml
 
     from injection.demo import FULL, QUICK
@@ -56,7 +58,7 @@ def parse_variant(spec: str):
         else:
             value = yaml.safe_load(raw)
         changes[key] = value
-    return name, dataclasses.replace(base, name=name, **changes)
+    return name, dataclasses.replace(base, **changes)
 
 
 def run_one(spec: str, out: Path, threads: int) -> None:

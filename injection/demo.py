@@ -81,8 +81,11 @@ class DemoProfile:
     seed: int = 0
     once_paragraphs: int = 0
     """Paragraphs of the `once` group (0: `paragraphs_per_group`). A single encounter moves a probe little
-    against the tiny model's drift, so this group gets more paragraphs to average over; they are injected
-    `paragraphs_per_group` per step on consecutive steps, so no step carries more than one group's worth."""
+    against the tiny model's drift, so this group gets more paragraphs to average over."""
+    paragraphs_per_step: int = 0
+    """The most paragraphs one step carries (0: `paragraphs_per_group`). A larger group is injected in chunks
+    of this size on consecutive steps, so a group can have more probes to average over without any step
+    giving more of its rows to injected text."""
 
     @property
     def n_once(self) -> int:
@@ -102,30 +105,41 @@ class DemoProfile:
         `paraphrases`: the background biographies come from the same generator call."""
         relevant = {k: v for k, v in dataclasses.asdict(self).items()
                     if k not in ("name", "run_stages", "paragraphs_per_group", "once_paragraphs", "interval",
-                                 "encounters", "eval_interval", "window", "control_paragraphs")}
+                                 "encounters", "eval_interval", "window", "control_paragraphs",
+                                 "paragraphs_per_step")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
     def schedule(self) -> dict[str, Any]:
-        """The study's three scenarios, scaled down. Groups (and the `once` group's chunks) start on
-        consecutive steps, so that no step carries more than `paragraphs_per_group` paragraphs, 6 of the 16
-        rows in the full profile (the study's step 0 carries all 120)."""
-        g = self.paragraphs_per_group
-        once = [{"scenario": "once", "paragraphs": f"{start}-{min(start + g, 2 * g + self.n_once) - 1}",
-                 "variant": "original", "first_step": 2 + j, "count": 1}
-                for j, start in enumerate(range(2 * g, 2 * g + self.n_once, g))]
+        """The study's three scenarios, scaled down. Each group is cut into chunks of at most
+        `paragraphs_per_step` paragraphs, and the chunks (paraphrase, then duplicate, then once) start on
+        consecutive steps, so no step carries more than one chunk: 6 of the 16 rows in the full profile (the
+        study's step 0 carries all 120). A chunk's encounters keep the group's interval."""
+        g, n_once = self.paragraphs_per_group, self.n_once
+        chunk = self.paragraphs_per_step or g
+        groups, step = [], 0
+        for scenario, first, size, extra in (("paraphrase", 0, g, {"variant": "cycle"}),
+                                             ("duplicate", g, g, {"variant": "original"}),
+                                             ("once", 2 * g, n_once, {"variant": "original", "count": 1})):
+            for start in range(first, first + size, chunk):
+                end = min(start + chunk, first + size) - 1
+                groups.append({"scenario": scenario, "paragraphs": f"{start}-{end}", **extra, "first_step": step})
+                step += 1
+        taken: dict[int, str] = {}
+        for x in groups:
+            for k in range(x.get("count", self.encounters)):
+                at = x["first_step"] + k * self.interval
+                if at in taken:
+                    raise ValueError(f"paragraphs {x['paragraphs']} and {taken[at]} would share step {at}: "
+                                     f"{len(groups)} chunks do not fit between encounters {self.interval} steps apart")
+                taken[at] = x["paragraphs"]
         return {
             "name": f"demo-{self.name}",
-            "description": f"paraphrase / duplicate / once, {g} / {g} / {self.n_once} paragraphs, "
-                           f"{self.encounters} encounters every {self.interval} steps; {self.run_steps} steps",
+            "description": f"paraphrase / duplicate / once, {g} / {g} / {n_once} paragraphs, at most {chunk} a "
+                           f"step, {self.encounters} encounters every {self.interval} steps; {self.run_steps} steps",
             "total_steps": self.run_steps,
             "defaults": {"interval": self.interval, "count": self.encounters},
-            "groups": [
-                {"scenario": "paraphrase", "paragraphs": f"0-{g - 1}", "variant": "cycle", "first_step": 0},
-                {"scenario": "duplicate", "paragraphs": f"{g}-{2 * g - 1}", "variant": "original", "first_step": 1},
-                *once,
-            ],
+            "groups": groups,
         }
-
 
 _TEXT = (
     ("boolq/none/validation", "passage"),

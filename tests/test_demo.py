@@ -1,12 +1,15 @@
 """`injection demo --quick` from an empty cache, end to end, and its re-use of cached work."""
 
+import dataclasses
 import json
+from collections import Counter
 
 import pytest
 from typer.testing import CliRunner
 
 from injection.cli import app
 from injection.demo import FULL, QUICK, RESERVED_PARAGRAPHS
+from tests.helpers.knowledge import placeholder_set as knowledge
 
 
 @pytest.mark.slow
@@ -57,19 +60,40 @@ def app_analysis():
     return analysis_app
 
 
-def test_profiles_schedule_fits_the_batch():
-    """A step carries one group's paragraphs at most, and every group fits in the global batch."""
-    for profile in (FULL, QUICK):
-        sched = profile.schedule()
-        starts = [g["first_step"] for g in sched["groups"]]
-        assert len(set(starts)) == len(starts) and max(starts) < profile.interval
-        assert profile.paragraphs_per_group <= profile.global_batch
-        once = [g for g in sched["groups"] if g["scenario"] == "once"]
-        sizes = [int(g["paragraphs"].split("-")[1]) - int(g["paragraphs"].split("-")[0]) + 1 for g in once]
-        assert sum(sizes) == profile.n_once and max(sizes) <= profile.paragraphs_per_group
-        assert profile.n_probed <= RESERVED_PARAGRAPHS
-        assert dict(profile.stages).keys() >= set(profile.run_stages)
-        assert max(step for _, step in profile.stages) == profile.pretrain_steps
+CHUNKED = dataclasses.replace(FULL, name="chunked", paragraphs_per_group=12, once_paragraphs=10, paragraphs_per_step=5,
+                              interval=8)
+
+
+@pytest.mark.parametrize("profile", [FULL, QUICK, CHUNKED], ids=lambda p: p.name)
+def test_profiles_schedule_fits_the_batch(profile):
+    """Every injected paragraph is in one group; no step carries more than `paragraphs_per_step` of them (one
+    chunk), so groups larger than that are spread over consecutive steps."""
+    from injection.schedule import schedule_from_dict
+
+    sched = profile.schedule()
+    starts = [g["first_step"] for g in sched["groups"]]
+    assert starts == list(range(len(starts)))
+    k = knowledge(profile.n_injected, paraphrases=profile.paraphrases)
+    plan = schedule_from_dict(sched, "demo").plan(k)
+    by_step = Counter(x.step for x in plan)
+    chunk = profile.paragraphs_per_step or profile.paragraphs_per_group
+    assert max(by_step.values()) <= chunk <= profile.global_batch
+    scenarios = {}
+    for x in plan:
+        scenarios.setdefault(x.paragraph, set()).add(x.scenario)
+    assert sorted(scenarios) == list(range(profile.n_injected))
+    assert all(len(v) == 1 for v in scenarios.values())
+    count = Counter(next(iter(scenarios[x.paragraph])) for x in plan)
+    g = profile.paragraphs_per_group
+    assert count == {"paraphrase": g * profile.encounters, "duplicate": g * profile.encounters, "once": profile.n_once}
+    assert profile.n_probed <= RESERVED_PARAGRAPHS
+    assert dict(profile.stages).keys() >= set(profile.run_stages)
+    assert max(step for _, step in profile.stages) == profile.pretrain_steps
+
+
+def test_chunks_that_collide_with_the_next_encounter_are_refused():
+    with pytest.raises(ValueError, match="would share step 6"):
+        dataclasses.replace(FULL, paragraphs_per_group=12, paragraphs_per_step=3).schedule()
 
 
 def test_catalog_tiny_stages_are_the_full_demos():
@@ -133,13 +157,12 @@ def test_recall_check_counts_only_a_rise_beyond_the_controls():
 
 
 def test_cache_key_follows_what_shapes_the_corpus_and_checkpoints():
-    import dataclasses
-
     # the corpus is sized for pretraining + runs, and its length changes the data order
     assert dataclasses.replace(FULL, run_steps=FULL.run_steps + 20).key() != FULL.key()
     assert dataclasses.replace(FULL, peak_lr=FULL.peak_lr / 2).key() != FULL.key()
     # schedule and evaluation numbers reuse the pretraining
-    same = dataclasses.replace(FULL, name="x", encounters=3, interval=7, eval_interval=2, run_stages=("late",))
+    same = dataclasses.replace(FULL, name="x", encounters=3, interval=7, eval_interval=2, run_stages=("late",),
+                               paragraphs_per_group=12, paragraphs_per_step=6, control_paragraphs=12)
     assert same.key() == FULL.key()
 
 
@@ -157,3 +180,18 @@ def test_an_output_directory_of_another_profile_is_refused(tmp_path):
         injection_run(FULL, "mid", tmp_path / "ck", tmp_path / "k.json", tmp_path / "s.yaml", tmp_path / "c",
                       tmp_path / "out")
     assert (run_dir / "manifest.json").read_bytes() == before
+
+
+def test_sweep_variants_share_the_pretraining_they_do_not_change():
+    """benchmarks/demo_sweep.py: a variant that changes only the schedule finds the base profile's cache
+    (same name and key); one that changes the model gets its own; an unknown field is refused."""
+    from benchmarks.demo_sweep import parse_variant
+
+    name, more = parse_variant("more:paragraphs_per_group=12,paragraphs_per_step=6")
+    assert name == "more" and more.name == FULL.name and more.key() == FULL.key()
+    assert more.schedule()["groups"][1] == {"scenario": "paraphrase", "paragraphs": "6-11", "variant": "cycle",
+                                            "first_step": 1}
+    _, wide = parse_variant("wide:quick/d_model=96,stages=early@50+late@120")
+    assert wide.name == QUICK.name and wide.key() != QUICK.key() and wide.stages == (("early", 50), ("late", 120))
+    with pytest.raises(SystemExit, match="no field 'width'"):
+        parse_variant("bad:width=3")

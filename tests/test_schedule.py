@@ -10,20 +10,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fictional_knowledge.model import KnowledgeSet, Paragraph
 from injection.cli import app
 from harness.errors import UserError
 from injection.schedule import builtin_schedules, load_schedule, plan_steps
-
-
-def knowledge(n: int, paraphrases: int = 9, paraphrased: range | None = None) -> KnowledgeSet:
-    paraphrased = range(n) if paraphrased is None else paraphrased
-    return KnowledgeSet(
-        tuple(
-            Paragraph(i, f"paragraph {i}", tuple(f"p{i} v{j}" for j in range(1, paraphrases + 1)) if i in paraphrased else ())
-            for i in range(n)
-        )
-    )
+from tests.helpers.knowledge import placeholder_set as knowledge
 
 
 def write_yaml(path: Path, data) -> Path:

@@ -16,6 +16,16 @@ def valid_items(n: int = 2, paraphrases: int = 1, seed: int = 0) -> list[dict[st
     return copy.deepcopy(generate_knowledge(n, paraphrases, seed))
 
 
+def placeholder_set(n: int, paraphrases: int = 9, paraphrased: range | None = None):
+    """A KnowledgeSet of `n` paragraphs with placeholder text, for plans that look only at indices."""
+    from fictional_knowledge.model import KnowledgeSet, Paragraph
+
+    paraphrased = range(n) if paraphrased is None else paraphrased
+    return KnowledgeSet(tuple(
+        Paragraph(i, f"paragraph {i}", tuple(f"p{i} v{j}" for j in range(1, paraphrases + 1)) if i in paraphrased else ())
+        for i in range(n)))
+
+
 def write_json(path: Path, obj: Any) -> Path:
     path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
     return path
