@@ -141,6 +141,7 @@ class DemoProfile:
             "groups": groups,
         }
 
+
 _TEXT = (
     ("boolq/none/validation", "passage"),
     ("sciq/none/validation", "support"),
