@@ -114,6 +114,8 @@ class DemoProfile:
         `paragraphs_per_step` paragraphs, and the chunks (paraphrase, then duplicate, then once) start on
         consecutive steps, so no step carries more than one chunk: 6 of the 16 rows in the full profile (the
         study's step 0 carries all 120). A chunk's encounters keep the group's interval."""
+        from injection.schedule import schedule_from_dict
+
         g, n_once = self.paragraphs_per_group, self.n_once
         chunk = self.paragraphs_per_step or g
         groups, step = [], 0
@@ -124,15 +126,7 @@ class DemoProfile:
                 end = min(start + chunk, first + size) - 1
                 groups.append({"scenario": scenario, "paragraphs": f"{start}-{end}", **extra, "first_step": step})
                 step += 1
-        taken: dict[int, str] = {}
-        for x in groups:
-            for k in range(x.get("count", self.encounters)):
-                at = x["first_step"] + k * self.interval
-                if at in taken:
-                    raise ValueError(f"paragraphs {x['paragraphs']} and {taken[at]} would share step {at}: "
-                                     f"{len(groups)} chunks do not fit between encounters {self.interval} steps apart")
-                taken[at] = x["paragraphs"]
-        return {
+        schedule = {
             "name": f"demo-{self.name}",
             "description": f"paraphrase / duplicate / once, {g} / {g} / {n_once} paragraphs, at most {chunk} a "
                            f"step, {self.encounters} encounters every {self.interval} steps; {self.run_steps} steps",
@@ -140,6 +134,15 @@ class DemoProfile:
             "defaults": {"interval": self.interval, "count": self.encounters},
             "groups": groups,
         }
+        taken: dict[int, str] = {}
+        for group in schedule_from_dict(schedule, f"demo profile {self.name!r}").groups:
+            span = f"{group.paragraphs[0]}-{group.paragraphs[-1]}"
+            for at in group.encounter_steps():
+                if at in taken:
+                    raise ValueError(f"paragraphs {span} and {taken[at]} would share step {at}: "
+                                     f"{len(groups)} chunks do not fit between encounters {self.interval} steps apart")
+                taken[at] = span
+        return schedule
 
 
 _TEXT = (

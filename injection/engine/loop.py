@@ -29,8 +29,8 @@ from injection.engine.batches import InjectedBatches
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import evaluate_probes
 from injection.engine.hooks import Hook, MetricsHook, ProbeLogHook, ProgressHook, Run
-from injection.engine.kernels import zero_gradient_loss
 from injection.engine.inputs import RunInputs, describe_inputs, run_label
+from injection.engine.kernels import zero_gradient_loss
 from injection.engine.plan import make_plan
 from injection.splice import shard_batch
 
