@@ -112,7 +112,7 @@ class DemoProfile:
     def schedule(self) -> dict[str, Any]:
         """The study's three scenarios, scaled down. Each group is cut into chunks of at most
         `paragraphs_per_step` paragraphs, and the chunks (paraphrase, then duplicate, then once) start on
-        consecutive steps, so no step carries more than one chunk: 6 of the 16 rows in the full profile (the
+        consecutive steps, so no step carries more than one chunk: 12 of the 32 rows in the full profile (the
         study's step 0 carries all 120). A chunk's encounters keep the group's interval."""
         from injection.schedule import schedule_from_dict
 
@@ -154,10 +154,10 @@ _TEXT = (
 
 FULL = DemoProfile(
     name="full", text_sources=_TEXT, background_paragraphs=600, background_repeats=4, tokenizer_vocab=4096,
-    d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=400, peak_lr=1e-2,
+    d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=32, pretrain_steps=400, peak_lr=1e-2,
     warmup_steps=50, schedule_t_max=4000, stages=(("early", 150), ("mid", 275), ("late", 400)),
-    run_stages=("mid", "late"), paragraphs_per_group=6, control_paragraphs=24, paraphrases=3, interval=6,
-    encounters=10, run_steps=160, eval_interval=1, window=6, once_paragraphs=12,
+    run_stages=("mid", "late"), paragraphs_per_group=12, control_paragraphs=24, paraphrases=3, interval=6,
+    encounters=10, run_steps=160, eval_interval=1, window=6,
 )
 QUICK = DemoProfile(
     name="quick", text_sources=_TEXT[:2], background_paragraphs=200, background_repeats=3, tokenizer_vocab=4096,

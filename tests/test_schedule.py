@@ -45,8 +45,8 @@ def test_paper_plan():
 
 def test_demo_schedule_parameters_override():
     sched = load_schedule("demo", overrides={"interval": 10, "count": 3, "total_steps": 40})
-    plan = sched.plan(knowledge(24, paraphrases=1))
-    assert sorted({x.step for x in plan}) == [0, 1, 2, 3, 10, 11, 20, 21]
+    plan = sched.plan(knowledge(36, paraphrases=1))
+    assert sorted({x.step for x in plan}) == [0, 1, 2, 10, 11, 20, 21]
     # cycle wraps: original, paraphrase 1, original
     assert [x.variant for x in plan if x.paragraph == 0] == [0, 1, 0]
 
@@ -55,7 +55,7 @@ def test_shipped_demo_schedule_is_the_full_demos():
     from injection.demo import FULL
     from injection.schedule import schedule_from_dict
 
-    k = knowledge(24, paraphrases=3)
+    k = knowledge(FULL.n_injected, paraphrases=3)
     shipped = [(x.step, x.paragraph, x.variant, x.scenario) for x in load_schedule("demo").plan(k)]
     full = [(x.step, x.paragraph, x.variant, x.scenario) for x in schedule_from_dict(FULL.schedule(), "demo").plan(k)]
     assert shipped == full and load_schedule("demo").total_steps == FULL.run_steps
