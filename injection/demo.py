@@ -487,7 +487,7 @@ def _say(message: str) -> None:
 
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the runs, figures, report and summary.json go.")] = Path("demo_out"),
-    quick: Annotated[bool, typer.Option("--quick", help="A smaller model, corpus and schedule (about 1.5 minutes).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller model, corpus and schedule (1.5–2 minutes).")] = False,
     knowledge: Annotated[Optional[Path], typer.Option("--knowledge", help="Inject this knowledge set (its first paragraphs) instead of a generated one.")] = None,
 ) -> None:
     """The whole experiment offline on one CPU: corpus, tiny model, injections, analysis."""
