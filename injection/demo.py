@@ -81,7 +81,7 @@ class DemoProfile:
     seed: int = 0
     once_paragraphs: int = 0
     """Paragraphs of the `once` group (0: `paragraphs_per_group`). A single encounter moves a probe little
-    against the tiny model's drift, so this group gets more paragraphs to average over."""
+    against the tiny model's drift, so a profile may give this group more paragraphs to average over."""
     paragraphs_per_step: int = 0
     """The most paragraphs one step carries (0: `paragraphs_per_group`). A larger group is injected in chunks
     of this size on consecutive steps, so a group can have more probes to average over without any step
