@@ -5,8 +5,8 @@ spec with `quick/` to build on QUICK instead). Tuple fields take `+`-separated v
 (`stages=early@300+mid@550+late@800`). Examples:
 
     python benchmarks/demo_sweep.py --out sweep base: \\
-        more-probes:paragraphs_per_group=12,paragraphs_per_step=6 \\
-        batch32:global_batch=32 \\
+        more-probes:paragraphs_per_group=16,control_paragraphs=16,paragraphs_per_step=8 \\
+        previous:global_batch=16,paragraphs_per_group=6,once_paragraphs=12 \\
         three-stages:run_stages=early+mid+late
 
 Every variant runs `run_demo` in its own process (`--threads` each, `--jobs` at a time). Variants that share

@@ -4,7 +4,6 @@ attention kernel whose package is missing. (The levers inside a full ZeRO-0/2/3 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
