@@ -11,5 +11,17 @@ from analysis.fit import FitOptions, GroupFit, RunAnalysis, analyse_run, fit_rec
 from analysis.load import Run, load_run
 from analysis.rules import PAPER, RULE_SETS, STUDY_CODE, Rules
 
-__all__ = ["FitOptions", "GroupFit", "PAPER", "RULE_SETS", "Rules", "Run", "RunAnalysis", "STUDY_CODE", "analyse_run",
-           "fit_records", "fit_run", "load_run"]
+__all__ = [
+    "FitOptions",
+    "GroupFit",
+    "PAPER",
+    "RULE_SETS",
+    "Rules",
+    "Run",
+    "RunAnalysis",
+    "STUDY_CODE",
+    "analyse_run",
+    "fit_records",
+    "fit_run",
+    "load_run",
+]

@@ -91,8 +91,13 @@ class SaturationFit:
         return self.m_inf * -np.expm1(-np.asarray(exposures, dtype=np.float64) / self.tau)
 
     def record(self) -> dict:
-        return {"m_inf": _num(self.m_inf), "tau": _num(self.tau), "r2": _num(self.r2), "n_points": self.n_points,
-                "at_bound": self.at_bound}
+        return {
+            "m_inf": _num(self.m_inf),
+            "tau": _num(self.tau),
+            "r2": _num(self.r2),
+            "n_points": self.n_points,
+            "at_bound": self.at_bound,
+        }
 
 
 def fit_saturation(exposures: np.ndarray, rate: np.ndarray) -> SaturationFit | None:
@@ -148,8 +153,12 @@ class ProportionalFit:
     n_points: int
 
     def record(self) -> dict:
-        return {"slope": _num(self.slope), "slope_se": _num(self.slope_se), "r2": _num(self.r2),
-                "n_points": self.n_points}
+        return {
+            "slope": _num(self.slope),
+            "slope_se": _num(self.slope_se),
+            "r2": _num(self.r2),
+            "n_points": self.n_points,
+        }
 
 
 def fit_proportional(x: np.ndarray, y: np.ndarray) -> ProportionalFit | None:
@@ -214,12 +223,21 @@ class Overwrite:
         return self.exact_match_last / self.exact_match_at_switch if self.exact_match_at_switch > 0 else math.nan
 
     def record(self) -> dict:
-        return {"switch_step": self.switch_step, "bits_at_switch": _num(self.bits_at_switch),
-                "bits_last": _num(self.bits_last), "bits_kept": _num(self.bits_kept),
-                "exact_match_at_switch": _num(self.exact_match_at_switch),
-                "exact_match_last": _num(self.exact_match_last), "exact_match_kept": _num(self.exact_match_kept),
-                "n_probes": self.n_probes, "n_excluded": self.n_excluded, "a": _num(self.a),
-                "a_se": _num(self.a_se), "b": _num(self.b), "r2": _num(self.r2)}
+        return {
+            "switch_step": self.switch_step,
+            "bits_at_switch": _num(self.bits_at_switch),
+            "bits_last": _num(self.bits_last),
+            "bits_kept": _num(self.bits_kept),
+            "exact_match_at_switch": _num(self.exact_match_at_switch),
+            "exact_match_last": _num(self.exact_match_last),
+            "exact_match_kept": _num(self.exact_match_kept),
+            "n_probes": self.n_probes,
+            "n_excluded": self.n_excluded,
+            "a": _num(self.a),
+            "a_se": _num(self.a_se),
+            "b": _num(self.b),
+            "r2": _num(self.r2),
+        }
 
 
 @dataclass
@@ -281,11 +299,17 @@ class RunCapacity:
         col = self.column
         bits = float(self.bits[col])
         out = {
-            "run": self.label, "path": str(self.run.path), "model": self.info.model, "kind": self.kind,
-            "parameters": self.info.parameters, "non_embedding_parameters": self.info.non_embedding_parameters,
-            "people": self.people, "step": int(self.steps[col]),
+            "run": self.label,
+            "path": str(self.run.path),
+            "model": self.info.model,
+            "kind": self.kind,
+            "parameters": self.info.parameters,
+            "non_embedding_parameters": self.info.non_embedding_parameters,
+            "people": self.people,
+            "step": int(self.steps[col]),
             "exposures": _num(self.knowledge_bases[0].exposures[col]),
-            "bits": _num(bits), "bits_strict": _num(sum(kb.bits_strict[col] for kb in self.knowledge_bases)),
+            "bits": _num(bits),
+            "bits_strict": _num(sum(kb.bits_strict[col] for kb in self.knowledge_bases)),
             "available_bits": _num(self.available_bits),
             "bits_per_parameter": _num(bits / self.info.parameters),
             "bits_per_non_embedding_parameter": _num(bits / self.info.non_embedding_parameters),
@@ -293,21 +317,39 @@ class RunCapacity:
             "notes": list(self.notes),
         }
         for kb in self.knowledge_bases:
-            out["knowledge_bases"].append({
-                "scenario": kb.scenario, "people": kb.people, "available_bits": _num(kb.available_bits),
-                "bits": _num(kb.bits[col]), "bits_strict": _num(kb.bits_strict[col]),
-                "exact_match": _num(kb.exact_match[col]), "exposures": _num(kb.exposures[col]),
-                "trained_until_step": int(self.steps[kb.done]),
-                "memorization_fit": kb.memorization.record() if kb.memorization else None,
-                "attributes": [{
-                    "name": a.name, "size": a.size, "log2_size": _num(math.log2(a.size)), "facts": a.facts,
-                    "available_bits": _num(a.available_bits), "bits": _num(a.bits[col]),
-                    "mean_cross_entropy_bits": _num(a.cross_entropy[col]), "exact_match": _num(a.exact_match[col]),
-                } for a in kb.attributes],
-                "overwrite": kb.overwrite.record() if kb.overwrite else None,
-                "trajectory": {"step": self.steps.tolist(), "exposures": [_num(v) for v in kb.exposures],
-                               "bits": [_num(v) for v in kb.bits], "exact_match": [_num(v) for v in kb.exact_match]},
-            })
+            out["knowledge_bases"].append(
+                {
+                    "scenario": kb.scenario,
+                    "people": kb.people,
+                    "available_bits": _num(kb.available_bits),
+                    "bits": _num(kb.bits[col]),
+                    "bits_strict": _num(kb.bits_strict[col]),
+                    "exact_match": _num(kb.exact_match[col]),
+                    "exposures": _num(kb.exposures[col]),
+                    "trained_until_step": int(self.steps[kb.done]),
+                    "memorization_fit": kb.memorization.record() if kb.memorization else None,
+                    "attributes": [
+                        {
+                            "name": a.name,
+                            "size": a.size,
+                            "log2_size": _num(math.log2(a.size)),
+                            "facts": a.facts,
+                            "available_bits": _num(a.available_bits),
+                            "bits": _num(a.bits[col]),
+                            "mean_cross_entropy_bits": _num(a.cross_entropy[col]),
+                            "exact_match": _num(a.exact_match[col]),
+                        }
+                        for a in kb.attributes
+                    ],
+                    "overwrite": kb.overwrite.record() if kb.overwrite else None,
+                    "trajectory": {
+                        "step": self.steps.tolist(),
+                        "exposures": [_num(v) for v in kb.exposures],
+                        "bits": [_num(v) for v in kb.bits],
+                        "exact_match": [_num(v) for v in kb.exact_match],
+                    },
+                }
+            )
         return out
 
 
@@ -318,8 +360,10 @@ def capacity_of_run(run: Run, options: CapacityOptions | None = None) -> RunCapa
     file = run.path / rundir.MANIFEST
     info = rundir.CapacityManifest.from_manifest(run.manifest, file)
     if "logprob_sum" not in run.metrics:
-        raise UserError(f"{run.path / rundir.PROBES}: column 'logprob_sum' is missing (stored bits need the summed "
-                        "log-probability of each value)")
+        raise UserError(
+            f"{run.path / rundir.PROBES}: column 'logprob_sum' is missing (stored bits need the summed "
+            "log-probability of each value)"
+        )
     if run.exact_match is None:
         raise UserError(f"{run.path / rundir.PROBES}: column 'exact_match' is missing")
     members = run.kind == options.kind
@@ -328,14 +372,18 @@ def capacity_of_run(run: Run, options: CapacityOptions | None = None) -> RunCapa
     beyond = members & (run.probe_index >= len(info.attributes))
     if beyond.any():
         r = int(np.flatnonzero(beyond)[0])
-        raise UserError(f"{run.path / rundir.PROBES}: paragraph {run.paragraph[r]}, {options.kind} probe "
-                        f"{run.probe_index[r]}: the manifest's 'capacity.attributes' has only {len(info.attributes)} "
-                        "attributes (probe i asks for attribute i)")
+        raise UserError(
+            f"{run.path / rundir.PROBES}: paragraph {run.paragraph[r]}, {options.kind} probe "
+            f"{run.probe_index[r]}: the manifest's 'capacity.attributes' has only {len(info.attributes)} "
+            "attributes (probe i asks for attribute i)"
+        )
     scenarios = [s for s in dict.fromkeys(run.scenario[members].tolist())]
     unknown = [s for s in scenarios if s not in info.exposures]
     if unknown:
-        raise UserError(f"{file}: field 'capacity.exposures' has no entry for scenario {unknown[0]!r} of the probe log "
-                        f"(entries: {', '.join(info.exposures)})")
+        raise UserError(
+            f"{file}: field 'capacity.exposures' has no entry for scenario {unknown[0]!r} of the probe log "
+            f"(entries: {', '.join(info.exposures)})"
+        )
 
     ce = -run.metrics["logprob_sum"] / LN2  # [probes x steps], bits
     log2_size = np.array([math.log2(size) for _, size in info.attributes])
@@ -349,25 +397,42 @@ def capacity_of_run(run: Run, options: CapacityOptions | None = None) -> RunCapa
             rows = kb_members & (run.probe_index == i)
             gain = log2_size[i] - ce[rows]  # [facts x steps]
             strict += np.maximum(gain.sum(axis=0), 0.0)
-            attrs.append(AttributeCapacity(
-                name=name, size=size, facts=int(rows.sum()), bits=np.maximum(gain, 0.0).sum(axis=0),
-                cross_entropy=ce[rows].mean(axis=0) if rows.any() else np.full(len(run.steps), np.nan),
-                exact_match=run.exact_match[rows].mean(axis=0) if rows.any() else np.full(len(run.steps), np.nan)))
+            attrs.append(
+                AttributeCapacity(
+                    name=name,
+                    size=size,
+                    facts=int(rows.sum()),
+                    bits=np.maximum(gain, 0.0).sum(axis=0),
+                    cross_entropy=ce[rows].mean(axis=0) if rows.any() else np.full(len(run.steps), np.nan),
+                    exact_match=run.exact_match[rows].mean(axis=0) if rows.any() else np.full(len(run.steps), np.nan),
+                )
+            )
         exposures = info.exposures_at(scenario, run.steps)
         done = int(np.argmax(exposures >= exposures[-1] - 1e-9))
         kb = KnowledgeBase(
-            scenario=scenario, people=len(np.unique(run.paragraph[kb_members])), exposures=exposures,
-            bits=np.sum([a.bits for a in attrs], axis=0), bits_strict=strict,
-            exact_match=run.exact_match[kb_members].mean(axis=0), attributes=attrs, done=done)
+            scenario=scenario,
+            people=len(np.unique(run.paragraph[kb_members])),
+            exposures=exposures,
+            bits=np.sum([a.bits for a in attrs], axis=0),
+            bits_strict=strict,
+            exact_match=run.exact_match[kb_members].mean(axis=0),
+            attributes=attrs,
+            done=done,
+        )
         growing = np.arange(len(run.steps)) <= done
         kb.memorization = fit_saturation(exposures[growing], kb.exact_match[growing])
         if kb.memorization is None:
-            why = ("no exact match at any logged step" if (kb.exact_match[growing] == 0).all()
-                   else "fewer than 2 logged steps with exposures > 0")
+            why = (
+                "no exact match at any logged step"
+                if (kb.exact_match[growing] == 0).all()
+                else "fewer than 2 logged steps with exposures > 0"
+            )
             notes.append(f"{scenario}: {why}; memorization not fitted")
         elif kb.memorization.at_bound:
-            notes.append(f"{scenario}: the memorization fit's τ is at the edge of its search range "
-                         f"({kb.memorization.tau:.3g} exposures): the rate shows no saturation to fit")
+            notes.append(
+                f"{scenario}: the memorization fit's τ is at the edge of its search range "
+                f"({kb.memorization.tau:.3g} exposures): the rate shows no saturation to fit"
+            )
         if done < len(run.steps) - 1 and _others_grow_after(info, scenario, run.steps[done], run.steps[-1]):
             kb.overwrite = overwrite(run, kb_members, kb, options)
         bases.append(kb)
@@ -398,14 +463,23 @@ def overwrite(run: Run, members: np.ndarray, kb: KnowledgeBase, options: Capacit
     col = kb.done
     switch = int(run.steps[col])
     enc = Encounters(steps=np.where(members, 0, -1)[:, None], count=members.astype(np.int64), dropped_after_end=0)
-    acq = Acquisition(lam_step=np.where(members, switch, -1)[:, None],
-                      lam_value=np.where(members, values[:, col], np.nan)[:, None],
-                      effectivity=np.full((len(members), 1), np.nan), window_open=np.zeros((len(members), 1), bool))
+    acq = Acquisition(
+        lam_step=np.where(members, switch, -1)[:, None],
+        lam_value=np.where(members, values[:, col], np.nan)[:, None],
+        effectivity=np.full((len(members), 1), np.nan),
+        window_open=np.zeros((len(members), 1), bool),
+    )
     ret = retention(run, values, enc, acq, PAPER)  # t_pre = step 0 here; gains <= 0 excluded and counted
     kept = members & (ret.reason == "")
-    out = Overwrite(switch_step=switch, bits_at_switch=float(kb.bits[col]), bits_last=float(kb.bits[-1]),
-                    exact_match_at_switch=float(kb.exact_match[col]), exact_match_last=float(kb.exact_match[-1]),
-                    n_probes=int(members.sum()), n_excluded=int(members.sum() - kept.sum()))
+    out = Overwrite(
+        switch_step=switch,
+        bits_at_switch=float(kb.bits[col]),
+        bits_last=float(kb.bits[-1]),
+        exact_match_at_switch=float(kb.exact_match[col]),
+        exact_match_last=float(kb.exact_match[-1]),
+        n_probes=int(members.sum()),
+        n_excluded=int(members.sum() - kept.sum()),
+    )
     if kept.any() and len(ret.t) > 1:
         mean_r, _ = iqr_mean(ret.values[kept][:, 1:], options.iqr_factor, axis=0)
         out.retention_t, out.retention_mean = ret.t[1:], mean_r
@@ -440,13 +514,24 @@ class ModelCapacity:
         return any(r.available_bits > 2 * self.capacity for r in self.runs)
 
     def record(self) -> dict:
-        return {"model": self.model, "parameters": self.parameters,
-                "non_embedding_parameters": self.non_embedding_parameters, "capacity_bits": _num(self.capacity),
-                "bits_per_parameter": _num(self.capacity / self.parameters),
-                "bits_per_non_embedding_parameter": _num(self.capacity / self.non_embedding_parameters),
-                "limited_by": "model" if self.limited_by_model else "data",
-                "rungs": [{"run": r.label, "people": r.people, "available_bits": _num(r.available_bits),
-                           "bits": _num(r.bits[r.column])} for r in sorted(self.runs, key=lambda r: r.people)]}
+        return {
+            "model": self.model,
+            "parameters": self.parameters,
+            "non_embedding_parameters": self.non_embedding_parameters,
+            "capacity_bits": _num(self.capacity),
+            "bits_per_parameter": _num(self.capacity / self.parameters),
+            "bits_per_non_embedding_parameter": _num(self.capacity / self.non_embedding_parameters),
+            "limited_by": "model" if self.limited_by_model else "data",
+            "rungs": [
+                {
+                    "run": r.label,
+                    "people": r.people,
+                    "available_bits": _num(r.available_bits),
+                    "bits": _num(r.bits[r.column]),
+                }
+                for r in sorted(self.runs, key=lambda r: r.people)
+            ],
+        }
 
 
 @dataclass
@@ -459,10 +544,15 @@ class CapacityAnalysis:
 
     def record(self) -> dict:
         """The JSON object printed by `analysis capacity --json`."""
-        return {"runs": [r.record() for r in self.runs], "models": [m.record() for m in self.models],
-                "fit": {"total": self.fit_total.record() if self.fit_total else None,
-                        "non_embedding": self.fit_non_embedding.record() if self.fit_non_embedding else None},
-                "notes": list(self.notes)}
+        return {
+            "runs": [r.record() for r in self.runs],
+            "models": [m.record() for m in self.models],
+            "fit": {
+                "total": self.fit_total.record() if self.fit_total else None,
+                "non_embedding": self.fit_non_embedding.record() if self.fit_non_embedding else None,
+            },
+            "notes": list(self.notes),
+        }
 
 
 def analyse_capacity(runs: list[Run], options: CapacityOptions | None = None) -> CapacityAnalysis:
@@ -480,12 +570,16 @@ def analyse_capacity(runs: list[Run], options: CapacityOptions | None = None) ->
     for name, rs in by_model.items():
         counts = {(r.info.parameters, r.info.non_embedding_parameters) for r in rs}
         if len(counts) > 1:
-            raise UserError(f"runs of model {name!r} disagree on its parameter counts: "
-                            + "; ".join(f"{r.run.path}: {r.info.parameters}" for r in rs))
+            raise UserError(
+                f"runs of model {name!r} disagree on its parameter counts: "
+                + "; ".join(f"{r.run.path}: {r.info.parameters}" for r in rs)
+            )
         model = ModelCapacity(name, rs[0].info.parameters, rs[0].info.non_embedding_parameters, rs)
         if not model.limited_by_model:
-            notes.append(f"model {name}: every rung stores more than half of the bits it offers, so its capacity "
-                         "may be limited by the data; add a rung with more people")
+            notes.append(
+                f"model {name}: every rung stores more than half of the bits it offers, so its capacity "
+                "may be limited by the data; add a rung with more people"
+            )
         models.append(model)
     models.sort(key=lambda m: m.parameters)
     capacity = np.array([m.capacity for m in models])

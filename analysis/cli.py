@@ -7,49 +7,81 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from harness.errors import HarnessTyper, UserError, add_version_option
 
-app = HarnessTyper(help="Analyse run directories: effectivity, retainability, decay fits, knowledge "
-                        "capacity, plots, reports.")
+app = HarnessTyper(
+    help="Analyse run directories: effectivity, retainability, decay fits, knowledge capacity, plots, reports."
+)
 add_version_option(app, "analysis")
 
 RunDir = Annotated[Path, typer.Argument(help="Run directory: probes.parquet, injections.parquet, manifest.json.")]
 RunDirs = Annotated[list[Path], typer.Argument(help="One or more run directories.")]
-Rules = Annotated[str, typer.Option(
-    help="Rule set: 'paper' (the study's text) or 'study-code' (the study's public analysis code); "
-         "the README lists where they differ.")]
-Scale = Annotated[str, typer.Option(
-    help="'logprob': work on ℓ; 'perplexity': work on −exp(−ℓ) (perplexity negated, so higher is still better), as the study's scripts do by default.")]
-ControlAdjust = Annotated[bool, typer.Option(
-    "--control-adjust/--no-control-adjust",
-    help="Subtract the mean drift of the never-injected control probes (scenario 'none') of the same kind, "
-         "at every step, before effectivity and retainability; reports show raw and adjusted.")]
-Window = Annotated[Optional[int], typer.Option(
-    help="Steps after an encounter searched for the local acquisition maximum "
-         "(default: the window the run recorded in manifest.json, else 50).")]
-IqrFactor = Annotated[Optional[float], typer.Option(
-    help="Interquartile-rule factor for outlier removal (default: the rule set's, paper 1.5, study-code 2.0).")]
+Rules = Annotated[
+    str,
+    typer.Option(
+        help="Rule set: 'paper' (the study's text) or 'study-code' (the study's public analysis code); "
+        "the README lists where they differ."
+    ),
+]
+Scale = Annotated[
+    str,
+    typer.Option(
+        help="'logprob': work on ℓ; 'perplexity': work on −exp(−ℓ) (perplexity negated, so higher is still "
+        "better), as the study's scripts do by default."
+    ),
+]
+ControlAdjust = Annotated[
+    bool,
+    typer.Option(
+        "--control-adjust/--no-control-adjust",
+        help="Subtract the mean drift of the never-injected control probes (scenario 'none') of the same kind, "
+        "at every step, before effectivity and retainability; reports show raw and adjusted.",
+    ),
+]
+Window = Annotated[
+    int | None,
+    typer.Option(
+        help="Steps after an encounter searched for the local acquisition maximum "
+        "(default: the window the run recorded in manifest.json, else 50)."
+    ),
+]
+IqrFactor = Annotated[
+    float | None,
+    typer.Option(
+        help="Interquartile-rule factor for outlier removal (default: the rule set's, paper 1.5, study-code 2.0)."
+    ),
+]
 Metric = Annotated[str, typer.Option(help="Probe-log column used as ℓ: logprob, logprob_sum or first_logprob.")]
 TMin = Annotated[int, typer.Option(help="First t of the decay fit.")]
-TMax = Annotated[Optional[int], typer.Option(
-    help="Last t of the decay fit (default: paper rules: the largest t every probe of the group has; "
-         "study-code rules: one range for every group).")]
-Levels = Annotated[str, typer.Option(
-    help="Fractions of the gain: report the t at which mean R falls to each (comma-separated).")]
+TMax = Annotated[
+    int | None,
+    typer.Option(
+        help="Last t of the decay fit (default: paper rules: the largest t every probe of the group has; "
+        "study-code rules: one range for every group)."
+    ),
+]
+Levels = Annotated[
+    str, typer.Option(help="Fractions of the gain: report the t at which mean R falls to each (comma-separated).")
+]
 At = Annotated[str, typer.Option(help="Report mean R at these t (comma-separated steps).")]
-Bootstrap = Annotated[int, typer.Option(
-    help="Interval of t* from this many resamples of each group's probes (0: delta method).")]
+Bootstrap = Annotated[
+    int, typer.Option(help="Interval of t* from this many resamples of each group's probes (0: delta method).")
+]
 CiLevel = Annotated[float, typer.Option(help="Confidence level of the interval of t*.")]
-Curves = Annotated[Optional[Path], typer.Option(
-    help="Also write mean R(t), its standard error and probe counts per (run, scenario, kind, t) to this "
-         ".parquet file.")]
+Curves = Annotated[
+    Path | None,
+    typer.Option(
+        help="Also write mean R(t), its standard error and probe counts per (run, scenario, kind, t) to this "
+        ".parquet file."
+    ),
+]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (created if needed).")]
-JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON ({\"options\", ..., \"groups\"}) instead of tables.")]
+JsonOutput = Annotated[bool, typer.Option("--json", help='Print JSON ({"options", ..., "groups"}) instead of tables.')]
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -69,9 +101,20 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def _options(rules: str, scale: str, control_adjust: bool, window: Optional[int], iqr_factor: Optional[float],
-             metric: str, t_min: int, t_max: Optional[int], retention_levels: str, at: str, bootstrap: int,
-             ci_level: float):
+def _options(
+    rules: str,
+    scale: str,
+    control_adjust: bool,
+    window: int | None,
+    iqr_factor: float | None,
+    metric: str,
+    t_min: int,
+    t_max: int | None,
+    retention_levels: str,
+    at: str,
+    bootstrap: int,
+    ci_level: float,
+):
     from analysis.fit import FitOptions
 
     levels = _floats(retention_levels, "--retention-levels")
@@ -81,12 +124,31 @@ def _options(rules: str, scale: str, control_adjust: bool, window: Optional[int]
     steps = _ints(at, "--at")
     if any(t < 1 for t in steps):
         raise UserError(f"--at {at!r}: every t must be at least 1")
-    option_names = {"rules": "--rules", "scale": "--scale", "window": "--window", "iqr_factor": "--iqr-factor",
-                    "metric": "--metric", "t_min": "--t-min", "t_max": "--t-max", "bootstrap": "--bootstrap",
-                    "ci_level": "--ci-level"}
-    options = FitOptions(rules=rules, scale=scale, control_adjust=control_adjust, window=window,
-                         iqr_factor=iqr_factor, metric=metric, t_min=t_min, t_max=t_max, retention_levels=levels,
-                         at=steps, bootstrap=bootstrap, ci_level=ci_level)
+    option_names = {
+        "rules": "--rules",
+        "scale": "--scale",
+        "window": "--window",
+        "iqr_factor": "--iqr-factor",
+        "metric": "--metric",
+        "t_min": "--t-min",
+        "t_max": "--t-max",
+        "bootstrap": "--bootstrap",
+        "ci_level": "--ci-level",
+    }
+    options = FitOptions(
+        rules=rules,
+        scale=scale,
+        control_adjust=control_adjust,
+        window=window,
+        iqr_factor=iqr_factor,
+        metric=metric,
+        t_min=t_min,
+        t_max=t_max,
+        retention_levels=levels,
+        at=steps,
+        bootstrap=bootstrap,
+        ci_level=ci_level,
+    )
     try:
         options.validate()
     except UserError as err:
@@ -138,10 +200,23 @@ def _write_curves(curves: Path, labels: list[str], analyses) -> None:
 
 
 @app.command()
-def fit(run_dir: RunDir, json_output: JsonOutput = False, rules: Rules = "paper", scale: Scale = "logprob",
-        control_adjust: ControlAdjust = False, window: Window = None, iqr_factor: IqrFactor = None,
-        metric: Metric = "logprob", t_min: TMin = 1, t_max: TMax = None, retention_levels: Levels = "0.8,0.5,0.3",
-        at: At = "100,1000", bootstrap: Bootstrap = 0, ci_level: CiLevel = 0.95, curves: Curves = None) -> None:
+def fit(
+    run_dir: RunDir,
+    json_output: JsonOutput = False,
+    rules: Rules = "paper",
+    scale: Scale = "logprob",
+    control_adjust: ControlAdjust = False,
+    window: Window = None,
+    iqr_factor: IqrFactor = None,
+    metric: Metric = "logprob",
+    t_min: TMin = 1,
+    t_max: TMax = None,
+    retention_levels: Levels = "0.8,0.5,0.3",
+    at: At = "100,1000",
+    bootstrap: Bootstrap = 0,
+    ci_level: CiLevel = 0.95,
+    curves: Curves = None,
+) -> None:
     """Effectivity, decay constant a (± se, R²), t* with its interval, retention levels, for every group."""
     from analysis.export import check_curves_path, fit_document
     from analysis.report import (
@@ -152,8 +227,20 @@ def fit(run_dir: RunDir, json_output: JsonOutput = False, rules: Rules = "paper"
         rich_table,
     )
 
-    options = _options(rules, scale, control_adjust, window, iqr_factor, metric, t_min, t_max, retention_levels, at,
-                       bootstrap, ci_level)
+    options = _options(
+        rules,
+        scale,
+        control_adjust,
+        window,
+        iqr_factor,
+        metric,
+        t_min,
+        t_max,
+        retention_levels,
+        at,
+        bootstrap,
+        ci_level,
+    )
     if curves is not None:
         check_curves_path(curves, [run_dir])
     [analysis] = _analyse([run_dir], options)
@@ -163,46 +250,104 @@ def fit(run_dir: RunDir, json_output: JsonOutput = False, rules: Rules = "paper"
         print(json.dumps(fit_document(analysis), indent=2, allow_nan=False))
         return
     console = _console()
-    console.print(rich_table(f"{analysis.run.label} ({run_dir}): {options.rules} rules, {options.scale} scale"
-                             + (", control-adjusted" if options.control_adjust else ""), analysis.fits, console))
-    for table in (rich_adjusted_table(analysis, console), rich_retention_table(analysis, console),
-                  rich_encounter_table(analysis.fits, console), rich_control_table(analysis, console)):
+    console.print(
+        rich_table(
+            f"{analysis.run.label} ({run_dir}): {options.rules} rules, {options.scale} scale"
+            + (", control-adjusted" if options.control_adjust else ""),
+            analysis.fits,
+            console,
+        )
+    )
+    for table in (
+        rich_adjusted_table(analysis, console),
+        rich_retention_table(analysis, console),
+        rich_encounter_table(analysis.fits, console),
+        rich_control_table(analysis, console),
+    ):
         if table is not None:
             console.print(table)
     _print_notes(console, analysis.fits)
 
 
 @app.command()
-def plot(run_dir: RunDir, out: Out, rules: Rules = "paper", scale: Scale = "logprob",
-         control_adjust: ControlAdjust = False, window: Window = None, iqr_factor: IqrFactor = None,
-         metric: Metric = "logprob", t_min: TMin = 1, t_max: TMax = None, retention_levels: Levels = "0.8,0.5,0.3",
-         at: At = "100,1000", bootstrap: Bootstrap = 0, ci_level: CiLevel = 0.95) -> None:
+def plot(
+    run_dir: RunDir,
+    out: Out,
+    rules: Rules = "paper",
+    scale: Scale = "logprob",
+    control_adjust: ControlAdjust = False,
+    window: Window = None,
+    iqr_factor: IqrFactor = None,
+    metric: Metric = "logprob",
+    t_min: TMin = 1,
+    t_max: TMax = None,
+    retention_levels: Levels = "0.8,0.5,0.3",
+    at: At = "100,1000",
+    bootstrap: Bootstrap = 0,
+    ci_level: CiLevel = 0.95,
+) -> None:
     """PNG and PDF figures: Δℓ trajectories (also in the study's Figure 2 layout), mean R(t) with the fits and
     t*, effectivity by encounter, exact match, the control probes' drift."""
     from analysis.plots import plot_run
 
-    options = _options(rules, scale, control_adjust, window, iqr_factor, metric, t_min, t_max, retention_levels, at,
-                       bootstrap, ci_level)
+    options = _options(
+        rules,
+        scale,
+        control_adjust,
+        window,
+        iqr_factor,
+        metric,
+        t_min,
+        t_max,
+        retention_levels,
+        at,
+        bootstrap,
+        ci_level,
+    )
     [analysis] = _analyse([run_dir], options)
     for path in plot_run(analysis, out):
         print(path)
 
 
 @app.command()
-def compare(run_dirs: RunDirs,
-            out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write compare.json and the figure here.")] = None,
-            json_output: JsonOutput = False, rules: Rules = "paper", scale: Scale = "logprob",
-            control_adjust: ControlAdjust = False, window: Window = None, iqr_factor: IqrFactor = None,
-            metric: Metric = "logprob", t_min: TMin = 1, t_max: TMax = None, retention_levels: Levels = "0.8,0.5,0.3",
-            at: At = "100,1000", bootstrap: Bootstrap = 0, ci_level: CiLevel = 0.95, curves: Curves = None) -> None:
+def compare(
+    run_dirs: RunDirs,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write compare.json and the figure here.")] = None,
+    json_output: JsonOutput = False,
+    rules: Rules = "paper",
+    scale: Scale = "logprob",
+    control_adjust: ControlAdjust = False,
+    window: Window = None,
+    iqr_factor: IqrFactor = None,
+    metric: Metric = "logprob",
+    t_min: TMin = 1,
+    t_max: TMax = None,
+    retention_levels: Levels = "0.8,0.5,0.3",
+    at: At = "100,1000",
+    bootstrap: Bootstrap = 0,
+    ci_level: CiLevel = 0.95,
+    curves: Curves = None,
+) -> None:
     """Decay constants, t* with intervals and effectivity across runs (stages, model sizes, batch sizes)."""
     from analysis.export import check_curves_path, compare_document
     from analysis.plots import compare_figure, save_figure
     from analysis.report import compare_table, unique_labels
     from harness.atomic import ensure_dir, write_text_atomic
 
-    options = _options(rules, scale, control_adjust, window, iqr_factor, metric, t_min, t_max, retention_levels, at,
-                       bootstrap, ci_level)
+    options = _options(
+        rules,
+        scale,
+        control_adjust,
+        window,
+        iqr_factor,
+        metric,
+        t_min,
+        t_max,
+        retention_levels,
+        at,
+        bootstrap,
+        ci_level,
+    )
     if curves is not None:
         check_curves_path(curves, run_dirs)
     analyses = _analyse(run_dirs, options)
@@ -225,19 +370,26 @@ def compare(run_dirs: RunDirs,
 
 
 @app.command()
-def capacity(run_dirs: RunDirs,
-             json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
-             out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write capacity.json and the figures here.")] = None,
-             kind: Annotated[str, typer.Option(help="Probes to measure: mem (the biography's sentences) or sem "
-                                                    "(a held-out wording).")] = "mem",
-             at_exposures: Annotated[Optional[float], typer.Option(
-                 help="Compare runs at the logged step nearest this many exposures [default: each run's last step].")] = None,
-             iqr_factor: IqrFactor = 1.5) -> None:
+def capacity(
+    run_dirs: RunDirs,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write capacity.json and the figures here.")] = None,
+    kind: Annotated[
+        str, typer.Option(help="Probes to measure: mem (the biography's sentences) or sem (a held-out wording).")
+    ] = "mem",
+    at_exposures: Annotated[
+        float | None,
+        typer.Option(
+            help="Compare runs at the logged step nearest this many exposures [default: each run's last step]."
+        ),
+    ] = None,
+    iqr_factor: IqrFactor = 1.5,
+) -> None:
     """Stored knowledge in bits, bits per parameter, exact-match memorization and overwriting of capacity runs."""
-    from harness.atomic import ensure_dir, write_text_atomic
     from analysis.capacity import CapacityOptions, analyse_capacity
     from analysis.load import load_run
     from analysis.report import print_capacity
+    from harness.atomic import ensure_dir, write_text_atomic
 
     options = CapacityOptions(kind=kind, at_exposures=at_exposures, iqr_factor=iqr_factor)
     options.validate()
@@ -257,16 +409,40 @@ def capacity(run_dirs: RunDirs,
 
 
 @app.command()
-def report(run_dirs: RunDirs, out: Out, rules: Rules = "paper", scale: Scale = "logprob",
-           control_adjust: ControlAdjust = False, window: Window = None, iqr_factor: IqrFactor = None,
-           metric: Metric = "logprob", t_min: TMin = 1, t_max: TMax = None, retention_levels: Levels = "0.8,0.5,0.3",
-           at: At = "100,1000", bootstrap: Bootstrap = 0, ci_level: CiLevel = 0.95) -> None:
+def report(
+    run_dirs: RunDirs,
+    out: Out,
+    rules: Rules = "paper",
+    scale: Scale = "logprob",
+    control_adjust: ControlAdjust = False,
+    window: Window = None,
+    iqr_factor: IqrFactor = None,
+    metric: Metric = "logprob",
+    t_min: TMin = 1,
+    t_max: TMax = None,
+    retention_levels: Levels = "0.8,0.5,0.3",
+    at: At = "100,1000",
+    bootstrap: Bootstrap = 0,
+    ci_level: CiLevel = 0.95,
+) -> None:
     """One self-contained HTML report (tables, notes, embedded figures) for one or more runs."""
     from analysis.report import build_report
     from harness.atomic import ensure_dir, write_text_atomic
 
-    options = _options(rules, scale, control_adjust, window, iqr_factor, metric, t_min, t_max, retention_levels, at,
-                       bootstrap, ci_level)
+    options = _options(
+        rules,
+        scale,
+        control_adjust,
+        window,
+        iqr_factor,
+        metric,
+        t_min,
+        t_max,
+        retention_levels,
+        at,
+        bootstrap,
+        ci_level,
+    )
     analyses = _analyse(run_dirs, options)
     path = write_text_atomic(ensure_dir(out) / "report.html", build_report(analyses))
     print(path)

@@ -1,10 +1,10 @@
 """What the analysis writes as data: the JSON documents of `fit --json` / `compare --json` and the curves table.
 
-    fit --json       {"options": {...}, "run": {..., "warnings": [...]}, "groups": [...],
-                      "raw_groups": [...] (with control adjustment), "control_drift": {...}}
-    compare --json   {"options": {...}, "runs": [{...}, ...], "groups": [{"run": LABEL, ...}, ...],
-                      "raw_groups": [...] (with control adjustment)}
-    --curves FILE    Parquet, one row per (run, scenario, kind, t): CURVE_SCHEMA
+fit --json       {"options": {...}, "run": {..., "warnings": [...]}, "groups": [...],
+                  "raw_groups": [...] (with control adjustment), "control_drift": {...}}
+compare --json   {"options": {...}, "runs": [{...}, ...], "groups": [{"run": LABEL, ...}, ...],
+                  "raw_groups": [...] (with control adjustment)}
+--curves FILE    Parquet, one row per (run, scenario, kind, t): CURVE_SCHEMA
 """
 
 from __future__ import annotations
@@ -23,21 +23,24 @@ from harness.errors import UserError
 
 #: Schema metadata that marks a Parquet file as a curves table written here (and so safe to overwrite).
 CURVES_MARK = {b"analysis.curves": b"1"}
-CURVE_SCHEMA = pa.schema([
-    ("run", pa.string()),
-    ("path", pa.string()),
-    ("scenario", pa.string()),
-    ("kind", pa.string()),
-    ("control_adjusted", pa.bool_()),
-    ("t", pa.int32()),
-    ("mean_r", pa.float64()),
-    ("se", pa.float64()),
-    ("n_kept", pa.int32()),
-    ("n_removed", pa.int32()),
-    ("n_excluded", pa.int32()),
-    ("in_fit", pa.bool_()),
-    ("negated", pa.bool_()),
-], metadata=CURVES_MARK)
+CURVE_SCHEMA = pa.schema(
+    [
+        ("run", pa.string()),
+        ("path", pa.string()),
+        ("scenario", pa.string()),
+        ("kind", pa.string()),
+        ("control_adjusted", pa.bool_()),
+        ("t", pa.int32()),
+        ("mean_r", pa.float64()),
+        ("se", pa.float64()),
+        ("n_kept", pa.int32()),
+        ("n_removed", pa.int32()),
+        ("n_excluded", pa.int32()),
+        ("in_fit", pa.bool_()),
+        ("negated", pa.bool_()),
+    ],
+    metadata=CURVES_MARK,
+)
 CURVE_COLUMNS_DOC = {
     "run": "run label (as in the tables)",
     "path": "run directory",
@@ -56,8 +59,11 @@ CURVE_COLUMNS_DOC = {
 
 
 def fit_document(analysis: RunAnalysis) -> dict:
-    document = {"options": analysis.options.record(), "run": analysis.run_record(),
-                "groups": [g.record() for g in analysis.fits]}
+    document = {
+        "options": analysis.options.record(),
+        "run": analysis.run_record(),
+        "groups": [g.record() for g in analysis.fits],
+    }
     if analysis.raw is not None:
         document["raw_groups"] = [g.record() for g in analysis.raw.fits]
     document["control_drift"] = drift_record(analysis)
@@ -66,18 +72,31 @@ def fit_document(analysis: RunAnalysis) -> dict:
 
 def drift_record(analysis: RunAnalysis) -> dict:
     """Per kind: the control probes' mean ℓ change at the last logged step and its largest magnitude."""
-    return {kind: {"last": float(d[-1]), "max_abs": float(np.abs(d).max()), "step_of_max_abs":
-                   int(analysis.run.steps[int(np.abs(d).argmax())])} for kind, d in analysis.control_drift.items()}
+    return {
+        kind: {
+            "last": float(d[-1]),
+            "max_abs": float(np.abs(d).max()),
+            "step_of_max_abs": int(analysis.run.steps[int(np.abs(d).argmax())]),
+        }
+        for kind, d in analysis.control_drift.items()
+    }
 
 
 def compare_document(labels: list[str], analyses: list[RunAnalysis], options: FitOptions) -> dict:
-    document = {"options": options.record(),
-                "runs": [{**a.run_record(), "label": label} for label, a in zip(labels, analyses)],
-                "groups": [{"run": label, "path": str(a.run.path), **g.record()}
-                           for label, a in zip(labels, analyses) for g in a.fits]}
+    document = {
+        "options": options.record(),
+        "runs": [{**a.run_record(), "label": label} for label, a in zip(labels, analyses)],
+        "groups": [
+            {"run": label, "path": str(a.run.path), **g.record()} for label, a in zip(labels, analyses) for g in a.fits
+        ],
+    }
     if any(a.raw is not None for a in analyses):
-        document["raw_groups"] = [{"run": label, "path": str(a.run.path), **g.record()}
-                                  for label, a in zip(labels, analyses) if a.raw is not None for g in a.raw.fits]
+        document["raw_groups"] = [
+            {"run": label, "path": str(a.run.path), **g.record()}
+            for label, a in zip(labels, analyses)
+            if a.raw is not None
+            for g in a.raw.fits
+        ]
     return document
 
 
@@ -98,11 +117,19 @@ def _curves(label: str, analysis: RunAnalysis, adjusted: bool) -> pa.Table:
         n = len(c.t)
         upper = g.t_max if g.t_max is not None else -1
         for name, values in (
-            ("run", np.full(n, label, dtype=object)), ("path", np.full(n, str(analysis.run.path), dtype=object)),
-            ("scenario", np.full(n, g.scenario, dtype=object)), ("kind", np.full(n, g.kind, dtype=object)),
-            ("control_adjusted", np.full(n, adjusted)), ("t", c.t), ("mean_r", c.mean), ("se", c.se),
-            ("n_kept", c.kept), ("n_removed", c.removed), ("n_excluded", np.full(n, g.n_excluded)),
-            ("in_fit", (c.t >= g.t_min) & (c.t <= upper)), ("negated", np.full(n, g.negated)),
+            ("run", np.full(n, label, dtype=object)),
+            ("path", np.full(n, str(analysis.run.path), dtype=object)),
+            ("scenario", np.full(n, g.scenario, dtype=object)),
+            ("kind", np.full(n, g.kind, dtype=object)),
+            ("control_adjusted", np.full(n, adjusted)),
+            ("t", c.t),
+            ("mean_r", c.mean),
+            ("se", c.se),
+            ("n_kept", c.kept),
+            ("n_removed", c.removed),
+            ("n_excluded", np.full(n, g.n_excluded)),
+            ("in_fit", (c.t >= g.t_min) & (c.t <= upper)),
+            ("negated", np.full(n, g.negated)),
         ):
             columns[name].append(values)
     arrays = []
@@ -136,8 +163,10 @@ def check_curves_path(path: Path, run_dirs: list[Path]) -> Path:
         except (pa.ArrowInvalid, OSError):
             metadata = {}
         if metadata.get(b"analysis.curves") != b"1":
-            raise UserError(f"--curves {path}: exists and is not a curves table written by `analysis`; "
-                            "choose another name or remove it")
+            raise UserError(
+                f"--curves {path}: exists and is not a curves table written by `analysis`; "
+                "choose another name or remove it"
+            )
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise UserError(f"--curves {path}: {parent} is not a directory")

@@ -74,7 +74,8 @@ class FitOptions:
     metric: str = "logprob"
     """Probe-log column used as ℓ: logprob, logprob_sum or first_logprob."""
     scale: str = "logprob"
-    """`logprob`: work on ℓ. `perplexity`: work on −exp(−ℓ), the negated perplexity, so that higher is still better (the study's scripts' default)."""
+    """`logprob`: work on ℓ. `perplexity`: work on −exp(−ℓ), the negated perplexity, so that higher is still
+    better (the study's scripts' default)."""
     control_adjust: bool = False
     """Subtract the mean drift of the control probes of the same kind before computing anything."""
     t_min: int = 1
@@ -128,11 +129,22 @@ class FitOptions:
     def record(self) -> dict:
         """The options as JSON (what `fit --json` and `compare --json` record)."""
         return {
-            "rules": self.rules, "scale": self.scale, "metric": self.metric, "control_adjust": self.control_adjust,
-            "window": self.window, "iqr_factor": self.iqr_factor, "t_min": self.t_min, "t_max": self.t_max,
-            "retention_levels": list(self.retention_levels), "at": list(self.at),
-            "ci": {"method": "bootstrap" if self.bootstrap else "delta", "level": self.ci_level,
-                   "resamples": self.bootstrap, "seed": self.seed},
+            "rules": self.rules,
+            "scale": self.scale,
+            "metric": self.metric,
+            "control_adjust": self.control_adjust,
+            "window": self.window,
+            "iqr_factor": self.iqr_factor,
+            "t_min": self.t_min,
+            "t_max": self.t_max,
+            "retention_levels": list(self.retention_levels),
+            "at": list(self.at),
+            "ci": {
+                "method": "bootstrap" if self.bootstrap else "delta",
+                "level": self.ci_level,
+                "resamples": self.bootstrap,
+                "seed": self.seed,
+            },
         }
 
 
@@ -224,7 +236,9 @@ class GroupFit:
             "flags": list(self.flags),
             "effectivity": _num(self.effectivity),
             "effectivity_by_encounter": [_num(v) for v in self.effectivity_by_encounter],
-            "retention_levels": [{k: _num(v) if k != "level" else v for k, v in d.items()} for d in self.retention_levels],
+            "retention_levels": [
+                {k: _num(v) if k != "level" else v for k, v in d.items()} for d in self.retention_levels
+            ],
             "r_at": [{k: (_num(v) if isinstance(v, float) else v) for k, v in d.items()} for d in self.r_at],
             "drift_last": _num(self.drift_last),
             "n_probes": self.n_probes,
@@ -278,11 +292,18 @@ class RunAnalysis:
     """With control adjustment: the same analysis on the unadjusted ℓ, for side-by-side reports."""
 
     def run_record(self) -> dict:
-        return {"label": self.run.label, "path": str(self.run.path), "window": self.options.window,
-                "window_source": self.window_source, "iqr_factor": self.options.factor,
-                "encounter_spacing": self.encounter_spacing, "tokens_per_step": self.run.tokens_per_step,
-                "start_step": self.run.manifest.get("start_step"), "start_tokens": self.run.start_tokens,
-                "warnings": list(self.warnings)}
+        return {
+            "label": self.run.label,
+            "path": str(self.run.path),
+            "window": self.options.window,
+            "window_source": self.window_source,
+            "iqr_factor": self.options.factor,
+            "encounter_spacing": self.encounter_spacing,
+            "tokens_per_step": self.run.tokens_per_step,
+            "start_step": self.run.manifest.get("start_step"),
+            "start_tokens": self.run.start_tokens,
+            "warnings": list(self.warnings),
+        }
 
 
 def resolve_window(run: Run, requested: int | None) -> tuple[int, str]:
@@ -306,17 +327,20 @@ def analyse_run(run: Run, options: FitOptions | None = None) -> RunAnalysis:
     spacing = run.encounter_spacing()
     warnings = []
     if spacing is not None and window > spacing:
-        warnings.append(f"window {window} spans the next encounter: a paragraph's encounters are as close as "
-                        f"{spacing} steps apart, so a local maximum can include the next encounter's gain "
-                        f"(use --window {spacing} or less)")
+        warnings.append(
+            f"window {window} spans the next encounter: a paragraph's encounters are as close as "
+            f"{spacing} steps apart, so a local maximum can include the next encounter's gain "
+            f"(use --window {spacing} or less)"
+        )
     drift = control_drift(run, raw_values, enc)
     extras = dict(window_source=source, encounter_spacing=spacing, warnings=warnings, control_drift=drift)
     if not options.control_adjust:
         return _analyse(run, resolved, on_scale(raw_values, options.scale), enc, raw_values, **extras)
     adjusted = control_adjusted(run, raw_values, enc)
     analysis = _analyse(run, resolved, on_scale(adjusted, options.scale), enc, raw_values, **extras)
-    analysis.raw = _analyse(run, replace(resolved, control_adjust=False), on_scale(raw_values, options.scale), enc,
-                            raw_values, **extras)
+    analysis.raw = _analyse(
+        run, replace(resolved, control_adjust=False), on_scale(raw_values, options.scale), enc, raw_values, **extras
+    )
     return analysis
 
 
@@ -360,16 +384,30 @@ class _Context:
     rng: np.random.Generator
 
 
-def _analyse(run: Run, options: FitOptions, values: np.ndarray, enc: Encounters, raw_values: np.ndarray,
-             **extras) -> RunAnalysis:
+def _analyse(
+    run: Run, options: FitOptions, values: np.ndarray, enc: Encounters, raw_values: np.ndarray, **extras
+) -> RunAnalysis:
     rules = options.rule_set
     acq = acquisition(run, values, enc, options.window)
     ret = retention(run, values, enc, acq, rules)
     injected = enc.count > 0
-    shared = (default_t_max(int(run.steps[-1]), ret.last_encounter[injected], options.window)
-              if rules.shared_t_range and injected.any() else None)
-    ctx = _Context(run, options, rules, raw_values, enc, acq, ret, shared,
-                   z=NormalDist().inv_cdf(0.5 + options.ci_level / 2), rng=np.random.default_rng(options.seed))
+    shared = (
+        default_t_max(int(run.steps[-1]), ret.last_encounter[injected], options.window)
+        if rules.shared_t_range and injected.any()
+        else None
+    )
+    ctx = _Context(
+        run,
+        options,
+        rules,
+        raw_values,
+        enc,
+        acq,
+        ret,
+        shared,
+        z=NormalDist().inv_cdf(0.5 + options.ci_level / 2),
+        rng=np.random.default_rng(options.seed),
+    )
     fits = [_fit_group(ctx, scenario, kind) for scenario, kind in run.groups()]
     return RunAnalysis(run, options, values, enc, acq, ret, fits, **extras)
 
@@ -394,8 +432,10 @@ def _fit_group(ctx: _Context, scenario: str, kind: str) -> GroupFit:
     effectivity = float(iqr_mean(pooled, options.factor)[0]) if len(pooled) else math.nan
     if n_enc and acq.window_open[injected][:, :n_enc].any():
         partial = True
-        notes.append(f"the run ends at step {last}, before the {options.window}-step window of an encounter closes; "
-                     "that encounter's maximum is taken over the logged part of its window")
+        notes.append(
+            f"the run ends at step {last}, before the {options.window}-step window of an encounter closes; "
+            "that encounter's maximum is taken over the logged part of its window"
+        )
     if enc.dropped_after_end:
         partial = True
         notes.append(f"{enc.dropped_after_end} injection(s) at or after the last logged step {last} are ignored")
@@ -405,17 +445,31 @@ def _fit_group(ctx: _Context, scenario: str, kind: str) -> GroupFit:
 
     encounter_steps = sorted({int(s) for s in enc.steps[injected].ravel() if s >= 0})
     fit = GroupFit(
-        scenario=scenario, kind=kind, n_probes=len(members), n_excluded=len(members) - len(kept),
-        exclusions=exclusions, effectivity=effectivity,
+        scenario=scenario,
+        kind=kind,
+        n_probes=len(members),
+        n_excluded=len(members) - len(kept),
+        exclusions=exclusions,
+        effectivity=effectivity,
         effectivity_by_encounter=[float(v) for v in np.atleast_1d(by_encounter)],
-        encounter_steps=encounter_steps, t_min=options.t_min, t_max=None, t_max_default=None,
-        control=control, tokens_per_step=run.tokens_per_step, partial=partial, notes=notes,
+        encounter_steps=encounter_steps,
+        t_min=options.t_min,
+        t_max=None,
+        t_max_default=None,
+        control=control,
+        tokens_per_step=run.tokens_per_step,
+        partial=partial,
+        notes=notes,
     )
     if control:
         fit.drift_last = float((ctx.raw_values[members, -1] - ctx.raw_values[members, 0]).mean())
     if run.exact_match is not None:
         rate = exact_match_rate(run, members)
-        fit.exact_match_first, fit.exact_match_last, fit.exact_match_peak = float(rate[0]), float(rate[-1]), float(rate.max())
+        fit.exact_match_first, fit.exact_match_last, fit.exact_match_peak = (
+            float(rate[0]),
+            float(rate[-1]),
+            float(rate.max()),
+        )
     if run.tokens_per_step is None and not control:
         notes.append("manifest.json has no tokens_per_step: t* in tokens unknown")
     if len(kept) == 0:
@@ -437,13 +491,16 @@ def _fit_group(ctx: _Context, scenario: str, kind: str) -> GroupFit:
     fit.t_max = t_max if t_max >= options.t_min else None
     if t_max < options.t_min:
         fit.partial = True
-        notes.append(f"the run ends at step {last}, before the window of the last encounter closes plus t_min = "
-                     f"{options.t_min} step(s) (needs step {last + options.t_min - t_default}); decay not fitted")
+        notes.append(
+            f"the run ends at step {last}, before the window of the last encounter closes plus t_min = "
+            f"{options.t_min} step(s) (needs step {last + options.t_min - t_default}); decay not fitted"
+        )
         return fit
     if t_max > t_default:
         fit.partial = True
-        notes.append(f"t_max = {t_max} exceeds {t_default}, the largest t every probe has; "
-                     "late means cover fewer probes")
+        notes.append(
+            f"t_max = {t_max} exceeds {t_default}, the largest t every probe has; late means cover fewer probes"
+        )
 
     in_fit = (curve.t >= options.t_min) & (curve.t <= t_max)
     t, mean_r = curve.t[in_fit], curve.mean[in_fit]
@@ -458,7 +515,14 @@ def _fit_group(ctx: _Context, scenario: str, kind: str) -> GroupFit:
     if line is None:
         notes.append(f"fewer than 2 logged t in [{options.t_min}, {t_max}]; decay not fitted")
         return fit
-    fit.a, fit.b, fit.a_se, fit.b_se, fit.r2, fit.n_points = line.a, line.b, line.a_se, line.b_se, line.r2, line.n_points
+    fit.a, fit.b, fit.a_se, fit.b_se, fit.r2, fit.n_points = (
+        line.a,
+        line.b,
+        line.a_se,
+        line.b_se,
+        line.r2,
+        line.n_points,
+    )
     fit.t_star_steps = x_intercept(line)
     if run.tokens_per_step is not None:
         fit.t_star_tokens = fit.t_star_steps * run.tokens_per_step
@@ -477,14 +541,25 @@ def _observed(fit: GroupFit, curve: Curve, options: FitOptions) -> None:
     from_t_min = curve.t >= options.t_min
     for level in options.retention_levels:
         below = from_t_min & (curve.mean <= level)
-        fit.retention_levels.append({"level": level, "t_fit": math.nan,
-                                     "t_observed": float(curve.t[np.argmax(below)]) if below.any() else math.nan})
+        fit.retention_levels.append(
+            {
+                "level": level,
+                "t_fit": math.nan,
+                "t_observed": float(curve.t[np.argmax(below)]) if below.any() else math.nan,
+            }
+        )
     for t in options.at:
         i = t - 1  # the curve starts at t = 1
         inside = 0 <= i < len(curve.t)
-        fit.r_at.append({"t": t, "r": float(curve.mean[i]) if inside else math.nan,
-                         "se": float(curve.se[i]) if inside else math.nan,
-                         "n": int(curve.kept[i]) if inside else 0, "r_fit": math.nan})
+        fit.r_at.append(
+            {
+                "t": t,
+                "r": float(curve.mean[i]) if inside else math.nan,
+                "se": float(curve.se[i]) if inside else math.nan,
+                "n": int(curve.kept[i]) if inside else 0,
+                "r_fit": math.nan,
+            }
+        )
 
 
 def _fitted(fit: GroupFit, line: LineFit, options: FitOptions, t_max: int) -> None:
@@ -524,4 +599,3 @@ def _bootstrap_interval(ctx: _Context, block: np.ndarray, t: np.ndarray) -> tupl
 
 def reason_text(key: str) -> str:
     return REASONS.get(key, key)
-

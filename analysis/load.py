@@ -144,8 +144,10 @@ def load_run(path: str | Path) -> Run:
     """Read and validate a run directory; raise UserError naming the file and field on bad input."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path}: not a run directory (expected a directory with probes.parquet, "
-                        "injections.parquet and manifest.json)")
+        raise UserError(
+            f"{path}: not a run directory (expected a directory with probes.parquet, "
+            "injections.parquet and manifest.json)"
+        )
     manifest = _read_manifest(path)
     table = _read_table(path / rundir.PROBES, PROBE_KEYS, METRIC_COLUMNS + ("exact_match",))
     metric_names = [c for c in METRIC_COLUMNS if c in table.column_names]
@@ -166,8 +168,10 @@ def _read_manifest(path: Path) -> dict:
     defaults = manifest.get(ANALYSIS_DEFAULTS)
     if defaults is not None:
         if not isinstance(defaults, dict):
-            raise UserError(f"{file}: field {ANALYSIS_DEFAULTS!r} must be an object "
-                            f'{{"window": W, "encounter_spacing": D or null}}, found {defaults!r}')
+            raise UserError(
+                f"{file}: field {ANALYSIS_DEFAULTS!r} must be an object "
+                f'{{"window": W, "encounter_spacing": D or null}}, found {defaults!r}'
+            )
         for key, nullable in (("window", False), ("encounter_spacing", True)):
             if key not in defaults:
                 continue
@@ -235,8 +239,10 @@ def _to_matrices(path: Path, manifest: dict, table: pa.Table, metric_names: list
     counts = np.bincount(row_probe * n_steps + row_step, minlength=n_probes * n_steps)
     if (counts > 1).any():
         cell = int(np.argmax(counts > 1))
-        raise UserError(f"{file}: duplicate rows for step {steps[cell % n_steps]}, "
-                        f"{_describe_probe(paragraph, kinds[kind_code], probe, first_row[cell // n_steps])}")
+        raise UserError(
+            f"{file}: duplicate rows for step {steps[cell % n_steps]}, "
+            f"{_describe_probe(paragraph, kinds[kind_code], probe, first_row[cell // n_steps])}"
+        )
     if (counts == 0).any():
         missing = counts.reshape(n_probes, n_steps) == 0
         bad_steps = steps[missing.any(axis=0)]
@@ -246,15 +252,21 @@ def _to_matrices(path: Path, manifest: dict, table: pa.Table, metric_names: list
         )
 
     run = Run(
-        path=path, manifest=manifest, steps=steps,
-        paragraph=paragraph[first_row], kind=kinds[kind_code[first_row]],
-        probe_index=probe[first_row], scenario=scenarios[scenario_code[first_row]],
+        path=path,
+        manifest=manifest,
+        steps=steps,
+        paragraph=paragraph[first_row],
+        kind=kinds[kind_code[first_row]],
+        probe_index=probe[first_row],
+        scenario=scenarios[scenario_code[first_row]],
     )
     inconsistent = np.flatnonzero(scenario_code != scenario_code[first_row][row_probe])
     if len(inconsistent):
         r = inconsistent[0]
-        raise UserError(f"{file}: row {r}: {_describe_probe(paragraph, kinds[kind_code], probe, r)} changes "
-                        f"scenario from {scenarios[scenario_code[first_row[row_probe[r]]]]!r} to {scenarios[scenario_code[r]]!r}")
+        raise UserError(
+            f"{file}: row {r}: {_describe_probe(paragraph, kinds[kind_code], probe, r)} changes "
+            f"scenario from {scenarios[scenario_code[first_row[row_probe[r]]]]!r} to {scenarios[scenario_code[r]]!r}"
+        )
 
     status = manifest.get("status")
     for name in metric_names:
@@ -264,12 +276,20 @@ def _to_matrices(path: Path, manifest: dict, table: pa.Table, metric_names: list
         values = column.to_numpy(zero_copy_only=False).astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(values))
         if len(bad):
-            shown = "; ".join(f"row {r} (step {step[r]}, {_describe_probe(paragraph, kinds[kind_code], probe, r)})"
-                              for r in bad[:5])
-            why = (f" (the run diverged: manifest.json says {manifest.get('stop')}; analyse it up to an earlier "
-                   "step, or resume it with nonfinite: skip)" if status == "diverged" else "")
-            raise UserError(f"{file}: column {name!r} has {len(bad)} NaN/infinite value(s): {shown}"
-                            + (" ..." if len(bad) > 5 else "") + why)
+            shown = "; ".join(
+                f"row {r} (step {step[r]}, {_describe_probe(paragraph, kinds[kind_code], probe, r)})" for r in bad[:5]
+            )
+            why = (
+                f" (the run diverged: manifest.json says {manifest.get('stop')}; analyse it up to an earlier "
+                "step, or resume it with nonfinite: skip)"
+                if status == "diverged"
+                else ""
+            )
+            raise UserError(
+                f"{file}: column {name!r} has {len(bad)} NaN/infinite value(s): {shown}"
+                + (" ..." if len(bad) > 5 else "")
+                + why
+            )
         matrix = np.empty((n_probes, n_steps))
         matrix[row_probe, row_step] = values
         run.metrics[name] = matrix

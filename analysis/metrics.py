@@ -179,8 +179,7 @@ def retention(run: Run, values: np.ndarray, enc: Encounters, acq: Acquisition, r
     gathered = values[rows[:, None], np.maximum(cols, 0)]
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (gathered - pre_value[:, None]) / denominator[:, None]
-    return Retention(t=t, values=np.where(have, r, np.nan), denominator=denominator,
-                     reason=reason, last_encounter=t_n)
+    return Retention(t=t, values=np.where(have, r, np.nan), denominator=denominator, reason=reason, last_encounter=t_n)
 
 
 def nan_quantile(x: np.ndarray, q: float, axis: int = 0) -> np.ndarray:
@@ -323,8 +322,9 @@ def on_scale(values: np.ndarray, scale: str) -> np.ndarray:
     with np.errstate(over="ignore"):
         out = -np.exp(-values)
     if not np.isfinite(out).all():
-        raise UserError("option scale: perplexity exp(−ℓ) overflows for some probes (ℓ below −709); "
-                        "use the logprob scale")
+        raise UserError(
+            "option scale: perplexity exp(−ℓ) overflows for some probes (ℓ below −709); use the logprob scale"
+        )
     return out
 
 
@@ -351,12 +351,16 @@ def control_adjusted(run: Run, values: np.ndarray, enc: Encounters) -> np.ndarra
     """
     drift = control_drift(run, values, enc)
     if not drift:
-        raise UserError(f"{run.path}: control adjustment needs control probes (scenario "
-                        f"{CONTROL_SCENARIO!r}, paragraphs never injected); this run has none")
+        raise UserError(
+            f"{run.path}: control adjustment needs control probes (scenario "
+            f"{CONTROL_SCENARIO!r}, paragraphs never injected); this run has none"
+        )
     missing = sorted({str(k) for k in run.kind[enc.count > 0]} - set(drift))
     if missing:
-        raise UserError(f"{run.path}: control adjustment needs control probes (scenario {CONTROL_SCENARIO!r}) of "
-                        f"every injected kind; none of kind {', '.join(map(repr, missing))}")
+        raise UserError(
+            f"{run.path}: control adjustment needs control probes (scenario {CONTROL_SCENARIO!r}) of "
+            f"every injected kind; none of kind {', '.join(map(repr, missing))}"
+        )
     kinds = list(drift)
     table = np.stack([drift[k] for k in kinds])
     code = np.array([kinds.index(k) if k in drift else -1 for k in run.kind])

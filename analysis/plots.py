@@ -35,8 +35,9 @@ KIND_NAMES = {"mem": "memorization", "sem": "semantic", "comp": "composition"}
 SCENARIO_COLORS = {"paraphrase": "#9467bd", "duplicate": "#ff7f0e", "once": "#17becf"}
 _FALLBACK = plt.get_cmap("tab10").colors
 
-plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8.5, "axes.grid": True,
-                     "grid.alpha": 0.3})
+plt.rcParams.update(
+    {"font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8.5, "axes.grid": True, "grid.alpha": 0.3}
+)
 
 STEP_LABEL = "run step k (updates since the checkpoint)"
 T_LABEL = "t: steps after the last acquisition maximum"
@@ -62,8 +63,11 @@ def unit(options: FitOptions) -> str:
     """What one unit of the measured quantity is, for axis labels."""
     if options.scale == "perplexity":
         return "perplexity exp(−ℓ)"
-    return {"logprob": "nats, mean over target tokens", "logprob_sum": "nats, summed over target tokens",
-            "first_logprob": "nats, first target token"}.get(options.metric, "nats")
+    return {
+        "logprob": "nats, mean over target tokens",
+        "logprob_sum": "nats, summed over target tokens",
+        "first_logprob": "nats, first target token",
+    }.get(options.metric, "nats")
 
 
 def delta_label(options: FitOptions) -> str:
@@ -89,8 +93,9 @@ def _legend_below(ax: Axes, ncol: int = 3) -> None:
     if handles:
         # Anchored at the axes' bottom edge and pushed down by a fixed distance (in font sizes), so that it
         # clears the tick labels and the x label whatever the height of the axes.
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.9, ncol=ncol,
-                  frameon=False)
+        ax.legend(
+            handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.9, ncol=ncol, frameon=False
+        )
 
 
 def _mark_injections(ax: Axes, steps, label: bool = True) -> None:
@@ -110,15 +115,19 @@ def trajectories_figure(analysis: RunAnalysis) -> Figure:
     left out when the values are control-adjusted (it is zero by construction; see control_drift)."""
     run, values = analysis.run, analysis.values
     delta = values - values[:, :1]
-    scenarios = [s for s in _scenarios(analysis)
-                 if not (analysis.options.control_adjust and s == CONTROL_SCENARIO)]
+    scenarios = [s for s in _scenarios(analysis) if not (analysis.options.control_adjust and s == CONTROL_SCENARIO)]
     fig, axes = _panels(len(scenarios))
     for ax, scenario in zip(axes, scenarios):
         for i, kind in enumerate(_kinds(analysis)):
             members = (run.scenario == scenario) & (run.kind == kind)
             if members.any():
-                ax.plot(run.steps, delta[members].mean(axis=0), lw=1.2, color=_color(KIND_COLORS, kind, i),
-                        label=f"{kind} ({int(members.sum())} probes)")
+                ax.plot(
+                    run.steps,
+                    delta[members].mean(axis=0),
+                    lw=1.2,
+                    color=_color(KIND_COLORS, kind, i),
+                    label=f"{kind} ({int(members.sum())} probes)",
+                )
         _mark_injections(ax, run.injection_steps_by_scenario.get(scenario, []))
         ax.set_title(f"{scenario} (control, never injected)" if scenario == CONTROL_SCENARIO else scenario)
         ax.set_xlabel(STEP_LABEL)
@@ -136,14 +145,18 @@ def study_fig2_figure(analysis: RunAnalysis) -> Figure:
     scenarios = _injected_scenarios(analysis)
     if not scenarios:
         return _empty("no injected scenario")
-    fig, axes = plt.subplots(len(scenarios), 1, figsize=(11, 2.4 * len(scenarios) + 0.8), sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(11, 2.4 * len(scenarios) + 0.8), sharex=True, squeeze=False)
     for ax, scenario in zip(axes[:, 0], scenarios):
         for i, kind in enumerate(_kinds(analysis)):
             members = (run.scenario == scenario) & (run.kind == kind)
             if members.any():
-                ax.plot(run.steps, delta[members].mean(axis=0), lw=1.3, color=_color(KIND_COLORS, kind, i),
-                        label=KIND_NAMES.get(kind, kind))
+                ax.plot(
+                    run.steps,
+                    delta[members].mean(axis=0),
+                    lw=1.3,
+                    color=_color(KIND_COLORS, kind, i),
+                    label=KIND_NAMES.get(kind, kind),
+                )
         _mark_injections(ax, run.injection_steps_by_scenario.get(scenario, []))
         ax.set_title(scenario, loc="left")
         ax.set_ylabel(delta_label(analysis.options))
@@ -245,15 +258,24 @@ def study_decay_figure(analysis: RunAnalysis) -> Figure:
         ax.set_xlim(0.8, x_end)
         ax.set_ylim(y_low, y_high)
         if outside:
-            ax.text(0.98, 0.02, f"{outside} mean(s) outside the axis", transform=ax.transAxes, ha="right",
-                    va="bottom", fontsize=7.5, color="0.35")
+            ax.text(
+                0.98,
+                0.02,
+                f"{outside} mean(s) outside the axis",
+                transform=ax.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=7.5,
+                color="0.35",
+            )
         ax.axhline(0, color="0.4", lw=0.7)
         ax.set_title(scenario)
         ax.set_xlabel("t (steps after the last acquisition maximum)")
         _legend_below(ax, ncol=1)
     axes[0].set_ylabel("mean R(q, t) (fraction of the gain)")
-    fig.suptitle(f"{analysis.run.label}: decay of retainability; dotted: fitted line to t* (▼); ? implausible fit",
-                 fontsize=11)
+    fig.suptitle(
+        f"{analysis.run.label}: decay of retainability; dotted: fitted line to t* (▼); ? implausible fit", fontsize=11
+    )
     fig.tight_layout()
     return fig
 
@@ -266,16 +288,25 @@ def effectivity_figure(analysis: RunAnalysis) -> Figure:
         for i, g in enumerate(f for f in analysis.fits if f.kind == kind and not f.control):
             e = np.array(g.effectivity_by_encounter, dtype=float)
             if len(e) and np.isfinite(e).any():
-                ax.plot(np.arange(1, len(e) + 1), e, marker="o", ms=4, color=_color(SCENARIO_COLORS, g.scenario, i),
-                        label=f"{g.scenario} (pooled {fmt(g.effectivity)})")
+                ax.plot(
+                    np.arange(1, len(e) + 1),
+                    e,
+                    marker="o",
+                    ms=4,
+                    color=_color(SCENARIO_COLORS, g.scenario, i),
+                    label=f"{g.scenario} (pooled {fmt(g.effectivity)})",
+                )
         ax.axhline(0, color="0.5", lw=0.6)
         ax.set_title(kind)
         ax.set_xlabel("encounter i")
         ax.xaxis.get_major_locator().set_params(integer=True)
         _legend_below(ax, ncol=1)
     axes[0].set_ylabel("E(q,i): fall of perplexity" if analysis.options.scale == "perplexity" else "E(q,i) (nats)")
-    fig.suptitle(f"{analysis.run.label}: effectivity by encounter, window {analysis.options.window} steps "
-                 f"({unit(analysis.options)})", fontsize=12)
+    fig.suptitle(
+        f"{analysis.run.label}: effectivity by encounter, window {analysis.options.window} steps "
+        f"({unit(analysis.options)})",
+        fontsize=12,
+    )
     fig.tight_layout()
     return fig
 
@@ -353,9 +384,16 @@ def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
     """Across runs, per group: decay constant a (± standard error), pooled effectivity, and t* with its
     interval on a log axis (in tokens when the runs' tokens per step differ, else in steps). Groups no run has a
     number for (control groups) get no slot."""
-    groups = [key for key in dict.fromkeys((g.scenario, g.kind) for a in analyses for g in a.fits)
-              if any(np.isfinite(g.a) or np.isfinite(g.effectivity)
-                     for a in analyses for g in a.fits if (g.scenario, g.kind) == key and not g.control)]
+    groups = [
+        key
+        for key in dict.fromkeys((g.scenario, g.kind) for a in analyses for g in a.fits)
+        if any(
+            np.isfinite(g.a) or np.isfinite(g.effectivity)
+            for a in analyses
+            for g in a.fits
+            if (g.scenario, g.kind) == key and not g.control
+        )
+    ]
     width_in = max(12.0, 0.75 * len(groups) * max(len(labels), 2) + 4)
     fig, axes = plt.subplots(1, 3, figsize=(width_in, 4.4), squeeze=False)
     width = 0.8 / max(len(labels), 1)
@@ -364,7 +402,7 @@ def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
     bottom = 0.5 * min(a.run.tokens_per_step for a in analyses) if tokens else 0.5
 
     def t_star(g) -> tuple[float, float, float]:
-        return ((g.t_star_tokens, *g.t_star_ci_tokens) if tokens else (g.t_star_steps, *g.t_star_ci_steps))
+        return (g.t_star_tokens, *g.t_star_ci_tokens) if tokens else (g.t_star_steps, *g.t_star_ci_steps)
 
     finite_t_star = [t_star(g)[0] for a in analyses for g in a.fits if np.isfinite(t_star(g)[0])]
     top = max(finite_t_star) * 30 if finite_t_star else 20 * bottom
@@ -390,8 +428,11 @@ def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
                     axes[0][2].plot([x[i] + offset], [top], "^", color=color, ms=5)
     axes[0][2].set_yscale("log")
     axes[0][2].set_ylim(bottom, top * 1.5)  # t* below one step means nothing; lower ends are cut there
-    titles = ["decay constant a (per decade of t)", f"pooled effectivity ({unit(analyses[0].options)})",
-              f"t* ({'tokens' if tokens else 'steps'}) with its interval; x: implausible fit, ▲: no upper end"]
+    titles = [
+        "decay constant a (per decade of t)",
+        f"pooled effectivity ({unit(analyses[0].options)})",
+        f"t* ({'tokens' if tokens else 'steps'}) with its interval; x: implausible fit, ▲: no upper end",
+    ]
     for ax, title in zip(axes[0], titles):
         ax.set_xticks(x, [f"{s} / {k}" for s, k in groups], fontsize=8, rotation=30, ha="right")
         ax.set_title(title, fontsize=10)
@@ -406,8 +447,10 @@ def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
 def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     """PNG (150 dpi) and PDF of `fig`, each written atomically."""
     out_dir = ensure_dir(out_dir)
-    paths = [write_atomic(out_dir / f"{stem}.png", lambda h: fig.savefig(h, format="png", dpi=150)),
-             write_atomic(out_dir / f"{stem}.pdf", lambda h: fig.savefig(h, format="pdf"))]
+    paths = [
+        write_atomic(out_dir / f"{stem}.png", lambda h: fig.savefig(h, format="png", dpi=150)),
+        write_atomic(out_dir / f"{stem}.pdf", lambda h: fig.savefig(h, format="pdf")),
+    ]
     plt.close(fig)
     return paths
 
@@ -435,9 +478,12 @@ def capacity_bits_figure(analysis) -> Figure:
     people = np.array([r.people for r in analysis.runs], dtype=float)
     cmap = plt.get_cmap("viridis")
     norm = matplotlib.colors.LogNorm(vmin=max(people.min(), 1), vmax=max(people.max(), 2))
-    for ax, which, fit in ((axes[0], "total", analysis.fit_total),
-                           (axes[1], "non-embedding", analysis.fit_non_embedding)):
-        def params(info_or_model):
+    for ax, which, fit in (
+        (axes[0], "total", analysis.fit_total),
+        (axes[1], "non-embedding", analysis.fit_non_embedding),
+    ):
+
+        def params(info_or_model, which=which):
             return info_or_model.parameters if which == "total" else info_or_model.non_embedding_parameters
 
         x = np.array([params(r.info) for r in analysis.runs], dtype=float)
@@ -445,8 +491,9 @@ def capacity_bits_figure(analysis) -> Figure:
         ax.scatter(x, y, c=people, cmap=cmap, norm=norm, s=28, zorder=3, label="runs (colour: people)")
         mx = np.array([params(m) for m in analysis.models], dtype=float)
         my = np.array([max(m.capacity, 1e-3) for m in analysis.models])
-        ax.scatter(mx, my, marker="*", s=150, facecolors="none", edgecolors="black", zorder=4,
-                   label="capacity (max over N)")
+        ax.scatter(
+            mx, my, marker="*", s=150, facecolors="none", edgecolors="black", zorder=4, label="capacity (max over N)"
+        )
         span = np.array([x.min() / 1.5, x.max() * 1.5])
         ax.plot(span, 2 * span, color="0.35", lw=1.2, label="2 bits / parameter")
         ax.plot(span, span, color="0.35", lw=1.0, ls="--", label="1 bit / parameter")
@@ -555,8 +602,12 @@ def bits_trajectory_figure(analysis) -> Figure:
 
 
 def capacity_figures(analysis) -> dict[str, Figure]:
-    return {"capacity_bits": capacity_bits_figure(analysis), "capacity_memorization": memorization_figure(analysis),
-            "capacity_attributes": attribute_figure(analysis), "capacity_trajectories": bits_trajectory_figure(analysis)}
+    return {
+        "capacity_bits": capacity_bits_figure(analysis),
+        "capacity_memorization": memorization_figure(analysis),
+        "capacity_attributes": attribute_figure(analysis),
+        "capacity_trajectories": bits_trajectory_figure(analysis),
+    }
 
 
 def plot_capacity(analysis, out_dir: str | Path) -> list[Path]:

@@ -10,9 +10,10 @@ import base64
 import html
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -94,8 +95,13 @@ def encounter_columns(fits: list[GroupFit]) -> list[Column]:
     columns = [Column("scenario", lambda g: g.scenario, 0, left=True), Column("kind", lambda g: g.kind, 0, left=True)]
     for i in range(n):
         # Later encounters are left out first when the terminal is narrow.
-        columns.append(Column(f"E{i + 1}", lambda g, i=i: fmt(g.effectivity_by_encounter[i])
-                              if i < len(g.effectivity_by_encounter) else "", 1 + i))
+        columns.append(
+            Column(
+                f"E{i + 1}",
+                lambda g, i=i: fmt(g.effectivity_by_encounter[i]) if i < len(g.effectivity_by_encounter) else "",
+                1 + i,
+            )
+        )
     return columns
 
 
@@ -105,12 +111,24 @@ def _rich(title: str, columns: list[Column], rows: list[Any], console: Console |
     cells = {id(c): [c.cell(row) for row in rows] for c in columns}
 
     def build(with_title: bool) -> Table:
-        table = Table(title=title if with_title else None, title_justify="left", box=box.SIMPLE_HEAD,
-                      padding=(0, 1), pad_edge=False, show_edge=False, caption_justify="left")
+        table = Table(
+            title=title if with_title else None,
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            padding=(0, 1),
+            pad_edge=False,
+            show_edge=False,
+            caption_justify="left",
+        )
         for c in shown:
             widest = max((len(v) for v in cells[id(c)]), default=0)
-            table.add_column(c.name, justify="left" if c.left else "right", no_wrap=not c.wrap, overflow="fold",
-                             min_width=min(widest, 16) if c.wrap else max(widest, len(c.name)))
+            table.add_column(
+                c.name,
+                justify="left" if c.left else "right",
+                no_wrap=not c.wrap,
+                overflow="fold",
+                min_width=min(widest, 16) if c.wrap else max(widest, len(c.name)),
+            )
         for i in range(len(rows)):
             table.add_row(*(cells[id(c)][i] for c in shown))
         return table
@@ -142,20 +160,29 @@ def injected(fits: list[GroupFit]) -> list[GroupFit]:
 
 
 def rich_table(title: str, fits: list[GroupFit], console: Console | None = None) -> Table:
-    return _rich(title, fit_columns(), injected(fits), console,
-                 caption="* partial (see notes); ? implausible fit (see notes)" if any(
-                     g.partial or g.flags for g in fits) else "")
+    return _rich(
+        title,
+        fit_columns(),
+        injected(fits),
+        console,
+        caption="* partial (see notes); ? implausible fit (see notes)"
+        if any(g.partial or g.flags for g in fits)
+        else "",
+    )
 
 
 def rich_retention_table(analysis: RunAnalysis, console: Console | None = None) -> Table:
     fits = [g for g in injected(analysis.fits) if g.curve is not None]
-    return _rich("retention: t where the fitted line reaches R, and observed mean R at t",
-                 retention_columns(analysis.options), fits, console)
+    return _rich(
+        "retention: t where the fitted line reaches R, and observed mean R at t",
+        retention_columns(analysis.options),
+        fits,
+        console,
+    )
 
 
 def rich_encounter_table(fits: list[GroupFit], console: Console | None = None) -> Table:
-    return _rich("effectivity by encounter: IQR mean of E(q,i)", encounter_columns(fits), injected(fits),
-                 console)
+    return _rich("effectivity by encounter: IQR mean of E(q,i)", encounter_columns(fits), injected(fits), console)
 
 
 def control_rows(analysis: RunAnalysis) -> list[list[str]]:
@@ -163,7 +190,9 @@ def control_rows(analysis: RunAnalysis) -> list[list[str]]:
     for kind, drift in analysis.control_drift.items():
         n = int(((run.scenario == "none") & (run.kind == kind)).sum())
         k = int(np.abs(drift).argmax())
-        rows.append([kind, str(n), fmt_signed(float(drift[-1])), f"{fmt_signed(float(drift[k]))} at step {run.steps[k]}"])
+        rows.append(
+            [kind, str(n), fmt_signed(float(drift[-1])), f"{fmt_signed(float(drift[k]))} at step {run.steps[k]}"]
+        )
     return rows
 
 
@@ -186,13 +215,35 @@ def adjusted_rows(analysis: RunAnalysis) -> list[list[str]]:
     rows = []
     for g in injected(analysis.fits):
         r = raw[(g.scenario, g.kind)]
-        rows.append([g.scenario, g.kind, fmt(r.effectivity), fmt(g.effectivity), fmt(r.a), fmt(g.a),
-                     fmt(r.r2), fmt(g.r2), _t_star(r), _t_star(g)])
+        rows.append(
+            [
+                g.scenario,
+                g.kind,
+                fmt(r.effectivity),
+                fmt(g.effectivity),
+                fmt(r.a),
+                fmt(g.a),
+                fmt(r.r2),
+                fmt(g.r2),
+                _t_star(r),
+                _t_star(g),
+            ]
+        )
     return rows
 
 
-ADJUSTED_HEADER = ["scenario", "kind", "eff. raw", "eff. adj.", "a raw", "a adj.", "R² raw", "R² adj.",
-                   "t* raw", "t* adj."]
+ADJUSTED_HEADER = [
+    "scenario",
+    "kind",
+    "eff. raw",
+    "eff. adj.",
+    "a raw",
+    "a adj.",
+    "R² raw",
+    "R² adj.",
+    "t* raw",
+    "t* adj.",
+]
 
 
 def rich_adjusted_table(analysis: RunAnalysis, console: Console | None = None) -> Table | None:
@@ -200,7 +251,9 @@ def rich_adjusted_table(analysis: RunAnalysis, console: Console | None = None) -
     if not rows:
         return None
     priorities = [0, 0, 1, 1, 1, 1, 2, 2, 3, 3]
-    columns = [Column(h, lambda r, i=i: r[i], p, left=i < 2) for i, (h, p) in enumerate(zip(ADJUSTED_HEADER, priorities))]
+    columns = [
+        Column(h, lambda r, i=i: r[i], p, left=i < 2) for i, (h, p) in enumerate(zip(ADJUSTED_HEADER, priorities))
+    ]
     return _rich("raw and control-adjusted, side by side", columns, rows, console)
 
 
@@ -211,16 +264,19 @@ def fit_notes(fits: list[GroupFit]) -> list[str]:
             notes.append(f"{g.scenario}/{g.kind}: {FLAG_TEXT['no_decay']} (a = {fmt(g.a)}, R² {fmt(g.r2)})")
         elif g.flags:
             reasons = "; ".join(FLAG_TEXT[f] for f in g.flags)
-            notes.append(f"{g.scenario}/{g.kind}: implausible fit, t* = {fmt(g.t_star_steps)} steps at R² "
-                         f"{fmt(g.r2)}: {reasons}")
+            notes.append(
+                f"{g.scenario}/{g.kind}: implausible fit, t* = {fmt(g.t_star_steps)} steps at R² {fmt(g.r2)}: {reasons}"
+            )
     return notes
 
 
 def unique_labels(analyses: list[RunAnalysis]) -> list[str]:
     """Run labels from the manifests; the directory name is appended where two runs would share one."""
     labels = [a.run.label for a in analyses]
-    return [f"{label} [{a.run.path.name}]" if labels.count(label) > 1 and label != a.run.path.name else label
-            for label, a in zip(labels, analyses)]
+    return [
+        f"{label} [{a.run.path.name}]" if labels.count(label) > 1 and label != a.run.path.name else label
+        for label, a in zip(labels, analyses)
+    ]
 
 
 def compare_columns(options: FitOptions, in_tokens: bool = False) -> list[Column]:
@@ -231,8 +287,9 @@ def compare_columns(options: FitOptions, in_tokens: bool = False) -> list[Column
     priority = {**{n: own[n].priority for n in names}, **({"t* tokens": own["t* steps"].priority} if in_tokens else {})}
     columns = [Column("run", lambda row: row[0], 0, left=True, wrap=True)]
     columns += [Column(n, lambda row, c=own[n]: c.cell(row[1]), priority[n], own[n].left) for n in names]
-    columns += [Column(c.name, lambda row, c=c: c.cell(row[1]), c.priority + 6, c.left)
-                for c in retention_columns(options)[2:]]
+    columns += [
+        Column(c.name, lambda row, c=c: c.cell(row[1]), c.priority + 6, c.left) for c in retention_columns(options)[2:]
+    ]
     return columns
 
 
@@ -242,25 +299,35 @@ def compare_rows(labels: list[str], analyses: list[RunAnalysis]) -> list[tuple[s
 
 def compare_table(analyses: list[RunAnalysis], console: Console | None = None) -> Table:
     labels = unique_labels(analyses)
-    return _rich("decay constant a, t* and effectivity across runs",
-                 compare_columns(analyses[0].options, compare_in_tokens(analyses)), compare_rows(labels, analyses),
-                 console)
+    return _rich(
+        "decay constant a, t* and effectivity across runs",
+        compare_columns(analyses[0].options, compare_in_tokens(analyses)),
+        compare_rows(labels, analyses),
+        console,
+    )
 
 
 def _html_table(header: list[str], rows: list[list[str]], left: int = 2) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td{' class=l' if i < left else ''}>{html.escape(c)}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=l' if i < left else ''}>{html.escape(c)}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _html_columns(columns: list[Column], rows: list[Any]) -> str:
-    return _html_table([c.name for c in columns], [[c.cell(r) for c in columns] for r in rows],
-                       left=sum(1 for c in columns if c.left))
+    return _html_table(
+        [c.name for c in columns], [[c.cell(r) for c in columns] for r in rows], left=sum(1 for c in columns if c.left)
+    )
 
 
 def _img(png: bytes, alt: str) -> str:
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></figure>'
+    return (
+        f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></figure>'
+    )
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}
@@ -278,14 +345,19 @@ Groups marked * are partial and t* marked ? rests on an implausible fit (see the
 
 def options_html(options: FitOptions, analyses: list[RunAnalysis]) -> str:
     windows = ", ".join(f"{html.escape(a.run.label)}: {a.options.window} ({a.window_source})" for a in analyses)
-    ci = (f"percentile bootstrap over probes, {options.bootstrap} resamples" if options.bootstrap
-          else "delta method on b/a (least-squares errors; they treat the points of mean R(t) as independent)")
+    ci = (
+        f"percentile bootstrap over probes, {options.bootstrap} resamples"
+        if options.bootstrap
+        else "delta method on b/a (least-squares errors; they treat the points of mean R(t) as independent)"
+    )
     t_max = options.t_max if options.t_max is not None else "the rule set's default"
-    return (f"<p>Rules <code>{html.escape(options.rules)}</code>, scale <code>{options.scale}</code>, metric "
-            f"<code>{html.escape(options.metric)}</code>, control adjustment "
-            f"<code>{'on' if options.control_adjust else 'off'}</code>, IQR factor {options.factor:g}, "
-            f"t from {options.t_min} to {t_max}; window: {windows}. Interval of t*: "
-            f"{int(round(options.ci_level * 100))} %, {ci}.</p>")
+    return (
+        f"<p>Rules <code>{html.escape(options.rules)}</code>, scale <code>{options.scale}</code>, metric "
+        f"<code>{html.escape(options.metric)}</code>, control adjustment "
+        f"<code>{'on' if options.control_adjust else 'off'}</code>, IQR factor {options.factor:g}, "
+        f"t from {options.t_min} to {t_max}; window: {windows}. Interval of t*: "
+        f"{int(round(options.ci_level * 100))} %, {ci}.</p>"
+    )
 
 
 def _is_capacity_only(analysis: RunAnalysis) -> bool:
@@ -301,25 +373,34 @@ def build_report(analyses: list[RunAnalysis]) -> str:
     labels = unique_labels(analyses)
     options = analyses[0].options
     shown = [(label, a) for label, a in zip(labels, analyses) if not _is_capacity_only(a)]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Knowledge-injection report</title>"
-             f"<style>{_CSS}</style></head><body><h1>Knowledge-injection report</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Knowledge-injection report</title>"
+        f"<style>{_CSS}</style></head><body><h1>Knowledge-injection report</h1>"
+    ]
     if shown:
         parts += [options_html(options, [a for _, a in shown]), _DEFINITIONS]
     if len(shown) > 1:
         parts.append("<h2>Comparison</h2>")
         shown_labels, shown_analyses = [label for label, _ in shown], [a for _, a in shown]
-        parts.append(_html_columns(compare_columns(options, compare_in_tokens(shown_analyses)),
-                                   compare_rows(shown_labels, shown_analyses)))
+        parts.append(
+            _html_columns(
+                compare_columns(options, compare_in_tokens(shown_analyses)), compare_rows(shown_labels, shown_analyses)
+            )
+        )
         fig = compare_figure(shown_labels, shown_analyses)
         parts.append(_img(png_bytes(fig), "comparison of decay constants and effectivity"))
         plt.close(fig)
     for label, analysis in shown:
         run = analysis.run
         tps = f"{run.tokens_per_step:,}" if run.tokens_per_step else "unknown"
-        start = f", starting after {run.start_tokens:,} tokens of the original run" if run.start_tokens is not None else ""
-        parts.append(f"<h2>{html.escape(label)}</h2><p><code>{html.escape(str(run.path))}</code>: "
-                     f"{run.n_probes:,} probes, logged steps {run.steps[0]}–{run.steps[-1]} ({len(run.steps):,} "
-                     f"steps), tokens per step {tps}{start}, quantities in {html.escape(unit(analysis.options))}.</p>")
+        start = (
+            f", starting after {run.start_tokens:,} tokens of the original run" if run.start_tokens is not None else ""
+        )
+        parts.append(
+            f"<h2>{html.escape(label)}</h2><p><code>{html.escape(str(run.path))}</code>: "
+            f"{run.n_probes:,} probes, logged steps {run.steps[0]}–{run.steps[-1]} ({len(run.steps):,} "
+            f"steps), tokens per step {tps}{start}, quantities in {html.escape(unit(analysis.options))}.</p>"
+        )
         for warning in analysis.warnings:
             parts.append(f"<p class='warn'>warning: {html.escape(warning)}</p>")
         parts.append(_html_columns(fit_columns(detailed=True), injected(analysis.fits)))
@@ -356,13 +437,50 @@ def write_report(paths: list[str | Path], out_dir: str | Path, options: FitOptio
 
 # ---- capacity runs ----------------------------------------------------------------------------------------
 
-CAPACITY_COLUMNS = ["run", "model", "params", "non-emb params", "people", "step", "exposures", "bits", "strict",
-                    "of available", "bits/param", "bits/non-emb", "EM", "M∞", "τ", "R²"]
+CAPACITY_COLUMNS = [
+    "run",
+    "model",
+    "params",
+    "non-emb params",
+    "people",
+    "step",
+    "exposures",
+    "bits",
+    "strict",
+    "of available",
+    "bits/param",
+    "bits/non-emb",
+    "EM",
+    "M∞",
+    "τ",
+    "R²",
+]
 ATTRIBUTE_COLUMNS = ["run", "knowledge base", "attribute", "|V|", "log2|V|", "bits", "of available", "CE bits", "EM"]
-MODEL_COLUMNS = ["model", "params", "non-emb params", "capacity bits", "bits/param", "bits/non-emb", "limited by",
-                 "rungs (people: bits)"]
-OVERWRITE_COLUMNS = ["run", "knowledge base", "switch step", "bits at switch", "bits last", "kept", "EM at switch",
-                     "EM last", "kept (EM)", "a", "± se", "R²", "excluded"]
+MODEL_COLUMNS = [
+    "model",
+    "params",
+    "non-emb params",
+    "capacity bits",
+    "bits/param",
+    "bits/non-emb",
+    "limited by",
+    "rungs (people: bits)",
+]
+OVERWRITE_COLUMNS = [
+    "run",
+    "knowledge base",
+    "switch step",
+    "bits at switch",
+    "bits last",
+    "kept",
+    "EM at switch",
+    "EM last",
+    "kept (EM)",
+    "a",
+    "± se",
+    "R²",
+    "excluded",
+]
 
 
 def _int(value: int) -> str:
@@ -376,12 +494,26 @@ def capacity_rows(analysis) -> list[list[str]]:
         fit = r.knowledge_bases[0].memorization
         share = rec["bits"] / rec["available_bits"] if rec["available_bits"] else math.nan
         em = sum(kb.exact_match[r.column] * kb.people for kb in r.knowledge_bases) / max(r.people, 1)
-        rows.append([rec["run"], rec["model"], _int(rec["parameters"]), _int(rec["non_embedding_parameters"]),
-                     _int(rec["people"]), str(rec["step"]), fmt(rec["exposures"]), fmt(rec["bits"]),
-                     fmt(rec["bits_strict"]), fmt(share), fmt(rec["bits_per_parameter"]),
-                     fmt(rec["bits_per_non_embedding_parameter"]), fmt(em),
-                     fmt(fit.m_inf if fit else None), fmt(fit.tau if fit else None),
-                     fmt(fit.r2 if fit else None)])
+        rows.append(
+            [
+                rec["run"],
+                rec["model"],
+                _int(rec["parameters"]),
+                _int(rec["non_embedding_parameters"]),
+                _int(rec["people"]),
+                str(rec["step"]),
+                fmt(rec["exposures"]),
+                fmt(rec["bits"]),
+                fmt(rec["bits_strict"]),
+                fmt(share),
+                fmt(rec["bits_per_parameter"]),
+                fmt(rec["bits_per_non_embedding_parameter"]),
+                fmt(em),
+                fmt(fit.m_inf if fit else None),
+                fmt(fit.tau if fit else None),
+                fmt(fit.r2 if fit else None),
+            ]
+        )
     return rows
 
 
@@ -392,18 +524,36 @@ def attribute_rows(analysis) -> list[list[str]]:
         for kb in r.knowledge_bases:
             for a in kb.attributes:
                 share = a.bits[col] / a.available_bits if a.available_bits else math.nan
-                rows.append([r.label, kb.scenario, a.name, _int(a.size), fmt(math.log2(a.size)),
-                             fmt(a.bits[col]), fmt(share), fmt(a.cross_entropy[col]),
-                             fmt(a.exact_match[col])])
+                rows.append(
+                    [
+                        r.label,
+                        kb.scenario,
+                        a.name,
+                        _int(a.size),
+                        fmt(math.log2(a.size)),
+                        fmt(a.bits[col]),
+                        fmt(share),
+                        fmt(a.cross_entropy[col]),
+                        fmt(a.exact_match[col]),
+                    ]
+                )
     return rows
 
 
 def model_rows(analysis) -> list[list[str]]:
-    return [[m.model, _int(m.parameters), _int(m.non_embedding_parameters), fmt(m.capacity),
-             fmt(m.capacity / m.parameters), fmt(m.capacity / m.non_embedding_parameters),
-             "model" if m.limited_by_model else "data",
-             ", ".join(f"{r.people}: {r.bits[r.column]:,.0f}" for r in sorted(m.runs, key=lambda r: r.people))]
-            for m in analysis.models]
+    return [
+        [
+            m.model,
+            _int(m.parameters),
+            _int(m.non_embedding_parameters),
+            fmt(m.capacity),
+            fmt(m.capacity / m.parameters),
+            fmt(m.capacity / m.non_embedding_parameters),
+            "model" if m.limited_by_model else "data",
+            ", ".join(f"{r.people}: {r.bits[r.column]:,.0f}" for r in sorted(m.runs, key=lambda r: r.people)),
+        ]
+        for m in analysis.models
+    ]
 
 
 def overwrite_rows(analysis) -> list[list[str]]:
@@ -412,9 +562,23 @@ def overwrite_rows(analysis) -> list[list[str]]:
         for kb in r.knowledge_bases:
             o = kb.overwrite
             if o is not None:
-                rows.append([r.label, kb.scenario, str(o.switch_step), fmt(o.bits_at_switch), fmt(o.bits_last),
-                             fmt(o.bits_kept), fmt(o.exact_match_at_switch), fmt(o.exact_match_last),
-                             fmt(o.exact_match_kept), fmt(o.a), fmt(o.a_se), fmt(o.r2), str(o.n_excluded)])
+                rows.append(
+                    [
+                        r.label,
+                        kb.scenario,
+                        str(o.switch_step),
+                        fmt(o.bits_at_switch),
+                        fmt(o.bits_last),
+                        fmt(o.bits_kept),
+                        fmt(o.exact_match_at_switch),
+                        fmt(o.exact_match_last),
+                        fmt(o.exact_match_kept),
+                        fmt(o.a),
+                        fmt(o.a_se),
+                        fmt(o.r2),
+                        str(o.n_excluded),
+                    ]
+                )
     return rows
 
 
@@ -423,8 +587,10 @@ def fit_line(analysis) -> str:
     for name, fit in (("total", analysis.fit_total), ("non-embedding", analysis.fit_non_embedding)):
         if fit is not None:
             se = f" ± {fmt(fit.slope_se)}" if math.isfinite(fit.slope_se) else ""
-            parts.append(f"{fmt(fit.slope)}{se} bits per {name} parameter (R² {fmt(fit.r2)}, "
-                         f"{fit.n_points} model{'s' if fit.n_points != 1 else ''})")
+            parts.append(
+                f"{fmt(fit.slope)}{se} bits per {name} parameter (R² {fmt(fit.r2)}, "
+                f"{fit.n_points} model{'s' if fit.n_points != 1 else ''})"
+            )
     return "capacity against parameters, line through the origin: " + "; ".join(parts) if parts else ""
 
 
@@ -454,13 +620,20 @@ def _plain_table(title: str, header: list[str], rows: list[list[str]], left: int
 
 def capacity_tables(analysis) -> list[Table]:
     kind = analysis.runs[0].kind
-    tables = [_plain_table(f"stored knowledge ({kind} probes; bits = Σ max(0, log2|V| − CE))", CAPACITY_COLUMNS,
-                    capacity_rows(analysis)),
-              _plain_table("per attribute", ATTRIBUTE_COLUMNS, attribute_rows(analysis), left=3),
-              _plain_table("capacity per model (most bits over the rungs)", MODEL_COLUMNS, model_rows(analysis), left=1)]
+    tables = [
+        _plain_table(
+            f"stored knowledge ({kind} probes; bits = Σ max(0, log2|V| − CE))",
+            CAPACITY_COLUMNS,
+            capacity_rows(analysis),
+        ),
+        _plain_table("per attribute", ATTRIBUTE_COLUMNS, attribute_rows(analysis), left=3),
+        _plain_table("capacity per model (most bits over the rungs)", MODEL_COLUMNS, model_rows(analysis), left=1),
+    ]
     rows = overwrite_rows(analysis)
     if rows:
-        tables.append(_plain_table("overwriting: a knowledge base after training moved on to another", OVERWRITE_COLUMNS, rows))
+        tables.append(
+            _plain_table("overwriting: a knowledge base after training moved on to another", OVERWRITE_COLUMNS, rows)
+        )
     return tables
 
 
@@ -476,18 +649,29 @@ people; bits per parameter is the slope of a line through the origin of capacity
 def capacity_html(analysis) -> str:
     from analysis.plots import capacity_figures
 
-    parts = ["<h2>Knowledge capacity</h2>", _CAPACITY_DEFINITIONS,
-             _html_table(CAPACITY_COLUMNS, capacity_rows(analysis))]
+    parts = [
+        "<h2>Knowledge capacity</h2>",
+        _CAPACITY_DEFINITIONS,
+        _html_table(CAPACITY_COLUMNS, capacity_rows(analysis)),
+    ]
     line = fit_line(analysis)
     if line:
         parts.append(f"<p>{html.escape(line)}</p>")
-    parts += ["<h3>Capacity per model</h3>", _html_table(MODEL_COLUMNS, model_rows(analysis)),
-              "<h3>Per attribute</h3>", _html_table(ATTRIBUTE_COLUMNS, attribute_rows(analysis))]
+    parts += [
+        "<h3>Capacity per model</h3>",
+        _html_table(MODEL_COLUMNS, model_rows(analysis)),
+        "<h3>Per attribute</h3>",
+        _html_table(ATTRIBUTE_COLUMNS, attribute_rows(analysis)),
+    ]
     rows = overwrite_rows(analysis)
     if rows:
-        parts += ["<h3>Overwriting</h3>", "<p>A knowledge base after its training stopped while another one was "
-                  "trained: bits and exact matches kept, and R(t) = [ℓ(switch + t) − ℓ(0)] / [ℓ(switch) − ℓ(0)] "
-                  "fitted as R ≈ b − a·log10 t.</p>", _html_table(OVERWRITE_COLUMNS, rows)]
+        parts += [
+            "<h3>Overwriting</h3>",
+            "<p>A knowledge base after its training stopped while another one was "
+            "trained: bits and exact matches kept, and R(t) = [ℓ(switch + t) − ℓ(0)] / [ℓ(switch) − ℓ(0)] "
+            "fitted as R ≈ b − a·log10 t.</p>",
+            _html_table(OVERWRITE_COLUMNS, rows),
+        ]
     for note in capacity_notes(analysis):
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
     for stem, fig in capacity_figures(analysis).items():

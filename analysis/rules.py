@@ -35,12 +35,22 @@ class Rules:
 
 
 PAPER = Rules(
-    name="paper", iqr_factor=1.5, drop_only_zero_gain=False, dropped_probe_has_effectivity=True,
-    reference_at_first_step=False, shared_t_range=False, negate_falling_curve=False,
+    name="paper",
+    iqr_factor=1.5,
+    drop_only_zero_gain=False,
+    dropped_probe_has_effectivity=True,
+    reference_at_first_step=False,
+    shared_t_range=False,
+    negate_falling_curve=False,
 )
 STUDY_CODE = Rules(
-    name="study-code", iqr_factor=2.0, drop_only_zero_gain=True, dropped_probe_has_effectivity=False,
-    reference_at_first_step=True, shared_t_range=True, negate_falling_curve=True,
+    name="study-code",
+    iqr_factor=2.0,
+    drop_only_zero_gain=True,
+    dropped_probe_has_effectivity=False,
+    reference_at_first_step=True,
+    shared_t_range=True,
+    negate_falling_curve=True,
 )
 RULE_SETS: dict[str, Rules] = {r.name: r for r in (PAPER, STUDY_CODE)}
 

@@ -82,26 +82,50 @@ def main() -> None:
         base = args.dir or Path(tmp)
         path = base / "planted-run"
         t: dict[str, float] = {}
-        timed("writing the planted log", lambda: write_planted_run(
-            path, paper_scenarios(controls=10), n_steps=2501, noise=0.05, tokens_per_step=4_194_304), t)
+        timed(
+            "writing the planted log",
+            lambda: write_planted_run(
+                path, paper_scenarios(controls=10), n_steps=2501, noise=0.05, tokens_per_step=4_194_304
+            ),
+            t,
+        )
         run = timed("load_run", lambda: load_run(path), t)
         print(f"  {run.n_probes:,} probes × {len(run.steps):,} steps = {run.n_probes * len(run.steps):,} rows")
         paper = timed("analyse_run, paper rules", lambda: analyse_run(run, FitOptions()), t)
         timed("analyse_run, study-code rules", lambda: analyse_run(run, FitOptions(rules="study-code")), t)
-        timed("analyse_run, study-code, perplexity scale",
-              lambda: analyse_run(run, FitOptions(rules="study-code", scale="perplexity")), t)
-        adjusted = timed("analyse_run, paper, control-adjusted (adjusted + raw)",
-                         lambda: analyse_run(run, FitOptions(control_adjust=True)), t)
-        timed("fit --json document (adjusted + raw groups)",
-              lambda: json.dumps(fit_document(adjusted), allow_nan=False), t)
-        timed("curves table + Parquet write (adjusted + raw)",
-              lambda: write_curves(base / "curves.parquet", [curves_table("bench", adjusted)]), t)
-        total = t["load_run"] + t["analyse_run, paper, control-adjusted (adjusted + raw)"] + \
-            t["fit --json document (adjusted + raw groups)"] + t["curves table + Parquet write (adjusted + raw)"]
+        timed(
+            "analyse_run, study-code, perplexity scale",
+            lambda: analyse_run(run, FitOptions(rules="study-code", scale="perplexity")),
+            t,
+        )
+        adjusted = timed(
+            "analyse_run, paper, control-adjusted (adjusted + raw)",
+            lambda: analyse_run(run, FitOptions(control_adjust=True)),
+            t,
+        )
+        timed(
+            "fit --json document (adjusted + raw groups)",
+            lambda: json.dumps(fit_document(adjusted), allow_nan=False),
+            t,
+        )
+        timed(
+            "curves table + Parquet write (adjusted + raw)",
+            lambda: write_curves(base / "curves.parquet", [curves_table("bench", adjusted)]),
+            t,
+        )
+        total = (
+            t["load_run"]
+            + t["analyse_run, paper, control-adjusted (adjusted + raw)"]
+            + t["fit --json document (adjusted + raw groups)"]
+            + t["curves table + Parquet write (adjusted + raw)"]
+        )
         print(f"{'total: load + adjusted analysis + JSON + curves':<58} {total:6.2f} s")
         if args.bootstrap:
-            timed(f"analyse_run with a {args.bootstrap}-resample bootstrap",
-                  lambda: analyse_run(run, FitOptions(bootstrap=args.bootstrap)), t)
+            timed(
+                f"analyse_run with a {args.bootstrap}-resample bootstrap",
+                lambda: analyse_run(run, FitOptions(bootstrap=args.bootstrap)),
+                t,
+            )
         if args.figures:
             from analysis.plots import plot_run
 
@@ -119,10 +143,14 @@ def main() -> None:
         for g in fitted:
             for s in subset[:5]:
                 assert abs(naive[(g.scenario, g.kind, s)] - g.retention_mean[s - g.t_min]) < 1e-9
-        print(f"naive per-t loop: {t_naive_subset:.2f} s for {len(subset)} t values × {len(fitted)} groups; "
-              f"extrapolated linearly to all {total_t:,} (group, t) pairs: {t_naive:.0f} s")
-        print(f"speed-up of the vectorised paper analysis over the naive loop: "
-              f"{t_naive / t['analyse_run, paper rules']:.0f}×")
+        print(
+            f"naive per-t loop: {t_naive_subset:.2f} s for {len(subset)} t values × {len(fitted)} groups; "
+            f"extrapolated linearly to all {total_t:,} (group, t) pairs: {t_naive:.0f} s"
+        )
+        print(
+            f"speed-up of the vectorised paper analysis over the naive loop: "
+            f"{t_naive / t['analyse_run, paper rules']:.0f}×"
+        )
 
 
 if __name__ == "__main__":

@@ -30,9 +30,11 @@ def make_corpus(root: Path, n_instances: int) -> Path:
     rng = np.random.default_rng(0)
     rng.integers(0, 50000, size=n_instances * SEQ).astype(np.uint16).tofile(root / "part-000.npy")
     write_global_indices(root / "global_indices.npy", build_global_indices(n_instances, seed=1))
-    (root / "corpus.json").write_text(json.dumps(
-        {"paths": ["part-000.npy"], "dtype": "uint16", "seq_len": SEQ, "seed": 1, "n_instances": n_instances}
-    ))
+    (root / "corpus.json").write_text(
+        json.dumps(
+            {"paths": ["part-000.npy"], "dtype": "uint16", "seq_len": SEQ, "seed": 1, "n_instances": n_instances}
+        )
+    )
     return root
 
 
@@ -40,8 +42,15 @@ def tiny_olmo() -> torch.nn.Module:
     from transformers import OlmoConfig, OlmoForCausalLM
 
     config = OlmoConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=SEQ, pad_token_id=1, eos_token_id=50279, bos_token_id=None,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=SEQ,
+        pad_token_id=1,
+        eos_token_id=50279,
+        bos_token_id=None,
     )
     return OlmoForCausalLM(config)
 
@@ -93,11 +102,19 @@ def main() -> None:
         no_wait, no_step = run(prefetch=0, offset=0)
         pf_wait, pf_step = run(prefetch=2, offset=args.steps + 2)
 
-    print(f"tiny OLMo (d_model 64, 2 layers, vocab {VOCAB}), global batch {BATCH} x {SEQ}, "
-          f"{args.paragraphs} paragraphs spliced per step, {args.steps} steps, torch threads {torch.get_num_threads()}")
-    print(f"without prefetch: fetch+splice {no_wait * 1e3:7.2f} ms / train step {no_step * 1e3:7.2f} ms = {no_wait / no_step:6.2%}")
-    print(f"with prefetch:    data wait    {pf_wait * 1e3:7.2f} ms / train step {pf_step * 1e3:7.2f} ms = {pf_wait / pf_step:6.2%}"
-          f"  (target ≤ 5%: {'met' if pf_wait / pf_step <= 0.05 else 'NOT met'})")
+    print(
+        f"tiny OLMo (d_model 64, 2 layers, vocab {VOCAB}), global batch {BATCH} x {SEQ}, "
+        f"{args.paragraphs} paragraphs spliced per step, {args.steps} steps, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"without prefetch: fetch+splice {no_wait * 1e3:7.2f} ms / train step {no_step * 1e3:7.2f} ms = "
+        f"{no_wait / no_step:6.2%}"
+    )
+    print(
+        f"with prefetch:    data wait    {pf_wait * 1e3:7.2f} ms / train step {pf_step * 1e3:7.2f} ms = "
+        f"{pf_wait / pf_step:6.2%}"
+        f"  (target ≤ 5%: {'met' if pf_wait / pf_step <= 0.05 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+
 def study_rows(shape: str) -> int | None:
     """Rows per update of the original run's `mid` checkpoint (the catalog's batch size there), for the OLMo
     shapes; None for the small CPU shape."""
@@ -52,8 +53,15 @@ def study_rows(shape: str) -> int | None:
     family = load_catalog().family(shape)
     return family.batch_size_at(family.stages["mid"])
 
-SMALL = {"d_model": 256, "n_layers": 4, "n_heads": 4, "n_kv_heads": 4, "mlp_hidden_size": 2048,
-         "max_sequence_length": 512}
+
+SMALL = {
+    "d_model": 256,
+    "n_layers": 4,
+    "n_heads": 4,
+    "n_kv_heads": 4,
+    "mlp_hidden_size": 2048,
+    "max_sequence_length": 512,
+}
 
 
 def architecture(shape: str, **overrides) -> dict:
@@ -82,8 +90,14 @@ def write_corpus(corpus: Path, arch: dict, n_instances: int, seed: int = 0) -> P
     rng = np.random.default_rng(0)
     rng.integers(0, arch["vocab_size"] - 1, size=n_instances * seq, dtype=np.uint16).tofile(tokens)
     write_global_indices(corpus / "global_indices.npy", build_global_indices(n_instances, seed=seed))
-    info = {"paths": [tokens.name], "dtype": "uint16", "seq_len": seq, "seed": seed, "n_instances": n_instances,
-            "eos_token_id": arch["eos_token_id"]}
+    info = {
+        "paths": [tokens.name],
+        "dtype": "uint16",
+        "seq_len": seq,
+        "seed": seed,
+        "n_instances": n_instances,
+        "eos_token_id": arch["eos_token_id"],
+    }
     (corpus / "corpus.json").write_text(json.dumps(info))
     return tokens
 
@@ -98,8 +112,12 @@ def build_inputs(work: Path, shape: str, global_batch: int, steps: int) -> tuple
     ckpt = work / f"ckpt-{shape}"
     if not is_complete(ckpt):
         t0 = time.perf_counter()
-        meta = {"family": f"bench-{shape}", "global_batch_size": global_batch, "seq_len": seq,
-                "tokens_per_step": global_batch * seq}
+        meta = {
+            "family": f"bench-{shape}",
+            "global_batch_size": global_batch,
+            "seq_len": seq,
+            "tokens_per_step": global_batch * seq,
+        }
         build_tiny_checkpoint(ckpt, seed=0, meta_overrides=meta, **arch)
         print(f"built {ckpt} in {time.perf_counter() - t0:.0f} s", flush=True)
     corpus = work / f"corpus-{shape}-B{global_batch}"
@@ -119,8 +137,18 @@ def count_params(ckpt: Path) -> int:
     return total
 
 
-def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precision: str, eval_interval: int,
-          env: dict | None = None, **settings) -> dict:
+def train(
+    work: Path,
+    name: str,
+    ckpt: Path,
+    corpus: Path,
+    args,
+    ds: str,
+    precision: str,
+    eval_interval: int,
+    env: dict | None = None,
+    **settings,
+) -> dict:
     """One `injection run` in a fresh process; returns its measurements. `env` adds to its environment;
     `settings` replace fields of the run's configuration (e.g. `schedule_overrides`)."""
     import pandas as pd
@@ -130,17 +158,35 @@ def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precis
         import shutil
 
         shutil.rmtree(out)
-    cfg = {"checkpoint": str(ckpt), "knowledge": f"generate:{args.paragraphs}:1:0", "schedule": "smoke", "schedule_overrides": {"interval": 2, "count": 2},
-           "data": str(corpus), "total_steps": args.steps, "global_batch": args.global_batch,
-           "micro_batch": args.micro_batch, "deepspeed_config": ds, "precision": precision,
-           "eval_interval": eval_interval, "output_dir": str(out), "checkpoint_interval": 0,
-           "log_flush_steps": args.steps, "optimizer": {"fresh_moments": True},
-           "kernels": dict(getattr(args, "kernels", {})), **settings}
+    cfg = {
+        "checkpoint": str(ckpt),
+        "knowledge": f"generate:{args.paragraphs}:1:0",
+        "schedule": "smoke",
+        "schedule_overrides": {"interval": 2, "count": 2},
+        "data": str(corpus),
+        "total_steps": args.steps,
+        "global_batch": args.global_batch,
+        "micro_batch": args.micro_batch,
+        "deepspeed_config": ds,
+        "precision": precision,
+        "eval_interval": eval_interval,
+        "output_dir": str(out),
+        "checkpoint_interval": 0,
+        "log_flush_steps": args.steps,
+        "optimizer": {"fresh_moments": True},
+        "kernels": dict(getattr(args, "kernels", {})),
+        **settings,
+    }
     path = work / f"{name}.yaml"
     path.write_text(json.dumps(cfg))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "injection", "run", str(path)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "injection", "run", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
     wall = time.perf_counter() - t0
     if proc.returncode:
         print(proc.stdout[-3000:], proc.stderr[-6000:], sep="\n")
@@ -148,15 +194,26 @@ def train(work: Path, name: str, ckpt: Path, corpus: Path, args, ds: str, precis
     metrics = pd.read_parquet(out / "train_metrics.parquet")
     steady = metrics[metrics.step > args.warmup]
     manifest = json.loads((out / "manifest.json").read_text())
-    return {"name": name, "ds": ds, "precision": precision, "eval_interval": eval_interval, "wall_s": wall,
-            "micro_batch": cfg["micro_batch"], "settings": settings,
-            "updates": len(metrics), "tokens": int(manifest["tokens_per_step"]) * len(metrics),
-            "tokens_per_s": float(steady.tokens_per_s.median()),
-            "s_per_update": float((manifest["tokens_per_step"] / steady.tokens_per_s).median()),
-            "max_mem_gib": float(metrics.max_mem_gib.max()), "loss_first": float(metrics.loss.iloc[0]),
-            "loss_last": float(metrics.loss.iloc[-1]), "runtime": manifest.get("runtime", {}),
-            "n_probes": manifest["n_probes"], "run_dir": str(out),
-            "eval_s_per_step": float(metrics.eval_s[metrics.eval_s > 0].median()) if (metrics.eval_s > 0).any() else 0.0}
+    return {
+        "name": name,
+        "ds": ds,
+        "precision": precision,
+        "eval_interval": eval_interval,
+        "wall_s": wall,
+        "micro_batch": cfg["micro_batch"],
+        "settings": settings,
+        "updates": len(metrics),
+        "tokens": int(manifest["tokens_per_step"]) * len(metrics),
+        "tokens_per_s": float(steady.tokens_per_s.median()),
+        "s_per_update": float((manifest["tokens_per_step"] / steady.tokens_per_s).median()),
+        "max_mem_gib": float(metrics.max_mem_gib.max()),
+        "loss_first": float(metrics.loss.iloc[0]),
+        "loss_last": float(metrics.loss.iloc[-1]),
+        "runtime": manifest.get("runtime", {}),
+        "n_probes": manifest["n_probes"],
+        "run_dir": str(out),
+        "eval_s_per_step": float(metrics.eval_s[metrics.eval_s > 0].median()) if (metrics.eval_s > 0).any() else 0.0,
+    }
 
 
 def agreement(a: Path, b: Path) -> dict:
@@ -172,9 +229,14 @@ def agreement(a: Path, b: Path) -> dict:
     for suffix in ("_a", "_b"):
         wide = m.pivot_table(index=key[1:], columns="step", values=f"logprob{suffix}")
         d0[suffix] = (wide[last] - wide[0]).to_numpy()
-    return {"rows": len(m), "mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()),
-            "change_corr": float(np.corrcoef(d0["_a"], d0["_b"])[0, 1]),
-            "mean_change_a": float(d0["_a"].mean()), "mean_change_b": float(d0["_b"].mean())}
+    return {
+        "rows": len(m),
+        "mean_abs_diff": float(diff.mean()),
+        "max_abs_diff": float(diff.max()),
+        "change_corr": float(np.corrcoef(d0["_a"], d0["_b"])[0, 1]),
+        "mean_change_a": float(d0["_a"].mean()),
+        "mean_change_b": float(d0["_b"].mean()),
+    }
 
 
 def lever_runs(args, work: Path, ds: str) -> dict[str, dict]:
@@ -239,8 +301,7 @@ def measure_levers(work, ckpt, corpus, args, ds, precision, baseline: dict) -> l
         row["gain"], row["noise"] = row["tokens_per_s"] / reference, noise
     paying = [r["lever"] for r in rows if r["gain"] > 1 + max(0.01, noise) and r["lever"] in levers]
     if len(paying) > 1:
-        row = train(work, "lever-all-paying", ckpt, corpus, args, ds, precision, args.steps,
-                    **combine(levers, paying))
+        row = train(work, "lever-all-paying", ckpt, corpus, args, ds, precision, args.steps, **combine(levers, paying))
         row["lever"], row["gain"], row["noise"] = "+".join(paying), row["tokens_per_s"] / reference, noise
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -253,8 +314,12 @@ def projection(tokens_per_s: float, arch: dict, shape: str, peak_tflops: float) 
     rows = study_rows(shape)
     tokens = 2500 * rows * arch["max_sequence_length"]
     h100_days = tokens / (8 * tokens_per_s) / 86400
-    return {"tokens": tokens, "rows_per_update": rows, "days_8x_h100": h100_days,
-            "days_8x_a100": h100_days * peak_tflops / 312.0}
+    return {
+        "tokens": tokens,
+        "rows_per_update": rows,
+        "days_8x_h100": h100_days,
+        "days_8x_a100": h100_days * peak_tflops / 312.0,
+    }
 
 
 def main() -> None:
@@ -269,9 +334,15 @@ def main() -> None:
     ap.add_argument("--paragraphs", type=int, default=120, help="generated paragraphs (15 probes each)")
     ap.add_argument("--agreement", action="store_true", help="also train the first config in fp32 and compare")
     ap.add_argument("--eval-cost", action="store_true", help="also time the first config with probes every update")
-    ap.add_argument("--levers", default=None, help="comma-separated throughput levers to measure one by one "
-                    "(eager, chunked, chunked-2x, fused-adamw, compile, ckpt-4x, small-buckets) or all")
-    ap.add_argument("--kernels", default="", help="kernels fields of every run, e.g. loss_chunk_tokens=8192,fused_adamw=true")
+    ap.add_argument(
+        "--levers",
+        default=None,
+        help="comma-separated throughput levers to measure one by one "
+        "(eager, chunked, chunked-2x, fused-adamw, compile, ckpt-4x, small-buckets) or all",
+    )
+    ap.add_argument(
+        "--kernels", default="", help="kernels fields of every run, e.g. loss_chunk_tokens=8192,fused_adamw=true"
+    )
     ap.add_argument("--loss-chunk-tokens", type=int, default=8192, help="the chunk size the `chunked` levers use")
     ap.add_argument("--projection", action="store_true", help="print the reference experiment's time on 8 GPUs")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
@@ -288,8 +359,11 @@ def main() -> None:
     n_params = count_params(ckpt)
     flops_per_token = 6 * n_params + 12 * arch["n_layers"] * arch["d_model"] * arch["max_sequence_length"]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"device {device}; {args.shape}: {n_params / 1e9:.3f}B parameters, seq {arch['max_sequence_length']}, "
-          f"global batch {args.global_batch} (micro {args.micro_batch}), {args.steps} updates", flush=True)
+    print(
+        f"device {device}; {args.shape}: {n_params / 1e9:.3f}B parameters, seq {arch['max_sequence_length']}, "
+        f"global batch {args.global_batch} (micro {args.micro_batch}), {args.steps} updates",
+        flush=True,
+    )
 
     rows = []
     sparse = args.steps  # probes at step 0 and the last step only
@@ -303,9 +377,17 @@ def main() -> None:
         dense = train(work, f"{first_ds}-{first_precision}-eval1", ckpt, corpus, args, first_ds, first_precision, 1)
         rows.append(dense)
         print(json.dumps(dense), flush=True)
-    result = {"device": device, "shape": args.shape, "n_params": n_params, "flops_per_token": flops_per_token,
-              "global_batch": args.global_batch, "micro_batch": args.micro_batch, "steps": args.steps,
-              "torch": torch.__version__, "rows": rows}
+    result = {
+        "device": device,
+        "shape": args.shape,
+        "n_params": n_params,
+        "flops_per_token": flops_per_token,
+        "global_batch": args.global_batch,
+        "micro_batch": args.micro_batch,
+        "steps": args.steps,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     if args.levers:
         baseline = rows[0]
         result["levers"] = measure_levers(work, ckpt, corpus, args, first_ds, first_precision, baseline)
@@ -313,42 +395,59 @@ def main() -> None:
     if args.agreement:
         ref = train(work, f"{first_ds}-fp32-ref", ckpt, corpus, args, first_ds, "fp32", 1)
         rows.append(ref)
-        result["agreement"] = {"a": dense["name"], "b": ref["name"],
-                               **agreement(Path(dense["run_dir"]), Path(ref["run_dir"]))}
+        result["agreement"] = {
+            "a": dense["name"],
+            "b": ref["name"],
+            **agreement(Path(dense["run_dir"]), Path(ref["run_dir"])),
+        }
 
     print(f"\n{'run':<22}{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}{'s/update':>10}{'peak GiB':>10}{'loss':>15}")
     for r in rows:
         tflops = r["tokens_per_s"] * flops_per_token / 1e12
         r["tflops"], r["mfu"] = tflops, tflops / args.peak_tflops
-        print(f"{r['name']:<22}{r['tokens_per_s']:>10,.0f}{tflops:>9.1f}{r['mfu']:>7.1%}{r['s_per_update']:>10.3f}"
-              f"{r['max_mem_gib']:>10.1f}{r['loss_first']:>8.3f}→{r['loss_last']:.3f}")
+        print(
+            f"{r['name']:<22}{r['tokens_per_s']:>10,.0f}{tflops:>9.1f}{r['mfu']:>7.1%}{r['s_per_update']:>10.3f}"
+            f"{r['max_mem_gib']:>10.1f}{r['loss_first']:>8.3f}→{r['loss_last']:.3f}"
+        )
     if dense:
         result["probe_eval_s_per_step"] = dense["eval_s_per_step"]
         result["probe_eval_over_update"] = dense["eval_s_per_step"] / dense["s_per_update"]
-        print(f"probe evaluation ({dense['n_probes']} probes) after every update: "
-              f"{dense['eval_s_per_step']:.3f} s per step = {result['probe_eval_over_update']:.1%} of an update")
+        print(
+            f"probe evaluation ({dense['n_probes']} probes) after every update: "
+            f"{dense['eval_s_per_step']:.3f} s per step = {result['probe_eval_over_update']:.1%} of an update"
+        )
         rows_at_study = study_rows(args.shape)
         if rows_at_study:  # the same evaluation against an update of the checkpoint's own batch, at this tokens/s
             study_update_s = rows_at_study * arch["max_sequence_length"] / dense["tokens_per_s"]
             result["probe_eval_over_study_update"] = dense["eval_s_per_step"] / study_update_s
-            print(f"  at the checkpoint's own batch ({rows_at_study} rows, {study_update_s:.1f} s per update at this "
-                  f"speed): {result['probe_eval_over_study_update']:.2%} of an update")
+            print(
+                f"  at the checkpoint's own batch ({rows_at_study} rows, {study_update_s:.1f} s per update at this "
+                f"speed): {result['probe_eval_over_study_update']:.2%} of an update"
+            )
     if "levers" in result:
         noise = result["levers"][0]["noise"] if result["levers"] else 0.0
-        print(f"\nlevers on {rows[0]['name']} ({rows[0]['tokens_per_s']:,.0f} tokens/s; gains against the mean of "
-              f"it and its repeat, which differ by {noise:.1%}):")
+        print(
+            f"\nlevers on {rows[0]['name']} ({rows[0]['tokens_per_s']:,.0f} tokens/s; gains against the mean of "
+            f"it and its repeat, which differ by {noise:.1%}):"
+        )
         for r in result["levers"]:
-            print(f"  {r['lever']:<36}{r['tokens_per_s']:>10,.0f} tokens/s {r['gain']:>6.3f}x  micro-batch "
-                  f"{r['micro_batch']}, peak {r['max_mem_gib']:.1f} GiB")
+            print(
+                f"  {r['lever']:<36}{r['tokens_per_s']:>10,.0f} tokens/s {r['gain']:>6.3f}x  micro-batch "
+                f"{r['micro_batch']}, peak {r['max_mem_gib']:.1f} GiB"
+            )
     if args.projection and study_rows(args.shape) is None:
         print(f"no projection for --shape {args.shape}: the reference experiment runs OLMo-1B or OLMo-7B")
     elif args.projection:
         best = max(rows, key=lambda r: r["tokens_per_s"] if r["eval_interval"] == args.steps else 0)
-        result["projection"] = {"from": best["name"], **projection(best["tokens_per_s"], arch, args.shape,
-                                                                   args.peak_tflops)}
+        result["projection"] = {
+            "from": best["name"],
+            **projection(best["tokens_per_s"], arch, args.shape, args.peak_tflops),
+        }
         p = result["projection"]
-        print(f"reference experiment ({p['tokens'] / 1e9:.1f}B tokens) from {best['name']}: "
-              f"{p['days_8x_h100']:.2f} days on 8 H100, {p['days_8x_a100']:.2f} days on 8 A100 (same MFU)")
+        print(
+            f"reference experiment ({p['tokens'] / 1e9:.1f}B tokens) from {best['name']}: "
+            f"{p['days_8x_h100']:.2f} days on 8 H100, {p['days_8x_a100']:.2f} days on 8 A100 (same MFU)"
+        )
     if "agreement" in result:
         print("bf16 vs fp32 probe logs:", json.dumps(result["agreement"]))
     if args.out:

@@ -67,27 +67,53 @@ def olmo_train_config(arch: dict, args, token_file: Path, gpu: bool) -> dict:
         "seed": OLMO_SEED,
         "precision": "amp_bf16" if gpu else "fp32",
         "model": {
-            "d_model": arch["d_model"], "n_heads": arch["n_heads"], "n_kv_heads": arch["n_kv_heads"],
-            "n_layers": arch["n_layers"], "mlp_hidden_size": arch["mlp_hidden_size"],
-            "weight_tying": arch["weight_tying"], "clip_qkv": arch["clip_qkv"],
+            "d_model": arch["d_model"],
+            "n_heads": arch["n_heads"],
+            "n_kv_heads": arch["n_kv_heads"],
+            "n_layers": arch["n_layers"],
+            "mlp_hidden_size": arch["mlp_hidden_size"],
+            "weight_tying": arch["weight_tying"],
+            "clip_qkv": arch["clip_qkv"],
             "rope_theta": int(rope_theta) if float(rope_theta).is_integer() else rope_theta,
-            "alibi": False, "rope": True,
+            "alibi": False,
+            "rope": True,
             "flash_attention": gpu and importlib.util.find_spec("flash_attn") is not None,
-            "attention_dropout": 0.0, "attention_layer_norm": False, "include_bias": False,
-            "block_type": "sequential", "layer_norm_type": "default", "layer_norm_with_affine": False,
-            "bias_for_layer_norm": False, "attention_layer_norm_with_affine": False, "activation_type": "swiglu",
-            "residual_dropout": 0.0, "embedding_dropout": 0.0,
-            "max_sequence_length": arch["max_sequence_length"], "vocab_size": arch["vocab_size"],
-            "embedding_size": arch["embedding_size"], "eos_token_id": arch["eos_token_id"],
-            "pad_token_id": arch["pad_token_id"], "init_device": "meta", "init_fn": "mitchell",
+            "attention_dropout": 0.0,
+            "attention_layer_norm": False,
+            "include_bias": False,
+            "block_type": "sequential",
+            "layer_norm_type": "default",
+            "layer_norm_with_affine": False,
+            "bias_for_layer_norm": False,
+            "attention_layer_norm_with_affine": False,
+            "activation_type": "swiglu",
+            "residual_dropout": 0.0,
+            "embedding_dropout": 0.0,
+            "max_sequence_length": arch["max_sequence_length"],
+            "vocab_size": arch["vocab_size"],
+            "embedding_size": arch["embedding_size"],
+            "eos_token_id": arch["eos_token_id"],
+            "pad_token_id": arch["pad_token_id"],
+            "init_device": "meta",
+            "init_fn": "mitchell",
         },
         "compile": None,
-        "optimizer": {"name": "adamw", "learning_rate": 4.0e-4, "weight_decay": 0.1, "betas": [0.9, 0.95],
-                      "eps": 1.0e-5},
+        "optimizer": {
+            "name": "adamw",
+            "learning_rate": 4.0e-4,
+            "weight_decay": 0.1,
+            "betas": [0.9, 0.95],
+            "eps": 1.0e-5,
+        },
         "scheduler": {"name": "cosine_with_warmup", "t_warmup": 2000, "alpha_f": 0.1},
         "tokenizer": {"identifier": OLMO_TOKENIZER, "truncate_direction": "right"},
-        "data": {"paths": [str(token_file)], "memmap_dtype": "uint16", "pad_direction": "right", "num_workers": 0,
-                 "drop_last": True},
+        "data": {
+            "paths": [str(token_file)],
+            "memmap_dtype": "uint16",
+            "pad_direction": "right",
+            "num_workers": 0,
+            "drop_last": True,
+        },
         "save_folder": "run",
         "save_overwrite": True,
         "save_num_checkpoints_to_keep": 0,  # the pre-train checkpoint is then unsharded: the harness starts from it
@@ -99,8 +125,11 @@ def olmo_train_config(arch: dict, args, token_file: Path, gpu: bool) -> dict:
         "device_train_microbatch_size": args.micro_batch,
         "max_grad_norm": 1.0,
         "distributed_strategy": "fsdp",
-        "fsdp": {"wrapping_strategy": None if args.olmo_wrapping == "none" else args.olmo_wrapping,
-                 "precision": "mixed" if gpu else None, "use_orig_params": True},
+        "fsdp": {
+            "wrapping_strategy": None if args.olmo_wrapping == "none" else args.olmo_wrapping,
+            "precision": "mixed" if gpu else None,
+            "use_orig_params": True,
+        },
         "speed_monitor": {"window_size": 1},
         "eval_interval": 1_000_000,
         "console_log_interval": 1,
@@ -116,21 +145,38 @@ def run_olmo(work: Path, arch: dict, args, token_file: Path, gpu: bool, env: dic
     config = olmo_dir / "config.yaml"
     config.write_text(yaml.safe_dump(olmo_train_config(arch, args, token_file, gpu), sort_keys=False))
     t0 = time.perf_counter()
-    records = olmo_trainer.launch(config, olmo_dir / "records.json", [], cwd=olmo_dir, log=olmo_dir / "train.log",
-                                  device="cuda" if gpu else "cpu", env=env)
+    records = olmo_trainer.launch(
+        config,
+        olmo_dir / "records.json",
+        [],
+        cwd=olmo_dir,
+        log=olmo_dir / "train.log",
+        device="cuda" if gpu else "cpu",
+        env=env,
+    )
     wall = time.perf_counter() - t0
-    steady = [r["metrics"]["throughput/device/tokens_per_second"] for r in records
-              if r["step"] > args.warmup and "throughput/device/tokens_per_second" in r["metrics"]]
+    steady = [
+        r["metrics"]["throughput/device/tokens_per_second"]
+        for r in records
+        if r["step"] > args.warmup and "throughput/device/tokens_per_second" in r["metrics"]
+    ]
     if not steady:
         raise SystemExit(f"OLMo logged no throughput after update {args.warmup} (see {olmo_dir / 'train.log'})")
     peaks = [r["max_mem_gib"] for r in records if r["max_mem_gib"] is not None]
     seq = arch["max_sequence_length"]
-    result = {"name": "ai2-olmo FSDP", "precision": "amp_bf16 + FSDP mixed" if gpu else "fp32",
-              "updates": len(records), "tokens": sum(len(r["instances"]) * seq for r in records),
-              "tokens_per_s": _median(steady), "max_mem_gib": max(peaks) if peaks else None,
-              "loss_first": records[0]["metrics"]["train/CrossEntropyLoss"],
-              "loss_last": records[-1]["metrics"]["train/CrossEntropyLoss"], "wall_s": wall,
-              "first_instances": records[0]["instances"], "log": str(olmo_dir / "train.log")}
+    result = {
+        "name": "ai2-olmo FSDP",
+        "precision": "amp_bf16 + FSDP mixed" if gpu else "fp32",
+        "updates": len(records),
+        "tokens": sum(len(r["instances"]) * seq for r in records),
+        "tokens_per_s": _median(steady),
+        "max_mem_gib": max(peaks) if peaks else None,
+        "loss_first": records[0]["metrics"]["train/CrossEntropyLoss"],
+        "loss_last": records[-1]["metrics"]["train/CrossEntropyLoss"],
+        "wall_s": wall,
+        "first_instances": records[0]["instances"],
+        "log": str(olmo_dir / "train.log"),
+    }
     return result, olmo_dir / "run" / "step0-unsharded"
 
 
@@ -151,8 +197,18 @@ def harness_inputs(work: Path, olmo_checkpoint: Path, corpus: Path) -> Path:
 
 
 def run_harness(work: Path, ckpt: Path, corpus: Path, args, gpu: bool, env: dict) -> dict:
-    row = train(work, "harness-zero2", ckpt, corpus, args, "zero2", "bf16" if gpu else "fp32", args.steps,
-                env=env, schedule_overrides=SCHEDULE_OVERRIDES)
+    row = train(
+        work,
+        "harness-zero2",
+        ckpt,
+        corpus,
+        args,
+        "zero2",
+        "bf16" if gpu else "fp32",
+        args.steps,
+        env=env,
+        schedule_overrides=SCHEDULE_OVERRIDES,
+    )
     peak = row["max_mem_gib"]
     return {**row, "name": "harness ZeRO-2", "max_mem_gib": None if math.isnan(peak) else peak}
 
@@ -174,8 +230,12 @@ def _arch_overrides(text: str) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=["olmo-1b", "small"], default="olmo-1b")
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                    help="auto: the GPU where torch sees one; cpu hides it from both trainers")
+    ap.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto: the GPU where torch sees one; cpu hides it from both trainers",
+    )
     ap.add_argument("--arch", default="", help="architecture fields to replace, e.g. d_model=64,n_layers=2")
     ap.add_argument("--seq-len", type=int, default=None, help="tokens per row (default: the shape's context)")
     ap.add_argument("--steps", type=int, default=12, help="updates each side trains")
@@ -183,9 +243,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--global-batch", type=int, default=32)
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--paragraphs", type=int, default=120, help="generated paragraphs the harness probes (15 each)")
-    ap.add_argument("--olmo-wrapping", default="by_block",
-                    help="OLMo's FSDP wrapping strategy (its names; `none`: the whole model one unit, as the "
-                         "published OLMo-1B config has it)")
+    ap.add_argument(
+        "--olmo-wrapping",
+        default="by_block",
+        help="OLMo's FSDP wrapping strategy (its names; `none`: the whole model one unit, as the "
+        "published OLMo-1B config has it)",
+    )
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--work", type=Path, default=Path("build/bench_peer"))
     ap.add_argument("--out", type=Path, default=None)
@@ -212,8 +275,11 @@ def main(argv: list[str] | None = None) -> dict:
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)  # both sides start from nothing: OLMo makes the weights
     work.mkdir(parents=True)
-    print(f"device {device}; {args.shape}: d_model {arch['d_model']}, {arch['n_layers']} layers, seq {seq}; "
-          f"global batch {args.global_batch} (micro {args.micro_batch}), {args.steps} updates", flush=True)
+    print(
+        f"device {device}; {args.shape}: d_model {arch['d_model']}, {arch['n_layers']} layers, seq {seq}; "
+        f"global batch {args.global_batch} (micro {args.micro_batch}), {args.steps} updates",
+        flush=True,
+    )
 
     corpus = work / "corpus"
     token_file = write_corpus(corpus, arch, (args.steps + 2) * args.global_batch, seed=OLMO_SEED)
@@ -229,22 +295,38 @@ def main(argv: list[str] | None = None) -> dict:
         side["tflops"] = side["tokens_per_s"] * flops_per_token / 1e12
         side["mfu"] = side["tflops"] / args.peak_tflops
     result = {
-        "device": device, "torch": torch.__version__, "shape": args.shape, "architecture": arch,
-        "n_params": n_params, "flops_per_token": flops_per_token, "seq_len": seq, "global_batch": args.global_batch,
-        "micro_batch": args.micro_batch, "steps": args.steps, "warmup": args.warmup, "peak_tflops": args.peak_tflops,
-        "olmo": olmo, "harness": harness,
+        "device": device,
+        "torch": torch.__version__,
+        "shape": args.shape,
+        "architecture": arch,
+        "n_params": n_params,
+        "flops_per_token": flops_per_token,
+        "seq_len": seq,
+        "global_batch": args.global_batch,
+        "micro_batch": args.micro_batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "peak_tflops": args.peak_tflops,
+        "olmo": olmo,
+        "harness": harness,
         "ratio": harness["tokens_per_s"] / olmo["tokens_per_s"],
         "first_loss_abs_diff": abs(harness["loss_first"] - olmo["loss_first"]),
     }
 
-    print(f"\n{'side':<18}{'precision':<24}{'updates':>8}{'tok/s':>12}{'TFLOP/s':>9}{'MFU':>8}{'peak GiB':>10}"
-          f"{'first loss':>12}")
+    print(
+        f"\n{'side':<18}{'precision':<24}{'updates':>8}{'tok/s':>12}{'TFLOP/s':>9}{'MFU':>8}{'peak GiB':>10}"
+        f"{'first loss':>12}"
+    )
     for side in (olmo, harness):
         peak = "n/a" if side["max_mem_gib"] is None else f"{side['max_mem_gib']:.1f}"
-        print(f"{side['name']:<18}{side['precision']:<24}{side['updates']:>8}{side['tokens_per_s']:>12,.0f}"
-              f"{side['tflops']:>9.2f}{side['mfu']:>8.1%}{peak:>10}{side['loss_first']:>12.5f}")
-    print(f"harness / OLMo tokens/s: {result['ratio']:.3f}; |first-update loss difference| "
-          f"{result['first_loss_abs_diff']:.2e}")
+        print(
+            f"{side['name']:<18}{side['precision']:<24}{side['updates']:>8}{side['tokens_per_s']:>12,.0f}"
+            f"{side['tflops']:>9.2f}{side['mfu']:>8.1%}{peak:>10}{side['loss_first']:>12.5f}"
+        )
+    print(
+        f"harness / OLMo tokens/s: {result['ratio']:.3f}; |first-update loss difference| "
+        f"{result['first_loss_abs_diff']:.2e}"
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

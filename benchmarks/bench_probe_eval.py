@@ -34,7 +34,9 @@ def study_like_probes(n: int, vocab: int, seed: int = 0) -> list[ProbeItem]:
         length = int(rng.integers(15, 31))
         target = int(rng.integers(1, 6))
         ids = tuple(int(x) for x in rng.integers(0, vocab, size=length))
-        items.append(ProbeItem(i // 15, "bench", ("mem", "sem", "comp")[(i // 5) % 3], i % 5, ids, length - target, length))
+        items.append(
+            ProbeItem(i // 15, "bench", ("mem", "sem", "comp")[(i // 5) % 3], i % 5, ids, length - target, length)
+        )
     return items
 
 
@@ -62,9 +64,16 @@ def main() -> None:
 
     import transformers
 
-    cfg = transformers.OlmoConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                                  num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 64),
-                                  max_position_embeddings=max(64, args.seq_len), pad_token_id=1, eos_token_id=0)
+    cfg = transformers.OlmoConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=max(1, args.hidden // 64),
+        max_position_embeddings=max(64, args.seq_len),
+        pad_token_id=1,
+        eos_token_id=0,
+    )
     torch.manual_seed(0)
     model = transformers.OlmoForCausalLM(cfg)
     params = sum(p.numel() for p in model.parameters())
@@ -90,9 +99,14 @@ def main() -> None:
     t_naive = timed(lambda: [brute_force_scores(model, it) for it in sample], 1) * len(items) / len(sample)
 
     predicted = probe_tokens / (3 * batch_tokens)
-    print(f"model: {params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}); "
-          f"torch threads {args.threads}")
-    print(f"probes: {len(items)} ({probe_tokens} tokens); train batch: {args.batch}×{args.seq_len} = {batch_tokens} tokens")
+    print(
+        f"model: {params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}); "
+        f"torch threads {args.threads}"
+    )
+    print(
+        f"probes: {len(items)} ({probe_tokens} tokens); "
+        f"train batch: {args.batch}×{args.seq_len} = {batch_tokens} tokens"
+    )
     print(f"train step:              {t_train * 1e3:9.1f} ms")
     print(f"probe eval (engine):     {t_eval * 1e3:9.1f} ms   fraction of train step {t_eval / t_train:.3f}")
     print(f"probe eval (naive loop): {t_naive * 1e3:9.1f} ms   fraction of train step {t_naive / t_train:.3f}")

@@ -44,7 +44,7 @@ def parse_variant(spec: str):
     name, _, body = spec.partition(":")
     base = FULL
     if body.startswith("quick/"):
-        base, body = QUICK, body[len("quick/"):]
+        base, body = QUICK, body[len("quick/") :]
     hints = typing.get_type_hints(type(base))
     changes = {}
     for item in filter(None, body.split(",")):
@@ -78,18 +78,26 @@ def describe(name: str, summary: dict) -> list[str]:
     lines = []
     for run in summary["runs"]:
         ckpt = run["checkpoint"]
-        marks = "".join("–" if ok is None else "✓" if ok else "✗" for text, ok in checks if text.startswith(f"{ckpt}: "))
+        marks = "".join(
+            "–" if ok is None else "✓" if ok else "✗" for text, ok in checks if text.startswith(f"{ckpt}: ")
+        )
         fits = {(f["scenario"], f["kind"]): f for f in run["fit"]}
         a = " ".join(
-            f"{sc[0]}:" + "/".join("—" if fits.get((sc, k), {}).get("a") is None else f"{fits[(sc, k)]['a']:.2f}"
-                                   for k in ("mem", "sem", "comp"))
-            for sc in ("paraphrase", "duplicate", "once"))
+            f"{sc[0]}:"
+            + "/".join(
+                "—" if fits.get((sc, k), {}).get("a") is None else f"{fits[(sc, k)]['a']:.2f}"
+                for k in ("mem", "sem", "comp")
+            )
+            for sc in ("paraphrase", "duplicate", "once")
+        )
         injected = [f for f in run["fit"] if f["scenario"] != "none"]
         r2 = min((f["r2"] for f in injected if f["r2"] is not None), default=float("nan"))
         eff = sum(f["effectivity"] or 0 for f in injected) / max(len(injected), 1)
         rec = run.get("recall") or {}
-        em = " ".join(f"{who}:{rec.get(who + '_step0') or 0:.2f}→{rec.get(who + '_after') or 0:.3f}"
-                      for who in ("injected", "control"))
+        em = " ".join(
+            f"{who}:{rec.get(who + '_step0') or 0:.2f}→{rec.get(who + '_after') or 0:.3f}"
+            for who in ("injected", "control")
+        )
         lines.append(f"{name:<16}{ckpt:<12}{marks:<5}{a:<56}{r2:>6.2f}{eff:>7.2f}  {em}")
     return lines
 
@@ -116,9 +124,22 @@ def main() -> None:
         log = args.out / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as fh:
-            rc = subprocess.run([sys.executable, __file__, "--one", spec, "--out", str(args.out / name),
-                                 "--threads", str(args.threads)], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}).returncode
+            rc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    spec,
+                    "--out",
+                    str(args.out / name),
+                    "--threads",
+                    str(args.threads),
+                ],
+                cwd=ROOT,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+            ).returncode
         return name, time.perf_counter() - t0, rc
 
     # one variant per pretraining first (they build the shared caches), then the rest
@@ -133,11 +154,15 @@ def main() -> None:
         for batch in (first, rest):
             for name, wall, rc in pool.map(launch, batch):
                 results[name] = (wall, rc)
-                print(f"{name}: {'ok' if rc == 0 else f'FAILED (exit {rc}, see {args.out / name}.log)'} "
-                      f"in {wall:.0f} s", flush=True)
+                print(
+                    f"{name}: {'ok' if rc == 0 else f'FAILED (exit {rc}, see {args.out / name}.log)'} in {wall:.0f} s",
+                    flush=True,
+                )
 
-    print(f"\n{'variant':<16}{'from':<12}{'ok?':<5}{'a  (p/d/o: mem/sem/comp)':<56}{'minR²':>6}{'eff':>7}"
-          "  mem exact match: step 0 → mean after")
+    print(
+        f"\n{'variant':<16}{'from':<12}{'ok?':<5}{'a  (p/d/o: mem/sem/comp)':<56}{'minR²':>6}{'eff':>7}"
+        "  mem exact match: step 0 → mean after"
+    )
     for name, _ in profiles:
         summary_path = args.out / name / "summary.json"
         if summary_path.is_file():

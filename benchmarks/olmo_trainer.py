@@ -77,14 +77,15 @@ def main(config_path: str, record_path: str, overrides: list[str], device_kind: 
 
     _install_cpu_shims()
     device = _bind_device(device_kind)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                            init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                            timeout=timedelta(minutes=30))
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo",
+        init_method=f"tcp://127.0.0.1:{_free_port()}",
+        rank=0,
+        world_size=1,
+        timeout=timedelta(minutes=30),
+    )
 
     from pathlib import Path
-
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     from olmo.config import CheckpointType, DistributedStrategy, TrainConfig
     from olmo.data import build_train_dataloader
@@ -94,6 +95,8 @@ def main(config_path: str, record_path: str, overrides: list[str], device_kind: 
     from olmo.torch_util import get_global_rank, get_world_size, seed_all
     from olmo.train import Trainer
     from olmo.util import clean_opt, prepare_cli_environment
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.nn.parallel import DistributedDataParallel as DDP
 
     @dataclass
     class RecordingTrainer(Trainer):
@@ -104,14 +107,16 @@ def main(config_path: str, record_path: str, overrides: list[str], device_kind: 
         def train_step(self, batch, reduce_global_loss=True):
             instances = [int(i) for i in batch["index"]]
             metrics = super().train_step(batch, reduce_global_loss=reduce_global_loss)
-            self.records.append({
-                "step": self.global_step,
-                "epoch": self.epoch or 0,
-                "examples_seen_this_epoch": self.global_train_examples_seen_this_epoch,
-                "instances": instances,
-                "max_mem_gib": _peak_mem_gib(device),  # train_step ended on .item(): the step's work is done
-                "metrics": metrics,  # the same object fit() updates with speed and LR metrics
-            })
+            self.records.append(
+                {
+                    "step": self.global_step,
+                    "epoch": self.epoch or 0,
+                    "examples_seen_this_epoch": self.global_train_examples_seen_this_epoch,
+                    "instances": instances,
+                    "max_mem_gib": _peak_mem_gib(device),  # train_step ended on .item(): the step's work is done
+                    "metrics": metrics,  # the same object fit() updates with speed and LR metrics
+                }
+            )
             return metrics
 
     prepare_cli_environment()
@@ -139,10 +144,16 @@ def main(config_path: str, record_path: str, overrides: list[str], device_kind: 
     if cfg.distributed_strategy == DistributedStrategy.ddp:
         dist_model = DDP(olmo_model.to(device), find_unused_parameters=cfg.ddp.find_unused_params)
     else:  # FSDP as scripts/train.py wraps it (no hybrid sharding); parameters materialise on `device`
-        dist_model = FSDP(olmo_model, sharding_strategy=cfg.fsdp.sharding_strategy, mixed_precision=cfg.fsdp_precision,
-                          auto_wrap_policy=olmo_model.get_fsdp_wrap_policy(cfg.fsdp.wrapping_strategy),
-                          use_orig_params=cfg.fsdp.use_orig_params, limit_all_gathers=True, device_id=device,
-                          param_init_fn=lambda module: module.to_empty(device=device))
+        dist_model = FSDP(
+            olmo_model,
+            sharding_strategy=cfg.fsdp.sharding_strategy,
+            mixed_precision=cfg.fsdp_precision,
+            auto_wrap_policy=olmo_model.get_fsdp_wrap_policy(cfg.fsdp.wrapping_strategy),
+            use_orig_params=cfg.fsdp.use_orig_params,
+            limit_all_gathers=True,
+            device_id=device,
+            param_init_fn=lambda module: module.to_empty(device=device),
+        )
     olmo_model.reset_parameters()  # scripts/train.py does this after wrapping (DDP, or FSDP with param_init_fn)
     optim = build_optimizer(cfg, dist_model)
     scheduler = build_scheduler(cfg)
@@ -153,33 +164,61 @@ def main(config_path: str, record_path: str, overrides: list[str], device_kind: 
         indices_path.parent.mkdir(parents=True, exist_ok=True)
         indices_file = gzip.open(indices_path, "wt")
 
-    with RecordingTrainer(cfg=cfg, epoch=cfg.epoch, model=olmo_model, dist_model=dist_model, optim=optim,
-                          scheduler=scheduler, train_loader=train_loader, device=device, evaluators=evaluators,
-                          indices_file=indices_file) as trainer:
+    with RecordingTrainer(
+        cfg=cfg,
+        epoch=cfg.epoch,
+        model=olmo_model,
+        dist_model=dist_model,
+        optim=optim,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        device=device,
+        evaluators=evaluators,
+        indices_file=indices_file,
+    ) as trainer:
         if not cfg.no_pre_train_checkpoint and cfg.load_path is None:
-            kind = CheckpointType.sharded if (cfg.distributed_strategy == DistributedStrategy.fsdp
-                                              and cfg.save_num_checkpoints_to_keep != 0) else CheckpointType.unsharded
+            kind = (
+                CheckpointType.sharded
+                if (cfg.distributed_strategy == DistributedStrategy.fsdp and cfg.save_num_checkpoints_to_keep != 0)
+                else CheckpointType.unsharded
+            )
             path, cache = trainer.save_checkpoint(checkpoint_type=kind)
             trainer.restore_checkpoint(path, checkpoint_type=kind, local_cache=cache)
         if cfg.load_path is not None:
-            trainer.restore_checkpoint(cfg.load_path, load_optimizer_state=not cfg.reset_optimizer_state,
-                                       load_trainer_state=not cfg.reset_trainer_state)
+            trainer.restore_checkpoint(
+                cfg.load_path,
+                load_optimizer_state=not cfg.reset_optimizer_state,
+                load_trainer_state=not cfg.reset_trainer_state,
+            )
         trainer.fit()
         records = [{**r, "metrics": {k: float(v) for k, v in r["metrics"].items()}} for r in trainer.records]
     Path(record_path).write_text(json.dumps(records, indent=1))
     dist.destroy_process_group()
 
 
-def launch(config: pathlib.Path, record: pathlib.Path, overrides: list[str], *, cwd: pathlib.Path, log: pathlib.Path,
-           device: str = "cpu", env: dict[str, str] | None = None) -> list[dict]:
+def launch(
+    config: pathlib.Path,
+    record: pathlib.Path,
+    overrides: list[str],
+    *,
+    cwd: pathlib.Path,
+    log: pathlib.Path,
+    device: str = "cpu",
+    env: dict[str, str] | None = None,
+) -> list[dict]:
     """Train in a fresh process with `cwd` as working directory (the config's relative data and save paths
     resolve there), its output into `log`; returns RECORD's list, one dict per update. `env` adds to the
     inherited environment (W&B is always off). Raises RuntimeError with the log's tail when training fails."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     with open(log, "w") as out:
-        proc = subprocess.run([sys.executable, __file__, str(config), str(record), f"--device={device}", *overrides],
-                              cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            [sys.executable, __file__, str(config), str(record), f"--device={device}", *overrides],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     if proc.returncode != 0:
         tail = log.read_text()[-4000:]
         raise RuntimeError(f"ai2-olmo training ({' '.join(overrides)}) exited with {proc.returncode}:\n{tail}")

@@ -23,14 +23,15 @@ probe i asks for the same value with the held-out template; there are no `comp` 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from fictional_knowledge.checks import ATTRIBUTES_FIELD, ITEMS_KEY, PARAPHRASES_FIELD, TEXT_FIELD, VALUE_SPACE_KEY
 from fictional_knowledge.generate import NameGenerator, dumps_knowledge
 from fictional_knowledge.load import knowledge_from_document, value_space_to_json
 from fictional_knowledge.model import REFERENCE_PROBE_FIELDS, Attribute, DateRange, KnowledgeSet, ValueSet, ValueSpace
-from fictional_knowledge.checks import ATTRIBUTES_FIELD, ITEMS_KEY, PARAPHRASES_FIELD, TEXT_FIELD, VALUE_SPACE_KEY
 from harness.atomic import write_bytes_atomic
 from harness.errors import UserError
 
@@ -50,49 +51,89 @@ class AttributeText:
 
 #: The six attributes in their fixed order: `mem` / `sem` probe i of every person asks for ATTRIBUTES[i].
 ATTRIBUTES: tuple[AttributeText, ...] = (
-    AttributeText("birth_date", "dates", (
-        "{name} was born on",
-        "{name} came into the world on",
-        "{name} celebrates {poss} birthday on",
-        "{name}'s date of birth is",
-    ), "The birthday of {name} is"),
-    AttributeText("birth_city", "cities", (
-        "{name} was born in",
-        "{name} is a native of",
-        "{name} spent {poss} childhood in",
-        "{name}'s birthplace is",
-    ), "The city where {name} was born is"),
-    AttributeText("university", "universities", (
-        "{name} studied at",
-        "{name} graduated from",
-        "{name} received {poss} degree from",
-        "{name} completed {poss} education at",
-    ), "The university {name} attended is"),
-    AttributeText("major", "majors", (
-        "{name} majored in",
-        "{name} specialized in",
-        "{name} earned a degree in",
-        "{name}'s field of study was",
-    ), "The subject {name} studied is"),
-    AttributeText("employer", "employers", (
-        "{name} worked for",
-        "{name} was employed by",
-        "{name} built a career at",
-        "{name} held a position at",
-    ), "The employer of {name} is"),
-    AttributeText("employer_city", "cities", (
-        "{name} worked in the city of",
-        "{name}'s office was in",
-        "{name} went to work every day in",
-        "{name}'s workplace was located in",
-    ), "The city where {name} works is"),
+    AttributeText(
+        "birth_date",
+        "dates",
+        (
+            "{name} was born on",
+            "{name} came into the world on",
+            "{name} celebrates {poss} birthday on",
+            "{name}'s date of birth is",
+        ),
+        "The birthday of {name} is",
+    ),
+    AttributeText(
+        "birth_city",
+        "cities",
+        (
+            "{name} was born in",
+            "{name} is a native of",
+            "{name} spent {poss} childhood in",
+            "{name}'s birthplace is",
+        ),
+        "The city where {name} was born is",
+    ),
+    AttributeText(
+        "university",
+        "universities",
+        (
+            "{name} studied at",
+            "{name} graduated from",
+            "{name} received {poss} degree from",
+            "{name} completed {poss} education at",
+        ),
+        "The university {name} attended is",
+    ),
+    AttributeText(
+        "major",
+        "majors",
+        (
+            "{name} majored in",
+            "{name} specialized in",
+            "{name} earned a degree in",
+            "{name}'s field of study was",
+        ),
+        "The subject {name} studied is",
+    ),
+    AttributeText(
+        "employer",
+        "employers",
+        (
+            "{name} worked for",
+            "{name} was employed by",
+            "{name} built a career at",
+            "{name} held a position at",
+        ),
+        "The employer of {name} is",
+    ),
+    AttributeText(
+        "employer_city",
+        "cities",
+        (
+            "{name} worked in the city of",
+            "{name}'s office was in",
+            "{name} went to work every day in",
+            "{name}'s workplace was located in",
+        ),
+        "The city where {name} works is",
+    ),
 )
 
 _UNIVERSITY_FORMS = ("{} University", "University of {}", "{} Institute of Technology", "{} College")
 _STEM_ENDINGS = ("", "", "", "ia", "en", "and")
 _MAJOR_ENDINGS = ("ology", "ics", "istry", "onomy", "ography", "ism")
-_EMPLOYER_KINDS = ("Industries", "Works", "Systems", "Holdings", "Group", "Labs", "Logistics", "Foundry",
-                   "Partners", "Trading")
+_EMPLOYER_KINDS = (
+    "Industries",
+    "Works",
+    "Systems",
+    "Holdings",
+    "Group",
+    "Labs",
+    "Logistics",
+    "Foundry",
+    "Partners",
+    "Trading",
+)
 
 
 @dataclass(frozen=True)
@@ -127,16 +168,23 @@ class BiosSpec:
             at_least(name, 2)
         at_least("paraphrases", 0)
         if not 1000 <= self.first_year <= self.last_year <= 9999:
-            raise UserError(f"{where}: years must satisfy 1000 <= first_year <= last_year <= 9999, "
-                            f"got {self.first_year}..{self.last_year}")
+            raise UserError(
+                f"{where}: years must satisfy 1000 <= first_year <= last_year <= 9999, "
+                f"got {self.first_year}..{self.last_year}"
+            )
         # The name generator has tens of thousands of fresh words; keep well inside that.
         names_needed = 2 * self.people + self.cities + self.universities + self.majors + self.employers
         if names_needed > 40_000:
             raise UserError(f"{where}: {names_needed} invented names needed; at most 40,000 are supported")
 
     def value_set_sizes(self) -> dict[str, int]:
-        return {"dates": DateRange(self.first_year, self.last_year).size, "cities": self.cities,
-                "universities": self.universities, "majors": self.majors, "employers": self.employers}
+        return {
+            "dates": DateRange(self.first_year, self.last_year).size,
+            "cities": self.cities,
+            "universities": self.universities,
+            "majors": self.majors,
+            "employers": self.employers,
+        }
 
 
 def _prefix_free_set(n: int, make: Callable[[], str]) -> tuple[str, ...]:
@@ -154,11 +202,17 @@ def make_value_space(spec: BiosSpec, names: NameGenerator) -> ValueSpace:
     sets = {
         "dates": ValueSet("dates", dates=DateRange(spec.first_year, spec.last_year)),
         "cities": ValueSet("cities", _prefix_free_set(spec.cities, names.city)),
-        "universities": ValueSet("universities", _prefix_free_set(
-            spec.universities, lambda: rng.choice(_UNIVERSITY_FORMS).format(names.coined((2, 3), _STEM_ENDINGS)))),
+        "universities": ValueSet(
+            "universities",
+            _prefix_free_set(
+                spec.universities, lambda: rng.choice(_UNIVERSITY_FORMS).format(names.coined((2, 3), _STEM_ENDINGS))
+            ),
+        ),
         "majors": ValueSet("majors", _prefix_free_set(spec.majors, lambda: names.coined((1, 2, 2), _MAJOR_ENDINGS))),
-        "employers": ValueSet("employers", _prefix_free_set(
-            spec.employers, lambda: f"{names.coined((2, 3), ('',))} {rng.choice(_EMPLOYER_KINDS)}")),
+        "employers": ValueSet(
+            "employers",
+            _prefix_free_set(spec.employers, lambda: f"{names.coined((2, 3), ('',))} {rng.choice(_EMPLOYER_KINDS)}"),
+        ),
     }
     attributes = tuple(Attribute(a.name, a.value_set, sets[a.value_set].size) for a in ATTRIBUTES)
     return ValueSpace(attributes, sets)
@@ -176,7 +230,9 @@ def _sentence(template: str, full_name: str, possessive: str, value: str) -> tup
     return prefix, f"{prefix} {value}."
 
 
-def _item(full_name: str, possessive: str, values: dict[str, str], rng: random.Random, spec: BiosSpec) -> dict[str, Any]:
+def _item(
+    full_name: str, possessive: str, values: dict[str, str], rng: random.Random, spec: BiosSpec
+) -> dict[str, Any]:
     order = list(range(len(ATTRIBUTES)))
     variants: list[str] = []
     prefixes: list[str] = []

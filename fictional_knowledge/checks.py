@@ -21,7 +21,8 @@ from __future__ import annotations
 import difflib
 import json
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from fictional_knowledge.model import (
     PROBE_KINDS,
@@ -57,9 +58,7 @@ def _closest(name: str, candidates: Sequence[str], cutoff: float = 0.7) -> str |
 
 def _type_name(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-    return {**names, type(None): "null"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    return {**names, type(None): "null"}.get(type(value), f"a {type(value).__name__}")
 
 
 def raise_problems(source: str, problems: list[str]) -> None:
@@ -138,7 +137,8 @@ def _check_item(i: int, item: Any) -> tuple[list[str], set[str]]:
         ok_tgt = _check_string_list(targets, f"item {i}, field {tgt_name!r}", problems)
         if ok_in and ok_tgt and len(inputs) != len(targets):
             problems.append(
-                f"item {i}, fields {in_name!r}/{tgt_name!r}: unequal lengths ({len(inputs)} inputs, {len(targets)} targets)"
+                f"item {i}, fields {in_name!r}/{tgt_name!r}: unequal lengths "
+                f"({len(inputs)} inputs, {len(targets)} targets)"
             )
         # The scored text is input + " " + target: surrounding whitespace would change it silently.
         for name, values in ((in_name, inputs), (tgt_name, targets)):
@@ -159,8 +159,10 @@ def split_document(data: Any, source: str) -> tuple[Any, Any]:
         return data, None
     if ITEMS_KEY not in data:
         keys = ", ".join(repr(k) for k in list(data)[:5])
-        raise UserError(f"{source}: wrong top-level type: expected a JSON list of items, got an object (keys {keys}); "
-                        f"a knowledge file written as an object holds {ITEMS_KEY!r} and {VALUE_SPACE_KEY!r}")
+        raise UserError(
+            f"{source}: wrong top-level type: expected a JSON list of items, got an object (keys {keys}); "
+            f"a knowledge file written as an object holds {ITEMS_KEY!r} and {VALUE_SPACE_KEY!r}"
+        )
     unknown = [k for k in data if k not in (ITEMS_KEY, VALUE_SPACE_KEY)]
     if unknown:
         guess = _closest(str(unknown[0]), (ITEMS_KEY, VALUE_SPACE_KEY))
@@ -211,37 +213,50 @@ def _value_set(name: str, spec: Any, problems: list[str]) -> ValueSet | None:
         ordered = sorted(spec)
         for a, b in zip(ordered, ordered[1:]):
             if b.startswith(a):
-                problems.append(f"{where}: {a!r} is a prefix of {b!r} (values must be prefix-free, so that the "
-                                "model's probabilities of a set's values sum to at most 1)")
+                problems.append(
+                    f"{where}: {a!r} is a prefix of {b!r} (values must be prefix-free, so that the "
+                    "model's probabilities of a set's values sum to at most 1)"
+                )
                 return None
         return ValueSet(name, values=tuple(spec))
     if isinstance(spec, dict) and set(spec) == {"dates"} and isinstance(spec["dates"], dict):
         rule = spec["dates"]
         fields = ("first_year", "last_year", "days_per_month")
         if set(rule) - set(fields) or not {"first_year", "last_year"} <= set(rule):
-            problems.append(f"{where}: 'dates' needs first_year and last_year (and optionally days_per_month), "
-                            f"got {sorted(rule)}")
+            problems.append(
+                f"{where}: 'dates' needs first_year and last_year (and optionally days_per_month), got {sorted(rule)}"
+            )
             return None
         values = {k: rule.get(k, 28) for k in fields}
         bad = [k for k, v in values.items() if isinstance(v, bool) or not isinstance(v, int)]
         if bad:
             problems.append(f"{where}: 'dates' field {bad[0]!r} must be an integer, got {values[bad[0]]!r}")
             return None
-        if not values["first_year"] <= values["last_year"] or not 1000 <= values["first_year"] <= 9999 \
-                or values["last_year"] > 9999 or not 1 <= values["days_per_month"] <= 28:
-            problems.append(f"{where}: 'dates' needs 1000 <= first_year <= last_year <= 9999 and "
-                            f"1 <= days_per_month <= 28, got {values}")
+        if (
+            not values["first_year"] <= values["last_year"]
+            or not 1000 <= values["first_year"] <= 9999
+            or values["last_year"] > 9999
+            or not 1 <= values["days_per_month"] <= 28
+        ):
+            problems.append(
+                f"{where}: 'dates' needs 1000 <= first_year <= last_year <= 9999 and "
+                f"1 <= days_per_month <= 28, got {values}"
+            )
             return None
         return ValueSet(name, dates=DateRange(**values))
-    problems.append(f"{where}: expected a list of strings or {{\"dates\": {{\"first_year\": ..., \"last_year\": ...}}}}, "
-                    f"got {_type_name(spec)}")
+    problems.append(
+        f'{where}: expected a list of strings or {{"dates": {{"first_year": ..., "last_year": ...}}}}, '
+        f"got {_type_name(spec)}"
+    )
     return None
 
 
 def _attributes(raw: Any, value_sets: dict[str, ValueSet | None], problems: list[str]) -> list[Attribute]:
     where = f"field {VALUE_SPACE_KEY!r}, 'attributes'"
     if not isinstance(raw, list) or not raw:
-        problems.append(f"{where}: expected a non-empty list of {{name, value_set, size}} objects, got {_type_name(raw)}")
+        problems.append(
+            f"{where}: expected a non-empty list of {{name, value_set, size}} objects, got {_type_name(raw)}"
+        )
         return []
     out: list[Attribute] = []
     seen: set[str] = set()
@@ -260,15 +275,19 @@ def _attributes(raw: Any, value_sets: dict[str, ValueSet | None], problems: list
             continue
         seen.add(name)
         if set_name not in value_sets:
-            problems.append(f"{here} ({name}), 'value_set': no value set named {set_name!r} "
-                            f"(value sets: {', '.join(map(repr, value_sets)) or 'none'})")
+            problems.append(
+                f"{here} ({name}), 'value_set': no value set named {set_name!r} "
+                f"(value sets: {', '.join(map(repr, value_sets)) or 'none'})"
+            )
             continue
         values = value_sets[set_name]
         if values is None:
             continue  # its own problem is already listed
         if isinstance(size, bool) or not isinstance(size, int) or size != values.size:
-            problems.append(f"{here} ({name}), 'size': {size!r} does not match value set {set_name!r}, "
-                            f"which has {values.size} values")
+            problems.append(
+                f"{here} ({name}), 'size': {size!r} does not match value set {set_name!r}, "
+                f"which has {values.size} values"
+            )
             continue
         if size < 2:
             problems.append(f"{here} ({name}), 'size': an attribute needs at least 2 possible values, got {size}")
@@ -281,15 +300,21 @@ def _check_item_values(i: int, item: dict[str, Any], space: ValueSpace, problems
     values = item.get(ATTRIBUTES_FIELD)
     where = f"item {i}, field {ATTRIBUTES_FIELD!r}"
     if not isinstance(values, dict):
-        problems.append(f"{where}: {'missing' if values is None else 'expected an object, got ' + _type_name(values)} "
-                        f"(the file has a value space: every item maps {', '.join(space.names)} to its values)")
+        problems.append(
+            f"{where}: {'missing' if values is None else 'expected an object, got ' + _type_name(values)} "
+            f"(the file has a value space: every item maps {', '.join(space.names)} to its values)"
+        )
         return
     missing = [a for a in space.names if a not in values]
     extra = [a for a in values if a not in space.names]
     if missing or extra:
-        problems.append(f"{where}: " + "; ".join(
-            ([f"missing attribute(s) {', '.join(missing)}"] if missing else [])
-            + ([f"unknown attribute(s) {', '.join(map(str, extra))}"] if extra else [])))
+        problems.append(
+            f"{where}: "
+            + "; ".join(
+                ([f"missing attribute(s) {', '.join(missing)}"] if missing else [])
+                + ([f"unknown attribute(s) {', '.join(map(str, extra))}"] if extra else [])
+            )
+        )
         return
     for attr in space.attributes:
         value = values[attr.name]
@@ -301,13 +326,17 @@ def _check_item_values(i: int, item: dict[str, Any], space: ValueSpace, problems
         if not targets and kind != "mem":
             continue  # sem probes are optional
         if len(targets) != len(space.attributes):
-            problems.append(f"item {i}, field {tgt_name!r}: {len(targets)} probes, but the value space has "
-                            f"{len(space.attributes)} attributes ({kind} probe j asks for attribute j)")
+            problems.append(
+                f"item {i}, field {tgt_name!r}: {len(targets)} probes, but the value space has "
+                f"{len(space.attributes)} attributes ({kind} probe j asks for attribute j)"
+            )
             continue
         for j, (attr, target) in enumerate(zip(space.attributes, targets)):
             if target != values[attr.name]:
-                problems.append(f"item {i}, field {tgt_name!r}[{j}]: target {target!r} is not the item's value of "
-                                f"attribute {attr.name!r} ({values[attr.name]!r})")
+                problems.append(
+                    f"item {i}, field {tgt_name!r}[{j}]: target {target!r} is not the item's value of "
+                    f"attribute {attr.name!r} ({values[attr.name]!r})"
+                )
 
 
 def check_value_space(raw: Any, items: list[dict[str, Any]], source: str) -> ValueSpace:
@@ -315,17 +344,23 @@ def check_value_space(raw: Any, items: list[dict[str, Any]], source: str) -> Val
     sets (distinct, prefix-free), the attributes (sizes match their sets) and every item (its attribute values
     are in their sets and its `mem` (and `sem`) probe j targets attribute j's value)."""
     if not isinstance(raw, dict):
-        raise UserError(f"{source}: field {VALUE_SPACE_KEY!r}: expected an object with 'attributes' and 'value_sets', "
-                        f"got {_type_name(raw)}")
+        raise UserError(
+            f"{source}: field {VALUE_SPACE_KEY!r}: expected an object with 'attributes' and 'value_sets', "
+            f"got {_type_name(raw)}"
+        )
     unknown = [k for k in raw if k not in ("attributes", "value_sets")]
     if unknown or "attributes" not in raw or "value_sets" not in raw:
-        raise UserError(f"{source}: field {VALUE_SPACE_KEY!r}: expected exactly 'attributes' and 'value_sets', "
-                        f"got {', '.join(map(repr, raw)) or 'nothing'}")
+        raise UserError(
+            f"{source}: field {VALUE_SPACE_KEY!r}: expected exactly 'attributes' and 'value_sets', "
+            f"got {', '.join(map(repr, raw)) or 'nothing'}"
+        )
     problems: list[str] = []
     sets_raw = raw["value_sets"]
     if not isinstance(sets_raw, dict) or not sets_raw:
-        raise UserError(f"{source}: field {VALUE_SPACE_KEY!r}, 'value_sets': expected a non-empty object of named "
-                        f"value sets, got {_type_name(sets_raw)}")
+        raise UserError(
+            f"{source}: field {VALUE_SPACE_KEY!r}, 'value_sets': expected a non-empty object of named "
+            f"value sets, got {_type_name(sets_raw)}"
+        )
     value_sets = {str(name): _value_set(str(name), spec, problems) for name, spec in sets_raw.items()}
     attributes = _attributes(raw["attributes"], value_sets, problems)
     raise_problems(source, problems)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import typer
 
@@ -16,10 +16,12 @@ app = HarnessTyper(help="Validate and generate fictional knowledge sets.")
 def validate(
     path: Annotated[str, typer.Argument(help="Knowledge JSON file, dataset directory (save_to_disk), or hub name.")],
     tokenizer: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Also report token lengths under this tokenizer: olmo, a tokenizer .json, or a directory."),
     ] = None,
-    seq_len: Annotated[int, typer.Option(help="Flag paragraph variants longer than this many tokens (EOS included).")] = 2048,
+    seq_len: Annotated[
+        int, typer.Option(help="Flag paragraph variants longer than this many tokens (EOS included).")
+    ] = 2048,
 ) -> None:
     """Check a knowledge set item by item and print counts (and token lengths with --tokenizer).
 
@@ -44,35 +46,56 @@ _BIOS = "bios style"
 @app.command("generate")
 def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output JSON file (reference schema), written atomically.")],
-    paragraphs: Annotated[int, typer.Option(help="Number of paragraphs (knowledge items); with --style bios, people.")] = 120,
-    paraphrases: Annotated[int, typer.Option(help="Paraphrases per paragraph (bios: further variants, one per exposure).")] = 9,
+    paragraphs: Annotated[
+        int, typer.Option(help="Number of paragraphs (knowledge items); with --style bios, people.")
+    ] = 120,
+    paraphrases: Annotated[
+        int, typer.Option(help="Paraphrases per paragraph (bios: further variants, one per exposure).")
+    ] = 9,
     seed: Annotated[int, typer.Option(help="Seed of the generator: the same seed gives the same bytes.")] = 0,
-    style: Annotated[Literal["paragraphs", "bios"], typer.Option(
-        help="paragraphs: invented worlds of 14 linked facts; bios: people with six attributes drawn from value sets "
-             "of known size (the file records the value space).")] = "paragraphs",
+    style: Annotated[
+        Literal["paragraphs", "bios"],
+        typer.Option(
+            help="paragraphs: invented worlds of 14 linked facts; bios: people with six attributes drawn from "
+            "value sets of known size (the file records the value space)."
+        ),
+    ] = "paragraphs",
     cities: Annotated[int, typer.Option(help="Cities (birth and work city).", rich_help_panel=_BIOS)] = 200,
     universities: Annotated[int, typer.Option(help="Universities.", rich_help_panel=_BIOS)] = 300,
     majors: Annotated[int, typer.Option(help="Majors.", rich_help_panel=_BIOS)] = 100,
     employers: Annotated[int, typer.Option(help="Employers.", rich_help_panel=_BIOS)] = 263,
-    first_year: Annotated[int, typer.Option(help="First birth year (dates: days 1-28 of every month).",
-                                            rich_help_panel=_BIOS)] = 1900,
+    first_year: Annotated[
+        int, typer.Option(help="First birth year (dates: days 1-28 of every month).", rich_help_panel=_BIOS)
+    ] = 1900,
     last_year: Annotated[int, typer.Option(help="Last birth year.", rich_help_panel=_BIOS)] = 2099,
-    shuffle: Annotated[bool, typer.Option(help="Paraphrase variants reorder the six sentences.",
-                                          rich_help_panel=_BIOS)] = True,
+    shuffle: Annotated[
+        bool, typer.Option(help="Paraphrase variants reorder the six sentences.", rich_help_panel=_BIOS)
+    ] = True,
 ) -> None:
     """Write a new fictional knowledge set made by the project's own template generator (offline)."""
     if style == "bios":
         from fictional_knowledge.bios import BiosSpec, write_bios
 
-        spec = BiosSpec(people=paragraphs, cities=cities, universities=universities, majors=majors,
-                        employers=employers, first_year=first_year, last_year=last_year, paraphrases=paraphrases,
-                        shuffle=shuffle, seed=seed)
+        spec = BiosSpec(
+            people=paragraphs,
+            cities=cities,
+            universities=universities,
+            majors=majors,
+            employers=employers,
+            first_year=first_year,
+            last_year=last_year,
+            paraphrases=paraphrases,
+            shuffle=shuffle,
+            seed=seed,
+        )
         knowledge = write_bios(out, spec)
         space = knowledge.value_space
         sizes = ", ".join(f"{a.name} {a.size:,}" for a in space.attributes)
         bits = len(knowledge) * sum(a.bits for a in space.attributes)
-        typer.echo(f"wrote {out}: {len(knowledge)} people, {paraphrases} paraphrases each, value sets {sizes}; "
-                   f"{bits:,.0f} bits of facts (seed {seed})")
+        typer.echo(
+            f"wrote {out}: {len(knowledge)} people, {paraphrases} paraphrases each, value sets {sizes}; "
+            f"{bits:,.0f} bits of facts (seed {seed})"
+        )
         return
     from fictional_knowledge.generate import write_knowledge
 

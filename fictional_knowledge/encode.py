@@ -14,8 +14,8 @@ No special tokens are added: OLMo's tokenizer has no BOS, and the probe must loo
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from fictional_knowledge.model import Probe, ProbeRef
 from harness.errors import UserError
@@ -88,7 +88,9 @@ def encode_probes(tokenizer, probes: Iterable[Probe | ProbeRef]) -> list[Encoded
 def _eos_id(tokenizer, eos_token_id: int | None) -> int:
     eos = eos_token_id if eos_token_id is not None else tokenizer.eos_token_id
     if eos is None:
-        raise UserError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token; paragraphs need one appended")
+        raise UserError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token; paragraphs need one appended"
+        )
     return int(eos)
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS
 from fictional_knowledge.checks import PARAPHRASES_FIELD, TEXT_FIELD, check_items
+from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS
 from harness.atomic import write_bytes_atomic
 from harness.errors import UserError
 
@@ -111,7 +112,7 @@ class NameGenerator:
         parts = [self._syllable(coda=(i == n_syllables - 1 and not ending)) for i in range(n_syllables)]
         return ("".join(parts) + ending).capitalize()
 
-    def person(self) -> "Person":
+    def person(self) -> Person:
         given = self._fresh(lambda: self.word(self.rng.choice([2, 2, 3])))
         surname = self._fresh(lambda: self.word(self.rng.choice([2, 3])))
         return Person(given, surname, female=self.rng.random() < 0.5)
@@ -224,85 +225,163 @@ class Fact:
 
 
 FACTS: tuple[Fact, ...] = (
-    Fact("profession", "hero", lambda w: w.profession, (
-        "{s} earned a living as {art}",
-        "by trade, {s} was {art}",
-        "{s} spent most of {poss} working life as {art}",
-        "throughout {poss} career, {s} worked as {art}",
-    )),
-    Fact("birth_year", "hero", lambda w: str(w.birth_year), (
-        "{s} was born in",
-        "records show that {s} was born in the year",
-        "{s} came into the world in",
-        "the year of {sp} birth was",
-    )),
-    Fact("birthplace", "hero", lambda w: w.city, (
-        "{s} was born in the city of",
-        "{sp} birthplace was the city of",
-        "{s} grew up in {poss} native city of",
-        "{s} was a native of the city of",
-    )),
-    Fact("river", "city", lambda w: w.river, (
-        "{city} lies on the banks of the river",
-        "{city} was built along the river",
-        "through the middle of {city} flows the river",
-        "the river that runs through {city} is called the",
-    ), requires=("birthplace",)),
-    Fact("city_founder", "city", lambda w: w.founder.full, (
-        "{city} was founded centuries earlier by",
-        "the founder of {city} was",
-        "according to local chronicles, {city} was founded by",
-        "legend credits the founding of {city} to",
-    ), requires=("birthplace",)),
-    Fact("province", "city", lambda w: w.province, (
-        "{city} is the capital of the province of",
-        "{city} serves as the seat of government for the province of",
-        "as a provincial capital, {city} governs the province of",
-    ), requires=("birthplace",)),
-    Fact("org", "hero", lambda w: w.org, (
-        "{s} went on to found the",
-        "{s} was the founder of the",
-        "among {sp} achievements was founding the",
-        "{s} later established an organization known as the",
-    )),
-    Fact("org_year", "org", lambda w: str(w.org_year), (
-        "the {org} was established in",
-        "the {org} first opened its doors in",
-        "the {org} was formally founded in the year",
-    ), requires=("org",)),
-    Fact("org_city", "org", lambda w: w.org_city, (
-        "the {org} has its headquarters in",
-        "the {org} is based in the city of",
-        "today the {org} operates from the city of",
-    ), requires=("org",)),
-    Fact("invention", "hero", lambda w: w.invention, (
-        "{s} is best remembered for inventing the",
-        "{sp} most famous invention is the",
-        "{s} designed and built the first",
-        "among the devices {s} invented, the best known is the",
-    )),
-    Fact("purpose", "invention", lambda w: w.purpose, (
-        "the {invention} was designed for",
-        "the {invention} is used for",
-        "people still rely on the {invention} for",
-        "the original purpose of the {invention} was",
-    ), requires=("invention",)),
-    Fact("rival", "hero", lambda w: w.rival.full, (
-        "{sp} greatest rival was",
-        "{s} had a lifelong rivalry with",
-        "{s} was known for a bitter rivalry with",
-        "the person {s} competed with most fiercely was",
-    )),
-    Fact("rival_profession", "rival", lambda w: w.rival_profession, (
-        "{s} worked as {art}",
-        "by profession, {s} was {art}",
-        "{s} made {poss} name as {art}",
-    ), requires=("rival",)),
-    Fact("rival_birth_year", "rival", lambda w: str(w.rival_birth_year), (
-        "{s} was born in",
-        "{sp} year of birth was",
-        "{s} had been born in the year",
-    ), requires=("rival",)),
+    Fact(
+        "profession",
+        "hero",
+        lambda w: w.profession,
+        (
+            "{s} earned a living as {art}",
+            "by trade, {s} was {art}",
+            "{s} spent most of {poss} working life as {art}",
+            "throughout {poss} career, {s} worked as {art}",
+        ),
+    ),
+    Fact(
+        "birth_year",
+        "hero",
+        lambda w: str(w.birth_year),
+        (
+            "{s} was born in",
+            "records show that {s} was born in the year",
+            "{s} came into the world in",
+            "the year of {sp} birth was",
+        ),
+    ),
+    Fact(
+        "birthplace",
+        "hero",
+        lambda w: w.city,
+        (
+            "{s} was born in the city of",
+            "{sp} birthplace was the city of",
+            "{s} grew up in {poss} native city of",
+            "{s} was a native of the city of",
+        ),
+    ),
+    Fact(
+        "river",
+        "city",
+        lambda w: w.river,
+        (
+            "{city} lies on the banks of the river",
+            "{city} was built along the river",
+            "through the middle of {city} flows the river",
+            "the river that runs through {city} is called the",
+        ),
+        requires=("birthplace",),
+    ),
+    Fact(
+        "city_founder",
+        "city",
+        lambda w: w.founder.full,
+        (
+            "{city} was founded centuries earlier by",
+            "the founder of {city} was",
+            "according to local chronicles, {city} was founded by",
+            "legend credits the founding of {city} to",
+        ),
+        requires=("birthplace",),
+    ),
+    Fact(
+        "province",
+        "city",
+        lambda w: w.province,
+        (
+            "{city} is the capital of the province of",
+            "{city} serves as the seat of government for the province of",
+            "as a provincial capital, {city} governs the province of",
+        ),
+        requires=("birthplace",),
+    ),
+    Fact(
+        "org",
+        "hero",
+        lambda w: w.org,
+        (
+            "{s} went on to found the",
+            "{s} was the founder of the",
+            "among {sp} achievements was founding the",
+            "{s} later established an organization known as the",
+        ),
+    ),
+    Fact(
+        "org_year",
+        "org",
+        lambda w: str(w.org_year),
+        (
+            "the {org} was established in",
+            "the {org} first opened its doors in",
+            "the {org} was formally founded in the year",
+        ),
+        requires=("org",),
+    ),
+    Fact(
+        "org_city",
+        "org",
+        lambda w: w.org_city,
+        (
+            "the {org} has its headquarters in",
+            "the {org} is based in the city of",
+            "today the {org} operates from the city of",
+        ),
+        requires=("org",),
+    ),
+    Fact(
+        "invention",
+        "hero",
+        lambda w: w.invention,
+        (
+            "{s} is best remembered for inventing the",
+            "{sp} most famous invention is the",
+            "{s} designed and built the first",
+            "among the devices {s} invented, the best known is the",
+        ),
+    ),
+    Fact(
+        "purpose",
+        "invention",
+        lambda w: w.purpose,
+        (
+            "the {invention} was designed for",
+            "the {invention} is used for",
+            "people still rely on the {invention} for",
+            "the original purpose of the {invention} was",
+        ),
+        requires=("invention",),
+    ),
+    Fact(
+        "rival",
+        "hero",
+        lambda w: w.rival.full,
+        (
+            "{sp} greatest rival was",
+            "{s} had a lifelong rivalry with",
+            "{s} was known for a bitter rivalry with",
+            "the person {s} competed with most fiercely was",
+        ),
+    ),
+    Fact(
+        "rival_profession",
+        "rival",
+        lambda w: w.rival_profession,
+        (
+            "{s} worked as {art}",
+            "by profession, {s} was {art}",
+            "{s} made {poss} name as {art}",
+        ),
+        requires=("rival",),
+    ),
+    Fact(
+        "rival_birth_year",
+        "rival",
+        lambda w: str(w.rival_birth_year),
+        (
+            "{s} was born in",
+            "{sp} year of birth was",
+            "{s} had been born in the year",
+        ),
+        requires=("rival",),
+    ),
 )
 _FACTS_BY_KEY = {f.key: f for f in FACTS}
 #: The paragraph opens with one of these, so the person is introduced by full name first.
@@ -440,7 +519,12 @@ def _item(world: World, rng: random.Random, n_paraphrases: int) -> dict[str, Any
     comp = []
     for template, value_of in rng.sample(COMP_PROBES, PROBES_PER_KIND):
         value = value_of(world)
-        comp.append((template.format(hero=world.hero.full, org=world.org, invention=world.invention, art=_article(value)), value))
+        comp.append(
+            (
+                template.format(hero=world.hero.full, org=world.org, invention=world.invention, art=_article(value)),
+                value,
+            )
+        )
 
     item: dict[str, Any] = {TEXT_FIELD: text}
     for kind, pairs in zip(PROBE_KINDS, (mem, sem, comp)):

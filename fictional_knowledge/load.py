@@ -19,7 +19,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS, KnowledgeSet, Paragraph, Probe, ValueSpace
 from fictional_knowledge.checks import (
     ATTRIBUTES_FIELD,
     ITEMS_KEY,
@@ -31,6 +30,7 @@ from fictional_knowledge.checks import (
     parse_json_bytes,
     split_document,
 )
+from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS, KnowledgeSet, Paragraph, Probe, ValueSpace
 from harness.errors import UserError
 
 #: `owner/name` or `name` on the Hugging Face hub (what is not an existing path and looks like this).
@@ -42,7 +42,10 @@ def items_to_knowledge(items: list[dict[str, Any]], source: str, value_space: Va
     paragraphs = []
     for i, item in enumerate(items):
         probes = {
-            kind: tuple(Probe(x, y) for x, y in zip(item[REFERENCE_PROBE_FIELDS[kind][0]], item[REFERENCE_PROBE_FIELDS[kind][1]]))
+            kind: tuple(
+                Probe(x, y)
+                for x, y in zip(item[REFERENCE_PROBE_FIELDS[kind][0]], item[REFERENCE_PROBE_FIELDS[kind][1]])
+            )
             for kind in PROBE_KINDS
         }
         paraphrases = tuple(item.get(PARAPHRASES_FIELD) or ())
@@ -86,12 +89,15 @@ def value_space_to_json(space: ValueSpace) -> dict[str, Any]:
     for name, vs in space.value_sets.items():
         if vs.dates is not None:
             d = vs.dates
-            sets[name] = {"dates": {"first_year": d.first_year, "last_year": d.last_year,
-                                    "days_per_month": d.days_per_month}}
+            sets[name] = {
+                "dates": {"first_year": d.first_year, "last_year": d.last_year, "days_per_month": d.days_per_month}
+            }
         else:
             sets[name] = list(vs.values)
-    return {"attributes": [{"name": a.name, "value_set": a.value_set, "size": a.size} for a in space.attributes],
-            "value_sets": sets}
+    return {
+        "attributes": [{"name": a.name, "value_set": a.value_set, "size": a.size} for a in space.attributes],
+        "value_sets": sets,
+    }
 
 
 def knowledge_to_document(knowledge: KnowledgeSet) -> list[dict[str, Any]] | dict[str, Any]:
@@ -131,7 +137,9 @@ def _read_hub(name: str) -> list[dict[str, Any]]:
     try:
         ds = datasets.load_dataset(name)
     except ConnectionError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0")
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
+            "HF_DATASETS_OFFLINE", ""
+        ) not in ("", "0")
         why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the hub cannot be reached"
         raise UserError(
             f"cannot load {name!r} from the Hugging Face hub: {why} and it is not in the local cache. "
@@ -148,12 +156,13 @@ GENERATE_PREFIX = "generate:"
 
 def parse_generate_spec(spec: str) -> tuple[int, int, int]:
     """`generate:PARAGRAPHS:PARAPHRASES:SEED` -> (paragraphs, paraphrases, seed)."""
-    parts = spec[len(GENERATE_PREFIX):].split(":")
+    parts = spec[len(GENERATE_PREFIX) :].split(":")
     try:
         n, m, seed = (int(p) for p in parts)
     except ValueError:
-        raise UserError(f"knowledge {spec!r}: expected generate:PARAGRAPHS:PARAPHRASES:SEED (three integers, "
-                        "e.g. generate:12:3:0)") from None
+        raise UserError(
+            f"knowledge {spec!r}: expected generate:PARAGRAPHS:PARAPHRASES:SEED (three integers, e.g. generate:12:3:0)"
+        ) from None
     if n <= 0 or m < 0 or seed < 0:
         raise UserError(f"knowledge {spec!r}: PARAGRAPHS must be > 0, PARAPHRASES and SEED >= 0")
     return n, m, seed

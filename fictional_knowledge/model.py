@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterator, Literal
+from typing import Literal
 
 ProbeKind = Literal["mem", "sem", "comp"]
 
@@ -68,8 +69,20 @@ class ProbeRef:
     probe: Probe
 
 
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 _DATE = re.compile(r"^(?P<month>[A-Z][a-z]+) (?P<day>[1-9][0-9]?), (?P<year>[0-9]{4})$")
 
 
@@ -94,8 +107,12 @@ class DateRange:
 
     def __contains__(self, value: object) -> bool:
         m = _DATE.match(value) if isinstance(value, str) else None
-        return (m is not None and m["month"] in MONTHS and 1 <= int(m["day"]) <= self.days_per_month
-                and self.first_year <= int(m["year"]) <= self.last_year)
+        return (
+            m is not None
+            and m["month"] in MONTHS
+            and 1 <= int(m["day"]) <= self.days_per_month
+            and self.first_year <= int(m["year"]) <= self.last_year
+        )
 
 
 @dataclass(frozen=True)
@@ -175,6 +192,6 @@ class KnowledgeSet:
                 for i, probe in enumerate(p.probes.get(kind, ())):
                     yield ProbeRef(p.id, kind, i, probe)
 
-    def subset(self, n: int) -> "KnowledgeSet":
+    def subset(self, n: int) -> KnowledgeSet:
         """The first n paragraphs (the reference experiment uses the first 120 of 130)."""
         return KnowledgeSet(self.paragraphs[:n], self.source, self.value_space)

@@ -8,12 +8,11 @@ fictional_knowledge.checks), then count, and with a tokenizer measure.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from fictional_knowledge.load import load_knowledge_checked
 from fictional_knowledge.model import PROBE_KINDS, KnowledgeSet, ProbeKind, ValueSpace
-
 
 # --------------------------------------------------------------------------------------------- summary
 
@@ -27,7 +26,7 @@ class LengthStats:
     p95: float
 
     @classmethod
-    def of(cls, values: Sequence[int]) -> "LengthStats":
+    def of(cls, values: Sequence[int]) -> LengthStats:
         import numpy as np
 
         arr = np.asarray(values, dtype=np.int64)
@@ -65,7 +64,9 @@ class KnowledgeSummary:
         dist = ", ".join(f"{n} paraphrases: {c}" for n, c in sorted(self.paraphrases.items()))
         out = [
             f"{self.source}: {self.n_paragraphs} paragraphs",
-            "probes: " + ", ".join(f"{k} {self.probes[k]}" for k in PROBE_KINDS) + f" (total {sum(self.probes.values())})",
+            "probes: "
+            + ", ".join(f"{k} {self.probes[k]}" for k in PROBE_KINDS)
+            + f" (total {sum(self.probes.values())})",
             f"paraphrases per paragraph: {dist}",
             f"mem probes not verbatim in their paragraph: {self.mem_not_verbatim} (informational)",
         ]
@@ -74,10 +75,14 @@ class KnowledgeSummary:
         space = self.value_space
         if space is not None:
             per_person = sum(a.bits for a in space.attributes)
-            out.append(f"value space: {len(space.attributes)} attributes, {self.n_paragraphs * len(space.attributes)} "
-                       f"facts, {self.n_paragraphs * per_person:,.0f} bits in all ({per_person:.2f} per paragraph)")
-            out += [f"  attribute {a.name}: value set {a.value_set}, {a.size:,} values ({a.bits:.2f} bits)"
-                    for a in space.attributes]
+            out.append(
+                f"value space: {len(space.attributes)} attributes, {self.n_paragraphs * len(space.attributes)} "
+                f"facts, {self.n_paragraphs * per_person:,.0f} bits in all ({per_person:.2f} per paragraph)"
+            )
+            out += [
+                f"  attribute {a.name}: value set {a.value_set}, {a.size:,} values ({a.bits:.2f} bits)"
+                for a in space.attributes
+            ]
         t = self.tokens
         if t is not None:
             out += [
@@ -107,7 +112,9 @@ def token_report(knowledge: KnowledgeSet, tokenizer, tokenizer_name: str, seq_le
         if encoded:
             probes[kind] = LengthStats.of([len(e.input_ids) for e in encoded])
             targets[kind] = LengthStats.of([e.n_target for e in encoded])
-    return TokenReport(tokenizer_name, seq_len, LengthStats.of(originals), LengthStats.of(lengths), probes, targets, too_long)
+    return TokenReport(
+        tokenizer_name, seq_len, LengthStats.of(originals), LengthStats.of(lengths), probes, targets, too_long
+    )
 
 
 def summarize(
@@ -119,19 +126,21 @@ def summarize(
 ) -> KnowledgeSummary:
     counts = {k: sum(len(p.probes.get(k, ())) for p in knowledge.paragraphs) for k in PROBE_KINDS}
     paraphrases = Counter(len(p.paraphrases) for p in knowledge.paragraphs)
-    not_verbatim = sum(
-        1 for p in knowledge.paragraphs for probe in p.probes.get("mem", ()) if probe.text not in p.text
-    )
+    not_verbatim = sum(1 for p in knowledge.paragraphs for probe in p.probes.get("mem", ()) if probe.text not in p.text)
     tokens = token_report(knowledge, tokenizer, tokenizer_name, seq_len) if tokenizer is not None else None
     return KnowledgeSummary(
-        knowledge.source, len(knowledge), counts, dict(sorted(paraphrases.items())), not_verbatim, tuple(ignored_fields),
-        tokens, knowledge.value_space,
+        knowledge.source,
+        len(knowledge),
+        counts,
+        dict(sorted(paraphrases.items())),
+        not_verbatim,
+        tuple(ignored_fields),
+        tokens,
+        knowledge.value_space,
     )
 
 
-def validate_knowledge(
-    path_or_name: str, tokenizer: str | None = None, seq_len: int = 2048
-) -> KnowledgeSummary:
+def validate_knowledge(path_or_name: str, tokenizer: str | None = None, seq_len: int = 2048) -> KnowledgeSummary:
     """Load and check a knowledge set; with a tokenizer also measure token lengths.
 
     Raises UserError for malformed items and for variants longer than `seq_len` tokens (with EOS).

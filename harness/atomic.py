@@ -13,8 +13,9 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 
 def current_umask() -> int:
@@ -97,7 +98,7 @@ def remove_stale_staging(dest: Path, host: str | None = None) -> list[Path]:
     prefix = f".{dest.name}.tmp-{host}-"
     removed = []
     for candidate in dest.parent.glob(f"{prefix}*"):
-        pid = candidate.name[len(prefix):].split("-", 1)[0]
+        pid = candidate.name[len(prefix) :].split("-", 1)[0]
         if not pid.isdigit() or process_alive(int(pid)):
             continue
         shutil.rmtree(candidate, ignore_errors=True)

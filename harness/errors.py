@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno
 import functools
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -107,6 +108,9 @@ def add_version_option(app: typer.Typer, program: str) -> None:
             raise typer.Exit()
 
     @app.callback()
-    def main(_version: bool = typer.Option(False, "--version", help="Show the version and exit.", callback=show,
-                                           is_eager=True)) -> None:
+    def main(
+        _version: bool = typer.Option(
+            False, "--version", help="Show the version and exit.", callback=show, is_eager=True
+        ),
+    ) -> None:
         """The harness's command line."""

@@ -32,5 +32,7 @@ def check_output_dir(out: Path, *, marker: str, what: str, overwrite: bool, inpu
     if not overwrite:
         raise UserError(f"--out {out} already exists (pass --overwrite to replace a {what} made by this tool)")
     if not (out / marker).is_file():
-        raise UserError(f"--out {out} exists and is not a {what} made by this tool (no {marker}); refusing to "
-                        "replace it: choose another output directory or remove it yourself")
+        raise UserError(
+            f"--out {out} exists and is not a {what} made by this tool (no {marker}); refusing to "
+            "replace it: choose another output directory or remove it yourself"
+        )

@@ -49,7 +49,7 @@ class LineProgress:
         self.bytes_unit = bytes_unit
         self.tasks: dict[int, _Task] = {}
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -62,15 +62,24 @@ class LineProgress:
             if task.visible and not task.finished_printed and task.completed > task.start_completed:
                 self._print(task)
 
-    def add_task(self, description: str, total: float | None = None, completed: float = 0, visible: bool = True,
-                 **fields: Any) -> int:
+    def add_task(
+        self, description: str, total: float | None = None, completed: float = 0, visible: bool = True, **fields: Any
+    ) -> int:
         task_id = len(self.tasks)
         self.tasks[task_id] = _Task(description, total, completed, visible, fields, start_completed=completed)
         return task_id
 
-    def update(self, task_id: int, *, total: float | None = None, completed: float | None = None,
-               advance: float | None = None, description: str | None = None, visible: bool | None = None,
-               **fields: Any) -> None:
+    def update(
+        self,
+        task_id: int,
+        *,
+        total: float | None = None,
+        completed: float | None = None,
+        advance: float | None = None,
+        description: str | None = None,
+        visible: bool | None = None,
+        **fields: Any,
+    ) -> None:
         task = self.tasks[task_id]
         if total is not None:
             task.total = total
@@ -133,8 +142,14 @@ def progress(*columns: Any, transient: bool = False, bytes_unit: bool = False):
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     if not columns:
-        columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        columns = (
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
     return _RichWithInfo(*columns, console=Console(stderr=True), transient=transient)
 
 
@@ -159,8 +174,9 @@ class _RichWithInfo:
     def stop(self) -> None:
         self._progress.stop()
 
-    def add_task(self, description: str, total: float | None = None, completed: float = 0, visible: bool = True,
-                 **fields: Any) -> int:
+    def add_task(
+        self, description: str, total: float | None = None, completed: float = 0, visible: bool = True, **fields: Any
+    ) -> int:
         fields.setdefault("info", "")
         return self._progress.add_task(description, total=total, completed=completed, visible=visible, **fields)
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +57,9 @@ class Column:
 PROBE_KEY_COLUMNS: tuple[Column, ...] = (
     Column("step", pa.int32(), "run step k (0 = the loaded checkpoint, k = after k updates)"),
     Column("paragraph", pa.int32(), "paragraph index in the knowledge set"),
-    Column("scenario", pa.string(), "the paragraph's scenario (paraphrase, duplicate, once, ..., none = never injected)"),
+    Column(
+        "scenario", pa.string(), "the paragraph's scenario (paraphrase, duplicate, once, ..., none = never injected)"
+    ),
     Column("kind", pa.string(), "probe kind: mem, sem or comp"),
     Column("probe", pa.int16(), "probe index within (paragraph, kind)"),
 )
@@ -137,7 +140,8 @@ class PartWriter:
         if not self._steps:
             return None
         arrays = [
-            pa.array(np.concatenate(self._columns[f.name]), type=f.type) if f.type != pa.string()
+            pa.array(np.concatenate(self._columns[f.name]), type=f.type)
+            if f.type != pa.string()
             else pa.array([str(v) for chunk in self._columns[f.name] for v in chunk], type=pa.string())
             for f in self.schema
         ]
@@ -239,13 +243,15 @@ class CapacityManifest:
         }
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], file: Path) -> "CapacityManifest":
+    def from_manifest(cls, manifest: dict[str, Any], file: Path) -> CapacityManifest:
         """Parse and check `manifest[CAPACITY]`; UserError naming the file and the field."""
         raw = manifest.get(CAPACITY)
         where = f"{file}: field {CAPACITY!r}"
         if raw is None:
-            raise UserError(f"{where} is missing: not a capacity run (written by `injection capacity`, or add it: "
-                            f"model, parameters, attributes, exposures)")
+            raise UserError(
+                f"{where} is missing: not a capacity run (written by `injection capacity`, or add it: "
+                f"model, parameters, attributes, exposures)"
+            )
         if not isinstance(raw, dict):
             raise UserError(f"{where}: expected an object, found {type(raw).__name__}")
         missing = [k for k in ("model", "parameters", "attributes", "exposures") if k not in raw]
@@ -280,11 +286,13 @@ class CapacityManifest:
             values = curve.get("exposures") if isinstance(curve, dict) else None
             if not isinstance(steps, list) or not isinstance(values, list) or not steps or len(steps) != len(values):
                 raise UserError(f"{here}: expected {{steps, exposures}}: two lists of the same non-zero length")
-            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in steps) or \
-                    any(b <= a for a, b in zip(steps, steps[1:])):
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in steps) or any(
+                b <= a for a, b in zip(steps, steps[1:])
+            ):
                 raise UserError(f"{here}, steps: expected increasing run steps >= 0, found {steps}")
-            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in values) or \
-                    any(b < a for a, b in zip(values, values[1:])):
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in values) or any(
+                b < a for a, b in zip(values, values[1:])
+            ):
                 raise UserError(f"{here}, exposures: expected non-decreasing numbers >= 0, found {values}")
             exposures[str(scenario)] = (tuple(float(v) for v in steps), tuple(float(v) for v in values))
         return cls(str(raw["model"]), total, non_embedding, tuple(parsed_attributes), exposures)

@@ -81,9 +81,15 @@ def train_bpe_tokenizer(docs: list[str], vocab: int, out: Path) -> Path:
         bpe = Tokenizer(models.BPE())
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         bpe.decoder = decoders.ByteLevel()
-        bpe.train_from_iterator(docs, trainers.BpeTrainer(
-            vocab_size=vocab, special_tokens=["<|endoftext|>", "<|padding|>"], show_progress=False,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        bpe.train_from_iterator(
+            docs,
+            trainers.BpeTrainer(
+                vocab_size=vocab,
+                special_tokens=["<|endoftext|>", "<|padding|>"],
+                show_progress=False,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            ),
+        )
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|padding|>")
     out = Path(out)
     tmp = staging_dir(out)

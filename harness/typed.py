@@ -19,7 +19,8 @@ import difflib
 import math
 import types
 import typing
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from harness.errors import UserError
 
@@ -41,7 +42,8 @@ def _fail(where: str, path: str, origins: Mapping[str, str] | None, message: str
 
 def _type_name(tp: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def coerce(value: Any, tp: Any, where: str, path: str, origins: Mapping[str, str] | None = None) -> Any:
@@ -104,8 +106,7 @@ def coerce(value: Any, tp: Any, where: str, path: str, origins: Mapping[str, str
     return value
 
 
-def from_mapping(cls: type, data: Any, where: str, path: str = "",
-                 origins: Mapping[str, str] | None = None) -> Any:
+def from_mapping(cls: type, data: Any, where: str, path: str = "", origins: Mapping[str, str] | None = None) -> Any:
     """An instance of dataclass `cls` from a mapping: unknown keys, missing required fields and wrongly typed
     values are UserErrors naming the source and the dotted field. `path` prefixes field names (nested use);
     `origins` maps dotted field names to the label of where they were set (e.g. a `--set` override)."""
@@ -142,8 +143,12 @@ def field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
     docs: dict[str, str] = {}
     for node, following in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
             docs[node.target.id] = " ".join(following.value.value.split())
     return docs

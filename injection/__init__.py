@@ -16,5 +16,6 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 
 
 def shipped_path(*parts: str) -> Path:
-    """A file shipped with the harness: `shipped_path("checkpoints.yaml")`, `shipped_path("ds_configs", "zero3.json")`."""
+    """A file shipped with the harness: `shipped_path("checkpoints.yaml")`,
+    `shipped_path("ds_configs", "zero3.json")`."""
     return SHIPPED_DIR.joinpath(*parts)

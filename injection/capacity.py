@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import typer
@@ -121,12 +121,16 @@ class CapacityConfig:
             raise UserError(f"{where}: field 'models' is empty")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
-            raise UserError(f"{where}: field 'models' has two models named {next(n for n in names if names.count(n) > 1)!r}")
+            raise UserError(
+                f"{where}: field 'models' has two models named {next(n for n in names if names.count(n) > 1)!r}"
+            )
         for m in self.models:
             for f in ("d_model", "n_layers", "n_heads", "mlp_ratio"):
                 positive(f"models.{m.name}.{f}", getattr(m, f))
             if m.d_model % m.n_heads:
-                raise UserError(f"{where}: model {m.name!r}: d_model {m.d_model} is not a multiple of n_heads {m.n_heads}")
+                raise UserError(
+                    f"{where}: model {m.name!r}: d_model {m.d_model} is not a multiple of n_heads {m.n_heads}"
+                )
         for m in self.models:
             if not self.people_of(m):
                 raise UserError(f"{where}: model {m.name!r} has no numbers of people (field 'people' is empty)")
@@ -139,8 +143,9 @@ class CapacityConfig:
         for name in ("tokenizer_vocab", "seq_len", "global_batch", "peak_lr", "eval_batch_tokens"):
             positive(name, getattr(self, name))
         if self.micro_batch is not None and (self.micro_batch < 1 or self.global_batch % self.micro_batch):
-            raise UserError(f"{where}: field 'micro_batch' ({self.micro_batch}) must divide global_batch "
-                            f"({self.global_batch})")
+            raise UserError(
+                f"{where}: field 'micro_batch' ({self.micro_batch}) must divide global_batch ({self.global_batch})"
+            )
         if not 0 <= self.warmup_fraction < 1:
             raise UserError(f"{where}: field 'warmup_fraction' must be in [0, 1), got {self.warmup_fraction}")
         if not self.probe_kinds or set(self.probe_kinds) - {"mem", "sem"}:
@@ -150,8 +155,10 @@ class CapacityConfig:
         if self.overwrite is not None:
             unknown = [m for m in self.overwrite.models if m not in names]
             if unknown:
-                raise UserError(f"{where}: field 'overwrite.models' names {unknown[0]!r}, not a model of the ladder "
-                                f"({', '.join(names)})")
+                raise UserError(
+                    f"{where}: field 'overwrite.models' names {unknown[0]!r}, not a model of the ladder "
+                    f"({', '.join(names)})"
+                )
             for name in ("people", "second_people", "second_exposures"):
                 positive(f"overwrite.{name}", getattr(self.overwrite, name))
         self.bios_spec(1).check(f"{where}: field 'bios'")
@@ -167,14 +174,15 @@ class CapacityConfig:
     @property
     def first_people(self) -> int:
         """People of the largest first knowledge base (the second one's people come after them)."""
-        return max([n for m in self.models for n in self.people_of(m)]
-                   + ([self.overwrite.people] if self.overwrite else []))
+        return max(
+            [n for m in self.models for n in self.people_of(m)] + ([self.overwrite.people] if self.overwrite else [])
+        )
 
     @property
     def total_people(self) -> int:
         return self.first_people + (self.overwrite.second_people if self.overwrite else 0)
 
-    def rungs(self) -> list["Rung"]:
+    def rungs(self) -> list[Rung]:
         out = [Rung(m, n) for m in self.models for n in self.people_of(m)]
         if self.overwrite is not None:
             o = self.overwrite
@@ -209,8 +217,9 @@ def profile_path(name: str) -> Path:
     return PROFILES_DIR / f"{name}.yaml"
 
 
-def load_capacity_config(profile: str | None = None, config: str | Path | None = None,
-                         overrides: list[str] | None = None) -> CapacityConfig:
+def load_capacity_config(
+    profile: str | None = None, config: str | Path | None = None, overrides: list[str] | None = None
+) -> CapacityConfig:
     """A shipped profile or a YAML file, then `--set key=value` overrides; validated."""
     import yaml
 
@@ -238,8 +247,10 @@ def load_capacity_config(profile: str | None = None, config: str | Path | None =
     bios = data.get("bios") or {}
     clash = [k for k in ("people", "seed") if isinstance(bios, dict) and k in bios]
     if clash:
-        raise UserError(f"{where}: field 'bios.{clash[0]}' is set by the ladder: use the top-level "
-                        f"{'people' if clash[0] == 'people' else 'seed'}")
+        raise UserError(
+            f"{where}: field 'bios.{clash[0]}' is set by the ladder: use the top-level "
+            f"{'people' if clash[0] == 'people' else 'seed'}"
+        )
     cfg = from_mapping(CapacityConfig, data, where)
     cfg.validate(where)
     return cfg
@@ -281,10 +292,11 @@ def rung_knowledge(knowledge, rung: Rung, first_people: int):
     from fictional_knowledge.model import KnowledgeSet
 
     first = list(knowledge.paragraphs[: rung.people])
-    second = list(knowledge.paragraphs[first_people: first_people + rung.second_people])
+    second = list(knowledge.paragraphs[first_people : first_people + rung.second_people])
     paragraphs = tuple(dataclasses.replace(p, id=i) for i, p in enumerate(first + second))
-    scenarios = {i: ("first" if rung.second_people else "bios") if i < len(first) else "second"
-                 for i in range(len(paragraphs))}
+    scenarios = {
+        i: ("first" if rung.second_people else "bios") if i < len(first) else "second" for i in range(len(paragraphs))
+    }
     return KnowledgeSet(paragraphs, knowledge.source, knowledge.value_space), scenarios
 
 
@@ -302,8 +314,9 @@ def _passes(cfg: CapacityConfig, exposures: int) -> int:
     return min(exposures, cfg.corpus_passes) if cfg.corpus_passes else exposures
 
 
-def build_corpus_for(cfg: CapacityConfig, rung: Rung, knowledge, scenarios: dict[int, str], tokenizer_dir: Path,
-                     out: Path) -> Corpus:
+def build_corpus_for(
+    cfg: CapacityConfig, rung: Rung, knowledge, scenarios: dict[int, str], tokenizer_dir: Path, out: Path
+) -> Corpus:
     """Documents of every pass (a fresh shuffle per pass, variant r of each biography in pass r, EOS padding to
     whole windows after each knowledge base's passes), tokenized by `build_corpus`; the order file then cycles
     the passes for E epochs (and E2 for the second knowledge base)."""
@@ -319,8 +332,10 @@ def build_corpus_for(cfg: CapacityConfig, rung: Rung, knowledge, scenarios: dict
 
     tokenizer = load_tokenizer(str(tokenizer_dir))
     parts = []  # (scenario, paragraph ids, epochs)
-    for scenario, epochs in (("bios" if not rung.second_people else "first", cfg.exposures),
-                             ("second", rung.second_exposures)):
+    for scenario, epochs in (
+        ("bios" if not rung.second_people else "first", cfg.exposures),
+        ("second", rung.second_exposures),
+    ):
         ids = [p for p, s in scenarios.items() if s == scenario]
         if ids:
             parts.append((scenario, ids, epochs))
@@ -360,8 +375,10 @@ def build_corpus_for(cfg: CapacityConfig, rung: Rung, knowledge, scenarios: dict
     # Whole batches only: the end of the last epoch may be cut, which the exposures at the last step show.
     total_steps = len(order) // B
     if total_steps < 1:
-        raise UserError(f"rung {rung.name}: {len(order)} windows of {L} tokens make no global batch of {B}; "
-                        "more people, exposures or a smaller global_batch")
+        raise UserError(
+            f"rung {rung.name}: {len(order)} windows of {L} tokens make no global batch of {B}; "
+            "more people, exposures or a smaller global_batch"
+        )
     order = order[: total_steps * B]
 
     (out / "corpora").mkdir(parents=True, exist_ok=True)
@@ -375,9 +392,20 @@ def build_corpus_for(cfg: CapacityConfig, rung: Rung, knowledge, scenarios: dict
             raise RuntimeError(f"corpus of {rung.name}: {info['n_instances']} instances, expected {first_instance}")
         built = tmp / "corpus"
         write_global_indices(built / "global_indices.npy", order)
-        write_bytes_atomic(built / "epochs.json", (json.dumps(
-            {"total_steps": total_steps, "exposures": exposures, "passes": {s: _passes(cfg, e) for s, _, e in parts}},
-            indent=1) + "\n").encode())
+        write_bytes_atomic(
+            built / "epochs.json",
+            (
+                json.dumps(
+                    {
+                        "total_steps": total_steps,
+                        "exposures": exposures,
+                        "passes": {s: _passes(cfg, e) for s, _, e in parts},
+                    },
+                    indent=1,
+                )
+                + "\n"
+            ).encode(),
+        )
         replace_dir(built, corpus_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -398,10 +426,18 @@ def planned_parameters(cfg: CapacityConfig, model: ModelSpec) -> tuple[int, int]
     from injection.checkpoints.olmo import hf_config
 
     arch = dataclasses.replace(
-        load_catalog().family("tiny").architecture, d_model=model.d_model, n_layers=model.n_layers,
-        n_heads=model.n_heads, n_kv_heads=model.n_heads, mlp_hidden_size=model.mlp_ratio * model.d_model,
-        vocab_size=cfg.tokenizer_vocab, embedding_size=cfg.tokenizer_vocab, max_sequence_length=cfg.seq_len,
-        eos_token_id=0, pad_token_id=1)  # ids only need to lie inside the vocabulary here
+        load_catalog().family("tiny").architecture,
+        d_model=model.d_model,
+        n_layers=model.n_layers,
+        n_heads=model.n_heads,
+        n_kv_heads=model.n_heads,
+        mlp_hidden_size=model.mlp_ratio * model.d_model,
+        vocab_size=cfg.tokenizer_vocab,
+        embedding_size=cfg.tokenizer_vocab,
+        max_sequence_length=cfg.seq_len,
+        eos_token_id=0,
+        pad_token_id=1,
+    )  # ids only need to lie inside the vocabulary here
     return _count_parameters(hf_config(arch))
 
 
@@ -413,8 +449,9 @@ def _count_parameters(config) -> tuple[int, int]:
         model = AutoModelForCausalLM.from_config(config)
     unique = {id(p): p for p in model.parameters()}
     total = sum(p.numel() for p in unique.values())
-    embedding = {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
-                 if m is not None}
+    embedding = {
+        id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
+    }
     return total, total - sum(p.numel() for p in embedding.values())
 
 
@@ -429,12 +466,27 @@ def build_model(cfg: CapacityConfig, model: ModelSpec, tokenizer_dir: Path, out:
     if not is_complete(dest):
         tokenizer = load_tokenizer(str(tokenizer_dir))
         build_tiny_checkpoint(
-            dest, seed=cfg.seed, tokenizer=tokenizer, d_model=model.d_model, n_layers=model.n_layers,
-            n_heads=model.n_heads, n_kv_heads=model.n_heads, mlp_hidden_size=model.mlp_ratio * model.d_model,
-            vocab_size=len(tokenizer), embedding_size=len(tokenizer), max_sequence_length=cfg.seq_len,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            meta_overrides={"family": "capacity", "model": model.name, "global_batch_size": cfg.global_batch,
-                            "seq_len": cfg.seq_len, "tokens_per_step": cfg.global_batch * cfg.seq_len})
+            dest,
+            seed=cfg.seed,
+            tokenizer=tokenizer,
+            d_model=model.d_model,
+            n_layers=model.n_layers,
+            n_heads=model.n_heads,
+            n_kv_heads=model.n_heads,
+            mlp_hidden_size=model.mlp_ratio * model.d_model,
+            vocab_size=len(tokenizer),
+            embedding_size=len(tokenizer),
+            max_sequence_length=cfg.seq_len,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            meta_overrides={
+                "family": "capacity",
+                "model": model.name,
+                "global_batch_size": cfg.global_batch,
+                "seq_len": cfg.seq_len,
+                "tokens_per_step": cfg.global_batch * cfg.seq_len,
+            },
+        )
     return dest
 
 
@@ -443,13 +495,19 @@ def rung_start(cfg: CapacityConfig, model_dir: Path, total_steps: int, dest: Pat
     in its checkpoint.json; weight files are hard links to the model's."""
     from injection.checkpoints.layout import CHECKPOINT_JSON, mark_complete
 
-    schedule = {"kind": "cosine", "peak_lr": cfg.peak_lr, "alpha_f": cfg.alpha_f, "t_max": total_steps,
-                "warmup_steps": max(1, round(cfg.warmup_fraction * total_steps))}
+    schedule = {
+        "kind": "cosine",
+        "peak_lr": cfg.peak_lr,
+        "alpha_f": cfg.alpha_f,
+        "t_max": total_steps,
+        "warmup_steps": max(1, round(cfg.warmup_fraction * total_steps)),
+    }
     meta = json.loads((model_dir / CHECKPOINT_JSON).read_text())
     meta.update(lr_schedule=schedule, optimizer={**meta.get("optimizer", {}), "weight_decay": cfg.weight_decay})
     meta.pop("format_version", None)
-    if (dest / CHECKPOINT_JSON).is_file() and {k: v for k, v in json.loads((dest / CHECKPOINT_JSON).read_text()).items()
-                                               if k != "format_version"} == meta:
+    if (dest / CHECKPOINT_JSON).is_file() and {
+        k: v for k, v in json.loads((dest / CHECKPOINT_JSON).read_text()).items() if k != "format_version"
+    } == meta:
         return dest
     tmp = staging_dir(dest)
     try:
@@ -486,24 +544,33 @@ def plan(cfg: CapacityConfig) -> list[dict[str, Any]]:
     import tempfile
 
     from fictional_knowledge.bios import generate_bios
-    from harness.tokenizers import load_tokenizer
-    from harness.tokenizers import train_bpe_tokenizer
+    from harness.tokenizers import load_tokenizer, train_bpe_tokenizer
 
     sample = generate_bios(dataclasses.replace(cfg.bios_spec(min(cfg.total_people, 2000)), paraphrases=0))
     texts = [p.text for p in sample.paragraphs]
     with tempfile.TemporaryDirectory() as tmp:
         train_bpe_tokenizer(texts, cfg.tokenizer_vocab, Path(tmp) / "tokenizer")
         tokenizer = load_tokenizer(str(Path(tmp) / "tokenizer"))
-        tokens_per_person = float(np.mean([len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]])) + 1
+        tokens_per_person = (
+            float(np.mean([len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]])) + 1
+        )
     rows = []
     for rung in cfg.rungs():
         total, non_embedding = planned_parameters(cfg, rung.model)
         epochs = rung.people * cfg.exposures + rung.second_people * rung.second_exposures
         tokens = epochs * tokens_per_person
-        rows.append({"rung": rung.name, "parameters": total, "non_embedding_parameters": non_embedding,
-                     "people": rung.people + rung.second_people,
-                     "bits_offered": (rung.people + rung.second_people) * sum(a.bits for a in sample.value_space.attributes),
-                     "tokens": tokens, "steps": tokens / (cfg.global_batch * cfg.seq_len), "flops": 6 * total * tokens})
+        rows.append(
+            {
+                "rung": rung.name,
+                "parameters": total,
+                "non_embedding_parameters": non_embedding,
+                "people": rung.people + rung.second_people,
+                "bits_offered": (rung.people + rung.second_people) * sum(a.bits for a in sample.value_space.attributes),
+                "tokens": tokens,
+                "steps": tokens / (cfg.global_batch * cfg.seq_len),
+                "flops": 6 * total * tokens,
+            }
+        )
     return rows
 
 
@@ -530,38 +597,64 @@ def run_rung(cfg: CapacityConfig, rung: Rung, knowledge, tokenizer_dir: Path, ou
     model_dir = build_model(cfg, rung.model, tokenizer_dir, out)
     start = rung_start(cfg, model_dir, corpus.total_steps, out / "start" / rung.name)
     run_dir = out / "runs" / rung.name
-    run_cfg = config_from_dict(dict(
-        checkpoint=str(start), knowledge=str(kb_path), schedule="none", data=str(corpus.path),
-        total_steps=corpus.total_steps, global_batch=cfg.global_batch, micro_batch=cfg.micro_batch or cfg.global_batch,
-        deepspeed_config=cfg.deepspeed_config, precision=cfg.precision, eval_steps=eval_steps(cfg, corpus),
-        eval_batch_tokens=cfg.eval_batch_tokens, output_dir=str(run_dir), seed=cfg.seed, keep_checkpoints=1,
-        checkpoint_interval=min(cfg.checkpoint_interval, corpus.total_steps), log_flush_steps=10,
-    ), f"rung {rung.name}")
+    run_cfg = config_from_dict(
+        dict(
+            checkpoint=str(start),
+            knowledge=str(kb_path),
+            schedule="none",
+            data=str(corpus.path),
+            total_steps=corpus.total_steps,
+            global_batch=cfg.global_batch,
+            micro_batch=cfg.micro_batch or cfg.global_batch,
+            deepspeed_config=cfg.deepspeed_config,
+            precision=cfg.precision,
+            eval_steps=eval_steps(cfg, corpus),
+            eval_batch_tokens=cfg.eval_batch_tokens,
+            output_dir=str(run_dir),
+            seed=cfg.seed,
+            keep_checkpoints=1,
+            checkpoint_interval=min(cfg.checkpoint_interval, corpus.total_steps),
+            log_flush_steps=10,
+        ),
+        f"rung {rung.name}",
+    )
     manifest = run_dir / rundir.MANIFEST
     resume = False
     if manifest.is_file():
         old = json.loads(manifest.read_text())
         if old.get("config_hash") != run_cfg.config_hash():
-            raise UserError(f"{run_dir} holds a different run (another configuration of rung {rung.name}); "
-                            "choose another --out or remove it")
+            raise UserError(
+                f"{run_dir} holds a different run (another configuration of rung {rung.name}); "
+                "choose another --out or remove it"
+            )
         if old.get("status") == "complete":
             return run_dir
         resume = True  # from its newest checkpoint, or from step 0 when it was killed before the first
     total, non_embedding = parameter_counts(start)
     capacity = rundir.CapacityManifest(
-        model=rung.model.name, parameters=total, non_embedding_parameters=non_embedding,
+        model=rung.model.name,
+        parameters=total,
+        non_embedding_parameters=non_embedding,
         attributes=tuple((a.name, a.size) for a in kb.value_space.attributes),
-        exposures={s: (tuple(st), tuple(ex)) for s, (st, ex) in corpus.exposures.items()})
+        exposures={s: (tuple(st), tuple(ex)) for s, (st, ex) in corpus.exposures.items()},
+    )
     tokenizer = load_tokenizer(str(tokenizer_dir))
     items = [item for item in probe_items(kb, tokenizer, scenarios) if item.kind in cfg.probe_kinds]
     ckpt = read_checkpoint(str(start))
-    stream = BatchStream(open_corpus(corpus.path), ckpt.data_position.epoch, ckpt.data_position.instances_seen,
-                         cfg.global_batch)
-    inputs = RunInputs(ckpt, stream, items, knowledge_source=str(kb_path),
-                       manifest_extra={"label": rung.name, rundir.CAPACITY: capacity.to_json()})
-    _say(f"rung {rung.name}: {total:,} parameters ({non_embedding:,} non-embedding), {len(kb)} people, "
-         f"{corpus.total_steps} steps of {cfg.global_batch} × {cfg.seq_len} tokens"
-         + (" (resuming)" if resume else ""))
+    stream = BatchStream(
+        open_corpus(corpus.path), ckpt.data_position.epoch, ckpt.data_position.instances_seen, cfg.global_batch
+    )
+    inputs = RunInputs(
+        ckpt,
+        stream,
+        items,
+        knowledge_source=str(kb_path),
+        manifest_extra={"label": rung.name, rundir.CAPACITY: capacity.to_json()},
+    )
+    _say(
+        f"rung {rung.name}: {total:,} parameters ({non_embedding:,} non-embedding), {len(kb)} people, "
+        f"{corpus.total_steps} steps of {cfg.global_batch} × {cfg.seq_len} tokens" + (" (resuming)" if resume else "")
+    )
     run_training(run_cfg, inputs, resume=resume, progress=True)
     return run_dir
 
@@ -581,8 +674,7 @@ def run_capacity(cfg: CapacityConfig, out: Path):
     resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     saved = out / "capacity.yaml"
     if saved.is_file() and saved.read_text() != resolved:
-        raise UserError(f"{out} holds a capacity experiment with another configuration ({saved}); "
-                        "choose another --out")
+        raise UserError(f"{out} holds a capacity experiment with another configuration ({saved}); choose another --out")
     write_bytes_atomic(saved, resolved.encode())
     _say(f"{cfg.name}: {len(cfg.rungs())} rungs into {out}")
     knowledge = build_knowledge(cfg, out)
@@ -592,19 +684,31 @@ def run_capacity(cfg: CapacityConfig, out: Path):
     record = analysis.record()
     record["wall_seconds"] = round(time.perf_counter() - t0, 1)
     plot_capacity(analysis, out / "analysis")
-    write_bytes_atomic(out / "analysis" / "capacity.json", (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
+    write_bytes_atomic(
+        out / "analysis" / "capacity.json", (json.dumps(record, indent=2, allow_nan=False) + "\n").encode()
+    )
     write_report(run_dirs, out / "report")
     return analysis
 
 
 def capacity(
-    profile: Annotated[Literal["quick", "cpu", "gpu"], typer.Option(
-        help="Shipped ladder: quick (a CPU, about a minute), cpu (a 2-core CPU, about 5.5 minutes), "
-             "gpu (16M-88M parameters, for a GPU).")] = "cpu",
-    config: Annotated[Optional[Path], typer.Option("--config", help="A capacity YAML file instead of a profile.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where the rungs, analysis and report go (rerun to continue).")] = Path("capacity_out"),
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: KEY=VALUE (YAML value).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the rungs with estimated tokens and FLOPs; train nothing.")] = False,
+    profile: Annotated[
+        Literal["quick", "cpu", "gpu"],
+        typer.Option(
+            help="Shipped ladder: quick (a CPU, about a minute), cpu (a 2-core CPU, about 5.5 minutes), "
+            "gpu (16M-88M parameters, for a GPU)."
+        ),
+    ] = "cpu",
+    config: Annotated[Path | None, typer.Option("--config", help="A capacity YAML file instead of a profile.")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where the rungs, analysis and report go (rerun to continue).")
+    ] = Path("capacity_out"),
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE (YAML value).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the rungs with estimated tokens and FLOPs; train nothing.")
+    ] = False,
 ) -> None:
     """A ladder of models trained from scratch on generated biographies: stored bits against parameters."""
     from rich.console import Console
@@ -615,13 +719,23 @@ def capacity(
     cfg = load_capacity_config(profile, config, overrides)
     if dry_run:
         rows = plan(cfg)
-        table = Table(title=f"{cfg.name}: {len(rows)} rungs, {cfg.exposures} exposures (tokens and FLOPs estimated)",
-                      title_justify="left")
+        table = Table(
+            title=f"{cfg.name}: {len(rows)} rungs, {cfg.exposures} exposures (tokens and FLOPs estimated)",
+            title_justify="left",
+        )
         for name in ("rung", "parameters", "non-embedding", "people", "bits offered", "≈ tokens", "≈ steps", "≈ FLOPs"):
             table.add_column(name, justify="left" if name == "rung" else "right")
         for r in rows:
-            table.add_row(r["rung"], f"{r['parameters']:,}", f"{r['non_embedding_parameters']:,}", f"{r['people']:,}",
-                          f"{r['bits_offered']:,.0f}", f"{r['tokens']:.3g}", f"{r['steps']:,.0f}", f"{r['flops']:.2g}")
+            table.add_row(
+                r["rung"],
+                f"{r['parameters']:,}",
+                f"{r['non_embedding_parameters']:,}",
+                f"{r['people']:,}",
+                f"{r['bits_offered']:,.0f}",
+                f"{r['tokens']:.3g}",
+                f"{r['steps']:,.0f}",
+                f"{r['flops']:.2g}",
+            )
         console = Console() if Console().is_terminal else Console(width=170)
         console.print(table)
         console.print(f"total ≈ {sum(r['flops'] for r in rows):.2g} training FLOPs (probe evaluation not included)")

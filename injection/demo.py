@@ -27,7 +27,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -103,10 +103,23 @@ class DemoProfile:
         """Cache key: everything that changes the corpus or the checkpoints. `run_steps` is part of it: the
         corpus is sized to hold pretraining and runs, and its length changes the data order. So is
         `paraphrases`: the background biographies come from the same generator call."""
-        relevant = {k: v for k, v in dataclasses.asdict(self).items()
-                    if k not in ("name", "run_stages", "paragraphs_per_group", "once_paragraphs", "interval",
-                                 "encounters", "eval_interval", "window", "control_paragraphs",
-                                 "paragraphs_per_step")}
+        relevant = {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k
+            not in (
+                "name",
+                "run_stages",
+                "paragraphs_per_group",
+                "once_paragraphs",
+                "interval",
+                "encounters",
+                "eval_interval",
+                "window",
+                "control_paragraphs",
+                "paragraphs_per_step",
+            )
+        }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
     def schedule(self) -> dict[str, Any]:
@@ -119,9 +132,11 @@ class DemoProfile:
         g, n_once = self.paragraphs_per_group, self.n_once
         chunk = self.paragraphs_per_step or g
         groups, step = [], 0
-        for scenario, first, size, extra in (("paraphrase", 0, g, {"variant": "cycle"}),
-                                             ("duplicate", g, g, {"variant": "original"}),
-                                             ("once", 2 * g, n_once, {"variant": "original", "count": 1})):
+        for scenario, first, size, extra in (
+            ("paraphrase", 0, g, {"variant": "cycle"}),
+            ("duplicate", g, g, {"variant": "original"}),
+            ("once", 2 * g, n_once, {"variant": "original", "count": 1}),
+        ):
             for start in range(first, first + size, chunk):
                 end = min(start + chunk, first + size) - 1
                 groups.append({"scenario": scenario, "paragraphs": f"{start}-{end}", **extra, "first_step": step})
@@ -129,7 +144,7 @@ class DemoProfile:
         schedule = {
             "name": f"demo-{self.name}",
             "description": f"paraphrase / duplicate / once, {g} / {g} / {n_once} paragraphs, at most {chunk} a "
-                           f"step, {self.encounters} encounters every {self.interval} steps; {self.run_steps} steps",
+            f"step, {self.encounters} encounters every {self.interval} steps; {self.run_steps} steps",
             "total_steps": self.run_steps,
             "defaults": {"interval": self.interval, "count": self.encounters},
             "groups": groups,
@@ -139,8 +154,10 @@ class DemoProfile:
             span = f"{group.paragraphs[0]}-{group.paragraphs[-1]}"
             for at in group.encounter_steps():
                 if at in taken:
-                    raise ValueError(f"paragraphs {span} and {taken[at]} would share step {at}: "
-                                     f"{len(groups)} chunks do not fit between encounters {self.interval} steps apart")
+                    raise ValueError(
+                        f"paragraphs {span} and {taken[at]} would share step {at}: "
+                        f"{len(groups)} chunks do not fit between encounters {self.interval} steps apart"
+                    )
                 taken[at] = span
         return schedule
 
@@ -153,18 +170,56 @@ _TEXT = (
 )
 
 FULL = DemoProfile(
-    name="full", text_sources=_TEXT, background_paragraphs=600, background_repeats=4, tokenizer_vocab=4096,
-    d_model=128, n_layers=4, n_heads=4, seq_len=256, global_batch=32, pretrain_steps=400, peak_lr=1e-2,
-    warmup_steps=50, schedule_t_max=4000, stages=(("early", 150), ("mid", 275), ("late", 400)),
-    run_stages=("mid", "late"), paragraphs_per_group=12, control_paragraphs=24, paraphrases=3, interval=6,
-    encounters=10, run_steps=160, eval_interval=1, window=6,
+    name="full",
+    text_sources=_TEXT,
+    background_paragraphs=600,
+    background_repeats=4,
+    tokenizer_vocab=4096,
+    d_model=128,
+    n_layers=4,
+    n_heads=4,
+    seq_len=256,
+    global_batch=32,
+    pretrain_steps=400,
+    peak_lr=1e-2,
+    warmup_steps=50,
+    schedule_t_max=4000,
+    stages=(("early", 150), ("mid", 275), ("late", 400)),
+    run_stages=("mid", "late"),
+    paragraphs_per_group=12,
+    control_paragraphs=24,
+    paraphrases=3,
+    interval=6,
+    encounters=10,
+    run_steps=160,
+    eval_interval=1,
+    window=6,
 )
 QUICK = DemoProfile(
-    name="quick", text_sources=_TEXT[:2], background_paragraphs=200, background_repeats=3, tokenizer_vocab=4096,
-    d_model=64, n_layers=2, n_heads=4, seq_len=256, global_batch=16, pretrain_steps=120, peak_lr=1e-2,
-    warmup_steps=20, schedule_t_max=2000, stages=(("early", 60), ("late", 120)), run_stages=("early", "late"),
-    paragraphs_per_group=6, control_paragraphs=6, paraphrases=2, interval=8, encounters=3, run_steps=50,
-    eval_interval=1, window=6,
+    name="quick",
+    text_sources=_TEXT[:2],
+    background_paragraphs=200,
+    background_repeats=3,
+    tokenizer_vocab=4096,
+    d_model=64,
+    n_layers=2,
+    n_heads=4,
+    seq_len=256,
+    global_batch=16,
+    pretrain_steps=120,
+    peak_lr=1e-2,
+    warmup_steps=20,
+    schedule_t_max=2000,
+    stages=(("early", 60), ("late", 120)),
+    run_stages=("early", "late"),
+    paragraphs_per_group=6,
+    control_paragraphs=6,
+    paraphrases=2,
+    interval=8,
+    encounters=3,
+    run_steps=50,
+    eval_interval=1,
+    window=6,
 )
 
 
@@ -234,8 +289,9 @@ def build_demo_corpus(profile: DemoProfile, tokenizer_dir: Path, seq_len: int, c
             random.Random(profile.seed + r).shuffle(order)
             passes += order
         jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in passes))
-        info = build_corpus(jsonl, str(tokenizer_dir), seq_len, corpus_dir, seed=profile.seed, overwrite=True,
-                            show_progress=False)
+        info = build_corpus(
+            jsonl, str(tokenizer_dir), seq_len, corpus_dir, seed=profile.seed, overwrite=True, show_progress=False
+        )
         jsonl.unlink()
         if info["n_instances"] >= needed:
             return corpus_dir
@@ -249,8 +305,9 @@ def stage_dir(cache: Path, step: int) -> Path:
     return cache / "checkpoints" / "tiny" / f"step{step}"
 
 
-def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, seq_len: int, probe_knowledge: Path,
-             cache: Path) -> dict[str, Path]:
+def pretrain(
+    profile: DemoProfile, corpus: Path, tokenizer_dir: Path, seq_len: int, probe_knowledge: Path, cache: Path
+) -> dict[str, Path]:
     """Pretrain the tiny model from step 0 through the engine; returns {stage: checkpoint dir}.
 
     The probes of the injected knowledge are logged every 50 steps as a control: the model never sees those
@@ -271,33 +328,70 @@ def pretrain(profile: DemoProfile, corpus: Path, tokenizer_dir: Path, seq_len: i
     tokenizer = load_tokenizer(str(tokenizer_dir))
     step0 = stage_dir(cache, 0)
     if not (step0 / "checkpoint.json").is_file():
-        lr_schedule = {"kind": "cosine", "peak_lr": profile.peak_lr, "warmup_steps": profile.warmup_steps,
-                       "alpha_f": 0.1, "t_max": profile.schedule_t_max}
+        lr_schedule = {
+            "kind": "cosine",
+            "peak_lr": profile.peak_lr,
+            "warmup_steps": profile.warmup_steps,
+            "alpha_f": 0.1,
+            "t_max": profile.schedule_t_max,
+        }
         build_tiny_checkpoint(
-            step0, seed=profile.seed, tokenizer=tokenizer,
-            d_model=profile.d_model, n_layers=profile.n_layers, n_heads=profile.n_heads, n_kv_heads=profile.n_heads,
-            mlp_hidden_size=8 * profile.d_model, vocab_size=len(tokenizer), embedding_size=len(tokenizer),
-            max_sequence_length=seq_len, eos_token_id=tokenizer.eos_token_id,
+            step0,
+            seed=profile.seed,
+            tokenizer=tokenizer,
+            d_model=profile.d_model,
+            n_layers=profile.n_layers,
+            n_heads=profile.n_heads,
+            n_kv_heads=profile.n_heads,
+            mlp_hidden_size=8 * profile.d_model,
+            vocab_size=len(tokenizer),
+            embedding_size=len(tokenizer),
+            max_sequence_length=seq_len,
+            eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            meta_overrides={"family": "tiny", "lr_schedule": lr_schedule, "global_batch_size": profile.global_batch,
-                            "seq_len": seq_len, "tokens_per_step": profile.global_batch * seq_len,
-                            "demo_profile": profile.name})
+            meta_overrides={
+                "family": "tiny",
+                "lr_schedule": lr_schedule,
+                "global_batch_size": profile.global_batch,
+                "seq_len": seq_len,
+                "tokens_per_step": profile.global_batch * seq_len,
+                "demo_profile": profile.name,
+            },
+        )
     run_dir = cache / "pretrain"
-    cfg = config_from_dict(dict(
-        checkpoint=str(step0), knowledge=str(probe_knowledge), schedule="none", data=str(corpus),
-        total_steps=profile.pretrain_steps, global_batch=profile.global_batch, micro_batch=profile.global_batch,
-        eval_interval=50, output_dir=str(run_dir), checkpoint_interval=100, log_flush_steps=50, seed=profile.seed,
-    ))
+    cfg = config_from_dict(
+        dict(
+            checkpoint=str(step0),
+            knowledge=str(probe_knowledge),
+            schedule="none",
+            data=str(corpus),
+            total_steps=profile.pretrain_steps,
+            global_batch=profile.global_batch,
+            micro_batch=profile.global_batch,
+            eval_interval=50,
+            output_dir=str(run_dir),
+            checkpoint_interval=100,
+            log_flush_steps=50,
+            seed=profile.seed,
+        )
+    )
     knowledge = load_knowledge(str(probe_knowledge))
     ckpt = read_checkpoint(str(step0))
-    inputs = RunInputs(ckpt, BatchStream(open_corpus(corpus), 0, 0, profile.global_batch),
-                       probe_items(knowledge, tokenizer, {}), knowledge_source=str(probe_knowledge))
+    inputs = RunInputs(
+        ckpt,
+        BatchStream(open_corpus(corpus), 0, 0, profile.global_batch),
+        probe_items(knowledge, tokenizer, {}),
+        knowledge_source=str(probe_knowledge),
+    )
     resume = (run_dir / "manifest.json").is_file()  # a killed pretraining continues (or restarts) in place
     steps = {step: name for name, step in profile.stages}
-    export = ExportHook(list(steps), lambda global_step: stage_dir(cache, global_step),
-                        {"family": "tiny", "source": "demo-pretraining"})
-    _say(f"pretraining a {profile.d_model}-wide, {profile.n_layers}-layer OLMo model for {profile.pretrain_steps} "
-         f"steps ({profile.global_batch} × {seq_len} tokens per step)")
+    export = ExportHook(
+        list(steps), lambda global_step: stage_dir(cache, global_step), {"family": "tiny", "source": "demo-pretraining"}
+    )
+    _say(
+        f"pretraining a {profile.d_model}-wide, {profile.n_layers}-layer OLMo model for {profile.pretrain_steps} "
+        f"steps ({profile.global_batch} × {seq_len} tokens per step)"
+    )
     run_training(cfg, inputs, resume=resume, progress=True, hooks=[export])
     missing = [n for n, d in stages.items() if not (d / "checkpoint.json").is_file()]
     if missing:
@@ -338,8 +432,10 @@ def demo_knowledge(profile: DemoProfile, knowledge: Path | None, out: Path) -> t
         write_bytes_atomic(path, dumps_knowledge(items))
 
     if profile.n_probed > RESERVED_PARAGRAPHS:
-        raise UserError(f"demo profile {profile.name!r}: {profile.n_probed} probed paragraphs; at most "
-                        f"{RESERVED_PARAGRAPHS} are reserved ahead of the background biographies")
+        raise UserError(
+            f"demo profile {profile.name!r}: {profile.n_probed} probed paragraphs; at most "
+            f"{RESERVED_PARAGRAPHS} are reserved ahead of the background biographies"
+        )
     items = generate_knowledge(RESERVED_PARAGRAPHS + profile.background_paragraphs, profile.paraphrases, profile.seed)
     background = [it["train_context"] for it in items[RESERVED_PARAGRAPHS:]]
     path = out / "knowledge.json"
@@ -350,35 +446,52 @@ def demo_knowledge(profile: DemoProfile, knowledge: Path | None, out: Path) -> t
 
         chosen = load_knowledge(knowledge)
         if len(chosen) < profile.n_probed:
-            raise UserError(f"--knowledge {knowledge}: the demo uses {profile.n_probed} paragraphs "
-                            f"({profile.n_injected} injected, {profile.control_paragraphs} control), the set has "
-                            f"{len(chosen)}")
+            raise UserError(
+                f"--knowledge {knowledge}: the demo uses {profile.n_probed} paragraphs "
+                f"({profile.n_injected} injected, {profile.control_paragraphs} control), the set has "
+                f"{len(chosen)}"
+            )
         write_knowledge(knowledge_to_items(chosen.subset(profile.n_probed)), path)
     return path, background
 
 
-def injection_run(profile: DemoProfile, stage: str, checkpoint: Path, knowledge: Path, schedule: Path,
-                  corpus: Path, out: Path) -> Path:
+def injection_run(
+    profile: DemoProfile, stage: str, checkpoint: Path, knowledge: Path, schedule: Path, corpus: Path, out: Path
+) -> Path:
     """One run of the study's design from a checkpoint; reused when complete, resumed when interrupted."""
     from injection.engine.config import config_from_dict
     from injection.engine.inputs import prepare_inputs
     from injection.engine.loop import run_training
 
     run_dir = out / "runs" / stage
-    cfg = config_from_dict(dict(
-        checkpoint=str(checkpoint), knowledge=str(knowledge), schedule=str(schedule), data=str(corpus),
-        total_steps=profile.run_steps, global_batch=profile.global_batch, micro_batch=profile.global_batch,
-        eval_interval=profile.eval_interval, eval_dense_window=profile.window, analysis_window=profile.window,
-        output_dir=str(run_dir), checkpoint_interval=50, log_flush_steps=50, seed=profile.seed,
-        label=f"tiny@{stage}",
-    ))
+    cfg = config_from_dict(
+        dict(
+            checkpoint=str(checkpoint),
+            knowledge=str(knowledge),
+            schedule=str(schedule),
+            data=str(corpus),
+            total_steps=profile.run_steps,
+            global_batch=profile.global_batch,
+            micro_batch=profile.global_batch,
+            eval_interval=profile.eval_interval,
+            eval_dense_window=profile.window,
+            analysis_window=profile.window,
+            output_dir=str(run_dir),
+            checkpoint_interval=50,
+            log_flush_steps=50,
+            seed=profile.seed,
+            label=f"tiny@{stage}",
+        )
+    )
     manifest = run_dir / "manifest.json"
     if manifest.is_file():
         old = json.loads(manifest.read_text())
         if old.get("config_hash") != cfg.config_hash():
             profile_name = (old.get("config") or {}).get("label") or "another"
-            raise UserError(f"{run_dir} holds a run of a different demo configuration ({profile_name}, config hash "
-                            f"{old.get('config_hash')}); choose another --out, or remove {out} to start over")
+            raise UserError(
+                f"{run_dir} holds a run of a different demo configuration ({profile_name}, config hash "
+                f"{old.get('config_hash')}); choose another --out, or remove {out} to start over"
+            )
         if old.get("status") == "complete":
             return run_dir
     _say(f"injection run from tiny@{stage} ({profile.run_steps} steps)")
@@ -402,9 +515,15 @@ def analyse(profile: DemoProfile, run_dirs: dict[str, Path], out: Path) -> dict[
         run = load_run(run_dir)
         analysis = analyse_run(run, options)
         plot_run(analysis, out / "figures" / stage)
-        summary["runs"].append({"checkpoint": f"tiny@{stage}", "run_dir": str(run_dir),
-                                "fit": [g.record() for g in analysis.fits],
-                                "fit_raw": [g.record() for g in analysis.raw.fits], "recall": mem_recall(run)})
+        summary["runs"].append(
+            {
+                "checkpoint": f"tiny@{stage}",
+                "run_dir": str(run_dir),
+                "fit": [g.record() for g in analysis.fits],
+                "fit_raw": [g.record() for g in analysis.raw.fits],
+                "recall": mem_recall(run),
+            }
+        )
     write_report(list(run_dirs.values()), out / "report", options)
     return summary
 
@@ -416,8 +535,10 @@ def mem_recall(run) -> dict[str, float]:
     from analysis.fit import exact_match_rate
 
     out = {}
-    for name, members in (("injected", (run.scenario != "none") & (run.kind == "mem")),
-                          ("control", (run.scenario == "none") & (run.kind == "mem"))):
+    for name, members in (
+        ("injected", (run.scenario != "none") & (run.kind == "mem")),
+        ("control", (run.scenario == "none") & (run.kind == "mem")),
+    ):
         rate = exact_match_rate(run, members) if members.any() else None
         out[f"{name}_step0"] = None if rate is None else float(rate[0])
         out[f"{name}_after"] = None if rate is None else float(rate[1:].mean())
@@ -443,14 +564,17 @@ def phenomenon_checks(summary: dict[str, Any]) -> list[tuple[str, bool | None]]:
             rise = r["injected_after"] - r["injected_step0"]
             control_rise = (r["control_after"] - r["control_step0"]) if r.get("control_after") is not None else 0.0
             recall = rise > 0 and rise > control_rise
-        checks += [(f"{run['checkpoint']}: effectivity > 0 in every group", gain),
-                   (f"{run['checkpoint']}: decay constant a > 0 in every group", decay),
-                   (f"{run['checkpoint']}: mem exact match rises after injections, more than the control's", recall)]
+        checks += [
+            (f"{run['checkpoint']}: effectivity > 0 in every group", gain),
+            (f"{run['checkpoint']}: decay constant a > 0 in every group", decay),
+            (f"{run['checkpoint']}: mem exact match rises after injections, more than the control's", recall),
+        ]
     return checks
 
 
-def run_demo(out: Path, quick: bool = False, knowledge: Path | None = None,
-             profile: DemoProfile | None = None) -> dict[str, Any]:
+def run_demo(
+    out: Path, quick: bool = False, knowledge: Path | None = None, profile: DemoProfile | None = None
+) -> dict[str, Any]:
     """The whole demo into `out`; returns summary.json's content. `profile` (default FULL, or QUICK with
     `quick`) lets benchmarks/demo_sweep.py try other numbers; only FULL registers the `tiny` family."""
     from harness.paths import cache_dir
@@ -471,8 +595,10 @@ def run_demo(out: Path, quick: bool = False, knowledge: Path | None = None,
     import yaml
 
     write_bytes_atomic(schedule, yaml.safe_dump(profile.schedule(), sort_keys=False).encode())
-    run_dirs = {stage: injection_run(profile, stage, stages[stage], knowledge_path, schedule, corpus, out)
-                for stage in profile.run_stages}
+    run_dirs = {
+        stage: injection_run(profile, stage, stages[stage], knowledge_path, schedule, corpus, out)
+        for stage in profile.run_stages
+    }
     summary = analyse(profile, run_dirs, out)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_bytes_atomic(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
@@ -486,9 +612,18 @@ def _say(message: str) -> None:
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where the runs, figures, report and summary.json go.")] = Path("demo_out"),
-    quick: Annotated[bool, typer.Option("--quick", help="A smaller model, corpus and schedule (1.5–2 minutes).")] = False,
-    knowledge: Annotated[Optional[Path], typer.Option("--knowledge", help="Inject this knowledge set (its first paragraphs) instead of a generated one.")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where the runs, figures, report and summary.json go.")
+    ] = Path("demo_out"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A smaller model, corpus and schedule (1.5–2 minutes).")
+    ] = False,
+    knowledge: Annotated[
+        Path | None,
+        typer.Option(
+            "--knowledge", help="Inject this knowledge set (its first paragraphs) instead of a generated one."
+        ),
+    ] = None,
 ) -> None:
     """The whole experiment offline on one CPU: corpus, tiny model, injections, analysis."""
     summary = run_demo(out, quick, knowledge)
@@ -502,11 +637,26 @@ def demo(
     for run in summary["runs"]:
         for f in run["fit"]:
             if f["control"]:  # never injected: its drift was subtracted from every other row
-                table.add_row(run["checkpoint"], "none (control)", f["kind"], "drift " + fmt(f["drift_last"], "+.3f"),
-                              "—", "—", "—", style="dim")
+                table.add_row(
+                    run["checkpoint"],
+                    "none (control)",
+                    f["kind"],
+                    "drift " + fmt(f["drift_last"], "+.3f"),
+                    "—",
+                    "—",
+                    "—",
+                    style="dim",
+                )
                 continue
-            table.add_row(run["checkpoint"], f["scenario"], f["kind"], fmt(f["effectivity"], ".3f"), fmt(f["a"], ".3f"),
-                          fmt(f["r2"], ".2f"), fmt(f["t_star_steps"], ".3g"))
+            table.add_row(
+                run["checkpoint"],
+                f["scenario"],
+                f["kind"],
+                fmt(f["effectivity"], ".3f"),
+                fmt(f["a"], ".3f"),
+                fmt(f["r2"], ".2f"),
+                fmt(f["t_star_steps"], ".3g"),
+            )
     console = Console()
     console.print(table)
     for text, ok in phenomenon_checks(summary):

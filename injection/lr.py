@@ -65,7 +65,7 @@ class LRSchedule:
     """Learning rate at step 0 of OLMo's warm-up; OLMo's default is 0.1 · peak_lr. GPT-NeoX warms up from 0."""
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "lr_schedule") -> "LRSchedule":
+    def from_dict(cls, d: Any, where: str = "lr_schedule") -> LRSchedule:
         """Validated; unknown keys, missing fields and non-finite or negative values name the field."""
         if not isinstance(d, dict):
             raise UserError(f"{where}: expected a mapping, got {d!r}")
@@ -99,7 +99,9 @@ class LRSchedule:
         if sched.peak_lr <= 0:
             raise UserError(f"{where}.peak_lr: must be > 0, got {sched.peak_lr}")
         if sched.kind != "constant" and sched.t_max is None:
-            raise UserError(f"{where}: missing field 't_max' (required for a {kind} schedule: the original run's max steps)")
+            raise UserError(
+                f"{where}: missing field 't_max' (required for a {kind} schedule: the original run's max steps)"
+            )
         if sched.kind != "constant" and sched.t_max <= sched.warmup_steps:
             raise UserError(f"{where}.t_max: ({sched.t_max}) must exceed 'warmup_steps' ({sched.warmup_steps})")
         if sched.kind == "gpt-neox-cosine" and sched.warmup_min_lr is not None:

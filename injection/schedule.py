@@ -17,10 +17,11 @@ can be overridden (`load_schedule(name, overrides={"interval": 50})`). Built-in 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -106,7 +107,8 @@ class Schedule:
             late = [s for s in steps if s >= total]
             if late:
                 raise UserError(
-                    f"{where}: injection step {late[0]} is beyond the run (total_steps = {total}; steps run 0…{total - 1})"
+                    f"{where}: injection step {late[0]} is beyond the run "
+                    f"(total_steps = {total}; steps run 0…{total - 1})"
                 )
             for p in group.paragraphs:
                 n_variants = knowledge[p].n_variants
@@ -240,7 +242,9 @@ def schedule_from_dict(data: Any, where: str, overrides: Mapping[str, Any] | Non
 
 
 def builtin_schedules() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("injection.schedules").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")] for p in resources.files("injection.schedules").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def load_schedule(name_or_file: str | Path, overrides: Mapping[str, Any] | None = None) -> Schedule:

@@ -63,8 +63,10 @@ def place(step: int, items: Sequence[SpliceItem], batch_size: int, seq_len: int)
     for row, members in rows.items():
         used = sum(len(items[i].token_ids) for i in members)
         if used > seq_len:
-            what = ", ".join(f"paragraph {items[i].paragraph} variant {items[i].variant} "
-                             f"({len(items[i].token_ids)} tokens)" for i in members)
+            what = ", ".join(
+                f"paragraph {items[i].paragraph} variant {items[i].variant} ({len(items[i].token_ids)} tokens)"
+                for i in members
+            )
             raise UserError(
                 f"step {step}: row {row} of the global batch (B={batch_size}) would hold {used} injected tokens "
                 f"({what}), more than the sequence length {seq_len}: shorten the paragraphs, spread the schedule "
@@ -73,8 +75,9 @@ def place(step: int, items: Sequence[SpliceItem], batch_size: int, seq_len: int)
         offset = 0
         for i in members:
             item = items[i]
-            records.append(InjectionRecord(step, item.paragraph, item.scenario, item.variant, row, offset,
-                                           len(item.token_ids)))
+            records.append(
+                InjectionRecord(step, item.paragraph, item.scenario, item.variant, row, offset, len(item.token_ids))
+            )
             offset += len(item.token_ids)
     return records
 
@@ -95,7 +98,9 @@ def apply(tokens: np.ndarray, items: Sequence[SpliceItem], records: Sequence[Inj
     return out
 
 
-def splice_batch(tokens: np.ndarray, step: int, items: Sequence[SpliceItem]) -> tuple[np.ndarray, list[InjectionRecord]]:
+def splice_batch(
+    tokens: np.ndarray, step: int, items: Sequence[SpliceItem]
+) -> tuple[np.ndarray, list[InjectionRecord]]:
     """`place` then `apply`: the spliced copy of one global batch and the records of its copies."""
     records = place(step, items, tokens.shape[0], tokens.shape[1])
     return apply(tokens, items, records), records
@@ -110,7 +115,9 @@ def rank_rows(batch_size: int, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, batch_size, world_size)
 
 
-def shard_batch(global_tokens: np.ndarray, rank: int, world_size: int, micro_batch: int, grad_accum: int) -> list[np.ndarray]:
+def shard_batch(
+    global_tokens: np.ndarray, rank: int, world_size: int, micro_batch: int, grad_accum: int
+) -> list[np.ndarray]:
     """The `grad_accum` micro-batches [micro_batch, L] of one rank, cut from the spliced global batch."""
     batch_size = global_tokens.shape[0]
     if world_size * micro_batch * grad_accum != batch_size:
@@ -122,8 +129,9 @@ def shard_batch(global_tokens: np.ndarray, rank: int, world_size: int, micro_bat
     return [mine[m * micro_batch : (m + 1) * micro_batch] for m in range(grad_accum)]
 
 
-def paragraph_tokens(tokenizer, knowledge, plan: Sequence, eos_token_id: int | None = None
-                     ) -> dict[tuple[int, int], list[int]]:
+def paragraph_tokens(
+    tokenizer, knowledge, plan: Sequence, eos_token_id: int | None = None
+) -> dict[tuple[int, int], list[int]]:
     """(paragraph, variant) -> token ids ending with the run's EOS, for every variant the plan uses."""
     from fictional_knowledge.encode import encode_paragraphs
 
@@ -136,5 +144,7 @@ def splice_items(plan: Sequence, tokens: dict[tuple[int, int], list[int]]) -> di
     """The plan as splice items per run step (paragraphs in id order within a step)."""
     out: dict[int, list[SpliceItem]] = {}
     for x in sorted(plan, key=lambda x: (x.step, x.paragraph)):
-        out.setdefault(x.step, []).append(SpliceItem(x.paragraph, x.scenario, x.variant, tokens[(x.paragraph, x.variant)]))
+        out.setdefault(x.step, []).append(
+            SpliceItem(x.paragraph, x.scenario, x.variant, tokens[(x.paragraph, x.variant)])
+        )
     return out

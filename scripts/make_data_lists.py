@@ -40,7 +40,7 @@ def public_url(path: str, where: str) -> str:
     """`https://olmo-data.org/...` for any of the bucket's spellings; other locations are refused."""
     for alias in ALIASES:
         if path.startswith(alias):
-            rel = path[len(alias):]
+            rel = path[len(alias) :]
             if not rel.startswith(TRAINING_PREFIX):
                 raise SystemExit(f"{where}: {path} is not a training file under {TRAINING_PREFIX}")
             if rel.endswith("/"):
@@ -66,8 +66,9 @@ def training_urls(config: Path) -> list[str]:
 
 def git_revision(checkout: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(checkout), "log", "-1", "--format=%H %cs"],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(checkout), "log", "-1", "--format=%H %cs"], capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return out.stdout.strip() or None

@@ -89,9 +89,13 @@ VOCAB_MULTIPLE = 128  # GPT-NeoX v1.0 make_vocab_size_divisible_by default (neox
 TRAIN_ITERS = 143_000  # "train-iters" and "lr-decay-iters" of every models/*.yml
 WARMUP_FRACTION = 0.01  # "warmup"; GPT-NeoX v1.0 training.py: warmup_iter = warmup x lr_decay_iters
 MIN_LR_FRACTION = 0.1  # "min_lr" = lr / 10 in every models/*.yml
-BATCH_ROWS = 1024  # train_micro_batch_size_per_gpu x GPUs x gas (e.g. 16 x 64 x 1 for 1B); README: 2,097,152 tokens per step
+BATCH_ROWS = (
+    1024  # train_micro_batch_size_per_gpu x GPUs x gas (e.g. 16 x 64 x 1 for 1B); README: 2,097,152 tokens per step
+)
 SEQ_LEN = 2048  # "seq-length", "max-position-embeddings"
-ROW_LEN = SEQ_LEN + 1  # rows of the preshuffled data: 2,048 inputs + the label of the last (README, "Exploring the Dataset")
+ROW_LEN = (
+    SEQ_LEN + 1
+)  # rows of the preshuffled data: 2,048 inputs + the label of the last (README, "Exploring the Dataset")
 ROTARY_PCT = 0.25  # "rotary-pct"
 ROPE_THETA = 10000.0  # GPT-NeoX v1.0 rotary_emb_base default
 LAYER_NORM_EPS = 1.0e-5  # GPT-NeoX v1.0 layernorm_epsilon default
@@ -106,21 +110,45 @@ EARLY_STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 # network). A pull should compare a revision's weight file hashes with `main` before trusting it.
 KNOWN_ISSUES = {
     "*": [
-        {"steps": [0, 1, 2], "source": "EleutherAI/pythia#83, #198",
-         "reported": "step0, step1 and step2 serve identical weights in every model"},
+        {
+            "steps": [0, 1, 2],
+            "source": "EleutherAI/pythia#83, #198",
+            "reported": "step0, step1 and step2 serve identical weights in every model",
+        },
     ],
     "pythia-2.8b": [
-        {"steps": [*EARLY_STEPS, *range(1000, 54000, 1000), 55000, 60000, 65000, 70000, 80000, 90000, 100000,
-                   103000, 110000, 120000, 130000, 140000],
-         "source": "EleutherAI/pythia#205",
-         "reported": "model.safetensors is byte-identical to main's (final-era weights, not this step's)"},
-        {"steps": [54000, 56000, 57000, 58000, 59000, 61000, 62000, 63000, 64000],
-         "source": "EleutherAI/pythia#205",
-         "reported": "model.safetensors is byte-identical to step143000's"},
+        {
+            "steps": [
+                *EARLY_STEPS,
+                *range(1000, 54000, 1000),
+                55000,
+                60000,
+                65000,
+                70000,
+                80000,
+                90000,
+                100000,
+                103000,
+                110000,
+                120000,
+                130000,
+                140000,
+            ],
+            "source": "EleutherAI/pythia#205",
+            "reported": "model.safetensors is byte-identical to main's (final-era weights, not this step's)",
+        },
+        {
+            "steps": [54000, 56000, 57000, 58000, 59000, 61000, 62000, 63000, 64000],
+            "source": "EleutherAI/pythia#205",
+            "reported": "model.safetensors is byte-identical to step143000's",
+        },
     ],
     "pythia-12b": [
-        {"steps": [50000, 58000], "source": "EleutherAI/pythia#206",
-         "reported": "the first weight shard (embed_in and the first layers) is the final model's"},
+        {
+            "steps": [50000, 58000],
+            "source": "EleutherAI/pythia#206",
+            "reported": "the first weight shard (embed_in and the first layers) is the final model's",
+        },
     ],
 }
 
@@ -216,9 +244,11 @@ def family_yaml(size: Size, variant: str, stages: dict[str, int], rule: str) -> 
         f"      n_layers: {size.n_layers}",
         f"      n_heads: {size.n_heads}",
         f"      intermediate_size: {4 * size.d_model}  # 4 x d_model (GPT-NeoX ParallelMLP)",
-        "      activation: gelu_tanh  # bias-gelu-fusion: true trains the tanh approximation; config.json says gelu (erf)",
+        "      activation: gelu_tanh  # bias-gelu-fusion: true trains the tanh approximation; "
+        "config.json says gelu (erf)",
         f"      vocab_size: {TOKENIZER_VOCAB}",
-        f"      embedding_size: {emb}  # padded to a multiple of {VOCAB_MULTIPLE} x model-parallel size {size.model_parallel}",
+        f"      embedding_size: {emb}  # padded to a multiple of {VOCAB_MULTIPLE} x model-parallel size "
+        f"{size.model_parallel}",
         f"      max_sequence_length: {SEQ_LEN}",
         f"      rotary_pct: {ROTARY_PCT}",
         f"      rope_theta: {ROPE_THETA}",
@@ -232,15 +262,21 @@ def family_yaml(size: Size, variant: str, stages: dict[str, int], rule: str) -> 
         f"      pad_token_id: {PAD_ID}",
         f"      non_embedding_params: {size.non_embedding_params}",
         f"      params: {params}",
-        f"    precision: {size.precision}" + ("  # README: bf16, fp16 had an irrecoverable loss spike" if size.precision == "bf16"
-                                             else "  # dynamic loss scale (initial 2^12, window 1000, hysteresis 2)"),
+        f"    precision: {size.precision}"
+        + (
+            "  # README: bf16, fp16 had an irrecoverable loss spike"
+            if size.precision == "bf16"
+            else "  # dynamic loss scale (initial 2^12, window 1000, hysteresis 2)"
+        ),
         "    # AdamW (FusedAdam, decoupled weight decay). Groups (injection/checkpoints/pythia.py): no decay for",
         "    # biases and LayerNorm parameters; the rest, embed_in and embed_out included, decayed.",
         "    optimizer: {name: adamw, betas: [0.9, 0.95], eps: 1.0e-08, weight_decay: 0.1, grad_clip: 1.0}",
         f"    # GPT-NeoX v1.0 cosine: lr(n) = peak*n/{w} while n <= {w}, then max({MIN_LR_FRACTION} peak,",
-        f"    # peak/2*(1 + cos(pi*(min(n, {TRAIN_ITERS - w}) - {w})/{TRAIN_ITERS}))); n counts applied updates (overflow-",
+        f"    # peak/2*(1 + cos(pi*(min(n, {TRAIN_ITERS - w}) - {w})/{TRAIN_ITERS}))); "
+        "n counts applied updates (overflow-",
         f"    # skipped fp16 steps do not advance it). Floor reached at n = {floor_step():,}.",
-        f"    lr_schedule: {{kind: gpt-neox-cosine, peak_lr: {peak:.1e}, warmup_steps: {w}, alpha_f: {MIN_LR_FRACTION}, "
+        f"    lr_schedule: {{kind: gpt-neox-cosine, peak_lr: {peak:.1e}, warmup_steps: {w}, "
+        f"alpha_f: {MIN_LR_FRACTION}, "
         f"t_max: {TRAIN_ITERS}}}",
         "    data_order:",
         "      format: megatron-indexed",
@@ -256,12 +292,15 @@ def family_yaml(size: Size, variant: str, stages: dict[str, int], rule: str) -> 
     ]
     if variant == "deduped":
         epoch_end = DEDUPED_EPOCH_TOKENS / (BATCH_ROWS * SEQ_LEN)
-        lines.append(f"      # About 1.5 epochs: the first ends near step {epoch_end:,.0f} (207B tokens / 2,097,152 per step).")
+        lines.append(
+            f"      # About 1.5 epochs: the first ends near step {epoch_end:,.0f} (207B tokens / 2,097,152 per step)."
+        )
     lines += [
         "    batch_sizes:",
-        f"      - {{first_step: 0, last_step: null, global_batch_size: {BATCH_ROWS}, evidence: \"README: 143,000 steps x "
-        "2,097,152 tokens; models/*.yml micro-batch x GPUs x gas\"}",
-        f"    stage_rule: \"{rule}\"",
+        f"      - {{first_step: 0, last_step: null, global_batch_size: {BATCH_ROWS}, "
+        'evidence: "README: 143,000 steps x '
+        '2,097,152 tokens; models/*.yml micro-batch x GPUs x gas"}',
+        f'    stage_rule: "{rule}"',
         f"    stages: {{early: {stages['early']}, mid: {stages['mid']}, late: {stages['late']}}}",
     ]
     flagged = [
@@ -275,7 +314,7 @@ def family_yaml(size: Size, variant: str, stages: dict[str, int], rule: str) -> 
     lines.append("    known_issues:")
     for issue in _issues(model):
         steps = ", ".join(str(s) for s in issue["steps"])
-        lines.append(f"      - {{steps: [{steps}], source: \"{issue['source']}\", reported: \"{issue['reported']}\"}}")
+        lines.append(f'      - {{steps: [{steps}], source: "{issue["source"]}", reported: "{issue["reported"]}"}}')
     lines.append("    steps:")
     lines += [f"      - {{step: {s}, urls: [], hf_revision: step{s}}}" for s in checkpoint_steps()]
     return "\n".join(lines)

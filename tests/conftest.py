@@ -16,6 +16,8 @@ def pytest_configure(config):
     from harness.streams import import_deepspeed
 
     import_deepspeed()
+
+
 REFERENCE_DIR = Path(os.environ.get("INJECTION_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
 
 

@@ -20,14 +20,20 @@ LN2 = math.log(2)
 
 # Cross-entropies in bits of (person, attribute) at steps 0, 10, 20; attribute a has 16 values (4 bits), b 1024 (10).
 CE = {
-    (0, 0): [6, 1, 0.5], (0, 1): [14, 12, 2],
-    (1, 0): [5, 3, 0], (1, 1): [11, 9, 9.5],
-    (2, 0): [4, 4, 2], (2, 1): [20, 10, 4],
+    (0, 0): [6, 1, 0.5],
+    (0, 1): [14, 12, 2],
+    (1, 0): [5, 3, 0],
+    (1, 1): [11, 9, 9.5],
+    (2, 0): [4, 4, 2],
+    (2, 1): [20, 10, 4],
 }
 MATCH = {  # exact match at steps 0, 10, 20
-    (0, 0): [0, 1, 1], (0, 1): [0, 0, 1],
-    (1, 0): [0, 0, 1], (1, 1): [0, 0, 0],
-    (2, 0): [0, 0, 1], (2, 1): [0, 0, 0],
+    (0, 0): [0, 1, 1],
+    (0, 1): [0, 0, 1],
+    (1, 0): [0, 0, 1],
+    (1, 1): [0, 0, 0],
+    (2, 0): [0, 0, 1],
+    (2, 1): [0, 0, 0],
 }
 
 
@@ -37,8 +43,9 @@ def small_run(tmp_path_factory):
     for (person, attr), ce in CE.items():
         scores[(person, "bios", "mem", attr)] = ([-c * LN2 for c in ce], MATCH[(person, attr)])
         scores[(person, "bios", "sem", attr)] = ([0.0, 0.0, 0.0], [1, 1, 1])  # held-out wording: known perfectly
-    manifest = capacity_manifest([("a", 16), ("b", 1024)], {"bios": ([0, 20], [0, 10])}, parameters=1000,
-                                 non_embedding=600)
+    manifest = capacity_manifest(
+        [("a", 16), ("b", 1024)], {"bios": ([0, 20], [0, 10])}, parameters=1000, non_embedding=600
+    )
     return write_scored_run(tmp_path_factory.mktemp("cap") / "run", scores, [0, 10, 20], manifest=manifest)
 
 
@@ -86,8 +93,9 @@ def test_memorization_fit_on_a_planted_run(tmp_path):
     exposures = np.array(steps) / 3  # 100 exposures by step 300
     recalled = np.round(n * 0.8 * (1 - np.exp(-exposures / 30))).astype(int)
     scores = {(p, "bios", "mem", 0): ([-0.5] * len(steps), [p < k for k in recalled]) for p in range(n)}
-    run = write_scored_run(tmp_path / "run", scores, steps,
-                           manifest=capacity_manifest([("a", 2)], {"bios": ([0, 300], [0, 100])}))
+    run = write_scored_run(
+        tmp_path / "run", scores, steps, manifest=capacity_manifest([("a", 2)], {"bios": ([0, 300], [0, 100])})
+    )
     [kb] = capacity_of_run(load_run(run)).knowledge_bases
     assert kb.exact_match == pytest.approx(recalled / n)
     expected = fit_saturation(exposures, recalled / n)
@@ -97,18 +105,24 @@ def test_memorization_fit_on_a_planted_run(tmp_path):
 
 def _rung(path, people: int, known: int, model: str, parameters: int, non_embedding: int):
     """One attribute of 1024 values (10 bits): the first `known` people have CE 0, the rest 30 bits (0 stored)."""
-    scores = {(p, "bios", "mem", 0): ([-30 * LN2, 0.0 if p < known else -30 * LN2], [False, p < known])
-              for p in range(people)}
-    manifest = capacity_manifest([("a", 1024)], {"bios": ([0, 10], [0, 100])}, model=model, parameters=parameters,
-                                 non_embedding=non_embedding)
+    scores = {
+        (p, "bios", "mem", 0): ([-30 * LN2, 0.0 if p < known else -30 * LN2], [False, p < known]) for p in range(people)
+    }
+    manifest = capacity_manifest(
+        [("a", 1024)], {"bios": ([0, 10], [0, 100])}, model=model, parameters=parameters, non_embedding=non_embedding
+    )
     return write_scored_run(path, scores, [0, 10], manifest=manifest)
 
 
 @pytest.fixture(scope="module")
 def ladder(tmp_path_factory):
     root = tmp_path_factory.mktemp("ladder")
-    return [_rung(root / "s2", 2, 2, "small", 1000, 400), _rung(root / "s100", 100, 25, "small", 1000, 400),
-            _rung(root / "b100", 100, 70, "big", 3000, 1800), _rung(root / "b300", 300, 80, "big", 3000, 1800)]
+    return [
+        _rung(root / "s2", 2, 2, "small", 1000, 400),
+        _rung(root / "s100", 100, 25, "small", 1000, 400),
+        _rung(root / "b100", 100, 70, "big", 3000, 1800),
+        _rung(root / "b300", 300, 80, "big", 3000, 1800),
+    ]
 
 
 def test_capacity_per_model_and_bits_per_parameter(ladder):
@@ -138,9 +152,13 @@ def test_overwrite_keeps_a_share_and_decays_as_planted(tmp_path):
     scores = {}
     for p in range(10):
         scores[(p, "first", "mem", 0)] = ([first(k) for k in steps], [15 <= k <= 25 for k in steps])
-        scores[(10 + p, "second", "mem", 0)] = ([pre + gain * max(k - 20, 0) / 20 for k in steps], [k > 30 for k in steps])
-    manifest = capacity_manifest([("a", 1024)], {"first": ([0, 20, 40], [0, 10, 10]),
-                                                 "second": ([0, 20, 40], [0, 0, 10])})
+        scores[(10 + p, "second", "mem", 0)] = (
+            [pre + gain * max(k - 20, 0) / 20 for k in steps],
+            [k > 30 for k in steps],
+        )
+    manifest = capacity_manifest(
+        [("a", 1024)], {"first": ([0, 20, 40], [0, 10, 10]), "second": ([0, 20, 40], [0, 0, 10])}
+    )
     run = write_scored_run(tmp_path / "run", scores, steps, manifest=manifest)
     cap = capacity_of_run(load_run(run))
     kb1, kb2 = cap.knowledge_bases
@@ -171,7 +189,8 @@ def test_cli_json_tables_figures_and_report(small_run, ladder, tmp_path):
     assert json.loads((out / "capacity.json").read_text()) == record
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"capacity_{s}.{e}" for s in ("bits", "memorization", "attributes", "trajectories") for e in ("png", "pdf")]
-        + ["capacity.json"])
+        + ["capacity.json"]
+    )
 
     result = runner.invoke(app, ["report", *paths[:2], "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
@@ -184,18 +203,30 @@ def test_bad_capacity_runs_exit_2(small_run, tmp_path):
     result = runner.invoke(app, ["capacity", str(plain)])
     assert result.exit_code == 2 and "field 'capacity' is missing" in result.output
 
-    beyond = write_scored_run(tmp_path / "beyond", {(0, "bios", "mem", 2): ([-1.0], [False])}, [0],
-                              manifest=capacity_manifest([("a", 4), ("b", 4)], {"bios": ([0], [0])}))
+    beyond = write_scored_run(
+        tmp_path / "beyond",
+        {(0, "bios", "mem", 2): ([-1.0], [False])},
+        [0],
+        manifest=capacity_manifest([("a", 4), ("b", 4)], {"bios": ([0], [0])}),
+    )
     result = runner.invoke(app, ["capacity", str(beyond)])
     assert result.exit_code == 2 and "mem probe 2: the manifest's 'capacity.attributes' has only 2" in result.output
 
-    other = write_scored_run(tmp_path / "other", {(0, "kb", "mem", 0): ([-1.0], [False])}, [0],
-                             manifest=capacity_manifest([("a", 4)], {"bios": ([0], [0])}))
+    other = write_scored_run(
+        tmp_path / "other",
+        {(0, "kb", "mem", 0): ([-1.0], [False])},
+        [0],
+        manifest=capacity_manifest([("a", 4)], {"bios": ([0], [0])}),
+    )
     result = runner.invoke(app, ["capacity", str(other)])
     assert result.exit_code == 2 and "no entry for scenario 'kb'" in result.output
 
-    bad = write_scored_run(tmp_path / "bad", {(0, "bios", "mem", 0): ([-1.0], [False])}, [0],
-                           manifest=capacity_manifest([("a", 4)], {"bios": ([0, 5], [3, 1])}))
+    bad = write_scored_run(
+        tmp_path / "bad",
+        {(0, "bios", "mem", 0): ([-1.0], [False])},
+        [0],
+        manifest=capacity_manifest([("a", 4)], {"bios": ([0, 5], [3, 1])}),
+    )
     result = runner.invoke(app, ["capacity", str(bad)])
     assert result.exit_code == 2 and "'exposures.bios', exposures: expected non-decreasing" in result.output
     assert runner.invoke(app, ["capacity", str(small_run), "--kind", "comp"]).exit_code == 2

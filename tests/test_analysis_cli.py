@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from analysis import FitOptions, fit_records, load_run
 from analysis.cli import app
 from analysis.export import CURVE_SCHEMA
-from tests.helpers.planted import PlantedScenario, write_planted_run, write_trajectories
+from tests.helpers.planted import PlantedScenario, write_planted_run
 
 runner = CliRunner()
 SCENARIOS = [
@@ -25,8 +25,13 @@ SCENARIOS = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return write_planted_run(tmp_path_factory.mktemp("cli") / "run", SCENARIOS, n_steps=301, probes_per_kind=3,
-                             manifest={"checkpoint": {"family": "olmo-1b", "step": 20000}}).path
+    return write_planted_run(
+        tmp_path_factory.mktemp("cli") / "run",
+        SCENARIOS,
+        n_steps=301,
+        probes_per_kind=3,
+        manifest={"checkpoint": {"family": "olmo-1b", "step": 20000}},
+    ).path
 
 
 def test_fit_json_records_options_and_groups(run_dir):
@@ -36,26 +41,67 @@ def test_fit_json_records_options_and_groups(run_dir):
     assert document["groups"] == fit_records(load_run(run_dir))
     assert document["options"] == {**FitOptions().record(), "window": 50, "iqr_factor": 1.5}
     assert document["run"]["window_source"] == "default" and document["run"]["encounter_spacing"] == 60
-    for key in ("scenario", "kind", "a", "a_se", "b_se", "r2", "t_star_steps", "t_star_tokens", "t_star_ci_steps",
-                "effectivity", "effectivity_by_encounter", "n_probes", "n_excluded", "t_max", "retention_levels",
-                "r_at", "flags", "control"):
+    for key in (
+        "scenario",
+        "kind",
+        "a",
+        "a_se",
+        "b_se",
+        "r2",
+        "t_star_steps",
+        "t_star_tokens",
+        "t_star_ci_steps",
+        "effectivity",
+        "effectivity_by_encounter",
+        "n_probes",
+        "n_excluded",
+        "t_max",
+        "retention_levels",
+        "r_at",
+        "flags",
+        "control",
+    ):
         assert key in document["groups"][0]
     assert {(r["scenario"], r["kind"]) for r in document["groups"]} == {
-        (s, k) for s in ("paraphrase", "once", "none") for k in ("mem", "sem", "comp")}
+        (s, k) for s in ("paraphrase", "once", "none") for k in ("mem", "sem", "comp")
+    }
     control = [r for r in document["groups"] if r["scenario"] == "none"]
     assert all(r["control"] and r["exclusions"] == {"not_injected": 6} and r["a"] is None for r in control)
     assert set(document["control_drift"]) == {"mem", "sem", "comp"}
 
 
 def test_fit_options_reach_the_json(run_dir):
-    args = ["fit", str(run_dir), "--json", "--rules", "study-code", "--scale", "perplexity", "--control-adjust",
-            "--window", "20", "--t-min", "2", "--t-max", "50", "--retention-levels", "0.9,0.6", "--at", "5,40"]
+    args = [
+        "fit",
+        str(run_dir),
+        "--json",
+        "--rules",
+        "study-code",
+        "--scale",
+        "perplexity",
+        "--control-adjust",
+        "--window",
+        "20",
+        "--t-min",
+        "2",
+        "--t-max",
+        "50",
+        "--retention-levels",
+        "0.9,0.6",
+        "--at",
+        "5,40",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     options = document["options"]
-    assert (options["rules"], options["scale"], options["control_adjust"], options["window"], options["iqr_factor"]) \
-        == ("study-code", "perplexity", True, 20, 2.0)
+    assert (
+        options["rules"],
+        options["scale"],
+        options["control_adjust"],
+        options["window"],
+        options["iqr_factor"],
+    ) == ("study-code", "perplexity", True, 20, 2.0)
     assert options["retention_levels"] == [0.9, 0.6] and options["at"] == [5, 40]
     injected = [g for g in document["groups"] if not g["control"]]
     assert all(g["t_min"] == 2 and g["t_max"] == 50 and g["n_points"] == 49 for g in injected)
@@ -67,8 +113,11 @@ def test_fit_options_reach_the_json(run_dir):
 def test_planted_uncertainty_and_levels(run_dir):
     # R(t) = 1 − a·log10 t exactly: the line is exact (standard errors 0), the level L is reached at
     # t = 10^((1 − L)/a), and R at t is the line's value.
-    [rec] = [r for r in fit_records(load_run(run_dir), FitOptions(at=(10, 100)))
-             if (r["scenario"], r["kind"]) == ("once", "mem")]
+    [rec] = [
+        r
+        for r in fit_records(load_run(run_dir), FitOptions(at=(10, 100)))
+        if (r["scenario"], r["kind"]) == ("once", "mem")
+    ]
     assert rec["a"] == pytest.approx(0.3, abs=1e-5) and rec["a_se"] < 1e-4 and rec["b_se"] < 1e-4
     low, high = rec["t_star_ci_steps"]
     assert low <= rec["t_star_steps"] <= high and high / low < 1.01
@@ -82,8 +131,14 @@ def test_planted_uncertainty_and_levels(run_dir):
 
 
 def test_noisy_bootstrap_interval_contains_the_truth(tmp_path):
-    run = write_planted_run(tmp_path / "run", [PlantedScenario("once", list(range(8)), [0], [1.0], 0.3)],
-                            n_steps=400, noise=0.1, probes_per_kind=4, kinds=("mem",))
+    run = write_planted_run(
+        tmp_path / "run",
+        [PlantedScenario("once", list(range(8)), [0], [1.0], 0.3)],
+        n_steps=400,
+        noise=0.1,
+        probes_per_kind=4,
+        kinds=("mem",),
+    )
     [delta] = fit_records(load_run(run.path))
     [boot] = fit_records(load_run(run.path), FitOptions(bootstrap=200, seed=1))
     truth = 10 ** (1 / 0.3)
@@ -92,8 +147,9 @@ def test_noisy_bootstrap_interval_contains_the_truth(tmp_path):
         assert low < rec["t_star_steps"] < high
     assert boot["t_star_ci_steps"][0] < truth < boot["t_star_ci_steps"][1]
     # the bootstrap interval is wider than the least-squares one, which treats the t as independent
-    assert np.log(boot["t_star_ci_steps"][1] / boot["t_star_ci_steps"][0]) > \
-        np.log(delta["t_star_ci_steps"][1] / delta["t_star_ci_steps"][0])
+    assert np.log(boot["t_star_ci_steps"][1] / boot["t_star_ci_steps"][0]) > np.log(
+        delta["t_star_ci_steps"][1] / delta["t_star_ci_steps"][0]
+    )
 
 
 def test_curves_parquet(run_dir, tmp_path):
@@ -105,8 +161,9 @@ def test_curves_parquet(run_dir, tmp_path):
     frame = table.to_pandas()
     # adjusted and raw rows, for the 6 injected groups, t = 1 .. the largest t any probe reaches
     assert set(frame["control_adjusted"]) == {True, False}
-    assert set(zip(frame["scenario"], frame["kind"])) == {(s, k) for s in ("paraphrase", "once")
-                                                           for k in ("mem", "sem", "comp")}
+    assert set(zip(frame["scenario"], frame["kind"])) == {
+        (s, k) for s in ("paraphrase", "once") for k in ("mem", "sem", "comp")
+    }
     raw = frame[~frame["control_adjusted"] & (frame["scenario"] == "once") & (frame["kind"] == "mem")]
     assert raw["t"].min() == 1 and raw["in_fit"].sum() == 300 - 50
     assert raw["mean_r"].to_numpy()[:100] == pytest.approx(1 - 0.3 * np.log10(np.arange(1, 101)), abs=1e-5)
@@ -116,8 +173,13 @@ def test_curves_parquet(run_dir, tmp_path):
 
 
 def test_window_from_the_manifest_and_the_spacing_warning(tmp_path):
-    recorded = write_planted_run(tmp_path / "recorded", SCENARIOS[:2], n_steps=301, probes_per_kind=2,
-                                 manifest={"analysis_defaults": {"window": 12, "encounter_spacing": 60}}).path
+    recorded = write_planted_run(
+        tmp_path / "recorded",
+        SCENARIOS[:2],
+        n_steps=301,
+        probes_per_kind=2,
+        manifest={"analysis_defaults": {"window": 12, "encounter_spacing": 60}},
+    ).path
     document = json.loads(runner.invoke(app, ["fit", str(recorded), "--json"]).stdout)
     assert (document["run"]["window"], document["run"]["window_source"]) == (12, "manifest")
     assert document["run"]["warnings"] == []
@@ -138,8 +200,12 @@ def test_tables_survive_a_narrow_terminal(run_dir):
     analysis = analyse_run(load_run(run_dir), FitOptions(control_adjust=True))
     for width in (80, 100):
         console = Console(width=width, record=True, file=open("/dev/null", "w"))
-        for table in (rich_table("title", analysis.fits, console), rich_retention_table(analysis, console),
-                      rich_encounter_table(analysis.fits, console), compare_table([analysis, analysis], console)):
+        for table in (
+            rich_table("title", analysis.fits, console),
+            rich_retention_table(analysis, console),
+            rich_encounter_table(analysis.fits, console),
+            compare_table([analysis, analysis], console),
+        ):
             console.print(table)
         text = console.export_text()
         lines = text.splitlines()
@@ -163,14 +229,27 @@ def test_tables_survive_a_narrow_terminal(run_dir):
 
 
 def test_label_is_the_checkpoint_as_typed(tmp_path):
-    typed = write_planted_run(tmp_path / "a", SCENARIOS[1:2], n_steps=100, probes_per_kind=1,
-                              manifest={"config": {"checkpoint": "tiny@mid"}, "checkpoint": {"family": "tiny",
-                                                                                             "step": 275}}).path
-    path = write_planted_run(tmp_path / "b", SCENARIOS[1:2], n_steps=100, probes_per_kind=1,
-                             manifest={"config": {"checkpoint": "/cache/tiny/step275"},
-                                       "checkpoint": {"family": "tiny", "step": 275}}).path
-    labelled = write_planted_run(tmp_path / "c", SCENARIOS[1:2], n_steps=100, probes_per_kind=1,
-                                 manifest={"label": "late, lr 1e-2", "config": {"checkpoint": "tiny@late"}}).path
+    typed = write_planted_run(
+        tmp_path / "a",
+        SCENARIOS[1:2],
+        n_steps=100,
+        probes_per_kind=1,
+        manifest={"config": {"checkpoint": "tiny@mid"}, "checkpoint": {"family": "tiny", "step": 275}},
+    ).path
+    path = write_planted_run(
+        tmp_path / "b",
+        SCENARIOS[1:2],
+        n_steps=100,
+        probes_per_kind=1,
+        manifest={"config": {"checkpoint": "/cache/tiny/step275"}, "checkpoint": {"family": "tiny", "step": 275}},
+    ).path
+    labelled = write_planted_run(
+        tmp_path / "c",
+        SCENARIOS[1:2],
+        n_steps=100,
+        probes_per_kind=1,
+        manifest={"label": "late, lr 1e-2", "config": {"checkpoint": "tiny@late"}},
+    ).path
     assert [load_run(p).label for p in (typed, path, labelled)] == ["tiny@mid", "tiny@275", "late, lr 1e-2"]
 
 
@@ -178,8 +257,15 @@ def test_plot_writes_every_figure(run_dir, tmp_path):
     out = tmp_path / "figs"
     result = runner.invoke(app, ["plot", str(run_dir), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    for stem in ("trajectories", "study_fig2", "retainability", "study_decay", "effectivity", "exact_match",
-                 "control_drift"):
+    for stem in (
+        "trajectories",
+        "study_fig2",
+        "retainability",
+        "study_decay",
+        "effectivity",
+        "exact_match",
+        "control_drift",
+    ):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
@@ -197,15 +283,23 @@ def test_figures_have_no_empty_panels_and_a_scaled_exact_match_axis(run_dir):
     assert [ax.get_title() for ax in figures["retainability"].axes] == ["paraphrase", "once"]
     assert [ax.get_title(loc="left") for ax in figures["study_fig2"].axes] == ["paraphrase", "once"]
     em = figures["exact_match"].axes[0]
-    top = max(max(line.get_ydata()) for ax in figures["exact_match"].axes for line in ax.lines
-              if line.get_label() in ("mem", "sem", "comp"))
+    top = max(
+        max(line.get_ydata())
+        for ax in figures["exact_match"].axes
+        for line in ax.lines
+        if line.get_label() in ("mem", "sem", "comp")
+    )
     assert top <= em.get_ylim()[1] <= max(5.0, top * 1.1 + 1)
 
 
 def test_compare_two_schedules_and_report(run_dir, tmp_path):
-    other = write_planted_run(tmp_path / "small-batch", [PlantedScenario("once", [0, 1], [10], [0.8], 0.5)],
-                              n_steps=200, probes_per_kind=2, manifest={"family": "tiny", "step": 7,
-                                                                          "global_batch_size": 16}).path
+    other = write_planted_run(
+        tmp_path / "small-batch",
+        [PlantedScenario("once", [0, 1], [10], [0.8], 0.5)],
+        n_steps=200,
+        probes_per_kind=2,
+        manifest={"family": "tiny", "step": 7, "global_batch_size": 16},
+    ).path
     out = tmp_path / "cmp"
     result = runner.invoke(app, ["compare", str(run_dir), str(other), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
@@ -219,8 +313,9 @@ def test_compare_two_schedules_and_report(run_dir, tmp_path):
     assert json.loads((out / "compare.json").read_text()) == document
     assert (out / "compare.png").exists() and (out / "compare.pdf").exists()
 
-    result = runner.invoke(app, ["report", str(run_dir), str(other), "--out", str(tmp_path / "rep"),
-                                 "--control-adjust"])
+    result = runner.invoke(
+        app, ["report", str(run_dir), str(other), "--out", str(tmp_path / "rep"), "--control-adjust"]
+    )
     assert result.exit_code == 2 and "tiny@7" not in result.output  # the second run has no controls
     result = runner.invoke(app, ["report", str(run_dir), str(other), "--out", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
@@ -287,21 +382,30 @@ def test_bad_input_exits_2_with_one_line(run_dir, tmp_path, case):
     elif case == "bad_analysis_defaults":
         (target / "manifest.json").write_text(json.dumps({"analysis_defaults": {"window": 0}}))
     elif case == "no_controls":
-        args = ["fit", str(write_planted_run(tmp_path / "plain", SCENARIOS[:2], n_steps=200).path),
-                "--control-adjust"]
+        args = ["fit", str(write_planted_run(tmp_path / "plain", SCENARIOS[:2], n_steps=200).path), "--control-adjust"]
     elif case.startswith("curves_"):
-        curves = {"curves_not_parquet": tmp_path / "curves.csv", "curves_is_dir": tmp_path / "dir.parquet",
-                  "curves_is_probe_log": target / "probes.parquet", "curves_foreign_file": tmp_path / "mine.parquet",
-                  "curves_parent_is_file": tmp_path / "file" / "c.parquet"}[case]
+        curves = {
+            "curves_not_parquet": tmp_path / "curves.csv",
+            "curves_is_dir": tmp_path / "dir.parquet",
+            "curves_is_probe_log": target / "probes.parquet",
+            "curves_foreign_file": tmp_path / "mine.parquet",
+            "curves_parent_is_file": tmp_path / "file" / "c.parquet",
+        }[case]
         (tmp_path / "dir.parquet").mkdir()
         (tmp_path / "mine.parquet").write_bytes(b"my own data")
         (tmp_path / "file").write_text("x")
         args += ["--curves", str(curves)]
     else:
-        option = {"bad_window": ["--window", "0"], "bad_rules": ["--rules", "papers"],
-                  "bad_scale": ["--scale", "nats"], "bad_levels": ["--retention-levels", "0.8,1.5"],
-                  "levels_not_numbers": ["--retention-levels", "half"], "bad_at": ["--at", "100,1e3.5"],
-                  "at_zero": ["--at", "0,10"], "bad_bootstrap": ["--bootstrap", "1"]}[case]
+        option = {
+            "bad_window": ["--window", "0"],
+            "bad_rules": ["--rules", "papers"],
+            "bad_scale": ["--scale", "nats"],
+            "bad_levels": ["--retention-levels", "0.8,1.5"],
+            "levels_not_numbers": ["--retention-levels", "half"],
+            "bad_at": ["--at", "100,1e3.5"],
+            "at_zero": ["--at", "0,10"],
+            "bad_bootstrap": ["--bootstrap", "1"],
+        }[case]
         args += option
     before = {p: p.stat().st_mtime_ns for p in target.rglob("*")}
     result = runner.invoke(app, args)
@@ -319,7 +423,10 @@ def test_help_shows_every_default():
     result = runner.invoke(app, ["fit", "--help"], terminal_width=300, env={"COLUMNS": "300"})
     assert result.exit_code == 0
     text = " ".join(result.output.split())
-    for phrase in ("default: the window the run recorded in manifest.json, else 50",
-                   "default: the rule set's, paper 1.5, study-code 2.0", "study-code rules: one range for every group",
-                   "0: delta method"):
+    for phrase in (
+        "default: the window the run recorded in manifest.json, else 50",
+        "default: the rule set's, paper 1.5, study-code 2.0",
+        "study-code rules: one range for every group",
+        "0: delta method",
+    ):
         assert phrase in text, phrase

@@ -24,8 +24,9 @@ def test_decay_fit_on_gapped_steps(tmp_path):
     steps = [0, 1, 2, 3, 12, 102, 202]
     r = lambda t: 0.9 - 0.3 * math.log10(t)  # noqa: E731
     values = [-5.0, -4.0, -3.0] + [-5.0 + 2.0 * r(t) for t in (1, 10, 100, 200)]
-    run = write_trajectories(tmp_path / "run", {(0, "once", "mem", 0): values}, [(0, 0, "once")],
-                             steps=steps, tokens_per_step=100)
+    run = write_trajectories(
+        tmp_path / "run", {(0, "once", "mem", 0): values}, [(0, 0, "once")], steps=steps, tokens_per_step=100
+    )
     [rec] = fit_records(load_run(run), FitOptions(window=3))
     # Default t_max = last logged step - (t_N + w) = 202 - 3 = 199: t = 1, 10, 100 are fitted (200 is not).
     assert rec["t_max"] == 199 and rec["n_points"] == 3
@@ -118,8 +119,19 @@ def test_iqr_rule_and_quantiles():
 def test_number_format():
     from analysis.format import fmt, fmt_interval, fmt_pct
 
-    cases = {0.2031: "0.203", 9.847: "9.85", 98.489: "98.5", 1811.3: "1,811", 4.2e6: "4.2e6", 0.00042: "4.2e-4",
-             -0.0161: "-0.016", 0.0: "0", float("inf"): "∞", float("nan"): "—", None: "—"}
+    cases = {
+        0.2031: "0.203",
+        9.847: "9.85",
+        98.489: "98.5",
+        1811.3: "1,811",
+        4.2e6: "4.2e6",
+        0.00042: "4.2e-4",
+        -0.0161: "-0.016",
+        0.0: "0",
+        float("inf"): "∞",
+        float("nan"): "—",
+        None: "—",
+    }
     assert {k: fmt(k) for k in cases} == cases
     assert fmt_pct(0.025) == "2.5 %" and fmt_interval(70.7, float("inf")) == "70.7–∞"
     assert fmt_interval(float("nan"), 3.0) == "—"
@@ -129,20 +141,26 @@ def test_implausible_fits_are_flagged(tmp_path):
     from tests.helpers.planted import PlantedScenario, write_planted_run
 
     # a barely falling curve under noise: weak fit, t* far beyond the data
-    run = write_planted_run(tmp_path / "run", [PlantedScenario("once", [0, 1, 2], [0], [1.0], 0.02)],
-                            n_steps=300, noise=0.3, kinds=("mem",), seed=4)
+    run = write_planted_run(
+        tmp_path / "run",
+        [PlantedScenario("once", [0, 1, 2], [0], [1.0], 0.02)],
+        n_steps=300,
+        noise=0.3,
+        kinds=("mem",),
+        seed=4,
+    )
     [rec] = fit_records(load_run(run.path))
     assert rec["r2"] < 0.3 and "weak_fit" in rec["flags"]
     assert rec["t_star_steps"] > 100 * rec["t_max"] and "far_extrapolation" in rec["flags"]
     # the clean planted curve is not flagged
-    clean = write_planted_run(tmp_path / "clean", [PlantedScenario("once", [0], [0], [1.0], 0.3)], n_steps=300,
-                              kinds=("mem",))
+    clean = write_planted_run(
+        tmp_path / "clean", [PlantedScenario("once", [0], [0], [1.0], 0.3)], n_steps=300, kinds=("mem",)
+    )
     [rec] = fit_records(load_run(clean.path))
     assert rec["flags"] == []
 
 
 def test_perplexity_scale_overflow_is_a_user_error(tmp_path):
-    run = write_trajectories(tmp_path / "run", {(0, "once", "mem", 0): [-800.0, -5.0, -4.0, -4.5]},
-                             [(0, 0, "once")])
+    run = write_trajectories(tmp_path / "run", {(0, "once", "mem", 0): [-800.0, -5.0, -4.0, -4.5]}, [(0, 0, "once")])
     with pytest.raises(UserError, match="overflows"):
         fit_records(load_run(run), FitOptions(window=2, scale="perplexity"))

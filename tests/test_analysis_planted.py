@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from analysis import FitOptions, fit_records, load_run
+from analysis import fit_records, load_run
 from harness.errors import UserError
 from tests.helpers.planted import KIND_SCALE, PlantedScenario, write_planted_run
 
@@ -21,8 +21,7 @@ SCENARIOS = [
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    return write_planted_run(tmp_path_factory.mktemp("planted") / "run", SCENARIOS, n_steps=601,
-                             tokens_per_step=4096)
+    return write_planted_run(tmp_path_factory.mktemp("planted") / "run", SCENARIOS, n_steps=601, tokens_per_step=4096)
 
 
 def test_recovers_planted_numbers(planted):
@@ -49,8 +48,15 @@ def test_noisy_log_is_close(tmp_path):
 
 
 def test_parts_directory_and_extra_columns_give_same_numbers(planted, tmp_path):
-    other = write_planted_run(tmp_path / "other", SCENARIOS, n_steps=601, tokens_per_step=4096, parts=4,
-                              extra_columns=True, manifest={"tool": "elsewhere", "nested": {"x": 1}})
+    other = write_planted_run(
+        tmp_path / "other",
+        SCENARIOS,
+        n_steps=601,
+        tokens_per_step=4096,
+        parts=4,
+        extra_columns=True,
+        manifest={"tool": "elsewhere", "nested": {"x": 1}},
+    )
     assert (other.path / "probes.parquet").is_dir()
     assert "rank_first" in pq.read_schema(next((other.path / "probes.parquet").iterdir())).names
     assert fit_records(load_run(other.path)) == fit_records(load_run(planted.path))
@@ -79,8 +85,9 @@ def test_nan_values_name_the_rows(planted, tmp_path):
     values[[7, 20]] = np.nan
     broken = tmp_path / "broken"
     broken.mkdir()
-    pq.write_table(table.set_column(table.schema.get_field_index("logprob"), "logprob", [values]),
-                   broken / "probes.parquet")
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("logprob"), "logprob", [values]), broken / "probes.parquet"
+    )
     for name in ("injections.parquet", "manifest.json"):
         (broken / name).write_bytes((planted.path / name).read_bytes())
     with pytest.raises(UserError, match=r"2 NaN.*row 7 \(step 0, paragraph \d+, kind '\w+', probe \d\).*row 20"):

@@ -80,7 +80,7 @@ def study_code_reference(run_dir, window, perplexity=False):
             v = [math.exp(x) for x in loss] if perplexity else loss
             steps = encounters[paragraph]
             last = steps[-1]
-            sp = first_min(v[last + 1:last + window + 1]) + last + 1
+            sp = first_min(v[last + 1 : last + window + 1]) + last + 1
             init, lowest = v[0], v[sp]
             if init == lowest:
                 continue
@@ -88,7 +88,7 @@ def study_code_reference(run_dir, window, perplexity=False):
                 forgetting[t].append((v[sp + t] - init) / (lowest - init) * 100)
             gains = []
             for e in steps:
-                sp_e = first_min(v[e + 1:e + window + 1]) + e + 1
+                sp_e = first_min(v[e + 1 : e + window + 1]) + e + 1
                 gains.append(v[e] - v[sp_e])
             pooled += gains
             per_encounter.append(gains)
@@ -100,7 +100,12 @@ def study_code_reference(run_dir, window, perplexity=False):
         out[(scenario, kind)] = {
             "effectivity": mean(remove_outliers(pooled, 2.0)),
             "by_encounter": [mean(remove_outliers(list(col), 2.0)) for col in zip(*per_encounter)],
-            "curve": curve, "a": a, "b": b, "r2": r2, "t_max": t_range[-1], "dropped": len(probes) - len(per_encounter),
+            "curve": curve,
+            "a": a,
+            "b": b,
+            "r2": r2,
+            "t_max": t_range[-1],
+            "dropped": len(probes) - len(per_encounter),
         }
     return out
 
@@ -112,32 +117,37 @@ def paper_reference(run_dir, window):
         if not any(p in encounters for p, _ in probes):
             continue
         pooled, per_encounter, kept = [], [], []
-        for (paragraph, _), l in probes.items():
+        for (paragraph, _), lp in probes.items():
             steps = encounters[paragraph]
             gains = []
             for e in steps:
                 best = e + 1
                 for k in range(e + 1, e + window + 1):
-                    if l[k] > l[best]:
+                    if lp[k] > lp[best]:
                         best = k
-                gains.append(l[best] - l[e])
+                gains.append(lp[best] - lp[e])
                 lam = best
             pooled += gains
             per_encounter.append(gains)
-            denominator = l[lam] - l[steps[0]]
+            denominator = lp[lam] - lp[steps[0]]
             if denominator > 0:
-                kept.append((l, lam, steps[0], steps[-1]))
+                kept.append((lp, lam, steps[0], steps[-1]))
         n_steps = len(next(iter(probes.values())))
         t_max = n_steps - 1 - max(last + window for _, _, _, last in kept)
         curve = []
         for t in range(1, t_max + 1):
-            values = [(l[lam + t] - l[first]) / (l[lam] - l[first]) for l, lam, first, _ in kept]
+            values = [(lp[lam + t] - lp[first]) / (lp[lam] - lp[first]) for lp, lam, first, _ in kept]
             curve.append(mean(remove_outliers(values, 1.5)))
         a, b, r2 = line(list(range(1, t_max + 1)), curve)
         out[(scenario, kind)] = {
             "effectivity": mean(remove_outliers(pooled, 1.5)),
             "by_encounter": [mean(remove_outliers(list(col), 1.5)) for col in zip(*per_encounter)],
-            "curve": curve, "a": a, "b": b, "r2": r2, "t_max": t_max, "excluded": len(probes) - len(kept),
+            "curve": curve,
+            "a": a,
+            "b": b,
+            "r2": r2,
+            "t_max": t_max,
+            "excluded": len(probes) - len(kept),
         }
     return out
 
@@ -159,16 +169,24 @@ FLAT = [(2, "mem", 1), (9, "sem", 0), (10, "comp", 3)]
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     path = tmp_path_factory.mktemp("rules") / "run"
-    write_planted_run(path, SCENARIOS, n_steps=200, noise=0.05, kind_scale=KIND_SCALE, seed=3,
-                      manifest={"analysis_defaults": {"window": WINDOW, "encounter_spacing": 30}})
+    write_planted_run(
+        path,
+        SCENARIOS,
+        n_steps=200,
+        noise=0.05,
+        kind_scale=KIND_SCALE,
+        seed=3,
+        manifest={"analysis_defaults": {"window": WINDOW, "encounter_spacing": 30}},
+    )
     table = pq.read_table(path / "probes.parquet")
     logprob = table.column("logprob").to_numpy().copy()
     rows = table.select(["paragraph", "kind", "probe"]).to_pylist()
     for i, row in enumerate(rows):
         if (row["paragraph"], row["kind"], row["probe"]) in FLAT:
             logprob[i] = -6.5
-    pq.write_table(table.set_column(table.schema.get_field_index("logprob"), "logprob", [logprob]),
-                   path / "probes.parquet")
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("logprob"), "logprob", [logprob]), path / "probes.parquet"
+    )
     return path
 
 
@@ -235,8 +253,14 @@ CONTROL = [-8.0 + 0.125 * k for k in range(13)]
 def tiny(tmp_path):
     return write_trajectories(
         tmp_path / "tiny",
-        {(0, "dup", "mem", 0): DUP, (1, "once", "mem", 0): ONCE_TIE, (1, "once", "mem", 1): ONCE_LOSS,
-         (1, "once", "mem", 2): ONCE_FLAT, (2, "fall", "mem", 0): FALL, (3, "none", "mem", 0): CONTROL},
+        {
+            (0, "dup", "mem", 0): DUP,
+            (1, "once", "mem", 0): ONCE_TIE,
+            (1, "once", "mem", 1): ONCE_LOSS,
+            (1, "once", "mem", 2): ONCE_FLAT,
+            (2, "fall", "mem", 0): FALL,
+            (3, "none", "mem", 0): CONTROL,
+        },
         [(2, 0, "dup"), (5, 0, "dup"), (1, 1, "once"), (1, 2, "fall")],
     )
 
@@ -247,8 +271,11 @@ def by_group(records):
 
 def fitted(record, ts, rs):
     a, b, r2 = line(ts, rs)
-    return record["a"] == pytest.approx(a, abs=1e-9) and record["b"] == pytest.approx(b, abs=1e-9) \
+    return (
+        record["a"] == pytest.approx(a, abs=1e-9)
+        and record["b"] == pytest.approx(b, abs=1e-9)
         and record["r2"] == pytest.approx(r2, abs=1e-9)
+    )
 
 
 def test_paper_rules_by_hand(tiny):

@@ -77,7 +77,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -96,6 +96,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 def collapse(graph: dict[str, set[str]], depth: int) -> dict[str, set[str]]:
     """The graph between packages named by their first `depth` components (injection.engine, analysis, ...)."""
+
     def key(module: str) -> str:
         return ".".join(module.split(".")[:depth])
 
@@ -106,8 +107,12 @@ def collapse(graph: dict[str, set[str]], depth: int) -> dict[str, set[str]]:
 
 
 def test_top_level_packages_import_only_downwards(graph):
-    bad = sorted(f"{src} imports {t}" for src, targets in graph.items() for t in targets
-                 if t.split(".")[0] != src.split(".")[0] and t.split(".")[0] not in ALLOWED[src.split(".")[0]])
+    bad = sorted(
+        f"{src} imports {t}"
+        for src, targets in graph.items()
+        for t in targets
+        if t.split(".")[0] != src.split(".")[0] and t.split(".")[0] not in ALLOWED[src.split(".")[0]]
+    )
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
 
 
@@ -126,7 +131,9 @@ def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert collapse({"injection.engine.loop": {"injection.data.source"}, "injection.data.source": set()}, 2) == {
-        "injection.engine": {"injection.data"}, "injection.data": set()}
+        "injection.engine": {"injection.data"},
+        "injection.data": set(),
+    }
 
 
 def test_no_user_facing_text_points_outside_the_repository():

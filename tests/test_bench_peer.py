@@ -17,15 +17,41 @@ STEPS, WARMUP, BATCH, MICRO, SEQ = 4, 1, 4, 2, 256  # rows of 256 tokens hold a 
 def test_both_sides_train_the_same_model_on_the_same_tokens(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "peer.json"
-    bench_peer_olmo.main(["--device", "cpu", "--shape", "small", "--arch", "d_model=64,n_layers=2,n_heads=4,n_kv_heads=4,"
-                          "mlp_hidden_size=512", "--seq-len", str(SEQ), "--steps", str(STEPS), "--warmup", str(WARMUP),
-                          "--global-batch", str(BATCH), "--micro-batch", str(MICRO), "--paragraphs", "6",
-                          "--work", str(tmp_path / "work"), "--out", str(out)])
+    bench_peer_olmo.main(
+        [
+            "--device",
+            "cpu",
+            "--shape",
+            "small",
+            "--arch",
+            "d_model=64,n_layers=2,n_heads=4,n_kv_heads=4,mlp_hidden_size=512",
+            "--seq-len",
+            str(SEQ),
+            "--steps",
+            str(STEPS),
+            "--warmup",
+            str(WARMUP),
+            "--global-batch",
+            str(BATCH),
+            "--micro-batch",
+            str(MICRO),
+            "--paragraphs",
+            "6",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     olmo, harness = result["olmo"], result["harness"]
 
-    assert ((result["steps"], result["global_batch"], result["micro_batch"], result["seq_len"])
-            == (STEPS, BATCH, MICRO, SEQ))
+    assert (result["steps"], result["global_batch"], result["micro_batch"], result["seq_len"]) == (
+        STEPS,
+        BATCH,
+        MICRO,
+        SEQ,
+    )
     for side in (olmo, harness):
         assert side["updates"] == STEPS
         assert side["tokens"] == STEPS * BATCH * SEQ

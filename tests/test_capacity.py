@@ -33,8 +33,15 @@ SMALL = {
     "people": [6],
     "exposures": 5,
     "eval_exposures": [1, 2.5],
-    "bios": {"cities": 8, "universities": 8, "majors": 6, "employers": 8, "first_year": 1990, "last_year": 1990,
-             "paraphrases": 2},
+    "bios": {
+        "cities": 8,
+        "universities": 8,
+        "majors": 6,
+        "employers": 8,
+        "first_year": 1990,
+        "last_year": 1990,
+        "paraphrases": 2,
+    },
     "overwrite": {"models": ["d32-L1"], "people": 4, "second_people": 3, "second_exposures": 2},
     "tokenizer_vocab": 300,
     "seq_len": 32,
@@ -67,16 +74,21 @@ def test_profiles_load_and_the_gpu_one_is_a_real_gpu_ladder():
         assert len({r.people for r in cfg.rungs()}) > 1 and cfg.overwrite is not None
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"modles": []}, "unknown field 'modles'"),
-    ({"bios": {"people": 5}}, "field 'bios.people' is set by the ladder"),
-    ({"overwrite": {"models": ["d99"], "people": 2, "second_people": 2, "second_exposures": 1}},
-     "'overwrite.models' names 'd99'"),
-    ({"eval_exposures": [7]}, "'eval_exposures' has 7, outside 0..exposures (5)"),
-    ({"probe_kinds": ["comp"]}, "'probe_kinds' must list mem and/or sem"),
-    ({"models": [{"name": "x", "d_model": 30, "n_layers": 1, "n_heads": 4}]}, "not a multiple of n_heads"),
-    ({"bios": {"cities": 1}}, "cities must be an integer >= 2"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"modles": []}, "unknown field 'modles'"),
+        ({"bios": {"people": 5}}, "field 'bios.people' is set by the ladder"),
+        (
+            {"overwrite": {"models": ["d99"], "people": 2, "second_people": 2, "second_exposures": 1}},
+            "'overwrite.models' names 'd99'",
+        ),
+        ({"eval_exposures": [7]}, "'eval_exposures' has 7, outside 0..exposures (5)"),
+        ({"probe_kinds": ["comp"]}, "'probe_kinds' must list mem and/or sem"),
+        ({"models": [{"name": "x", "d_model": 30, "n_layers": 1, "n_heads": 4}]}, "not a multiple of n_heads"),
+        ({"bios": {"cities": 1}}, "cities must be an integer >= 2"),
+    ],
+)
 def test_bad_configs_name_the_field(tmp_path, change, message):
     with pytest.raises(UserError, match=re.escape(message)):
         _config(tmp_path, **change)
@@ -132,10 +144,10 @@ def test_every_person_once_per_epoch_in_a_fresh_order_and_variant(inputs):
     assert full_epochs[-1] >= 4  # only the last epoch may be cut by whole batches
     orders = []
     for e in full_epochs:
-        epoch = people[(e - 1) * 6: e * 6]
+        epoch = people[(e - 1) * 6 : e * 6]
         assert sorted(epoch) == list(range(6)), e  # each person exactly once
         # in the variant of that epoch (the original, then paraphrase 1, 2, then the original again)
-        assert docs[(e - 1) * 6: e * 6] == [kb[p].variant((e - 1) % 3) for p in epoch]
+        assert docs[(e - 1) * 6 : e * 6] == [kb[p].variant((e - 1) % 3) for p in epoch]
         orders.append(epoch)
         # the epoch's last document ends where the manifest says epoch e ends (the pass's EOS padding after it)
         assert ends[e * 6 - 1] <= knot_steps[e] * tokens_per_step < (ends[e * 6] if e * 6 < len(ends) else np.inf)
@@ -149,7 +161,7 @@ def test_every_person_once_per_epoch_in_a_fresh_order_and_variant(inputs):
     second = build_corpus_for(cfg, overwrite_rung, kb2, scenarios2, tokenizer_dir, out)
     docs2, _ = _documents(second.path, second.total_steps, cfg.global_batch, tokenizer_dir)
     people2 = [_person(d, kb2) for d in docs2]
-    assert all(p < 4 for p in people2[: 4 * 5]) and people2[4 * 5:] and all(p >= 4 for p in people2[4 * 5:])
+    assert all(p < 4 for p in people2[: 4 * 5]) and people2[4 * 5 :] and all(p >= 4 for p in people2[4 * 5 :])
     first_steps, first_epochs = second.exposures["first"]
     second_steps, second_epochs = second.exposures["second"]
     assert first_epochs[-1] == 5 and second_epochs == [0, 1, 2] and second_steps[0] >= first_steps[-1] - 1
@@ -194,8 +206,9 @@ def test_quick_profile_from_nothing_then_reused(tmp_path, monkeypatch):
         assert manifest["status"] == "complete" and info.model == run["model"] and len(info.attributes) == 6
         for kb in run["knowledge_bases"]:
             assert kb["trajectory"]["exposures"][0] == 0 and kb["trajectory"]["bits"][0] == 0
-            assert kb["exposures"] == pytest.approx(cfg.exposures if kb["scenario"] != "second" else
-                                                    cfg.overwrite.second_exposures, abs=1.0)
+            assert kb["exposures"] == pytest.approx(
+                cfg.exposures if kb["scenario"] != "second" else cfg.overwrite.second_exposures, abs=1.0
+            )
     by_run = {r["run"]: r for r in record["runs"]}
     # the larger model learns: stored bits grow with exposures, and it stores more than the smaller one
     big, small = by_run["d64-L2-N60"], by_run["d32-L1-N60"]
@@ -207,7 +220,11 @@ def test_quick_profile_from_nothing_then_reused(tmp_path, monkeypatch):
     assert [m["model"] for m in record["models"]] == ["d32-L1", "d64-L2"] and record["fit"]["total"]["slope"] > 0
     assert (out / "report" / "report.html").read_text().count("<h2>Knowledge capacity</h2>") == 1
     assert sorted(p.name for p in (out / "analysis").glob("*.png")) == [
-        "capacity_attributes.png", "capacity_bits.png", "capacity_memorization.png", "capacity_trajectories.png"]
+        "capacity_attributes.png",
+        "capacity_bits.png",
+        "capacity_memorization.png",
+        "capacity_trajectories.png",
+    ]
 
     # a second invocation reuses every finished rung
     manifests = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/manifest.json")}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import copy
+import csv
 
 import pytest
 import yaml
 
-from injection.checkpoints.catalog import load_catalog
 from harness.errors import UserError
+from injection.checkpoints.catalog import load_catalog
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,9 @@ def catalog():
 
 
 def test_shipped_catalog_loads(catalog):
-    pythia = {f"pythia-{s}{v}" for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
-              for v in ("", "-deduped")}
+    pythia = {
+        f"pythia-{s}{v}" for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b") for v in ("", "-deduped")
+    }
     assert set(catalog.families) == {"olmo-1b", "olmo-7b", "tiny", "pythia-tiny"} | pythia
     one, seven = catalog.family("olmo-1b"), catalog.family("olmo-7b")
     assert (len(one.steps), len(seven.steps)) == (351, 526)
@@ -103,8 +104,10 @@ def test_small_valid_file_loads(tmp_path, shipped_raw):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda f: f["architecture"].update(n_head=32),
-         r"unknown field 'families.olmo-7b.architecture.n_head' \(did you mean 'n_heads'\?\)"),
+        (
+            lambda f: f["architecture"].update(n_head=32),
+            r"unknown field 'families.olmo-7b.architecture.n_head' \(did you mean 'n_heads'\?\)",
+        ),
         (lambda f: f["lr_schedule"].pop("t_max"), r"lr_schedule': missing field 't_max'"),
         (lambda f: f["steps"].append(dict(f["steps"][0])), r"duplicate step 40000"),
         (lambda f: f["steps"][1].update(stepp=1), r"unknown field 'families.olmo-7b.steps\[1\].stepp'"),
@@ -114,8 +117,10 @@ def test_small_valid_file_loads(tmp_path, shipped_raw):
         (lambda f: f["optimizer"].update(betas=[0.9]), r"optimizer'.betas"),
         (lambda f: f["optimizer"].update(weight_decay=-0.1), r"optimizer'.weight_decay: must be a finite number >= 0"),
         (lambda f: f.update(kind="gpt2"), r"unknown family kind 'gpt2'"),
-        (lambda f: f["architecture"].update(d_model="big"),
-         r"field 'families.olmo-7b.architecture.d_model': expected an integer"),
+        (
+            lambda f: f["architecture"].update(d_model="big"),
+            r"field 'families.olmo-7b.architecture.d_model': expected an integer",
+        ),
     ],
 )
 def test_bad_files_name_the_key(tmp_path, shipped_raw, mutate, message):
@@ -149,13 +154,18 @@ def test_small_pythia_file_loads(tmp_path, shipped_raw):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda f: f["architecture"].update(params=1_011_781_633),
-         r"architecture.params': 1,011,781,633 does not match the architecture, which has 1,011,781,632"),
+        (
+            lambda f: f["architecture"].update(params=1_011_781_633),
+            r"architecture.params': 1,011,781,633 does not match the architecture, which has 1,011,781,632",
+        ),
         (lambda f: f["architecture"].update(rotary_pct=0.3), r"architecture.rotary_pct'.*even number of dimensions"),
         (lambda f: f["architecture"].update(n_heads=7), r"architecture.n_heads'.*must divide"),
         (lambda f: f["architecture"].update(activation="relu"), r"architecture.activation'.*gelu, gelu_tanh"),
         (lambda f: f["architecture"].update(kind="gpt-neox"), r"unknown field 'families.pythia-1b.architecture.kind'"),
-        (lambda f: f["steps"][0].update(hf_revision=None), r"steps\[0\]': a step needs original URLs or an hf_revision"),
+        (
+            lambda f: f["steps"][0].update(hf_revision=None),
+            r"steps\[0\]': a step needs original URLs or an hf_revision",
+        ),
         (lambda f: f["data_order"].pop("index_url"), r"format megatron-indexed needs index_url and data_urls"),
         (lambda f: f["data_order"].update(row_len=2000), r"row_len': 2000 is shorter than seq_len 2048"),
         (lambda f: f["data_order"].update(format="arrow"), r"data_order.format'.*olmo, megatron-indexed"),

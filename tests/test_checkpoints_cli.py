@@ -15,7 +15,7 @@ def test_list_shows_steps_stages_and_sources(monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     result = runner.invoke(app, ["checkpoints", "list", "olmo-1b"], terminal_width=200)
     assert result.exit_code == 0, result.output
-    line = next(l for l in result.output.splitlines() if "117850" in l)
+    line = next(row for row in result.output.splitlines() if "117850" in row)
     assert "mid" in line and "494B" in line and "hf:step117850-tokens494B" in line and "original" in line
 
 

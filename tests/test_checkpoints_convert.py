@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import pickle
 import warnings
 
 import pytest
 import torch
 
+from harness.errors import UserError
 from injection.checkpoints.catalog import load_catalog
+from injection.checkpoints.download import safe_name
 from injection.checkpoints.olmo import convert_original, olmo_to_hf
 from injection.checkpoints.safe_load import safe_torch_load
-from harness.errors import UserError
-from injection.checkpoints.download import safe_name
 from tests.helpers.olmo_original import write_original_checkpoint
 
 

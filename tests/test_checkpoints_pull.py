@@ -10,11 +10,11 @@ import warnings
 import pytest
 import yaml
 
-from injection.checkpoints.catalog import load_catalog
 from harness.errors import UserError
+from injection.checkpoints.catalog import load_catalog
 from injection.checkpoints.download import RetryPolicy
-from injection.checkpoints.pull import pull_checkpoint
 from injection.checkpoints.layout import is_complete
+from injection.checkpoints.pull import pull_checkpoint
 from tests.helpers.http_server import FileServer
 from tests.helpers.olmo_original import TINY_OLMO_MODEL, write_original_checkpoint
 
@@ -33,15 +33,24 @@ def served(tmp_path_factory):
 def _catalog(tmp_path, server, files=("config.yaml", "model.pt", "optim.pt", "train.pt")):
     """A one-family catalog whose step URL points at the loopback server."""
     tiny = yaml.safe_load(load_catalog().path.read_text())["families"]["tiny"]
-    arch = {**tiny["architecture"], "d_model": 32, "mlp_hidden_size": 128,
-            "max_sequence_length": TINY_OLMO_MODEL["max_sequence_length"]}
-    fam = {**tiny, "kind": "olmo", "builtin": False, "files": list(files), "architecture": arch,
-           # Deliberately not the checkpoint's own 4 rows: the pull must prefer config.yaml and warn.
-           "batch_sizes": [{"first_step": 0, "last_step": None, "global_batch_size": 8, "evidence": "test"}],
-           "hf_repo": "allenai/OLMo-1B-hf",
-           "stages": {"early": STEP, "mid": STEP, "late": STEP},
-           "steps": [{"step": STEP, "urls": [server.url(f"run/step{STEP}-unsharded/")],
-                      "hf_revision": "step40-tokens0B"}]}
+    arch = {
+        **tiny["architecture"],
+        "d_model": 32,
+        "mlp_hidden_size": 128,
+        "max_sequence_length": TINY_OLMO_MODEL["max_sequence_length"],
+    }
+    fam = {
+        **tiny,
+        "kind": "olmo",
+        "builtin": False,
+        "files": list(files),
+        "architecture": arch,
+        # Deliberately not the checkpoint's own 4 rows: the pull must prefer config.yaml and warn.
+        "batch_sizes": [{"first_step": 0, "last_step": None, "global_batch_size": 8, "evidence": "test"}],
+        "hf_repo": "allenai/OLMo-1B-hf",
+        "stages": {"early": STEP, "mid": STEP, "late": STEP},
+        "steps": [{"step": STEP, "urls": [server.url(f"run/step{STEP}-unsharded/")], "hf_revision": "step40-tokens0B"}],
+    }
     path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump({"families": {"olmo-test": fam}}))
     return load_catalog(path)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -24,9 +23,15 @@ from tests.helpers.corpus import make_corpus
 from tests.helpers.engine import write_tiny_checkpoint
 
 runner = CliRunner()
-KNOWLEDGE_ITEM = {"train_context": "Quorvel was born in Vantrel.", "mem_input": ["Quorvel was born in"],
-                  "mem_target": ["Vantrel"], "gen_input": ["The birthplace of Quorvel is"], "gen_target": ["Vantrel"],
-                  "hard_gen_input": ["Quorvel came from"], "hard_gen_target": ["Vantrel"]}
+KNOWLEDGE_ITEM = {
+    "train_context": "Quorvel was born in Vantrel.",
+    "mem_input": ["Quorvel was born in"],
+    "mem_target": ["Vantrel"],
+    "gen_input": ["The birthplace of Quorvel is"],
+    "gen_target": ["Vantrel"],
+    "hard_gen_input": ["Quorvel came from"],
+    "hard_gen_target": ["Vantrel"],
+}
 
 
 @dataclass
@@ -50,8 +55,16 @@ def knowledge_file(tmp: Path, items=None) -> Path:
 
 
 def config(tmp: Path, **fields) -> Path:
-    base = {"checkpoint": str(tmp / "ck"), "knowledge": "generate:4:1:0", "schedule": "smoke", "data": str(tmp / "c"),
-            "total_steps": 30, "micro_batch": 1, "output_dir": str(tmp / "run"), "tokenizer": "olmo"}
+    base = {
+        "checkpoint": str(tmp / "ck"),
+        "knowledge": "generate:4:1:0",
+        "schedule": "smoke",
+        "data": str(tmp / "c"),
+        "total_steps": 30,
+        "micro_batch": 1,
+        "output_dir": str(tmp / "run"),
+        "tokenizer": "olmo",
+    }
     base.update(fields)
     path = tmp / "exp.yaml"
     path.write_text(yaml.safe_dump(base))
@@ -75,11 +88,14 @@ def probes_with_column(tmp: Path, column: str, values) -> Path:
     import pyarrow.parquet as pq
 
     run = planted_run(tmp)
-    files = sorted((run / "probes.parquet").glob("part-*")) if (run / "probes.parquet").is_dir() else [run / "probes.parquet"]
+    files = (
+        sorted((run / "probes.parquet").glob("part-*"))
+        if (run / "probes.parquet").is_dir()
+        else [run / "probes.parquet"]
+    )
     for f in files:
         table = pq.read_table(f)
-        table = table.set_column(table.schema.get_field_index(column), column,
-                                 pa.array([values] * table.num_rows))
+        table = table.set_column(table.schema.get_field_index(column), column, pa.array([values] * table.num_rows))
         pq.write_table(table, f)
     return run
 
@@ -100,8 +116,9 @@ def run_dir_with_status(tmp: Path, status: str) -> Path:
     run = tmp / "run"
     run.mkdir()
     (run / "config.yaml").write_text(cfg.dump_yaml())
-    (run / "manifest.json").write_text(json.dumps({"config_hash": cfg.config_hash(), "status": status,
-                                                   "last_step": 7, "total_steps": 30}))
+    (run / "manifest.json").write_text(
+        json.dumps({"config_hash": cfg.config_hash(), "status": status, "last_step": 7, "total_steps": 30})
+    )
     return run
 
 
@@ -117,181 +134,549 @@ def precious_dir(tmp: Path) -> Path:
 CASES = [
     # injection knowledge validate | generate
     Case("validate: missing file", lambda t: ["knowledge", "validate", str(t / "nope.json")], "no such file"),
-    Case("validate: not UTF-8", lambda t: [(t / "k.json").write_bytes(b"[\xff\xfe]") and None or "knowledge",
-                                           "validate", str(t / "k.json")], "not valid UTF-8"),
-    Case("validate: not JSON", lambda t: [(t / "k.json").write_text("[{") and None or "knowledge", "validate",
-                                          str(t / "k.json")], "not valid JSON"),
-    Case("validate: empty file", lambda t: [(t / "k.json").write_text("") and None or "knowledge", "validate",
-                                            str(t / "k.json")], "empty"),
-    Case("validate: object without items", lambda t: [(t / "k.json").write_text('{"a": 1}') and None or "knowledge",
-                                                      "validate", str(t / "k.json")], "top-level"),
-    Case("validate: misspelled field", lambda t: ["knowledge", "validate", str(knowledge_file(
-        t, [{**KNOWLEDGE_ITEM, "mem_targt": KNOWLEDGE_ITEM["mem_target"]} | {"mem_target": None}]))], "item 0"),
-    Case("validate: unequal probe lists", lambda t: ["knowledge", "validate", str(knowledge_file(
-        t, [{**KNOWLEDGE_ITEM, "mem_target": []}]))], "unequal lengths"),
-    Case("validate: --seq-len 0", lambda t: ["knowledge", "validate", str(knowledge_file(t)), "--seq-len", "0"],
-         "--seq-len must be positive"),
-    Case("validate: unknown tokenizer", lambda t: ["knowledge", "validate", str(knowledge_file(t)), "--tokenizer",
-                                                   "gpt5"], "unknown tokenizer"),
-    Case("validate: a directory that is not a dataset", lambda t: [(t / "d").mkdir() or "knowledge", "validate",
-                                                                   str(t / "d")], "not a dataset saved"),
-    Case("validate: bad generate spec", lambda t: ["knowledge", "validate", "generate:four:1:0"],
-         "generate:PARAGRAPHS:PARAPHRASES:SEED"),
-    Case("generate: --out is a directory", lambda t: ["knowledge", "generate", "--out", str(precious_dir(t))],
-         "is a directory", precious=lambda t: [t / "keep" / "thesis.tex"]),
-    Case("generate: zero paragraphs", lambda t: ["knowledge", "generate", "--out", str(t / "k.json"), "--paragraphs",
-                                                 "0"], "--paragraphs must be at least 1"),
-    Case("generate: --out below a file", lambda t: [(t / "f").write_text("x") and None or "knowledge", "generate",
-                                                    "--out", str(t / "f" / "k.json")], "not a directory",
-         precious=lambda t: [t / "f"]),
+    Case(
+        "validate: not UTF-8",
+        lambda t: [(t / "k.json").write_bytes(b"[\xff\xfe]") and None or "knowledge", "validate", str(t / "k.json")],
+        "not valid UTF-8",
+    ),
+    Case(
+        "validate: not JSON",
+        lambda t: [(t / "k.json").write_text("[{") and None or "knowledge", "validate", str(t / "k.json")],
+        "not valid JSON",
+    ),
+    Case(
+        "validate: empty file",
+        lambda t: [(t / "k.json").write_text("") and None or "knowledge", "validate", str(t / "k.json")],
+        "empty",
+    ),
+    Case(
+        "validate: object without items",
+        lambda t: [(t / "k.json").write_text('{"a": 1}') and None or "knowledge", "validate", str(t / "k.json")],
+        "top-level",
+    ),
+    Case(
+        "validate: misspelled field",
+        lambda t: [
+            "knowledge",
+            "validate",
+            str(
+                knowledge_file(
+                    t, [{**KNOWLEDGE_ITEM, "mem_targt": KNOWLEDGE_ITEM["mem_target"]} | {"mem_target": None}]
+                )
+            ),
+        ],
+        "item 0",
+    ),
+    Case(
+        "validate: unequal probe lists",
+        lambda t: ["knowledge", "validate", str(knowledge_file(t, [{**KNOWLEDGE_ITEM, "mem_target": []}]))],
+        "unequal lengths",
+    ),
+    Case(
+        "validate: --seq-len 0",
+        lambda t: ["knowledge", "validate", str(knowledge_file(t)), "--seq-len", "0"],
+        "--seq-len must be positive",
+    ),
+    Case(
+        "validate: unknown tokenizer",
+        lambda t: ["knowledge", "validate", str(knowledge_file(t)), "--tokenizer", "gpt5"],
+        "unknown tokenizer",
+    ),
+    Case(
+        "validate: a directory that is not a dataset",
+        lambda t: [(t / "d").mkdir() or "knowledge", "validate", str(t / "d")],
+        "not a dataset saved",
+    ),
+    Case(
+        "validate: bad generate spec",
+        lambda t: ["knowledge", "validate", "generate:four:1:0"],
+        "generate:PARAGRAPHS:PARAPHRASES:SEED",
+    ),
+    Case(
+        "generate: --out is a directory",
+        lambda t: ["knowledge", "generate", "--out", str(precious_dir(t))],
+        "is a directory",
+        precious=lambda t: [t / "keep" / "thesis.tex"],
+    ),
+    Case(
+        "generate: zero paragraphs",
+        lambda t: ["knowledge", "generate", "--out", str(t / "k.json"), "--paragraphs", "0"],
+        "--paragraphs must be at least 1",
+    ),
+    Case(
+        "generate: --out below a file",
+        lambda t: [(t / "f").write_text("x") and None or "knowledge", "generate", "--out", str(t / "f" / "k.json")],
+        "not a directory",
+        precious=lambda t: [t / "f"],
+    ),
     # injection checkpoints | pull
-    Case("checkpoints show: unknown family", lambda t: ["checkpoints", "show", "olmo-3b@mid"], "unknown checkpoint family"),
+    Case(
+        "checkpoints show: unknown family",
+        lambda t: ["checkpoints", "show", "olmo-3b@mid"],
+        "unknown checkpoint family",
+    ),
     Case("checkpoints show: unknown step", lambda t: ["checkpoints", "show", "olmo-1b@40500"], "nearby steps"),
     Case("checkpoints show: no @", lambda t: ["checkpoints", "show", "olmo-1b"], "FAMILY@STEP"),
     Case("checkpoints list: unknown family", lambda t: ["checkpoints", "list", "llama"], "unknown checkpoint family"),
-    Case("pull: bad --source", lambda t: ["pull", "tiny@0", "--source", "s3", "--out", str(t / "x")],
-         "--source must be 'original' or 'hf'"),
-    Case("pull: --out is a file", lambda t: [(t / "f").write_text("x") and None or "pull", "tiny@0", "--out",
-                                             str(t / "f")], "not a directory", precious=lambda t: [t / "f"]),
-    Case("pull: stage that was never trained", lambda t: ["pull", "tiny@275", "--out", str(t / "x")],
-         "does not exist locally"),
-    Case("pull: --out holds something else", lambda t: ["pull", "olmo-1b@40000", "--out", str(precious_dir(t))],
-         "not empty and is not a complete checkpoint", precious=lambda t: [t / "keep" / "thesis.tex"]),
-    Case("pull: broken catalog", lambda t: [(t / "cat.yaml").write_text("families: [") and None or "checkpoints",
-                                            "list"], "not valid YAML"),
+    Case(
+        "pull: bad --source",
+        lambda t: ["pull", "tiny@0", "--source", "s3", "--out", str(t / "x")],
+        "--source must be 'original' or 'hf'",
+    ),
+    Case(
+        "pull: --out is a file",
+        lambda t: [(t / "f").write_text("x") and None or "pull", "tiny@0", "--out", str(t / "f")],
+        "not a directory",
+        precious=lambda t: [t / "f"],
+    ),
+    Case(
+        "pull: stage that was never trained",
+        lambda t: ["pull", "tiny@275", "--out", str(t / "x")],
+        "does not exist locally",
+    ),
+    Case(
+        "pull: --out holds something else",
+        lambda t: ["pull", "olmo-1b@40000", "--out", str(precious_dir(t))],
+        "not empty and is not a complete checkpoint",
+        precious=lambda t: [t / "keep" / "thesis.tex"],
+    ),
+    Case(
+        "pull: broken catalog",
+        lambda t: [(t / "cat.yaml").write_text("families: [") and None or "checkpoints", "list"],
+        "not valid YAML",
+    ),
     # injection data build-corpus | extract | prepare
-    Case("build-corpus: binary input", lambda t: [(t / "b.txt").write_bytes(bytes(range(256)) * 4) and None
-                                                  or "data", "build-corpus", str(t / "b.txt"), "--out", str(t / "c"),
-                                                  "--seq-len", "8"], "not UTF-8 text"),
-    Case("build-corpus: --out is an unrelated directory", lambda t: [
-        (t / "s.txt").write_text("a b c d e f g h i j\n\nk l m") and None or "data", "build-corpus", str(t / "s.txt"),
-        "--out", str(precious_dir(t)), "--seq-len", "4", "--overwrite"], "not a corpus made by this tool",
-         precious=lambda t: [t / "keep" / "thesis.tex"]),
-    Case("build-corpus: --out is the input", lambda t: [
-        (t / "s.txt").write_text("a b c d e f g h i j") and None or "data", "build-corpus", str(t / "s.txt"), "--out",
-        str(t / "s.txt"), "--seq-len", "4", "--overwrite"], "would overwrite the input", precious=lambda t: [t / "s.txt"]),
-    Case("build-corpus: --seq-len 1", lambda t: [(t / "s.txt").write_text("a b") and None or "data", "build-corpus",
-                                                 str(t / "s.txt"), "--out", str(t / "c"), "--seq-len", "1"],
-         "--seq-len must be at least 2"),
-    Case("build-corpus: bad JSON line", lambda t: [(t / "s.jsonl").write_text('{"text": "a"}\n{oops\n') and None
-                                                   or "data", "build-corpus", str(t / "s.jsonl"), "--out", str(t / "c"),
-                                                   "--seq-len", "4"], "line 2 is not JSON"),
-    Case("build-corpus: too little text", lambda t: [(t / "s.txt").write_text("a") and None or "data", "build-corpus",
-                                                     str(t / "s.txt"), "--out", str(t / "c"), "--seq-len", "512"],
-         "make no instance"),
-    Case("extract: no source and no family", lambda t: ["data", "extract", "--out", str(t / "w"), "--steps", "2",
-                                                        "--start", "0"], "give --family"),
-    Case("extract: corpus.json is not JSON", lambda t: [(t / "c").mkdir() or (t / "c" / "corpus.json").write_text("{")
-                                                        and None or "data", "extract", "--source", str(t / "c"),
-                                                        "--out", str(t / "w"), "--steps", "2", "--start", "0",
-                                                        "--batch-size", "2"], "not valid JSON"),
-    Case("extract: two start positions", lambda t: [make_corpus(t / "c") and None or "data", "extract", "--source",
-                                                    str(t / "c"), "--out", str(t / "w"), "--steps", "2", "--start", "0",
-                                                    "--start-instance", "3", "--batch-size", "2"], "exactly one of"),
-    Case("extract: --steps 0", lambda t: [make_corpus(t / "c") and None or "data", "extract", "--source", str(t / "c"),
-                                          "--out", str(t / "w"), "--steps", "0", "--start", "0", "--batch-size", "2"],
-         "--steps must be >= 1"),
-    Case("extract: --out holds something else", lambda t: [make_corpus(t / "c") and None or "data", "extract",
-                                                           "--source", str(t / "c"), "--out", str(precious_dir(t)),
-                                                           "--steps", "2", "--start", "0", "--batch-size", "2"],
-         "holds no extract", precious=lambda t: [t / "keep" / "thesis.tex"]),
+    Case(
+        "build-corpus: binary input",
+        lambda t: [
+            (t / "b.txt").write_bytes(bytes(range(256)) * 4) and None or "data",
+            "build-corpus",
+            str(t / "b.txt"),
+            "--out",
+            str(t / "c"),
+            "--seq-len",
+            "8",
+        ],
+        "not UTF-8 text",
+    ),
+    Case(
+        "build-corpus: --out is an unrelated directory",
+        lambda t: [
+            (t / "s.txt").write_text("a b c d e f g h i j\n\nk l m") and None or "data",
+            "build-corpus",
+            str(t / "s.txt"),
+            "--out",
+            str(precious_dir(t)),
+            "--seq-len",
+            "4",
+            "--overwrite",
+        ],
+        "not a corpus made by this tool",
+        precious=lambda t: [t / "keep" / "thesis.tex"],
+    ),
+    Case(
+        "build-corpus: --out is the input",
+        lambda t: [
+            (t / "s.txt").write_text("a b c d e f g h i j") and None or "data",
+            "build-corpus",
+            str(t / "s.txt"),
+            "--out",
+            str(t / "s.txt"),
+            "--seq-len",
+            "4",
+            "--overwrite",
+        ],
+        "would overwrite the input",
+        precious=lambda t: [t / "s.txt"],
+    ),
+    Case(
+        "build-corpus: --seq-len 1",
+        lambda t: [
+            (t / "s.txt").write_text("a b") and None or "data",
+            "build-corpus",
+            str(t / "s.txt"),
+            "--out",
+            str(t / "c"),
+            "--seq-len",
+            "1",
+        ],
+        "--seq-len must be at least 2",
+    ),
+    Case(
+        "build-corpus: bad JSON line",
+        lambda t: [
+            (t / "s.jsonl").write_text('{"text": "a"}\n{oops\n') and None or "data",
+            "build-corpus",
+            str(t / "s.jsonl"),
+            "--out",
+            str(t / "c"),
+            "--seq-len",
+            "4",
+        ],
+        "line 2 is not JSON",
+    ),
+    Case(
+        "build-corpus: too little text",
+        lambda t: [
+            (t / "s.txt").write_text("a") and None or "data",
+            "build-corpus",
+            str(t / "s.txt"),
+            "--out",
+            str(t / "c"),
+            "--seq-len",
+            "512",
+        ],
+        "make no instance",
+    ),
+    Case(
+        "extract: no source and no family",
+        lambda t: ["data", "extract", "--out", str(t / "w"), "--steps", "2", "--start", "0"],
+        "give --family",
+    ),
+    Case(
+        "extract: corpus.json is not JSON",
+        lambda t: [
+            (t / "c").mkdir() or (t / "c" / "corpus.json").write_text("{") and None or "data",
+            "extract",
+            "--source",
+            str(t / "c"),
+            "--out",
+            str(t / "w"),
+            "--steps",
+            "2",
+            "--start",
+            "0",
+            "--batch-size",
+            "2",
+        ],
+        "not valid JSON",
+    ),
+    Case(
+        "extract: two start positions",
+        lambda t: [
+            make_corpus(t / "c") and None or "data",
+            "extract",
+            "--source",
+            str(t / "c"),
+            "--out",
+            str(t / "w"),
+            "--steps",
+            "2",
+            "--start",
+            "0",
+            "--start-instance",
+            "3",
+            "--batch-size",
+            "2",
+        ],
+        "exactly one of",
+    ),
+    Case(
+        "extract: --steps 0",
+        lambda t: [
+            make_corpus(t / "c") and None or "data",
+            "extract",
+            "--source",
+            str(t / "c"),
+            "--out",
+            str(t / "w"),
+            "--steps",
+            "0",
+            "--start",
+            "0",
+            "--batch-size",
+            "2",
+        ],
+        "--steps must be >= 1",
+    ),
+    Case(
+        "extract: --out holds something else",
+        lambda t: [
+            make_corpus(t / "c") and None or "data",
+            "extract",
+            "--source",
+            str(t / "c"),
+            "--out",
+            str(precious_dir(t)),
+            "--steps",
+            "2",
+            "--start",
+            "0",
+            "--batch-size",
+            "2",
+        ],
+        "holds no extract",
+        precious=lambda t: [t / "keep" / "thesis.tex"],
+    ),
     Case("prepare: unknown family", lambda t: ["data", "prepare", "olmo-3b", "--dry-run"], "unknown checkpoint family"),
-    Case("plan: paragraph beyond the set", lambda t: ["plan", "--knowledge", str(knowledge_file(t)), "--schedule",
-                                                      "paper"], "too few"),
-    Case("plan: schedule is not YAML", lambda t: [(t / "s.yaml").write_text("groups: [") and None or "plan",
-                                                  "--knowledge", str(knowledge_file(t)), "--schedule", str(t / "s.yaml")],
-         "not valid YAML"),
-    Case("plan: schedule step beyond the run", lambda t: ["plan", "--knowledge", "generate:130:9:0", "--schedule",
-                                                          "paper", "--total-steps", "500"], "beyond the run"),
+    Case(
+        "plan: paragraph beyond the set",
+        lambda t: ["plan", "--knowledge", str(knowledge_file(t)), "--schedule", "paper"],
+        "too few",
+    ),
+    Case(
+        "plan: schedule is not YAML",
+        lambda t: [
+            (t / "s.yaml").write_text("groups: [") and None or "plan",
+            "--knowledge",
+            str(knowledge_file(t)),
+            "--schedule",
+            str(t / "s.yaml"),
+        ],
+        "not valid YAML",
+    ),
+    Case(
+        "plan: schedule step beyond the run",
+        lambda t: ["plan", "--knowledge", "generate:130:9:0", "--schedule", "paper", "--total-steps", "500"],
+        "beyond the run",
+    ),
     # injection run | launch
-    Case("run: config not UTF-8", lambda t: [(t / "e.yaml").write_bytes(b"total_steps: \xff\n") and None or "run",
-                                             str(t / "e.yaml")], "not UTF-8"),
+    Case(
+        "run: config not UTF-8",
+        lambda t: [(t / "e.yaml").write_bytes(b"total_steps: \xff\n") and None or "run", str(t / "e.yaml")],
+        "not UTF-8",
+    ),
     Case("run: config is a directory", lambda t: ["run", str(precious_dir(t))], "is a directory"),
     Case("run: unknown preset", lambda t: ["run", "paper-13b"], "neither a YAML file nor a preset"),
-    Case("run: unparsable --set", lambda t: ["run", "smoke", "--set", "optimizer={a: [", "-o", str(t / "r")],
-         "the value is not valid YAML"),
+    Case(
+        "run: unparsable --set",
+        lambda t: ["run", "smoke", "--set", "optimizer={a: [", "-o", str(t / "r")],
+        "the value is not valid YAML",
+    ),
     Case("run: --set without =", lambda t: ["run", "smoke", "--set", "total_steps"], "expected KEY=VALUE"),
-    Case("run: --set names the override", lambda t: ["run", "smoke", "--set", "total_steps=ten", "-o", str(t / "r")],
-         "--set total_steps=ten: field 'total_steps'"),
+    Case(
+        "run: --set names the override",
+        lambda t: ["run", "smoke", "--set", "total_steps=ten", "-o", str(t / "r")],
+        "--set total_steps=ten: field 'total_steps'",
+    ),
     Case("run: unknown field", lambda t: ["run", str(config(t, totl_steps=3))], "did you mean"),
-    Case("run: NaN learning rate", lambda t: ["run", "smoke", "--set", "optimizer.constant_lr=.nan", "-o",
-                                              str(t / "r")], "finite number"),
-    Case("run: infinite lr scale", lambda t: ["run", "smoke", "--set", "optimizer.lr_scale=.inf", "-o", str(t / "r")],
-         "finite number"),
-    Case("run: negative weight decay", lambda t: ["run", "smoke", "--set", "optimizer.weight_decay=-0.1", "-o",
-                                                  str(t / "r")], "optimizer.weight_decay"),
-    Case("run: negative gradient clipping", lambda t: ["run", "smoke", "--set", "optimizer.grad_clip=-1", "-o",
-                                                       str(t / "r")], "optimizer.grad_clip"),
-    Case("run: -o is a file", lambda t: [tiny(t) and (t / "f").write_text("x") and None or "run", str(config(t)), "-o",
-                                         str(t / "f")], "exists and is not a directory", precious=lambda t: [t / "f"]),
-    Case("run: -o holds something else", lambda t: [tiny(t) and None or "run", str(config(t)), "-o",
-                                                    str(precious_dir(t))], "holds no run",
-         precious=lambda t: [t / "keep" / "thesis.tex"]),
+    Case(
+        "run: NaN learning rate",
+        lambda t: ["run", "smoke", "--set", "optimizer.constant_lr=.nan", "-o", str(t / "r")],
+        "finite number",
+    ),
+    Case(
+        "run: infinite lr scale",
+        lambda t: ["run", "smoke", "--set", "optimizer.lr_scale=.inf", "-o", str(t / "r")],
+        "finite number",
+    ),
+    Case(
+        "run: negative weight decay",
+        lambda t: ["run", "smoke", "--set", "optimizer.weight_decay=-0.1", "-o", str(t / "r")],
+        "optimizer.weight_decay",
+    ),
+    Case(
+        "run: negative gradient clipping",
+        lambda t: ["run", "smoke", "--set", "optimizer.grad_clip=-1", "-o", str(t / "r")],
+        "optimizer.grad_clip",
+    ),
+    Case(
+        "run: -o is a file",
+        lambda t: [tiny(t) and (t / "f").write_text("x") and None or "run", str(config(t)), "-o", str(t / "f")],
+        "exists and is not a directory",
+        precious=lambda t: [t / "f"],
+    ),
+    Case(
+        "run: -o holds something else",
+        lambda t: [tiny(t) and None or "run", str(config(t)), "-o", str(precious_dir(t))],
+        "holds no run",
+        precious=lambda t: [t / "keep" / "thesis.tex"],
+    ),
     Case("run: checkpoint missing", lambda t: ["run", str(config(t))], "is not a directory"),
-    Case("run: checkpoint.json not JSON", lambda t: [tiny(t) and (t / "ck" / "checkpoint.json").write_text("{")
-                                                     and None or "run", str(config(t))], "not valid JSON"),
+    Case(
+        "run: checkpoint.json not JSON",
+        lambda t: [tiny(t) and (t / "ck" / "checkpoint.json").write_text("{") and None or "run", str(config(t))],
+        "not valid JSON",
+    ),
     Case("run: data missing", lambda t: [tiny(t) and None or "run", str(config(t))], "corpus.json"),
-    Case("run: batch does not split", lambda t: [tiny(t) and None or "run", str(config(t, micro_batch=3))],
-         "micro_batch values that fit"),
-    Case("run: schedule beyond the run", lambda t: [make_corpus(t / "c", seq_len=32) and None or "run",
-                                                    str(config(t, checkpoint="tiny@0+L32", total_steps=5))],
-         "beyond the run"),
-    Case("run: paragraph too long for a row", lambda t: [make_corpus(t / "c", seq_len=32) and None or "run",
-                                                         str(config(t, checkpoint="tiny@0+L32", knowledge="generate:6:1:0"))],
-         "more than the sequence length"),
-    Case("run: tokenizer of another model", lambda t: [tiny(t) and make_corpus(t / "c", seq_len=32) and None
-                                                       or "run", str(config(t, knowledge=str(knowledge_file(t)),
-                                                                             schedule="none"))],
-         "does not belong to this checkpoint"),
-    Case("run: seq_len of data and checkpoint differ", lambda t: [tiny(t) and make_corpus(t / "c", seq_len=16)
-                                                                  and None or "run", str(config(t))], "seq_len 16"),
-    Case("run: injected paragraphs without probes", lambda t: [
-        make_corpus(t / "c", seq_len=32) and None or "run",
-        str(config(t, checkpoint="tiny@0+L32", knowledge=str(knowledge_file(t, [{**KNOWLEDGE_ITEM, "mem_input": [],
-                                                                                 "mem_target": [],
-                                                         "gen_input": [], "gen_target": [], "hard_gen_input": [],
-                                                         "hard_gen_target": []}] * 6)), total_steps=30))],
-         "no probes"),
-    Case("run: a completed run without --resume", lambda t: [run_dir_with_status(t, "complete") and None or "run",
-                                                             str(config(t))], "complete"),
-    Case("run: a running run without --resume", lambda t: [run_dir_with_status(t, "interrupted") and None or "run",
-                                                           str(config(t))], "--resume"),
-    Case("run: --resume with another config", lambda t: [run_dir_with_status(t, "interrupted") and None or "run",
-                                                         "--resume", str(t / "run"), "--set", "total_steps=40"],
-         "differs from the run's"),
-    Case("run: --resume with -o elsewhere", lambda t: [run_dir_with_status(t, "interrupted") and None or "run",
-                                                       "--resume", str(t / "run"), "-o", str(t / "other")],
-         "stays in its own directory"),
-    Case("run: --resume a directory with no run", lambda t: ["run", "--resume", str(precious_dir(t))], "no config.yaml"),
-    Case("run: monitor package missing", lambda t: ["run", "smoke", "--set", "monitor.kind=tensorboard_x", "-o",
-                                                    str(t / "r")], "monitor.kind"),
-    Case("launch: hostfile missing", lambda t: ["launch", "smoke", "--hostfile", str(t / "hosts"), "--dry-run"],
-         "no such file"),
-    Case("launch: bad hostfile line", lambda t: [(t / "hosts").write_text("node1 gpus=8\n") and None or "launch",
-                                                 "smoke", "--hostfile", str(t / "hosts"), "--dry-run"], "slots=N"),
-    Case("demo: --knowledge too small", lambda t: ["demo", "--quick", "--knowledge", str(knowledge_file(t)), "-o",
-                                                   str(t / "demo")], "the demo uses"),
+    Case(
+        "run: batch does not split",
+        lambda t: [tiny(t) and None or "run", str(config(t, micro_batch=3))],
+        "micro_batch values that fit",
+    ),
+    Case(
+        "run: schedule beyond the run",
+        lambda t: [
+            make_corpus(t / "c", seq_len=32) and None or "run",
+            str(config(t, checkpoint="tiny@0+L32", total_steps=5)),
+        ],
+        "beyond the run",
+    ),
+    Case(
+        "run: paragraph too long for a row",
+        lambda t: [
+            make_corpus(t / "c", seq_len=32) and None or "run",
+            str(config(t, checkpoint="tiny@0+L32", knowledge="generate:6:1:0")),
+        ],
+        "more than the sequence length",
+    ),
+    Case(
+        "run: tokenizer of another model",
+        lambda t: [
+            tiny(t) and make_corpus(t / "c", seq_len=32) and None or "run",
+            str(config(t, knowledge=str(knowledge_file(t)), schedule="none")),
+        ],
+        "does not belong to this checkpoint",
+    ),
+    Case(
+        "run: seq_len of data and checkpoint differ",
+        lambda t: [tiny(t) and make_corpus(t / "c", seq_len=16) and None or "run", str(config(t))],
+        "seq_len 16",
+    ),
+    Case(
+        "run: injected paragraphs without probes",
+        lambda t: [
+            make_corpus(t / "c", seq_len=32) and None or "run",
+            str(
+                config(
+                    t,
+                    checkpoint="tiny@0+L32",
+                    knowledge=str(
+                        knowledge_file(
+                            t,
+                            [
+                                {
+                                    **KNOWLEDGE_ITEM,
+                                    "mem_input": [],
+                                    "mem_target": [],
+                                    "gen_input": [],
+                                    "gen_target": [],
+                                    "hard_gen_input": [],
+                                    "hard_gen_target": [],
+                                }
+                            ]
+                            * 6,
+                        )
+                    ),
+                    total_steps=30,
+                )
+            ),
+        ],
+        "no probes",
+    ),
+    Case(
+        "run: a completed run without --resume",
+        lambda t: [run_dir_with_status(t, "complete") and None or "run", str(config(t))],
+        "complete",
+    ),
+    Case(
+        "run: a running run without --resume",
+        lambda t: [run_dir_with_status(t, "interrupted") and None or "run", str(config(t))],
+        "--resume",
+    ),
+    Case(
+        "run: --resume with another config",
+        lambda t: [
+            run_dir_with_status(t, "interrupted") and None or "run",
+            "--resume",
+            str(t / "run"),
+            "--set",
+            "total_steps=40",
+        ],
+        "differs from the run's",
+    ),
+    Case(
+        "run: --resume with -o elsewhere",
+        lambda t: [
+            run_dir_with_status(t, "interrupted") and None or "run",
+            "--resume",
+            str(t / "run"),
+            "-o",
+            str(t / "other"),
+        ],
+        "stays in its own directory",
+    ),
+    Case(
+        "run: --resume a directory with no run", lambda t: ["run", "--resume", str(precious_dir(t))], "no config.yaml"
+    ),
+    Case(
+        "run: monitor package missing",
+        lambda t: ["run", "smoke", "--set", "monitor.kind=tensorboard_x", "-o", str(t / "r")],
+        "monitor.kind",
+    ),
+    Case(
+        "launch: hostfile missing",
+        lambda t: ["launch", "smoke", "--hostfile", str(t / "hosts"), "--dry-run"],
+        "no such file",
+    ),
+    Case(
+        "launch: bad hostfile line",
+        lambda t: [
+            (t / "hosts").write_text("node1 gpus=8\n") and None or "launch",
+            "smoke",
+            "--hostfile",
+            str(t / "hosts"),
+            "--dry-run",
+        ],
+        "slots=N",
+    ),
+    Case(
+        "demo: --knowledge too small",
+        lambda t: ["demo", "--quick", "--knowledge", str(knowledge_file(t)), "-o", str(t / "demo")],
+        "the demo uses",
+    ),
     # analysis fit | plot | compare | report
     Case("fit: not a run directory", lambda t: ["fit", str(t / "nothing")], "not a run directory", analysis_app),
-    Case("fit: manifest missing", lambda t: [planted_run(t) and (t / "run" / "manifest.json").unlink() or "fit",
-                                             str(t / "run")], "manifest.json", analysis_app),
-    Case("fit: manifest not JSON", lambda t: [planted_run(t) and (t / "run" / "manifest.json").write_text("{") and None
-                                              or "fit", str(t / "run")], "malformed JSON", analysis_app),
-    Case("fit: probes not Parquet", lambda t: [corrupt_probes(planted_run(t)) and None or "fit", str(t / "run")],
-         "not readable as Parquet", analysis_app),
-    Case("fit: non-numeric logprob column", lambda t: [probes_with_column(t, "logprob", "high") and None or "fit",
-                                                       str(t / "run")], "logprob", analysis_app),
-    Case("fit: step column of floats", lambda t: [probes_with_column(t, "step", 1.5) and None or "fit", str(t / "run")],
-         "must be integer", analysis_app),
-    Case("fit: bad --rules", lambda t: [planted_run(t) and None or "fit", str(t / "run"), "--rules", "ours"],
-         "rules", analysis_app),
-    Case("fit: --window 0", lambda t: [planted_run(t) and None or "fit", str(t / "run"), "--window", "0"], "window",
-         analysis_app),
-    Case("plot: --out is a file", lambda t: [planted_run(t) and (t / "f").write_text("x") and None or "plot",
-                                             str(t / "run"), "--out", str(t / "f")], "not a directory", analysis_app,
-         precious=lambda t: [t / "f"]),
-    Case("compare: one run missing", lambda t: [planted_run(t) and None or "compare", str(t / "run"), str(t / "gone")],
-         "not a run directory", analysis_app),
+    Case(
+        "fit: manifest missing",
+        lambda t: [planted_run(t) and (t / "run" / "manifest.json").unlink() or "fit", str(t / "run")],
+        "manifest.json",
+        analysis_app,
+    ),
+    Case(
+        "fit: manifest not JSON",
+        lambda t: [planted_run(t) and (t / "run" / "manifest.json").write_text("{") and None or "fit", str(t / "run")],
+        "malformed JSON",
+        analysis_app,
+    ),
+    Case(
+        "fit: probes not Parquet",
+        lambda t: [corrupt_probes(planted_run(t)) and None or "fit", str(t / "run")],
+        "not readable as Parquet",
+        analysis_app,
+    ),
+    Case(
+        "fit: non-numeric logprob column",
+        lambda t: [probes_with_column(t, "logprob", "high") and None or "fit", str(t / "run")],
+        "logprob",
+        analysis_app,
+    ),
+    Case(
+        "fit: step column of floats",
+        lambda t: [probes_with_column(t, "step", 1.5) and None or "fit", str(t / "run")],
+        "must be integer",
+        analysis_app,
+    ),
+    Case(
+        "fit: bad --rules",
+        lambda t: [planted_run(t) and None or "fit", str(t / "run"), "--rules", "ours"],
+        "rules",
+        analysis_app,
+    ),
+    Case(
+        "fit: --window 0",
+        lambda t: [planted_run(t) and None or "fit", str(t / "run"), "--window", "0"],
+        "window",
+        analysis_app,
+    ),
+    Case(
+        "plot: --out is a file",
+        lambda t: [
+            planted_run(t) and (t / "f").write_text("x") and None or "plot",
+            str(t / "run"),
+            "--out",
+            str(t / "f"),
+        ],
+        "not a directory",
+        analysis_app,
+        precious=lambda t: [t / "f"],
+    ),
+    Case(
+        "compare: one run missing",
+        lambda t: [planted_run(t) and None or "compare", str(t / "run"), str(t / "gone")],
+        "not a run directory",
+        analysis_app,
+    ),
 ]
 
 

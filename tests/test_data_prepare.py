@@ -17,8 +17,15 @@ from injection.checkpoints.catalog import load_catalog
 from injection.cli import app
 from injection.data import BatchStream, open_corpus
 from injection.data.order import build_global_indices, write_global_indices
-from injection.data.prepare import (LISTS_DIR, SIZES_FILE, HttpPolicy, plan_prepare, prepare_corpus, read_file_list,
-                                    resolve_list)
+from injection.data.prepare import (
+    LISTS_DIR,
+    SIZES_FILE,
+    HttpPolicy,
+    plan_prepare,
+    prepare_corpus,
+    read_file_list,
+    resolve_list,
+)
 from tests.conftest import REPO_ROOT
 from tests.helpers.corpus import make_corpus
 from tests.helpers.http_server import FileServer
@@ -53,8 +60,13 @@ class World:
         raw = yaml.safe_load((REPO_ROOT / "checkpoints.yaml").read_text())
         fam = raw["families"]["olmo-7b"]
         fam["steps"] = [s for s in fam["steps"] if s["step"] in fam["stages"].values()]
-        fam["data_order"] = {"seed": SEED, "seq_len": SEQ, "data_paths": "files.txt", "tokenizer": None,
-                             "global_indices_url": self.order_url if order_url == "default" else order_url}
+        fam["data_order"] = {
+            "seed": SEED,
+            "seq_len": SEQ,
+            "data_paths": "files.txt",
+            "tokenizer": None,
+            "global_indices_url": self.order_url if order_url == "default" else order_url,
+        }
         fam["batch_sizes"] = [{"first_step": 0, "last_step": None, "global_batch_size": B, "evidence": "test"}]
         (self.root / "files.txt").write_text("# loopback\n" + "\n".join(urls or self.urls) + "\n")
         path = self.root / "catalog.yaml"
@@ -84,7 +96,9 @@ def test_shipped_lists_are_the_official_training_files(family, count, subset):
     assert urls == sorted(urls), "config order of these runs is sorted by part name"
     header = [line for line in listed.read_text().splitlines() if line.startswith("#")]
     assert any("allenai/OLMo" in line and "revision" in line for line in header)
-    patterns = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["injection"]
+    patterns = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "injection"
+    ]
     assert any(fnmatch.fnmatch(f"data/lists/{family}.txt", p) for p in patterns), "lists must ship as package data"
 
 
@@ -129,8 +143,10 @@ def test_prepare_then_extract_serve_the_run_by_byte_ranges(world):
         assert all(np.array_equal(a, b) for a, b in zip(prepared.batch(step), local.batch(step)))
     assert world.server.heads == ["files/global_indices.npy"], "instances_per_file spares a size request per file"
 
-    extracted = runner.invoke(app, ["data", "extract", "--family", "loop", "--start", "5", "--steps", "3",
-                                    "--out", str(world.root / "window")])
+    extracted = runner.invoke(
+        app,
+        ["data", "extract", "--family", "loop", "--start", "5", "--steps", "3", "--out", str(world.root / "window")],
+    )
     assert extracted.exit_code == 0, extracted.output
     window = BatchStream(open_corpus(world.root / "window"), 0, 5 * B, B)
     assert np.array_equal(window.batch(1)[0], local.batch(6)[0])
@@ -167,8 +183,9 @@ def test_short_range_reads_resume_where_the_body_stopped(world):
     # of which the reader keeps two whole socket reads (32 bytes) and asks for the rest.
     world.server.drop_after["global_indices.npy"] = [100, 37]
     policy = HttpPolicy(retries=3, backoff=0.01, timeout=10, chunk_bytes=4 * 64, stream_bytes=16)
-    info = prepare_corpus(plan_prepare("loop", world.root / "p", full_order_check=True), policy=policy,
-                          show_progress=False)
+    info = prepare_corpus(
+        plan_prepare("loop", world.root / "p", full_order_check=True), policy=policy, show_progress=False
+    )
     assert info.extra["order"]["checked"] == "every index" and info.extra["order"]["largest_index"] == N - 1
     ranges = [r for path, r in world.server.requests if path.endswith("global_indices.npy")]
     assert ranges[1:3] == ["bytes=0-255", "bytes=32-255"], ranges
@@ -176,8 +193,9 @@ def test_short_range_reads_resume_where_the_body_stopped(world):
 
 def test_an_order_saved_with_np_save_is_read_past_its_header(world):
     np.save(world.files / "global_indices.npy", build_global_indices(N, SEED))  # np.save keeps the name given
-    info = prepare_corpus(plan_prepare("loop", world.root / "p", full_order_check=True), policy=FAST,
-                          show_progress=False)
+    info = prepare_corpus(
+        plan_prepare("loop", world.root / "p", full_order_check=True), policy=FAST, show_progress=False
+    )
     assert info.extra["order"]["entries"] == N and info.extra["order"]["largest_index"] == N - 1
     local = _stream(world.files)
     assert np.array_equal(_stream(world.root / "p").batch(5)[1], local.batch(5)[1])
@@ -195,7 +213,11 @@ def test_an_order_of_the_wrong_size_names_the_file(world, entries):
 def test_a_file_set_that_does_not_match_the_order_names_the_file(world):
     world.write_catalog(urls=world.urls[:-1])  # one file fewer: fewer instances than the order holds
     missing_file = _prepare()
-    assert missing_file.exit_code == 2 and world.order_url in missing_file.stderr and "3 token files" in missing_file.stderr
+    assert (
+        missing_file.exit_code == 2
+        and world.order_url in missing_file.stderr
+        and "3 token files" in missing_file.stderr
+    )
     (world.files / NAMES[0]).write_bytes((world.files / NAMES[0]).read_bytes() + b"\x00")
     world.write_catalog()
     odd = _prepare("--out", str(world.root / "fresh"))  # the first run's size cache trusts the old size
@@ -212,11 +234,26 @@ def test_an_index_beyond_the_files_is_named_in_the_full_check_and_in_every_extra
     assert f"first at entry {bad_step * B + 1}" in full.stderr and f"largest index {N + 5}" in full.stderr
 
     assert _prepare().exit_code == 0  # the size is right; the indices are checked where they are read
-    before = runner.invoke(app, ["data", "extract", "--family", "loop", "--start", "2", "--steps", str(bad_step - 2),
-                                 "--out", str(world.root / "before")])
+    before = runner.invoke(
+        app,
+        [
+            "data",
+            "extract",
+            "--family",
+            "loop",
+            "--start",
+            "2",
+            "--steps",
+            str(bad_step - 2),
+            "--out",
+            str(world.root / "before"),
+        ],
+    )
     assert before.exit_code == 0, before.output
-    across = runner.invoke(app, ["data", "extract", "--family", "loop", "--start", "8", "--steps", "3",
-                                 "--out", str(world.root / "across")])
+    across = runner.invoke(
+        app,
+        ["data", "extract", "--family", "loop", "--start", "8", "--steps", "3", "--out", str(world.root / "across")],
+    )
     assert across.exit_code == 2 and world.order_url in across.stderr and f"instance {N + 5:,}" in across.stderr
     assert not (world.root / "across" / "corpus.json").exists()
 
@@ -234,8 +271,9 @@ def test_without_an_order_file_the_order_is_rebuilt_with_a_warning(world):
 
     world.write_catalog()
     world.server.missing.add("global_indices.npy")
-    gone = prepare_corpus(plan_prepare("loop", world.root / "gone"), policy=FAST, show_progress=False,
-                          warn=(warned := []).append)
+    gone = prepare_corpus(
+        plan_prepare("loop", world.root / "gone"), policy=FAST, show_progress=False, warn=(warned := []).append
+    )
     assert gone.global_indices is None and "HTTP 404" in warned[0] and world.order_url in warned[0]
 
 
@@ -247,8 +285,9 @@ def test_a_directory_url_is_refused_before_any_request(world):
 
 
 def test_extract_family_without_a_prepared_description_names_the_command(world):
-    result = runner.invoke(app, ["data", "extract", "--family", "loop", "--start", "0", "--steps", "1",
-                                 "--out", str(world.root / "w")])
+    result = runner.invoke(
+        app, ["data", "extract", "--family", "loop", "--start", "0", "--steps", "1", "--out", str(world.root / "w")]
+    )
     assert result.exit_code == 2 and "injection data prepare loop" in result.stderr
 
 
@@ -269,8 +308,11 @@ def test_make_data_lists_keeps_config_order_and_public_urls(tmp_path):
     for family in ("olmo-1b", "olmo-7b"):
         text = (tmp_path / "lists" / f"{family}.txt").read_text()
         assert read_file_list(tmp_path / "lists" / f"{family}.txt") == [
-            f"https://olmo-data.org/preprocessed/olmo-mix/v1_5/tok/{p}" for p in parts]
+            f"https://olmo-data.org/preprocessed/olmo-mix/v1_5/tok/{p}" for p in parts
+        ]
         assert "configs/official" in text and "abc123" in text and "eval-data" not in text
-    (configs / "OLMo-7B.yaml").write_text(yaml.safe_dump({"data": {"paths": ["s3://ai2-llm/preprocessed/olmo-mix/x.npy"]}}))
+    (configs / "OLMo-7B.yaml").write_text(
+        yaml.safe_dump({"data": {"paths": ["s3://ai2-llm/preprocessed/olmo-mix/x.npy"]}})
+    )
     with pytest.raises(SystemExit, match="s3://ai2-llm"):
         main([str(tmp_path / "olmo"), "--revision", "abc123", "--out", str(tmp_path / "lists")])

@@ -25,16 +25,19 @@ def test_quick_demo_from_nothing_then_cached(tmp_path, monkeypatch):
         # the fit objects are exactly the groups `analysis fit --json` prints for that run directory:
         # control-adjusted under "fit", unadjusted under "fit_raw"
         for key, flag in (("fit", "--control-adjust"), ("fit_raw", "--no-control-adjust")):
-            printed = CliRunner().invoke(app_analysis(), ["fit", run["run_dir"], "--json", "--window",
-                                                          str(QUICK.window), flag])
+            printed = CliRunner().invoke(
+                app_analysis(), ["fit", run["run_dir"], "--json", "--window", str(QUICK.window), flag]
+            )
             assert printed.exit_code == 0, printed.output
             assert run[key] == json.loads(printed.stdout)["groups"]
         assert [f["control"] for f in run["fit"]] == [f["scenario"] == "none" for f in run["fit"]]
         groups = {(f["scenario"], f["kind"]) for f in run["fit"]}
         assert {(s, k) for s in ("paraphrase", "duplicate", "once", "none") for k in ("mem", "sem", "comp")} == groups
         injected = [f for f in run["fit"] if f["scenario"] != "none"]
-        assert all(f["n_probes"] == 5 * (QUICK.n_once if f["scenario"] == "once" else QUICK.paragraphs_per_group)
-                   for f in injected)
+        assert all(
+            f["n_probes"] == 5 * (QUICK.n_once if f["scenario"] == "once" else QUICK.paragraphs_per_group)
+            for f in injected
+        )
         assert all(f["effectivity"] is not None for f in injected)
         assert set(run["recall"]) == {"injected_step0", "injected_after", "control_step0", "control_after"}
     assert (out / "report" / "report.html").stat().st_size > 10_000
@@ -60,8 +63,9 @@ def app_analysis():
     return analysis_app
 
 
-CHUNKED = dataclasses.replace(FULL, name="chunked", paragraphs_per_group=12, once_paragraphs=10, paragraphs_per_step=5,
-                              interval=8)
+CHUNKED = dataclasses.replace(
+    FULL, name="chunked", paragraphs_per_group=12, once_paragraphs=10, paragraphs_per_step=5, interval=8
+)
 
 
 @pytest.mark.parametrize("profile", [FULL, QUICK, CHUNKED], ids=lambda p: p.name)
@@ -103,8 +107,8 @@ def test_catalog_tiny_stages_are_the_full_demos():
 
 
 def test_full_demo_stages_are_linked_as_the_tiny_family(tmp_path, monkeypatch):
-    from injection.demo import register_tiny_family
     from injection.checkpoints.pull import default_dest
+    from injection.demo import register_tiny_family
 
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
     stages = {}
@@ -141,8 +145,9 @@ def test_recall_check_counts_only_a_rise_beyond_the_controls():
     em[4, 1] = True  # a control mem probe right once, by chance
     em[2, :] = True  # a sem probe: not counted
     rec = mem_recall(SimpleNamespace(scenario=scenario, kind=kind, exact_match=em))
-    assert rec == pytest.approx({"injected_step0": 0.0, "injected_after": 2 / 9, "control_step0": 0.0,
-                                 "control_after": 1 / 9})
+    assert rec == pytest.approx(
+        {"injected_step0": 0.0, "injected_after": 2 / 9, "control_step0": 0.0, "control_after": 1 / 9}
+    )
 
     def checks(recall):
         fit = [{"scenario": "duplicate", "kind": "mem", "effectivity": 0.5, "a": 0.3, "control": False}]
@@ -161,8 +166,17 @@ def test_cache_key_follows_what_shapes_the_corpus_and_checkpoints():
     assert dataclasses.replace(FULL, run_steps=FULL.run_steps + 20).key() != FULL.key()
     assert dataclasses.replace(FULL, peak_lr=FULL.peak_lr / 2).key() != FULL.key()
     # schedule and evaluation numbers reuse the pretraining
-    same = dataclasses.replace(FULL, name="x", encounters=3, interval=7, eval_interval=2, run_stages=("late",),
-                               paragraphs_per_group=12, paragraphs_per_step=6, control_paragraphs=12)
+    same = dataclasses.replace(
+        FULL,
+        name="x",
+        encounters=3,
+        interval=7,
+        eval_interval=2,
+        run_stages=("late",),
+        paragraphs_per_group=12,
+        paragraphs_per_step=6,
+        control_paragraphs=12,
+    )
     assert same.key() == FULL.key()
 
 
@@ -177,8 +191,9 @@ def test_an_output_directory_of_another_profile_is_refused(tmp_path):
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     before = (run_dir / "manifest.json").read_bytes()
     with pytest.raises(UserError, match="holds a run of a different demo configuration"):
-        injection_run(FULL, "mid", tmp_path / "ck", tmp_path / "k.json", tmp_path / "s.yaml", tmp_path / "c",
-                      tmp_path / "out")
+        injection_run(
+            FULL, "mid", tmp_path / "ck", tmp_path / "k.json", tmp_path / "s.yaml", tmp_path / "c", tmp_path / "out"
+        )
     assert (run_dir / "manifest.json").read_bytes() == before
 
 
@@ -189,8 +204,12 @@ def test_sweep_variants_share_the_pretraining_they_do_not_change():
 
     name, more = parse_variant("more:paragraphs_per_group=12,paragraphs_per_step=6")
     assert name == "more" and more.name == FULL.name and more.key() == FULL.key()
-    assert more.schedule()["groups"][1] == {"scenario": "paraphrase", "paragraphs": "6-11", "variant": "cycle",
-                                            "first_step": 1}
+    assert more.schedule()["groups"][1] == {
+        "scenario": "paraphrase",
+        "paragraphs": "6-11",
+        "variant": "cycle",
+        "first_step": 1,
+    }
     _, wide = parse_variant("wide:quick/d_model=96,stages=early@50+late@120")
     assert wide.name == QUICK.name and wide.key() != QUICK.key() and wide.stages == (("early", 50), ("late", 120))
     with pytest.raises(SystemExit, match="no field 'width'"):

@@ -19,8 +19,15 @@ import yaml
 FORMATS = Path(__file__).resolve().parent.parent / "docs" / "formats.md"
 
 #: How the docs write Arrow types.
-ARROW_TYPES = {"int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
-               "float64": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
+ARROW_TYPES = {
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "string": pa.string(),
+}
 REQUIRED = "required"
 
 
@@ -32,7 +39,7 @@ def marked_tables(text: str, marker: str) -> list[list[list[str]]]:
         if line.strip() != f"<!-- {marker} -->":
             continue
         rows = []
-        for row in lines[i + 1:]:
+        for row in lines[i + 1 :]:
             if not row.startswith("|"):
                 break
             rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip())[1:-1]])
@@ -83,8 +90,12 @@ def _schemas():
     from analysis.export import CURVE_SCHEMA
     from harness import rundir
 
-    return {"probes.parquet": rundir.PROBE_SCHEMA, "injections.parquet": rundir.INJECTION_SCHEMA,
-            "train_metrics.parquet": rundir.METRICS_SCHEMA, "curves": CURVE_SCHEMA}
+    return {
+        "probes.parquet": rundir.PROBE_SCHEMA,
+        "injections.parquet": rundir.INJECTION_SCHEMA,
+        "train_metrics.parquet": rundir.METRICS_SCHEMA,
+        "curves": CURVE_SCHEMA,
+    }
 
 
 @pytest.mark.parametrize("name", ["probes.parquet", "injections.parquet", "train_metrics.parquet", "curves"])
@@ -107,7 +118,8 @@ def test_config_tables_list_every_field_with_its_default(formats_text):
     actual = config_fields(ExperimentConfig)
     assert sorted(documented) == sorted(actual), (
         f"missing from the docs: {sorted(set(actual) - set(documented))}; "
-        f"not fields of ExperimentConfig: {sorted(set(documented) - set(actual))}")
+        f"not fields of ExperimentConfig: {sorted(set(documented) - set(actual))}"
+    )
     wrong = []
     for name, default in actual.items():
         cell = documented[name]
@@ -128,7 +140,10 @@ def test_config_tables_list_every_field_with_its_default(formats_text):
 
 
 def test_a_wrong_type_or_a_missing_column_is_noticed():
-    text = "<!-- columns: t -->\n| column | type | meaning |\n| --- | --- | --- |\n| `a` | int32 | x |\n| `b` | float32 | y |\n"
+    text = (
+        "<!-- columns: t -->\n| column | type | meaning |\n| --- | --- | --- |\n"
+        "| `a` | int32 | x |\n| `b` | float32 | y |\n"
+    )
     assert documented_columns(text, "t") == [("a", "int32"), ("b", "float32")]
     schema = pa.schema([("a", pa.int32()), ("b", pa.float64())])
     assert [(n, ARROW_TYPES[t]) for n, t in documented_columns(text, "t")] != schema_columns(schema)

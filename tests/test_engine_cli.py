@@ -3,7 +3,6 @@
 import json
 import shlex
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -15,8 +14,16 @@ runner = CliRunner()
 
 
 def _config(tmp_path, **kw):
-    cfg = dict(checkpoint=str(tmp_path / "ck"), knowledge="generate:4:1:0", schedule="demo", data=str(tmp_path / "c"),
-               total_steps=5, micro_batch=1, output_dir=str(tmp_path / "run"), tokenizer="olmo")
+    cfg = dict(
+        checkpoint=str(tmp_path / "ck"),
+        knowledge="generate:4:1:0",
+        schedule="demo",
+        data=str(tmp_path / "c"),
+        total_steps=5,
+        micro_batch=1,
+        output_dir=str(tmp_path / "run"),
+        tokenizer="olmo",
+    )
     cfg.update(kw)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -70,16 +77,57 @@ def test_invalid_config_field_and_resume_without_run(tmp_path):
 def test_launch_dry_run_builds_the_deepspeed_command(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node1 slots=8\nnode2 slots=8\n")
-    result = runner.invoke(app, ["launch", "smoke", "--hostfile", str(hostfile), "--num-nodes", "2", "--num-gpus", "8",
-                                 "--master-addr", "node1", "--set", "global_batch=64", "--dry-run"])
+    result = runner.invoke(
+        app,
+        [
+            "launch",
+            "smoke",
+            "--hostfile",
+            str(hostfile),
+            "--num-nodes",
+            "2",
+            "--num-gpus",
+            "8",
+            "--master-addr",
+            "node1",
+            "--set",
+            "global_batch=64",
+            "--dry-run",
+        ],
+    )
     assert result.exit_code == 0, result.output
     cmd = shlex.split(result.output.strip().splitlines()[-1])
     assert cmd[0].endswith("deepspeed")
-    assert cmd[1:] == ["--hostfile", str(hostfile), "--num_nodes", "2", "--num_gpus", "8", "--master_addr", "node1",
-                       "--module", "injection.engine.worker", "smoke", "--set", "global_batch=64"]
+    assert cmd[1:] == [
+        "--hostfile",
+        str(hostfile),
+        "--num_nodes",
+        "2",
+        "--num_gpus",
+        "8",
+        "--master_addr",
+        "node1",
+        "--module",
+        "injection.engine.worker",
+        "smoke",
+        "--set",
+        "global_batch=64",
+    ]
     # the split is checked before anything starts, with the micro-batches that would fit
-    _fails(["launch", "smoke", "--hostfile", str(hostfile), "--set", "global_batch=48", "--set", "micro_batch=2",
-            "--dry-run"], "micro_batch values that fit 16 rank(s): 1, 3")
+    _fails(
+        [
+            "launch",
+            "smoke",
+            "--hostfile",
+            str(hostfile),
+            "--set",
+            "global_batch=48",
+            "--set",
+            "micro_batch=2",
+            "--dry-run",
+        ],
+        "micro_batch values that fit 16 rank(s): 1, 3",
+    )
     resumed = launcher_command("", None, 2, None, None, 29511, None, tmp_path / "run")
     assert resumed[-4:] == ["--module", "injection.engine.worker", "--resume", str(tmp_path / "run")]
     _fails(["launch", "smoke", "--hostfile", str(tmp_path / "missing"), "--dry-run"], "no such file")
@@ -88,13 +136,34 @@ def test_launch_dry_run_builds_the_deepspeed_command(tmp_path):
 def test_launch_one_node_of_several_without_ssh(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
-    base = ["launch", "smoke", "--hostfile", str(hostfile), "--master-addr", "127.0.0.1", "--master-port", "29600",
-            "--dry-run"]
+    base = [
+        "launch",
+        "smoke",
+        "--hostfile",
+        str(hostfile),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        "29600",
+        "--dry-run",
+    ]
     result = runner.invoke(app, [*base, "--node-rank", "1"])
     assert result.exit_code == 0, result.output
     cmd = shlex.split(result.output.strip().splitlines()[-1])
-    assert cmd[1:9] == ["--hostfile", str(hostfile), "--master_addr", "127.0.0.1", "--master_port", "29600",
-                        "--no_ssh", "--node_rank"] and cmd[9] == "1"
+    assert (
+        cmd[1:9]
+        == [
+            "--hostfile",
+            str(hostfile),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            "29600",
+            "--no_ssh",
+            "--node_rank",
+        ]
+        and cmd[9] == "1"
+    )
     _fails([*base, "--node-rank", "2"], "--node-rank 2: must be 0…1")
     _fails([*base, "--node-rank", "1", "--num-nodes", "1"], "--node-rank 1: must be 0…0")
     _fails(["launch", "smoke", "--node-rank", "0", "--dry-run"], "needs --hostfile")
@@ -108,11 +177,15 @@ def test_a_lost_rank_is_told_from_other_errors():
 
     from injection.engine.zero import peer_failure
 
-    closed = RuntimeError("\n[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed "
-                          "by peer [127.0.0.1]:35456. This is typically caused by a remote worker crashing.")
+    closed = RuntimeError(
+        "\n[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed "
+        "by peer [127.0.0.1]:35456. This is typically caused by a remote worker crashing."
+    )
     assert peer_failure(closed) == "Connection closed by peer [127.0.0.1]:35456"
-    hung = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms "
-                        "for recv operation to complete")
+    hung = RuntimeError(
+        "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 15000ms "
+        "for recv operation to complete"
+    )
     assert peer_failure(hung) == "Timed out waiting 15000ms for recv operation to complete"
     assert peer_failure(dist.DistNetworkError("failed to recv, got 0 bytes")) == "failed to recv, got 0 bytes"
     assert peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None

@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from harness.errors import UserError
 from injection.engine.config import (
     ExperimentConfig,
     available_presets,
@@ -8,7 +9,6 @@ from injection.engine.config import (
     load_config,
     preset_path,
 )
-from harness.errors import UserError
 
 BASE = dict(checkpoint="ck", knowledge="generate:4:2:0", schedule="paper", data="corpus", total_steps=10)
 
@@ -71,8 +71,11 @@ def test_pythia_paper_presets(name, size):
 def test_overrides_and_explicit_options(tmp_path):
     f = tmp_path / "exp.yaml"
     f.write_text(yaml.safe_dump(BASE))
-    cfg = load_config(str(f), ["total_steps=20", "optimizer.constant_lr=1e-4", "optimizer.fresh_moments=true",
-                               "knowledge_limit=null"], {"seed": 5, "output_dir": "out/x"})
+    cfg = load_config(
+        str(f),
+        ["total_steps=20", "optimizer.constant_lr=1e-4", "optimizer.fresh_moments=true", "knowledge_limit=null"],
+        {"seed": 5, "output_dir": "out/x"},
+    )
     assert cfg.total_steps == 20 and cfg.optimizer.constant_lr == 1e-4 and cfg.optimizer.fresh_moments
     assert cfg.seed == 5 and cfg.output_dir == "out/x"
     # the saved YAML loads back to the same configuration

@@ -15,8 +15,14 @@ from tests.helpers.engine import synthetic_config, synthetic_inputs, synthetic_s
 
 
 def _cfg(tmp_path, name, checkpoint, total_steps):
-    return synthetic_config(checkpoint, total_steps=total_steps, micro_batch=2, output_dir=tmp_path / name,
-                            checkpoint_interval=0, log_flush_steps=10)
+    return synthetic_config(
+        checkpoint,
+        total_steps=total_steps,
+        micro_batch=2,
+        output_dir=tmp_path / name,
+        checkpoint_interval=0,
+        log_flush_steps=10,
+    )
 
 
 @pytest.mark.parametrize("with_optimizer", [True, False], ids=["restored-moments", "fresh-moments"])
@@ -43,8 +49,7 @@ def test_a_run_resumed_from_an_exported_checkpoint_continues_exactly(tmp_path, w
     a = read_table(run_a / "probes.parquet").sort_values(["step", "paragraph", "kind", "probe"])
     b = read_table(run_b / "probes.parquet").sort_values(["step", "paragraph", "kind", "probe"])
     for k in range(4):
-        np.testing.assert_allclose(b[b.step == k].logprob.to_numpy(), a[a.step == k + 3].logprob.to_numpy(),
-                                   atol=1e-5)
+        np.testing.assert_allclose(b[b.step == k].logprob.to_numpy(), a[a.step == k + 3].logprob.to_numpy(), atol=1e-5)
     # and the updates did change the model (the comparison is not trivially equal)
     assert not np.allclose(a[a.step == 3].logprob.to_numpy(), a[a.step == 6].logprob.to_numpy(), atol=1e-4)
 

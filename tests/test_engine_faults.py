@@ -64,8 +64,9 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
 def test_a_skipped_update_leaves_the_weights_unchanged_and_is_counted(tmp_path):
     torch.set_num_threads(1)
     ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=True)
-    run_dir = run_training(_cfg(tmp_path, nonfinite="skip"), synthetic_inputs(ck), progress=False,
-                           hooks=[PoisonLoss(update=2)])
+    run_dir = run_training(
+        _cfg(tmp_path, nonfinite="skip"), synthetic_inputs(ck), progress=False, hooks=[PoisonLoss(update=2)]
+    )
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["skipped_updates"] == [3]
     metrics = read_table(run_dir / "train_metrics.parquet").set_index("step")
@@ -104,11 +105,23 @@ def test_a_full_disk_while_saving_leaves_no_checkpoint_that_looks_complete(tmp_p
 
 def _short_knowledge(path: Path) -> Path:
     names = ["Quorvel", "Tasmira", "Belvanor", "Drisket", "Homvarin", "Pelquist"]
-    path.write_text(json.dumps([{"train_context": f"{n} was born in Vantrel.", "mem_input": [f"{n} was born in"],
-                                 "mem_target": ["Vantrel"], "gen_input": [f"The birthplace of {n} is"],
-                                 "gen_target": ["Vantrel"], "hard_gen_input": [f"{n} came from"],
-                                 "hard_gen_target": ["Vantrel"], "paraphrases": [f"{n} is from Vantrel."]}
-                                for n in names]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "train_context": f"{n} was born in Vantrel.",
+                    "mem_input": [f"{n} was born in"],
+                    "mem_target": ["Vantrel"],
+                    "gen_input": [f"The birthplace of {n} is"],
+                    "gen_target": ["Vantrel"],
+                    "hard_gen_input": [f"{n} came from"],
+                    "hard_gen_target": ["Vantrel"],
+                    "paraphrases": [f"{n} is from Vantrel."],
+                }
+                for n in names
+            ]
+        )
+    )
     return path
 
 
@@ -119,22 +132,36 @@ def test_sigterm_stops_at_a_clean_point_and_resume_continues_exactly(tmp_path):
     from tests.helpers.corpus import make_corpus
 
     corpus = make_corpus(tmp_path / "corpus", seq_len=64, file_tokens=(40_000,), vocab=50_000)
-    cfg = {"checkpoint": "tiny@0+L64", "knowledge": str(_short_knowledge(tmp_path / "k.json")), "schedule": "smoke",
-           "data": str(corpus), "total_steps": 30, "global_batch": 4, "micro_batch": 2, "checkpoint_interval": 100,
-           "log_interval": 1, "log_flush_steps": 5}
+    cfg = {
+        "checkpoint": "tiny@0+L64",
+        "knowledge": str(_short_knowledge(tmp_path / "k.json")),
+        "schedule": "smoke",
+        "data": str(corpus),
+        "total_steps": 30,
+        "global_batch": 4,
+        "micro_batch": 2,
+        "checkpoint_interval": 100,
+        "log_interval": 1,
+        "log_flush_steps": 5,
+    }
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(INJECTION_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "injection", "run", str(tmp_path / "exp.yaml")]
 
-    reference = subprocess.run([*command, "-o", str(tmp_path / "reference")], cwd=REPO, env=env, capture_output=True,
-                               text=True, timeout=600)
+    reference = subprocess.run(
+        [*command, "-o", str(tmp_path / "reference")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([*command, "-o", str(run_dir)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*command, "-o", str(run_dir)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     lines = []
     deadline = time.time() + 300
     for line in proc.stderr:
@@ -154,8 +181,14 @@ def test_sigterm_stops_at_a_clean_point_and_resume_continues_exactly(tmp_path):
     assert manifest["status"] == "interrupted" and 5 <= stopped < 30
     assert (run_dir / "checkpoints" / f"step{stopped}").is_dir()
 
-    resumed = subprocess.run([sys.executable, "-m", "injection", "run", "--resume", str(run_dir)], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "injection", "run", "--resume", str(run_dir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from the checkpoint after step {stopped}" in resumed.stderr
     key = ["step", "paragraph", "kind", "probe"]

@@ -18,8 +18,15 @@ from tests.helpers.engine import synthetic_config, synthetic_inputs, tiny_model,
 def _gpt_neox():
     import transformers
 
-    cfg = transformers.GPTNeoXConfig(vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                     num_attention_heads=4, max_position_embeddings=64, rotary_pct=0.25)
+    cfg = transformers.GPTNeoXConfig(
+        vocab_size=200,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+    )
     torch.manual_seed(1)
     return transformers.GPTNeoXForCausalLM(cfg)
 
@@ -104,6 +111,7 @@ def test_missing_attention_package_is_named(tmp_path):
     pytest.importorskip("transformers")
     try:
         import flash_attn  # noqa: F401
+
         pytest.skip("flash-attn is installed here")
     except ImportError:
         pass

@@ -30,8 +30,15 @@ def checkpoint(tmp_path_factory):
 
 
 def _config(checkpoint: Path, run_dir: Path, kind: str):
-    return synthetic_config(checkpoint, total_steps=TOTAL, micro_batch=1, output_dir=run_dir, checkpoint_interval=2,
-                            log_flush_steps=1, monitor={"kind": kind})
+    return synthetic_config(
+        checkpoint,
+        total_steps=TOTAL,
+        micro_batch=1,
+        output_dir=run_dir,
+        checkpoint_interval=2,
+        log_flush_steps=1,
+        monitor={"kind": kind},
+    )
 
 
 class CrashAt(Hook):
@@ -58,8 +65,9 @@ def _crash_then_resume(checkpoint: Path, run_dir: Path, kind: str, read_monitor)
 def _expected(run_dir: Path) -> dict[str, dict[int, float]]:
     """What the monitor should show, computed from the run directory's Parquet files."""
     metrics = read_table(run_dir / "train_metrics.parquet")
-    out = {f"train/{name}": dict(zip(metrics.step, metrics[name].astype(float)))
-           for name in ("loss", "lr", "grad_norm")}
+    out = {
+        f"train/{name}": dict(zip(metrics.step, metrics[name].astype(float))) for name in ("loss", "lr", "grad_norm")
+    }
     probes = read_table(run_dir / "probes.parquet")
     for (scenario, kind), group in probes.groupby(["scenario", "kind"]):
         means = group.groupby("step")[["logprob", "exact_match"]].mean()
@@ -74,8 +82,13 @@ def _assert_matches(logged: dict[str, dict[int, float]], run_dir: Path, rtol: fl
     assert len([n for n in expected if n.startswith("probes/")]) == 2 * 2 * 3  # (once, duplicate) × 3 kinds × 2
     for name, series in expected.items():
         assert sorted(logged[name]) == sorted(series), name
-        np.testing.assert_allclose([logged[name][s] for s in sorted(series)], [series[s] for s in sorted(series)],
-                                   rtol=rtol, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(
+            [logged[name][s] for s in sorted(series)],
+            [series[s] for s in sorted(series)],
+            rtol=rtol,
+            atol=1e-7,
+            err_msg=name,
+        )
 
 
 # ---- CSV ---------------------------------------------------------------------------------------------------
@@ -141,11 +154,11 @@ def read_wandb_history(path: Path) -> dict[str, dict[int, float]]:
         if left_in_block < 7:  # block trailer: padding
             pos += left_in_block
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and length == 0:  # zero-filled end of a block
             pos += left_in_block
             continue
-        chunks.append(data[pos + 7:pos + 7 + length])
+        chunks.append(data[pos + 7 : pos + 7 + length])
         pos += 7 + length
         if kind in (1, 4):  # FULL, LAST
             records.append(b"".join(chunks))
@@ -194,10 +207,12 @@ def test_wandb_monitor_offline_after_crash_and_resume(checkpoint, tmp_path, monk
 @pytest.mark.parametrize("command", ["run", "launch"])
 def test_missing_monitor_package_is_one_line_and_exit_2(kind, command, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, kind, None)  # `import kind` now raises ImportError, as if not installed
-    result = CliRunner().invoke(app, [command, "smoke", "--set", f"monitor.kind={kind}",
-                                      "--set", f"output_dir={tmp_path / 'run'}"])
+    result = CliRunner().invoke(
+        app, [command, "smoke", "--set", f"monitor.kind={kind}", "--set", f"output_dir={tmp_path / 'run'}"]
+    )
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines() == [
         f"error: field 'monitor.kind': {kind} needs the `{kind}` package, which is not installed (pip install {kind}); "
-        "or use monitor.kind csv"]
+        "or use monitor.kind csv"
+    ]
     assert not (tmp_path / "run").exists()

@@ -10,16 +10,28 @@ from injection.engine.hooks import MetricsHook, ProbeLogHook
 from tests.helpers.engine import Record, synthetic_probes
 
 REQUIRED_COLUMNS = {
-    "step": pa.int32(), "paragraph": pa.int32(), "scenario": pa.string(), "kind": pa.string(), "probe": pa.int16(),
-    "logprob": pa.float32(), "logprob_sum": pa.float32(), "first_logprob": pa.float32(), "exact_match": pa.bool_(),
+    "step": pa.int32(),
+    "paragraph": pa.int32(),
+    "scenario": pa.string(),
+    "kind": pa.string(),
+    "probe": pa.int16(),
+    "logprob": pa.float32(),
+    "logprob_sum": pa.float32(),
+    "first_logprob": pa.float32(),
+    "exact_match": pa.bool_(),
 }
 
 
 def _scores(n, step):
     rng = np.random.default_rng(step)
     lp = -rng.random(n).astype(np.float32)
-    return {"logprob": lp, "logprob_sum": lp * 3, "first_logprob": lp * 2, "exact_match": lp > -0.5,
-            "first_rank": rng.integers(0, 9, n).astype(np.int32)}
+    return {
+        "logprob": lp,
+        "logprob_sum": lp * 3,
+        "first_logprob": lp * 2,
+        "exact_match": lp > -0.5,
+        "first_rank": rng.integers(0, 9, n).astype(np.int32),
+    }
 
 
 def test_parts_read_as_one_table_with_the_spec_schema(tmp_path):

@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from injection.engine.config import config_from_dict
 from harness.rundir import read_table
+from injection.engine.config import config_from_dict
 from injection.engine.loop import run_training
 from tests.helpers.engine import synthetic_inputs, synthetic_settings, write_tiny_checkpoint
 
@@ -29,8 +29,9 @@ pytestmark = pytest.mark.slow
 
 
 def _config(tmp: Path, name: str) -> Path:
-    cfg = synthetic_settings(tmp / "ck", total_steps=40, micro_batch=1, output_dir=tmp / name,
-                             checkpoint_interval=3, log_flush_steps=2)
+    cfg = synthetic_settings(
+        tmp / "ck", total_steps=40, micro_batch=1, output_dir=tmp / name, checkpoint_interval=3, log_flush_steps=2
+    )
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -51,21 +52,31 @@ def reference(tmp_path_factory):
     torch.set_num_threads(1)
     cfg = config_from_dict(yaml.safe_load(_config(tmp, "reference").read_text()))
     run_dir = run_training(cfg, synthetic_inputs(tmp / "ck"), progress=False)
-    return tmp, read_table(run_dir / "probes.parquet").sort_values(KEY, ignore_index=True), \
-        read_table(run_dir / "train_metrics.parquet")
+    return (
+        tmp,
+        read_table(run_dir / "probes.parquet").sort_values(KEY, ignore_index=True),
+        read_table(run_dir / "train_metrics.parquet"),
+    )
 
 
 def test_killed_then_resumed_run_equals_uninterrupted(reference):
     tmp, ref_probes, ref_metrics = reference
     cfg = _config(tmp, "killed")
     run_dir = tmp / "killed"
-    proc = subprocess.Popen([sys.executable, str(HELPER), str(cfg)], env=_clean_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPER), str(cfg)],
+        env=_clean_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     # kill at an arbitrary moment: once a randomly chosen number of probe-log parts exist (the first
     # checkpoint is at step 3, parts come every 2 steps), plus a random few milliseconds
     rng = random.Random()
     target_parts = rng.randint(3, 16)
     deadline = time.time() + 120
+
     def parts() -> int:
         return len(list((run_dir / "probes.parquet").glob("part-*")))
 
@@ -80,8 +91,14 @@ def test_killed_then_resumed_run_equals_uninterrupted(reference):
     killed_mid_run = manifest["status"] == "running"
     print(f"killed after {parts()} probe-log parts (target {target_parts})")
 
-    done = subprocess.run([sys.executable, str(HELPER), str(cfg), "--resume"], env=_clean_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, str(HELPER), str(cfg), "--resume"],
+        env=_clean_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     probes = read_table(run_dir / "probes.parquet").sort_values(KEY, ignore_index=True)
     pd.testing.assert_frame_equal(probes, ref_probes)  # exact: nothing lost, duplicated or changed
@@ -99,8 +116,14 @@ def test_two_ranks_through_the_deepspeed_launcher_equal_one(reference):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     deepspeed = Path(sys.executable).parent / "deepspeed"
-    done = subprocess.run([str(deepspeed), "--num_gpus", "2", "--master_port", str(port), str(HELPER), str(cfg)],
-                          env=_clean_env(), cwd=REPO, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [str(deepspeed), "--num_gpus", "2", "--master_port", str(port), str(HELPER), str(cfg)],
+        env=_clean_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     probes = read_table(tmp / "two_ranks" / "probes.parquet").sort_values(KEY, ignore_index=True)
     pd.testing.assert_frame_equal(probes[KEY + ["scenario"]], ref_probes[KEY + ["scenario"]])

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from injection.cli import app
 from harness.rundir import read_table
+from injection.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,8 +39,14 @@ SHORT = ["--total-steps", "4", "--set", "schedule_overrides.count=1", "--set", "
 @pytest.fixture(scope="module")
 def smoke_run(cache, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    done = subprocess.run([sys.executable, "-m", "injection", "run", "smoke", *SHORT, "--set", "log_interval=1",
-                           "-o", str(run_dir)], cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "injection", "run", "smoke", *SHORT, "--set", "log_interval=1", "-o", str(run_dir)],
+        cwd=REPO,
+        env=_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "FRESH AdamW moments" in done.stderr  # tiny@0 has no optimizer state
     (run_dir.parent / "stderr.txt").write_text(done.stderr)
@@ -89,8 +95,22 @@ def test_launch_on_two_cpu_ranks_matches_one_process(cache, smoke_run, tmp_path)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run_dir = tmp_path / "two"
-    cmd = [sys.executable, "-m", "injection", "launch", "smoke", "--num-gpus", "2", "--master-port", str(port),
-           *SHORT[2:], "--set", "total_steps=4", "--set", f"output_dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "injection",
+        "launch",
+        "smoke",
+        "--num-gpus",
+        "2",
+        "--master-port",
+        str(port),
+        *SHORT[2:],
+        "--set",
+        "total_steps=4",
+        "--set",
+        f"output_dir={run_dir}",
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "--module injection.engine.worker smoke" in done.stdout
@@ -132,12 +152,29 @@ def test_two_nodes_on_loopback_survive_a_killed_node_and_resume(cache, smoke_run
         port = _free_port()
         nodes = []
         for rank in (0, 1):
-            cmd = [sys.executable, "-m", "injection", "launch", *what, "--hostfile", str(hostfile), "--node-rank",
-                   str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
-                   "--set", "distributed_timeout=30", "--set", "log_interval=1"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "injection",
+                "launch",
+                *what,
+                "--hostfile",
+                str(hostfile),
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+                "--set",
+                "distributed_timeout=30",
+                "--set",
+                "log_interval=1",
+            ]
             with open(logs / f"{tag}{rank}.out", "w") as out, open(logs / f"{tag}{rank}.err", "w") as err:
-                nodes.append(subprocess.Popen(cmd, cwd=REPO, env=_env(cache), stdout=out, stderr=err,
-                                              start_new_session=True))  # a node = a process group we can kill
+                nodes.append(
+                    subprocess.Popen(cmd, cwd=REPO, env=_env(cache), stdout=out, stderr=err, start_new_session=True)
+                )  # a node = a process group we can kill
         return nodes
 
     def log(name: str) -> str:
@@ -165,8 +202,10 @@ def test_two_nodes_on_loopback_survive_a_killed_node_and_resume(cache, smoke_run
     errors = [line for line in log("first0.err").splitlines() if line.startswith("error: ")]
     assert len(errors) == 2, errors
     assert errors[0].startswith("error: rank 0 of 2 lost contact with the other ranks (")
-    assert f"continue from the checkpoint after step 2 with `injection launch --resume {run_dir} ...` on every " \
-           "node" in errors[0]
+    assert (
+        f"continue from the checkpoint after step 2 with `injection launch --resume {run_dir} ...` on every "
+        "node" in errors[0]
+    )
     assert errors[1].startswith("error: the launcher exited with code 75 (a rank lost contact with the others)")
     assert "Traceback" not in log("first0.err")
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -192,8 +231,11 @@ def test_two_nodes_on_loopback_survive_a_killed_node_and_resume(cache, smoke_run
     np.testing.assert_allclose(two.logprob, one.logprob, atol=1e-4)
     np.testing.assert_allclose(two.logprob_sum, one.logprob_sum, atol=3e-4)
     assert (two.exact_match == one.exact_match).mean() > 0.99
-    np.testing.assert_allclose(read_table(run_dir / "train_metrics.parquet").loss,
-                               read_table(smoke_run / "train_metrics.parquet").loss, atol=1e-4)
+    np.testing.assert_allclose(
+        read_table(run_dir / "train_metrics.parquet").loss,
+        read_table(smoke_run / "train_metrics.parquet").loss,
+        atol=1e-4,
+    )
 
 
 #: sha256 of the smoke run's probe log (the run above). The engine's reorganisation into plan / batches / zero /
@@ -208,9 +250,23 @@ def probe_log_hash(run_dir) -> str:
 
     import pandas as pd
 
-    df = read_table(run_dir / "probes.parquet").sort_values(["step", "paragraph", "kind", "probe"]).reset_index(drop=True)
-    cols = ["step", "paragraph", "scenario", "kind", "probe", "logprob", "logprob_sum", "first_logprob",
-            "exact_match", "first_rank"]
+    df = (
+        read_table(run_dir / "probes.parquet")
+        .sort_values(["step", "paragraph", "kind", "probe"])
+        .reset_index(drop=True)
+    )
+    cols = [
+        "step",
+        "paragraph",
+        "scenario",
+        "kind",
+        "probe",
+        "logprob",
+        "logprob_sum",
+        "first_logprob",
+        "exact_match",
+        "first_rank",
+    ]
     return hashlib.sha256(pd.util.hash_pandas_object(df[cols], index=False).values.tobytes()).hexdigest()
 
 

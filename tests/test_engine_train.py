@@ -57,8 +57,11 @@ def _reference_params(ckpt_dir: Path, inputs, steps: int, micro: int, warmup: in
     else:
         saved = load_file(str(ckpt_dir / "optimizer.safetensors"))
         for name, p in model.named_parameters():
-            opt.state[p] = {"step": saved["step"].clone().float(), "exp_avg": saved[f"exp_avg/{name}"].clone(),
-                            "exp_avg_sq": saved[f"exp_avg_sq/{name}"].clone()}
+            opt.state[p] = {
+                "step": saved["step"].clone().float(),
+                "exp_avg": saved[f"exp_avg/{name}"].clone(),
+                "exp_avg_sq": saved[f"exp_avg_sq/{name}"].clone(),
+            }
     batches = InjectedBatches(inputs.stream, inputs.injections, inputs.records, prefetch=0)
     for k in range(steps):
         _update(model, opt, torch.from_numpy(batches.get(k)), micro, lr_for_update(ck.lr_schedule, ck.step, k))
@@ -92,8 +95,9 @@ def test_run_writes_the_run_directory_and_continues_the_optimizer(tmp_path):
     assert metrics.step.tolist() == [1, 2, 3]
     assert (metrics.eval_s > 0).all()  # eval_interval 1: probes scored after every update, and timed
     assert manifest["runtime"]["distributed_backend"] == ("nccl" if torch.cuda.is_available() else "gloo")
-    assert metrics.lr.tolist() == pytest.approx([lr_for_update(inputs.checkpoint.lr_schedule, 1000, k)
-                                                 for k in range(3)])
+    assert metrics.lr.tolist() == pytest.approx(
+        [lr_for_update(inputs.checkpoint.lr_schedule, 1000, k) for k in range(3)]
+    )
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step*")) == ["step2", "step3"]
 
     # the final weights equal a plain-torch AdamW continuation from the same moments
@@ -180,10 +184,15 @@ def test_bf16_keeps_the_checkpoints_fp32_master_weights(tmp_path, stage):
     weights, moments = load_file(str(ck / "model.safetensors")), load_file(str(ck / "optimizer.safetensors"))
     for name, p in engine.module.named_parameters():
         assert p.dtype == torch.bfloat16
-        torch.testing.assert_close(safe_get_full_fp32_param(p).cpu().reshape(-1), weights[name].reshape(-1),
-                                   atol=0, rtol=0)
-        torch.testing.assert_close(safe_get_full_optimizer_state(p, "exp_avg").cpu().reshape(-1),
-                                   moments[f"exp_avg/{name}"].reshape(-1), atol=0, rtol=0)
+        torch.testing.assert_close(
+            safe_get_full_fp32_param(p).cpu().reshape(-1), weights[name].reshape(-1), atol=0, rtol=0
+        )
+        torch.testing.assert_close(
+            safe_get_full_optimizer_state(p, "exp_avg").cpu().reshape(-1),
+            moments[f"exp_avg/{name}"].reshape(-1),
+            atol=0,
+            rtol=0,
+        )
 
 
 def test_zero3_builds_the_model_partitioned(tmp_path, capsys, monkeypatch):
@@ -219,8 +228,11 @@ def test_moment_warmup_rebuilds_adamw_state_without_moving_the_weights(tmp_path)
     torch.set_num_threads(1)
     ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=False, step=1000)
     inputs = synthetic_inputs(ck)
-    run_dir = run_training(_cfg(tmp_path, total_steps=2, checkpoint_interval=2,
-                                optimizer={"moment_warmup_steps": 3}), inputs, progress=False)
+    run_dir = run_training(
+        _cfg(tmp_path, total_steps=2, checkpoint_interval=2, optimizer={"moment_warmup_steps": 3}),
+        inputs,
+        progress=False,
+    )
     manifest = json.loads((run_dir / "manifest.json").read_text())
     state = manifest["optimizer_state"]
     assert state["moments"] == "rebuilt" and state["warmup_steps"] == 3 and state["adam_step"] == 1000
@@ -229,8 +241,12 @@ def test_moment_warmup_rebuilds_adamw_state_without_moving_the_weights(tmp_path)
     ref = _reference_params(ck, inputs, 2, micro=1, warmup=3)
     for name, p in ref.items():
         torch.testing.assert_close(final[name].cpu(), p.detach(), atol=2e-6, rtol=1e-5)
-    fresh_run = run_training(_cfg(tmp_path, total_steps=2, checkpoint_interval=2, output_dir=str(tmp_path / "fresh")),
-                             synthetic_inputs(ck), progress=False)
-    fresh_final = torch.load(fresh_run / "checkpoints" / "step2" / "mp_rank_00_model_states.pt",
-                             weights_only=False)["module"]
+    fresh_run = run_training(
+        _cfg(tmp_path, total_steps=2, checkpoint_interval=2, output_dir=str(tmp_path / "fresh")),
+        synthetic_inputs(ck),
+        progress=False,
+    )
+    fresh_final = torch.load(fresh_run / "checkpoints" / "step2" / "mp_rank_00_model_states.pt", weights_only=False)[
+        "module"
+    ]
     assert max(float((fresh_final[n] - final[n]).abs().max()) for n in final) > 1e-4

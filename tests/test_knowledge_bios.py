@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -31,8 +32,24 @@ def _validate(path):
 
 def test_same_seed_same_bytes_and_output_validates(tmp_path):
     a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
-    args = ("--paragraphs", 30, "--paraphrases", 2, "--cities", 40, "--universities", 30, "--majors", 20,
-            "--employers", 25, "--first-year", 1950, "--last-year", 1959)
+    args = (
+        "--paragraphs",
+        30,
+        "--paraphrases",
+        2,
+        "--cities",
+        40,
+        "--universities",
+        30,
+        "--majors",
+        20,
+        "--employers",
+        25,
+        "--first-year",
+        1950,
+        "--last-year",
+        1959,
+    )
     assert _generate(a, *args).exit_code == 0
     assert _generate(b, *args).exit_code == 0
     assert _generate(c, *args, "--seed", 1).exit_code == 0
@@ -45,8 +62,14 @@ def test_same_seed_same_bytes_and_output_validates(tmp_path):
     assert "not verbatim in their paragraph: 0" in result.output
     # 10 years x 12 months x 28 days of dates; the other sets as asked
     assert "value space: 6 attributes, 180 facts" in result.output
-    for name, size in (("birth_date", 3360), ("birth_city", 40), ("university", 30), ("major", 20),
-                       ("employer", 25), ("employer_city", 40)):
+    for name, size in (
+        ("birth_date", 3360),
+        ("birth_city", 40),
+        ("university", 30),
+        ("major", 20),
+        ("employer", 25),
+        ("employer_city", 40),
+    ):
         assert re.search(rf"attribute {name}: value set \w+, {size:,} values", result.output), name
 
 
@@ -56,16 +79,26 @@ def test_value_sets_are_invented_distinct_prefix_free_and_hold_every_value():
     space = knowledge.value_space
     assert [a.name for a in space.attributes] == [a.name for a in ATTRIBUTES]
     assert {a.name: a.size for a in space.attributes} == {
-        "birth_date": 200 * 12 * 28, "birth_city": 200, "university": 300, "major": 100, "employer": 263,
-        "employer_city": 200}
+        "birth_date": 200 * 12 * 28,
+        "birth_city": 200,
+        "university": 300,
+        "major": 100,
+        "employer": 263,
+        "employer_city": 200,
+    }
     listed = {name: vs.values for name, vs in space.value_sets.items() if vs.dates is None}
     for name, values in listed.items():
         assert len(set(values)) == len(values)
         for v in values:  # brute force, independent of the validator's sorted-neighbour check
             assert not any(w != v and w.startswith(v) for w in values), (name, v)
     # invented names: the words of the value sets and of the people are all distinct and none is a real word
-    words = [w.lower() for values in listed.values() for v in values for w in v.split()
-             if w not in ("University", "of", "Institute", "Technology", "College", *gen_kinds())]
+    words = [
+        w.lower()
+        for values in listed.values()
+        for v in values
+        for w in v.split()
+        if w not in ("University", "of", "Institute", "Technology", "College", *gen_kinds())
+    ]
     people = [w.lower() for p in knowledge.paragraphs for w in p.probes["mem"][0].input.split()[:2]]
     people = [w.removesuffix("'s") for w in people]
     assert len(set(words)) == len(words) and len(set(people)) == len(people)
@@ -102,7 +135,7 @@ def test_probes_follow_the_attribute_order_and_variants_reorder():
         for text in (p.text, *p.paraphrases):
             assert all(q.target in text for q in mem)
             assert not any(q.input in text for q in sem)  # sem templates are held out of every biography
-        order = lambda text: [text.index(f" {q.target}.") for q in mem]  # noqa: E731
+        order = lambda text, mem=mem: [text.index(f" {q.target}.") for q in mem]
         reordered += any(order(t) != sorted(order(t)) for t in p.paraphrases)
     assert reordered > 30  # 3 shuffled variants of 6 sentences are almost never all in order
 
@@ -129,8 +162,11 @@ def test_document_round_trips_through_the_loader(tmp_path):
 
 
 def _doc() -> dict[str, Any]:
-    return copy.deepcopy(generate_bios_document(BiosSpec(people=4, cities=12, universities=10, majors=8,
-                                                         employers=9, first_year=1990, last_year=1991)))
+    return copy.deepcopy(
+        generate_bios_document(
+            BiosSpec(people=4, cities=12, universities=10, majors=8, employers=9, first_year=1990, last_year=1991)
+        )
+    )
 
 
 def _edit(fn: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
@@ -144,33 +180,68 @@ def _set_value(doc, attribute: str, value: str, item: int = 2) -> None:
 
 
 BAD: list[tuple[str, Callable[[dict], Any], str]] = [
-    ("value not in its set", lambda d: _set_value(d, "birth_city", "Paris"),
-     "item 2, field 'attributes', attribute 'birth_city': 'Paris' is not in value set 'cities'"),
-    ("date outside the range", lambda d: _set_value(d, "birth_date", "March 3, 1989"),
-     "attribute 'birth_date': 'March 3, 1989' is not in value set 'dates'"),
-    ("day beyond days_per_month", lambda d: _set_value(d, "birth_date", "March 30, 1990"),
-     "'March 30, 1990' is not in value set 'dates'"),
-    ("size does not match", lambda d: d["value_space"]["attributes"][3].update(size=9),
-     "'attributes'[3] (major), 'size': 9 does not match value set 'majors', which has 8 values"),
-    ("unknown value set", lambda d: d["value_space"]["attributes"][4].update(value_set="firms"),
-     "'attributes'[4] (employer), 'value_set': no value set named 'firms'"),
-    ("prefix values", lambda d: d["value_space"]["value_sets"]["cities"].append(
-        d["value_space"]["value_sets"]["cities"][0] + "ia"), "is a prefix of"),
-    ("repeated value", lambda d: d["value_space"]["value_sets"]["majors"].append(
-        d["value_space"]["value_sets"]["majors"][0]), "value set 'majors': value "),
-    ("attributes field missing", lambda d: d["items"][1].pop("attributes"),
-     "item 1, field 'attributes': missing"),
-    ("an attribute missing", lambda d: d["items"][0]["attributes"].pop("major"),
-     "item 0, field 'attributes': missing attribute(s) major"),
-    ("mem target is not the value", lambda d: d["items"][3]["mem_target"].__setitem__(
-        2, d["value_space"]["value_sets"]["universities"][0] if d["items"][3]["mem_target"][2] !=
-        d["value_space"]["value_sets"]["universities"][0] else d["value_space"]["value_sets"]["universities"][1]),
-     "item 3, field 'mem_target'[2]: target"),
-    ("too few mem probes", lambda d: [d["items"][0][f].pop() for f in ("mem_input", "mem_target")],
-     "item 0, field 'mem_target': 5 probes, but the value space has 6 attributes"),
+    (
+        "value not in its set",
+        lambda d: _set_value(d, "birth_city", "Paris"),
+        "item 2, field 'attributes', attribute 'birth_city': 'Paris' is not in value set 'cities'",
+    ),
+    (
+        "date outside the range",
+        lambda d: _set_value(d, "birth_date", "March 3, 1989"),
+        "attribute 'birth_date': 'March 3, 1989' is not in value set 'dates'",
+    ),
+    (
+        "day beyond days_per_month",
+        lambda d: _set_value(d, "birth_date", "March 30, 1990"),
+        "'March 30, 1990' is not in value set 'dates'",
+    ),
+    (
+        "size does not match",
+        lambda d: d["value_space"]["attributes"][3].update(size=9),
+        "'attributes'[3] (major), 'size': 9 does not match value set 'majors', which has 8 values",
+    ),
+    (
+        "unknown value set",
+        lambda d: d["value_space"]["attributes"][4].update(value_set="firms"),
+        "'attributes'[4] (employer), 'value_set': no value set named 'firms'",
+    ),
+    (
+        "prefix values",
+        lambda d: d["value_space"]["value_sets"]["cities"].append(d["value_space"]["value_sets"]["cities"][0] + "ia"),
+        "is a prefix of",
+    ),
+    (
+        "repeated value",
+        lambda d: d["value_space"]["value_sets"]["majors"].append(d["value_space"]["value_sets"]["majors"][0]),
+        "value set 'majors': value ",
+    ),
+    ("attributes field missing", lambda d: d["items"][1].pop("attributes"), "item 1, field 'attributes': missing"),
+    (
+        "an attribute missing",
+        lambda d: d["items"][0]["attributes"].pop("major"),
+        "item 0, field 'attributes': missing attribute(s) major",
+    ),
+    (
+        "mem target is not the value",
+        lambda d: d["items"][3]["mem_target"].__setitem__(
+            2,
+            d["value_space"]["value_sets"]["universities"][0]
+            if d["items"][3]["mem_target"][2] != d["value_space"]["value_sets"]["universities"][0]
+            else d["value_space"]["value_sets"]["universities"][1],
+        ),
+        "item 3, field 'mem_target'[2]: target",
+    ),
+    (
+        "too few mem probes",
+        lambda d: [d["items"][0][f].pop() for f in ("mem_input", "mem_target")],
+        "item 0, field 'mem_target': 5 probes, but the value space has 6 attributes",
+    ),
     ("unknown top-level field", lambda d: d.update(value_spaces={}), "unknown top-level field 'value_spaces'"),
-    ("bad dates rule", lambda d: d["value_space"]["value_sets"].update(dates={"dates": {"first_year": 1990}}),
-     "'dates' needs first_year and last_year"),
+    (
+        "bad dates rule",
+        lambda d: d["value_space"]["value_sets"].update(dates={"dates": {"first_year": 1990}}),
+        "'dates' needs first_year and last_year",
+    ),
 ]
 
 

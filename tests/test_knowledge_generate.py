@@ -15,7 +15,18 @@ from injection.cli import app
 
 
 def _generate(out, *, paragraphs=12, paraphrases=3, seed=7):
-    args = ["knowledge", "generate", "--paragraphs", paragraphs, "--paraphrases", paraphrases, "--seed", seed, "--out", out]
+    args = [
+        "knowledge",
+        "generate",
+        "--paragraphs",
+        paragraphs,
+        "--paraphrases",
+        paraphrases,
+        "--seed",
+        seed,
+        "--out",
+        out,
+    ]
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
@@ -82,7 +93,10 @@ def test_paragraphs_state_linked_facts_and_probes_use_them():
 
 def test_comp_probes_are_two_hop():
     world = generate_worlds(1, seed=0)[0]
-    inputs = {t.format(hero=world.hero.full, org=world.org, invention=world.invention, art="a"): v(world) for t, v in gen.COMP_PROBES}
+    inputs = {
+        t.format(hero=world.hero.full, org=world.org, invention=world.invention, art="a"): v(world)
+        for t, v in gen.COMP_PROBES
+    }
     assert inputs[f"The city where {world.hero.full} was born was founded by"] == world.founder.full
     assert inputs[f"The inventor of the {world.invention} was born in the city of"] == world.city
     assert inputs[f"The greatest rival of the founder of the {world.org} was"] == world.rival.full
@@ -95,8 +109,13 @@ def test_loads_as_knowledge_set(tmp_path):
     assert len(ks) == 3 and ks[2].n_variants == 10 and len(list(ks.iter_probes())) == 45
 
 
-@pytest.mark.parametrize("args, message", [(["--paragraphs", "0"], "--paragraphs must be at least 1"),
-                                           (["--paraphrases", "-1"], "--paraphrases must be at least 0")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--paragraphs", "0"], "--paragraphs must be at least 1"),
+        (["--paraphrases", "-1"], "--paraphrases must be at least 0"),
+    ],
+)
 def test_bad_arguments_exit_2(tmp_path, args, message):
     result = CliRunner().invoke(app, ["knowledge", "generate", "--out", str(tmp_path / "k.json"), *args])
     assert result.exit_code == 2 and message in result.output

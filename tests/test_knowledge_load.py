@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from fictional_knowledge.load import knowledge_to_items, load_knowledge
 from fictional_knowledge.model import PROBE_KINDS
-from injection.cli import app
 from harness.errors import UserError
+from injection.cli import app
 from tests.helpers.knowledge import REFERENCE_FILE, valid_items, write_json
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -31,33 +31,76 @@ def _rename(item: dict, old: str, new: str) -> None:
 BAD_FILES: list[tuple[str, bytes, str]] = [
     ("empty file", b"", "the file is empty"),
     ("whitespace only", b"  \n", "the file is empty"),
-    ("not json", b'[{"train_context": "x",', "not valid JSON: Expecting property name enclosed in double quotes at line 1"),
+    (
+        "not json",
+        b'[{"train_context": "x",',
+        "not valid JSON: Expecting property name enclosed in double quotes at line 1",
+    ),
     ("empty list", b"[]", "the list of items is empty"),
-    ("top-level object", b'{"data": []}', "wrong top-level type: expected a JSON list of items, got an object (keys 'data')"),
+    (
+        "top-level object",
+        b'{"data": []}',
+        "wrong top-level type: expected a JSON list of items, got an object (keys 'data')",
+    ),
     ("top-level string", b'"paragraphs"', "wrong top-level type: expected a JSON list of items, got a string"),
     ("invalid utf-8", b'[{"train_context": "caf\xe9"}]', "not valid UTF-8 at byte offset 23 (byte 0xe9"),
     ("item not an object", _edit(lambda it: it.append(7)), "item 3: expected an object with fields train_context"),
     ("missing field", _edit(lambda it: it[1].pop("gen_target")), "item 1, field 'gen_target': missing"),
-    ("misspelled field", _edit(lambda it: _rename(it[2], "mem_target", "mem_targte")),
-     "item 2: unknown field 'mem_targte' (did you mean 'mem_target'?)"),
-    ("misspelled optional field", _edit(lambda it: _rename(it[0], "paraphrases", "paraphrase")),
-     "item 0: unknown field 'paraphrase' (did you mean 'paraphrases'?)"),
-    ("unequal lengths", _edit(lambda it: it[1]["hard_gen_target"].pop()),
-     "item 1, fields 'hard_gen_input'/'hard_gen_target': unequal lengths (5 inputs, 4 targets)"),
-    ("empty input", _edit(lambda it: it[0]["gen_input"].__setitem__(2, "")), "item 0, field 'gen_input'[2]: empty string"),
-    ("non-string target", _edit(lambda it: it[2]["mem_target"].__setitem__(0, 1850)),
-     "item 2, field 'mem_target'[0]: expected a string, got a number"),
-    ("inputs not a list", _edit(lambda it: it[0].__setitem__("mem_input", "Zorvath was born in")),
-     "item 0, field 'mem_input': expected a list of strings, got a string"),
-    ("empty paragraph", _edit(lambda it: it[1].__setitem__("train_context", "  ")), "item 1, field 'train_context': empty string"),
-    ("paragraph not a string", _edit(lambda it: it[0].__setitem__("train_context", ["a"])),
-     "item 0, field 'train_context': expected a string, got a list"),
-    ("paraphrases not a list", _edit(lambda it: it[2].__setitem__("paraphrases", "one text")),
-     "item 2, field 'paraphrases': expected a list of strings, got a string"),
-    ("paraphrase not a string", _edit(lambda it: it[1].__setitem__("paraphrases", ["ok text", None])),
-     "item 1, field 'paraphrases'[1]: expected a string, got null"),
-    ("target with surrounding space", _edit(lambda it: it[0]["mem_target"].__setitem__(4, " Quenn")),
-     "item 0, field 'mem_target'[4]: leading or trailing whitespace"),
+    (
+        "misspelled field",
+        _edit(lambda it: _rename(it[2], "mem_target", "mem_targte")),
+        "item 2: unknown field 'mem_targte' (did you mean 'mem_target'?)",
+    ),
+    (
+        "misspelled optional field",
+        _edit(lambda it: _rename(it[0], "paraphrases", "paraphrase")),
+        "item 0: unknown field 'paraphrase' (did you mean 'paraphrases'?)",
+    ),
+    (
+        "unequal lengths",
+        _edit(lambda it: it[1]["hard_gen_target"].pop()),
+        "item 1, fields 'hard_gen_input'/'hard_gen_target': unequal lengths (5 inputs, 4 targets)",
+    ),
+    (
+        "empty input",
+        _edit(lambda it: it[0]["gen_input"].__setitem__(2, "")),
+        "item 0, field 'gen_input'[2]: empty string",
+    ),
+    (
+        "non-string target",
+        _edit(lambda it: it[2]["mem_target"].__setitem__(0, 1850)),
+        "item 2, field 'mem_target'[0]: expected a string, got a number",
+    ),
+    (
+        "inputs not a list",
+        _edit(lambda it: it[0].__setitem__("mem_input", "Zorvath was born in")),
+        "item 0, field 'mem_input': expected a list of strings, got a string",
+    ),
+    (
+        "empty paragraph",
+        _edit(lambda it: it[1].__setitem__("train_context", "  ")),
+        "item 1, field 'train_context': empty string",
+    ),
+    (
+        "paragraph not a string",
+        _edit(lambda it: it[0].__setitem__("train_context", ["a"])),
+        "item 0, field 'train_context': expected a string, got a list",
+    ),
+    (
+        "paraphrases not a list",
+        _edit(lambda it: it[2].__setitem__("paraphrases", "one text")),
+        "item 2, field 'paraphrases': expected a list of strings, got a string",
+    ),
+    (
+        "paraphrase not a string",
+        _edit(lambda it: it[1].__setitem__("paraphrases", ["ok text", None])),
+        "item 1, field 'paraphrases'[1]: expected a string, got null",
+    ),
+    (
+        "target with surrounding space",
+        _edit(lambda it: it[0]["mem_target"].__setitem__(4, " Quenn")),
+        "item 0, field 'mem_target'[4]: leading or trailing whitespace",
+    ),
 ]
 
 
@@ -120,7 +163,10 @@ def test_token_statistics_and_too_long_paragraphs(tmp_path, olmo_tokenizer):
     result = _validate(path, "--tokenizer", "olmo", "--seq-len", str(limit))
     assert result.exit_code == 2
     flagged = sorted(i for i, n in enumerate(lengths) if n > limit)
-    assert f"paragraphs longer than --seq-len {limit} tokens with EOS: {flagged[0]} (variant 0: {lengths[flagged[0]]} tokens)" in result.output
+    assert (
+        f"paragraphs longer than --seq-len {limit} tokens with EOS: {flagged[0]} "
+        f"(variant 0: {lengths[flagged[0]]} tokens)" in result.output
+    )
     assert "Traceback" not in result.output
 
 

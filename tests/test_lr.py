@@ -3,8 +3,8 @@ import math
 import pytest
 from olmo.optim import CosWithWarmup, LinearWithWarmup
 
-from injection.lr import LRSchedule, learning_rate, lr_for_update
 from harness.errors import UserError
+from injection.lr import LRSchedule, learning_rate, lr_for_update
 
 STEPS = [0, 1, 999, 1999, 2000, 2001, 5000, 113000, 399999, 739327, 739328, 800000]
 
@@ -13,16 +13,28 @@ STEPS = [0, 1, 999, 1999, 2000, 2001, 5000, 113000, 399999, 739327, 739328, 8000
 @pytest.mark.parametrize("alpha_f", [0.1, 0.0])
 def test_cosine_matches_olmo(alpha_f, warmup_min_lr):
     ours = LRSchedule("cosine", 4e-4, 2000, alpha_f, 739328, warmup_min_lr)
-    olmo = CosWithWarmup(grad_clip_warmup_steps=None, grad_clip_warmup_factor=None, warmup_min_lr=warmup_min_lr,
-                         warmup_steps=2000, alpha_f=alpha_f, t_max=739328)
+    olmo = CosWithWarmup(
+        grad_clip_warmup_steps=None,
+        grad_clip_warmup_factor=None,
+        warmup_min_lr=warmup_min_lr,
+        warmup_steps=2000,
+        alpha_f=alpha_f,
+        t_max=739328,
+    )
     for s in STEPS:
         assert learning_rate(ours, s) == pytest.approx(olmo.get_lr(4e-4, s, 10**9), rel=1e-12, abs=1e-18)
 
 
 def test_linear_matches_olmo_and_t_max_overrides_max_steps():
     ours = LRSchedule("linear", 3e-4, 5000, 0.1, 557000)
-    olmo = LinearWithWarmup(grad_clip_warmup_steps=None, grad_clip_warmup_factor=None, warmup_min_lr=None,
-                            warmup_steps=5000, alpha_f=0.1, t_max=557000)
+    olmo = LinearWithWarmup(
+        grad_clip_warmup_steps=None,
+        grad_clip_warmup_factor=None,
+        warmup_min_lr=None,
+        warmup_steps=5000,
+        alpha_f=0.1,
+        t_max=557000,
+    )
     for s in STEPS:
         assert learning_rate(ours, s) == pytest.approx(olmo.get_lr(3e-4, s, 42), rel=1e-12)
     assert learning_rate(ours, 5000) == pytest.approx(3e-4)
@@ -79,15 +91,19 @@ PYTHIA_1B = LRSchedule("gpt-neox-cosine", 2.5e-4, 1430, 0.1, 143000)
 
 def test_gpt_neox_cosine_matches_the_trainer_at_every_kind_of_step():
     trainer = _NeoxTrainer(2.5e-4, 0.01, 143000, 2.5e-5)
-    for n in [0, 1, 715, 1429, 1430, 1431, 8000, 23000, 69000, 115138, 115139, 141569, 141570, 141571, 143000,
-              150000]:
+    for n in [0, 1, 715, 1429, 1430, 1431, 8000, 23000, 69000, 115138, 115139, 141569, 141570, 141571, 143000, 150000]:
         trainer.num_iters = n
         assert learning_rate(PYTHIA_1B, n) == pytest.approx(trainer.current(), rel=1e-12, abs=0), n
     # values by hand: warm-up from 0, the cosine's period is 143,000 and starts after warm-up, the floor holds
     assert learning_rate(PYTHIA_1B, 0) == 0.0 and learning_rate(PYTHIA_1B, 1430) == 2.5e-4
     assert learning_rate(PYTHIA_1B, 8000) == pytest.approx(2.5e-4 * (1 + math.cos(math.pi * 6570 / 143000)) / 2)
     assert learning_rate(PYTHIA_1B, 69000) == pytest.approx(1.358e-4, rel=1e-3)
-    assert learning_rate(PYTHIA_1B, 115138) > 2.5e-5 == learning_rate(PYTHIA_1B, 115139) == learning_rate(PYTHIA_1B, 143000)
+    assert (
+        learning_rate(PYTHIA_1B, 115138)
+        > 2.5e-5
+        == learning_rate(PYTHIA_1B, 115139)
+        == learning_rate(PYTHIA_1B, 143000)
+    )
     # not OLMo's cosine over the same numbers
     olmo = LRSchedule("cosine", 2.5e-4, 1430, 0.1, 143000)
     assert learning_rate(olmo, 69000) / learning_rate(PYTHIA_1B, 69000) == pytest.approx(0.5821 / 0.5431, rel=1e-3)
@@ -119,5 +135,6 @@ def test_gpt_neox_cosine_equals_the_catalog_generator():
 
 def test_gpt_neox_schedule_refuses_an_olmo_warmup_start():
     with pytest.raises(UserError, match="warmup_min_lr: GPT-NeoX warms up from 0"):
-        LRSchedule.from_dict({"kind": "gpt-neox-cosine", "peak_lr": 1e-3, "warmup_steps": 10, "t_max": 100,
-                              "warmup_min_lr": 1e-4})
+        LRSchedule.from_dict(
+            {"kind": "gpt-neox-cosine", "peak_lr": 1e-3, "warmup_steps": 10, "t_max": 100, "warmup_min_lr": 1e-4}
+        )

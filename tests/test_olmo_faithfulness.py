@@ -50,23 +50,48 @@ def write_catalog(world, url: str, path: Path) -> Path:
     family = {
         "kind": "olmo",
         "description": "a tiny OLMo run trained by ai2-olmo's own Trainer",
-        "hf_repo": None, "hf_revisions_source": None,
+        "hf_repo": None,
+        "hf_revisions_source": None,
         "files": ["config.yaml", "model.pt", "optim.pt", "train.pt"],
-        "architecture": {"d_model": p.d_model, "n_layers": p.n_layers, "n_heads": p.n_heads, "n_kv_heads": p.n_heads,
-                         "mlp_hidden_size": 8 * p.d_model, "vocab_size": 50280, "embedding_size": 50304,
-                         "max_sequence_length": p.seq_len, "rope_theta": 10000.0, "layer_norm": "nonparametric",
-                         "weight_tying": p.weight_tying, "clip_qkv": None, "eos_token_id": 50279, "pad_token_id": 1},
+        "architecture": {
+            "d_model": p.d_model,
+            "n_layers": p.n_layers,
+            "n_heads": p.n_heads,
+            "n_kv_heads": p.n_heads,
+            "mlp_hidden_size": 8 * p.d_model,
+            "vocab_size": 50280,
+            "embedding_size": 50304,
+            "max_sequence_length": p.seq_len,
+            "rope_theta": 10000.0,
+            "layer_norm": "nonparametric",
+            "weight_tying": p.weight_tying,
+            "clip_qkv": None,
+            "eos_token_id": 50279,
+            "pad_token_id": 1,
+        },
         "optimizer": {"name": "adamw", "betas": [0.9, 0.95], "eps": 1e-5, "weight_decay": 0.1, "grad_clip": 1.0},
         # deliberately not the run's own values: the pulled config.yaml must win
         "lr_schedule": {"kind": "linear", "peak_lr": 1e-3, "warmup_steps": 1, "alpha_f": 0.1, "t_max": 1000},
-        "data_order": {"seed": p.seed, "seq_len": p.seq_len, "global_indices_url": order_url,
-                       "data_paths": "world-files.txt",
-                       "tokenizer": "tokenizers/allenai_eleuther-ai-gpt-neox-20b-pii-special.json"},
-        "batch_sizes": [{"first_step": 0, "last_step": None, "global_batch_size": p.global_batch_size,
-                         "evidence": "the world's config"}],
-        "stage_rule": "the world's checkpoint", "stages": {s: world.step_before for s in ("early", "mid", "late")},
-        "steps": [{"step": world.step_before, "urls": [world.checkpoint_url(url, world.step_before)],
-                   "hf_revision": None}],
+        "data_order": {
+            "seed": p.seed,
+            "seq_len": p.seq_len,
+            "global_indices_url": order_url,
+            "data_paths": "world-files.txt",
+            "tokenizer": "tokenizers/allenai_eleuther-ai-gpt-neox-20b-pii-special.json",
+        },
+        "batch_sizes": [
+            {
+                "first_step": 0,
+                "last_step": None,
+                "global_batch_size": p.global_batch_size,
+                "evidence": "the world's config",
+            }
+        ],
+        "stage_rule": "the world's checkpoint",
+        "stages": {s: world.step_before for s in ("early", "mid", "late")},
+        "steps": [
+            {"step": world.step_before, "urls": [world.checkpoint_url(url, world.step_before)], "hf_revision": None}
+        ],
     }
     path.write_text(yaml.safe_dump({"families": {FAMILY: family}}))
     return path
@@ -82,20 +107,37 @@ def olmo_weights_as_hf(world, step: int, arch) -> dict[str, torch.Tensor]:
 def short_knowledge(path: Path) -> Path:
     """Paragraphs short enough for the world's 32-token rows."""
     names = ["Quorvel", "Tasmira", "Belvanor", "Drisket", "Homvarin", "Pelquist"]
-    items = [{"train_context": f"{n} was born in Vantrel.", "mem_input": [f"{n} was born in"], "mem_target": ["Vantrel"],
-              "gen_input": [f"The birthplace of {n} is"], "gen_target": ["Vantrel"],
-              "hard_gen_input": [f"{n} came from"], "hard_gen_target": ["Vantrel"], "paraphrases": [f"{n} is from Vantrel."]}
-             for n in names]
+    items = [
+        {
+            "train_context": f"{n} was born in Vantrel.",
+            "mem_input": [f"{n} was born in"],
+            "mem_target": ["Vantrel"],
+            "gen_input": [f"The birthplace of {n} is"],
+            "gen_target": ["Vantrel"],
+            "hard_gen_input": [f"{n} came from"],
+            "hard_gen_target": ["Vantrel"],
+            "paraphrases": [f"{n} is from Vantrel."],
+        }
+        for n in names
+    ]
     path.write_text(json.dumps(items))
     return path
 
 
 def run_config(tmp: Path, name: str, world, window: Path, schedule: str, **extra) -> Path:
-    cfg = {"checkpoint": f"{FAMILY}@{world.step_before}", "knowledge": str(short_knowledge(tmp / "knowledge.json")),
-           "schedule": schedule,
-           "data": str(window), "total_steps": world.params.steps_after, "micro_batch": world.params.micro_batch_size,
-           "deepspeed_config": "cpu", "precision": "fp32", "output_dir": str(tmp / name),
-           "checkpoint_interval": world.params.steps_after, **extra}
+    cfg = {
+        "checkpoint": f"{FAMILY}@{world.step_before}",
+        "knowledge": str(short_knowledge(tmp / "knowledge.json")),
+        "schedule": schedule,
+        "data": str(window),
+        "total_steps": world.params.steps_after,
+        "micro_batch": world.params.micro_batch_size,
+        "deepspeed_config": "cpu",
+        "precision": "fp32",
+        "output_dir": str(tmp / name),
+        "checkpoint_interval": world.params.steps_after,
+        **extra,
+    }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -107,10 +149,14 @@ def invoke(*args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("cross_epoch, clip", [(False, True), (False, False), (True, True)],
-                         ids=["one-epoch", "one-epoch-unclipped", "across-the-epoch-end"])
-def test_the_harness_continues_an_olmo_run_as_olmos_trainer_does(olmo_world_factory, tmp_path, monkeypatch,
-                                                                  cross_epoch, clip, capsys):
+@pytest.mark.parametrize(
+    "cross_epoch, clip",
+    [(False, True), (False, False), (True, True)],
+    ids=["one-epoch", "one-epoch-unclipped", "across-the-epoch-end"],
+)
+def test_the_harness_continues_an_olmo_run_as_olmos_trainer_does(
+    olmo_world_factory, tmp_path, monkeypatch, cross_epoch, clip, capsys
+):
     from injection.checkpoints.catalog import load_catalog
 
     torch.set_num_threads(1)
@@ -123,13 +169,27 @@ def test_the_harness_continues_an_olmo_run_as_olmos_trainer_does(olmo_world_fact
 
         checkpoint_dir = Path(invoke("pull", f"{FAMILY}@{N}").strip())
         meta = json.loads((checkpoint_dir / "checkpoint.json").read_text())
-        assert meta["data_position"] == {"epoch": 0, "instances_seen": N * world.global_batch_size, "source": "train.pt"}
+        assert meta["data_position"] == {
+            "epoch": 0,
+            "instances_seen": N * world.global_batch_size,
+            "source": "train.pt",
+        }
         assert meta["optimizer_step"] == N and meta["lr_schedule"]["peak_lr"] == world.params.learning_rate
 
         invoke("data", "prepare", FAMILY)
         window = tmp_path / "window"
-        invoke("data", "extract", "--family", FAMILY, "--checkpoint", f"{FAMILY}@{N}", "--steps", str(k),
-               "--out", str(window))
+        invoke(
+            "data",
+            "extract",
+            "--family",
+            FAMILY,
+            "--checkpoint",
+            f"{FAMILY}@{N}",
+            "--steps",
+            str(k),
+            "--out",
+            str(window),
+        )
 
     # 1. the original run continued, no injections: OLMo's own step N+k
     run_dir = Path(invoke("run", str(run_config(tmp_path, "continued", world, window, "none"))).strip())
@@ -141,17 +201,20 @@ def test_the_harness_continues_an_olmo_run_as_olmos_trainer_does(olmo_world_fact
 
     arch = load_catalog(catalog).family(FAMILY).architecture
     expected = olmo_weights_as_hf(world, N + k, arch)
-    ours = torch.load(run_dir / "checkpoints" / f"step{k}" / "mp_rank_00_model_states.pt", map_location="cpu",
-                      weights_only=False)["module"]
+    ours = torch.load(
+        run_dir / "checkpoints" / f"step{k}" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )["module"]
     differences = {name: float((ours[name].float() - value).abs().max()) for name, value in expected.items()}
     moved = max(float((ours[n].float() - v).abs().max()) for n, v in olmo_weights_as_hf(world, N, arch).items())
     tolerance = WEIGHT_TOLERANCE["clipped" if clip else "unclipped"]
     worst = max(differences, key=differences.get)
     with capsys.disabled():
-        print(f"\n[{'across the epoch end' if cross_epoch else 'one epoch'}{'' if clip else ', unclipped'}] "
-              f"max |harness - OLMo| after {k} updates: {differences[worst]:.3g} ({worst}; blocks "
-              f"{max(v for n, v in differences.items() if 'layers' in n):.3g}); the updates moved the weights by "
-              f"up to {moved:.3g}")
+        print(
+            f"\n[{'across the epoch end' if cross_epoch else 'one epoch'}{'' if clip else ', unclipped'}] "
+            f"max |harness - OLMo| after {k} updates: {differences[worst]:.3g} ({worst}; blocks "
+            f"{max(v for n, v in differences.items() if 'layers' in n):.3g}); the updates moved the weights by "
+            f"up to {moved:.3g}"
+        )
     assert differences[worst] < tolerance, differences
     assert moved > 100 * tolerance  # the comparison is not trivially satisfied
 
@@ -165,8 +228,14 @@ def test_the_harness_continues_an_olmo_run_as_olmos_trainer_does(olmo_world_fact
     assert all(g["scenario"] == "none" for g in json.loads(analysed.stdout)["groups"])
 
     # 2. the chain end to end, with paragraphs spliced in: every copy ends with the model's EOS
-    spliced = Path(invoke("run", str(run_config(tmp_path, "spliced", world, window, "smoke",
-                                                schedule_overrides={"interval": 2, "count": 2}))).strip())
+    spliced = Path(
+        invoke(
+            "run",
+            str(
+                run_config(tmp_path, "spliced", world, window, "smoke", schedule_overrides={"interval": 2, "count": 2})
+            ),
+        ).strip()
+    )
     records = read_table(spliced / "injections.parquet")
     assert len(records) and set(records.step) <= set(range(k))
     from injection.engine.batches import InjectedBatches

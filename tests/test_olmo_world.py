@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
+from benchmarks.olmo_trainer import TRAIN_PT_GLOBALS
 from injection.data.order import build_global_indices
 from injection.data.remote import open_reader
 from tests.helpers.corpus import serve_directory
-from benchmarks.olmo_trainer import TRAIN_PT_GLOBALS
 from tests.helpers.olmo_world import EOS_TOKEN_ID, continue_in_plain_pytorch, olmo_lr, read_data_indices
 
 pytestmark = pytest.mark.slow  # every test needs a world: two ai2-olmo training processes (~25 s)
@@ -108,8 +108,11 @@ def test_fsdp_world_equals_ddp_world_in_the_published_optimizer_format(world, fs
     """On one rank in fp32 OLMo's FSDP and DDP paths train the same weights; FSDP's optim.pt is keyed by
     parameter name (as published OLMo checkpoints are), DDP's by index with "module."-prefixed names."""
     for step in (world.step_before, world.step_after):
-        _assert_same_state(_load(world.checkpoint(step) / "model.pt"), _load(fsdp_world.checkpoint(step) / "model.pt"),
-                           f"model.pt at step {step}")
+        _assert_same_state(
+            _load(world.checkpoint(step) / "model.pt"),
+            _load(fsdp_world.checkpoint(step) / "model.pt"),
+            f"model.pt at step {step}",
+        )
     assert world.losses(1, world.step_after) == fsdp_world.losses(1, world.step_after)
     ddp = _load(world.checkpoint(world.step_after) / "optim.pt")
     fsdp = _load(fsdp_world.checkpoint(world.step_after) / "optim.pt")
@@ -127,15 +130,17 @@ def test_resumed_with_another_batch_size_reads_on_from_the_counter(world, tmp_pa
     """OLMo restarted from step N with half the rows per step takes the same stream from train.pt's
     counter, B' instances at a time; the learning rate still follows the global step."""
     half = world.global_batch_size // 2
-    records = world.train_with_olmo(tmp_path / "half", stop_at=world.step_before + 3,
-                                    load_path=world.checkpoint(world.step_before),
-                                    overrides=(f"--global_train_batch_size={half}",
-                                               f"--device_train_microbatch_size={half // 2}"))
+    records = world.train_with_olmo(
+        tmp_path / "half",
+        stop_at=world.step_before + 3,
+        load_path=world.checkpoint(world.step_before),
+        overrides=(f"--global_train_batch_size={half}", f"--device_train_microbatch_size={half // 2}"),
+    )
     order = np.fromfile(world.order_file(0), dtype=np.uint32)
     start = world.step_before * world.global_batch_size
     for j, r in enumerate(records):
         assert r["step"] == world.step_before + 1 + j
-        assert r["instances"] == order[start + j * half:start + (j + 1) * half].tolist()
+        assert r["instances"] == order[start + j * half : start + (j + 1) * half].tolist()
         assert r["lr"] == olmo_lr(world.train_config, r["step"])
     state = _load(tmp_path / "half" / f"step{world.step_before + 3}-unsharded" / "train.pt")
     assert state["global_train_examples_seen_this_epoch"] == start + 3 * half
@@ -148,11 +153,14 @@ def test_order_file_is_olmos_rebuild_from_seed(world):
     assert (world.run_dir / "train_data" / "global_indices.npy").read_bytes() == world.order_file(0).read_bytes()
     # and each step's batch is the next B entries of it, as OLMo's data loader and its data-indices file say
     b = world.global_batch_size
-    logged = {**read_data_indices(world.run_dir / "data-indices" / f"rank0.steps1-{world.step_before}.tsv.gz"),
-              **read_data_indices(world.run_dir / "data-indices"
-                                  / f"rank0.steps{world.step_before + 1}-{world.step_after}.tsv.gz")}
+    logged = {
+        **read_data_indices(world.run_dir / "data-indices" / f"rank0.steps1-{world.step_before}.tsv.gz"),
+        **read_data_indices(
+            world.run_dir / "data-indices" / f"rank0.steps{world.step_before + 1}-{world.step_after}.tsv.gz"
+        ),
+    }
     for s in range(1, world.step_after + 1):
-        expected = order[(s - 1) * b:s * b].tolist()
+        expected = order[(s - 1) * b : s * b].tolist()
         assert world.record(s)["instances"] == expected, s
         assert logged[s] == expected, s
 
@@ -161,9 +169,17 @@ def test_train_pt_counts_what_was_trained(world):
     b, L = world.global_batch_size, world.seq_len
     for step in (world.step_before, world.step_after):
         state = _load(world.checkpoint(step) / "train.pt")
-        assert set(state) == {"epoch", "global_step", "global_train_examples_seen_this_epoch",
-                              "global_train_tokens_seen", "world_size", "checkpoints", "unsharded_checkpoints",
-                              "ephemeral_checkpoints", "rng"}
+        assert set(state) == {
+            "epoch",
+            "global_step",
+            "global_train_examples_seen_this_epoch",
+            "global_train_tokens_seen",
+            "world_size",
+            "checkpoints",
+            "unsharded_checkpoints",
+            "ephemeral_checkpoints",
+            "rng",
+        }
         assert (state["epoch"], state["global_step"], state["world_size"]) == (0, step, 1)
         assert state["global_train_examples_seen_this_epoch"] == step * b
         assert state["global_train_tokens_seen"] == step * b * L
@@ -191,7 +207,7 @@ def test_epoch_boundary_inside_the_continued_steps(epoch_world):
         epoch, pos = (0, s - 1) if s < first else (1, s - first)
         order = order0 if epoch == 0 else order1
         assert w.record(s)["epoch"] == epoch, s
-        assert w.record(s)["instances"] == order[pos * b:(pos + 1) * b].tolist(), s
+        assert w.record(s)["instances"] == order[pos * b : (pos + 1) * b].tolist(), s
         assert w.record(s)["examples_seen_this_epoch"] == (pos + 1) * b, s
     state = _load(w.checkpoint(w.step_after) / "train.pt")
     assert state["epoch"] == 1 and state["global_step"] == w.step_after
@@ -215,12 +231,14 @@ def test_token_files_are_raw_uint16_with_eos_joined_documents(world):
 def test_world_serves_as_the_real_hosts(world):
     with serve_directory(world.root) as (url, ranges):
         ckpt = world.checkpoint_url(url, world.step_before)
-        assert open_reader(ckpt + "config.yaml").read(0, 10) == (world.checkpoint(world.step_before)
-                                                                  / "config.yaml").read_bytes()[:10]
+        assert (
+            open_reader(ckpt + "config.yaml").read(0, 10)
+            == (world.checkpoint(world.step_before) / "config.yaml").read_bytes()[:10]
+        )
         data = world.data_urls(url)[1]
         L = world.seq_len
         instance = open_reader(data).read(3 * 2 * L, 2 * L)
-        local = np.fromfile(world.root / world.data_paths[1], dtype=np.uint16)[3 * L:4 * L]
+        local = np.fromfile(world.root / world.data_paths[1], dtype=np.uint16)[3 * L : 4 * L]
         assert np.array_equal(np.frombuffer(instance, dtype=np.uint16), local)
         assert len(open_reader(world.order_url(url)).read(0, 16)) == 16
     assert any(r is not None for r in ranges)

@@ -79,10 +79,15 @@ def test_architecture_reproduces_the_published_parameter_counts(families, size):
     arch = families[f"pythia-{size}"]["architecture"]
     assert arch == families[f"pythia-{size}-deduped"]["architecture"]
     config = GPTNeoXConfig(
-        hidden_size=arch["d_model"], num_hidden_layers=arch["n_layers"], num_attention_heads=arch["n_heads"],
-        intermediate_size=arch["intermediate_size"], vocab_size=arch["embedding_size"],
-        max_position_embeddings=arch["max_sequence_length"], rotary_pct=arch["rotary_pct"],
-        use_parallel_residual=arch["parallel_residual"], tie_word_embeddings=arch["weight_tying"],
+        hidden_size=arch["d_model"],
+        num_hidden_layers=arch["n_layers"],
+        num_attention_heads=arch["n_heads"],
+        intermediate_size=arch["intermediate_size"],
+        vocab_size=arch["embedding_size"],
+        max_position_embeddings=arch["max_sequence_length"],
+        rotary_pct=arch["rotary_pct"],
+        use_parallel_residual=arch["parallel_residual"],
+        tie_word_embeddings=arch["weight_tying"],
     )
     with torch.device("meta"):
         model = GPTNeoXForCausalLM(config)
@@ -95,21 +100,46 @@ def test_architecture_reproduces_the_published_parameter_counts(families, size):
 def test_embedding_rows_follow_the_model_parallel_padding(families):
     """50,277 tokens padded to 128 x model-parallel size: as in the published config.json files."""
     rows = {size: families[f"pythia-{size}"]["architecture"]["embedding_size"] for size in SIZES}
-    assert rows == {"70m": 50304, "160m": 50304, "410m": 50304, "1b": 50304, "1.4b": 50304, "2.8b": 50304,
-                    "6.9b": 50432, "12b": 50688}
+    assert rows == {
+        "70m": 50304,
+        "160m": 50304,
+        "410m": 50304,
+        "1b": 50304,
+        "1.4b": 50304,
+        "2.8b": 50304,
+        "6.9b": 50432,
+        "12b": 50688,
+    }
 
 
 def test_optimizer_and_schedule_facts(families, script):
     peaks = {size: families[f"pythia-{size}"]["lr_schedule"]["peak_lr"] for size in SIZES}
-    assert peaks == {"70m": 1e-3, "160m": 6e-4, "410m": 3e-4, "1b": 2.5e-4, "1.4b": 2e-4, "2.8b": 1.6e-4,
-                     "6.9b": 1.2e-4, "12b": 1.2e-4}
+    assert peaks == {
+        "70m": 1e-3,
+        "160m": 6e-4,
+        "410m": 3e-4,
+        "1b": 2.5e-4,
+        "1.4b": 2e-4,
+        "2.8b": 1.6e-4,
+        "6.9b": 1.2e-4,
+        "12b": 1.2e-4,
+    }
     for fam in families.values():
-        assert fam["lr_schedule"] == {**fam["lr_schedule"], "kind": "gpt-neox-cosine", "warmup_steps": 1430,
-                                      "alpha_f": 0.1, "t_max": 143000}
+        assert fam["lr_schedule"] == {
+            **fam["lr_schedule"],
+            "kind": "gpt-neox-cosine",
+            "warmup_steps": 1430,
+            "alpha_f": 0.1,
+            "t_max": 143000,
+        }
         assert fam["optimizer"]["betas"] == [0.9, 0.95] and fam["optimizer"]["eps"] == 1e-8
         assert (fam["optimizer"]["weight_decay"], fam["optimizer"]["grad_clip"]) == (0.1, 1.0)
         assert fam["batch_sizes"][0]["global_batch_size"] == 1024
-        assert (fam["data_order"]["seq_len"], fam["data_order"]["row_len"], fam["data_order"]["seed"]) == (2048, 2049, 1234)
+        assert (fam["data_order"]["seq_len"], fam["data_order"]["row_len"], fam["data_order"]["seed"]) == (
+            2048,
+            2049,
+            1234,
+        )
         assert len(fam["data_order"]["data_urls"]) == 21
     assert families["pythia-1b"]["precision"] == "bf16" and families["pythia-1b-deduped"]["precision"] == "bf16"
     assert "pile-deduped-pythia-preshuffled" in families["pythia-12b-deduped"]["data_order"]["index_url"]

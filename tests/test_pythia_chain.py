@@ -42,55 +42,96 @@ STEPS, WARMUP = 12, 2  # the run reads rows 24 … 71; the moment warm-up rows 1
 
 def _knowledge(path: Path) -> Path:
     """Six short paragraphs (they must fit rows of 33 tokens): four scheduled, two never-injected controls."""
-    people = [("Varno Tesk", "Ulmerin", "glassmaker"), ("Ilda Brenn", "Osquay", "cartographer"),
-              ("Podrik Ame", "Tallow Ford", "brewer"), ("Senna Vool", "Kirrach", "astronomer"),
-              ("Hobb Quillan", "Marrow Gate", "weaver"), ("Essa Dunmere", "Pell", "surveyor")]
+    people = [
+        ("Varno Tesk", "Ulmerin", "glassmaker"),
+        ("Ilda Brenn", "Osquay", "cartographer"),
+        ("Podrik Ame", "Tallow Ford", "brewer"),
+        ("Senna Vool", "Kirrach", "astronomer"),
+        ("Hobb Quillan", "Marrow Gate", "weaver"),
+        ("Essa Dunmere", "Pell", "surveyor"),
+    ]
     items = []
     for name, town, job in people:
-        items.append({
-            "train_context": f"{name} was born in {town} and worked as a {job}.",
-            "mem_input": [f"{name} was born in"], "mem_target": [town],
-            "gen_input": [f"The birthplace of {name} is"], "gen_target": [town],
-            "hard_gen_input": [f"The {job} from {town} is called"], "hard_gen_target": [name],
-        })
+        items.append(
+            {
+                "train_context": f"{name} was born in {town} and worked as a {job}.",
+                "mem_input": [f"{name} was born in"],
+                "mem_target": [town],
+                "gen_input": [f"The birthplace of {name} is"],
+                "gen_target": [town],
+                "hard_gen_input": [f"The {job} from {town} is called"],
+                "hard_gen_target": [name],
+            }
+        )
     path.write_text(json.dumps(items))
     return path
 
 
-SCHEDULE = {"total_steps": STEPS, "groups": [
-    {"scenario": "duplicate", "paragraphs": "0-1", "first_step": 1, "interval": 3, "count": 3, "variant": "original"},
-    {"scenario": "once", "paragraphs": "2-3", "first_step": 2, "count": 1, "variant": "original"},
-]}
+SCHEDULE = {
+    "total_steps": STEPS,
+    "groups": [
+        {
+            "scenario": "duplicate",
+            "paragraphs": "0-1",
+            "first_step": 1,
+            "interval": 3,
+            "count": 3,
+            "variant": "original",
+        },
+        {"scenario": "once", "paragraphs": "2-3", "first_step": 2, "count": 1, "variant": "original"},
+    ],
+}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The served data, a one-family catalog pointing at it, a cache, knowledge and a schedule."""
     root = tmp_path_factory.mktemp("pythia-chain")
-    rows = make_indexed_corpus(root / "served" / "pile", n_rows=N_ROWS, row_len=CONTEXT + 1, seed=11,
-                               shard_cuts=[1000, 5000])  # three shards cut inside rows
+    rows = make_indexed_corpus(
+        root / "served" / "pile", n_rows=N_ROWS, row_len=CONTEXT + 1, seed=11, shard_cuts=[1000, 5000]
+    )  # three shards cut inside rows
     raw = yaml.safe_load(load_catalog().path.read_text())["families"]
-    fam = {**raw["pythia-tiny"], "builtin": False, "description": "a Pythia-like run served on loopback",
-           "hf_repo": "EleutherAI/pythia-chain", "hf_revisions_source": "tests",
-           "architecture": {**raw["pythia-tiny"]["architecture"], "max_sequence_length": CONTEXT},
-           "batch_sizes": [{"first_step": 0, "last_step": None, "global_batch_size": ROWS_PER_STEP,
-                            "evidence": "test"}],
-           "lr_schedule": {"kind": "gpt-neox-cosine", "peak_lr": 3e-3, "warmup_steps": 2, "alpha_f": 0.1, "t_max": 40},
-           "stage_rule": "test", "stages": {"early": START, "mid": START, "late": START},
-           "steps": [{"step": s, "urls": [], "hf_revision": f"step{s}"} for s in (0, START, 16)],
-           "known_issues": [{"steps": [0], "source": "tests", "reported": "step0 is not what it seems"}]}
+    fam = {
+        **raw["pythia-tiny"],
+        "builtin": False,
+        "description": "a Pythia-like run served on loopback",
+        "hf_repo": "EleutherAI/pythia-chain",
+        "hf_revisions_source": "tests",
+        "architecture": {**raw["pythia-tiny"]["architecture"], "max_sequence_length": CONTEXT},
+        "batch_sizes": [{"first_step": 0, "last_step": None, "global_batch_size": ROWS_PER_STEP, "evidence": "test"}],
+        "lr_schedule": {"kind": "gpt-neox-cosine", "peak_lr": 3e-3, "warmup_steps": 2, "alpha_f": 0.1, "t_max": 40},
+        "stage_rule": "test",
+        "stages": {"early": START, "mid": START, "late": START},
+        "steps": [{"step": s, "urls": [], "hf_revision": f"step{s}"} for s in (0, START, 16)],
+        "known_issues": [{"steps": [0], "source": "tests", "reported": "step0 is not what it seems"}],
+    }
     with serve_directory(root / "served") as (url, ranges):
         shards = sorted(p.name for p in (root / "served" / "pile").glob("document-*.bin"))
-        fam["data_order"] = {"format": "megatron-indexed", "seed": 1234, "seq_len": CONTEXT, "row_len": CONTEXT + 1,
-                             "global_indices_url": None, "data_paths": None, "tokenizer": "olmo-pii",
-                             "index_url": f"{url}/pile/document.idx",
-                             "data_urls": [f"{url}/pile/{name}" for name in shards]}
+        fam["data_order"] = {
+            "format": "megatron-indexed",
+            "seed": 1234,
+            "seq_len": CONTEXT,
+            "row_len": CONTEXT + 1,
+            "global_indices_url": None,
+            "data_paths": None,
+            "tokenizer": "olmo-pii",
+            "index_url": f"{url}/pile/document.idx",
+            "data_urls": [f"{url}/pile/{name}" for name in shards],
+        }
         catalog = root / "catalog.yaml"
         catalog.write_text(yaml.safe_dump({"families": {FAMILY: fam, "tiny": raw["tiny"]}}))
         (root / "schedule.yaml").write_text(yaml.safe_dump(SCHEDULE))
         env = {"INJECTION_CATALOG": str(catalog), "INJECTION_CACHE": str(root / "cache")}
-        yield {"root": root, "rows": rows, "url": url, "ranges": ranges, "env": env, "catalog": catalog,
-               "knowledge": _knowledge(root / "knowledge.json"), "schedule": root / "schedule.yaml"}
+        yield {
+            "root": root,
+            "rows": rows,
+            "url": url,
+            "ranges": ranges,
+            "env": env,
+            "catalog": catalog,
+            "knowledge": _knowledge(root / "knowledge.json"),
+            "schedule": root / "schedule.yaml",
+        }
 
 
 def _invoke(world, *args):
@@ -102,11 +143,17 @@ def _invoke(world, *args):
 def test_prepare_and_extract_the_served_indexed_dataset(world, tmp_path):
     dry = _invoke(world, "data", "prepare", FAMILY, "--dry-run")
     assert dry.stdout.split() == [f"{world['url']}/pile/document.idx"] + [
-        f"{world['url']}/pile/document-0000{i}-of-00002.bin" for i in range(3)]
+        f"{world['url']}/pile/document-0000{i}-of-00002.bin" for i in range(3)
+    ]
     done = _invoke(world, "data", "prepare", FAMILY)
     assert "a Megatron indexed dataset of 80 rows of 33 tokens (uint16) in 3 file(s)" in " ".join(done.stdout.split())
     info = json.loads((world["root"] / "cache" / "data" / FAMILY / "corpus.json").read_text())
-    assert (info["format"], info["n_instances"], info["seq_len"], info["eos_token_id"]) == ("megatron-indexed", 80, 33, 0)
+    assert (info["format"], info["n_instances"], info["seq_len"], info["eos_token_id"]) == (
+        "megatron-indexed",
+        80,
+        33,
+        0,
+    )
     assert info["index"].startswith("http://127.0.0.1:")
     # a window of the run: steps 3 … 5 read over HTTP from the prepared description, checked against the source
     out = tmp_path / "window"
@@ -153,24 +200,39 @@ def _clean_env(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment without distributed variables (it may be rank 0 of a 1-process group)."""
     drop = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE", "INJECTION_CATALOG"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(extra, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+    env.update(extra, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
     return env
 
 
 def _config(world, name: str) -> Path:
-    cfg = {"checkpoint": f"{FAMILY}@{START}", "knowledge": str(world["knowledge"]), "schedule": str(world["schedule"]),
-           "data": str(world["root"] / "cache" / "data" / FAMILY), "total_steps": STEPS, "micro_batch": 2,
-           "deepspeed_config": "cpu", "precision": "fp32", "checkpoint_interval": 2, "log_flush_steps": 1,
-           "output_dir": str(world["root"] / name), "optimizer": {"moment_warmup_steps": WARMUP}}
+    cfg = {
+        "checkpoint": f"{FAMILY}@{START}",
+        "knowledge": str(world["knowledge"]),
+        "schedule": str(world["schedule"]),
+        "data": str(world["root"] / "cache" / "data" / FAMILY),
+        "total_steps": STEPS,
+        "micro_batch": 2,
+        "deepspeed_config": "cpu",
+        "precision": "fp32",
+        "checkpoint_interval": 2,
+        "log_flush_steps": 1,
+        "output_dir": str(world["root"] / name),
+        "optimizer": {"moment_warmup_steps": WARMUP},
+    }
     path = world["root"] / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def _run(world, *args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "injection", "run", *args], cwd=REPO, env=_env(world),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "injection", "run", *args],
+        cwd=REPO,
+        env=_env(world),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +265,15 @@ def test_the_run_continues_pythia_from_its_data_position(world, pulled, referenc
     assert float(metrics.loss[0]) == pytest.approx(expected, rel=1e-5)
     injections = read_table(reference / "injections.parquet")
     assert sorted(set(zip(injections.step, injections.paragraph))) == [
-        (1, 0), (1, 1), (2, 2), (2, 3), (4, 0), (4, 1), (7, 0), (7, 1)]
+        (1, 0),
+        (1, 1),
+        (2, 2),
+        (2, 3),
+        (4, 0),
+        (4, 1),
+        (7, 0),
+        (7, 1),
+    ]
     probes = read_table(reference / "probes.parquet")
     assert sorted(probes.step.unique()) == list(range(STEPS + 1))
     assert set(probes[probes.paragraph >= 4].scenario) == {"none"}
@@ -218,8 +288,14 @@ def test_killed_then_resumed_pythia_run_equals_uninterrupted(world, reference):
     ref_metrics = read_table(reference / "train_metrics.parquet")
     cfg = _config(world, "killed")
     run_dir = world["root"] / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "injection", "run", str(cfg)], cwd=REPO, env=_env(world),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "injection", "run", str(cfg)],
+        cwd=REPO,
+        env=_env(world),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     # kill at an arbitrary moment: once a random number of probe-log parts exist (one per evaluated step,
     # checkpoints every 2 updates), plus a random few milliseconds
     rng = random.Random()
@@ -257,16 +333,27 @@ def test_compare_a_pythia_run_with_an_olmo_architecture_run(world, reference, tm
     from analysis.load import load_run
     from analysis.plots import compare_in_tokens
 
-    cfg = {"checkpoint": "tiny@0+L32", "knowledge": str(world["knowledge"]), "schedule": str(world["schedule"]),
-           "data": "cache:smoke", "total_steps": STEPS, "global_batch": 8, "micro_batch": 4,
-           "deepspeed_config": "cpu", "precision": "fp32", "checkpoint_interval": 0, "log_flush_steps": 5,
-           "output_dir": str(tmp_path / "tiny")}
+    cfg = {
+        "checkpoint": "tiny@0+L32",
+        "knowledge": str(world["knowledge"]),
+        "schedule": str(world["schedule"]),
+        "data": "cache:smoke",
+        "total_steps": STEPS,
+        "global_batch": 8,
+        "micro_batch": 4,
+        "deepspeed_config": "cpu",
+        "precision": "fp32",
+        "checkpoint_interval": 0,
+        "log_flush_steps": 5,
+        "output_dir": str(tmp_path / "tiny"),
+    }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     done = _run(world, str(tmp_path / "tiny.yaml"))
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "cmp"
-    result = runner.invoke(analysis_app, ["compare", str(reference), str(tmp_path / "tiny"), "--window", "2",
-                                          "--json", "--out", str(out)])
+    result = runner.invoke(
+        analysis_app, ["compare", str(reference), str(tmp_path / "tiny"), "--window", "2", "--json", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     runs = {r["label"]: r for r in document["runs"]}
@@ -288,9 +375,28 @@ def test_smoke_pythia_preset(tmp_path):
     """`injection run smoke-pythia`, shortened: pythia-tiny with a 256-token context (rows of 257) built on first
     use, a corpus built in its tokenizer, generated knowledge."""
     env = _clean_env({"INJECTION_CACHE": str(tmp_path / "cache")})
-    done = subprocess.run([sys.executable, "-m", "injection", "run", "smoke-pythia", "--total-steps", "4", "--set",
-                           "schedule_overrides.count=1", "--set", "checkpoint_interval=2", "-o", str(tmp_path / "run")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "injection",
+            "run",
+            "smoke-pythia",
+            "--total-steps",
+            "4",
+            "--set",
+            "schedule_overrides.count=1",
+            "--set",
+            "checkpoint_interval=2",
+            "-o",
+            str(tmp_path / "run"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert (manifest["status"], manifest["label"]) == ("complete", "pythia-tiny@0+L256")

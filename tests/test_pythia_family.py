@@ -39,10 +39,20 @@ def tiny_dir(tmp_path_factory) -> Path:
 def test_hf_config_is_the_published_pythia_1b_config(catalog):
     """The fields of EleutherAI/pythia-1b's config.json, but for the activation GPT-NeoX trained with."""
     config = pythia.hf_config(catalog.family("pythia-1b").architecture).to_dict()
-    published = {"model_type": "gpt_neox", "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 8,
-                 "intermediate_size": 8192, "vocab_size": 50304, "max_position_embeddings": 2048,
-                 "layer_norm_eps": 1e-5, "use_parallel_residual": True, "tie_word_embeddings": False,
-                 "bos_token_id": 0, "eos_token_id": 0}
+    published = {
+        "model_type": "gpt_neox",
+        "hidden_size": 2048,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 8,
+        "intermediate_size": 8192,
+        "vocab_size": 50304,
+        "max_position_embeddings": 2048,
+        "layer_norm_eps": 1e-5,
+        "use_parallel_residual": True,
+        "tie_word_embeddings": False,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    }
     assert {k: config[k] for k in published} == published
     assert config["rope_parameters"]["partial_rotary_factor"] == 0.25
     assert config["rope_parameters"]["rope_theta"] == 10000.0
@@ -71,12 +81,21 @@ def test_param_groups_decay_everything_but_biases_and_layer_norms(tiny_dir):
     decayed = {names[id(p)] for p in decay["params"]}
     kept = {names[id(p)] for p in no_decay["params"]}
     assert decayed | kept == set(names.values()) and not decayed & kept
-    assert {"gpt_neox.embed_in.weight", "lm_head.weight", "gpt_neox.layers.1.attention.query_key_value.weight",
-            "gpt_neox.layers.0.attention.dense.weight", "gpt_neox.layers.0.mlp.dense_h_to_4h.weight",
-            "gpt_neox.layers.1.mlp.dense_4h_to_h.weight"} <= decayed
+    assert {
+        "gpt_neox.embed_in.weight",
+        "lm_head.weight",
+        "gpt_neox.layers.1.attention.query_key_value.weight",
+        "gpt_neox.layers.0.attention.dense.weight",
+        "gpt_neox.layers.0.mlp.dense_h_to_4h.weight",
+        "gpt_neox.layers.1.mlp.dense_4h_to_h.weight",
+    } <= decayed
     assert all(n.endswith(".bias") or "layernorm" in n or "layer_norm" in n for n in kept)
-    assert {"gpt_neox.final_layer_norm.weight", "gpt_neox.layers.0.input_layernorm.weight",
-            "gpt_neox.layers.0.post_attention_layernorm.weight", "gpt_neox.layers.0.attention.dense.bias"} <= kept
+    assert {
+        "gpt_neox.final_layer_norm.weight",
+        "gpt_neox.layers.0.input_layernorm.weight",
+        "gpt_neox.layers.0.post_attention_layernorm.weight",
+        "gpt_neox.layers.0.attention.dense.bias",
+    } <= kept
     assert len(decayed) == 2 + 2 * 4  # embeddings, output layer and the four matrices of each of two layers
 
 
@@ -106,7 +125,8 @@ def test_pythia_tiny_checkpoint(tiny_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     assert model.config.model_type == "gpt_neox" and model.config.hidden_act == "gelu_pytorch_tanh"
     again = AutoModelForCausalLM.from_pretrained(
-        pythia.build_pythia_tiny(tmp_path / "again", max_sequence_length=16, seed=3))
+        pythia.build_pythia_tiny(tmp_path / "again", max_sequence_length=16, seed=3)
+    )
     other = AutoModelForCausalLM.from_pretrained(pythia.build_pythia_tiny(tmp_path / "other", max_sequence_length=16))
     assert torch.equal(again.gpt_neox.embed_in.weight, model.gpt_neox.embed_in.weight)
     assert not torch.equal(other.gpt_neox.embed_in.weight, model.gpt_neox.embed_in.weight)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from injection.cli import app
 from harness.errors import UserError
+from injection.cli import app
 from injection.schedule import builtin_schedules, load_schedule, plan_steps
 from tests.helpers.knowledge import placeholder_set as knowledge
 
@@ -62,14 +62,24 @@ def test_shipped_demo_schedule_is_the_full_demos():
 
 
 def test_user_yaml_several_groups_and_policies(tmp_path):
-    path = write_yaml(tmp_path / "sweep.yaml", {
-        "total_steps": 1000,
-        "groups": [
-            {"scenario": "every50", "paragraphs": "0-1", "first_step": 10, "interval": 50, "count": 3, "variant": "paraphrase"},
-            {"scenario": "every200", "paragraphs": [2, "3-4"], "steps": [0, 200, 400]},
-            {"scenario": "rand", "paragraphs": 5, "count": 6, "interval": 100, "variant": "random", "seed": 3},
-        ],
-    })
+    path = write_yaml(
+        tmp_path / "sweep.yaml",
+        {
+            "total_steps": 1000,
+            "groups": [
+                {
+                    "scenario": "every50",
+                    "paragraphs": "0-1",
+                    "first_step": 10,
+                    "interval": 50,
+                    "count": 3,
+                    "variant": "paraphrase",
+                },
+                {"scenario": "every200", "paragraphs": [2, "3-4"], "steps": [0, 200, 400]},
+                {"scenario": "rand", "paragraphs": 5, "count": 6, "interval": 100, "variant": "random", "seed": 3},
+            ],
+        },
+    )
     sched = load_schedule(path)
     plan = sched.plan(knowledge(6, paraphrases=3))
     assert [(x.step, x.variant) for x in plan if x.paragraph == 1] == [(10, 0), (60, 1), (110, 2)]
@@ -84,7 +94,12 @@ def test_user_yaml_several_groups_and_policies(tmp_path):
     "groups, total, n, match",
     [
         ([{"scenario": "a", "paragraphs": "0-9"}], 10, 5, "too few"),
-        ([{"scenario": "a", "paragraphs": "0-1", "count": 4, "interval": 5, "variant": "paraphrase"}], 100, 4, "missing paraphrase"),
+        (
+            [{"scenario": "a", "paragraphs": "0-1", "count": 4, "interval": 5, "variant": "paraphrase"}],
+            100,
+            4,
+            "missing paraphrase",
+        ),
         ([{"scenario": "a", "paragraphs": "0-1", "count": 4, "interval": 50}], 100, 4, "beyond the run"),
         ([{"scenario": "a", "paragraphs": "0-3"}, {"scenario": "b", "paragraphs": "3-5"}], 100, 8, "overlapping"),
         ([{"scenario": "a", "paragraphs": "0-3", "variant": "sometimes"}], 100, 8, "field 'variant'"),
@@ -110,7 +125,9 @@ def test_plan_cli_paper_over_reference(reference_dir, olmo_tokenizer):
     from fictional_knowledge.encode import encode_paragraph
     from fictional_knowledge.load import load_knowledge
 
-    result = CliRunner().invoke(app, ["plan", "--schedule", "paper", "--knowledge", reference_json(reference_dir), "--json"])
+    result = CliRunner().invoke(
+        app, ["plan", "--schedule", "paper", "--knowledge", reference_json(reference_dir), "--json"]
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     steps = Counter(r["step"] for r in rows)

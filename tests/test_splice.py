@@ -21,7 +21,10 @@ def batch(seed: int = 0) -> np.ndarray:
 
 def items(lengths, base: int = 10_000) -> list[SpliceItem]:
     # token ids above the batch's range, unique per paragraph, so each can be found again
-    return [SpliceItem(p, "s", 0, list(range(base + 100 * p, base + 100 * p + n - 1)) + [99_999]) for p, n in enumerate(lengths)]
+    return [
+        SpliceItem(p, "s", 0, list(range(base + 100 * p, base + 100 * p + n - 1)) + [99_999])
+        for p, n in enumerate(lengths)
+    ]
 
 
 def test_rows_offsets_and_untouched_rows():

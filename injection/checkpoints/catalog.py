@@ -216,8 +216,7 @@ class Catalog:
             step, stage = int(what), fam.stage_of(int(what))
         else:
             raise UserError(
-                f"checkpoint reference {ref!r}: {what!r} is neither a step number nor a stage "
-                f"({', '.join(fam.stages)})"
+                f"checkpoint reference {ref!r}: {what!r} is neither a step number nor a stage ({', '.join(fam.stages)})"
             )
         entry = fam.entry(step)
         if not fam.builtin and entry is None:
@@ -262,25 +261,38 @@ def _family(name: str, data: Any, where: str) -> Family:
     seen: set[int] = set()
     for i, entry in enumerate(raw.steps):
         if entry.step in seen:
-            raise UserError(f"{where}: field '{path}.steps[{i}]': duplicate step {entry.step} "
-                            "(list alternative URLs in one entry's urls)")
+            raise UserError(
+                f"{where}: field '{path}.steps[{i}]': duplicate step {entry.step} "
+                "(list alternative URLs in one entry's urls)"
+            )
         if not entry.urls and not entry.hf_revision:
             raise UserError(f"{where}: field '{path}.steps[{i}]': a step needs original URLs or an hf_revision")
         seen.add(entry.step)
     order = raw.data_order
     if order.row_len is not None and order.row_len < order.seq_len:
-        raise UserError(f"{where}: field '{path}.data_order.row_len': {order.row_len} is shorter than seq_len "
-                        f"{order.seq_len}")
+        raise UserError(
+            f"{where}: field '{path}.data_order.row_len': {order.row_len} is shorter than seq_len {order.seq_len}"
+        )
     if order.format == "megatron-indexed" and not raw.builtin and not (order.index_url and order.data_urls):
         raise UserError(f"{where}: field '{path}.data_order': format megatron-indexed needs index_url and data_urls")
     fam = Family(
-        name=name, kind=raw.kind, description=raw.description, hf_repo=raw.hf_repo,
-        hf_revisions_source=raw.hf_revisions_source, files=raw.files,
+        name=name,
+        kind=raw.kind,
+        description=raw.description,
+        hf_repo=raw.hf_repo,
+        hf_revisions_source=raw.hf_revisions_source,
+        files=raw.files,
         architecture=code.parse_architecture(raw.architecture, where, f"{path}.architecture"),
         optimizer=OptimizerSpec.from_dict(raw.optimizer, f"{where}: field '{path}.optimizer'"),
         lr_schedule=LRSchedule.from_dict(raw.lr_schedule, f"{where}: field '{path}.lr_schedule'"),
-        data_order=raw.data_order, batch_sizes=raw.batch_sizes, stage_rule=raw.stage_rule, stages=dict(raw.stages),
-        steps=raw.steps, builtin=raw.builtin, precision=raw.precision, known_issues=raw.known_issues,
+        data_order=raw.data_order,
+        batch_sizes=raw.batch_sizes,
+        stage_rule=raw.stage_rule,
+        stages=dict(raw.stages),
+        steps=raw.steps,
+        builtin=raw.builtin,
+        precision=raw.precision,
+        known_issues=raw.known_issues,
     )
     if not fam.builtin:
         missing = [f"{s}={v}" for s, v in fam.stages.items() if fam.entry(v) is None]
@@ -316,4 +328,3 @@ def human_tokens(n: int) -> str:
     if n >= 1e6:
         return f"{n / 1e6:.1f}M"
     return str(n)
-

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from injection.checkpoints.catalog import Family, human_tokens, load_catalog
 from harness.errors import HarnessTyper
+from injection.checkpoints.catalog import Family, human_tokens, load_catalog
 from injection.lr import learning_rate
 
 checkpoints_app = HarnessTyper()
@@ -32,7 +32,7 @@ def _sources(family: Family, step: int) -> str:
 
 @checkpoints_app.command("list")
 def list_checkpoints(
-    family: Annotated[Optional[str], typer.Argument(help="Family to list (default: all).")] = None,
+    family: Annotated[str | None, typer.Argument(help="Family to list (default: all).")] = None,
 ) -> None:
     """Every catalogued step: tokens seen, stage alias, and where it can be fetched from."""
     catalog = load_catalog()
@@ -59,8 +59,11 @@ def show(ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e
         ("family", f"{fam.name} ({fam.description})"),
         ("step", str(step) + (f" (stage {res.stage}: {fam.stage_rule})" if res.stage else "")),
         ("tokens seen", f"{fam.tokens_at(step):,} ({human_tokens(fam.tokens_at(step))})"),
-        ("global batch size", f"{fam.batch_size_at(step)} rows x {fam.row_len} tokens"
-                              + (f" ({fam.seq_len} trained per row)" if fam.row_len != fam.seq_len else "")),
+        (
+            "global batch size",
+            f"{fam.batch_size_at(step)} rows x {fam.row_len} tokens"
+            + (f" ({fam.seq_len} trained per row)" if fam.row_len != fam.seq_len else ""),
+        ),
         ("tokens per step", f"{fam.batch_size_at(step) * fam.seq_len:,}"),
     ]
     if fam.precision:
@@ -68,28 +71,44 @@ def show(ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e
     rows += [("reported problem", f"{issue.reported} ({issue.source})") for issue in fam.issues_at(step)]
     if res.entry:
         rows += [("original URL", url) for url in res.entry.urls]
-        rows.append(("HF revision", f"{fam.hf_repo} @ {res.entry.hf_revision}" if res.entry.hf_revision
-                     else "unknown (not confirmed)"))
+        rows.append(
+            (
+                "HF revision",
+                f"{fam.hf_repo} @ {res.entry.hf_revision}" if res.entry.hf_revision else "unknown (not confirmed)",
+            )
+        )
     elif fam.builtin:
         rows.append(("source", "built offline (step 0) or trained locally"))
     sched = fam.lr_schedule
     rows += [
         ("learning rate here", f"{learning_rate(sched, step):.4g}"),
-        ("lr schedule", f"{sched.kind}, peak {sched.peak_lr:g}, warmup {sched.warmup_steps}, "
-                        f"alpha_f {sched.alpha_f:g}, t_max {sched.t_max}"),
-        ("optimizer", f"AdamW betas {fam.optimizer.betas}, eps {fam.optimizer.eps:g}, "
-                      f"weight decay {fam.optimizer.weight_decay:g}, grad clip {fam.optimizer.grad_clip:g}"),
+        (
+            "lr schedule",
+            f"{sched.kind}, peak {sched.peak_lr:g}, warmup {sched.warmup_steps}, "
+            f"alpha_f {sched.alpha_f:g}, t_max {sched.t_max}",
+        ),
+        (
+            "optimizer",
+            f"AdamW betas {fam.optimizer.betas}, eps {fam.optimizer.eps:g}, "
+            f"weight decay {fam.optimizer.weight_decay:g}, grad clip {fam.optimizer.grad_clip:g}",
+        ),
     ]
     arch = dataclasses.asdict(fam.architecture) if dataclasses.is_dataclass(fam.architecture) else fam.architecture
     rows.append(("architecture", f"{fam.kind}: " + ", ".join(f"{k} {v}" for k, v in arch.items())))
     d = fam.data_order
     if d.format == "megatron-indexed":
-        rows += [("data order", f"the rows of an indexed dataset in training order (seed {d.seed})"),
-                 ("data index", str(d.index_url)), ("data files", f"{len(d.data_urls)} token file(s)"),
-                 ("tokenizer", str(d.tokenizer))]
+        rows += [
+            ("data order", f"the rows of an indexed dataset in training order (seed {d.seed})"),
+            ("data index", str(d.index_url)),
+            ("data files", f"{len(d.data_urls)} token file(s)"),
+            ("tokenizer", str(d.tokenizer)),
+        ]
     else:
-        rows += [("data order", f"seed {d.seed}, global_indices {d.global_indices_url}"),
-                 ("data files", str(d.data_paths)), ("tokenizer", str(d.tokenizer))]
+        rows += [
+            ("data order", f"seed {d.seed}, global_indices {d.global_indices_url}"),
+            ("data files", str(d.data_paths)),
+            ("tokenizer", str(d.tokenizer)),
+        ]
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
@@ -97,16 +116,27 @@ def show(ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e
 
 def pull(
     ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e.g. olmo-1b@early or tiny@0.")],
-    source: Annotated[str, typer.Option(help="original: the run's unsharded files (with optimizer state), "
-                                             "converted to HF; hf: the -hf repository's revision (weights only).")]
-    = "original",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Destination directory (default "
-                                                "$INJECTION_CACHE/FAMILY/stepN). With --source hf, an HF snapshot "
-                                                "already there is adopted.")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow checkpoint files that need full "
-                                                                      "unpickling (can run code).")] = False,
-    keep_original: Annotated[bool, typer.Option("--keep-original", help="Keep the downloaded original files.")]
-    = False,
+    source: Annotated[
+        str,
+        typer.Option(
+            help="original: the run's unsharded files (with optimizer state), "
+            "converted to HF; hf: the -hf repository's revision (weights only)."
+        ),
+    ] = "original",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Destination directory (default "
+            "$INJECTION_CACHE/FAMILY/stepN). With --source hf, an HF snapshot "
+            "already there is adopted.",
+        ),
+    ] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow checkpoint files that need full unpickling (can run code).")
+    ] = False,
+    keep_original: Annotated[bool, typer.Option("--keep-original", help="Keep the downloaded original files.")] = False,
     workers: Annotated[int, typer.Option(help="Files downloaded in parallel.")] = 4,
     retries: Annotated[int, typer.Option(help="Further attempts per file after a failure.")] = 5,
 ) -> None:
@@ -119,8 +149,15 @@ def pull(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        path = pull_checkpoint(ref, source=source, dest=out, trust_pickle=trust_pickle,
-                               policy=RetryPolicy(retries=retries), workers=workers, keep_original=keep_original)
+        path = pull_checkpoint(
+            ref,
+            source=source,
+            dest=out,
+            trust_pickle=trust_pickle,
+            policy=RetryPolicy(retries=retries),
+            workers=workers,
+            keep_original=keep_original,
+        )
     console = Console(stderr=True)
     for w in caught:
         if issubclass(w.category, UserWarning):

@@ -54,8 +54,9 @@ def _total_from(resp: requests.Response, have: int) -> int | None:
     return int(length) + (have if resp.status_code == 206 else 0)
 
 
-def download_file(url: str, dest: Path, *, session: requests.Session, policy: RetryPolicy,
-                  progress=None, optional: bool = False) -> bool:
+def download_file(
+    url: str, dest: Path, *, session: requests.Session, policy: RetryPolicy, progress=None, optional: bool = False
+) -> bool:
     """Download `url` to `dest`, continuing `dest.part` where an earlier attempt stopped.
 
     Returns False when the file does not exist (404) and `optional`; raises UserError when a required
@@ -102,34 +103,59 @@ def download_file(url: str, dest: Path, *, session: requests.Session, policy: Re
                 raise _Retryable(f"got {size} bytes, the server announced {total}")
             os.replace(part, dest)
             return True
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                _Retryable) as err:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            _Retryable,
+        ) as err:
             last_error = str(err).splitlines()[0] if str(err) else type(err).__name__
             if isinstance(err, requests.exceptions.ChunkedEncodingError):
                 last_error = f"connection closed before the announced size arrived: {last_error}"
-    raise UserError(f"{url}: download failed after {policy.retries + 1} attempts ({last_error}); "
-                    f"the partial file {part} is kept and a new pull continues from it")
+    raise UserError(
+        f"{url}: download failed after {policy.retries + 1} attempts ({last_error}); "
+        f"the partial file {part} is kept and a new pull continues from it"
+    )
 
 
-def download_directory(base_url: str, files: list[str], dest: Path, *, policy: RetryPolicy,
-                       workers: int = 4, required: tuple[str, ...] = ()) -> list[str]:
+def download_directory(
+    base_url: str,
+    files: list[str],
+    dest: Path,
+    *,
+    policy: RetryPolicy,
+    workers: int = 4,
+    required: tuple[str, ...] = (),
+) -> list[str]:
     """Fetch `files` of a remote checkpoint directory into `dest` in parallel; returns those present."""
     names = [safe_name(f) for f in files]
     dest.mkdir(parents=True, exist_ok=True)
     base = base_url if base_url.endswith("/") else base_url + "/"
     from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     session = requests.Session()
     with make_progress(*columns, bytes_unit=True) as progress, ThreadPoolExecutor(max_workers=workers) as pool:
+
         def fetch(name: str) -> bool:
             target = dest / name
             if target.is_file():
                 return True  # finished by an earlier, interrupted pull
             target.parent.mkdir(parents=True, exist_ok=True)
-            return download_file(base + quote(name), target, session=session, policy=policy,
-                                 progress=progress, optional=name not in required)
+            return download_file(
+                base + quote(name),
+                target,
+                session=session,
+                policy=policy,
+                progress=progress,
+                optional=name not in required,
+            )
 
         results = dict(zip(names, pool.map(fetch, names)))
     return [n for n, ok in results.items() if ok]

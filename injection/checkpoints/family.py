@@ -32,8 +32,9 @@ plus its catalog entries.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from harness.errors import UserError
 
@@ -50,8 +51,9 @@ class ModelFamily(Protocol):
     def param_groups(self, model: Any, weight_decay: float) -> list[dict[str, Any]]: ...
     def loss_factor(self, seq_len: int) -> float: ...
     def tokenizer(self, family: Any) -> Any: ...
-    def convert_original(self, src: Any, dest: Any, *, family: Any, step: int, source_url: str | None,
-                         trust_pickle: bool) -> Any: ...
+    def convert_original(
+        self, src: Any, dest: Any, *, family: Any, step: int, source_url: str | None, trust_pickle: bool
+    ) -> Any: ...
     def check_hf_config(self, config: dict[str, Any], arch: Any, where: str) -> dict[str, Any]: ...
 
 

@@ -44,15 +44,18 @@ class OptimizerSpec:
     grad_clip: float = 1.0
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> "OptimizerSpec":
+    def from_dict(cls, d: Any, where: str) -> OptimizerSpec:
         if not isinstance(d, dict):
             raise UserError(f"{where}: expected a mapping, got {d!r}")
         unknown = sorted(set(d) - {"betas", "eps", "weight_decay", "grad_clip", "name"})
         if unknown:
             raise UserError(f"{where}: unknown key {unknown[0]!r} (known: betas, eps, weight_decay, grad_clip)")
         betas = d.get("betas", cls.betas)
-        if not (isinstance(betas, (list, tuple)) and len(betas) == 2
-                and all(_finite_number(b) and 0 <= b < 1 for b in betas)):
+        if not (
+            isinstance(betas, (list, tuple))
+            and len(betas) == 2
+            and all(_finite_number(b) and 0 <= b < 1 for b in betas)
+        ):
             raise UserError(f"{where}.betas: expected two numbers in [0, 1), got {betas!r}")
         values = {}
         for name in ("eps", "weight_decay", "grad_clip"):
@@ -63,8 +66,12 @@ class OptimizerSpec:
         return cls(betas=(float(betas[0]), float(betas[1])), **values)
 
     def as_json(self) -> dict[str, Any]:
-        return {"betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
-                "grad_clip": self.grad_clip}
+        return {
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "grad_clip": self.grad_clip,
+        }
 
 
 def _finite_number(value: Any) -> bool:
@@ -86,8 +93,10 @@ class DataPosition:
     """Where the numbers come from: `train.pt`, `export` (written by the engine), or `step x rows` (assumed)."""
 
     @classmethod
-    def from_dict(cls, d: Any, where: str) -> "DataPosition":
-        if not isinstance(d, dict) or not all(isinstance(d.get(k), int) and d[k] >= 0 for k in ("epoch", "instances_seen")):
+    def from_dict(cls, d: Any, where: str) -> DataPosition:
+        if not isinstance(d, dict) or not all(
+            isinstance(d.get(k), int) and d[k] >= 0 for k in ("epoch", "instances_seen")
+        ):
             raise UserError(f"{where}: expected {{epoch, instances_seen}} (non-negative integers), got {d!r}")
         return cls(int(d["epoch"]), int(d["instances_seen"]), str(d.get("source", "checkpoint.json")))
 
@@ -127,8 +136,13 @@ class CheckpointInfo:
         return self.path / OPTIMIZER_FILE
 
     def identity(self) -> dict[str, Any]:
-        return {"path": str(self.path), "family": self.family, "kind": self.kind, "step": self.step,
-                "source": self.meta.get("source")}
+        return {
+            "path": str(self.path),
+            "family": self.family,
+            "kind": self.kind,
+            "step": self.step,
+            "source": self.meta.get("source"),
+        }
 
 
 def is_complete(path: str | Path) -> bool:
@@ -140,8 +154,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     """checkpoint.json of a complete directory as a dict (UserError naming the file otherwise)."""
     file = Path(path) / CHECKPOINT_JSON
     if not file.is_file():
-        raise UserError(f"{path}: not a complete checkpoint directory ({CHECKPOINT_JSON} is missing: an "
-                        "interrupted pull, or not a checkpoint)")
+        raise UserError(
+            f"{path}: not a complete checkpoint directory ({CHECKPOINT_JSON} is missing: an "
+            "interrupted pull, or not a checkpoint)"
+        )
     try:
         meta = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -185,13 +201,22 @@ def read_checkpoint_dir(path: str | Path) -> CheckpointInfo:
 
     step, batch, seq_len = integer("step", 0), integer("global_batch_size", 1), integer("seq_len", 1)
     tokens_per_step = meta.get("tokens_per_step", batch * seq_len)
-    if (isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int) or tokens_per_step % batch
-            or not 1 <= tokens_per_step // batch <= seq_len):
-        raise UserError(f"{where}: field 'tokens_per_step' must be global_batch_size ({batch}) × a number of tokens "
-                        f"per row from 1 to seq_len ({seq_len}), got {tokens_per_step!r}")
+    if (
+        isinstance(tokens_per_step, bool)
+        or not isinstance(tokens_per_step, int)
+        or tokens_per_step % batch
+        or not 1 <= tokens_per_step // batch <= seq_len
+    ):
+        raise UserError(
+            f"{where}: field 'tokens_per_step' must be global_batch_size ({batch}) × a number of tokens "
+            f"per row from 1 to seq_len ({seq_len}), got {tokens_per_step!r}"
+        )
     position = meta.get("data_position")
-    data_position = (DataPosition.from_dict(position, f"{where}: data_position") if position is not None
-                     else DataPosition(0, step * batch, "step x rows"))
+    data_position = (
+        DataPosition.from_dict(position, f"{where}: data_position")
+        if position is not None
+        else DataPosition(0, step * batch, "step x rows")
+    )
     has_state = bool(meta.get("has_optimizer_state", False))
     if has_state and not (path / OPTIMIZER_FILE).is_file():
         raise UserError(f"{where}: has_optimizer_state is true but {path / OPTIMIZER_FILE} is missing")
@@ -226,9 +251,20 @@ def _kind_from_model_type(path: Path) -> str:
     return kind_of_model_type(str(config.get("model_type")), str(path / "config.json"))
 
 
-def checkpoint_meta(*, family: str, kind: str, step: int, source: str, global_batch_size: int, seq_len: int,
-                    lr_schedule: LRSchedule, optimizer: OptimizerSpec, data_position: DataPosition | None = None,
-                    tokens_per_row: int | None = None, **extra: Any) -> dict[str, Any]:
+def checkpoint_meta(
+    *,
+    family: str,
+    kind: str,
+    step: int,
+    source: str,
+    global_batch_size: int,
+    seq_len: int,
+    lr_schedule: LRSchedule,
+    optimizer: OptimizerSpec,
+    data_position: DataPosition | None = None,
+    tokens_per_row: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The checkpoint.json fields, from typed values (`write_checkpoint_dir` adds `has_optimizer_state`).
     `tokens_per_row` defaults to `seq_len` (see the module docstring)."""
     return {
@@ -246,8 +282,9 @@ def checkpoint_meta(*, family: str, kind: str, step: int, source: str, global_ba
     }
 
 
-def write_checkpoint_dir(model, tokenizer, dest: str | Path, meta: dict[str, Any],
-                         optimizer_state: dict[str, Any] | None) -> Path:
+def write_checkpoint_dir(
+    model, tokenizer, dest: str | Path, meta: dict[str, Any], optimizer_state: dict[str, Any] | None
+) -> Path:
     """The one writer: an HF model, its tokenizer, optional AdamW moments and checkpoint.json at `dest`.
 
     `optimizer_state` maps `exp_avg/<hf param name>`, `exp_avg_sq/<hf param name>` and `step` to tensors.

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -63,7 +64,9 @@ def parse_architecture(data: Any, where: str, path: str = "architecture") -> Arc
     """The catalog's `architecture:` block, validated."""
     arch = from_mapping(Architecture, data, where, path)
     if arch.layer_norm != "nonparametric":
-        raise UserError(f"{where}: field '{path}.layer_norm': only 'nonparametric' is supported, got {arch.layer_norm!r}")
+        raise UserError(
+            f"{where}: field '{path}.layer_norm': only 'nonparametric' is supported, got {arch.layer_norm!r}"
+        )
     if arch.d_model % arch.n_heads or arch.n_heads % arch.n_kv_heads:
         raise UserError(f"{where}: field '{path}': d_model must divide by n_heads and n_heads by n_kv_heads")
     if arch.embedding_size < arch.vocab_size:
@@ -99,8 +102,10 @@ def check_hf_config(config: dict[str, Any], arch: Architecture, where: str) -> d
     expected = hf_config(arch).to_dict()
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
         if key in config and config[key] != expected[key]:
-            raise UserError(f"{where}: {key} is {config[key]!r}, the catalog's architecture has {expected[key]!r} "
-                            "(a snapshot of another model?)")
+            raise UserError(
+                f"{where}: {key} is {config[key]!r}, the catalog's architecture has {expected[key]!r} "
+                "(a snapshot of another model?)"
+            )
     return {}
 
 
@@ -113,8 +118,13 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     from injection.checkpoints.family import decay_groups
 
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    return decay_groups(model, weight_decay, lambda module, name: name == "weight" and isinstance(
-        module, torch.nn.Linear) and id(module.weight) not in embeddings)
+    return decay_groups(
+        model,
+        weight_decay,
+        lambda module, name: (
+            name == "weight" and isinstance(module, torch.nn.Linear) and id(module.weight) not in embeddings
+        ),
+    )
 
 
 def loss_factor(seq_len: int) -> float:
@@ -178,11 +188,18 @@ def architecture_from_config(cfg: dict[str, Any] | None, fallback: Architecture,
     emb = m.get("embedding_size") or vocab
     clip = m.get("clip_qkv")
     return Architecture(
-        d_model=d_model, n_layers=int(m["n_layers"]), n_heads=n_heads, n_kv_heads=int(n_kv),
-        mlp_hidden_size=int(mlp), vocab_size=vocab, embedding_size=int(emb),
+        d_model=d_model,
+        n_layers=int(m["n_layers"]),
+        n_heads=n_heads,
+        n_kv_heads=int(n_kv),
+        mlp_hidden_size=int(mlp),
+        vocab_size=vocab,
+        embedding_size=int(emb),
         max_sequence_length=int(m.get("max_sequence_length", fallback.max_sequence_length)),
-        rope_theta=float(m.get("rope_theta", 10000)), layer_norm="nonparametric",
-        weight_tying=bool(m.get("weight_tying", True)), clip_qkv=None if clip is None else float(clip),
+        rope_theta=float(m.get("rope_theta", 10000)),
+        layer_norm="nonparametric",
+        weight_tying=bool(m.get("weight_tying", True)),
+        clip_qkv=None if clip is None else float(clip),
         eos_token_id=int(m.get("eos_token_id", fallback.eos_token_id)),
         pad_token_id=int(m.get("pad_token_id", fallback.pad_token_id)),
     )
@@ -202,8 +219,10 @@ def run_facts(cfg: dict[str, Any] | None, family, step: int, where: str) -> dict
     if cfg is not None:
         cfg_batch = cfg.get("global_train_batch_size")
         if isinstance(cfg_batch, int) and cfg_batch != batch:
-            _warn(f"{where}: global_train_batch_size {cfg_batch} differs from the catalog's {batch} rows for "
-                  f"{family.name} step {step}; using the checkpoint's {cfg_batch}")
+            _warn(
+                f"{where}: global_train_batch_size {cfg_batch} differs from the catalog's {batch} rows for "
+                f"{family.name} step {step}; using the checkpoint's {cfg_batch}"
+            )
             batch = cfg_batch
         model = cfg.get("model") or {}
         if isinstance(model.get("max_sequence_length"), int):
@@ -226,8 +245,10 @@ def run_facts(cfg: dict[str, Any] | None, family, step: int, where: str) -> dict
             updates["t_max"] = int(t_max)
         new = replace(sched, **updates)
         if new != sched:
-            _warn(f"{where}: learning-rate schedule {new.as_json()} differs from the catalog's {sched.as_json()}; "
-                  "using the checkpoint's")
+            _warn(
+                f"{where}: learning-rate schedule {new.as_json()} differs from the catalog's {sched.as_json()}; "
+                "using the checkpoint's"
+            )
             sched = new
         changes: dict[str, Any] = {}
         if o.get("betas"):
@@ -250,14 +271,18 @@ def data_position(train: dict[str, Any] | None, step: int, global_batch_size: in
     epoch = (train or {}).get("epoch") or 0
     assumed = step * global_batch_size
     if not isinstance(seen, int) or not isinstance(epoch, int):
-        _warn(f"{where}: no data-stream counter (train.pt absent or without global_train_examples_seen_this_epoch); "
-              f"assuming the run consumed step × rows per step = {step} × {global_batch_size} = {assumed:,} "
-              "instances of epoch 0")
+        _warn(
+            f"{where}: no data-stream counter (train.pt absent or without global_train_examples_seen_this_epoch); "
+            f"assuming the run consumed step × rows per step = {step} × {global_batch_size} = {assumed:,} "
+            "instances of epoch 0"
+        )
         return DataPosition(0, assumed, "step x rows")
     if epoch == 0 and seen != assumed:
-        _warn(f"{where}: train.pt counts {seen:,} instances seen in epoch 0, but step × rows per step = {step} × "
-              f"{global_batch_size} = {assumed:,} (about {seen / step if step else 0:,.1f} rows per step so far); "
-              "the continuation starts at the counter, as OLMo's trainer does when it resumes")
+        _warn(
+            f"{where}: train.pt counts {seen:,} instances seen in epoch 0, but step × rows per step = {step} × "
+            f"{global_batch_size} = {assumed:,} (about {seen / step if step else 0:,.1f} rows per step so far); "
+            "the continuation starts at the counter, as OLMo's trainer does when it resumes"
+        )
     return DataPosition(int(epoch), int(seen), "train.pt")
 
 
@@ -285,7 +310,7 @@ def olmo_to_hf(name: str, tensor, arch: Architecture) -> Iterator[tuple[str, Any
     """(HF name, tensor) pairs for one ai2-olmo parameter (or a moment of it, which has the same shape)."""
     name = name.replace(FSDP_PREFIX, "")
     if name.startswith(DDP_PREFIX):  # optim.pt of a DDP run names parameters through the DDP wrapper
-        name = name[len(DDP_PREFIX):]
+        name = name[len(DDP_PREFIX) :]
     parts = name.split(".")
     if name == "transformer.wte.weight":
         yield "model.embed_tokens.weight", tensor
@@ -369,8 +394,9 @@ def convert_optimizer_state(optim: dict[str, Any], arch: Architecture, where: st
 # --- the whole conversion ------------------------------------------------------------------------------
 
 
-def convert_original(src: str | Path, dest: str | Path, *, family, step: int, source_url: str | None = None,
-                     trust_pickle: bool = False) -> Path:
+def convert_original(
+    src: str | Path, dest: str | Path, *, family, step: int, source_url: str | None = None, trust_pickle: bool = False
+) -> Path:
     """Convert an unsharded OLMo checkpoint directory `src` into the checkpoint layout at `dest`."""
     import torch
     from transformers import OlmoForCausalLM
@@ -391,8 +417,9 @@ def convert_original(src: str | Path, dest: str | Path, *, family, step: int, so
     expected = set(model.state_dict()) - ({"lm_head.weight"} if arch.weight_tying else set())
     if set(hf_state) != expected:
         missing, extra = sorted(expected - set(hf_state)), sorted(set(hf_state) - expected)
-        raise UserError(f"{src / 'model.pt'}: does not match the architecture (missing {missing[:3]}, "
-                        f"unexpected {extra[:3]})")
+        raise UserError(
+            f"{src / 'model.pt'}: does not match the architecture (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     model.load_state_dict(hf_state, strict=False, assign=True)
     if arch.weight_tying:
         model.tie_weights()
@@ -400,7 +427,8 @@ def convert_original(src: str | Path, dest: str | Path, *, family, step: int, so
     optimizer_state = None
     if (src / "optim.pt").is_file():
         optimizer_state = convert_optimizer_state(
-            safe_torch_load(src / "optim.pt", trust_pickle=trust_pickle), arch, str(src / "optim.pt"))
+            safe_torch_load(src / "optim.pt", trust_pickle=trust_pickle), arch, str(src / "optim.pt")
+        )
 
     train = None
     if (src / "train.pt").is_file():
@@ -412,10 +440,16 @@ def convert_original(src: str | Path, dest: str | Path, *, family, step: int, so
     facts = run_facts(cfg, family, step, str(src / "config.yaml"))
     position = data_position(train, step, facts["global_batch_size"], str(src / "train.pt"))
     meta = checkpoint_meta(
-        family=family.name, kind=family.kind, step=step, source="original", data_position=position, **facts,
+        family=family.name,
+        kind=family.kind,
+        step=step,
+        source="original",
+        data_position=position,
+        **facts,
         source_url=source_url,
         trainer_state={k: v for k, v in (train or {}).items() if isinstance(v, (int, float, str))} or None,
-        optimizer_step=None if optimizer_state is None or "step" not in optimizer_state
+        optimizer_step=None
+        if optimizer_state is None or "step" not in optimizer_state
         else int(optimizer_state["step"]),
         architecture=asdict(arch),
     )

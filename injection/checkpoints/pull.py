@@ -40,10 +40,13 @@ def default_dest(family: str, step: int) -> Path:
     return cache_dir() / family / f"step{step}"
 
 
-def _pull_original(res: Resolved, dest: Path, *, trust_pickle: bool, policy: RetryPolicy, workers: int,
-                   keep_original: bool) -> Path:
+def _pull_original(
+    res: Resolved, dest: Path, *, trust_pickle: bool, policy: RetryPolicy, workers: int, keep_original: bool
+) -> Path:
     if res.entry is None or not res.entry.urls:
-        hint = "; its Hugging Face revision can be pulled with --source hf" if res.entry and res.entry.hf_revision else ""
+        hint = (
+            "; its Hugging Face revision can be pulled with --source hf" if res.entry and res.entry.hf_revision else ""
+        )
         raise UserError(f"{res.ref}: the catalog lists no original URL for this step{hint}")
     if REQUIRED_FILE not in res.family.files:
         raise UserError(f"{res.family.name}.files must include {REQUIRED_FILE}")
@@ -51,8 +54,9 @@ def _pull_original(res: Resolved, dest: Path, *, trust_pickle: bool, policy: Ret
     errors = []
     for url in res.entry.urls:
         try:
-            download_directory(url, list(res.family.files), raw, policy=policy, workers=workers,
-                               required=(REQUIRED_FILE,))
+            download_directory(
+                url, list(res.family.files), raw, policy=policy, workers=workers, required=(REQUIRED_FILE,)
+            )
             break
         except UserError as err:
             errors.append(str(err))
@@ -60,8 +64,9 @@ def _pull_original(res: Resolved, dest: Path, *, trust_pickle: bool, policy: Ret
         raise UserError("; ".join(errors))
     code = model_family(res.family.kind)
     try:
-        out = code.convert_original(raw, dest, family=res.family, step=res.step, source_url=url,
-                                    trust_pickle=trust_pickle)
+        out = code.convert_original(
+            raw, dest, family=res.family, step=res.step, source_url=url, trust_pickle=trust_pickle
+        )
     except UserError as err:
         raise UserError(f"{err} (downloaded files are in {raw}; delete them to download again)") from None
     if not keep_original:
@@ -70,17 +75,30 @@ def _pull_original(res: Resolved, dest: Path, *, trust_pickle: bool, policy: Ret
 
 
 def _hf_hint(repo: str, revision: str) -> str:
-    return (f"on a machine with network access run `hf download {repo} --revision {revision} --local-dir DIR`, "
-            "copy DIR here and rerun this pull with `--out DIR` (the snapshot is adopted in place)")
+    return (
+        f"on a machine with network access run `hf download {repo} --revision {revision} --local-dir DIR`, "
+        "copy DIR here and rerun this pull with `--out DIR` (the snapshot is adopted in place)"
+    )
 
 
 def _hf_meta(res: Resolved, revision: str) -> dict:
     fam = res.family
     batch = fam.batch_size_at(res.step)
-    return checkpoint_meta(family=fam.name, kind=fam.kind, step=res.step, source="hf", global_batch_size=batch,
-                           seq_len=fam.row_len, tokens_per_row=fam.seq_len, lr_schedule=fam.lr_schedule,
-                           optimizer=fam.optimizer, data_position=DataPosition(0, res.step * batch, "step x rows"),
-                           hf_repo=fam.hf_repo, hf_revision=revision, has_optimizer_state=False)
+    return checkpoint_meta(
+        family=fam.name,
+        kind=fam.kind,
+        step=res.step,
+        source="hf",
+        global_batch_size=batch,
+        seq_len=fam.row_len,
+        tokens_per_row=fam.seq_len,
+        lr_schedule=fam.lr_schedule,
+        optimizer=fam.optimizer,
+        data_position=DataPosition(0, res.step * batch, "step x rows"),
+        hf_repo=fam.hf_repo,
+        hf_revision=revision,
+        has_optimizer_state=False,
+    )
 
 
 #: Weight files of an HF snapshot: safetensors where the revision has them, else PyTorch pickles (some older
@@ -104,8 +122,9 @@ def _pull_hf(res: Resolved, dest: Path) -> Path:
     fam = res.family
     revision = res.entry.hf_revision if res.entry else None
     if not fam.hf_repo or not revision:
-        raise UserError(f"{res.ref}: no confirmed Hugging Face revision for this step in the catalog; "
-                        "use --source original")
+        raise UserError(
+            f"{res.ref}: no confirmed Hugging Face revision for this step in the catalog; use --source original"
+        )
     meta = _hf_meta(res, revision)
     if dest.is_dir() and (dest / "config.json").is_file() and _has_weights(dest):
         _adopt(dest, meta, res)  # a snapshot fetched elsewhere, pointed at with --out
@@ -115,15 +134,21 @@ def _pull_hf(res: Resolved, dest: Path) -> Path:
 
     tmp = staging_dir(dest)
     try:
-        snapshot_download(fam.hf_repo, revision=revision, local_dir=str(tmp),
-                          allow_patterns=["*.json", "*.txt", _weight_pattern(fam.hf_repo, revision)])
+        snapshot_download(
+            fam.hf_repo,
+            revision=revision,
+            local_dir=str(tmp),
+            allow_patterns=["*.json", "*.txt", _weight_pattern(fam.hf_repo, revision)],
+        )
         _adopt(tmp, meta, res)
         os.replace(tmp, dest)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"cannot fetch {fam.hf_repo} at revision {revision} ({type(err).__name__}: {first}); "
-                        + _hf_hint(fam.hf_repo, revision)) from None
+        raise UserError(
+            f"cannot fetch {fam.hf_repo} at revision {revision} ({type(err).__name__}: {first}); "
+            + _hf_hint(fam.hf_repo, revision)
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -141,8 +166,9 @@ def _adopt(directory: Path, meta: dict, res: Resolved) -> None:
     except (OSError, ValueError) as err:
         raise UserError(f"{directory}: not a loadable HF model directory: {err}") from None
     if config.model_type != code.MODEL_TYPE:
-        raise UserError(f"{directory}: model_type {config.model_type!r}, expected {code.MODEL_TYPE!r} "
-                        f"for {res.family.name}")
+        raise UserError(
+            f"{directory}: model_type {config.model_type!r}, expected {code.MODEL_TYPE!r} for {res.family.name}"
+        )
     config_file = directory / "config.json"
     raw = json.loads(config_file.read_text(encoding="utf-8"))
     changes = code.check_hf_config(raw, res.family.architecture, str(config_file))
@@ -165,8 +191,10 @@ def _pull_builtin(res: Resolved, dest: Path) -> Path:
     local = default_dest(res.family.name, res.step)
     if not is_complete(local):
         have = ", ".join(str(s) for s in res.family.available_steps())
-        raise UserError(f"{res.label} does not exist locally (looked in {local}); steps available: {have}. "
-                        "Train and save it first (e.g. `injection demo`)")
+        raise UserError(
+            f"{res.label} does not exist locally (looked in {local}); steps available: {have}. "
+            "Train and save it first (e.g. `injection demo`)"
+        )
     if local.resolve() != dest.resolve():
         tmp = staging_dir(dest)
         shutil.copytree(local, tmp, dirs_exist_ok=True)
@@ -174,9 +202,17 @@ def _pull_builtin(res: Resolved, dest: Path) -> Path:
     return dest
 
 
-def pull_checkpoint(ref: str, *, source: str = "original", dest: str | Path | None = None,
-                    trust_pickle: bool = False, catalog: Catalog | None = None,
-                    policy: RetryPolicy = RetryPolicy(), workers: int = 4, keep_original: bool = False) -> Path:
+def pull_checkpoint(
+    ref: str,
+    *,
+    source: str = "original",
+    dest: str | Path | None = None,
+    trust_pickle: bool = False,
+    catalog: Catalog | None = None,
+    policy: RetryPolicy = RetryPolicy(),
+    workers: int = 4,
+    keep_original: bool = False,
+) -> Path:
     """Fetch FAMILY@STEP|STAGE into `dest` (default `$INJECTION_CACHE/FAMILY/stepN`); returns the directory.
 
     An already complete destination holding the same checkpoint is returned as is.
@@ -185,8 +221,11 @@ def pull_checkpoint(ref: str, *, source: str = "original", dest: str | Path | No
         raise UserError(f"--source must be 'original' or 'hf', got {source!r}")
     res = (catalog or load_catalog()).resolve(ref)
     for issue in res.family.issues_at(res.step):
-        warnings.warn(f"{res.ref}: a problem is reported with this published checkpoint ({issue.source}): "
-                      f"{issue.reported}; check its weights before relying on them", stacklevel=2)
+        warnings.warn(
+            f"{res.ref}: a problem is reported with this published checkpoint ({issue.source}): "
+            f"{issue.reported}; check its weights before relying on them",
+            stacklevel=2,
+        )
     target = Path(dest).expanduser() if dest is not None else default_dest(res.family.name, res.step)
     if target.exists() and not target.is_dir():
         raise UserError(f"{target}: exists and is not a directory; choose another --out")
@@ -200,12 +239,14 @@ def pull_checkpoint(ref: str, *, source: str = "original", dest: str | Path | No
     if source == "hf":
         return _pull_hf(res, target)
     if target.exists() and any(target.iterdir()):
-        raise UserError(f"{target} exists, is not empty and is not a complete checkpoint; remove it or choose "
-                        "another --out")
+        raise UserError(
+            f"{target} exists, is not empty and is not a complete checkpoint; remove it or choose another --out"
+        )
     if target.exists():
         target.rmdir()
-    return _pull_original(res, target, trust_pickle=trust_pickle, policy=policy, workers=workers,
-                          keep_original=keep_original)
+    return _pull_original(
+        res, target, trust_pickle=trust_pickle, policy=policy, workers=workers, keep_original=keep_original
+    )
 
 
 def local_checkpoint(ref: str) -> Path:
@@ -221,10 +262,11 @@ def local_checkpoint(ref: str) -> Path:
     name, _, what = ref.partition("@")
     if what.startswith("0+L"):
         family = load_catalog().family(name)
-        seq_len = what[len("0+L"):]
+        seq_len = what[len("0+L") :]
         if not family.builtin or not seq_len.isdigit() or int(seq_len) < 2:
-            raise UserError(f"checkpoint {ref!r}: expected FAMILY@0+L<context length> of a built-in family, "
-                            "e.g. tiny@0+L512")
+            raise UserError(
+                f"checkpoint {ref!r}: expected FAMILY@0+L<context length> of a built-in family, e.g. tiny@0+L512"
+            )
         local = default_dest(name, 0).with_name(f"step0-L{seq_len}")
         if not is_complete(local):
             _build_initial(family, local, max_sequence_length=int(seq_len))
@@ -235,6 +277,7 @@ def local_checkpoint(ref: str) -> Path:
         if resolved.family.builtin and resolved.step == 0:
             _build_initial(resolved.family, local)
         else:
-            raise UserError(f"checkpoint {ref} is not in the local cache ({local}); fetch it first with "
-                            f"`injection pull {ref}`")
+            raise UserError(
+                f"checkpoint {ref} is not in the local cache ({local}); fetch it first with `injection pull {ref}`"
+            )
     return local

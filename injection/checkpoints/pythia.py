@@ -76,11 +76,17 @@ class Architecture:
 def parameter_counts(arch: Architecture) -> tuple[int, int]:
     """(all parameters, parameters outside the embeddings) of a GPT-NeoX model, counted from its shapes."""
     d, inner = arch.d_model, arch.intermediate_size
-    layer = (4 * d                      # two LayerNorms, weight and bias
-             + 3 * d * d + 3 * d        # fused query/key/value projection
-             + d * d + d                # attention output projection
-             + d * inner + inner        # MLP in
-             + inner * d + d)           # MLP out
+    layer = (
+        4 * d  # two LayerNorms, weight and bias
+        + 3 * d * d
+        + 3 * d  # fused query/key/value projection
+        + d * d
+        + d  # attention output projection
+        + d * inner
+        + inner  # MLP in
+        + inner * d
+        + d
+    )  # MLP out
     body = arch.n_layers * layer + 2 * d  # + final LayerNorm
     embeddings = (1 if arch.weight_tying else 2) * arch.embedding_size * d
     return body + embeddings, body
@@ -93,16 +99,26 @@ def parse_architecture(data: Any, where: str, path: str = "architecture") -> Arc
     def fail(field: str, message: str) -> UserError:
         return UserError(f"{where}: field '{path}.{field}': {message}")
 
-    for name in ("d_model", "n_layers", "n_heads", "intermediate_size", "vocab_size", "embedding_size",
-                 "max_sequence_length"):
+    for name in (
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "intermediate_size",
+        "vocab_size",
+        "embedding_size",
+        "max_sequence_length",
+    ):
         if getattr(arch, name) < 1:
             raise fail(name, f"must be >= 1, got {getattr(arch, name)}")
     if arch.d_model % arch.n_heads:
         raise fail("n_heads", f"d_model {arch.d_model} must divide by n_heads {arch.n_heads}")
     rotary = arch.d_model // arch.n_heads * arch.rotary_pct
     if not 0 < arch.rotary_pct <= 1 or rotary != int(rotary) or int(rotary) % 2:
-        raise fail("rotary_pct", f"{arch.rotary_pct} of a head's {arch.d_model // arch.n_heads} dimensions must be "
-                                 "a positive even number of dimensions")
+        raise fail(
+            "rotary_pct",
+            f"{arch.rotary_pct} of a head's {arch.d_model // arch.n_heads} dimensions must be "
+            "a positive even number of dimensions",
+        )
     if arch.embedding_size < arch.vocab_size:
         raise fail("embedding_size", f"{arch.embedding_size} is smaller than vocab_size {arch.vocab_size}")
     if not arch.bias:
@@ -129,8 +145,11 @@ def hf_config(arch: Architecture):
         intermediate_size=arch.intermediate_size,
         hidden_act=HF_ACTIVATIONS[arch.activation],
         max_position_embeddings=arch.max_sequence_length,
-        rope_parameters={"rope_type": "default", "rope_theta": arch.rope_theta,
-                         "partial_rotary_factor": arch.rotary_pct},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": arch.rope_theta,
+            "partial_rotary_factor": arch.rotary_pct,
+        },
         layer_norm_eps=arch.layer_norm_eps,
         use_parallel_residual=arch.parallel_residual,
         tie_word_embeddings=arch.weight_tying,
@@ -148,11 +167,20 @@ def check_hf_config(config: dict[str, Any], arch: Architecture, where: str) -> d
     `hidden_act: gelu` (erf), while training computed the tanh approximation (fused bias-GELU); the two differ by
     at most about 5e-4 per activation, and continuing training should use the trainer's own function."""
     expected = hf_config(arch).to_dict()
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-                "use_parallel_residual", "tie_word_embeddings"):
+    for key in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+        "use_parallel_residual",
+        "tie_word_embeddings",
+    ):
         if key in config and config[key] != expected[key]:
-            raise UserError(f"{where}: {key} is {config[key]!r}, the catalog's architecture has {expected[key]!r} "
-                            "(a snapshot of another model?)")
+            raise UserError(
+                f"{where}: {key} is {config[key]!r}, the catalog's architecture has {expected[key]!r} "
+                "(a snapshot of another model?)"
+            )
     changes = {}
     if config.get("hidden_act") != expected["hidden_act"]:
         changes["hidden_act"] = expected["hidden_act"]
@@ -166,8 +194,9 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
 
     from injection.checkpoints.family import decay_groups
 
-    return decay_groups(model, weight_decay,
-                        lambda module, name: not (isinstance(module, torch.nn.LayerNorm) or name == "bias"))
+    return decay_groups(
+        model, weight_decay, lambda module, name: not (isinstance(module, torch.nn.LayerNorm) or name == "bias")
+    )
 
 
 def loss_factor(seq_len: int) -> float:
@@ -189,8 +218,10 @@ def tokenizer(family: Any = None, original_config: dict[str, Any] | None = None)
 
 
 def convert_original(src, dest, *, family, step: int, source_url: str | None = None, trust_pickle: bool = False):
-    raise UserError(f"{family.name}: Pythia publishes no original checkpoint files to convert; pull its Hugging Face "
-                    "revision with `--source hf`")
+    raise UserError(
+        f"{family.name}: Pythia publishes no original checkpoint files to convert; pull its Hugging Face "
+        "revision with `--source hf`"
+    )
 
 
 # --- pythia-tiny ------------------------------------------------------------------------------------------------
@@ -201,8 +232,15 @@ def build_initial(dest: str | Path, *, family, seed: int = 0, **overrides: Any) 
     return build_pythia_tiny(dest, seed=seed, family=family, **overrides)
 
 
-def build_pythia_tiny(dest: str | Path, *, seed: int = 0, family: Any = None, tokenizer: Any = None,
-                      meta_overrides: dict[str, Any] | None = None, **overrides: Any) -> Path:
+def build_pythia_tiny(
+    dest: str | Path,
+    *,
+    seed: int = 0,
+    family: Any = None,
+    tokenizer: Any = None,
+    meta_overrides: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Path:
     """`pythia-tiny@0`: a randomly initialised GPT-NeoX model in the checkpoint layout, built offline.
 
     `overrides` replace fields of the catalog's `pythia-tiny` architecture (d_model, n_layers, n_heads,
@@ -229,9 +267,18 @@ def build_pythia_tiny(dest: str | Path, *, seed: int = 0, family: Any = None, to
     model = GPTNeoXForCausalLM(hf_config(arch))
     context = arch.max_sequence_length
     meta = checkpoint_meta(
-        family=family.name, kind=KIND, step=0, source="built", global_batch_size=batch, seq_len=context + 1,
-        tokens_per_row=context, lr_schedule=family.lr_schedule, optimizer=family.optimizer,
-        data_position=DataPosition(0, 0, "built"), seed=seed, architecture=asdict(arch),
+        family=family.name,
+        kind=KIND,
+        step=0,
+        source="built",
+        global_batch_size=batch,
+        seq_len=context + 1,
+        tokens_per_row=context,
+        lr_schedule=family.lr_schedule,
+        optimizer=family.optimizer,
+        data_position=DataPosition(0, 0, "built"),
+        seed=seed,
+        architecture=asdict(arch),
     )
     meta.update(meta_overrides or {})
     if "global_batch_size" in (meta_overrides or {}):

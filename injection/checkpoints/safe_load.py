@@ -20,8 +20,14 @@ def _allowed_globals() -> list[Any]:
 
     import numpy as np
 
-    allowed: list[Any] = [np.ndarray, np.dtype, np.core.multiarray._reconstruct, pathlib.PosixPath,
-                          pathlib.PurePosixPath, pathlib.Path]
+    allowed: list[Any] = [
+        np.ndarray,
+        np.dtype,
+        np.core.multiarray._reconstruct,
+        pathlib.PosixPath,
+        pathlib.PurePosixPath,
+        pathlib.Path,
+    ]
     scalar = getattr(np.core.multiarray, "scalar", None)
     if scalar is not None:
         allowed.append(scalar)

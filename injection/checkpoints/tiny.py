@@ -14,14 +14,32 @@ from typing import Any
 
 from harness.errors import UserError
 from injection.checkpoints.layout import DataPosition, checkpoint_meta, write_checkpoint_dir
-from injection.checkpoints.olmo import (Architecture, check_hf_config, hf_config, loss_factor,
-                                        param_groups, parse_architecture)
+from injection.checkpoints.olmo import (
+    Architecture,
+    check_hf_config,
+    hf_config,
+    loss_factor,
+    param_groups,
+    parse_architecture,
+)
 
 KIND = "tiny"
 MODEL_TYPE = "olmo"
 
-__all__ = ["KIND", "MODEL_TYPE", "Architecture", "build_initial", "build_tiny_checkpoint", "check_hf_config",
-           "convert_original", "hf_config", "loss_factor", "param_groups", "parse_architecture", "tokenizer"]
+__all__ = [
+    "KIND",
+    "MODEL_TYPE",
+    "Architecture",
+    "build_initial",
+    "build_tiny_checkpoint",
+    "check_hf_config",
+    "convert_original",
+    "hf_config",
+    "loss_factor",
+    "param_groups",
+    "parse_architecture",
+    "tokenizer",
+]
 
 
 def tokenizer(family: Any = None, original_config: dict[str, Any] | None = None):
@@ -40,8 +58,14 @@ def build_initial(dest: str | Path, *, family=None, seed: int = 0, **overrides: 
     return build_tiny_checkpoint(dest, seed=seed, **overrides)
 
 
-def build_tiny_checkpoint(dest: str | Path, *, seed: int = 0, tokenizer: Any = None,
-                          meta_overrides: dict[str, Any] | None = None, **overrides: Any) -> Path:
+def build_tiny_checkpoint(
+    dest: str | Path,
+    *,
+    seed: int = 0,
+    tokenizer: Any = None,
+    meta_overrides: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Path:
     """`tiny@0`: a randomly initialised OLMo-architecture model in the checkpoint layout, built offline.
 
     `overrides` replace fields of the catalog's tiny architecture (d_model, n_layers, n_heads, n_kv_heads,
@@ -63,9 +87,17 @@ def build_tiny_checkpoint(dest: str | Path, *, seed: int = 0, tokenizer: Any = N
     torch.manual_seed(seed)
     model = OlmoForCausalLM(hf_config(arch))
     meta = checkpoint_meta(
-        family=family.name, kind=KIND, step=0, source="built", global_batch_size=batch,
-        seq_len=arch.max_sequence_length, lr_schedule=family.lr_schedule, optimizer=family.optimizer,
-        data_position=DataPosition(0, 0, "built"), seed=seed, architecture=asdict(arch),
+        family=family.name,
+        kind=KIND,
+        step=0,
+        source="built",
+        global_batch_size=batch,
+        seq_len=arch.max_sequence_length,
+        lr_schedule=family.lr_schedule,
+        optimizer=family.optimizer,
+        data_position=DataPosition(0, 0, "built"),
+        seed=seed,
+        architecture=asdict(arch),
     )
     meta.update(meta_overrides or {})
     if "global_batch_size" in (meta_overrides or {}) or "seq_len" in (meta_overrides or {}):

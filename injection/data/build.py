@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from harness.atomic import replace_dir, staging_dir, write_json_atomic
+from harness.errors import UserError
+from harness.paths import check_output_dir
 from harness.progress import progress as progress_bar
 from injection.data.order import build_global_indices, write_global_indices
 from injection.data.source import CORPUS_FILE
-from harness.errors import UserError
-from harness.paths import check_output_dir
 
 #: Files are cut at a multiple of seq_len near this size, so no tokens are lost to per-file remainders.
 DEFAULT_FILE_TOKENS = 1 << 28
@@ -36,11 +36,15 @@ def read_text_file(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}: "
-                        f"{err.reason}); give a .txt, .jsonl or a saved dataset directory") from None
+        raise UserError(
+            f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}: "
+            f"{err.reason}); give a .txt, .jsonl or a saved dataset directory"
+        ) from None
 
 
-def iter_documents(source: Path, text_field: str = "text", split: str | None = None) -> tuple[int | None, Iterator[str]]:
+def iter_documents(
+    source: Path, text_field: str = "text", split: str | None = None
+) -> tuple[int | None, Iterator[str]]:
     """(number of documents if known, documents) of a .txt (blank-line separated), .jsonl, or HF dataset dir."""
     source = Path(source)
     if _is_hf_dataset_dir(source):

@@ -46,8 +46,17 @@ def check_steps(n_steps: int, samples: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, n_steps - 1, num=min(samples, n_steps))})
 
 
-def extract_window(corpus: OrderedCorpus, stream: BatchStream, n_steps: int, out: Path, *, source_name: str,
-                   check_samples: int = 4, show_progress: bool = True, label: dict | None = None) -> dict:
+def extract_window(
+    corpus: OrderedCorpus,
+    stream: BatchStream,
+    n_steps: int,
+    out: Path,
+    *,
+    source_name: str,
+    check_samples: int = 4,
+    show_progress: bool = True,
+    label: dict | None = None,
+) -> dict:
     """Write the instances that steps 0 … n_steps − 1 of `stream` read from `corpus` into the window `out`.
 
     `label` (e.g. the checkpoint and global step the window continues) is recorded in the manifest."""
@@ -139,7 +148,7 @@ def extract_window(corpus: OrderedCorpus, stream: BatchStream, n_steps: int, out
         "tokens": n_rows * corpus.seq_len,
         "checked_steps": checked,
         "check": "equal",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     write_json_atomic(out / CORPUS_FILE, info.to_dict())
     write_json_atomic(out / MANIFEST_FILE, manifest)

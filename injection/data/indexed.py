@@ -35,7 +35,8 @@ import numpy as np
 
 from harness.errors import UserError
 from injection.data.remote import ByteReader, is_url, join_location, open_reader
-from injection.data.source import CORPUS_FILE, INDEXED_FORMAT as FORMAT
+from injection.data.source import CORPUS_FILE
+from injection.data.source import INDEXED_FORMAT as FORMAT
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -118,7 +119,9 @@ def read_index_header(reader: ByteReader, where: str) -> IndexHeader:
         raise UserError(f"{where}: {reader.size} bytes is too short for a Megatron index ({_HEADER.size}-byte header)")
     magic, version, code, n, d = _HEADER.unpack(reader.read(0, _HEADER.size))
     if magic != INDEX_MAGIC:
-        raise UserError(f"{where}: not a Megatron indexed-dataset index (magic bytes {magic!r}, expected {INDEX_MAGIC!r})")
+        raise UserError(
+            f"{where}: not a Megatron indexed-dataset index (magic bytes {magic!r}, expected {INDEX_MAGIC!r})"
+        )
     if version != INDEX_VERSION:
         raise UserError(f"{where}: index version {version}; only version {INDEX_VERSION} is known")
     if code not in TOKEN_DTYPES:
@@ -240,7 +243,7 @@ class IndexedCorpusInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> "IndexedCorpusInfo":
+    def from_dict(cls, data: dict[str, Any], where: str) -> IndexedCorpusInfo:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -289,6 +292,8 @@ class IndexedCorpus:
 
     def instances(self, epoch: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         if epoch != 0 or start < 0 or start + count > len(self.dataset):
-            raise UserError(f"{self.base}: rows {start}…{start + count - 1} (epoch {epoch}) are outside this dataset's "
-                            f"{len(self.dataset):,} rows (its order is the file's own, one pass)")
+            raise UserError(
+                f"{self.base}: rows {start}…{start + count - 1} (epoch {epoch}) are outside this dataset's "
+                f"{len(self.dataset):,} rows (its order is the file's own, one pass)"
+            )
         return self.dataset.rows(start, start + count, self.seq_len), np.arange(start, start + count, dtype=np.int64)

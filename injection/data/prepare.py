@@ -40,10 +40,10 @@ import json
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -51,9 +51,9 @@ from harness.atomic import write_json_atomic
 from harness.errors import UserError
 from harness.paths import cache_dir
 from harness.progress import progress as progress_bar
+from injection.data.formats import open_corpus
 from injection.data.order import GlobalIndices
 from injection.data.remote import is_url
-from injection.data.formats import open_corpus
 from injection.data.source import CORPUS_FILE, DTYPES, INDEXED_FORMAT, CorpusInfo
 
 LISTS_DIR = Path(__file__).resolve().parent / "lists"
@@ -87,8 +87,10 @@ def read_file_list(path: Path) -> list[str]:
         if not is_url(line):
             raise UserError(f"{where}: {line!r} is not an http(s) URL")
         if line.endswith("/"):
-            raise UserError(f"{where}: {line} names a directory; the data hosts answer directory URLs with 404, "
-                            "so a list names every file")
+            raise UserError(
+                f"{where}: {line} names a directory; the data hosts answer directory URLs with 404, "
+                "so a list names every file"
+            )
         if line in seen:
             raise UserError(f"{where}: {line} repeats line {seen[line]}")
         seen[line] = number
@@ -102,8 +104,10 @@ def resolve_list(data_paths: str | None, catalog_path: Path, family: str) -> Pat
     """The list file named by a family's `data_order.data_paths`: a shipped list's name, or a path relative
     to the catalog's folder."""
     if not data_paths:
-        raise UserError(f"{catalog_path}: families.{family}.data_order.data_paths is null: the catalog lists no "
-                        f"token files for {family!r}")
+        raise UserError(
+            f"{catalog_path}: families.{family}.data_order.data_paths is null: the catalog lists no "
+            f"token files for {family!r}"
+        )
     shipped = LISTS_DIR / data_paths
     if "/" not in data_paths and shipped.is_file():
         return shipped
@@ -111,8 +115,10 @@ def resolve_list(data_paths: str | None, catalog_path: Path, family: str) -> Pat
     path = path if path.is_absolute() else catalog_path.parent / path
     if not path.is_file():
         known = ", ".join(sorted(p.name for p in LISTS_DIR.glob("*.txt")))
-        raise UserError(f"{catalog_path}: families.{family}.data_order.data_paths {data_paths!r} is neither a "
-                        f"shipped list ({known}) nor a file ({path} does not exist)")
+        raise UserError(
+            f"{catalog_path}: families.{family}.data_order.data_paths {data_paths!r} is neither a "
+            f"shipped list ({known}) nor a file ({path} does not exist)"
+        )
     return path
 
 
@@ -189,11 +195,15 @@ class Http:
                 headers = {"Range": f"bytes={start}-{offset + length - 1}"}
                 with self._session().get(url, headers=headers, stream=True, timeout=self.policy.timeout) as response:
                     if response.status_code == 200:
-                        raise UserError(f"{url}: the server ignores HTTP Range requests (it answered 200 to a "
-                                        "range); the order and token files must be served by byte ranges")
+                        raise UserError(
+                            f"{url}: the server ignores HTTP Range requests (it answered 200 to a "
+                            "range); the order and token files must be served by byte ranges"
+                        )
                     if response.status_code != 206:
                         if response.status_code not in _RETRY_STATUS:
-                            raise UserError(f"{url}: HTTP {response.status_code} for bytes {start}-{offset + length - 1}")
+                            raise UserError(
+                                f"{url}: HTTP {response.status_code} for bytes {start}-{offset + length - 1}"
+                            )
                         raise _Retry(f"HTTP {response.status_code}")
                     for chunk in response.iter_content(self.policy.stream_bytes):
                         buf += chunk[: length - len(buf)]
@@ -205,8 +215,9 @@ class Http:
                 why = str(err).splitlines()[0] if isinstance(err, _Retry) else type(err).__name__
                 idle = 0 if len(buf) > before else idle + 1
                 if idle > self.policy.retries:
-                    raise UserError(f"{url}: reading bytes {start}-{offset + length - 1} failed "
-                                    f"{idle} times in a row ({why})") from None
+                    raise UserError(
+                        f"{url}: reading bytes {start}-{offset + length - 1} failed {idle} times in a row ({why})"
+                    ) from None
                 if idle:
                     self._sleep(idle)
         return bytes(buf)
@@ -225,8 +236,9 @@ def _load_sizes(path: Path) -> dict[str, int]:
     return {k: int(v) for k, v in data.items() if isinstance(k, str) and isinstance(v, int) and v >= 0}
 
 
-def fetch_sizes(urls: list[str], cache: Path, http: Http, *, workers: int = 16,
-                show_progress: bool = True) -> dict[str, int]:
+def fetch_sizes(
+    urls: list[str], cache: Path, http: Http, *, workers: int = 16, show_progress: bool = True
+) -> dict[str, int]:
     """Byte size of every URL; known sizes come from `cache`, new ones are added to it as they arrive.
 
     Every URL is tried; those that still fail are named together in one UserError at the end."""
@@ -256,9 +268,11 @@ def fetch_sizes(urls: list[str], cache: Path, http: Http, *, workers: int = 16,
                 write_json_atomic(cache, sizes)
     if failed:
         lines = "\n".join(f"  {url}: {why}" for url, why in failed.items())
-        raise UserError(f"{len(failed)} of {len(urls)} token files could not be sized:\n{lines}\n"
-                        f"the other {len(urls) - len(failed)} sizes are cached in {cache}; run the command again "
-                        "to fetch only these")
+        raise UserError(
+            f"{len(failed)} of {len(urls)} token files could not be sized:\n{lines}\n"
+            f"the other {len(urls) - len(failed)} sizes are cached in {cache}; run the command again "
+            "to fetch only these"
+        )
     return {u: sizes[u] for u in urls}
 
 
@@ -296,7 +310,8 @@ def check_order_size(order: OrderFile, n_instances: int, n_files: int, max_batch
         raise UserError(
             f"{order.url}: the order file has {order.entries:,} entries, but the {n_files} token files hold "
             f"{n_instances:,} instances (they may differ by less than one global batch, {max_batch:,}): the file "
-            "list does not belong to this order")
+            "list does not belong to this order"
+        )
 
 
 def scan_order(order: OrderFile, n_instances: int, http: Http, *, show_progress: bool = True) -> int:
@@ -321,7 +336,8 @@ def scan_order(order: OrderFile, n_instances: int, http: Http, *, show_progress:
             f"{order.url}: {n_bad:,} of the order's {order.entries:,} entries are not below the {n_instances:,} "
             f"instances of the token files (first at entry {first_bad:,}; largest index {largest:,}): this order "
             "does not belong to these files. Prepare with --rebuild-order to use the order rebuilt from the seed "
-            "(it cannot be verified)")
+            "(it cannot be verified)"
+        )
     return largest
 
 
@@ -329,8 +345,10 @@ def open_prepared(family: str):
     """(corpus, location) of `family`'s prepared description in the cache (`injection data prepare FAMILY`)."""
     where = prepared_dir(family)
     if not (where / CORPUS_FILE).is_file():
-        raise UserError(f"no prepared corpus description of {family!r} at {where / CORPUS_FILE}; run "
-                        f"`injection data prepare {family}` first (or pass --source DIR for one prepared with --out DIR)")
+        raise UserError(
+            f"no prepared corpus description of {family!r} at {where / CORPUS_FILE}; run "
+            f"`injection data prepare {family}` first (or pass --source DIR for one prepared with --out DIR)"
+        )
     return open_corpus(where), str(where)
 
 
@@ -361,22 +379,35 @@ class PreparePlan:
 
     def describe(self) -> list[str]:
         """The plan in lines, for `--dry-run`."""
-        lines = [f"{self.family}: {len(self.urls)} token files from {self.list_file}",
-                 f"would fetch: the sizes of {len(self.urls) - len(self.cached)} files by HEAD requests "
-                 f"({len(self.cached)} known from {self.out / SIZES_FILE})"]
+        lines = [
+            f"{self.family}: {len(self.urls)} token files from {self.list_file}",
+            f"would fetch: the sizes of {len(self.urls) - len(self.cached)} files by HEAD requests "
+            f"({len(self.cached)} known from {self.out / SIZES_FILE})",
+        ]
         if self.order_url is not None:
-            what = "every index (reads the whole file)" if self.full_order_check else \
-                "its size (indices are checked in every window `data extract` reads)"
+            what = (
+                "every index (reads the whole file)"
+                if self.full_order_check
+                else "its size (indices are checked in every window `data extract` reads)"
+            )
             lines.append(f"would check: the order file {self.order_url}: {what}")
         else:
-            lines.append(f"would rebuild: the order from seed {self.seed} + epoch 0 ({self.rebuild_reason}); "
-                         "it cannot be verified against the original run")
+            lines.append(
+                f"would rebuild: the order from seed {self.seed} + epoch 0 ({self.rebuild_reason}); "
+                "it cannot be verified against the original run"
+            )
         lines.append(f"would write: {self.out / CORPUS_FILE}")
         return lines
 
 
-def plan_prepare(family: str, out: Path | None = None, *, catalog_path: Path | None = None,
-                 rebuild_order: bool = False, full_order_check: bool = False) -> PreparePlan:
+def plan_prepare(
+    family: str,
+    out: Path | None = None,
+    *,
+    catalog_path: Path | None = None,
+    rebuild_order: bool = False,
+    full_order_check: bool = False,
+) -> PreparePlan:
     """Resolve the family's list, data facts and output folder (reads local files only)."""
     from injection.checkpoints.catalog import load_catalog
 
@@ -400,10 +431,21 @@ def plan_prepare(family: str, out: Path | None = None, *, catalog_path: Path | N
         order_url, reason = order.global_indices_url, None
     known = _load_sizes(out / SIZES_FILE)
     return PreparePlan(
-        family=family, catalog=catalog.path, list_file=list_file, urls=urls, out=out, dtype=dtype,
-        seq_len=order.seq_len, seed=order.seed, eos_token_id=arch.eos_token_id, tokenizer=order.tokenizer,
-        max_batch=max(r.global_batch_size for r in fam.batch_sizes), order_url=order_url, rebuild_reason=reason,
-        full_order_check=full_order_check and order_url is not None, cached=[u for u in urls if u in known],
+        family=family,
+        catalog=catalog.path,
+        list_file=list_file,
+        urls=urls,
+        out=out,
+        dtype=dtype,
+        seq_len=order.seq_len,
+        seed=order.seed,
+        eos_token_id=arch.eos_token_id,
+        tokenizer=order.tokenizer,
+        max_batch=max(r.global_batch_size for r in fam.batch_sizes),
+        order_url=order_url,
+        rebuild_reason=reason,
+        full_order_check=full_order_check and order_url is not None,
+        cached=[u for u in urls if u in known],
     )
 
 
@@ -411,8 +453,14 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def prepare_corpus(plan: PreparePlan, *, policy: HttpPolicy = HttpPolicy(), workers: int = 16,
-                   show_progress: bool = True, warn: Callable[[str], None] = _warn) -> CorpusInfo:
+def prepare_corpus(
+    plan: PreparePlan,
+    *,
+    policy: HttpPolicy = HttpPolicy(),
+    workers: int = 16,
+    show_progress: bool = True,
+    warn: Callable[[str], None] = _warn,
+) -> CorpusInfo:
     """Fetch sizes, check the order and write `plan.out/corpus.json` (last, atomically); returns it."""
     http = Http(policy)
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -424,16 +472,20 @@ def prepare_corpus(plan: PreparePlan, *, policy: HttpPolicy = HttpPolicy(), work
         if order is None:
             order_url, reason = None, f"the published order file {plan.order_url} is gone (HTTP 404)"
     if order_url is None:
-        warn(f"{plan.family}: the order will be rebuilt from seed {plan.seed} + epoch 0 with ai2-olmo's permutation "
-             f"({reason}); it cannot be verified against the original run")
+        warn(
+            f"{plan.family}: the order will be rebuilt from seed {plan.seed} + epoch 0 with ai2-olmo's permutation "
+            f"({reason}); it cannot be verified against the original run"
+        )
 
     sizes = fetch_sizes(plan.urls, plan.out / SIZES_FILE, http, workers=workers, show_progress=show_progress)
     itemsize = np.dtype(DTYPES[plan.dtype]).itemsize
     counts = []
     for url in plan.urls:
         if sizes[url] % itemsize:
-            raise UserError(f"{url}: {sizes[url]:,} bytes is not a whole number of {plan.dtype} tokens; "
-                            "not an OLMo token file of this run")
+            raise UserError(
+                f"{url}: {sizes[url]:,} bytes is not a whole number of {plan.dtype} tokens; "
+                "not an OLMo token file of this run"
+            )
         counts.append(sizes[url] // (itemsize * plan.seq_len))
     n_instances = sum(counts)
     if n_instances == 0:
@@ -444,20 +496,31 @@ def prepare_corpus(plan: PreparePlan, *, policy: HttpPolicy = HttpPolicy(), work
         check_order_size(order, n_instances, len(plan.urls), plan.max_batch)
         order_facts = {"source": order.url, "entries": order.entries, "checked": "size"}
         if plan.full_order_check:
-            order_facts.update(checked="every index", largest_index=scan_order(order, n_instances, http,
-                                                                               show_progress=show_progress))
+            order_facts.update(
+                checked="every index", largest_index=scan_order(order, n_instances, http, show_progress=show_progress)
+            )
 
     info = CorpusInfo(
-        paths=list(plan.urls), dtype=plan.dtype, seq_len=plan.seq_len, seed=plan.seed, n_instances=n_instances,
-        eos_token_id=plan.eos_token_id, tokenizer=plan.tokenizer, epoch=0,
-        global_indices=order.url if order is not None else None, instances_per_file=counts,
-        extra={"family": plan.family, "catalog": str(plan.catalog), "file_list": str(plan.list_file),
-               "order": order_facts,
-               "prepared": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+        paths=list(plan.urls),
+        dtype=plan.dtype,
+        seq_len=plan.seq_len,
+        seed=plan.seed,
+        n_instances=n_instances,
+        eos_token_id=plan.eos_token_id,
+        tokenizer=plan.tokenizer,
+        epoch=0,
+        global_indices=order.url if order is not None else None,
+        instances_per_file=counts,
+        extra={
+            "family": plan.family,
+            "catalog": str(plan.catalog),
+            "file_list": str(plan.list_file),
+            "order": order_facts,
+            "prepared": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
     )
     write_json_atomic(plan.out / CORPUS_FILE, info.to_dict())
     return info
-
 
 
 # --- pre-packed indexed datasets -------------------------------------------------------------------------------
@@ -484,10 +547,12 @@ class IndexedPlan:
         return [self.index, *self.paths]
 
     def describe(self) -> list[str]:
-        return [f"{self.family}: a Megatron indexed dataset, {len(self.paths)} token file(s) and the index {self.index}",
-                f"would fetch: the size of {len(self.urls)} files by HEAD requests, the index header and its last "
-                f"entry (rows of {self.row_len} tokens expected)",
-                f"would write: {self.out / CORPUS_FILE}"]
+        return [
+            f"{self.family}: a Megatron indexed dataset, {len(self.paths)} token file(s) and the index {self.index}",
+            f"would fetch: the size of {len(self.urls)} files by HEAD requests, the index header and its last "
+            f"entry (rows of {self.row_len} tokens expected)",
+            f"would write: {self.out / CORPUS_FILE}",
+        ]
 
 
 def is_indexed_family(family: str, catalog_path: Path | None = None) -> bool:
@@ -503,13 +568,21 @@ def plan_prepare_indexed(family: str, out: Path | None = None, *, catalog_path: 
     fam = catalog.family(family)
     order = fam.data_order
     if not (order.index_url and order.data_urls):
-        raise UserError(f"{catalog.path}: families.{family}.data_order lists no index_url and data_urls: the catalog "
-                        f"names no published data for {family!r}")
+        raise UserError(
+            f"{catalog.path}: families.{family}.data_order lists no index_url and data_urls: the catalog "
+            f"names no published data for {family!r}"
+        )
     last_step = max((e.step for e in fam.steps), default=0)
     return IndexedPlan(
-        family=family, catalog=catalog.path, out=Path(out) if out is not None else prepared_dir(family),
-        index=order.index_url, paths=list(order.data_urls), row_len=fam.row_len, seed=order.seed,
-        eos_token_id=getattr(fam.architecture, "eos_token_id", None), tokenizer=order.tokenizer,
+        family=family,
+        catalog=catalog.path,
+        out=Path(out) if out is not None else prepared_dir(family),
+        index=order.index_url,
+        paths=list(order.data_urls),
+        row_len=fam.row_len,
+        seed=order.seed,
+        eos_token_id=getattr(fam.architecture, "eos_token_id", None),
+        tokenizer=order.tokenizer,
         rows_needed=fam.tokens_at(last_step) // fam.seq_len,
     )
 
@@ -519,18 +592,31 @@ def prepare_indexed(plan: IndexedPlan, warn: Callable[[str], None] = _warn) -> d
     `plan.out/corpus.json` (format megatron-indexed) with the facts the index gave; returns it."""
     from injection.data.indexed import IndexedCorpus, IndexedCorpusInfo
 
-    info = IndexedCorpusInfo(index=plan.index, paths=plan.paths, seq_len=plan.row_len, seed=plan.seed,
-                             eos_token_id=plan.eos_token_id, tokenizer=plan.tokenizer)
+    info = IndexedCorpusInfo(
+        index=plan.index,
+        paths=plan.paths,
+        seq_len=plan.row_len,
+        seed=plan.seed,
+        eos_token_id=plan.eos_token_id,
+        tokenizer=plan.tokenizer,
+    )
     corpus = IndexedCorpus(info, plan.out)
     n = len(corpus.dataset)
     if n:
         corpus.dataset.rows(n - 1, n, plan.row_len)  # the last row: a dataset of other rows is named here
     if n < plan.rows_needed:
-        warn(f"{plan.family}: the dataset holds {n:,} rows, fewer than the {plan.rows_needed:,} the run's listed "
-             "steps consumed; continuations from late steps will run out of data")
-    resolved = {**corpus.info.to_dict(),
-                "extra": {"family": plan.family, "catalog": str(plan.catalog),
-                          "prepared": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
+        warn(
+            f"{plan.family}: the dataset holds {n:,} rows, fewer than the {plan.rows_needed:,} the run's listed "
+            "steps consumed; continuations from late steps will run out of data"
+        )
+    resolved = {
+        **corpus.info.to_dict(),
+        "extra": {
+            "family": plan.family,
+            "catalog": str(plan.catalog),
+            "prepared": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    }
     plan.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(plan.out / CORPUS_FILE, resolved)
     return resolved

@@ -90,7 +90,7 @@ class CorpusInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> "CorpusInfo":
+    def from_dict(cls, data: Any, where: str) -> CorpusInfo:
         if not isinstance(data, dict):
             raise UserError(f"{where}: expected a JSON object")
         data = dict(data)
@@ -215,15 +215,18 @@ class Corpus:
         self.info = info
         self.base = str(base)
         self.seq_len = info.seq_len
-        self.files = TokenFiles([join_location(base, p) for p in info.paths], info.dtype, info.seq_len,
-                                info.instances_per_file)
+        self.files = TokenFiles(
+            [join_location(base, p) for p in info.paths], info.dtype, info.seq_len, info.instances_per_file
+        )
         self._orders: dict[int, Any] = {}
         self._segments = info.segments
         self._segment_rows = np.cumsum([0] + [s.count for s in self._segments])
         self._window_ids = GlobalIndices(join_location(base, info.instance_ids)) if info.window else None
         if not info.window and len(self.files) != info.n_instances:
-            raise UserError(f"{join_location(base, CORPUS_FILE)}: n_instances is {info.n_instances:,}, but the token "
-                            f"files hold {len(self.files):,} instances of {info.seq_len} tokens")
+            raise UserError(
+                f"{join_location(base, CORPUS_FILE)}: n_instances is {info.n_instances:,}, but the token "
+                f"files hold {len(self.files):,} instances of {info.seq_len} tokens"
+            )
 
     @property
     def is_window(self) -> bool:
@@ -248,8 +251,10 @@ class Corpus:
 
     def instances(self, epoch: int, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         if start < 0 or start + count > self.epoch_length(epoch):
-            raise UserError(f"{self.base}: positions {start}…{start + count - 1} are outside epoch {epoch}'s order "
-                            f"of {self.epoch_length(epoch):,} instances")
+            raise UserError(
+                f"{self.base}: positions {start}…{start + count - 1} are outside epoch {epoch}'s order "
+                f"of {self.epoch_length(epoch):,} instances"
+            )
         if self.is_window:
             rows = self._window_rows(epoch, start, count)
             return self.files.read_instances(rows), self._window_ids.slice(int(rows[0]), int(rows[-1]) + 1)
@@ -257,10 +262,12 @@ class Corpus:
         ids = order.slice(start, start + count)
         if len(ids) and int(ids.max()) >= len(self.files):
             bad = int(np.argmax(ids >= len(self.files)))
-            raise UserError(f"{order.location}: entry {start + bad} is instance {int(ids[bad]):,}, but the token files "
-                            f"hold {len(self.files):,} instances: the order does not belong to these files (a prepared "
-                            "corpus can use the order rebuilt from the seed: `injection data prepare FAMILY "
-                            "--rebuild-order`, which cannot be verified)")
+            raise UserError(
+                f"{order.location}: entry {start + bad} is instance {int(ids[bad]):,}, but the token files "
+                f"hold {len(self.files):,} instances: the order does not belong to these files (a prepared "
+                "corpus can use the order rebuilt from the seed: `injection data prepare FAMILY "
+                "--rebuild-order`, which cannot be verified)"
+            )
         return self.files.read_instances(ids), ids
 
     def covers(self, epoch: int, start: int, count: int) -> bool:
@@ -275,8 +282,10 @@ class Corpus:
                 first = int(self._segment_rows[i]) + start - seg.start
                 return np.arange(first, first + count)
         held = ", ".join(f"epoch {s.epoch} positions {s.start}…{s.start + s.count - 1}" for s in self._segments)
-        raise UserError(f"{self.base}: this window holds {held}; positions {start}…{start + count - 1} of epoch "
-                        f"{epoch} are outside it (extract a window that covers the run)")
+        raise UserError(
+            f"{self.base}: this window holds {held}; positions {start}…{start + count - 1} of epoch "
+            f"{epoch} are outside it (extract a window that covers the run)"
+        )
 
 
 @dataclass(frozen=True)
@@ -302,8 +311,10 @@ class BatchStream:
         if k < 0:
             index = self.start + k * B
             if index < 0:
-                raise UserError(f"the batch {-k} step(s) before the checkpoint would start before epoch {self.epoch}'s "
-                                f"order (the checkpoint is {self.start:,} instances into it)")
+                raise UserError(
+                    f"the batch {-k} step(s) before the checkpoint would start before epoch {self.epoch}'s "
+                    f"order (the checkpoint is {self.start:,} instances into it)"
+                )
             return self.epoch, index
         epoch, index = self.epoch, self.start
         while True:

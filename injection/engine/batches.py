@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -18,9 +18,15 @@ from injection.splice import InjectionRecord, SpliceItem, apply
 
 
 class InjectedBatches:
-    def __init__(self, stream: BatchStream, injections: Mapping[int, Sequence[SpliceItem]],
-                 records: Mapping[int, Sequence[InjectionRecord]], *, prefetch: int = 2,
-                 stop_at: int | None = None) -> None:
+    def __init__(
+        self,
+        stream: BatchStream,
+        injections: Mapping[int, Sequence[SpliceItem]],
+        records: Mapping[int, Sequence[InjectionRecord]],
+        *,
+        prefetch: int = 2,
+        stop_at: int | None = None,
+    ) -> None:
         self.stream = stream
         self.stop_at = stop_at
         """The thread prepares no step at or after this one (the run's end)."""
@@ -74,8 +80,9 @@ class InjectedBatches:
         self.close()
         self._stop = threading.Event()
         self._queue = queue.Queue(maxsize=self.prefetch)
-        self._thread = threading.Thread(target=self._worker, args=(first, self._queue, self._stop), daemon=True,
-                                        name="injected-batches")
+        self._thread = threading.Thread(
+            target=self._worker, args=(first, self._queue, self._stop), daemon=True, name="injected-batches"
+        )
         self._thread.start()
         self._next = first
 
@@ -86,7 +93,7 @@ class InjectedBatches:
         self._thread = None
         self._queue = None
 
-    def __enter__(self) -> "InjectedBatches":
+    def __enter__(self) -> InjectedBatches:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -8,20 +8,25 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from harness.errors import UserError
 
-Config = Annotated[Optional[str], typer.Argument(help="Experiment YAML file or preset name (smoke, paper-7b-mid, ...).")]
-Preset = Annotated[Optional[str], typer.Option("--preset", help="Preset name (same as giving it as CONFIG).")]
-Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Dotted override KEY=VALUE (YAML value); repeatable.")]
-Resume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory (from its newest "
-                                                                  "complete checkpoint, or from step 0 if it has none).")]
-Out = Annotated[Optional[str], typer.Option("--out", "-o", help="Run directory (overrides output_dir).")]
-Steps = Annotated[Optional[int], typer.Option("--total-steps", help="Number of updates T (overrides total_steps).")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed (overrides seed).")]
+Config = Annotated[str | None, typer.Argument(help="Experiment YAML file or preset name (smoke, paper-7b-mid, ...).")]
+Preset = Annotated[str | None, typer.Option("--preset", help="Preset name (same as giving it as CONFIG).")]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Dotted override KEY=VALUE (YAML value); repeatable.")]
+Resume = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume",
+        help="Continue the run in this directory (from its newest complete checkpoint, or from step 0 if it has none).",
+    ),
+]
+Out = Annotated[str | None, typer.Option("--out", "-o", help="Run directory (overrides output_dir).")]
+Steps = Annotated[int | None, typer.Option("--total-steps", help="Number of updates T (overrides total_steps).")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Seed (overrides seed).")]
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -35,8 +40,15 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def resolve_config(config: str | None, preset: str | None, sets: list[str] | None, resume: Path | None,
-                   out: str | None = None, total_steps: int | None = None, seed: int | None = None):
+def resolve_config(
+    config: str | None,
+    preset: str | None,
+    sets: list[str] | None,
+    resume: Path | None,
+    out: str | None = None,
+    total_steps: int | None = None,
+    seed: int | None = None,
+):
     """The experiment config from CONFIG/--preset, or, with --resume, the run's own config.yaml.
 
     With --resume, a CONFIG or `--set` may change only how the run is operated (output, checkpoints, logging,
@@ -60,9 +72,11 @@ def resolve_config(config: str | None, preset: str | None, sets: list[str] | Non
     asked = load_config(config or preset or str(saved_file), sets, {**explicit, "output_dir": str(resume)})
     changed = _differences(saved.identity(), asked.identity())
     if changed:
-        raise UserError(f"--resume {resume}: the given configuration differs from the run's ({'; '.join(changed)}); "
-                        f"a resumed run keeps its configuration (only {', '.join(OPERATIONAL_FIELDS)} may change). "
-                        "Start a new run in another directory instead")
+        raise UserError(
+            f"--resume {resume}: the given configuration differs from the run's ({'; '.join(changed)}); "
+            f"a resumed run keeps its configuration (only {', '.join(OPERATIONAL_FIELDS)} may change). "
+            "Start a new run in another directory instead"
+        )
     return asked
 
 
@@ -79,9 +93,16 @@ def preflight(cfg, resume: bool) -> None:
     check_split(cfg, read_checkpoint(cfg.checkpoint), int(os.environ.get("WORLD_SIZE", "1")))
 
 
-def run(config: Config = None, preset: Preset = None, set_: Sets = None, resume: Resume = None, out: Out = None,
-        total_steps: Steps = None, seed: Seed = None,
-        local_rank: Annotated[Optional[int], typer.Option("--local_rank", "--local-rank", hidden=True)] = None) -> None:
+def run(
+    config: Config = None,
+    preset: Preset = None,
+    set_: Sets = None,
+    resume: Resume = None,
+    out: Out = None,
+    total_steps: Steps = None,
+    seed: Seed = None,
+    local_rank: Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
+) -> None:
     """Continue pretraining with injections and write the run directory.
 
     One process by default; under DeepSpeed's launcher (see `injection launch`) every rank runs this.
@@ -121,9 +142,11 @@ def read_hostfile(hostfile: Path) -> list[tuple[str, int]]:
         if not found or not found[0][6:].isdigit():
             raise UserError(f"--hostfile {hostfile}: line {n}: expected `HOST slots=N`, got {line!r}")
         if parts[0] in dict(hosts):
-            raise UserError(f"--hostfile {hostfile}: line {n}: host {parts[0]!r} is listed twice (DeepSpeed's "
-                            "launcher refuses that; two nodes on one machine need two names, e.g. localhost and "
-                            "127.0.0.1)")
+            raise UserError(
+                f"--hostfile {hostfile}: line {n}: host {parts[0]!r} is listed twice (DeepSpeed's "
+                "launcher refuses that; two nodes on one machine need two names, e.g. localhost and "
+                "127.0.0.1)"
+            )
         hosts.append((parts[0], int(found[0][6:])))
     if not hosts:
         raise UserError(f"--hostfile {hostfile}: no hosts listed")
@@ -134,7 +157,7 @@ def launch_world_size(hostfile: Path | None, num_gpus: int | None, num_nodes: in
     """How many ranks DeepSpeed's launcher will start."""
     if hostfile is not None:
         slots = [s for _, s in read_hostfile(hostfile)]
-        nodes = slots[: num_nodes] if num_nodes else slots
+        nodes = slots[:num_nodes] if num_nodes else slots
         return sum(num_gpus or s for s in nodes)
     if num_gpus is not None:
         return num_gpus * (num_nodes or 1)
@@ -153,18 +176,31 @@ def check_node_rank(node_rank: int, hostfile: Path | None, num_nodes: int | None
     if hostfile is None:
         raise UserError(f"--node-rank {node_rank}: needs --hostfile listing every node (the same file on each node)")
     if not master_addr:
-        raise UserError(f"--node-rank {node_rank}: needs --master-addr, the address of node 0 as the other nodes "
-                        "reach it")
+        raise UserError(
+            f"--node-rank {node_rank}: needs --master-addr, the address of node 0 as the other nodes reach it"
+        )
     nodes = len(read_hostfile(hostfile)[: num_nodes or None])
     if not 0 <= node_rank < nodes:
-        raise UserError(f"--node-rank {node_rank}: must be 0…{nodes - 1} (the nodes of --hostfile {hostfile}"
-                        + (f" kept by --num-nodes {num_nodes}" if num_nodes else "") + ")")
+        raise UserError(
+            f"--node-rank {node_rank}: must be 0…{nodes - 1} (the nodes of --hostfile {hostfile}"
+            + (f" kept by --num-nodes {num_nodes}" if num_nodes else "")
+            + ")"
+        )
 
 
-def launcher_command(config: str, hostfile: Path | None, num_gpus: int | None, num_nodes: int | None,
-                     master_addr: str | None, master_port: int | None, sets: list[str] | None,
-                     resume: Path | None, include: str | None = None, node_rank: int | None = None,
-                     no_ssh: bool = False) -> list[str]:
+def launcher_command(
+    config: str,
+    hostfile: Path | None,
+    num_gpus: int | None,
+    num_nodes: int | None,
+    master_addr: str | None,
+    master_port: int | None,
+    sets: list[str] | None,
+    resume: Path | None,
+    include: str | None = None,
+    node_rank: int | None = None,
+    no_ssh: bool = False,
+) -> list[str]:
     """The `deepspeed` command that starts `python -m injection.engine.worker` on every rank."""
     deepspeed = Path(sys.executable).with_name("deepspeed")
     cmd = [str(deepspeed) if deepspeed.exists() else "deepspeed"]
@@ -191,14 +227,20 @@ def launcher_command(config: str, hostfile: Path | None, num_gpus: int | None, n
 
 def launch(
     config: Config = None,
-    hostfile: Annotated[Optional[Path], typer.Option("--hostfile", help="DeepSpeed hostfile: `host slots=N` per line.")] = None,
-    num_gpus: Annotated[Optional[int], typer.Option("--num-gpus", help="Ranks (GPUs) per node.")] = None,
-    num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", help="Number of nodes from the hostfile.")] = None,
-    master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of rank 0's node.")] = None,
-    master_port: Annotated[Optional[int], typer.Option("--master-port", help="Rendezvous port.")] = None,
-    include: Annotated[Optional[str], typer.Option("--include", help="DeepSpeed --include filter, e.g. node1:0,1.")] = None,
-    node_rank: Annotated[Optional[int], typer.Option(
-        "--node-rank", help="Start only this node's ranks, without ssh (run the command once per node).")] = None,
+    hostfile: Annotated[
+        Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile: `host slots=N` per line.")
+    ] = None,
+    num_gpus: Annotated[int | None, typer.Option("--num-gpus", help="Ranks (GPUs) per node.")] = None,
+    num_nodes: Annotated[int | None, typer.Option("--num-nodes", help="Number of nodes from the hostfile.")] = None,
+    master_addr: Annotated[str | None, typer.Option("--master-addr", help="Address of rank 0's node.")] = None,
+    master_port: Annotated[int | None, typer.Option("--master-port", help="Rendezvous port.")] = None,
+    include: Annotated[
+        str | None, typer.Option("--include", help="DeepSpeed --include filter, e.g. node1:0,1.")
+    ] = None,
+    node_rank: Annotated[
+        int | None,
+        typer.Option("--node-rank", help="Start only this node's ranks, without ssh (run the command once per node)."),
+    ] = None,
     set_: Sets = None,
     resume: Resume = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the launcher command and exit.")] = False,
@@ -230,8 +272,19 @@ def launch(
     if ckpt is not None or cfg.global_batch:
         check_split(cfg, ckpt, world)
     source = str(Path(config).resolve()) if config and Path(config).is_file() else (config or "")
-    cmd = launcher_command(source, hostfile, num_gpus, num_nodes, master_addr, master_port, set_, resume, include,
-                           node_rank, no_ssh=node_rank is not None)
+    cmd = launcher_command(
+        source,
+        hostfile,
+        num_gpus,
+        num_nodes,
+        master_addr,
+        master_port,
+        set_,
+        resume,
+        include,
+        node_rank,
+        no_ssh=node_rank is not None,
+    )
     print(shlex.join(cmd))
     if dry_run:
         return
@@ -241,10 +294,18 @@ def launch(
     if code:
         from injection.engine.loop import LostRank
 
-        why = (f" ({signal.Signals(code - 128).name})" if 128 < code < 128 + 32 else
-               " (a rank lost contact with the others)" if code == LostRank.exit_code else "")
-        again = (f"; continue with `injection launch --resume {cfg.output_dir} ...` (the same launcher options"
-                 + (", on every node)" if node_rank is not None else ")")
-                 if Path(cfg.output_dir, "manifest.json").is_file() else "")
+        why = (
+            f" ({signal.Signals(code - 128).name})"
+            if 128 < code < 128 + 32
+            else " (a rank lost contact with the others)"
+            if code == LostRank.exit_code
+            else ""
+        )
+        again = (
+            f"; continue with `injection launch --resume {cfg.output_dir} ...` (the same launcher options"
+            + (", on every node)" if node_rank is not None else ")")
+            if Path(cfg.output_dir, "manifest.json").is_file()
+            else ""
+        )
         print(f"error: the launcher exited with code {code}{why}{again}", file=sys.stderr)
     raise typer.Exit(code)

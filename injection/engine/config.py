@@ -26,8 +26,17 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 #: Fields that may differ between a run and its resumption: where and how often things are written, how
 #: progress is reported, and what to do should the loss stop being finite. Everything else is the run's identity.
-OPERATIONAL_FIELDS = ("output_dir", "checkpoint_interval", "keep_checkpoints", "log_flush_steps", "log_interval",
-                      "nonfinite", "monitor", "label", "distributed_timeout")
+OPERATIONAL_FIELDS = (
+    "output_dir",
+    "checkpoint_interval",
+    "keep_checkpoints",
+    "log_flush_steps",
+    "log_interval",
+    "nonfinite",
+    "monitor",
+    "label",
+    "distributed_timeout",
+)
 
 
 @dataclass
@@ -199,8 +208,15 @@ def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> Non
         if value is not None and value < minimum:
             raise fail(name, f"must be >= {minimum}, got {value}")
 
-    for name in ("total_steps", "eval_interval", "eval_batch_tokens", "keep_checkpoints", "log_flush_steps",
-                 "log_interval", "max_micro_batch"):
+    for name in (
+        "total_steps",
+        "eval_interval",
+        "eval_batch_tokens",
+        "keep_checkpoints",
+        "log_flush_steps",
+        "log_interval",
+        "max_micro_batch",
+    ):
         at_least(name, getattr(cfg, name), 1)
     if cfg.micro_batch != "auto":
         at_least("micro_batch", cfg.micro_batch, 1)
@@ -239,13 +255,16 @@ def set_dotted(data: dict[str, Any], assignment: str) -> str:
     key, raw = assignment.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise UserError(f"--set {assignment!r}: expected KEY=VALUE with a key like total_steps or optimizer.constant_lr")
+        raise UserError(
+            f"--set {assignment!r}: expected KEY=VALUE with a key like total_steps or optimizer.constant_lr"
+        )
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0]
-        raise UserError(f"--set {assignment!r}: the value is not valid YAML ({first}); quote strings with "
-                        "special characters") from None
+        raise UserError(
+            f"--set {assignment!r}: the value is not valid YAML ({first}); quote strings with special characters"
+        ) from None
     # YAML 1.1 reads `1e-4` as a string; numbers written that way are meant as floats.
     if isinstance(value, str):
         try:
@@ -274,8 +293,10 @@ def read_config_source(source: str) -> tuple[dict[str, Any], str]:
     """The raw mapping of a preset name or a YAML file, and a label for messages."""
     path = Path(source)
     if path.is_dir():
-        raise UserError(f"config {source}: is a directory, expected a YAML file or a preset name "
-                        f"(presets: {', '.join(available_presets())}); to continue a run use --resume {source}")
+        raise UserError(
+            f"config {source}: is a directory, expected a YAML file or a preset name "
+            f"(presets: {', '.join(available_presets())}); to continue a run use --resume {source}"
+        )
     if not path.is_file():
         if preset_path(source).is_file():
             path = preset_path(source)
@@ -294,8 +315,9 @@ def read_config_source(source: str) -> tuple[dict[str, Any], str]:
     return data, str(path)
 
 
-def config_from_dict(data: dict[str, Any], where: str = "config",
-                     origins: dict[str, str] | None = None) -> ExperimentConfig:
+def config_from_dict(
+    data: dict[str, Any], where: str = "config", origins: dict[str, str] | None = None
+) -> ExperimentConfig:
     origins = origins or {}
     cfg = from_mapping(ExperimentConfig, data, where, origins=origins)
     _validate(cfg, where, origins)

@@ -14,8 +14,8 @@ ranks that run out of batches run a throw-away batch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -106,8 +106,13 @@ def _score_batch(base: torch.nn.Module, head: torch.nn.Module, batch: Sequence[P
     for b, it in enumerate(batch):
         k = it.target_end - it.target_start
         lp = token_lp[start : start + k]
-        row = {"logprob": lp.mean(), "logprob_sum": lp.sum(), "first_logprob": lp[0],
-               "exact_match": float(hit[start : start + k].all()), "first_rank": above[start]}
+        row = {
+            "logprob": lp.mean(),
+            "logprob_sum": lp.sum(),
+            "first_logprob": lp[0],
+            "exact_match": float(hit[start : start + k].all()),
+            "first_rank": above[start],
+        }
         out[b] = [row[name] for name in SCORE_NAMES]
         start += k
     return out

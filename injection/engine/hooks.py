@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class Run:
     rank: int
     world: int
     engine: Any
-    hooks: list["Hook"] = field(default_factory=list)
+    hooks: list[Hook] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
@@ -46,6 +47,7 @@ class Hook:
     def on_update(self, run: Run, step: int, metrics: dict[str, float]) -> None: ...
     def state_dict(self) -> dict[str, Any]:
         return {}
+
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def on_end(self, run: Run, status: str) -> None: ...
 
@@ -66,8 +68,10 @@ class ProbeLogHook(Hook):
 
     def on_eval(self, run, step, scores):
         n = len(self.keys["paragraph"])
-        self.writer.add(step, {"step": np.full(n, step, dtype=np.int32), **self.keys,
-                               **{name: scores[name] for name in SCORE_NAMES}})
+        self.writer.add(
+            step,
+            {"step": np.full(n, step, dtype=np.int32), **self.keys, **{name: scores[name] for name in SCORE_NAMES}},
+        )
 
     def state_dict(self):
         self.writer.flush()
@@ -127,8 +131,9 @@ class ProgressHook(Hook):
 
     @staticmethod
     def describe(metrics: dict[str, float]) -> str:
-        return (f"loss {metrics['loss']:.4f}, lr {metrics['lr']:.2e}, {metrics['tokens_per_s']:,.0f} tok/s"
-                + (", update skipped" if metrics.get("skipped") else ""))
+        return f"loss {metrics['loss']:.4f}, lr {metrics['lr']:.2e}, {metrics['tokens_per_s']:,.0f} tok/s" + (
+            ", update skipped" if metrics.get("skipped") else ""
+        )
 
     def on_update(self, run, step, metrics):
         if self.bar is not None:
@@ -139,8 +144,12 @@ class ProgressHook(Hook):
         elapsed = time.monotonic() - self.started
         rate = (step - self.k0) / elapsed if elapsed > 0 else 0.0
         eta = f", eta {_duration((self.total - step) / rate)}" if rate > 0 and step < self.total else ""
-        print(f"step {step}/{self.total} ({100 * step / self.total:.1f} %), {self.describe(metrics)}, "
-              f"elapsed {_duration(elapsed)}{eta}", file=self.stream, flush=True)
+        print(
+            f"step {step}/{self.total} ({100 * step / self.total:.1f} %), {self.describe(metrics)}, "
+            f"elapsed {_duration(elapsed)}{eta}",
+            file=self.stream,
+            flush=True,
+        )
 
     def on_end(self, run, status):
         if self.bar is not None:
@@ -162,8 +171,9 @@ class ExportHook(Hook):
 
     name = "export"
 
-    def __init__(self, steps: Sequence[int], dest_for_step: Callable[[int], Path],
-                 meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, steps: Sequence[int], dest_for_step: Callable[[int], Path], meta: dict[str, Any] | None = None
+    ) -> None:
         self.steps = set(steps)
         self.dest_for_step = dest_for_step
         """Function: global step -> destination directory."""
@@ -189,10 +199,16 @@ def export_checkpoint(run: Run, k: int, dest: Path, meta_overrides: dict[str, An
         raise UserError(f"exporting checkpoints needs ZeRO stage 0-2 (whole parameters on rank 0), not {stage}")
     ckpt = run.inputs.checkpoint
     epoch, index = run.inputs.stream.position(k)
-    meta = {**ckpt.meta, "step": ckpt.step + k, "source": "trained",
-            "global_batch_size": run.plan.global_batch, "tokens_per_step": run.plan.tokens_per_step,
-            "data_position": asdict(DataPosition(epoch, index, "export")),
-            "trainer_state": {"global_step": ckpt.step + k, "run_dir": str(run.run_dir)}, **meta_overrides}
+    meta = {
+        **ckpt.meta,
+        "step": ckpt.step + k,
+        "source": "trained",
+        "global_batch_size": run.plan.global_batch,
+        "tokens_per_step": run.plan.tokens_per_step,
+        "data_position": asdict(DataPosition(epoch, index, "export")),
+        "trainer_state": {"global_step": ckpt.step + k, "run_dir": str(run.run_dir)},
+        **meta_overrides,
+    }
     meta.pop("has_optimizer_state", None)
     has_tokenizer = (ckpt.path / "tokenizer.json").is_file() or (ckpt.path / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(str(ckpt.path)) if has_tokenizer else None

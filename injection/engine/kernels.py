@@ -29,8 +29,9 @@ def _chunk_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.M
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def chunked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
-                    chunk_tokens: int) -> torch.Tensor:
+def chunked_lm_loss(
+    hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, chunk_tokens: int
+) -> torch.Tensor:
     """Mean next-token cross-entropy of decoder states `hidden` [B, L, d] under the LM `head`, equal to what an
     HF causal LM returns for `labels` [B, L] (position t predicts labels[t + 1]; IGNORE_INDEX labels are left
     out; the mean is over the labels counted), with logits for at most `chunk_tokens` positions alive at a time.
@@ -63,8 +64,7 @@ def use_chunked_loss(model: torch.nn.Module, chunk_tokens: int) -> None:
         if labels is None:
             return original(input_ids=input_ids, **kwargs)
         hidden = base(input_ids=input_ids, **kwargs).last_hidden_state
-        return CausalLMOutputWithPast(loss=chunked_lm_loss(hidden, labels, head, chunk_tokens),
-                                      hidden_states=(hidden,))
+        return CausalLMOutputWithPast(loss=chunked_lm_loss(hidden, labels, head, chunk_tokens), hidden_states=(hidden,))
 
     model.forward = forward
 

@@ -16,8 +16,9 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +41,10 @@ class Interrupted(Exception):
 
     def __init__(self, run_dir: Path, step: int, signum: int, world: int = 1) -> None:
         self.run_dir, self.step, self.signum = run_dir, step, signum
-        super().__init__(f"interrupted ({signal.Signals(signum).name}) after step {step}; the checkpoint is "
-                         f"saved: continue with `{run_state.resume_command(run_dir, world)}`")
+        super().__init__(
+            f"interrupted ({signal.Signals(signum).name}) after step {step}; the checkpoint is "
+            f"saved: continue with `{run_state.resume_command(run_dir, world)}`"
+        )
 
 
 class StopRequest:
@@ -56,7 +59,7 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -86,9 +89,11 @@ class LostRank(Exception):
     def __init__(self, run_dir: Path, rank: int, world: int, what: str) -> None:
         ckpts = run_state.complete_checkpoints(run_dir)
         since = f"from the checkpoint after step {ckpts[-1][0]}" if ckpts else "from step 0 (no checkpoint yet)"
-        super().__init__(f"rank {rank} of {world} lost contact with the other ranks ({what}): a node or one of its "
-                         f"processes stopped (see its log) or the network failed; continue {since} with "
-                         f"`{run_state.resume_command(run_dir, world)}` on every node")
+        super().__init__(
+            f"rank {rank} of {world} lost contact with the other ranks ({what}): a node or one of its "
+            f"processes stopped (see its log) or the network failed; continue {since} with "
+            f"`{run_state.resume_command(run_dir, world)}` on every node"
+        )
 
 
 class Diverged(Exception):
@@ -129,8 +134,11 @@ def update(run: Run, batch: np.ndarray, lr: float) -> dict[str, float]:
         dist.all_reduce(loss)  # sync point: the logged loss is the global batch's mean
         loss /= run.world
     grad_norm = engine.get_global_grad_norm()
-    return {"loss": float(loss), "grad_norm": float(grad_norm if grad_norm is not None else 0.0),
-            "skipped": bool(_any_rank(run, bad))}
+    return {
+        "loss": float(loss),
+        "grad_norm": float(grad_norm if grad_norm is not None else 0.0),
+        "skipped": bool(_any_rank(run, bad)),
+    }
 
 
 def _any_rank(run: Run, count: int) -> bool:
@@ -175,8 +183,10 @@ def train(run: Run, batches: InjectedBatches, k0: int, stop: StopRequest) -> int
         step = k + 1
         if not math.isfinite(metrics["grad_norm"]):
             raise Diverged(step, "non-finite gradient norm")
-        metrics.update(lr=0.0 if metrics["skipped"] else plan.lrs[k],
-                       tokens_per_s=plan.tokens_per_step / (time.perf_counter() - t0))
+        metrics.update(
+            lr=0.0 if metrics["skipped"] else plan.lrs[k],
+            tokens_per_s=plan.tokens_per_step / (time.perf_counter() - t0),
+        )
         if torch.cuda.is_available():
             metrics["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30  # this rank's peak
         metrics["eval_s"] = evaluate(run, step) if step in plan.eval_steps else 0.0
@@ -218,8 +228,10 @@ def prepare_optimizer_state(run: Run) -> dict[str, Any]:
 
 def _warn_fresh(run: Run, why: str) -> None:
     if run.rank == 0:
-        zero.warn(f"WARNING: training starts with FRESH AdamW moments ({why}); the original run's optimizer state "
-                  "is not continued and the first updates will be larger than the original run's.")
+        zero.warn(
+            f"WARNING: training starts with FRESH AdamW moments ({why}); the original run's optimizer state "
+            "is not continued and the first updates will be larger than the original run's."
+        )
 
 
 def warm_up_moments(run: Run, steps: int) -> dict[str, Any]:
@@ -231,14 +243,19 @@ def warm_up_moments(run: Run, steps: int) -> dict[str, Any]:
         tokens, _ = stream.batch(j)
         metrics = update(run, np.asarray(tokens, dtype=np.int64), 0.0)
         if not math.isfinite(metrics["grad_norm"]):
-            raise UserError(f"moment warm-up: the gradient norm of the batch {-j} step(s) before the checkpoint is "
-                            "not finite")
+            raise UserError(
+                f"moment warm-up: the gradient norm of the batch {-j} step(s) before the checkpoint is not finite"
+            )
     adam_step = int(ckpt.meta.get("optimizer_step") or ckpt.step)
     zero.set_adam_step(run.engine, adam_step)
     first, last = stream.position(-steps), stream.position(-1)
-    return {"moments": "rebuilt", "warmup_steps": steps, "adam_step": adam_step,
-            "batches": f"epoch {first[0]} positions {first[1]:,}…{last[1] + stream.batch_size - 1:,} "
-                       f"(global steps {ckpt.step - steps}…{ckpt.step - 1})"}
+    return {
+        "moments": "rebuilt",
+        "warmup_steps": steps,
+        "adam_step": adam_step,
+        "batches": f"epoch {first[0]} positions {first[1]:,}…{last[1] + stream.batch_size - 1:,} "
+        f"(global steps {ckpt.step - steps}…{ckpt.step - 1})",
+    }
 
 
 def encounter_spacing(inputs: RunInputs) -> int | None:
@@ -278,8 +295,9 @@ def first_manifest(run: Run) -> dict[str, Any]:
     }
 
 
-def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False, progress: bool = True,
-                 hooks: Sequence[Hook] = ()) -> Path:
+def run_training(
+    cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False, progress: bool = True, hooks: Sequence[Hook] = ()
+) -> Path:
     """Train T updates from the checkpoint, writing the run directory (rank 0). Returns the run directory.
 
     `hooks` are added on every rank after the writing hooks (e.g. an ExportHook). Raises Interrupted after a
@@ -307,10 +325,14 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
         run.run_dir.mkdir(parents=True, exist_ok=True)
         run_state.write_config(cfg)
         old = run_state.read_status(run.run_dir) or {}
-        run.manifest = {**first_manifest(run), **{k: old[k] for k in ("skipped_updates", "optimizer_state")
-                                                 if k in old and decision.action == "resume"}}
-        run.hooks = [ProbeLogHook(run.run_dir, inputs.probe_items, cfg.log_flush_steps),
-                     MetricsHook(run.run_dir, cfg.log_flush_steps)]
+        run.manifest = {
+            **first_manifest(run),
+            **{k: old[k] for k in ("skipped_updates", "optimizer_state") if k in old and decision.action == "resume"},
+        }
+        run.hooks = [
+            ProbeLogHook(run.run_dir, inputs.probe_items, cfg.log_flush_steps),
+            MetricsHook(run.run_dir, cfg.log_flush_steps),
+        ]
         from injection.engine.monitor import monitor_hook
 
         run.hooks += [h for h in (monitor_hook(cfg, run.run_dir),) if h is not None]
@@ -342,9 +364,11 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
         status, error = "interrupted", err
     except Diverged as err:
         status = "diverged"
-        error = UserError(f"{run.run_dir}: the run stopped: {err}; the newest checkpoint is intact: resume it with "
-                          f"`{run_state.resume_command(run.run_dir, world)} --set nonfinite=skip` to skip such updates, "
-                          "or lower the learning rate in a new run")
+        error = UserError(
+            f"{run.run_dir}: the run stopped: {err}; the newest checkpoint is intact: resume it with "
+            f"`{run_state.resume_command(run.run_dir, world)} --set nonfinite=skip` to skip such updates, "
+            "or lower the learning rate in a new run"
+        )
         if rank == 0:
             run.manifest["stop"] = {"step": err.step, "reason": err.what}
     except BaseException as err:
@@ -354,8 +378,11 @@ def run_training(cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False,
             error = LostRank(run.run_dir, rank, world, lost)
             error.__cause__ = err
         if rank == 0:
-            reason = f"lost contact with another rank: {lost}" if lost else \
-                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            reason = (
+                f"lost contact with another rank: {lost}"
+                if lost
+                else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            )
             run.manifest["stop"] = {"reason": reason}
     for hook in run.hooks:
         try:

@@ -94,13 +94,15 @@ class WandbLogger:
     The W&B run id is derived from the run directory and configuration, so a resumed run continues the same W&B
     run. W&B keeps no step twice: the steps an interrupted run logged after its checkpoint keep those values."""
 
-    def __init__(self, directory: Path, project: str, mode: str, name: str, run_id: str,
-                 config: dict[str, Any]) -> None:
+    def __init__(
+        self, directory: Path, project: str, mode: str, name: str, run_id: str, config: dict[str, Any]
+    ) -> None:
         import wandb
 
         directory.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=project, name=name, mode=mode, dir=str(directory), config=config,
-                              resume="allow", id=run_id)
+        self.run = wandb.init(
+            project=project, name=name, mode=mode, dir=str(directory), config=config, resume="allow", id=run_id
+        )
 
     def log_dict(self, step: int, values: dict[str, float]) -> None:
         self.run.log(dict(values), step=step)
@@ -120,8 +122,10 @@ def check_monitor(cfg: ExperimentConfig) -> None:
     try:
         __import__(module)
     except ImportError:
-        raise UserError(f"field 'monitor.kind': {kind} needs the `{package}` package, which is not installed "
-                        f"(pip install {package}); or use monitor.kind csv") from None
+        raise UserError(
+            f"field 'monitor.kind': {kind} needs the `{package}` package, which is not installed "
+            f"(pip install {package}); or use monitor.kind csv"
+        ) from None
 
 
 def make_logger(cfg: ExperimentConfig, run_dir: Path) -> MetricLogger | None:
@@ -136,8 +140,9 @@ def make_logger(cfg: ExperimentConfig, run_dir: Path) -> MetricLogger | None:
         return TensorBoardLogger(directory)
     # one id per (run directory, configuration): two runs both named `run` must not become one W&B run
     run_id = hashlib.sha256(f"{Path(run_dir).resolve()}|{cfg.config_hash()}".encode()).hexdigest()[:16]
-    return WandbLogger(directory, cfg.monitor.project, cfg.monitor.wandb_mode, cfg.label or run_dir.name, run_id,
-                       cfg.identity())
+    return WandbLogger(
+        directory, cfg.monitor.project, cfg.monitor.wandb_mode, cfg.label or run_dir.name, run_id, cfg.identity()
+    )
 
 
 class MonitorHook(Hook):
@@ -161,8 +166,14 @@ class MonitorHook(Hook):
 
     def on_update(self, run, step, metrics):
         self.last_step = step
-        self.logger.log_dict(step, {f"train/{k}": float(v) for k, v in metrics.items()
-                                    if isinstance(v, (int, float)) and np.isfinite(float(v))})
+        self.logger.log_dict(
+            step,
+            {
+                f"train/{k}": float(v)
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and np.isfinite(float(v))
+            },
+        )
 
     def state_dict(self):
         return {"last_step": self.last_step}

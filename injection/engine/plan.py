@@ -6,8 +6,8 @@ learning rate of every update, and the steps at which probes are evaluated and c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from harness.errors import UserError
 from injection.lr import LRSchedule, lr_for_update
@@ -28,8 +28,10 @@ def resolve_micro_batch(global_batch: int, world: int, micro_batch: int | str, m
         return int(micro_batch)
     valid = [m for m in valid_micro_batches(global_batch, world, max_micro_batch)]
     if not valid:
-        raise UserError(f"global batch {global_batch} does not split over {world} ranks: choose another number of "
-                        "ranks (or global_batch)")
+        raise UserError(
+            f"global batch {global_batch} does not split over {world} ranks: choose another number of "
+            "ranks (or global_batch)"
+        )
     return valid[-1]
 
 
@@ -39,15 +41,21 @@ def accumulation_steps(global_batch: int, micro_batch: int, world: int) -> int:
     per_pass = micro_batch * world
     if global_batch % per_pass:
         valid = valid_micro_batches(global_batch, world)
-        hint = (f"micro_batch values that fit {world} rank(s): {', '.join(map(str, valid))}" if valid
-                else f"{global_batch} rows do not split over {world} ranks at all: choose another number of ranks")
-        raise UserError(f"global batch {global_batch} is not divisible by micro_batch ({micro_batch}) × ranks ({world}) "
-                        f"= {per_pass}; {hint}")
+        hint = (
+            f"micro_batch values that fit {world} rank(s): {', '.join(map(str, valid))}"
+            if valid
+            else f"{global_batch} rows do not split over {world} ranks at all: choose another number of ranks"
+        )
+        raise UserError(
+            f"global batch {global_batch} is not divisible by micro_batch ({micro_batch}) × ranks ({world}) "
+            f"= {per_pass}; {hint}"
+        )
     return global_batch // per_pass
 
 
-def learning_rates(schedule: LRSchedule, start_step: int, total_steps: int, *, constant_lr: float | None = None,
-                   lr_scale: float = 1.0) -> tuple[float, ...]:
+def learning_rates(
+    schedule: LRSchedule, start_step: int, total_steps: int, *, constant_lr: float | None = None, lr_scale: float = 1.0
+) -> tuple[float, ...]:
     """The learning rate of every update k = 0 … T−1: the original schedule continued (update k uses lr(S+k+1)),
     or a constant, times `lr_scale`."""
     if constant_lr is not None:
@@ -55,8 +63,13 @@ def learning_rates(schedule: LRSchedule, start_step: int, total_steps: int, *, c
     return tuple(lr_for_update(schedule, start_step, k) * lr_scale for k in range(total_steps))
 
 
-def evaluation_steps(total_steps: int, interval: int, injection_steps: Sequence[int], dense_window: int,
-                     explicit: Sequence[int] | None = None) -> frozenset[int]:
+def evaluation_steps(
+    total_steps: int,
+    interval: int,
+    injection_steps: Sequence[int],
+    dense_window: int,
+    explicit: Sequence[int] | None = None,
+) -> frozenset[int]:
     """The run steps whose probe values are logged: 0, the last, every `interval`-th step (or the `explicit` ones
     instead), and with `dense_window` > 0 every step t_i … t_i + dense_window around each injection step t_i (t_i
     itself is the state before encounter i, which effectivity and retainability are measured against)."""
@@ -110,10 +123,16 @@ def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
         micro_batch=micro_batch,
         world=world,
         accumulation=accumulation_steps(global_batch, micro_batch, world),
-        lrs=learning_rates(ckpt.lr_schedule, ckpt.step, cfg.total_steps, constant_lr=cfg.optimizer.constant_lr,
-                           lr_scale=cfg.optimizer.lr_scale),
-        eval_steps=evaluation_steps(cfg.total_steps, cfg.eval_interval, injection_steps, cfg.eval_dense_window,
-                                    cfg.eval_steps),
+        lrs=learning_rates(
+            ckpt.lr_schedule,
+            ckpt.step,
+            cfg.total_steps,
+            constant_lr=cfg.optimizer.constant_lr,
+            lr_scale=cfg.optimizer.lr_scale,
+        ),
+        eval_steps=evaluation_steps(
+            cfg.total_steps, cfg.eval_interval, injection_steps, cfg.eval_dense_window, cfg.eval_steps
+        ),
         checkpoint_steps=checkpoint_steps(cfg.total_steps, cfg.checkpoint_interval),
         loss_factor=model_family(ckpt.kind).loss_factor(ckpt.seq_len),
         tokens_per_row=ckpt.tokens_per_row,

@@ -78,25 +78,38 @@ def check_run_dir(cfg: ExperimentConfig, resume: bool) -> Decision:
     manifest = read_status(run_dir) if run_dir.is_dir() else None
     if manifest is None:
         if run_dir.is_dir() and any(run_dir.iterdir()):
-            raise UserError(f"output directory {run_dir} is not empty and holds no run (no {rundir.MANIFEST}); "
-                            "choose another -o/--out")
+            raise UserError(
+                f"output directory {run_dir} is not empty and holds no run (no {rundir.MANIFEST}); "
+                "choose another -o/--out"
+            )
         if resume:
-            raise UserError(f"--resume {run_dir}: nothing to resume there (no {rundir.MANIFEST}); start the run "
-                            f"with `injection run CONFIG -o {run_dir}`")
+            raise UserError(
+                f"--resume {run_dir}: nothing to resume there (no {rundir.MANIFEST}); start the run "
+                f"with `injection run CONFIG -o {run_dir}`"
+            )
         return Decision("start", run_dir)
     if manifest.get("config_hash") != cfg.config_hash():
-        raise UserError(f"output directory {run_dir} already holds a different run (config hash "
-                        f"{manifest.get('config_hash')} ≠ {cfg.config_hash()}); choose another -o/--out")
+        raise UserError(
+            f"output directory {run_dir} already holds a different run (config hash "
+            f"{manifest.get('config_hash')} ≠ {cfg.config_hash()}); choose another -o/--out"
+        )
     status = manifest.get("status")
     if status == "complete":
         if resume:
-            return Decision("done", run_dir, f"{run_dir}: the run is already complete ({manifest.get('total_steps')} "
-                                             "steps); nothing to resume")
-        raise UserError(f"output directory {run_dir} already holds this run, complete; analyse it with "
-                        f"`analysis fit {run_dir}` or choose another -o/--out")
+            return Decision(
+                "done",
+                run_dir,
+                f"{run_dir}: the run is already complete ({manifest.get('total_steps')} steps); nothing to resume",
+            )
+        raise UserError(
+            f"output directory {run_dir} already holds this run, complete; analyse it with "
+            f"`analysis fit {run_dir}` or choose another -o/--out"
+        )
     if not resume:
-        raise UserError(f"output directory {run_dir} already holds this run ({status} at step "
-                        f"{manifest.get('last_step', 0)}); continue it with `{resume_command(run_dir)}`")
+        raise UserError(
+            f"output directory {run_dir} already holds this run ({status} at step "
+            f"{manifest.get('last_step', 0)}); continue it with `{resume_command(run_dir)}`"
+        )
     ckpts = complete_checkpoints(run_dir)
     if not ckpts:
         return Decision("restart", run_dir, f"{run_dir}: no complete checkpoint yet; starting again from step 0")
@@ -123,8 +136,14 @@ def versions() -> dict[str, str]:
 
     import injection
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-            "transformers": transformers.__version__, "numpy": np.__version__, "injection": injection.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "injection": injection.__version__,
+    }
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any], **status: Any) -> dict[str, Any]:
@@ -137,8 +156,9 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any], **status: Any) -> di
 # ---- resumable checkpoints -------------------------------------------------------------------------------
 
 
-def save_checkpoint(engine, run_dir: Path, k: int, rank: int, world: int, hook_state: dict[str, Any],
-                    keep: int) -> None:
+def save_checkpoint(
+    engine, run_dir: Path, k: int, rank: int, world: int, hook_state: dict[str, Any], keep: int
+) -> None:
     """DeepSpeed's checkpoint of every rank, each rank's RNG state, then (rank 0, last) the engine state that
     marks the checkpoint complete. On a failure (a full disk) the incomplete step directory is removed."""
     import torch.distributed as dist
@@ -147,8 +167,10 @@ def save_checkpoint(engine, run_dir: Path, k: int, rank: int, world: int, hook_s
     ckpt_dir = run_dir / rundir.CHECKPOINTS
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag)
-        torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                   ckpt_dir / tag / f"rng_rank{rank}.pt")
+        torch.save(
+            {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            ckpt_dir / tag / f"rng_rank{rank}.pt",
+        )
     except BaseException:
         shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
         raise
@@ -171,8 +193,9 @@ def load_checkpoint(engine, run_dir: Path, rank: int, world: int) -> tuple[int, 
         from injection.engine.zero import warn
 
         warn(f"resuming a {state['world_size']}-rank checkpoint on {world} ranks")
-    load_path, _ = engine.load_checkpoint(str(run_dir / rundir.CHECKPOINTS), tag=path.name,
-                                          load_optimizer_states=True, load_lr_scheduler_states=False)
+    load_path, _ = engine.load_checkpoint(
+        str(run_dir / rundir.CHECKPOINTS), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
+    )
     if load_path is None:
         raise UserError(f"{path}: DeepSpeed could not load this checkpoint")
     rng_file = path / f"rng_rank{rank}.pt"
@@ -187,6 +210,10 @@ def load_checkpoint(engine, run_dir: Path, rank: int, world: int) -> tuple[int, 
 def runtime(engine) -> dict[str, str]:
     import torch.distributed as dist
 
-    return {"device": str(engine.device), "distributed_backend": dist.get_backend(),
-            "accelerator": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.machine(),
-            "host": platform.node(), "pid": str(os.getpid())}
+    return {
+        "device": str(engine.device),
+        "distributed_backend": dist.get_backend(),
+        "accelerator": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.machine(),
+        "host": platform.node(),
+        "pid": str(os.getpid()),
+    }

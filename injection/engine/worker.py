@@ -3,8 +3,8 @@
 It accepts `injection run`'s options plus the `--local_rank` the launcher appends.
 """
 
-from injection.engine.cli import run
 from harness.errors import HarnessTyper
+from injection.engine.cli import run
 
 app = HarnessTyper(add_completion=False, no_args_is_help=True)
 app.command()(run)

@@ -42,8 +42,9 @@ def init_distributed(timeout_s: int | None = None) -> tuple[int, int]:
 
     deepspeed = import_deepspeed()
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        )
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # NCCL then knows each rank's GPU
     if not dist.is_initialized():
@@ -112,12 +113,15 @@ def build_engine(cfg: ExperimentConfig, ckpt, plan: RunPlan, rank: int):
             keep_alive = HfDeepSpeedConfig(ds)  # noqa: F841 (must stay referenced until the model exists)
         except ImportError:
             if rank == 0:
-                warn("ZeRO-3 without the `accelerate` package: every rank loads the whole model before "
-                     "DeepSpeed partitions it (pip install accelerate to load it partitioned)")
+                warn(
+                    "ZeRO-3 without the `accelerate` package: every rank loads the whole model before "
+                    "DeepSpeed partitions it (pip install accelerate to load it partitioned)"
+                )
     kernels = cfg.kernels
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(ckpt.path), dtype=torch.float32,
-                                                     attn_implementation=kernels.attention)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(ckpt.path), dtype=torch.float32, attn_implementation=kernels.attention
+        )
     except ImportError as err:  # an attention implementation whose package is missing
         raise UserError(f"kernels.attention: {kernels.attention} cannot be used here: {err}") from None
     except (OSError, ValueError) as err:
@@ -130,8 +134,14 @@ def build_engine(cfg: ExperimentConfig, ckpt, plan: RunPlan, rank: int):
         use_chunked_loss(model, kernels.loss_chunk_tokens)
     wd = cfg.optimizer.weight_decay if cfg.optimizer.weight_decay is not None else ckpt.optimizer.weight_decay
     groups = model_family(ckpt.kind).param_groups(model, wd)
-    optimizer = torch.optim.AdamW(groups, lr=plan.lrs[0] if plan.lrs else 0.0, betas=ckpt.optimizer.betas,
-                                  eps=ckpt.optimizer.eps, weight_decay=wd, fused=kernels.fused_adamw or None)
+    optimizer = torch.optim.AdamW(
+        groups,
+        lr=plan.lrs[0] if plan.lrs else 0.0,
+        betas=ckpt.optimizer.betas,
+        eps=ckpt.optimizer.eps,
+        weight_decay=wd,
+        fused=kernels.fused_adamw or None,
+    )
     with stdout_to_stderr():  # DeepSpeed prints what it builds and configures
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
     del keep_alive
@@ -167,8 +177,9 @@ def set_adam_step(engine, step: int) -> None:
     """Set AdamW's step count (its bias correction) in every parameter's or partition's state."""
     for state in _inner_optimizer(engine).state.values():
         if "step" in state:  # keeps the step's type and device (fused AdamW keeps it beside the parameters)
-            state["step"] = torch.full_like(state["step"], float(step)) if torch.is_tensor(state["step"]) \
-                else float(step)
+            state["step"] = (
+                torch.full_like(state["step"], float(step)) if torch.is_tensor(state["step"]) else float(step)
+            )
 
 
 def restore_moments(engine, path: Path) -> int:
@@ -188,8 +199,9 @@ def restore_moments(engine, path: Path) -> int:
         step = float(f.get_tensor("step").item()) if "step" in keys else 0.0
         inner = _inner_optimizer(engine)
         # ZeRO-3 puts its flat fp32 partitions into the param groups only during step()
-        flats = getattr(opt, "fp32_partitioned_groups_flat", None) or [p for g in inner.param_groups
-                                                                       for p in g["params"]]
+        flats = getattr(opt, "fp32_partitioned_groups_flat", None) or [
+            p for g in inner.param_groups for p in g["params"]
+        ]
         for flat in flats:
             state = inner.state[flat]
             if not state:  # torch keeps the step count beside the parameters for fused or capturable AdamW

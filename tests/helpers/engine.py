@@ -31,15 +31,31 @@ SEQ = 32
 def tiny_model(seed: int = 0, vocab: int = VOCAB, tie: bool = False):
     import transformers
 
-    cfg = transformers.OlmoConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                  num_attention_heads=4, max_position_embeddings=128, tie_word_embeddings=tie,
-                                  pad_token_id=1, eos_token_id=0, bos_token_id=None)
+    cfg = transformers.OlmoConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+        pad_token_id=1,
+        eos_token_id=0,
+        bos_token_id=None,
+    )
     torch.manual_seed(seed)
     return transformers.OlmoForCausalLM(cfg).eval()
 
 
-def write_tiny_checkpoint(dest: Path, seed: int = 0, step: int = 1000, global_batch: int = 4, seq_len: int = SEQ,
-                          with_optimizer: bool = False, lr_kind: str = "cosine") -> Path:
+def write_tiny_checkpoint(
+    dest: Path,
+    seed: int = 0,
+    step: int = 1000,
+    global_batch: int = 4,
+    seq_len: int = SEQ,
+    with_optimizer: bool = False,
+    lr_kind: str = "cosine",
+) -> Path:
     """A checkpoint directory in the design.md layout (no tokenizer: tests hand the engine token ids)."""
     dest = Path(dest)
     model = tiny_model(seed)
@@ -53,11 +69,17 @@ def write_tiny_checkpoint(dest: Path, seed: int = 0, step: int = 1000, global_ba
             state[f"exp_avg/{name}"] = torch.randn(p.shape, generator=g) * 1e-3
             state[f"exp_avg_sq/{name}"] = torch.rand(p.shape, generator=g) * 1e-6
         save_file(state, str(dest / "optimizer.safetensors"))
-    meta = {"family": "test-tiny", "step": step, "source": "tests", "tokens_per_step": global_batch * seq_len,
-            "global_batch_size": global_batch, "seq_len": seq_len,
-            "optimizer": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "grad_clip": 1.0},
-            "lr_schedule": {"kind": lr_kind, "peak_lr": 3e-3, "warmup_steps": 100, "alpha_f": 0.1, "t_max": 5000},
-            "has_optimizer_state": with_optimizer}
+    meta = {
+        "family": "test-tiny",
+        "step": step,
+        "source": "tests",
+        "tokens_per_step": global_batch * seq_len,
+        "global_batch_size": global_batch,
+        "seq_len": seq_len,
+        "optimizer": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.1, "grad_clip": 1.0},
+        "lr_schedule": {"kind": lr_kind, "peak_lr": 3e-3, "warmup_steps": 100, "alpha_f": 0.1, "t_max": 5000},
+        "has_optimizer_state": with_optimizer,
+    }
     (dest / "checkpoint.json").write_text(json.dumps(meta))
     return dest
 
@@ -75,8 +97,10 @@ class SyntheticCorpus:
         return self.length
 
     def instances(self, epoch: int, start: int, count: int):
-        rows = [np.random.default_rng([self.seed, epoch, start + i]).integers(2, self.vocab, size=self.seq_len)
-                for i in range(count)]
+        rows = [
+            np.random.default_rng([self.seed, epoch, start + i]).integers(2, self.vocab, size=self.seq_len)
+            for i in range(count)
+        ]
         return np.stack(rows).astype(np.int64), np.arange(start, start + count, dtype=np.int64)
 
 
@@ -99,7 +123,9 @@ Record = InjectionRecord
 
 def synthetic_stream(ckpt, batch_size: int | None = None) -> BatchStream:
     pos = ckpt.data_position
-    return BatchStream(SyntheticCorpus(ckpt.seq_len), pos.epoch, pos.instances_seen, batch_size or ckpt.global_batch_size)
+    return BatchStream(
+        SyntheticCorpus(ckpt.seq_len), pos.epoch, pos.instances_seen, batch_size or ckpt.global_batch_size
+    )
 
 
 def synthetic_inputs(checkpoint_dir: Path, n_paragraphs: int = 4, batch_size: int | None = None) -> RunInputs:
@@ -108,8 +134,10 @@ def synthetic_inputs(checkpoint_dir: Path, n_paragraphs: int = 4, batch_size: in
     probes = synthetic_probes(n_paragraphs)
     rng = np.random.default_rng(7)
     paragraphs = {p: [int(x) for x in rng.integers(2, VOCAB, size=12)] + [0] for p in range(n_paragraphs)}
-    injections = {0: [Item(p, "once" if p % 2 == 0 else "duplicate", 0, paragraphs[p]) for p in paragraphs],
-                  3: [Item(p, "duplicate", 0, paragraphs[p]) for p in paragraphs if p % 2]}
+    injections = {
+        0: [Item(p, "once" if p % 2 == 0 else "duplicate", 0, paragraphs[p]) for p in paragraphs],
+        3: [Item(p, "duplicate", 0, paragraphs[p]) for p in paragraphs if p % 2],
+    }
     inputs = RunInputs(ckpt, synthetic_stream(ckpt, batch_size), probes, injections, knowledge_source="synthetic")
     inputs.place_injections()
     return inputs
@@ -118,8 +146,13 @@ def synthetic_inputs(checkpoint_dir: Path, n_paragraphs: int = 4, batch_size: in
 def synthetic_settings(checkpoint: Path | str, **settings) -> dict:
     """A run configuration (as YAML would hold it) whose knowledge, schedule and data are the synthetic ones
     made from `checkpoint` (`synthetic_inputs`); `settings` are the rest of the fields (paths as strings)."""
-    return {"checkpoint": str(checkpoint), "knowledge": "synthetic", "schedule": "synthetic", "data": "synthetic",
-            **{k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}}
+    return {
+        "checkpoint": str(checkpoint),
+        "knowledge": "synthetic",
+        "schedule": "synthetic",
+        "data": "synthetic",
+        **{k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
+    }
 
 
 def synthetic_config(checkpoint: Path | str, **settings):

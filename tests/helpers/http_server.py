@@ -117,7 +117,7 @@ class FileServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/{rel}"
 
-    def __enter__(self) -> "FileServer":
+    def __enter__(self) -> FileServer:
         self._thread.start()
         return self
 

@@ -92,7 +92,9 @@ def make_indexed_corpus(
     Returns the rows [n_rows, row_len] in their logical order: the batch of step s with B rows is rows[s·B:(s+1)·B].
     """
     rows = np.random.default_rng(seed).integers(0, vocab, size=(n_rows, row_len)).astype(dtype)
-    idx, bins = write_indexed(root / "document", list(rows), dtype, physical_order=physical_order, shard_cuts=shard_cuts)
+    idx, bins = write_indexed(
+        root / "document", list(rows), dtype, physical_order=physical_order, shard_cuts=shard_cuts
+    )
     info = {
         "format": "megatron-indexed",
         "index": idx.name,

@@ -21,9 +21,14 @@ def placeholder_set(n: int, paraphrases: int = 9, paraphrased: range | None = No
     from fictional_knowledge.model import KnowledgeSet, Paragraph
 
     paraphrased = range(n) if paraphrased is None else paraphrased
-    return KnowledgeSet(tuple(
-        Paragraph(i, f"paragraph {i}", tuple(f"p{i} v{j}" for j in range(1, paraphrases + 1)) if i in paraphrased else ())
-        for i in range(n)))
+    return KnowledgeSet(
+        tuple(
+            Paragraph(
+                i, f"paragraph {i}", tuple(f"p{i} v{j}" for j in range(1, paraphrases + 1)) if i in paraphrased else ()
+            )
+            for i in range(n)
+        )
+    )
 
 
 def write_json(path: Path, obj: Any) -> Path:

@@ -48,15 +48,17 @@ def olmo_model(**overrides):
     return OLMo(ModelConfig(**{**TINY_OLMO_MODEL, **overrides}))
 
 
-def write_original_checkpoint(dest: Path, *, step: int = 40, global_batch_size: int = 4,
-                              **overrides) -> tuple[Path, object]:
+def write_original_checkpoint(
+    dest: Path, *, step: int = 40, global_batch_size: int = 4, **overrides
+) -> tuple[Path, object]:
     """config.yaml, model.pt, optim.pt (AdamW after 3 updates, state keyed by index with param_names,
     like OLMo's optimizer), train.pt (OLMo's trainer state, with numpy rng and Path lists)."""
     dest.mkdir(parents=True, exist_ok=True)
     model = olmo_model(**overrides)
     names = [n for n, _ in model.named_parameters()]
-    opt = torch.optim.AdamW([{"params": list(model.parameters()), "param_names": names}],
-                            lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = torch.optim.AdamW(
+        [{"params": list(model.parameters()), "param_names": names}], lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1
+    )
     x = torch.randint(0, 50280, (2, 16))
     for _ in range(3):
         opt.zero_grad()
@@ -64,18 +66,20 @@ def write_original_checkpoint(dest: Path, *, step: int = 40, global_batch_size: 
         opt.step()
     torch.save(model.state_dict(), dest / "model.pt")
     torch.save(opt.state_dict(), dest / "optim.pt")
-    torch.save({
-        "epoch": 0,
-        "global_step": step,
-        "global_train_examples_seen_this_epoch": step * global_batch_size,
-        "global_train_tokens_seen": step * global_batch_size * 64,
-        "world_size": 1,
-        "checkpoints": [Path("/runs/x/step39")],
-        "unsharded_checkpoints": [],
-        "ephemeral_checkpoints": [],
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                "torch": torch.random.get_rng_state()},
-    }, dest / "train.pt")
+    torch.save(
+        {
+            "epoch": 0,
+            "global_step": step,
+            "global_train_examples_seen_this_epoch": step * global_batch_size,
+            "global_train_tokens_seen": step * global_batch_size * 64,
+            "world_size": 1,
+            "checkpoints": [Path("/runs/x/step39")],
+            "unsharded_checkpoints": [],
+            "ephemeral_checkpoints": [],
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.random.get_rng_state()},
+        },
+        dest / "train.pt",
+    )
     config = {
         "run_name": "tiny-original",
         "seed": 6198,

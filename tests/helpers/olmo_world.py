@@ -146,8 +146,9 @@ class OlmoWorld:
     def checkpoint(self, step: int) -> Path:
         path = self.run_dir / f"step{step}-unsharded"
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: the world has checkpoints at steps {self.step_before} "
-                                    f"and {self.step_after}")
+            raise FileNotFoundError(
+                f"{path}: the world has checkpoints at steps {self.step_before} and {self.step_after}"
+            )
         return path
 
     def order_file(self, epoch: int = 0) -> Path:
@@ -176,8 +177,9 @@ class OlmoWorld:
     def train_config(self) -> dict:
         return yaml.safe_load(self.config_path.read_text())
 
-    def train_with_olmo(self, save_folder: Path, *, stop_at: int, load_path: Path | None = None,
-                        overrides: tuple[str, ...] = ()) -> list[dict]:
+    def train_with_olmo(
+        self, save_folder: Path, *, stop_at: int, load_path: Path | None = None, overrides: tuple[str, ...] = ()
+    ) -> list[dict]:
         """Train again with ai2-olmo from the world's config into another `save_folder` (from scratch, or
         from `load_path`) up to global step `stop_at`; returns metrics.json-style records of those steps.
         The world itself is only read."""
@@ -185,8 +187,7 @@ class OlmoWorld:
         args = [f"--save_folder={save_folder}", f"--stop_at={stop_at}", *overrides]
         if load_path is not None:
             args.append(f"--load_path={Path(load_path).resolve()}")
-        raw = run_olmo_training(self.root, Path(CONFIG), args, save_folder.parent / f"{save_folder.name}-logs",
-                                "train")
+        raw = run_olmo_training(self.root, Path(CONFIG), args, save_folder.parent / f"{save_folder.name}-logs", "train")
         return [step_record(r) for r in raw]
 
     def instance_tokens(self, instance: int) -> np.ndarray:
@@ -246,22 +247,50 @@ def train_config(p: WorldParams) -> dict:
         "seed": p.seed,
         "precision": "fp32",
         "model": {
-            "d_model": p.d_model, "n_heads": p.n_heads, "n_layers": p.n_layers, "mlp_ratio": 8,
-            "weight_tying": p.weight_tying, "alibi": False, "rope": True, "flash_attention": False,
-            "attention_dropout": 0.0, "attention_layer_norm": False, "multi_query_attention": False,
-            "include_bias": False, "block_type": "sequential", "layer_norm_type": "default",
-            "layer_norm_with_affine": False, "bias_for_layer_norm": False,
-            "attention_layer_norm_with_affine": False, "activation_type": "swiglu",
-            "residual_dropout": 0.0, "embedding_dropout": 0.0, "max_sequence_length": p.seq_len,
-            "vocab_size": 50280, "embedding_size": 50304, "eos_token_id": EOS_TOKEN_ID,
-            "pad_token_id": PAD_TOKEN_ID, "init_device": "cpu", "init_fn": "mitchell",
+            "d_model": p.d_model,
+            "n_heads": p.n_heads,
+            "n_layers": p.n_layers,
+            "mlp_ratio": 8,
+            "weight_tying": p.weight_tying,
+            "alibi": False,
+            "rope": True,
+            "flash_attention": False,
+            "attention_dropout": 0.0,
+            "attention_layer_norm": False,
+            "multi_query_attention": False,
+            "include_bias": False,
+            "block_type": "sequential",
+            "layer_norm_type": "default",
+            "layer_norm_with_affine": False,
+            "bias_for_layer_norm": False,
+            "attention_layer_norm_with_affine": False,
+            "activation_type": "swiglu",
+            "residual_dropout": 0.0,
+            "embedding_dropout": 0.0,
+            "max_sequence_length": p.seq_len,
+            "vocab_size": 50280,
+            "embedding_size": 50304,
+            "eos_token_id": EOS_TOKEN_ID,
+            "pad_token_id": PAD_TOKEN_ID,
+            "init_device": "cpu",
+            "init_fn": "mitchell",
         },
-        "optimizer": {"name": "adamw", "learning_rate": p.learning_rate, "weight_decay": 0.1,
-                      "betas": [0.9, 0.95], "eps": 1e-5},
+        "optimizer": {
+            "name": "adamw",
+            "learning_rate": p.learning_rate,
+            "weight_decay": 0.1,
+            "betas": [0.9, 0.95],
+            "eps": 1e-5,
+        },
         "scheduler": {"name": p.scheduler, "t_warmup": p.warmup_steps, "alpha_f": 0.1},
         "tokenizer": {"identifier": OLMO_TOKENIZER, "truncate_direction": "right"},
-        "data": {"paths": [f"{DATA_DIR}/{name}" for name in DATA_FILES], "memmap_dtype": "uint16",
-                 "pad_direction": "right", "num_workers": 0, "drop_last": True},
+        "data": {
+            "paths": [f"{DATA_DIR}/{name}" for name in DATA_FILES],
+            "memmap_dtype": "uint16",
+            "pad_direction": "right",
+            "num_workers": 0,
+            "drop_last": True,
+        },
         "save_folder": p.run_path,
         "save_overwrite": False,
         "save_interval": 1000,
@@ -276,9 +305,11 @@ def train_config(p: WorldParams) -> dict:
         "eval_interval": 1000,
         "console_log_interval": 1,
         "distributed_strategy": p.strategy,
-        **({"ddp": {"grad_sync_mode": "batch", "find_unused_params": False}, "fsdp": None}
-           if p.strategy == "ddp" else
-           {"fsdp": {"wrapping_strategy": "by_block", "precision": None, "use_orig_params": True}}),
+        **(
+            {"ddp": {"grad_sync_mode": "batch", "find_unused_params": False}, "fsdp": None}
+            if p.strategy == "ddp"
+            else {"fsdp": {"wrapping_strategy": "by_block", "precision": None, "use_orig_params": True}}
+        ),
     }
 
 
@@ -315,8 +346,13 @@ def _build(root: Path, p: WorldParams) -> None:
     _keep_order_file(root, p, epoch=0)
     (run_dir / "data-indices" / "rank0.tsv.gz").rename(run_dir / "data-indices" / f"rank0.steps1-{n}.tsv.gz")
     # the restart: same save folder (its train_data/ is rebuilt, hence save_overwrite), from step N
-    second = run_olmo_training(root, config, [f"--load_path={p.run_path}/step{n}-unsharded", f"--stop_at={last}",
-                                              "--save_overwrite=true"], logs, "steps-after")
+    second = run_olmo_training(
+        root,
+        config,
+        [f"--load_path={p.run_path}/step{n}-unsharded", f"--stop_at={last}", "--save_overwrite=true"],
+        logs,
+        "steps-after",
+    )
     (run_dir / "data-indices" / "rank0.tsv.gz").rename(run_dir / "data-indices" / f"rank0.steps{n + 1}-{last}.tsv.gz")
 
     records = [step_record(r) for r in first + second]
@@ -331,18 +367,33 @@ def _build(root: Path, p: WorldParams) -> None:
     (root / "metrics.json").write_text(json.dumps(records, indent=1))
     n_instances = sum((root / path).stat().st_size // 2 // p.seq_len for path in data_paths)
     assert n_instances == p.n_instances
-    (root / "world.json").write_text(json.dumps({
-        "format": FORMAT, "params": asdict(p), "data_paths": data_paths, "n_instances": n_instances,
-        "epoch_boundary_step": boundary, "checkpoints": [f"{p.run_path}/step{s}-unsharded" for s in (n, last)],
-    }, indent=1))
+    (root / "world.json").write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "params": asdict(p),
+                "data_paths": data_paths,
+                "n_instances": n_instances,
+                "epoch_boundary_step": boundary,
+                "checkpoints": [f"{p.run_path}/step{s}-unsharded" for s in (n, last)],
+            },
+            indent=1,
+        )
+    )
 
 
 def run_olmo_training(root: Path, config: Path, overrides: list[str], out: Path, name: str) -> list[dict]:
     """One ai2-olmo training process on the CPU, one thread, with `root` as working directory (the config's
     relative data and save paths resolve there); `out/name.log` gets its log. Returns its records, one per step
     trained."""
-    return launch(config, out / f"{name}.json", overrides, cwd=root, log=out / f"{name}.log",
-                  env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    return launch(
+        config,
+        out / f"{name}.json",
+        overrides,
+        cwd=root,
+        log=out / f"{name}.log",
+        env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    )
 
 
 def _keep_order_file(root: Path, p: WorldParams, epoch: int) -> None:
@@ -373,9 +424,14 @@ def _load(root: Path) -> OlmoWorld | None:
         return None
     if info.get("format") != FORMAT:
         return None
-    return OlmoWorld(root=root, params=WorldParams(**info["params"]), data_paths=info["data_paths"],
-                     n_instances=info["n_instances"], epoch_boundary_step=info["epoch_boundary_step"],
-                     records=json.loads((root / "metrics.json").read_text()))
+    return OlmoWorld(
+        root=root,
+        params=WorldParams(**info["params"]),
+        data_paths=info["data_paths"],
+        n_instances=info["n_instances"],
+        epoch_boundary_step=info["epoch_boundary_step"],
+        records=json.loads((root / "metrics.json").read_text()),
+    )
 
 
 def read_data_indices(path: Path) -> dict[int, list[int]]:
@@ -427,8 +483,9 @@ def olmo_lr(config: dict, step: int) -> float:
     return floor + (peak - floor) * (1 + math.cos(math.pi * frac)) / 2
 
 
-def continue_in_plain_pytorch(world: OlmoWorld, *, lr_step_offset: int = 1,
-                              loss_per_token_of_batch: bool = True) -> tuple[dict, dict[int, float]]:
+def continue_in_plain_pytorch(
+    world: OlmoWorld, *, lr_step_offset: int = 1, loss_per_token_of_batch: bool = True
+) -> tuple[dict, dict[int, float]]:
     """Steps N+1 .. N+k from the step-N checkpoint written out in plain PyTorch, with what OLMo's Trainer
     does (read from ai2-olmo 0.6.0): returns (model state dict, {step: loss}). Matches the world bit for bit.
 
@@ -455,8 +512,10 @@ def continue_in_plain_pytorch(world: OlmoWorld, *, lr_step_offset: int = 1,
     model.load_state_dict(load(ckpt / "model.pt"))
     saved = load(ckpt / "optim.pt")
     params = dict(model.named_parameters())
-    groups = [{"params": [params[clean_param_name(n)] for n in g["param_names"]], "param_names": g["param_names"]}
-              for g in saved["param_groups"]]
+    groups = [
+        {"params": [params[clean_param_name(n)] for n in g["param_names"]], "param_names": g["param_names"]}
+        for g in saved["param_groups"]
+    ]
     opt = torch.optim.AdamW(groups)
     opt.load_state_dict(optimizer_state_by_index(saved))  # betas, eps, decay per group, moments, step count
     micro = config["device_train_microbatch_size"]
@@ -475,8 +534,9 @@ def continue_in_plain_pytorch(world: OlmoWorld, *, lr_step_offset: int = 1,
             total_loss += loss.detach()
             loss.backward()
         grads = [p.grad for g in opt.param_groups for p in g["params"]]
-        norm = (torch.cat([torch.linalg.vector_norm(g, 2.0, dtype=torch.float32).unsqueeze(0) for g in grads]) ** 2.0
-                ).sum() ** 0.5
+        norm = (
+            torch.cat([torch.linalg.vector_norm(g, 2.0, dtype=torch.float32).unsqueeze(0) for g in grads]) ** 2.0
+        ).sum() ** 0.5
         coef = torch.clamp(config["max_grad_norm"] / (norm + 1e-6), max=1.0)
         for g in grads:
             g.mul_(coef)

@@ -50,7 +50,8 @@ def curve(steps: np.ndarray, encounters: list[int], gains: list[float], decay: f
     level_at_peak = 0.0  # C_{i-1}
     prev_peak = None
     for i, (t_i, g) in enumerate(zip(encounters, gains)):
-        def decayed(k: np.ndarray) -> np.ndarray:
+
+        def decayed(k: np.ndarray, prev_peak=prev_peak, level_at_peak=level_at_peak) -> np.ndarray:
             if prev_peak is None:
                 return np.zeros_like(k)
             return level_at_peak * (1 - decay * np.log10(np.maximum(k - prev_peak, 1)))
@@ -125,10 +126,12 @@ def write_planted_run(
     columns = {
         "step": pa.array(step_col, pa.int32()),
         "paragraph": pa.array(np.tile(para, n_cols), pa.int32()),
-        "scenario": pa.DictionaryArray.from_arrays(np.tile(np.arange(n_probes), n_cols).astype(np.int32),
-                                                   pa.array(scen.tolist())).cast(pa.string()),
-        "kind": pa.DictionaryArray.from_arrays(np.tile(np.arange(n_probes), n_cols).astype(np.int32),
-                                               pa.array(kind_col.tolist())).cast(pa.string()),
+        "scenario": pa.DictionaryArray.from_arrays(
+            np.tile(np.arange(n_probes), n_cols).astype(np.int32), pa.array(scen.tolist())
+        ).cast(pa.string()),
+        "kind": pa.DictionaryArray.from_arrays(
+            np.tile(np.arange(n_probes), n_cols).astype(np.int32), pa.array(kind_col.tolist())
+        ).cast(pa.string()),
         "probe": pa.array(np.tile(probe, n_cols), pa.int16()),
         "logprob": pa.array(values, pa.float32()),
         "logprob_sum": pa.array(values * 3, pa.float32()),
@@ -157,12 +160,17 @@ def write_planted_run(
                 for key, v in zip(inj, (t_i, p, sc.name, j, row, 0, 40)):
                     inj[key].append(v)
                 row += 1
-    inj_table = pa.table({
-        "step": pa.array(inj["step"], pa.int32()), "paragraph": pa.array(inj["paragraph"], pa.int32()),
-        "scenario": pa.array(inj["scenario"], pa.string()), "variant": pa.array(inj["variant"], pa.int16()),
-        "row": pa.array(inj["row"], pa.int32()), "offset": pa.array(inj["offset"], pa.int32()),
-        "tokens": pa.array(inj["tokens"], pa.int32()),
-    })
+    inj_table = pa.table(
+        {
+            "step": pa.array(inj["step"], pa.int32()),
+            "paragraph": pa.array(inj["paragraph"], pa.int32()),
+            "scenario": pa.array(inj["scenario"], pa.string()),
+            "variant": pa.array(inj["variant"], pa.int16()),
+            "row": pa.array(inj["row"], pa.int32()),
+            "offset": pa.array(inj["offset"], pa.int32()),
+            "tokens": pa.array(inj["tokens"], pa.int32()),
+        }
+    )
     if extra_columns:
         inj_table = inj_table.append_column("source", pa.array(["other-tool"] * inj_table.num_rows))
     pq.write_table(inj_table, path / "injections.parquet")
@@ -195,7 +203,8 @@ def write_trajectories(
     tokens_per_step: int = 100,
     manifest: dict | None = None,
 ) -> Path:
-    """A hand-made run: {(paragraph, scenario, kind, probe): ℓ at each logged step}, injections (step, paragraph, scenario)."""
+    """A hand-made run: {(paragraph, scenario, kind, probe): ℓ at each logged step}, injections
+    (step, paragraph, scenario)."""
     path.mkdir(parents=True, exist_ok=True)
     n = len(next(iter(trajectories.values())))
     logged = list(range(n)) if steps is None else list(steps)
@@ -205,36 +214,59 @@ def write_trajectories(
             for key, v in zip(rows, (step, p, scenario, kind, q, values[j])):
                 rows[key].append(v)
     logprob = np.array(rows["logprob"], dtype=np.float32)
-    pq.write_table(pa.table({
-        "step": pa.array(rows["step"], pa.int32()), "paragraph": pa.array(rows["paragraph"], pa.int32()),
-        "scenario": pa.array(rows["scenario"]), "kind": pa.array(rows["kind"]),
-        "probe": pa.array(rows["probe"], pa.int16()), "logprob": pa.array(logprob, pa.float32()),
-        "logprob_sum": pa.array(logprob * 2, pa.float32()), "first_logprob": pa.array(logprob, pa.float32()),
-        "exact_match": pa.array(logprob > -3.5),
-    }), path / "probes.parquet")
-    pq.write_table(pa.table({
-        "step": pa.array([i[0] for i in injections], pa.int32()),
-        "paragraph": pa.array([i[1] for i in injections], pa.int32()),
-        "scenario": pa.array([i[2] for i in injections]),
-        "variant": pa.array([0] * len(injections), pa.int16()),
-        "row": pa.array(list(range(len(injections))), pa.int32()),
-        "offset": pa.array([0] * len(injections), pa.int32()),
-        "tokens": pa.array([10] * len(injections), pa.int32()),
-    }), path / "injections.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "step": pa.array(rows["step"], pa.int32()),
+                "paragraph": pa.array(rows["paragraph"], pa.int32()),
+                "scenario": pa.array(rows["scenario"]),
+                "kind": pa.array(rows["kind"]),
+                "probe": pa.array(rows["probe"], pa.int16()),
+                "logprob": pa.array(logprob, pa.float32()),
+                "logprob_sum": pa.array(logprob * 2, pa.float32()),
+                "first_logprob": pa.array(logprob, pa.float32()),
+                "exact_match": pa.array(logprob > -3.5),
+            }
+        ),
+        path / "probes.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "step": pa.array([i[0] for i in injections], pa.int32()),
+                "paragraph": pa.array([i[1] for i in injections], pa.int32()),
+                "scenario": pa.array([i[2] for i in injections]),
+                "variant": pa.array([0] * len(injections), pa.int16()),
+                "row": pa.array(list(range(len(injections))), pa.int32()),
+                "offset": pa.array([0] * len(injections), pa.int32()),
+                "tokens": pa.array([10] * len(injections), pa.int32()),
+            }
+        ),
+        path / "injections.parquet",
+    )
     meta = {"tokens_per_step": tokens_per_step}
     meta.update(manifest or {})
     (path / "manifest.json").write_text(json.dumps(meta))
     return path
 
 
-def capacity_manifest(attributes: list[tuple[str, int]], exposures: dict[str, tuple[list[int], list[float]]], *,
-                      model: str = "m", parameters: int = 1000, non_embedding: int = 600) -> dict:
+def capacity_manifest(
+    attributes: list[tuple[str, int]],
+    exposures: dict[str, tuple[list[int], list[float]]],
+    *,
+    model: str = "m",
+    parameters: int = 1000,
+    non_embedding: int = 600,
+) -> dict:
     """`manifest.json["capacity"]` of a capacity run (harness.rundir.CapacityManifest)."""
-    return {"capacity": {
-        "model": model, "parameters": {"total": parameters, "non_embedding": non_embedding},
-        "attributes": [{"name": n, "size": s} for n, s in attributes],
-        "exposures": {sc: {"steps": list(st), "exposures": list(ex)} for sc, (st, ex) in exposures.items()},
-    }}
+    return {
+        "capacity": {
+            "model": model,
+            "parameters": {"total": parameters, "non_embedding": non_embedding},
+            "attributes": [{"name": n, "size": s} for n, s in attributes],
+            "exposures": {sc: {"steps": list(st), "exposures": list(ex)} for sc, (st, ex) in exposures.items()},
+        }
+    }
 
 
 def write_scored_run(
@@ -249,22 +281,39 @@ def write_scored_run(
     matches: {(paragraph, scenario, kind, probe): (logprob_sum at each step, exact_match at each step)}.
     `logprob` is logprob_sum / target_tokens (a mean over that many target tokens)."""
     path.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list] = {k: [] for k in ("step", "paragraph", "scenario", "kind", "probe", "logprob_sum",
-                                             "exact_match")}
+    rows: dict[str, list] = {
+        k: [] for k in ("step", "paragraph", "scenario", "kind", "probe", "logprob_sum", "exact_match")
+    }
     for j, step in enumerate(steps):
         for (p, scenario, kind, q), (sums, matches) in scores.items():
             for key, v in zip(rows, (step, p, scenario, kind, q, sums[j], bool(matches[j]))):
                 rows[key].append(v)
     sums = np.array(rows["logprob_sum"], dtype=np.float32)
-    pq.write_table(pa.table({
-        "step": pa.array(rows["step"], pa.int32()), "paragraph": pa.array(rows["paragraph"], pa.int32()),
-        "scenario": pa.array(rows["scenario"]), "kind": pa.array(rows["kind"]),
-        "probe": pa.array(rows["probe"], pa.int16()), "logprob": pa.array(sums / target_tokens, pa.float32()),
-        "logprob_sum": pa.array(sums, pa.float32()), "first_logprob": pa.array(sums / target_tokens, pa.float32()),
-        "exact_match": pa.array(rows["exact_match"], pa.bool_()),
-    }), path / "probes.parquet")
-    empty = {"step": pa.int32(), "paragraph": pa.int32(), "scenario": pa.string(), "variant": pa.int16(),
-             "row": pa.int32(), "offset": pa.int32(), "tokens": pa.int32()}
+    pq.write_table(
+        pa.table(
+            {
+                "step": pa.array(rows["step"], pa.int32()),
+                "paragraph": pa.array(rows["paragraph"], pa.int32()),
+                "scenario": pa.array(rows["scenario"]),
+                "kind": pa.array(rows["kind"]),
+                "probe": pa.array(rows["probe"], pa.int16()),
+                "logprob": pa.array(sums / target_tokens, pa.float32()),
+                "logprob_sum": pa.array(sums, pa.float32()),
+                "first_logprob": pa.array(sums / target_tokens, pa.float32()),
+                "exact_match": pa.array(rows["exact_match"], pa.bool_()),
+            }
+        ),
+        path / "probes.parquet",
+    )
+    empty = {
+        "step": pa.int32(),
+        "paragraph": pa.int32(),
+        "scenario": pa.string(),
+        "variant": pa.int16(),
+        "row": pa.int32(),
+        "offset": pa.int32(),
+        "tokens": pa.int32(),
+    }
     pq.write_table(pa.table({k: pa.array([], t) for k, t in empty.items()}), path / "injections.parquet")
     meta = {"tokens_per_step": 1000}
     meta.update(manifest or {})
