@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,18 @@ def pytest_configure(config):
     from harness.streams import import_deepspeed
 
     import_deepspeed()
+    # Nothing a test builds lands in the user's ~/.cache/injection, and no test sees what an earlier test run
+    # (or the user) left there: one fresh cache per test process (each xdist worker has its own);
+    # INJECTION_TEST_KEEP_CACHE=1 keeps the INJECTION_CACHE of the environment instead.
+    if os.environ.get("INJECTION_TEST_KEEP_CACHE") != "1":
+        config._injection_cache = tempfile.TemporaryDirectory(prefix="injection-test-cache-")
+        os.environ["INJECTION_CACHE"] = config._injection_cache.name
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_injection_cache", None)
+    if cache is not None:
+        cache.cleanup()
 
 
 REFERENCE_DIR = Path(os.environ.get("INJECTION_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))

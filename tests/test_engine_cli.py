@@ -96,7 +96,7 @@ def test_launch_dry_run_builds_the_deepspeed_command(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    cmd = shlex.split(result.output.strip().splitlines()[-1])
+    cmd = shlex.split(result.stdout.strip().splitlines()[-1])  # stderr may carry progress bars
     assert cmd[0].endswith("deepspeed")
     assert cmd[1:] == [
         "--hostfile",
@@ -149,7 +149,7 @@ def test_launch_one_node_of_several_without_ssh(tmp_path):
     ]
     result = runner.invoke(app, [*base, "--node-rank", "1"])
     assert result.exit_code == 0, result.output
-    cmd = shlex.split(result.output.strip().splitlines()[-1])
+    cmd = shlex.split(result.stdout.strip().splitlines()[-1])  # stderr may carry progress bars
     assert (
         cmd[1:9]
         == [
