@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from harness.errors import HarnessTyper, UserError, add_version_option
+from harness.outputs import OwnedDir
 
 app = HarnessTyper(
     help="Analyse run directories: effectivity, retainability, decay fits, knowledge capacity, plots, reports."
@@ -288,8 +289,9 @@ def plot(
 ) -> None:
     """PNG and PDF figures: Δℓ trajectories (also in the study's Figure 2 layout), mean R(t) with the fits and
     t*, effectivity by encounter, exact match, the control probes' drift."""
-    from analysis.plots import plot_run
+    from analysis.plots import RUN_FIGURES, figure_files, plot_run
 
+    OwnedDir(out).claim(figure_files(RUN_FIGURES))  # before any work: nothing the user made is replaced
     options = _options(
         rules,
         scale,
@@ -330,9 +332,11 @@ def compare(
 ) -> None:
     """Decay constants, t* with intervals and effectivity across runs (stages, model sizes, batch sizes)."""
     from analysis.export import check_curves_path, compare_document
-    from analysis.plots import compare_figure, save_figure
+    from analysis.plots import compare_figure, figure_files, save_figure
     from analysis.report import compare_table, unique_labels
-    from harness.atomic import ensure_dir, write_text_atomic
+
+    if out is not None:
+        OwnedDir(out).claim(["compare.json", *figure_files(["compare"])])
 
     options = _options(
         rules,
@@ -363,8 +367,7 @@ def compare(
         for label, analysis in zip(labels, analyses):
             _print_notes(console, analysis.fits, prefix=f"{label} ")
     if out is not None:
-        out = ensure_dir(out)
-        write_text_atomic(out / "compare.json", json.dumps(document, indent=2, allow_nan=False) + "\n")
+        OwnedDir(out).write("compare.json", json.dumps(document, indent=2, allow_nan=False) + "\n")
         for path in save_figure(compare_figure(labels, analyses), out, "compare"):
             print(path, file=sys.stderr)
 
@@ -388,9 +391,11 @@ def capacity(
     """Stored knowledge in bits, bits per parameter, exact-match memorization and overwriting of capacity runs."""
     from analysis.capacity import CapacityOptions, analyse_capacity
     from analysis.load import load_run
+    from analysis.plots import CAPACITY_FIGURES, figure_files
     from analysis.report import print_capacity
-    from harness.atomic import ensure_dir, write_text_atomic
 
+    if out is not None:
+        OwnedDir(out).claim(["capacity.json", *figure_files(CAPACITY_FIGURES)])
     options = CapacityOptions(kind=kind, at_exposures=at_exposures, iqr_factor=iqr_factor)
     options.validate()
     analysis = analyse_capacity([load_run(p) for p in run_dirs], options)
@@ -402,8 +407,7 @@ def capacity(
     if out is not None:
         from analysis.plots import plot_capacity
 
-        out = ensure_dir(out)
-        write_text_atomic(out / "capacity.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
+        OwnedDir(out).write("capacity.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
         for path in plot_capacity(analysis, out):
             print(path, file=sys.stderr)
 
@@ -426,9 +430,9 @@ def report(
     ci_level: CiLevel = 0.95,
 ) -> None:
     """One self-contained HTML report (tables, notes, embedded figures) for one or more runs."""
-    from analysis.report import build_report
-    from harness.atomic import ensure_dir, write_text_atomic
+    from analysis.report import REPORT, build_report
 
+    OwnedDir(out).claim([REPORT])
     options = _options(
         rules,
         scale,
@@ -444,7 +448,7 @@ def report(
         ci_level,
     )
     analyses = _analyse(run_dirs, options)
-    path = write_text_atomic(ensure_dir(out) / "report.html", build_report(analyses))
+    path = OwnedDir(out).write(REPORT, build_report(analyses))
     print(path)
 
 

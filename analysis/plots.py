@@ -28,7 +28,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from analysis.fit import FitOptions, GroupFit, RunAnalysis  # noqa: E402
 from analysis.format import fmt  # noqa: E402
 from analysis.metrics import CONTROL_SCENARIO  # noqa: E402
-from harness.atomic import ensure_dir, write_atomic  # noqa: E402
+from harness.outputs import OwnedDir  # noqa: E402
 
 KIND_COLORS = {"mem": "#1f77b4", "sem": "#d62728", "comp": "#2ca02c"}
 KIND_NAMES = {"mem": "memorization", "sem": "semantic", "comp": "composition"}
@@ -358,6 +358,24 @@ def control_drift_figure(analysis: RunAnalysis) -> Figure | None:
     return fig
 
 
+#: The figures of one run (`exact_match` and `control_drift` only where the run has what they show).
+RUN_FIGURES = (
+    "trajectories",
+    "study_fig2",
+    "retainability",
+    "study_decay",
+    "effectivity",
+    "exact_match",
+    "control_drift",
+)
+CAPACITY_FIGURES = ("capacity_bits", "capacity_memorization", "capacity_attributes", "capacity_trajectories")
+
+
+def figure_files(stems) -> list[str]:
+    """The file names `save_figure` writes for these stems."""
+    return [f"{stem}.{ext}" for stem in stems for ext in ("png", "pdf")]
+
+
 def run_figures(analysis: RunAnalysis) -> dict[str, Figure]:
     figures = {
         "trajectories": trajectories_figure(analysis),
@@ -445,11 +463,12 @@ def compare_figure(labels: list[str], analyses: list[RunAnalysis]) -> Figure:
 
 
 def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """PNG (150 dpi) and PDF of `fig`, each written atomically."""
-    out_dir = ensure_dir(out_dir)
+    """PNG (150 dpi) and PDF of `fig`, each written atomically; files the user made are never replaced."""
+    out = OwnedDir(out_dir)
+    out.claim(figure_files([stem]))
     paths = [
-        write_atomic(out_dir / f"{stem}.png", lambda h: fig.savefig(h, format="png", dpi=150)),
-        write_atomic(out_dir / f"{stem}.pdf", lambda h: fig.savefig(h, format="pdf")),
+        out.write_with(f"{stem}.png", lambda h: fig.savefig(h, format="png", dpi=150)),
+        out.write_with(f"{stem}.pdf", lambda h: fig.savefig(h, format="pdf")),
     ]
     plt.close(fig)
     return paths
@@ -462,6 +481,7 @@ def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
 
 
 def plot_run(analysis: RunAnalysis, out_dir: str | Path) -> list[Path]:
+    OwnedDir(out_dir).claim(figure_files(RUN_FIGURES))
     written: list[Path] = []
     for stem, fig in run_figures(analysis).items():
         written += save_figure(fig, Path(out_dir), stem)
@@ -602,6 +622,7 @@ def bits_trajectory_figure(analysis) -> Figure:
 
 
 def capacity_figures(analysis) -> dict[str, Figure]:
+    """One figure per name of CAPACITY_FIGURES."""
     return {
         "capacity_bits": capacity_bits_figure(analysis),
         "capacity_memorization": memorization_figure(analysis),
@@ -611,6 +632,7 @@ def capacity_figures(analysis) -> dict[str, Figure]:
 
 
 def plot_capacity(analysis, out_dir: str | Path) -> list[Path]:
+    OwnedDir(out_dir).claim(figure_files(CAPACITY_FIGURES))
     written: list[Path] = []
     for stem, fig in capacity_figures(analysis).items():
         written += save_figure(fig, Path(out_dir), stem)

@@ -27,7 +27,7 @@ from analysis.format import fmt, fmt_interval, fmt_pct, fmt_signed
 from analysis.load import load_run
 from analysis.metrics import REASONS
 from analysis.plots import compare_figure, compare_in_tokens, png_bytes, run_figures, unit
-from harness.atomic import ensure_dir, write_text_atomic
+from harness.outputs import OwnedDir
 
 
 @dataclass(frozen=True)
@@ -428,11 +428,15 @@ def build_report(analyses: list[RunAnalysis]) -> str:
     return "\n".join(parts)
 
 
+REPORT = "report.html"
+
+
 def write_report(paths: list[str | Path], out_dir: str | Path, options: FitOptions | None = None) -> Path:
     """Analyse the runs and write OUT/report.html (figures embedded, no other file needed)."""
+    out = OwnedDir(out_dir)
+    out.claim([REPORT])
     analyses = [analyse_run(load_run(p), options) for p in paths]
-    out = ensure_dir(out_dir)
-    return write_text_atomic(out / "report.html", build_report(analyses))
+    return out.write(REPORT, build_report(analyses))
 
 
 # ---- capacity runs ----------------------------------------------------------------------------------------

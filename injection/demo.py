@@ -254,14 +254,15 @@ def build_tokenizer(profile: DemoProfile, background: list[str], cache: Path) ->
     return tok_dir
 
 
-def sequence_length(profile: DemoProfile, tokenizer_dir: Path, knowledge: Path) -> int:
+def sequence_length(profile: DemoProfile, tokenizer_dir: Path, knowledge: bytes) -> int:
     """The profile's sequence length, or more when a paragraph variant (with EOS) would not fit in one row:
     rounded up to a multiple of 64 so that similar knowledge sets share a cached model."""
     from fictional_knowledge.encode import encode_paragraphs
-    from fictional_knowledge.load import load_knowledge
+    from fictional_knowledge.load import knowledge_from_document
     from harness.tokenizers import load_tokenizer
 
-    texts = [p.variant(j) for p in load_knowledge(knowledge).paragraphs for j in range(p.n_variants)]
+    knowledge_set, _ = knowledge_from_document(json.loads(knowledge), KNOWLEDGE)
+    texts = [p.variant(j) for p in knowledge_set.paragraphs for j in range(p.n_variants)]
     longest = max(len(ids) for ids in encode_paragraphs(load_tokenizer(str(tokenizer_dir)), texts))
     return max(profile.seq_len, -(-longest // 64) * 64)
 
@@ -417,19 +418,19 @@ def register_tiny_family(profile: DemoProfile, stages: dict[str, Path]) -> None:
 # ---- 4–6: knowledge, runs, analysis -------------------------------------------------------------------------
 
 
+#: The files the demo writes at the top of --out (beside runs/, figures/ and report/).
+KNOWLEDGE, SCHEDULE, SUMMARY = "knowledge.json", "schedule.yaml", "summary.json"
+
 #: Generated paragraphs set aside for injection and control, ahead of the background biographies: the
 #: corpus must not depend on how many of them a profile uses (or a profile with more paragraphs would inject
 #: biographies another profile's cached pretraining had already seen).
 RESERVED_PARAGRAPHS = 64
 
 
-def demo_knowledge(profile: DemoProfile, knowledge: Path | None, out: Path) -> tuple[Path, list[str]]:
-    """(injected knowledge file, background biographies). Background people are generated in the same set
-    as the injected ones, so the generator's name uniqueness keeps them disjoint."""
+def demo_knowledge(profile: DemoProfile, knowledge: Path | None) -> tuple[bytes, list[str]]:
+    """(the injected knowledge file's bytes, background biographies). Background people are generated in the
+    same set as the injected ones, so the generator's name uniqueness keeps them disjoint. Writes nothing."""
     from fictional_knowledge.generate import dumps_knowledge, generate_knowledge
-
-    def write_knowledge(items: list[dict[str, Any]], path: Path) -> None:
-        write_bytes_atomic(path, dumps_knowledge(items))
 
     if profile.n_probed > RESERVED_PARAGRAPHS:
         raise UserError(
@@ -438,37 +439,28 @@ def demo_knowledge(profile: DemoProfile, knowledge: Path | None, out: Path) -> t
         )
     items = generate_knowledge(RESERVED_PARAGRAPHS + profile.background_paragraphs, profile.paraphrases, profile.seed)
     background = [it["train_context"] for it in items[RESERVED_PARAGRAPHS:]]
-    path = out / "knowledge.json"
     if knowledge is None:
-        write_knowledge(items[: profile.n_probed], path)
-    else:
-        from fictional_knowledge.load import knowledge_to_items, load_knowledge
+        return dumps_knowledge(items[: profile.n_probed]), background
+    from fictional_knowledge.load import knowledge_to_items, load_knowledge
 
-        chosen = load_knowledge(knowledge)
-        if len(chosen) < profile.n_probed:
-            raise UserError(
-                f"--knowledge {knowledge}: the demo uses {profile.n_probed} paragraphs "
-                f"({profile.n_injected} injected, {profile.control_paragraphs} control), the set has "
-                f"{len(chosen)}"
-            )
-        write_knowledge(knowledge_to_items(chosen.subset(profile.n_probed)), path)
-    return path, background
+    chosen = load_knowledge(knowledge)
+    if len(chosen) < profile.n_probed:
+        raise UserError(
+            f"--knowledge {knowledge}: the demo uses {profile.n_probed} paragraphs "
+            f"({profile.n_injected} injected, {profile.control_paragraphs} control), the set has {len(chosen)}"
+        )
+    return dumps_knowledge(knowledge_to_items(chosen.subset(profile.n_probed))), background
 
 
-def injection_run(
-    profile: DemoProfile, stage: str, checkpoint: Path, knowledge: Path, schedule: Path, corpus: Path, out: Path
-) -> Path:
-    """One run of the study's design from a checkpoint; reused when complete, resumed when interrupted."""
+def run_config(profile: DemoProfile, stage: str, checkpoint: Path, corpus: Path, out: Path):
+    """The configuration of the run from `stage`; its knowledge and schedule are the files in `out`."""
     from injection.engine.config import config_from_dict
-    from injection.engine.inputs import prepare_inputs
-    from injection.engine.loop import run_training
 
-    run_dir = out / "runs" / stage
-    cfg = config_from_dict(
+    return config_from_dict(
         dict(
             checkpoint=str(checkpoint),
-            knowledge=str(knowledge),
-            schedule=str(schedule),
+            knowledge=str(out / KNOWLEDGE),
+            schedule=str(out / SCHEDULE),
             data=str(corpus),
             total_steps=profile.run_steps,
             global_batch=profile.global_batch,
@@ -476,26 +468,43 @@ def injection_run(
             eval_interval=profile.eval_interval,
             eval_dense_window=profile.window,
             analysis_window=profile.window,
-            output_dir=str(run_dir),
+            output_dir=str(out / "runs" / stage),
             checkpoint_interval=50,
             log_flush_steps=50,
             seed=profile.seed,
             label=f"tiny@{stage}",
         )
     )
-    manifest = run_dir / "manifest.json"
-    if manifest.is_file():
-        old = json.loads(manifest.read_text())
-        if old.get("config_hash") != cfg.config_hash():
-            profile_name = (old.get("config") or {}).get("label") or "another"
-            raise UserError(
-                f"{run_dir} holds a run of a different demo configuration ({profile_name}, config hash "
-                f"{old.get('config_hash')}); choose another --out, or remove {out} to start over"
-            )
-        if old.get("status") == "complete":
-            return run_dir
-    _say(f"injection run from tiny@{stage} ({profile.run_steps} steps)")
-    run_training(cfg, prepare_inputs(cfg), resume=manifest.is_file(), progress=True)
+
+
+def check_earlier_run(cfg, out: Path, same_inputs: bool) -> str | None:
+    """The status of the run `out` already holds for `cfg` (None: none yet). Refuses, before anything is
+    written, a run of another configuration, or any earlier run whose knowledge or schedule would change."""
+    from harness.rundir import read_manifest
+
+    run_dir = Path(cfg.output_dir)
+    if not (run_dir / "manifest.json").exists():
+        return None
+    old = read_manifest(run_dir)
+    if old.get("config_hash") != cfg.config_hash():
+        what = f"a different demo configuration ({old.get('label', 'unlabelled')})"
+    elif not same_inputs:
+        what = "another knowledge set or schedule"
+    else:
+        return old.get("status")
+    raise UserError(f"{run_dir} holds a run of {what}; choose another --out, or remove {out} to start over")
+
+
+def injection_run(profile: DemoProfile, cfg, status: str | None) -> Path:
+    """One run of the study's design; reused when complete, resumed when interrupted (`status` as found)."""
+    from injection.engine.inputs import prepare_inputs
+    from injection.engine.loop import run_training
+
+    run_dir = Path(cfg.output_dir)
+    if status == "complete":
+        return run_dir
+    _say(f"injection run from {cfg.label} ({profile.run_steps} steps)")
+    run_training(cfg, prepare_inputs(cfg), resume=status is not None, progress=True)
     return run_dir
 
 
@@ -577,32 +586,45 @@ def run_demo(
 ) -> dict[str, Any]:
     """The whole demo into `out`; returns summary.json's content. `profile` (default FULL, or QUICK with
     `quick`) lets benchmarks/demo_sweep.py try other numbers; only FULL registers the `tiny` family."""
+    import yaml
+
+    from harness.outputs import OwnedDir
     from harness.paths import cache_dir
 
     profile = profile or (QUICK if quick else FULL)
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    owned = OwnedDir(out)
+    owned.claim([KNOWLEDGE, SCHEDULE, SUMMARY])  # nothing the user made in --out is ever replaced
+    if knowledge is not None and Path(knowledge).resolve() == (out / KNOWLEDGE).resolve():
+        raise UserError(
+            f"--knowledge {knowledge} is the file the demo writes into --out {out}; copy it elsewhere first"
+        )
+    knowledge_bytes, background = demo_knowledge(profile, knowledge)
+    schedule_bytes = yaml.safe_dump(profile.schedule(), sort_keys=False).encode()
     cache = cache_dir() / "demo" / f"{profile.name}-{profile.key()}"
-    knowledge_path, background = demo_knowledge(profile, knowledge, out)
     _say("building the corpus and tokenizer (cached after the first run)")
     tokenizer_dir = build_tokenizer(profile, background, cache)
-    seq_len = sequence_length(profile, tokenizer_dir, knowledge_path)
+    seq_len = sequence_length(profile, tokenizer_dir, knowledge_bytes)
     corpus = build_demo_corpus(profile, tokenizer_dir, seq_len, cache)
-    stages = pretrain(profile, corpus, tokenizer_dir, seq_len, knowledge_path, cache / f"L{seq_len}")
+    stage_dirs = {name: stage_dir(cache / f"L{seq_len}", step) for name, step in profile.stages}
+    configs = {stage: run_config(profile, stage, stage_dirs[stage], corpus, out) for stage in profile.run_stages}
+    same_inputs = _unchanged(out / KNOWLEDGE, knowledge_bytes) and _unchanged(out / SCHEDULE, schedule_bytes)
+    statuses = {stage: check_earlier_run(cfg, out, same_inputs) for stage, cfg in configs.items()}
+    owned.write(KNOWLEDGE, knowledge_bytes)  # every check passed: the first write into --out
+    owned.write(SCHEDULE, schedule_bytes)
+    stages = pretrain(profile, corpus, tokenizer_dir, seq_len, out / KNOWLEDGE, cache / f"L{seq_len}")
     if profile is FULL and seq_len == profile.seq_len:
         register_tiny_family(profile, stages)
-    schedule = out / "schedule.yaml"
-    import yaml
-
-    write_bytes_atomic(schedule, yaml.safe_dump(profile.schedule(), sort_keys=False).encode())
-    run_dirs = {
-        stage: injection_run(profile, stage, stages[stage], knowledge_path, schedule, corpus, out)
-        for stage in profile.run_stages
-    }
+    run_dirs = {stage: injection_run(profile, cfg, statuses[stage]) for stage, cfg in configs.items()}
     summary = analyse(profile, run_dirs, out)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    write_bytes_atomic(out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
+    owned.write(SUMMARY, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
+
+
+def _unchanged(path: Path, data: bytes) -> bool:
+    """Whether `path` is absent or already holds exactly `data`."""
+    return not path.exists() or path.read_bytes() == data
 
 
 def _say(message: str) -> None:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from analysis.capacity import CapacityOptions, analyse_capacity, capacity_of_run, fit_proportional, fit_saturation
 from analysis.cli import app
 from analysis.load import load_run
+from harness.outputs import LEDGER
 from tests.helpers.planted import capacity_manifest, write_scored_run
 
 runner = CliRunner()
@@ -189,7 +190,7 @@ def test_cli_json_tables_figures_and_report(small_run, ladder, tmp_path):
     assert json.loads((out / "capacity.json").read_text()) == record
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"capacity_{s}.{e}" for s in ("bits", "memorization", "attributes", "trajectories") for e in ("png", "pdf")]
-        + ["capacity.json"]
+        + ["capacity.json", LEDGER]
     )
 
     result = runner.invoke(app, ["report", *paths[:2], "--out", str(tmp_path / "report")])

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from analysis import FitOptions, fit_records, load_run
 from analysis.cli import app
 from analysis.export import CURVE_SCHEMA
+from harness.outputs import LEDGER
 from tests.helpers.planted import PlantedScenario, write_planted_run
 
 runner = CliRunner()
@@ -268,7 +269,8 @@ def test_plot_writes_every_figure(run_dir, tmp_path):
     ):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert hidden == [LEDGER]  # no temporary files left; the ledger of what the tool wrote
 
 
 def test_figures_have_no_empty_panels_and_a_scaled_exact_match_axis(run_dir):
@@ -430,3 +432,32 @@ def test_help_shows_every_default():
         "0: delta method",
     ):
         assert phrase in text, phrase
+
+
+@pytest.mark.parametrize(
+    "command, made",
+    [
+        (["plot"], "trajectories.png"),
+        (["report"], "report.html"),
+        (["compare"], "compare.json"),
+        (["compare"], "compare.pdf"),
+    ],
+)
+def test_out_never_replaces_a_file_the_user_made(run_dir, tmp_path, command, made):
+    """A file in --out that this tool did not write (or that was changed since) is refused before any work,
+    and nothing is written; the tool's own files are replaced on a rerun."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / made
+    mine.write_text("the user's own file")
+    result = runner.invoke(app, [*command, str(run_dir), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"{made} exists and was not written by this tool" in result.stderr
+    assert mine.read_text() == "the user's own file"
+    assert sorted(p.name for p in out.iterdir()) == [made]  # nothing else written
+    mine.unlink()
+    assert runner.invoke(app, [*command, str(run_dir), "--out", str(out)]).exit_code == 0
+    assert runner.invoke(app, [*command, str(run_dir), "--out", str(out)]).exit_code == 0  # its own: replaced
+    (out / made).write_bytes((out / made).read_bytes() + b" edited")  # changed since: the user's now
+    again = runner.invoke(app, [*command, str(run_dir), "--out", str(out)])
+    assert again.exit_code == 2 and "or was changed since" in again.stderr

@@ -183,17 +183,16 @@ def test_cache_key_follows_what_shapes_the_corpus_and_checkpoints():
 def test_an_output_directory_of_another_profile_is_refused(tmp_path):
     """A run directory left by another demo configuration is never replaced or mixed with this one's."""
     from harness.errors import UserError
-    from injection.demo import injection_run
+    from injection.demo import check_earlier_run, run_config
 
     run_dir = tmp_path / "out" / "runs" / "mid"
     run_dir.mkdir(parents=True)
     manifest = {"config_hash": "0123abcd", "status": "complete", "config": {"label": "tiny@mid"}}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     before = (run_dir / "manifest.json").read_bytes()
+    cfg = run_config(FULL, "mid", tmp_path / "ck", tmp_path / "c", tmp_path / "out")
     with pytest.raises(UserError, match="holds a run of a different demo configuration"):
-        injection_run(
-            FULL, "mid", tmp_path / "ck", tmp_path / "k.json", tmp_path / "s.yaml", tmp_path / "c", tmp_path / "out"
-        )
+        check_earlier_run(cfg, tmp_path / "out", same_inputs=True)
     assert (run_dir / "manifest.json").read_bytes() == before
 
 
@@ -214,3 +213,36 @@ def test_sweep_variants_share_the_pretraining_they_do_not_change():
     assert wide.name == QUICK.name and wide.key() != QUICK.key() and wide.stages == (("early", 50), ("late", 120))
     with pytest.raises(SystemExit, match="no field 'width'"):
         parse_variant("bad:width=3")
+
+
+def test_a_file_the_user_made_in_out_is_never_replaced(tmp_path, monkeypatch):
+    """`injection demo -o DIR` with the user's own knowledge.json there refuses before writing anything; so
+    does `--knowledge DIR/knowledge.json -o DIR` (the demo would cut the user's set down to its size)."""
+    monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "d4"
+    out.mkdir()
+    users = out / "knowledge.json"
+    users.write_text('[{"train_context": "the user\'s 120 paragraphs"}]')
+    result = CliRunner().invoke(app, ["demo", "--quick", "-o", str(out)])
+    assert result.exit_code == 2 and "knowledge.json exists and was not written by this tool" in result.stderr
+    result = CliRunner().invoke(app, ["demo", "--quick", "-o", str(out), "--knowledge", str(users)])
+    assert result.exit_code == 2, result.output
+    assert users.read_text() == '[{"train_context": "the user\'s 120 paragraphs"}]'
+    assert [p.name for p in out.iterdir()] == ["knowledge.json"] and not (tmp_path / "cache").exists()
+
+
+def test_a_run_of_another_knowledge_set_is_refused_before_anything_is_written(tmp_path):
+    """An earlier demo's complete run is reused only when the knowledge and schedule it was made with are the
+    ones the demo would write now; otherwise the demo stops before replacing either file."""
+    from harness.errors import UserError
+    from injection.demo import check_earlier_run, run_config
+
+    out = tmp_path / "out"
+    cfg = run_config(QUICK, "late", tmp_path / "ck", tmp_path / "c", out)
+    assert check_earlier_run(cfg, out, same_inputs=False) is None  # nothing there yet
+    run_dir = out / "runs" / "late"
+    run_dir.mkdir(parents=True)
+    (run_dir / "manifest.json").write_text(json.dumps({"config_hash": cfg.config_hash(), "status": "complete"}))
+    assert check_earlier_run(cfg, out, same_inputs=True) == "complete"
+    with pytest.raises(UserError, match="holds a run of another knowledge set or schedule"):
+        check_earlier_run(cfg, out, same_inputs=False)
