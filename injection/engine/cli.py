@@ -83,14 +83,14 @@ def resolve_config(
 def preflight(cfg, resume: bool) -> None:
     """The cheap checks, before inputs are prepared or any process group exists: run directory, checkpoint, that
     the global batch splits over ranks × micro-batch, the monitor's package."""
-    from injection.engine.inputs import read_checkpoint
+    from injection.engine.inputs import launched_world, read_checkpoint
     from injection.engine.monitor import check_monitor
-    from injection.engine.plan import check_split
+    from injection.engine.plan import batch_geometry
     from injection.engine.run_state import check_run_dir
 
     check_monitor(cfg)
     check_run_dir(cfg, resume)
-    check_split(cfg, read_checkpoint(cfg.checkpoint), int(os.environ.get("WORLD_SIZE", "1")))
+    batch_geometry(cfg, read_checkpoint(cfg.checkpoint), launched_world())
 
 
 def run(
@@ -251,7 +251,7 @@ def launch(
     every node with its `--node-rank`, the same hostfile and `--master-addr` (node 0's address)."""
     from injection.engine.inputs import read_checkpoint
     from injection.engine.monitor import check_monitor
-    from injection.engine.plan import check_split
+    from injection.engine.plan import batch_geometry
 
     if config is None and resume is None:
         raise UserError("give an experiment CONFIG (YAML file or preset name) or --resume RUN_DIR")
@@ -270,7 +270,7 @@ def launch(
             raise
         ckpt = None  # a dry run may come before the pull: the split is checked where the rows per step are known
     if ckpt is not None or cfg.global_batch:
-        check_split(cfg, ckpt, world)
+        batch_geometry(cfg, ckpt, world)
     source = str(Path(config).resolve()) if config and Path(config).is_file() else (config or "")
     cmd = launcher_command(
         source,

@@ -1,9 +1,10 @@
-"""What hangs off the training loop: the probe log, the metrics, progress, monitors, exported checkpoints.
+"""What hangs off the training loop: the manifest, the probe log, the metrics, progress, monitors, exported
+checkpoints.
 
 A hook's methods are no-ops unless it overrides them. A hook that must survive a resume returns its state from
 `state_dict()` (called just before every resumable checkpoint, so it can flush first) and gets it back through
-`load_state_dict()`; the loop stores it with the checkpoint under the hook's `name`. Only rank 0 gets the
-writing hooks.
+`load_state_dict()`; the loop stores it with the checkpoint under the hook's `name`, then calls `on_checkpoint`
+once the checkpoint is complete. Only rank 0 gets the writing hooks.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.rundir import METRICS, METRICS_SCHEMA, PROBE_SCHEMA, PROBES, SCORE_NAMES, PartWriter
+from harness.rundir import MANIFEST_FORMAT, METRICS, METRICS_SCHEMA, PROBE_SCHEMA, PROBES, SCORE_NAMES, PartWriter
+from injection.engine import run_state
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import ProbeItem
-from injection.engine.inputs import RunInputs
+from injection.engine.inputs import RunInputs, describe_inputs, run_label
 from injection.engine.plan import RunPlan
 
 
@@ -36,7 +38,10 @@ class Run:
     world: int
     engine: Any
     hooks: list[Hook] = field(default_factory=list)
-    manifest: dict[str, Any] = field(default_factory=dict)
+    optimizer_state: dict[str, Any] | None = None
+    """How AdamW's moments were set up at step 0 (restored, rebuilt or fresh); None on a resume."""
+    stop: dict[str, Any] | None = None
+    """Why the run stopped before its end (`step`, `reason`), once it has."""
 
 
 class Hook:
@@ -49,7 +54,79 @@ class Hook:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def on_checkpoint(self, run: Run, step: int) -> None: ...
     def on_end(self, run: Run, status: str) -> None: ...
+
+
+class ManifestHook(Hook):
+    """RUN_DIR/manifest.json: written when the run starts, after every checkpoint and when it ends. Owns the
+    manifest: what the run is (`first_manifest`), how far it got, the updates it skipped and why it stopped."""
+
+    name = "manifest"
+
+    def __init__(self, run_dir: Path, manifest: dict[str, Any]) -> None:
+        self.run_dir, self.manifest = Path(run_dir), manifest
+
+    def write(self, **fields: Any) -> None:
+        self.manifest = run_state.write_manifest(self.run_dir, self.manifest, **fields)
+
+    def on_start(self, run, k0):
+        if run.optimizer_state is not None:
+            self.manifest["optimizer_state"] = run.optimizer_state
+        self.write(status="running", last_step=k0)
+
+    def on_update(self, run, step, metrics):
+        if metrics["skipped"]:
+            self.manifest["skipped_updates"] = [*self.manifest.get("skipped_updates", []), step]
+        self.manifest["last_step"] = step
+
+    def on_checkpoint(self, run, step):
+        self.write(last_checkpoint=step)
+
+    def on_end(self, run, status):
+        if run.stop is not None:
+            self.manifest["stop"] = run.stop
+        self.write(status=status)
+
+
+def first_manifest(run: Run, earlier: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest of a run that starts (or resumes: the `earlier` manifest's skipped updates and optimizer
+    state carry over)."""
+    cfg, ckpt, plan = run.cfg, run.inputs.checkpoint, run.plan
+    return {
+        "format": MANIFEST_FORMAT,
+        "status": "running",
+        "label": run_label(cfg, ckpt),
+        "config": cfg.to_dict(),
+        "config_hash": cfg.config_hash(),
+        "checkpoint": ckpt.identity(),
+        "start_step": ckpt.step,
+        "total_steps": plan.total_steps,
+        "global_batch_size": plan.global_batch,
+        "checkpoint_global_batch_size": ckpt.global_batch_size,
+        "seq_len": plan.seq_len,
+        "tokens_per_step": plan.tokens_per_step,
+        **describe_inputs(run.inputs),
+        "analysis_defaults": {"window": cfg.window, "encounter_spacing": encounter_spacing(run.inputs)},
+        "seeds": {"torch": cfg.seed, "numpy": cfg.seed, "python": cfg.seed},
+        "world_size": run.world,
+        "versions": run_state.versions(),
+        "runtime": run_state.runtime(run.engine),
+        "last_step": 0,
+        "skipped_updates": [],
+        **run.inputs.manifest_extra,
+        **{k: earlier[k] for k in ("skipped_updates", "optimizer_state") if k in (earlier or {})},
+    }
+
+
+def encounter_spacing(inputs: RunInputs) -> int | None:
+    """The smallest gap between consecutive encounters of any paragraph (None when none is injected twice)."""
+    steps: dict[int, list[int]] = {}
+    for k, items in inputs.injections.items():
+        for item in items:
+            steps.setdefault(item.paragraph, []).append(k)
+    gaps = [b - a for s in steps.values() for a, b in zip(sorted(set(s)), sorted(set(s))[1:])]
+    return min(gaps) if gaps else None
 
 
 class ProbeLogHook(Hook):

@@ -8,6 +8,7 @@ window that does not cover the run, a schedule beyond the run's end.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from injection.checkpoints.layout import CheckpointInfo, read_checkpoint_dir
 from injection.data.source import BatchStream
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import ProbeItem
+from injection.engine.plan import BatchGeometry, batch_geometry
 from injection.splice import InjectionRecord, SpliceItem, place
 
 
@@ -121,8 +123,14 @@ def resolve_data(spec: str, ckpt: CheckpointInfo) -> Path | str:
     return out
 
 
-def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo) -> BatchStream:
-    """The run's batches: the corpus `data` read from the checkpoint's data position, `global_batch` at a time."""
+def launched_world() -> int:
+    """Ranks of this run as the launcher set them (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo, geometry: BatchGeometry) -> BatchStream:
+    """The run's batches: the corpus `data` read from the checkpoint's data position, `geometry.global_batch` rows
+    at a time."""
     from injection.data.formats import open_corpus
 
     corpus = open_corpus(resolve_data(cfg.data, ckpt))
@@ -132,7 +140,7 @@ def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo) -> BatchStream:
             f"was trained with {ckpt.seq_len}"
         )
     pos = ckpt.data_position
-    stream = BatchStream(corpus, pos.epoch, pos.instances_seen, cfg.global_batch or ckpt.global_batch_size)
+    stream = BatchStream(corpus, pos.epoch, pos.instances_seen, geometry.global_batch)
     check_stream_covers(stream, cfg.total_steps, cfg.optimizer.moment_warmup_steps, cfg.data)
     return stream
 
@@ -169,7 +177,7 @@ def prepare_inputs(cfg: ExperimentConfig) -> RunInputs:
     ckpt = read_checkpoint(cfg.checkpoint)
     tokenizer = load_tokenizer(cfg.tokenizer or str(ckpt.path))
     knowledge = load_knowledge(cfg.knowledge, cfg.knowledge_limit)
-    stream = open_stream(cfg, ckpt)
+    stream = open_stream(cfg, ckpt, batch_geometry(cfg, ckpt, launched_world()))
     plan = load_schedule(cfg.schedule, cfg.schedule_overrides).plan(knowledge, cfg.total_steps)
     scenario_of: dict[int, str] = {}
     for p in plan:

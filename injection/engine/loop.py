@@ -4,9 +4,11 @@
     update k (k = 0 … T−1): batch k (the next B original rows, paragraphs spliced in), lr(S+k+1) → θ_{k+1};
     probes evaluated on θ_{k+1} and logged as step k+1.
 
-`run_training` sets a run up (run directory, process group, DeepSpeed engine, optimizer state, hooks) and hands
-it to `train`, the loop. Every per-update value (rows, micro-batches, learning rate, evaluation and checkpoint
-steps) was resolved up front into the `RunPlan`; the batches come from one pipeline (engine.batches).
+`run_training` sets a run up (process group, plan, DeepSpeed engine, hooks, optimizer state or the checkpoint it
+resumes) and hands it to `train`, the loop. Every per-update value (rows, micro-batches, learning rate, evaluation
+and checkpoint steps) was resolved up front into the `RunPlan`; the batches come from one pipeline
+(engine.batches); what is written about the run (manifest, probe log, metrics, monitors) hangs off the loop as
+hooks (engine.hooks).
 """
 
 from __future__ import annotations
@@ -23,16 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import rundir
 from harness.errors import UserError
 from injection.engine import run_state, zero
 from injection.engine.batches import InjectedBatches
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import evaluate_probes
-from injection.engine.hooks import Hook, MetricsHook, ProbeLogHook, ProgressHook, Run
-from injection.engine.inputs import RunInputs, describe_inputs, run_label
+from injection.engine.hooks import Hook, ManifestHook, MetricsHook, ProbeLogHook, ProgressHook, Run, first_manifest
+from injection.engine.inputs import RunInputs
 from injection.engine.kernels import zero_gradient_loss
-from injection.engine.plan import make_plan
+from injection.engine.monitor import monitor_hook
+from injection.engine.plan import RunPlan, make_plan
 from injection.splice import shard_batch
 
 
@@ -162,13 +164,49 @@ def evaluate(run: Run, step: int) -> float:
 
 
 def save(run: Run, step: int) -> None:
+    """A resumable checkpoint of every rank, with each hook's state; then the hooks hear it is complete."""
     state = {hook.name: hook.state_dict() for hook in run.hooks}
     run_state.save_checkpoint(run.engine, run.run_dir, step, run.rank, run.world, state, run.cfg.keep_checkpoints)
-    if run.rank == 0:
-        run.manifest = run_state.write_manifest(run.run_dir, run.manifest, last_checkpoint=step)
+    for hook in run.hooks:
+        hook.on_checkpoint(run, step)
 
 
 # ---- the loop -------------------------------------------------------------------------------------------
+
+
+def run_training(
+    cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False, progress: bool = True, hooks: Sequence[Hook] = ()
+) -> Path:
+    """Train T updates from the checkpoint, writing the run directory (rank 0). Returns the run directory.
+
+    `hooks` are added on every rank after the writing hooks (e.g. an ExportHook). Raises Interrupted after a
+    clean stop on SIGINT/SIGTERM, UserError when the run diverges (the manifest says where), LostRank when
+    another rank stops answering."""
+    seed_everything(cfg.seed)
+    rank, world = zero.init_distributed(cfg.distributed_timeout)
+    decision = run_state.check_run_dir(cfg, resume)  # every rank, before the first collective
+    if decision.action == "done":
+        if rank == 0:
+            zero.say(decision.message)
+        return decision.run_dir
+    plan = plan_run(cfg, inputs, world)
+    run = Run(cfg, inputs, plan, decision.run_dir, rank, world, zero.build_engine(cfg, inputs.checkpoint, plan, rank))
+    run.engine.train()  # training mode (from_pretrained returns eval mode; activation checkpointing needs this)
+    run.hooks = run_hooks(run, decision, progress, hooks)
+    k0 = restore(run) if decision.action == "resume" else start_fresh(run)
+    for hook in run.hooks:
+        hook.on_start(run, k0)
+    batches = InjectedBatches(inputs.stream, inputs.injections, inputs.records, stop_at=plan.total_steps)
+    status, error = "complete", None
+    try:
+        with StopRequest() as stop, batches:
+            if k0 == 0:
+                evaluate(run, 0)
+            train(run, batches, k0, stop)
+    except BaseException as err:
+        status, error = stopped(run, err)
+    finish(run, status, error)
+    return run.run_dir
 
 
 def train(run: Run, batches: InjectedBatches, k0: int, stop: StopRequest) -> int:
@@ -190,15 +228,11 @@ def train(run: Run, batches: InjectedBatches, k0: int, stop: StopRequest) -> int
         if torch.cuda.is_available():
             metrics["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30  # this rank's peak
         metrics["eval_s"] = evaluate(run, step) if step in plan.eval_steps else 0.0
-        if metrics["skipped"] and run.rank == 0:
-            run.manifest["skipped_updates"] = [*run.manifest.get("skipped_updates", []), step]
         for hook in run.hooks:
             hook.on_update(run, step, metrics)
         signum = stop.agreed(run)
         if step in plan.checkpoint_steps or signum:
             save(run, step)
-        if run.rank == 0:
-            run.manifest["last_step"] = step
         if signum and step < plan.total_steps:
             raise Interrupted(run.run_dir, step, signum, run.world)
     return plan.total_steps
@@ -258,144 +292,80 @@ def warm_up_moments(run: Run, steps: int) -> dict[str, Any]:
     }
 
 
-def encounter_spacing(inputs: RunInputs) -> int | None:
-    """The smallest gap between consecutive encounters of any paragraph (None when none is injected twice)."""
-    steps: dict[int, list[int]] = {}
-    for k, items in inputs.injections.items():
-        for item in items:
-            steps.setdefault(item.paragraph, []).append(k)
-    gaps = [b - a for s in steps.values() for a, b in zip(sorted(set(s)), sorted(set(s))[1:])]
-    return min(gaps) if gaps else None
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
-def first_manifest(run: Run) -> dict[str, Any]:
-    cfg, ckpt, plan = run.cfg, run.inputs.checkpoint, run.plan
-    return {
-        "format": rundir.MANIFEST_FORMAT,
-        "status": "running",
-        "label": run_label(cfg, ckpt),
-        "config": cfg.to_dict(),
-        "config_hash": cfg.config_hash(),
-        "checkpoint": ckpt.identity(),
-        "start_step": ckpt.step,
-        "total_steps": plan.total_steps,
-        "global_batch_size": plan.global_batch,
-        "checkpoint_global_batch_size": ckpt.global_batch_size,
-        "seq_len": plan.seq_len,
-        "tokens_per_step": plan.tokens_per_step,
-        **describe_inputs(run.inputs),
-        "analysis_defaults": {"window": cfg.window, "encounter_spacing": encounter_spacing(run.inputs)},
-        "seeds": {"torch": cfg.seed, "numpy": cfg.seed, "python": cfg.seed},
-        "world_size": run.world,
-        "versions": run_state.versions(),
-        "runtime": run_state.runtime(run.engine),
-        "last_step": 0,
-        "skipped_updates": [],
-        **run.inputs.manifest_extra,
-    }
-
-
-def run_training(
-    cfg: ExperimentConfig, inputs: RunInputs, resume: bool = False, progress: bool = True, hooks: Sequence[Hook] = ()
-) -> Path:
-    """Train T updates from the checkpoint, writing the run directory (rank 0). Returns the run directory.
-
-    `hooks` are added on every rank after the writing hooks (e.g. an ExportHook). Raises Interrupted after a
-    clean stop on SIGINT/SIGTERM, UserError when the run diverges (the manifest says where), LostRank when
-    another rank stops answering."""
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    rank, world = zero.init_distributed(cfg.distributed_timeout)
-    decision = run_state.check_run_dir(cfg, resume)  # every rank, before the first collective
-    if decision.action == "done":
-        if rank == 0:
-            zero.say(decision.message)
-        return decision.run_dir
+def plan_run(cfg: ExperimentConfig, inputs: RunInputs, world: int) -> RunPlan:
+    """The run's plan; the data stream must read the rows per update it decides (prepare_inputs builds it so,
+    inputs assembled by hand may not)."""
     plan = make_plan(cfg, inputs.checkpoint, world, sorted(inputs.injections))
     if inputs.stream.batch_size != plan.global_batch:
         raise UserError(f"the data stream reads {inputs.stream.batch_size} rows per step, the run {plan.global_batch}")
-    run = Run(cfg, inputs, plan, decision.run_dir, rank, world, zero.build_engine(cfg, inputs.checkpoint, plan, rank))
-    run.engine.train()  # training mode (from_pretrained returns eval mode; activation checkpointing needs this)
-    if rank == 0:
-        if decision.message:
-            zero.say(decision.message)
-        if decision.action == "restart":
-            run_state.clear_partial_run(run.run_dir)
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        run_state.write_config(cfg)
-        old = run_state.read_status(run.run_dir) or {}
-        run.manifest = {
-            **first_manifest(run),
-            **{k: old[k] for k in ("skipped_updates", "optimizer_state") if k in old and decision.action == "resume"},
-        }
-        run.hooks = [
-            ProbeLogHook(run.run_dir, inputs.probe_items, cfg.log_flush_steps),
-            MetricsHook(run.run_dir, cfg.log_flush_steps),
-        ]
-        from injection.engine.monitor import monitor_hook
+    return plan
 
-        run.hooks += [h for h in (monitor_hook(cfg, run.run_dir),) if h is not None]
-        if progress:
-            run.hooks.append(ProgressHook(cfg.total_steps, cfg.log_interval))
-        rundir.write_injections(run.run_dir, inputs.all_records)
-    run.hooks += list(hooks)
-    if decision.action == "resume":
-        k0, saved = run_state.load_checkpoint(run.engine, run.run_dir, rank, world)
-        for hook in run.hooks:
-            hook.load_state_dict(saved.get(hook.name, {}))
-    else:
-        k0 = 0
-        optimizer = prepare_optimizer_state(run)
-        if rank == 0:
-            run.manifest["optimizer_state"] = optimizer
-    if rank == 0:
-        run.manifest = run_state.write_manifest(run.run_dir, run.manifest, status="running", last_step=k0)
+
+def run_hooks(run: Run, decision: run_state.Decision, progress: bool, extra: Sequence[Hook]) -> list[Hook]:
+    """Rank 0's writing hooks (the run directory opened first), then `extra` on every rank, then (rank 0) the
+    manifest, last so that it records a state every other hook has reached."""
+    if run.rank != 0:
+        return list(extra)
+    earlier = run_state.open_run_dir(run.cfg, decision, run.inputs.all_records)
+    cfg, run_dir = run.cfg, run.run_dir
+    writers: list[Hook] = [
+        ProbeLogHook(run_dir, run.inputs.probe_items, cfg.log_flush_steps),
+        MetricsHook(run_dir, cfg.log_flush_steps),
+    ]
+    writers += [h for h in (monitor_hook(cfg, run_dir),) if h is not None]
+    if progress:
+        writers.append(ProgressHook(cfg.total_steps, cfg.log_interval))
+    return [*writers, *extra, ManifestHook(run_dir, first_manifest(run, earlier))]
+
+
+def restore(run: Run) -> int:
+    """The newest complete checkpoint into the engine and the RNGs, each hook's state back; returns its step."""
+    k0, saved = run_state.load_checkpoint(run.engine, run.run_dir, run.rank, run.world)
     for hook in run.hooks:
-        hook.on_start(run, k0)
-    batches = InjectedBatches(inputs.stream, inputs.injections, inputs.records, stop_at=plan.total_steps)
-    status, error = "complete", None
-    try:
-        with StopRequest() as stop, batches:
-            if k0 == 0:
-                evaluate(run, 0)
-            train(run, batches, k0, stop)
-    except Interrupted as err:
-        status, error = "interrupted", err
-    except Diverged as err:
-        status = "diverged"
-        error = UserError(
+        hook.load_state_dict(saved.get(hook.name, {}))
+    return k0
+
+
+def start_fresh(run: Run) -> int:
+    run.optimizer_state = prepare_optimizer_state(run)
+    return 0
+
+
+def stopped(run: Run, err: BaseException) -> tuple[str, BaseException]:
+    """The status a run stopped by `err` ends with, and the error to raise; `run.stop` says why."""
+    if isinstance(err, Interrupted):
+        return "interrupted", err
+    if isinstance(err, Diverged):
+        run.stop = {"step": err.step, "reason": err.what}
+        return "diverged", UserError(
             f"{run.run_dir}: the run stopped: {err}; the newest checkpoint is intact: resume it with "
-            f"`{run_state.resume_command(run.run_dir, world)} --set nonfinite=skip` to skip such updates, "
+            f"`{run_state.resume_command(run.run_dir, run.world)} --set nonfinite=skip` to skip such updates, "
             "or lower the learning rate in a new run"
         )
-        if rank == 0:
-            run.manifest["stop"] = {"step": err.step, "reason": err.what}
-    except BaseException as err:
-        status, error = "failed", err
-        lost = zero.peer_failure(err) if world > 1 else None
-        if lost:
-            error = LostRank(run.run_dir, rank, world, lost)
-            error.__cause__ = err
-        if rank == 0:
-            reason = (
-                f"lost contact with another rank: {lost}"
-                if lost
-                else f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            )
-            run.manifest["stop"] = {"reason": reason}
+    lost = zero.peer_failure(err) if run.world > 1 else None
+    if lost:
+        run.stop = {"reason": f"lost contact with another rank: {lost}"}
+        error = LostRank(run.run_dir, run.rank, run.world, lost)
+        error.__cause__ = err
+        return "failed", error
+    run.stop = {"reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+    return "failed", err
+
+
+def finish(run: Run, status: str, error: BaseException | None) -> None:
+    """Every hook's end (the manifest's last); raises `error`. With an error already in flight (a full disk),
+    a hook that cannot write does not hide it."""
     for hook in run.hooks:
         try:
             hook.on_end(run, status)
         except OSError:
             if error is None:
                 raise
-    if rank == 0:
-        try:
-            run.manifest = run_state.write_manifest(run.run_dir, run.manifest, status=status)
-        except OSError:
-            if error is None:
-                raise  # with an error already in flight (a full disk), report that one
     if error is not None:
         raise error
-    return run.run_dir

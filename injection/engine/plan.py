@@ -1,7 +1,8 @@
 """What a run does at every update, resolved once before the first one: pure functions, no model, no I/O.
 
-The loop reads everything from a `RunPlan`: rows per update and how they split over ranks and micro-batches, the
-learning rate of every update, and the steps at which probes are evaluated and checkpoints saved.
+The loop reads everything from a `RunPlan`: rows per update and how they split over ranks and micro-batches (one
+decision, `batch_geometry`, which the data stream and the launcher's checks also ask), the learning rate of every
+update, and the steps at which probes are evaluated and checkpoints saved.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.errors import UserError
+from injection.checkpoints.family import model_family
 from injection.lr import LRSchedule, lr_for_update
 
 
@@ -86,16 +88,38 @@ def checkpoint_steps(total_steps: int, interval: int) -> frozenset[int]:
 
 
 @dataclass(frozen=True)
-class RunPlan:
-    total_steps: int
+class BatchGeometry:
+    """How the rows of one update are split: global_batch = micro_batch × accumulation × world."""
+
     global_batch: int
-    """Rows per update (the run's B, which may differ from the checkpoint's)."""
-    seq_len: int
-    """Tokens per row fed to the model."""
+    """Rows per update (the run's B, which may differ from the checkpoint's); the data stream reads this many."""
     micro_batch: int
-    world: int
+    """Rows per rank per forward/backward pass."""
     accumulation: int
     """Micro-batches per rank per update."""
+    world: int
+    """Ranks."""
+
+    @property
+    def rows_per_rank(self) -> int:
+        return self.micro_batch * self.accumulation
+
+
+def batch_geometry(cfg, ckpt, world: int) -> BatchGeometry:
+    """The one decision of how many rows an update reads and how they split over ranks and micro-batches: the
+    configured `global_batch` or else the checkpoint's rows per step (CheckpointInfo; may be None when the config
+    gives `global_batch`). UserError, naming the valid choices, where the rows do not split."""
+    global_batch = cfg.global_batch or ckpt.global_batch_size
+    micro_batch = resolve_micro_batch(global_batch, world, cfg.micro_batch, cfg.max_micro_batch)
+    return BatchGeometry(global_batch, micro_batch, accumulation_steps(global_batch, micro_batch, world), world)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    total_steps: int
+    geometry: BatchGeometry
+    seq_len: int
+    """Tokens per row fed to the model."""
     lrs: tuple[float, ...]
     """Learning rate of update k (θ_k → θ_{k+1})."""
     eval_steps: frozenset[int]
@@ -106,23 +130,32 @@ class RunPlan:
     """Tokens a row counts for, as the original run counted them (the checkpoint's); None = seq_len."""
 
     @property
+    def global_batch(self) -> int:
+        return self.geometry.global_batch
+
+    @property
+    def micro_batch(self) -> int:
+        return self.geometry.micro_batch
+
+    @property
+    def accumulation(self) -> int:
+        return self.geometry.accumulation
+
+    @property
+    def world(self) -> int:
+        return self.geometry.world
+
+    @property
     def tokens_per_step(self) -> int:
         return self.global_batch * (self.seq_len if self.tokens_per_row is None else self.tokens_per_row)
 
 
 def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
     """The plan of a run from its configuration and the checkpoint it starts from (CheckpointInfo)."""
-    from injection.checkpoints.family import model_family
-
-    global_batch = cfg.global_batch or ckpt.global_batch_size
-    micro_batch = resolve_micro_batch(global_batch, world, cfg.micro_batch, cfg.max_micro_batch)
     return RunPlan(
         total_steps=cfg.total_steps,
-        global_batch=global_batch,
+        geometry=batch_geometry(cfg, ckpt, world),
         seq_len=ckpt.seq_len,
-        micro_batch=micro_batch,
-        world=world,
-        accumulation=accumulation_steps(global_batch, micro_batch, world),
         lrs=learning_rates(
             ckpt.lr_schedule,
             ckpt.step,
@@ -137,12 +170,3 @@ def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
         loss_factor=model_family(ckpt.kind).loss_factor(ckpt.seq_len),
         tokens_per_row=ckpt.tokens_per_row,
     )
-
-
-def check_split(cfg, ckpt, world: int) -> int:
-    """Fail before anything starts unless the run's rows per update split over `world` ranks; returns the
-    micro-batch. `ckpt` may be None when the config gives global_batch."""
-    global_batch = cfg.global_batch or ckpt.global_batch_size
-    micro_batch = resolve_micro_batch(global_batch, world, cfg.micro_batch, cfg.max_micro_batch)
-    accumulation_steps(global_batch, micro_batch, world)
-    return micro_batch

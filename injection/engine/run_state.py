@@ -33,6 +33,7 @@ from harness import rundir
 from harness.atomic import write_json_atomic, write_text_atomic
 from harness.errors import UserError
 from injection.engine.config import ExperimentConfig
+from injection.engine.zero import say
 
 STATE_FILE = "engine_state.json"
 
@@ -114,6 +115,20 @@ def check_run_dir(cfg: ExperimentConfig, resume: bool) -> Decision:
     if not ckpts:
         return Decision("restart", run_dir, f"{run_dir}: no complete checkpoint yet; starting again from step 0")
     return Decision("resume", run_dir, f"{run_dir}: resuming from the checkpoint after step {ckpts[-1][0]}")
+
+
+def open_run_dir(cfg: ExperimentConfig, decision: Decision, records: list) -> dict[str, Any] | None:
+    """Rank 0, before anything else writes there: the run directory as `decision` says (cleared of a run that
+    never reached a checkpoint), with config.yaml and injections.parquet. Returns the manifest a resumed run
+    left, else None."""
+    if decision.message:
+        say(decision.message)
+    if decision.action == "restart":
+        clear_partial_run(decision.run_dir)
+    decision.run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg)
+    rundir.write_injections(decision.run_dir, records)
+    return read_status(decision.run_dir) if decision.action == "resume" else None
 
 
 def clear_partial_run(run_dir: Path) -> None:
