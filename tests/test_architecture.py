@@ -148,3 +148,15 @@ def test_no_user_facing_text_points_outside_the_repository():
             if re.search(r"\bSPEC\b|shared/(SPEC|STYLE|reference/)", path.read_text(encoding="utf-8")):
                 offenders.append(str(path.relative_to(REPO)))
     assert not offenders, f"references to a document outside the repository in: {', '.join(offenders)}"
+
+
+def test_the_training_loop_reads_in_one_screen():
+    """`run_training` (set-up, the loop, the outcome) and `train` (update, evaluate, hooks, checkpoint) read top to
+    bottom in one screen; the bookkeeping they call hangs off them (hooks, run_state, plan)."""
+    tree = ast.parse((REPO / "injection" / "engine" / "loop.py").read_text(encoding="utf-8"))
+    lengths = {
+        node.name: node.end_lineno - node.lineno + 1
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name in ("run_training", "train")
+    }
+    assert set(lengths) == {"run_training", "train"} and sum(lengths.values()) <= 70, lengths

@@ -50,6 +50,40 @@ def test_a_split_that_does_not_fit_names_the_valid_micro_batches():
         resolve_micro_batch(2048, 7, "auto", 8)
 
 
+def test_one_function_decides_the_batch_geometry(tmp_path):
+    """Rows per update (the configured global_batch, else the checkpoint's), micro-batch, accumulation and rows
+    per rank come from `batch_geometry` alone: the plan holds its answer and the data stream reads its rows."""
+    from injection.engine.inputs import read_checkpoint
+    from injection.engine.plan import BatchGeometry, batch_geometry, make_plan
+    from tests.helpers.engine import synthetic_config, write_tiny_checkpoint
+
+    ck = read_checkpoint(str(write_tiny_checkpoint(tmp_path / "ck", global_batch=8)))
+    own = synthetic_config(ck.path, total_steps=2, micro_batch="auto", max_micro_batch=2)
+    assert batch_geometry(own, ck, 2) == BatchGeometry(global_batch=8, micro_batch=2, accumulation=2, world=2)
+    assert batch_geometry(own, ck, 2).rows_per_rank == 4
+    wider = synthetic_config(ck.path, total_steps=2, global_batch=12, micro_batch=3)
+    assert batch_geometry(wider, None, 1) == BatchGeometry(12, 3, 4, 1)  # no checkpoint needed to check it
+    plan = make_plan(wider, ck, 1, [])
+    assert plan.geometry == batch_geometry(wider, ck, 1) and (plan.global_batch, plan.accumulation) == (12, 4)
+    with pytest.raises(UserError, match=r"not divisible by micro_batch \(3\) × ranks \(3\)"):
+        batch_geometry(wider, ck, 3)
+
+
+def test_prepare_inputs_builds_the_stream_from_the_geometry(tmp_path, monkeypatch):
+    """The data stream reads the rows the geometry decides, and a split that does not fit the launched ranks is
+    refused while the inputs are prepared, before any process group exists."""
+    from injection.engine.inputs import prepare_inputs
+    from tests.helpers.corpus import make_corpus
+
+    corpus = make_corpus(tmp_path / "corpus", seq_len=64, file_tokens=(20_000,), vocab=50_000)
+    settings = dict(checkpoint="tiny@0+L64", knowledge="generate:4:1:0", schedule="none", data=str(corpus))
+    cfg = config_from_dict({**settings, "total_steps": 4, "global_batch": 6, "micro_batch": 3})
+    assert prepare_inputs(cfg).stream.batch_size == 6
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(UserError, match=r"6 rows do not split over 4 ranks"):
+        prepare_inputs(cfg)
+
+
 @pytest.mark.parametrize("name, size", [("paper-pythia-1b-mid", "1b"), ("paper-pythia-6.9b-mid", "6.9b")])
 def test_pythia_paper_presets(name, size):
     """The reference design with the last 10 items as controls; micro-batches that split 1,024 rows on 1, 8 and

@@ -107,6 +107,28 @@ def test_run_writes_the_run_directory_and_continues_the_optimizer(tmp_path):
         torch.testing.assert_close(final[name].cpu(), p.detach(), atol=2e-6, rtol=1e-5)
 
 
+def test_the_manifest_on_disk_follows_every_checkpoint(tmp_path):
+    """The manifest hook writes manifest.json when the run starts, after each checkpoint (with the step it was
+    saved at as the last step reached) and at the end."""
+    from injection.engine.hooks import Hook
+
+    seen = {}
+
+    class ReadManifest(Hook):
+        def on_start(self, run, k0):
+            seen["start"] = json.loads((run.run_dir / "manifest.json").read_text())
+
+        def on_update(self, run, step, metrics):
+            seen[step] = json.loads((run.run_dir / "manifest.json").read_text())
+
+    ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=True)
+    run_dir = run_training(_cfg(tmp_path), synthetic_inputs(ck), progress=False, hooks=[ReadManifest()])
+    assert seen["start"]["status"] == "running" and seen["start"]["last_step"] == 0
+    assert "last_checkpoint" not in seen[2] and (seen[3]["last_step"], seen[3]["last_checkpoint"]) == (2, 2)
+    final = json.loads((run_dir / "manifest.json").read_text())
+    assert (final["status"], final["last_step"], final["last_checkpoint"]) == ("complete", 3, 3)
+
+
 def test_existing_run_directory_is_refused(tmp_path):
     ck = write_tiny_checkpoint(tmp_path / "ck")
     run_dir = tmp_path / "run"

@@ -308,20 +308,21 @@ def plan_run(cfg: ExperimentConfig, inputs: RunInputs, world: int) -> RunPlan:
 
 
 def run_hooks(run: Run, decision: run_state.Decision, progress: bool, extra: Sequence[Hook]) -> list[Hook]:
-    """Rank 0's writing hooks (the run directory opened first), then `extra` on every rank, then (rank 0) the
-    manifest, last so that it records a state every other hook has reached."""
+    """Rank 0's writing hooks, the manifest first (the run directory opened before any), then `extra` on every
+    rank. They start in this order and end in the reverse one, so the manifest is written last."""
     if run.rank != 0:
         return list(extra)
     earlier = run_state.open_run_dir(run.cfg, decision, run.inputs.all_records)
     cfg, run_dir = run.cfg, run.run_dir
     writers: list[Hook] = [
+        ManifestHook(run_dir, first_manifest(run, earlier)),
         ProbeLogHook(run_dir, run.inputs.probe_items, cfg.log_flush_steps),
         MetricsHook(run_dir, cfg.log_flush_steps),
     ]
     writers += [h for h in (monitor_hook(cfg, run_dir),) if h is not None]
     if progress:
         writers.append(ProgressHook(cfg.total_steps, cfg.log_interval))
-    return [*writers, *extra, ManifestHook(run_dir, first_manifest(run, earlier))]
+    return [*writers, *extra]
 
 
 def restore(run: Run) -> int:
@@ -359,9 +360,9 @@ def stopped(run: Run, err: BaseException) -> tuple[str, BaseException]:
 
 
 def finish(run: Run, status: str, error: BaseException | None) -> None:
-    """Every hook's end (the manifest's last); raises `error`. With an error already in flight (a full disk),
-    a hook that cannot write does not hide it."""
-    for hook in run.hooks:
+    """Every hook's end, in the reverse order of their start (the manifest's last); raises `error`. With an error
+    already in flight (a full disk), a hook that cannot write does not hide it."""
+    for hook in reversed(run.hooks):
         try:
             hook.on_end(run, status)
         except OSError:
