@@ -65,31 +65,34 @@ FLAG_TEXT = {
 @dataclass(frozen=True)
 class FitOptions:
     rules: str = "paper"
-    """Rule set: `paper` (the study's text) or `study-code` (the study's public analysis code)."""
+    """Rule set: `paper` (the study's text) or `study-code` (the study's public analysis code); docs/concepts.md
+    lists where they differ."""
     window: int | None = None
-    """w: steps after an encounter searched for the local acquisition maximum. None: the window the run
-    recorded in manifest.json (`analysis_defaults.window`), else 50."""
+    """w: steps after an encounter searched for the local acquisition maximum (default: the window the run
+    recorded in manifest.json, else 50)."""
     iqr_factor: float | None = None
-    """Interquartile-rule factor for outlier removal. None: the rule set's (paper 1.5, study-code 2.0)."""
+    """Interquartile-rule factor for outlier removal (default: the rule set's, paper 1.5, study-code 2.0)."""
     metric: str = "logprob"
     """Probe-log column used as ℓ: logprob, logprob_sum or first_logprob."""
     scale: str = "logprob"
     """`logprob`: work on ℓ. `perplexity`: work on −exp(−ℓ), the negated perplexity, so that higher is still
     better (the study's scripts' default)."""
     control_adjust: bool = False
-    """Subtract the mean drift of the control probes of the same kind before computing anything."""
+    """Subtract the mean drift of the never-injected control probes (scenario `none`) of the same kind, at every
+    step, before effectivity and retainability; reports then show raw and adjusted."""
     t_min: int = 1
     """First t of the decay fit (t = 0 has no logarithm)."""
     t_max: int | None = None
-    """Last t of the decay fit; None = the rule set's default range (see `default_t_max`)."""
+    """Last t of the decay fit (default: paper rules: the largest t every probe of the group has; study-code
+    rules: one range for every group; `default_t_max`)."""
     retention_levels: tuple[float, ...] = (0.8, 0.5, 0.3)
     """Fractions of the gain: report the t at which mean R falls to each."""
     at: tuple[int, ...] = (100, 1000)
-    """Report mean R (and the fitted line) at these t."""
+    """Report mean R (and the fitted line) at these t (steps)."""
     ci_level: float = 0.95
     """Confidence level of the interval of t*."""
     bootstrap: int = 0
-    """0: delta-method interval of t*. N > 0: percentile interval from N resamples of the group's probes."""
+    """Interval of t* from this many resamples of each group's probes (0: delta method)."""
     seed: int = 0
     """Seed of the bootstrap resampling."""
 
@@ -117,10 +120,10 @@ class FitOptions:
             raise UserError(f"option t_max: must be >= t_min = {self.t_min}, got {self.t_max}")
         for level in self.retention_levels:
             if not 0 < level < 1:
-                raise UserError(f"option retention_levels: each must be a fraction between 0 and 1, got {level}")
+                raise UserError(f"option retention_levels: {level:g} is not a fraction between 0 and 1")
         for t in self.at:
             if t < 1:
-                raise UserError(f"option at: each t must be >= 1, got {t}")
+                raise UserError(f"option at: every t must be at least 1, got {t}")
         if not 0 < self.ci_level < 1:
             raise UserError(f"option ci_level: must be between 0 and 1, got {self.ci_level}")
         if self.bootstrap < 0 or self.bootstrap == 1:

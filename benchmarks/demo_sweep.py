@@ -1,7 +1,7 @@
 """Try demo profiles side by side: which numbers make the phenomenon visible, and at what cost.
 
-Each VARIANT is `name:field=value,field=value` over the full profile (`injection.demo.FULL`; start the
-spec with `quick/` to build on QUICK instead). Tuple fields take `+`-separated values
+Each VARIANT is `name:field=value,field=value` over the full profile (`injection/recipes/configs/demo/full.yaml`;
+start the spec with `quick/` to build on the quick one instead). Tuple fields take `+`-separated values
 (`stages=early@300+mid@550+late@800`). Examples:
 
     python benchmarks/demo_sweep.py --out sweep base: \\
@@ -39,12 +39,12 @@ def parse_variant(spec: str):
     pretraining alone find the base's cached corpus and checkpoints."""
     import yaml
 
-    from injection.demo import FULL, QUICK
+    from injection.recipes.demo import load_demo_profile
 
     name, _, body = spec.partition(":")
-    base = FULL
+    base = load_demo_profile("full")
     if body.startswith("quick/"):
-        base, body = QUICK, body[len("quick/") :]
+        base, body = load_demo_profile("quick"), body[len("quick/") :]
     hints = typing.get_type_hints(type(base))
     changes = {}
     for item in filter(None, body.split(",")):
@@ -64,7 +64,7 @@ def parse_variant(spec: str):
 def run_one(spec: str, out: Path, threads: int) -> None:
     import torch
 
-    from injection.demo import run_demo
+    from injection.recipes.demo import run_demo
 
     torch.set_num_threads(threads)
     _, profile = parse_variant(spec)
@@ -72,7 +72,7 @@ def run_one(spec: str, out: Path, threads: int) -> None:
 
 
 def describe(name: str, summary: dict) -> list[str]:
-    from injection.demo import phenomenon_checks
+    from injection.recipes.demo import phenomenon_checks
 
     checks = phenomenon_checks(summary)
     lines = []

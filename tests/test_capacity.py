@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from harness import rundir
 from harness.errors import UserError
-from injection.capacity import (
-    PROFILES,
+from injection.cli import app
+from injection.recipes.capacity import (
     build_corpus_for,
     build_knowledge,
     build_model,
@@ -23,9 +23,9 @@ from injection.capacity import (
     load_capacity_config,
     parameter_counts,
     planned_parameters,
+    profile_names,
     rung_knowledge,
 )
-from injection.cli import app
 
 SMALL = {
     "name": "small",
@@ -59,7 +59,8 @@ def _config(tmp_path, **changes):
 def test_profiles_load_and_the_gpu_one_is_a_real_gpu_ladder():
     from injection.engine.config import resolve_deepspeed_config_path
 
-    for name in PROFILES:
+    assert profile_names() == ["cpu", "gpu", "quick"]
+    for name in profile_names():
         cfg = load_capacity_config(name)
         assert cfg.rungs() and resolve_deepspeed_config_path(cfg.deepspeed_config).is_file()
         assert cfg.global_batch % (cfg.micro_batch or cfg.global_batch) == 0

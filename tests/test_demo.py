@@ -8,8 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from injection.cli import app
-from injection.demo import FULL, QUICK, RESERVED_PARAGRAPHS
+from injection.recipes.demo import RESERVED_PARAGRAPHS, load_demo_profile
 from tests.helpers.knowledge import placeholder_set as knowledge
+
+FULL, QUICK = load_demo_profile("full"), load_demo_profile("quick")
 
 
 @pytest.mark.slow
@@ -108,7 +110,7 @@ def test_catalog_tiny_stages_are_the_full_demos():
 
 def test_full_demo_stages_are_linked_as_the_tiny_family(tmp_path, monkeypatch):
     from injection.checkpoints.pull import default_dest
-    from injection.demo import register_tiny_family
+    from injection.recipes.demo import register_tiny_family
 
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
     stages = {}
@@ -136,7 +138,7 @@ def test_recall_check_counts_only_a_rise_beyond_the_controls():
 
     import numpy as np
 
-    from injection.demo import mem_recall, phenomenon_checks
+    from injection.recipes.demo import mem_recall, phenomenon_checks
 
     scenario = np.array(["duplicate"] * 4 + ["none"] * 4, dtype=object)
     kind = np.array(["mem", "mem", "sem", "mem"] * 2, dtype=object)
@@ -183,7 +185,7 @@ def test_cache_key_follows_what_shapes_the_corpus_and_checkpoints():
 def test_an_output_directory_of_another_profile_is_refused(tmp_path):
     """A run directory left by another demo configuration is never replaced or mixed with this one's."""
     from harness.errors import UserError
-    from injection.demo import check_earlier_run, run_config
+    from injection.recipes.demo import check_earlier_run, run_config
 
     run_dir = tmp_path / "out" / "runs" / "mid"
     run_dir.mkdir(parents=True)
@@ -235,7 +237,7 @@ def test_a_run_of_another_knowledge_set_is_refused_before_anything_is_written(tm
     """An earlier demo's complete run is reused only when the knowledge and schedule it was made with are the
     ones the demo would write now; otherwise the demo stops before replacing either file."""
     from harness.errors import UserError
-    from injection.demo import check_earlier_run, run_config
+    from injection.recipes.demo import check_earlier_run, run_config
 
     out = tmp_path / "out"
     cfg = run_config(QUICK, "late", tmp_path / "ck", tmp_path / "c", out)

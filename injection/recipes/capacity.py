@@ -15,7 +15,8 @@ initialisation on a corpus made only of generated biographies (`fictional_knowle
                    overwriting) and the HTML report
 
 The ladder varies the number of people as well as the model, so that some rungs hold more information
-than their model can store: a model's capacity is read where its stored bits stop growing with N.
+than their model can store: a model's capacity is read where its stored bits stop growing with N. Its profiles
+are configs/capacity/quick.yaml, cpu.yaml and gpu.yaml.
 
 Corpus passes: the corpus holds `corpus_passes` differently shuffled passes over the people (default: one
 per epoch); epochs cycle through them, so that large ladders need not write E copies of their text. A pass
@@ -29,20 +30,40 @@ import json
 import math
 import random
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import torch
 import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from fictional_knowledge.bios import BiosSpec
+from analysis.capacity import CapacityAnalysis, CapacityOptions, analyse_capacity
+from analysis.load import load_run
+from analysis.plots import plot_capacity
+from analysis.report import print_capacity, write_report
+from fictional_knowledge.bios import BiosSpec, generate_bios, write_bios
+from fictional_knowledge.generate import dumps_knowledge
+from fictional_knowledge.load import knowledge_to_document, load_knowledge
+from fictional_knowledge.model import KnowledgeSet
+from harness import rundir
 from harness.atomic import replace_dir, staging_dir, write_bytes_atomic
 from harness.errors import UserError
-
-PROFILES_DIR = Path(__file__).resolve().parent / "capacity_profiles"
-PROFILES = ("quick", "cpu", "gpu")
+from harness.progress import say
+from harness.tokenizers import load_tokenizer, train_bpe_tokenizer
+from injection.checkpoints.catalog import load_catalog
+from injection.checkpoints.layout import CHECKPOINT_JSON, mark_complete
+from injection.checkpoints.olmo import hf_config
+from injection.data.build import build_corpus
+from injection.data.order import write_global_indices
+from injection.engine.config import ExperimentConfig, config_from_dict
+from injection.recipes import kit
 
 
 @dataclass
@@ -59,6 +80,10 @@ class ModelSpec:
     """mlp_hidden_size = mlp_ratio × d_model (OLMo's SwiGLU: half of it per branch)."""
     people: list[int] | None = None
     """This model's numbers of people (null = the ladder's `people`), e.g. around what it can store."""
+
+    @property
+    def shape(self) -> kit.ModelShape:
+        return kit.ModelShape(self.d_model, self.n_layers, self.n_heads, self.mlp_ratio)
 
 
 @dataclass
@@ -213,37 +238,17 @@ class Rung:
 # ---- configuration --------------------------------------------------------------------------------------------
 
 
-def profile_path(name: str) -> Path:
-    return PROFILES_DIR / f"{name}.yaml"
+def profile_names() -> list[str]:
+    """The shipped ladders (configs/capacity/*.yaml)."""
+    return kit.profile_names(__file__)
 
 
 def load_capacity_config(
     profile: str | None = None, config: str | Path | None = None, overrides: list[str] | None = None
 ) -> CapacityConfig:
-    """A shipped profile or a YAML file, then `--set key=value` overrides; validated."""
-    import yaml
-
-    from harness.typed import from_mapping
-    from injection.engine.config import set_dotted
-
-    if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            raise UserError(f"--config {config}: no such file")
-    else:
-        name = profile or "cpu"
-        if name not in PROFILES:
-            raise UserError(f"--profile {name!r}: expected one of {', '.join(PROFILES)}")
-        path = profile_path(name)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    for assignment in overrides or []:
-        set_dotted(data, assignment)
-    where = str(path)
+    """A shipped profile (configs/capacity/NAME.yaml; default `cpu`) or a YAML file, then `--set key=value`
+    overrides; validated."""
+    data, where = kit.read_profile(__file__, profile or "cpu", config, overrides or ())
     bios = data.get("bios") or {}
     clash = [k for k in ("people", "seed") if isinstance(bios, dict) and k in bios]
     if clash:
@@ -251,46 +256,29 @@ def load_capacity_config(
             f"{where}: field 'bios.{clash[0]}' is set by the ladder: use the top-level "
             f"{'people' if clash[0] == 'people' else 'seed'}"
         )
-    cfg = from_mapping(CapacityConfig, data, where)
-    cfg.validate(where)
-    return cfg
+    return kit.typed_profile(CapacityConfig, data, where)
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------
 
 
-def _say(message: str) -> None:
-    from harness.progress import say
-
-    say(message, prefix="capacity:")
-
-
-def build_knowledge(cfg: CapacityConfig, out: Path):
+def build_knowledge(cfg: CapacityConfig, out: Path) -> KnowledgeSet:
     """The biographies of every rung (written once) as a KnowledgeSet."""
-    from fictional_knowledge.bios import write_bios
-    from fictional_knowledge.load import load_knowledge
-
     path = out / "knowledge.json"
     if path.is_file():
         return load_knowledge(path)
     return write_bios(path, cfg.bios_spec(cfg.total_people))
 
 
-def build_tokenizer(cfg: CapacityConfig, knowledge, out: Path) -> Path:
-    from harness.tokenizers import train_bpe_tokenizer
-
-    tok_dir = out / "tokenizer"
-    if not (tok_dir / "tokenizer.json").is_file():
-        texts = [p.variant(j) for p in knowledge.paragraphs for j in range(p.n_variants)]
-        train_bpe_tokenizer(texts, cfg.tokenizer_vocab, tok_dir)
-    return tok_dir
+def build_tokenizer(cfg: CapacityConfig, knowledge: KnowledgeSet, out: Path) -> Path:
+    """A byte-level BPE trained on every variant of every biography."""
+    texts = lambda: [p.variant(j) for p in knowledge.paragraphs for j in range(p.n_variants)]  # noqa: E731
+    return kit.bpe_tokenizer(texts, cfg.tokenizer_vocab, out / "tokenizer")
 
 
-def rung_knowledge(knowledge, rung: Rung, first_people: int):
+def rung_knowledge(knowledge: KnowledgeSet, rung: Rung, first_people: int) -> tuple[KnowledgeSet, dict[int, str]]:
     """The rung's people: its first knowledge base (scenario `bios`, or `first` with an overwrite) and the
     second one (`second`), renumbered 0.. in that order."""
-    from fictional_knowledge.model import KnowledgeSet
-
     first = list(knowledge.paragraphs[: rung.people])
     second = list(knowledge.paragraphs[first_people : first_people + rung.second_people])
     paragraphs = tuple(dataclasses.replace(p, id=i) for i, p in enumerate(first + second))
@@ -320,10 +308,6 @@ def build_corpus_for(
     """Documents of every pass (a fresh shuffle per pass, variant r of each biography in pass r, EOS padding to
     whole windows after each knowledge base's passes), tokenized by `build_corpus`; the order file then cycles
     the passes for E epochs (and E2 for the second knowledge base)."""
-    from harness.tokenizers import load_tokenizer
-    from injection.data.build import build_corpus
-    from injection.data.order import write_global_indices
-
     corpus_dir = out / "corpora" / rung.data_name
     meta_file = corpus_dir / "epochs.json"
     if meta_file.is_file():
@@ -415,36 +399,18 @@ def build_corpus_for(
 def parameter_counts(checkpoint_dir: Path) -> tuple[int, int]:
     """(total, non-embedding) parameters of a checkpoint's model; a weight tied between the input embedding
     and the LM head counts once, as embedding."""
-    from transformers import AutoConfig
-
     return _count_parameters(AutoConfig.from_pretrained(str(checkpoint_dir)))
 
 
 def planned_parameters(cfg: CapacityConfig, model: ModelSpec) -> tuple[int, int]:
     """(total, non-embedding) parameters the model will have with a `tokenizer_vocab`-entry tokenizer."""
-    from injection.checkpoints.catalog import load_catalog
-    from injection.checkpoints.olmo import hf_config
-
-    arch = dataclasses.replace(
-        load_catalog().family("tiny").architecture,
-        d_model=model.d_model,
-        n_layers=model.n_layers,
-        n_heads=model.n_heads,
-        n_kv_heads=model.n_heads,
-        mlp_hidden_size=model.mlp_ratio * model.d_model,
-        vocab_size=cfg.tokenizer_vocab,
-        embedding_size=cfg.tokenizer_vocab,
-        max_sequence_length=cfg.seq_len,
-        eos_token_id=0,
-        pad_token_id=1,
-    )  # ids only need to lie inside the vocabulary here
+    # token ids only need to lie inside the vocabulary here
+    shape = model.shape.architecture(cfg.tokenizer_vocab, cfg.seq_len, eos_token_id=0, pad_token_id=1)
+    arch = dataclasses.replace(load_catalog().family("tiny").architecture, **shape)
     return _count_parameters(hf_config(arch))
 
 
 def _count_parameters(config) -> tuple[int, int]:
-    import torch
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):  # shapes only, no memory
         model = AutoModelForCausalLM.from_config(config)
     unique = {id(p): p for p in model.parameters()}
@@ -457,44 +423,19 @@ def _count_parameters(config) -> tuple[int, int]:
 
 def build_model(cfg: CapacityConfig, model: ModelSpec, tokenizer_dir: Path, out: Path) -> Path:
     """The model's random initialisation (the same for every rung of the model)."""
-    from harness.tokenizers import load_tokenizer
-
-    dest = out / "models" / model.name
-    from injection.checkpoints.layout import is_complete
-    from injection.checkpoints.tiny import build_tiny_checkpoint
-
-    if not is_complete(dest):
-        tokenizer = load_tokenizer(str(tokenizer_dir))
-        build_tiny_checkpoint(
-            dest,
-            seed=cfg.seed,
-            tokenizer=tokenizer,
-            d_model=model.d_model,
-            n_layers=model.n_layers,
-            n_heads=model.n_heads,
-            n_kv_heads=model.n_heads,
-            mlp_hidden_size=model.mlp_ratio * model.d_model,
-            vocab_size=len(tokenizer),
-            embedding_size=len(tokenizer),
-            max_sequence_length=cfg.seq_len,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            meta_overrides={
-                "family": "capacity",
-                "model": model.name,
-                "global_batch_size": cfg.global_batch,
-                "seq_len": cfg.seq_len,
-                "tokens_per_step": cfg.global_batch * cfg.seq_len,
-            },
-        )
-    return dest
+    meta = {
+        "family": "capacity",
+        "model": model.name,
+        "global_batch_size": cfg.global_batch,
+        "seq_len": cfg.seq_len,
+        "tokens_per_step": cfg.global_batch * cfg.seq_len,
+    }
+    return kit.tiny_model(out / "models" / model.name, tokenizer_dir, model.shape, cfg.seq_len, cfg.seed, meta)
 
 
 def rung_start(cfg: CapacityConfig, model_dir: Path, total_steps: int, dest: Path) -> Path:
     """The model's initialisation with the rung's learning-rate schedule (warm-up, cosine over the rung's steps)
     in its checkpoint.json; weight files are hard links to the model's."""
-    from injection.checkpoints.layout import CHECKPOINT_JSON, mark_complete
-
     schedule = {
         "kind": "cosine",
         "peak_lr": cfg.peak_lr,
@@ -541,11 +482,6 @@ def plan(cfg: CapacityConfig) -> list[dict[str, Any]]:
     """What each rung will train, before anything is built: parameters, people, epochs, and estimated tokens
     and training FLOPs (6 × parameters × tokens). Tokens per person are measured with a BPE of the configured
     size trained on the first (at most 2,000) people only, so a large set's real count is somewhat higher."""
-    import tempfile
-
-    from fictional_knowledge.bios import generate_bios
-    from harness.tokenizers import load_tokenizer, train_bpe_tokenizer
-
     sample = generate_bios(dataclasses.replace(cfg.bios_spec(min(cfg.total_people, 2000)), paraphrases=0))
     texts = [p.text for p in sample.paragraphs]
     with tempfile.TemporaryDirectory() as tmp:
@@ -577,30 +513,49 @@ def plan(cfg: CapacityConfig) -> list[dict[str, Any]]:
 # ---- runs -----------------------------------------------------------------------------------------------------
 
 
-def run_rung(cfg: CapacityConfig, rung: Rung, knowledge, tokenizer_dir: Path, out: Path) -> Path:
+def run_rung(cfg: CapacityConfig, rung: Rung, knowledge: KnowledgeSet, tokenizer_dir: Path, out: Path) -> Path:
     """One rung's run directory: reused when complete, resumed when interrupted."""
-    from harness import rundir
-    from harness.tokenizers import load_tokenizer
-    from injection.data import BatchStream, open_corpus
-    from injection.engine.config import config_from_dict
-    from injection.engine.inputs import RunInputs, probe_items, read_checkpoint
-    from injection.engine.loop import run_training
-
     kb, scenarios = rung_knowledge(knowledge, rung, cfg.first_people)
     kb_path = out / "knowledge" / f"{rung.data_name}.json"
     if not kb_path.is_file():
-        from fictional_knowledge.generate import dumps_knowledge
-        from fictional_knowledge.load import knowledge_to_document
-
         write_bytes_atomic(kb_path, dumps_knowledge(knowledge_to_document(kb)))
     corpus = build_corpus_for(cfg, rung, kb, scenarios, tokenizer_dir, out)
     model_dir = build_model(cfg, rung.model, tokenizer_dir, out)
     start = rung_start(cfg, model_dir, corpus.total_steps, out / "start" / rung.name)
-    run_dir = out / "runs" / rung.name
-    run_cfg = config_from_dict(
+    run_cfg = rung_config(cfg, rung, start, kb_path, corpus, out / "runs" / rung.name)
+    status = kit.earlier_status(run_cfg, f"configuration of rung {rung.name}", "choose another --out or remove it")
+    if status == "complete":
+        return Path(run_cfg.output_dir)
+    total, non_embedding = parameter_counts(start)
+    capacity = rundir.CapacityManifest(
+        model=rung.model.name,
+        parameters=total,
+        non_embedding_parameters=non_embedding,
+        attributes=tuple((a.name, a.size) for a in kb.value_space.attributes),
+        exposures={s: (tuple(st), tuple(ex)) for s, (st, ex) in corpus.exposures.items()},
+    )
+    say(
+        f"rung {rung.name}: {total:,} parameters ({non_embedding:,} non-embedding), {len(kb)} people, "
+        f"{corpus.total_steps} steps of {cfg.global_batch} × {cfg.seq_len} tokens" + (" (resuming)" if status else ""),
+        prefix="capacity:",
+    )
+    return kit.train(
+        run_cfg,
+        status,
+        scenarios=scenarios,
+        probe_kinds=cfg.probe_kinds,
+        manifest={rundir.CAPACITY: capacity.to_json()},
+    )
+
+
+def rung_config(
+    cfg: CapacityConfig, rung: Rung, start: Path, knowledge: Path, corpus: Corpus, run_dir: Path
+) -> ExperimentConfig:
+    """The run of one rung: no injections (the knowledge is the corpus), probes logged at `eval_steps`."""
+    return config_from_dict(
         dict(
             checkpoint=str(start),
-            knowledge=str(kb_path),
+            knowledge=str(knowledge),
             schedule="none",
             data=str(corpus.path),
             total_steps=corpus.total_steps,
@@ -615,60 +570,15 @@ def run_rung(cfg: CapacityConfig, rung: Rung, knowledge, tokenizer_dir: Path, ou
             keep_checkpoints=1,
             checkpoint_interval=min(cfg.checkpoint_interval, corpus.total_steps),
             log_flush_steps=10,
+            label=rung.name,
         ),
         f"rung {rung.name}",
     )
-    manifest = run_dir / rundir.MANIFEST
-    resume = False
-    if manifest.is_file():
-        old = json.loads(manifest.read_text())
-        if old.get("config_hash") != run_cfg.config_hash():
-            raise UserError(
-                f"{run_dir} holds a different run (another configuration of rung {rung.name}); "
-                "choose another --out or remove it"
-            )
-        if old.get("status") == "complete":
-            return run_dir
-        resume = True  # from its newest checkpoint, or from step 0 when it was killed before the first
-    total, non_embedding = parameter_counts(start)
-    capacity = rundir.CapacityManifest(
-        model=rung.model.name,
-        parameters=total,
-        non_embedding_parameters=non_embedding,
-        attributes=tuple((a.name, a.size) for a in kb.value_space.attributes),
-        exposures={s: (tuple(st), tuple(ex)) for s, (st, ex) in corpus.exposures.items()},
-    )
-    tokenizer = load_tokenizer(str(tokenizer_dir))
-    items = [item for item in probe_items(kb, tokenizer, scenarios) if item.kind in cfg.probe_kinds]
-    ckpt = read_checkpoint(str(start))
-    stream = BatchStream(
-        open_corpus(corpus.path), ckpt.data_position.epoch, ckpt.data_position.instances_seen, cfg.global_batch
-    )
-    inputs = RunInputs(
-        ckpt,
-        stream,
-        items,
-        knowledge_source=str(kb_path),
-        manifest_extra={"label": rung.name, rundir.CAPACITY: capacity.to_json()},
-    )
-    _say(
-        f"rung {rung.name}: {total:,} parameters ({non_embedding:,} non-embedding), {len(kb)} people, "
-        f"{corpus.total_steps} steps of {cfg.global_batch} × {cfg.seq_len} tokens" + (" (resuming)" if resume else "")
-    )
-    run_training(run_cfg, inputs, resume=resume, progress=True)
-    return run_dir
 
 
-def run_capacity(cfg: CapacityConfig, out: Path):
+def run_capacity(cfg: CapacityConfig, out: Path) -> CapacityAnalysis:
     """The whole ladder into `out`, then its analysis (OUT/analysis: capacity.json as `analysis capacity --json`
     prints it plus `wall_seconds`, and the figures; OUT/report/report.html). Returns the CapacityAnalysis."""
-    import yaml
-
-    from analysis.capacity import CapacityOptions, analyse_capacity
-    from analysis.load import load_run
-    from analysis.plots import plot_capacity
-    from analysis.report import write_report
-
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
@@ -676,7 +586,7 @@ def run_capacity(cfg: CapacityConfig, out: Path):
     if saved.is_file() and saved.read_text() != resolved:
         raise UserError(f"{out} holds a capacity experiment with another configuration ({saved}); choose another --out")
     write_bytes_atomic(saved, resolved.encode())
-    _say(f"{cfg.name}: {len(cfg.rungs())} rungs into {out}")
+    say(f"{cfg.name}: {len(cfg.rungs())} rungs into {out}", prefix="capacity:")
     knowledge = build_knowledge(cfg, out)
     tokenizer_dir = build_tokenizer(cfg, knowledge, out)
     run_dirs = [run_rung(cfg, rung, knowledge, tokenizer_dir, out) for rung in cfg.rungs()]
@@ -693,10 +603,10 @@ def run_capacity(cfg: CapacityConfig, out: Path):
 
 def capacity(
     profile: Annotated[
-        Literal["quick", "cpu", "gpu"],
+        str,
         typer.Option(
-            help="Shipped ladder: quick (a CPU, about a minute), cpu (a 2-core CPU, about 5.5 minutes), "
-            "gpu (16M-88M parameters, for a GPU)."
+            help="Shipped ladder (configs/capacity/): quick (a CPU, about a minute), cpu (a 2-core CPU, about 5.5 "
+            "minutes), gpu (16M-88M parameters, for a GPU)."
         ),
     ] = "cpu",
     config: Annotated[Path | None, typer.Option("--config", help="A capacity YAML file instead of a profile.")] = None,
@@ -710,12 +620,8 @@ def capacity(
         bool, typer.Option("--dry-run", help="Print the rungs with estimated tokens and FLOPs; train nothing.")
     ] = False,
 ) -> None:
-    """A ladder of models trained from scratch on generated biographies: stored bits against parameters."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from analysis.report import print_capacity
-
+    """Knowledge capacity: models of several sizes trained from scratch on generated biographies; stored bits
+    against parameters, memorization, overwriting."""
     cfg = load_capacity_config(profile, config, overrides)
     if dry_run:
         rows = plan(cfg)

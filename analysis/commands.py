@@ -1,0 +1,192 @@
+"""`analysis fit|plot|compare|capacity|report`: thin wrappers over analysis.fit, analysis.capacity,
+analysis.plots, analysis.report and analysis.export. Results go to stdout; warnings, notes on files written and
+progress to stderr.
+
+The options of the analysis are the fields of `FitOptions` (and of `CapacityOptions` for `capacity`), made into
+command-line options by `harness.options.options_from`: each is declared once, with its help, in analysis/fit.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from analysis.capacity import CapacityOptions, analyse_capacity
+from analysis.export import check_curves_path, compare_document, curves_table, fit_document, write_curves
+from analysis.fit import FitOptions, RunAnalysis, analyse_run
+from analysis.load import load_run
+from analysis.plots import (
+    CAPACITY_FIGURES,
+    RUN_FIGURES,
+    compare_figure,
+    figure_files,
+    plot_capacity,
+    plot_run,
+    save_figure,
+)
+from analysis.report import (
+    REPORT,
+    build_report,
+    compare_table,
+    fit_notes,
+    print_capacity,
+    rich_adjusted_table,
+    rich_control_table,
+    rich_encounter_table,
+    rich_retention_table,
+    rich_table,
+    unique_labels,
+)
+from harness.options import options_from
+from harness.outputs import OwnedDir
+
+RunDir = Annotated[Path, typer.Argument(help="Run directory: probes.parquet, injections.parquet, manifest.json.")]
+RunDirs = Annotated[list[Path], typer.Argument(help="One or more run directories.")]
+Curves = Annotated[
+    Path | None,
+    typer.Option(
+        help="Also write mean R(t), its standard error and probe counts per (run, scenario, kind, t) to this "
+        ".parquet file."
+    ),
+]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (created if needed).")]
+JsonOutput = Annotated[bool, typer.Option("--json", help='Print JSON ({"options", ..., "groups"}) instead of tables.')]
+
+
+def _analyse(paths: list[Path], options: FitOptions) -> list[RunAnalysis]:
+    analyses = []
+    with Progress(transient=True, console=Console(stderr=True)) as progress:
+        task = progress.add_task("analysing", total=len(paths))
+        for path in paths:
+            analyses.append(analyse_run(load_run(path), options))
+            progress.advance(task)
+    err = Console(stderr=True)
+    for analysis in analyses:
+        for warning in analysis.warnings:
+            err.print(f"[yellow]warning:[/yellow] {analysis.run.path}: {warning}", highlight=False, soft_wrap=True)
+    return analyses
+
+
+def _console() -> Console:
+    # Piped output would otherwise be folded to 80 columns; tables still leave out columns beyond this width.
+    console = Console()
+    return console if console.is_terminal else Console(width=170)
+
+
+def _print_notes(console: Console, fits, prefix: str = "") -> None:
+    for note in fit_notes(fits):
+        console.print(f"[yellow]note:[/yellow] {prefix}{note}", highlight=False, soft_wrap=True)
+
+
+def _write_curves(curves: Path, labels: list[str], analyses: list[RunAnalysis]) -> None:
+    path = write_curves(curves, [curves_table(label, a) for label, a in zip(labels, analyses)])
+    print(f"curves: {path}", file=sys.stderr)
+
+
+@options_from(FitOptions)
+def fit(run_dir: RunDir, options: FitOptions, json_output: JsonOutput = False, curves: Curves = None) -> None:
+    """Effectivity, decay constant a (± se, R²), t* with its interval, retention levels, for every group."""
+    if curves is not None:
+        check_curves_path(curves, [run_dir])
+    [analysis] = _analyse([run_dir], options)
+    if curves is not None:
+        _write_curves(curves, [analysis.run.label], [analysis])
+    if json_output:
+        print(json.dumps(fit_document(analysis), indent=2, allow_nan=False))
+        return
+    console = _console()
+    console.print(
+        rich_table(
+            f"{analysis.run.label} ({run_dir}): {options.rules} rules, {options.scale} scale"
+            + (", control-adjusted" if options.control_adjust else ""),
+            analysis.fits,
+            console,
+        )
+    )
+    for table in (
+        rich_adjusted_table(analysis, console),
+        rich_retention_table(analysis, console),
+        rich_encounter_table(analysis.fits, console),
+        rich_control_table(analysis, console),
+    ):
+        if table is not None:
+            console.print(table)
+    _print_notes(console, analysis.fits)
+
+
+@options_from(FitOptions)
+def plot(run_dir: RunDir, out: Out, options: FitOptions) -> None:
+    """PNG and PDF figures: Δℓ trajectories (also in the study's Figure 2 layout), mean R(t) with the fits and
+    t*, effectivity by encounter, exact match, the control probes' drift."""
+    OwnedDir(out).claim(figure_files(RUN_FIGURES))  # before any work: nothing the user made is replaced
+    [analysis] = _analyse([run_dir], options)
+    for path in plot_run(analysis, out):
+        print(path)
+
+
+@options_from(FitOptions)
+def compare(
+    run_dirs: RunDirs,
+    options: FitOptions,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write compare.json and the figure here.")] = None,
+    json_output: JsonOutput = False,
+    curves: Curves = None,
+) -> None:
+    """Decay constants, t* with intervals and effectivity across runs (stages, model sizes, batch sizes)."""
+    if out is not None:
+        OwnedDir(out).claim(["compare.json", *figure_files(["compare"])])
+    if curves is not None:
+        check_curves_path(curves, run_dirs)
+    analyses = _analyse(run_dirs, options)
+    labels = unique_labels(analyses)
+    document = compare_document(labels, analyses, options)
+    if curves is not None:
+        _write_curves(curves, labels, analyses)
+    if json_output:
+        print(json.dumps(document, indent=2, allow_nan=False))
+    else:
+        console = _console()
+        console.print(compare_table(analyses, console))
+        for label, analysis in zip(labels, analyses):
+            _print_notes(console, analysis.fits, prefix=f"{label} ")
+    if out is not None:
+        OwnedDir(out).write("compare.json", json.dumps(document, indent=2, allow_nan=False) + "\n")
+        for path in save_figure(compare_figure(labels, analyses), out, "compare"):
+            print(path, file=sys.stderr)
+
+
+@options_from(CapacityOptions)
+def capacity(
+    run_dirs: RunDirs,
+    options: CapacityOptions,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write capacity.json and the figures here.")] = None,
+) -> None:
+    """Stored knowledge in bits, bits per parameter, exact-match memorization and overwriting of capacity runs."""
+    if out is not None:
+        OwnedDir(out).claim(["capacity.json", *figure_files(CAPACITY_FIGURES)])
+    analysis = analyse_capacity([load_run(p) for p in run_dirs], options)
+    record = analysis.record()
+    if json_output:
+        print(json.dumps(record, indent=2, allow_nan=False))
+    else:
+        print_capacity(analysis, _console())
+    if out is not None:
+        OwnedDir(out).write("capacity.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
+        for path in plot_capacity(analysis, out):
+            print(path, file=sys.stderr)
+
+
+@options_from(FitOptions)
+def report(run_dirs: RunDirs, out: Out, options: FitOptions) -> None:
+    """One self-contained HTML report (tables, notes, embedded figures) for one or more runs."""
+    OwnedDir(out).claim([REPORT])
+    analyses = _analyse(run_dirs, options)
+    path = OwnedDir(out).write(REPORT, build_report(analyses))
+    print(path)
