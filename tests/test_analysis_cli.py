@@ -420,6 +420,30 @@ def test_bad_input_exits_2_with_one_line(run_dir, tmp_path, case):
         assert (tmp_path / "mine.parquet").read_bytes() == b"my own data"
 
 
+def test_every_analysis_option_is_declared_once_as_a_field():
+    """fit, plot, compare and report offer exactly FitOptions' fields as options (capacity: CapacityOptions'),
+    each with the field's default and, as help, the docstring under the field."""
+    import dataclasses
+
+    import typer
+
+    from analysis.capacity import CapacityOptions
+    from harness.options import flag
+    from harness.typed import field_docs
+
+    group = typer.main.get_command(app)
+    own = {"fit": {"--json", "--curves"}, "plot": {"--out"}, "compare": {"--out", "--json", "--curves"}}
+    own |= {"report": {"--out"}, "capacity": {"--json", "--out"}}
+    for name, cls in [(n, FitOptions) for n in ("fit", "plot", "compare", "report")] + [("capacity", CapacityOptions)]:
+        options = {p.opts[0]: p for p in group.commands[name].command.params if p.opts[0].startswith("--")}
+        fields = {flag(f.name): f for f in dataclasses.fields(cls)}
+        assert set(options) - {"--help"} == set(fields) | own[name], name
+        for option, f in fields.items():
+            default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+            assert options[option].default == default, (name, option)
+            assert options[option].help == field_docs(cls)[f.name], (name, option)
+
+
 def test_help_shows_every_default():
     # square brackets in help text are eaten as markup; the defaults that depend on the run must show
     result = runner.invoke(app, ["fit", "--help"], terminal_width=300, env={"COLUMNS": "300"})

@@ -136,6 +136,46 @@ def test_config_tables_list_every_field_with_its_default(formats_text):
     assert not wrong, "wrong defaults in docs/formats.md:\n" + "\n".join(wrong)
 
 
+def documented_keys(text: str, name: str) -> list[str]:
+    """Every key in backticks in the first cell of the table marked `keys: NAME` (a cell may name several)."""
+    tables = marked_tables(text, f"keys: {name}")
+    assert len(tables) == 1, f"expected one table marked 'keys: {name}', found {len(tables)}"
+    keys = [key for row in tables[0] for key in re.findall(r"`([^`]+)`", row[0])]
+    assert keys and len(keys) == len(set(keys)), f"{name}: keys listed twice or none: {keys}"
+    return keys
+
+
+@pytest.fixture(scope="module")
+def fit_json(tmp_path_factory) -> dict:
+    """`analysis fit --json` of a planted run with control probes, control-adjusted (so every key appears)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from analysis.cli import app
+    from tests.helpers.planted import PlantedScenario, write_planted_run
+
+    scenarios = [
+        PlantedScenario("duplicate", [0, 1, 2], [0, 60, 120], [1.0, 0.5, 0.5], 0.25),
+        PlantedScenario("none", [3, 4], [], [], 0.0),
+    ]
+    run_dir = write_planted_run(tmp_path_factory.mktemp("fit-json") / "run", scenarios, n_steps=301).path
+    result = CliRunner().invoke(app, ["fit", str(run_dir), "--json", "--control-adjust"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_the_fit_json_keys_are_documented(formats_text, fit_json):
+    for name, keys in (
+        ("fit document", fit_json),
+        ("fit options", fit_json["options"]),
+        ("fit run", fit_json["run"]),
+        ("fit group", fit_json["groups"][0]),
+    ):
+        assert sorted(documented_keys(formats_text, name)) == sorted(keys), name
+    assert all(sorted(g) == sorted(fit_json["groups"][0]) for g in fit_json["groups"] + fit_json["raw_groups"])
+
+
 # ---- the checks themselves can fail ------------------------------------------------------------------------
 
 
@@ -149,6 +189,12 @@ def test_a_wrong_type_or_a_missing_column_is_noticed():
     assert [(n, ARROW_TYPES[t]) for n, t in documented_columns(text, "t")] != schema_columns(schema)
     schema = pa.schema([("a", pa.int32()), ("b", pa.float32()), ("c", pa.bool_())])
     assert [(n, ARROW_TYPES[t]) for n, t in documented_columns(text, "t")] != schema_columns(schema)
+
+
+def test_a_key_left_out_of_a_keys_table_is_noticed():
+    text = "<!-- keys: doc -->\n| key | meaning |\n| --- | --- |\n| `a`, `b` | x |\n| `c` | y |\n"
+    assert documented_keys(text, "doc") == ["a", "b", "c"]
+    assert sorted(documented_keys(text, "doc")) != sorted({"a": 1, "b": 2, "c": 3, "d": 4})
 
 
 def test_config_fields_flattens_nested_dataclasses_and_marks_required_ones():
