@@ -22,11 +22,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from analysis.capacity import CapacityOptions, analyse_capacity, is_capacity_run
 from analysis.fit import FLAG_TEXT, FitOptions, GroupFit, RunAnalysis, analyse_run
 from analysis.format import fmt, fmt_interval, fmt_pct, fmt_signed
 from analysis.load import load_run
 from analysis.metrics import REASONS
-from analysis.plots import compare_figure, compare_in_tokens, png_bytes, run_figures, unit
+from analysis.plots import capacity_figures, compare_figure, compare_in_tokens, png_bytes, run_figures, unit
 from harness.outputs import OwnedDir
 
 
@@ -362,14 +363,10 @@ def options_html(options: FitOptions, analyses: list[RunAnalysis]) -> str:
 
 def _is_capacity_only(analysis: RunAnalysis) -> bool:
     """A capacity run with nothing injected: its section is the capacity one, not effectivity and decay."""
-    from analysis.capacity import is_capacity_run
-
     return is_capacity_run(analysis.run) and not analysis.run.encounters
 
 
 def build_report(analyses: list[RunAnalysis]) -> str:
-    from analysis.capacity import CapacityOptions, analyse_capacity, is_capacity_run
-
     labels = unique_labels(analyses)
     options = analyses[0].options
     shown = [(label, a) for label, a in zip(labels, analyses) if not _is_capacity_only(a)]
@@ -651,8 +648,6 @@ people; bits per parameter is the slope of a line through the origin of capacity
 
 
 def capacity_html(analysis) -> str:
-    from analysis.plots import capacity_figures
-
     parts = [
         "<h2>Knowledge capacity</h2>",
         _CAPACITY_DEFINITIONS,

@@ -7,6 +7,9 @@ from typing import Annotated, Literal
 
 import typer
 
+from fictional_knowledge.bios import BiosSpec, write_bios
+from fictional_knowledge.generate import write_knowledge
+from fictional_knowledge.validate import validate_knowledge
 from harness.errors import HarnessTyper, UserError
 
 app = HarnessTyper(help="Validate and generate fictional knowledge sets.")
@@ -27,8 +30,6 @@ def validate(
 
     Exits 2 naming the item and field of the first problems, or the paragraphs too long for --seq-len.
     """
-    from fictional_knowledge.validate import validate_knowledge
-
     if seq_len < 1:
         raise UserError(f"--seq-len must be positive, got {seq_len}")
     summary = validate_knowledge(path, tokenizer, seq_len)
@@ -74,8 +75,6 @@ def generate(
 ) -> None:
     """Write a new fictional knowledge set made by the project's own template generator (offline)."""
     if style == "bios":
-        from fictional_knowledge.bios import BiosSpec, write_bios
-
         spec = BiosSpec(
             people=paragraphs,
             cities=cities,
@@ -97,7 +96,6 @@ def generate(
             f"{bits:,.0f} bits of facts (seed {seed})"
         )
         return
-    from fictional_knowledge.generate import write_knowledge
 
     items = write_knowledge(out, paragraphs, paraphrases, seed)
     n_probes = sum(len(it[f]) for it in items for f in ("mem_input", "gen_input", "hard_gen_input"))

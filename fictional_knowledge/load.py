@@ -19,6 +19,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import datasets
+from datasets import DatasetDict, load_from_disk
+
 from fictional_knowledge.checks import (
     ATTRIBUTES_FIELD,
     ITEMS_KEY,
@@ -30,6 +33,7 @@ from fictional_knowledge.checks import (
     parse_json_bytes,
     split_document,
 )
+from fictional_knowledge.generate import generate_knowledge
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS, KnowledgeSet, Paragraph, Probe, ValueSpace
 from harness.errors import UserError
 
@@ -110,8 +114,6 @@ def knowledge_to_document(knowledge: KnowledgeSet) -> list[dict[str, Any]] | dic
 
 def _dataset_rows(ds: Any, source: str) -> list[dict[str, Any]]:
     """Rows of a Dataset, or of the `train` (or only) split of a DatasetDict."""
-    from datasets import DatasetDict
-
     if isinstance(ds, DatasetDict):
         if "train" in ds:
             ds = ds["train"]
@@ -123,8 +125,6 @@ def _dataset_rows(ds: Any, source: str) -> list[dict[str, Any]]:
 
 
 def _read_dataset_dir(path: Path) -> list[dict[str, Any]]:
-    from datasets import load_from_disk
-
     try:
         return _dataset_rows(load_from_disk(str(path)), str(path))
     except FileNotFoundError as err:
@@ -132,8 +132,6 @@ def _read_dataset_dir(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_hub(name: str) -> list[dict[str, Any]]:
-    import datasets
-
     try:
         ds = datasets.load_dataset(name)
     except ConnectionError as err:
@@ -172,8 +170,6 @@ def read_items(path_or_name: str | Path) -> tuple[Any, str]:
     """The raw content (unchecked: a list of items, or for JSON files possibly an object with items and a value
     space) and a source label, from any knowledge spec (see the module docstring)."""
     if str(path_or_name).startswith(GENERATE_PREFIX):
-        from fictional_knowledge.generate import generate_knowledge
-
         return generate_knowledge(*parse_generate_spec(str(path_or_name))), str(path_or_name)
     path = Path(path_or_name).expanduser()
     if path.is_file():

@@ -11,8 +11,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from fictional_knowledge.encode import encode_paragraphs, encode_probes
 from fictional_knowledge.load import load_knowledge_checked
 from fictional_knowledge.model import PROBE_KINDS, KnowledgeSet, ProbeKind, ValueSpace
+from harness.tokenizers import load_tokenizer
 
 # --------------------------------------------------------------------------------------------- summary
 
@@ -27,8 +31,6 @@ class LengthStats:
 
     @classmethod
     def of(cls, values: Sequence[int]) -> LengthStats:
-        import numpy as np
-
         arr = np.asarray(values, dtype=np.int64)
         return cls(int(arr.size), int(arr.min()), float(arr.mean()), int(arr.max()), float(np.percentile(arr, 95)))
 
@@ -99,8 +101,6 @@ class KnowledgeSummary:
 
 
 def token_report(knowledge: KnowledgeSet, tokenizer, tokenizer_name: str, seq_len: int) -> TokenReport:
-    from fictional_knowledge.encode import encode_paragraphs, encode_probes
-
     originals = [len(ids) for ids in encode_paragraphs(tokenizer, [p.text for p in knowledge.paragraphs])]
     addresses = [(p.id, j) for p in knowledge.paragraphs for j in range(p.n_variants)]
     lengths = [len(ids) for ids in encode_paragraphs(tokenizer, [knowledge[p].variant(j) for p, j in addresses])]
@@ -148,8 +148,6 @@ def validate_knowledge(path_or_name: str, tokenizer: str | None = None, seq_len:
     knowledge, ignored = load_knowledge_checked(path_or_name)
     tok = None
     if tokenizer is not None:
-        from harness.tokenizers import load_tokenizer
-
         tok = load_tokenizer(tokenizer)
     summary = summarize(knowledge, tok, tokenizer or "", seq_len, ignored)
     return summary

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from harness.errors import UserError
+
 
 def current_umask() -> int:
     mask = os.umask(0)
@@ -26,8 +28,6 @@ def current_umask() -> int:
 
 def make_parents(path: Path) -> None:
     """Create `path`'s parent directories; UserError naming the component that is a file, not a directory."""
-    from harness.errors import UserError
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -37,8 +37,6 @@ def make_parents(path: Path) -> None:
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call `write` on a temporary file beside `path`, then rename it to `path` (only if `write` succeeded)."""
-    from harness.errors import UserError
-
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a file name")
@@ -134,8 +132,6 @@ def replace_dir(tmp: Path, dest: Path) -> None:
 
 def ensure_dir(path: str | Path) -> Path:
     """`path` as an existing directory (created if needed); UserError when it exists and is not one."""
-    from harness.errors import UserError
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: output path exists and is not a directory")

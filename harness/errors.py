@@ -6,6 +6,7 @@ import errno
 import functools
 import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import typer
@@ -96,7 +97,6 @@ class HarnessTyper(typer.Typer):
 
 def add_version_option(app: typer.Typer, program: str) -> None:
     """`PROGRAM --version`: the installed version of the harness, then exit."""
-    from importlib.metadata import PackageNotFoundError, version
 
     def show(value: bool) -> None:
         if value:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from harness.errors import UserError
+
 
 def cache_dir() -> Path:
     """`INJECTION_CACHE`, default ~/.cache/injection: pulled checkpoints, built corpora, the demo's models."""
@@ -17,8 +19,6 @@ def check_output_dir(out: Path, *, marker: str, what: str, overwrite: bool, inpu
 
     `out` may be replaced only when `overwrite` is given and it holds `marker` (the file this tool writes last
     into every `what` it makes); never when it is, contains or lies inside one of the `inputs`."""
-    from harness.errors import UserError
-
     out = Path(out)
     target = out.resolve()
     for source in inputs:

@@ -13,6 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
@@ -138,8 +142,6 @@ def progress(*columns: Any, transient: bool = False, bytes_unit: bool = False):
     Both support `with`, `add_task`, `update`, `advance`, `start` and `stop`."""
     if not stderr_is_terminal():
         return LineProgress(bytes_unit=bytes_unit)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     if not columns:
         columns = (
@@ -157,8 +159,6 @@ class _RichWithInfo:
     """rich's Progress whose tasks always carry an `info` field (so one column set serves every caller)."""
 
     def __init__(self, *columns: Any, **kwargs: Any) -> None:
-        from rich.progress import Progress
-
         self._progress = Progress(*columns, **kwargs)
 
     def __enter__(self):
@@ -189,8 +189,5 @@ class _RichWithInfo:
 
 def say(message: str, style: str = "cyan", prefix: str = "") -> None:
     """One message line on stderr (never wrapped: logs stay greppable), coloured on a terminal."""
-    from rich.console import Console
-    from rich.markup import escape
-
     label = f"[bold {style}]{escape(prefix)}[/] " if prefix else ""
     Console(stderr=True, soft_wrap=True).print(f"{label}[{style}]{escape(message)}[/]", highlight=False)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -173,8 +174,6 @@ def write_injections(run_dir: Path, records: Sequence[Any]) -> Path:
 
 def read_table(path: Path):
     """A part directory or single file as one pandas DataFrame, in the order it was written."""
-    import pandas as pd
-
     path = Path(path)
     if path.is_dir():
         files = [path / n for n in sorted(os.listdir(path)) if is_part(n)]

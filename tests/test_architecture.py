@@ -164,6 +164,35 @@ def test_no_user_facing_text_points_outside_the_repository():
     assert not offenders, f"references to a document outside the repository in: {', '.join(offenders)}"
 
 
+#: The only imports inside a function, and why each is there. Every other import is at the top of its module:
+#: the command lines stay fast through their command tables alone (harness/commands.py).
+DEFERRED = {
+    "deepspeed": "imported once through harness.streams.import_deepspeed, which first points its logger at stderr",
+    "wandb": "optional back end of monitor.kind",
+    "torch.utils.tensorboard": "optional back end of monitor.kind (it needs the tensorboard package)",
+    "accelerate": "optional: where it is installed, ZeRO-3 builds the model already partitioned",
+    "transformers.integrations": "only on accelerate's optional path",
+}
+
+
+def test_imports_are_at_the_top_of_each_module():
+    def deferred(target: str) -> bool:
+        return any(target == d or target.startswith(d + ".") for d in DEFERRED)
+
+    inside = []
+    for name, path in project_modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
+                targets = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                if not all(deferred(t) for t in targets):
+                    inside.append(f"{name}:{node.lineno} {ast.unparse(node)}")
+    assert not inside, "imports inside functions (move them to the top, or say in DEFERRED why not):\n" + "\n".join(
+        inside
+    )
+
+
 def test_the_training_loop_reads_in_one_screen():
     """`run_training` (set-up, the loop, the outcome) and `train` (update, evaluate, hooks, checkpoint) read top to
     bottom in one screen; the bookkeeping they call hangs off them (hooks, run_state, plan)."""

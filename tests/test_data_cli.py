@@ -231,13 +231,13 @@ def test_build_corpus_from_saved_hf_dataset_and_text(tmp_path):
 def test_extract_family_takes_batch_size_from_catalog(tmp_path, corpus, monkeypatch):
     import types
 
-    import injection.checkpoints.catalog as catalog
+    import injection.data.cli as data_cli
 
     order = types.SimpleNamespace(seed=5, seq_len=16, global_indices_url=None, data_paths="configs of the run")
     family = types.SimpleNamespace(
         data_order=order, seq_len=16, row_len=16, batch_size_at=lambda step: 2 if step >= 3 else 99
     )
-    monkeypatch.setattr(catalog, "load_catalog", lambda: types.SimpleNamespace(family=lambda name: family))
+    monkeypatch.setattr(data_cli, "load_catalog", lambda: types.SimpleNamespace(family=lambda name: family))
     ok = runner.invoke(
         app,
         [

@@ -178,7 +178,7 @@ def test_the_third_recipe_runs_end_to_end(hello_recipe, tmp_path):
 
 def test_help_imports_no_command():
     """`injection --help` and `analysis --help` list every command without importing any of them (the command
-    table of harness/commands.py); a command's own help imports just that command."""
+    table of harness/commands.py), nor torch."""
     probe = textwrap.dedent(
         """
         import sys
@@ -194,7 +194,6 @@ def test_help_imports_no_command():
     for package, args, forbidden in (
         ("injection", "'--help'", ("injection.engine", "injection.recipes.demo", "injection.data.cli")),
         ("analysis", "'--help'", ("analysis.plots", "analysis.report", "analysis.commands")),
-        ("injection", "'plan', '--help'", ("injection.engine.loop", "injection.recipes.demo")),
     ):
         code = probe.format(package=package, args=args)
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -12,7 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.errors import HarnessTyper
+from harness.streams import import_deepspeed
 from injection.checkpoints.catalog import Family, human_tokens, load_catalog
+from injection.checkpoints.download import RetryPolicy
+from injection.checkpoints.pull import pull_checkpoint
 from injection.lr import learning_rate
 
 checkpoints_app = HarnessTyper()
@@ -141,10 +144,6 @@ def pull(
     retries: Annotated[int, typer.Option(help="Further attempts per file after a failure.")] = 5,
 ) -> None:
     """Fetch a checkpoint and leave it as an HF model directory with checkpoint.json."""
-    from harness.streams import import_deepspeed
-    from injection.checkpoints.download import RetryPolicy
-    from injection.checkpoints.pull import pull_checkpoint
-
     import_deepspeed()  # transformers may import it: its log lines must not reach stdout
 
     with warnings.catch_warnings(record=True) as caught:

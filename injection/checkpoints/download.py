@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import requests
+from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from harness.errors import UserError
 from harness.progress import progress as make_progress
@@ -131,7 +132,6 @@ def download_directory(
     names = [safe_name(f) for f in files]
     dest.mkdir(parents=True, exist_ok=True)
     base = base_url if base_url.endswith("/") else base_url + "/"
-    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     columns = (
         TextColumn("{task.description}"),

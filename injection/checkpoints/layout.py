@@ -25,8 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save_file
+
 from harness.atomic import replace_dir, staging_dir, write_json_atomic
 from harness.errors import UserError
+from injection.checkpoints.family import kind_of_model_type
 from injection.lr import LRSchedule
 
 CHECKPOINT_JSON = "checkpoint.json"
@@ -245,8 +248,6 @@ def read_checkpoint_dir(path: str | Path) -> CheckpointInfo:
 
 def _kind_from_model_type(path: Path) -> str:
     """Checkpoints written before `kind` was recorded: the family kind of the HF model type."""
-    from injection.checkpoints.family import kind_of_model_type
-
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     return kind_of_model_type(str(config.get("model_type")), str(path / "config.json"))
 
@@ -291,8 +292,6 @@ def write_checkpoint_dir(
     Everything is written into a staging directory beside `dest` and renamed into place, so a reader never
     sees a half-written checkpoint; an existing `dest` is replaced.
     """
-    from safetensors.torch import save_file
-
     dest = Path(dest)
     tmp = staging_dir(dest)
     try:

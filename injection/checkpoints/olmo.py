@@ -25,11 +25,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+from transformers import OlmoConfig, OlmoForCausalLM
 
 from harness.errors import UserError
+from harness.tokenizers import load_tokenizer, shipped_name_of
 from harness.typed import from_mapping
+from injection.checkpoints.family import decay_groups
 from injection.checkpoints.layout import DataPosition, checkpoint_meta, write_checkpoint_dir
+from injection.checkpoints.safe_load import safe_torch_load
 from injection.lr import LRSchedule
 
 KIND = "olmo"
@@ -76,8 +81,6 @@ def parse_architecture(data: Any, where: str, path: str = "architecture") -> Arc
 
 def hf_config(arch: Architecture):
     """transformers' `OlmoConfig` for an OLMo (Feb 2024) architecture."""
-    from transformers import OlmoConfig
-
     return OlmoConfig(
         vocab_size=arch.embedding_size,
         hidden_size=arch.d_model,
@@ -113,10 +116,6 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """OLMo's grouping: weight decay on Linear weights only; embeddings, norms and biases are not decayed
     (ai2-olmo's get_param_groups with decay_norm_and_bias=False, decay_embeddings=False). A weight tied
     between the embedding and the LM head counts as an embedding, as in OLMo-1B."""
-    import torch
-
-    from injection.checkpoints.family import decay_groups
-
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     return decay_groups(
         model,
@@ -136,8 +135,6 @@ def loss_factor(seq_len: int) -> float:
 def tokenizer(family, original_config: dict[str, Any] | None = None):
     """The tokenizer the run names (`tokenizer.identifier` of its config, else the catalog's `data_order.tokenizer`)
     when ai2-olmo ships that file, else `olmo`. Its EOS need not be the run's: splicing uses the model config's."""
-    from harness.tokenizers import load_tokenizer, shipped_name_of
-
     identifier = ((original_config or {}).get("tokenizer") or {}).get("identifier") or family.data_order.tokenizer or ""
     return load_tokenizer(shipped_name_of(str(identifier)) or "olmo")
 
@@ -356,8 +353,6 @@ def convert_state_dict(state: dict[str, Any], arch: Architecture, where: str) ->
 def convert_optimizer_state(optim: dict[str, Any], arch: Architecture, where: str) -> dict[str, Any] | None:
     """OLMo optim.pt (torch or FSDP full optimizer state dict) -> `exp_avg/<hf name>`, `exp_avg_sq/<hf name>`,
     `step`. State may be keyed by parameter index (resolved through the groups' `param_names`) or by name."""
-    import torch
-
     if not isinstance(optim, dict) or "state" not in optim or "param_groups" not in optim:
         raise UserError(f"{where}: expected an optimizer state dict with 'state' and 'param_groups'")
     id_to_name: dict[Any, str] = {}
@@ -398,11 +393,6 @@ def convert_original(
     src: str | Path, dest: str | Path, *, family, step: int, source_url: str | None = None, trust_pickle: bool = False
 ) -> Path:
     """Convert an unsharded OLMo checkpoint directory `src` into the checkpoint layout at `dest`."""
-    import torch
-    from transformers import OlmoForCausalLM
-
-    from injection.checkpoints.safe_load import safe_torch_load
-
     src = Path(src)
     cfg = read_olmo_config(src / "config.yaml")
     arch = architecture_from_config(cfg, family.architecture, str(src / "config.yaml"))

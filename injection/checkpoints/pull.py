@@ -23,6 +23,10 @@ import shutil
 import warnings
 from pathlib import Path
 
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+from transformers import AutoConfig
+
 from harness.atomic import replace_dir, staging_dir, write_json_atomic
 from harness.errors import UserError
 from harness.paths import cache_dir
@@ -112,8 +116,6 @@ def _has_weights(directory: Path) -> bool:
 
 def _weight_pattern(repo: str, revision: str) -> str:
     """Which weight files to fetch: the revision's safetensors when it has any, else its .bin files."""
-    from huggingface_hub import HfApi
-
     files = HfApi().list_repo_files(repo, revision=revision)
     return WEIGHT_PATTERNS[0] if any(f.endswith(".safetensors") for f in files) else WEIGHT_PATTERNS[1]
 
@@ -129,8 +131,6 @@ def _pull_hf(res: Resolved, dest: Path) -> Path:
     if dest.is_dir() and (dest / "config.json").is_file() and _has_weights(dest):
         _adopt(dest, meta, res)  # a snapshot fetched elsewhere, pointed at with --out
         return dest
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     tmp = staging_dir(dest)
     try:
@@ -158,8 +158,6 @@ def _pull_hf(res: Resolved, dest: Path) -> Path:
 def _adopt(directory: Path, meta: dict, res: Resolved) -> None:
     """Check an HF snapshot loads with the family's model type and matches the catalog's architecture, apply the
     config changes the family asks for (recorded in checkpoint.json), and mark it complete."""
-    from transformers import AutoConfig
-
     code = model_family(res.family.kind)
     try:
         config = AutoConfig.from_pretrained(str(directory), local_files_only=True)

@@ -21,8 +21,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
 from harness.errors import UserError
+from harness.tokenizers import load_tokenizer
 from harness.typed import from_mapping
+from injection.checkpoints.catalog import load_catalog
+from injection.checkpoints.family import decay_groups
 from injection.checkpoints.layout import DataPosition, checkpoint_meta, write_checkpoint_dir
 
 KIND = "pythia"
@@ -135,8 +141,6 @@ def parse_architecture(data: Any, where: str, path: str = "architecture") -> Arc
 
 def hf_config(arch: Architecture):
     """transformers' `GPTNeoXConfig` for a GPT-NeoX architecture (with the trained activation)."""
-    from transformers import GPTNeoXConfig
-
     return GPTNeoXConfig(
         vocab_size=arch.embedding_size,
         hidden_size=arch.d_model,
@@ -190,10 +194,6 @@ def check_hf_config(config: dict[str, Any], arch: Architecture, where: str) -> d
 def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """GPT-NeoX's grouping: every parameter of a LayerNorm and every bias without weight decay; everything else
     decayed, the input embedding and the output layer included."""
-    import torch
-
-    from injection.checkpoints.family import decay_groups
-
     return decay_groups(
         model, weight_decay, lambda module, name: not (isinstance(module, torch.nn.LayerNorm) or name == "bias")
     )
@@ -212,8 +212,6 @@ def tokenizer(family: Any = None, original_config: dict[str, Any] | None = None)
     merges, normalizer, ids 0 … 50,276 with `<|endoftext|>` = 0 as EOS and `<|padding|>` = 1) plus three added
     tokens (50,277 … 50,279) that no text produces unless it contains their literal strings (`|||EMAIL_ADDRESS|||`
     and the like): it encodes text exactly as Pythia's tokenizer does."""
-    from harness.tokenizers import load_tokenizer
-
     return load_tokenizer(OFFLINE_TOKENIZER)
 
 
@@ -249,11 +247,6 @@ def build_pythia_tiny(
     tokens (`tokens_per_step`), as for Pythia. `tokenizer` (default: `olmo-pii`) is saved beside the model;
     `meta_overrides` replace checkpoint.json fields.
     """
-    import torch
-    from transformers import GPTNeoXForCausalLM
-
-    from injection.checkpoints.catalog import load_catalog
-
     family = family if family is not None else load_catalog().family("pythia-tiny")
     try:
         arch: Architecture = replace(family.architecture, **overrides)
@@ -284,7 +277,5 @@ def build_pythia_tiny(
     if "global_batch_size" in (meta_overrides or {}):
         meta["tokens_per_step"] = meta["global_batch_size"] * context
     if tokenizer is None:
-        from harness.tokenizers import load_tokenizer
-
         tokenizer = load_tokenizer(OFFLINE_TOKENIZER)
     return write_checkpoint_dir(model, tokenizer, dest, meta, None)

@@ -8,18 +8,18 @@ and is refused unless the caller trusts the file.
 
 from __future__ import annotations
 
+import pathlib
 import pickle
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from harness.errors import UserError
 
 
 def _allowed_globals() -> list[Any]:
-    import pathlib
-
-    import numpy as np
-
     allowed: list[Any] = [
         np.ndarray,
         np.dtype,
@@ -37,8 +37,6 @@ def _allowed_globals() -> list[Any]:
 
 def safe_torch_load(path: Path, *, trust_pickle: bool = False) -> Any:
     """The file's content, loaded with only plain data types allowed (see the module docstring)."""
-    import torch
-
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)

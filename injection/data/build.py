@@ -12,12 +12,14 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import datasets
 import numpy as np
 
 from harness.atomic import replace_dir, staging_dir, write_json_atomic
 from harness.errors import UserError
 from harness.paths import check_output_dir
 from harness.progress import progress as progress_bar
+from harness.tokenizers import load_tokenizer
 from injection.data.order import build_global_indices, write_global_indices
 from injection.data.source import CORPUS_FILE
 
@@ -48,8 +50,6 @@ def iter_documents(
     """(number of documents if known, documents) of a .txt (blank-line separated), .jsonl, or HF dataset dir."""
     source = Path(source)
     if _is_hf_dataset_dir(source):
-        import datasets
-
         try:
             ds = datasets.load_from_disk(str(source))
         except Exception as err:  # datasets raises several types for unreadable directories
@@ -116,8 +116,6 @@ def build_corpus(
 
     Documents are joined with `eos_token_id` (default: the tokenizer's EOS). An existing `out` is replaced only
     with `overwrite` and only when it is a corpus this command made (it holds corpus.json)."""
-    from harness.tokenizers import load_tokenizer
-
     out = Path(out)
     if seq_len < 2:
         raise UserError(f"--seq-len must be at least 2, got {seq_len}")

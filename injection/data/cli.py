@@ -7,8 +7,30 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from fictional_knowledge.load import load_knowledge
 from harness.errors import HarnessTyper, UserError
+from harness.tokenizers import load_tokenizer
+from injection.checkpoints.catalog import load_catalog
+from injection.checkpoints.layout import read_checkpoint_dir
+from injection.checkpoints.pull import local_checkpoint
+from injection.data.build import build_corpus
+from injection.data.extract import extract_window
+from injection.data.formats import open_corpus
+from injection.data.prepare import (
+    HttpPolicy,
+    is_indexed_family,
+    open_prepared,
+    plan_prepare,
+    plan_prepare_indexed,
+    prepare_corpus,
+    prepare_indexed,
+)
+from injection.data.source import BatchStream
+from injection.schedule import load_schedule, plan_steps
+from injection.splice import paragraph_tokens
 
 data_app = HarnessTyper()
 
@@ -16,10 +38,6 @@ data_app = HarnessTyper()
 def _open_source(family: str | None, source: str | None):
     """The corpus to read: `--source` (a corpus directory or URL), or the family's description prepared by
     `injection data prepare`; checked against the family's facts."""
-    from injection.checkpoints.catalog import load_catalog
-    from injection.data.formats import open_corpus
-    from injection.data.prepare import open_prepared
-
     if family is None and source is None:
         raise UserError(
             "give --family (the description made by `injection data prepare FAMILY`) and/or --source CORPUS_DIR_OR_URL"
@@ -52,9 +70,6 @@ def _start_position(
             "step × rows per step) or --start-instance" + (f"; got {', '.join(given)}" if given else "")
         )
     if checkpoint is not None:
-        from injection.checkpoints.layout import read_checkpoint_dir
-        from injection.checkpoints.pull import local_checkpoint
-
         ckpt = read_checkpoint_dir(local_checkpoint(checkpoint))
         pos = ckpt.data_position
         return (
@@ -117,9 +132,6 @@ def extract(
     check: Annotated[int, typer.Option("--check", help="Batches re-read from the source and compared.")] = 4,
 ) -> None:
     """Materialize the instances that STEPS steps of a continued run read, as a local window corpus."""
-    from injection.data.extract import extract_window
-    from injection.data.source import BatchStream
-
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     corpus, fam = _open_source(family, source)
@@ -168,15 +180,6 @@ def prepare(
 ) -> None:
     """Describe a run's corpus (corpus.json): token-file URLs from the shipped list, their sizes, the order; or,
     for data published as a Megatron indexed dataset, its index and token files, checked by opening them."""
-    from injection.data.prepare import (
-        HttpPolicy,
-        is_indexed_family,
-        plan_prepare,
-        plan_prepare_indexed,
-        prepare_corpus,
-        prepare_indexed,
-    )
-
     if is_indexed_family(family):
         indexed = plan_prepare_indexed(family, out)
         if dry_run:
@@ -233,8 +236,6 @@ def build_corpus_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing corpus.")] = False,
 ) -> None:
     """Tokenize text into an OLMo-format corpus (token files, global_indices.npy, corpus.json)."""
-    from injection.data.build import build_corpus
-
     info = build_corpus(
         source, tokenizer, seq_len, out, seed=seed, text_field=text_field, split=split, overwrite=overwrite
     )
@@ -268,11 +269,6 @@ def plan(
     ] = False,
 ) -> None:
     """Print the injection plan: step -> paragraphs, scenario, variant, tokens."""
-    from fictional_knowledge.load import load_knowledge
-    from harness.tokenizers import load_tokenizer
-    from injection.schedule import load_schedule, plan_steps
-    from injection.splice import paragraph_tokens
-
     sched = load_schedule(schedule)
     ks = load_knowledge(knowledge)
     items = sched.plan(ks, total_steps)
@@ -290,8 +286,6 @@ def plan(
         ]
         typer.echo(json.dumps(rows, indent=1))
         return
-    from rich.console import Console
-    from rich.table import Table
 
     total = total_steps or sched.total_steps
     table = Table(title=f"schedule {sched.name}: {len(items)} injections over {total} steps")

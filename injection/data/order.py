@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from olmo.data.iterable_dataset import IterableDataset
 
 from injection.data.remote import ByteReader, open_reader
 
@@ -26,8 +27,6 @@ def build_global_indices(n_instances: int, seed: int, epoch: int = 0) -> np.ndar
 
     Equal to the published `global_indices.npy` of a run with this seed and epoch (up to its tail padding).
     """
-    from olmo.data.iterable_dataset import IterableDataset
-
     # `range` has the only two things the index builder looks at: a length and no data loading.
     dataset = IterableDataset(
         range(n_instances),  # type: ignore[arg-type]

@@ -46,12 +46,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import requests
 
 from harness.atomic import write_json_atomic
 from harness.errors import UserError
 from harness.paths import cache_dir
 from harness.progress import progress as progress_bar
+from injection.checkpoints.catalog import load_catalog
 from injection.data.formats import open_corpus
+from injection.data.indexed import IndexedCorpus, IndexedCorpusInfo
 from injection.data.order import GlobalIndices
 from injection.data.remote import is_url
 from injection.data.source import CORPUS_FILE, DTYPES, INDEXED_FORMAT, CorpusInfo
@@ -150,8 +153,6 @@ class Http:
         self._local = threading.local()
 
     def _session(self):
-        import requests
-
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
@@ -162,8 +163,6 @@ class Http:
 
     def size(self, url: str) -> tuple[int | None, str]:
         """(bytes, "") of a file, or (None, why) once the retries are spent or the answer is final."""
-        import requests
-
         why = ""
         for attempt in range(self.policy.retries + 1):
             if attempt:
@@ -184,8 +183,6 @@ class Http:
     def read(self, url: str, offset: int, length: int) -> bytes:
         """Bytes [offset, offset + length). A short body (a dropped connection, a truncated answer) is resumed
         from where it stopped; `retries` attempts in a row that bring nothing are an error."""
-        import requests
-
         buf = bytearray()
         idle, why = 0, ""
         while len(buf) < length:
@@ -409,8 +406,6 @@ def plan_prepare(
     full_order_check: bool = False,
 ) -> PreparePlan:
     """Resolve the family's list, data facts and output folder (reads local files only)."""
-    from injection.checkpoints.catalog import load_catalog
-
     catalog = load_catalog(catalog_path)
     fam = catalog.family(family)
     order = fam.data_order
@@ -556,14 +551,10 @@ class IndexedPlan:
 
 
 def is_indexed_family(family: str, catalog_path: Path | None = None) -> bool:
-    from injection.checkpoints.catalog import load_catalog
-
     return load_catalog(catalog_path).family(family).data_order.format == INDEXED_FORMAT
 
 
 def plan_prepare_indexed(family: str, out: Path | None = None, *, catalog_path: Path | None = None) -> IndexedPlan:
-    from injection.checkpoints.catalog import load_catalog
-
     catalog = load_catalog(catalog_path)
     fam = catalog.family(family)
     order = fam.data_order
@@ -590,8 +581,6 @@ def plan_prepare_indexed(family: str, out: Path | None = None, *, catalog_path: 
 def prepare_indexed(plan: IndexedPlan, warn: Callable[[str], None] = _warn) -> dict:
     """Open the dataset the plan names (sizes, index header, last entry; rows of the run's length) and write
     `plan.out/corpus.json` (format megatron-indexed) with the facts the index gave; returns it."""
-    from injection.data.indexed import IndexedCorpus, IndexedCorpusInfo
-
     info = IndexedCorpusInfo(
         index=plan.index,
         paths=plan.paths,

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+import requests
+
 from harness.errors import UserError
 
 _RETRIES = 4
@@ -62,16 +64,12 @@ class HttpReader:
         self.size = size if size is not None else self._fetch_size()
 
     def _session(self):
-        import requests
-
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
         return session
 
     def _request(self, method: str, headers: dict[str, str]):
-        import requests
-
         for attempt in range(_RETRIES):
             try:
                 response = self._session().request(method, self.url, headers=headers, timeout=60, allow_redirects=True)
@@ -113,8 +111,6 @@ def open_reader(location: str | Path, size: int | None = None) -> ByteReader:
 def read_text(location: str | Path) -> str:
     """A whole small file (corpus.json) from a path or URL."""
     if is_url(location):
-        import requests
-
         try:
             response = requests.get(str(location), timeout=60)
         except requests.RequestException as err:

@@ -10,9 +10,17 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
 from harness.errors import UserError
+from harness.streams import import_deepspeed
+from injection.engine.config import OPERATIONAL_FIELDS, load_config
+from injection.engine.inputs import launched_world, prepare_inputs, read_checkpoint
+from injection.engine.loop import Interrupted, LostRank, run_training
+from injection.engine.monitor import check_monitor
+from injection.engine.plan import batch_geometry
+from injection.engine.run_state import check_run_dir
 
 Config = Annotated[str | None, typer.Argument(help="Experiment YAML file or preset name (smoke, paper-7b-mid, ...).")]
 Preset = Annotated[str | None, typer.Option("--preset", help="Preset name (same as giving it as CONFIG).")]
@@ -53,8 +61,6 @@ def resolve_config(
 
     With --resume, a CONFIG or `--set` may change only how the run is operated (output, checkpoints, logging,
     the non-finite policy); anything that would change its results is refused, naming the fields."""
-    from injection.engine.config import OPERATIONAL_FIELDS, load_config
-
     explicit = {"output_dir": out, "total_steps": total_steps, "seed": seed}
     if config and preset:
         raise UserError("give CONFIG or --preset, not both")
@@ -83,11 +89,6 @@ def resolve_config(
 def preflight(cfg, resume: bool) -> None:
     """The cheap checks, before inputs are prepared or any process group exists: run directory, checkpoint, that
     the global batch splits over ranks × micro-batch, the monitor's package."""
-    from injection.engine.inputs import launched_world, read_checkpoint
-    from injection.engine.monitor import check_monitor
-    from injection.engine.plan import batch_geometry
-    from injection.engine.run_state import check_run_dir
-
     check_monitor(cfg)
     check_run_dir(cfg, resume)
     batch_geometry(cfg, read_checkpoint(cfg.checkpoint), launched_world())
@@ -108,10 +109,6 @@ def run(
     One process by default; under DeepSpeed's launcher (see `injection launch`) every rank runs this.
     Ctrl-C or SIGTERM stops after the current update, saves a checkpoint and prints the command that continues.
     """
-    from harness.streams import import_deepspeed
-    from injection.engine.inputs import prepare_inputs
-    from injection.engine.loop import Interrupted, LostRank, run_training
-
     import_deepspeed()  # before anything imports it: its log lines go to stderr, the run directory alone to stdout
     cfg = resolve_config(config, preset, set_, resume, out, total_steps, seed)
     preflight(cfg, resume is not None)  # before the (slower) input preparation
@@ -161,12 +158,7 @@ def launch_world_size(hostfile: Path | None, num_gpus: int | None, num_nodes: in
         return sum(num_gpus or s for s in nodes)
     if num_gpus is not None:
         return num_gpus * (num_nodes or 1)
-    try:
-        import torch
-
-        return max(torch.cuda.device_count(), 1) * (num_nodes or 1)
-    except ImportError:
-        return num_nodes or 1
+    return max(torch.cuda.device_count(), 1) * (num_nodes or 1)
 
 
 def check_node_rank(node_rank: int, hostfile: Path | None, num_nodes: int | None, master_addr: str | None) -> None:
@@ -249,10 +241,6 @@ def launch(
 
     Several nodes: with ssh between them, once on node 0 (`--hostfile`, `--num-nodes`); without ssh, once on
     every node with its `--node-rank`, the same hostfile and `--master-addr` (node 0's address)."""
-    from injection.engine.inputs import read_checkpoint
-    from injection.engine.monitor import check_monitor
-    from injection.engine.plan import batch_geometry
-
     if config is None and resume is None:
         raise UserError("give an experiment CONFIG (YAML file or preset name) or --resume RUN_DIR")
     if hostfile is not None and not hostfile.is_file():
@@ -292,8 +280,6 @@ def launch(
     if code < 0:
         code = 128 - code
     if code:
-        from injection.engine.loop import LostRank
-
         why = (
             f" ({signal.Signals(code - 128).name})"
             if 128 < code < 128 + 32

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from fictional_knowledge.load import parse_generate_spec
 from harness.errors import UserError
 from harness.typed import from_mapping
 from injection import shipped_path
@@ -239,8 +240,6 @@ def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> Non
         if bad:
             raise fail("eval_steps", f"step {bad[0]} is outside the run (0…{cfg.total_steps})")
     if cfg.knowledge.startswith("generate:"):
-        from fictional_knowledge.load import parse_generate_spec
-
         try:
             parse_generate_spec(cfg.knowledge)
         except UserError as err:

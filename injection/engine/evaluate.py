@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from harness.rundir import SCORE_COLUMNS, SCORE_NAMES
 
@@ -150,8 +151,6 @@ def evaluate_probes(
 
     values = np.concatenate(local_scores) if local_scores else np.zeros((0, len(SCORE_NAMES)))
     if world_size > 1:
-        import torch.distributed as dist
-
         gathered: list | None = [None] * world_size if rank == 0 else None
         dist.gather_object((local_idx, values), gathered, dst=0)
         if rank != 0:

@@ -12,18 +12,23 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness.errors import UserError
+from harness.progress import progress
 from harness.rundir import MANIFEST_FORMAT, METRICS, METRICS_SCHEMA, PROBE_SCHEMA, PROBES, SCORE_NAMES, PartWriter
+from harness.tokenizers import load_tokenizer
+from injection.checkpoints.layout import DataPosition, write_checkpoint_dir
 from injection.engine import run_state
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import ProbeItem
 from injection.engine.inputs import RunInputs, describe_inputs, run_label
 from injection.engine.plan import RunPlan
+from injection.engine.zero import optimizer_state
 
 
 @dataclass
@@ -200,8 +205,6 @@ class ProgressHook(Hook):
     def on_start(self, run, k0):
         self.k0, self.started = k0, time.monotonic()
         if self.stream.isatty():
-            from harness.progress import progress
-
             self.bar = progress()
             self.task = self.bar.add_task("train", total=self.total, completed=k0)
             self.bar.start()
@@ -264,13 +267,6 @@ class ExportHook(Hook):
 
 def export_checkpoint(run: Run, k: int, dest: Path, meta_overrides: dict[str, Any]) -> Path:
     """Write θ_k and the AdamW moments as a checkpoint directory at global step S + k."""
-    from dataclasses import asdict
-
-    from harness.errors import UserError
-    from harness.tokenizers import load_tokenizer
-    from injection.checkpoints.layout import DataPosition, write_checkpoint_dir
-    from injection.engine.zero import optimizer_state
-
     stage = run.engine.zero_optimization_stage()
     if stage > 2:
         raise UserError(f"exporting checkpoints needs ZeRO stage 0-2 (whole parameters on rank 0), not {stage}")

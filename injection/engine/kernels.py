@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 IGNORE_INDEX = -100
 """Labels with this value add nothing to the loss (transformers' convention)."""
@@ -54,8 +55,6 @@ def use_chunked_loss(model: torch.nn.Module, chunk_tokens: int) -> None:
     every hook (DeepSpeed's ZeRO-3 gathers among them) stay as they are. The output carries the loss and the
     decoder's last hidden states (`hidden_states[-1]`), not logits. Calls without labels run the original
     forward."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
     base = getattr(model, model.base_model_prefix)
     head = model.get_output_embeddings()
     original = model.forward

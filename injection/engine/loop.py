@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from harness.errors import UserError
 from injection.engine import run_state, zero
@@ -75,7 +76,6 @@ class StopRequest:
         """The signal if any rank received one (every rank stops at the same step)."""
         if run.world == 1:
             return self.signum
-        import torch.distributed as dist
 
         flag = torch.tensor([self.signum or 0], device=run.engine.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # sync point, once per update
@@ -131,8 +131,6 @@ def update(run: Run, batch: np.ndarray, lr: float) -> dict[str, float]:
         losses.append((out.loss * plan.loss_factor).detach().float())
     loss = torch.stack(losses).mean()
     if run.world > 1:
-        import torch.distributed as dist
-
         dist.all_reduce(loss)  # sync point: the logged loss is the global batch's mean
         loss /= run.world
     grad_norm = engine.get_global_grad_norm()
@@ -146,7 +144,6 @@ def update(run: Run, batch: np.ndarray, lr: float) -> dict[str, float]:
 def _any_rank(run: Run, count: int) -> bool:
     if run.world == 1:
         return count > 0
-    import torch.distributed as dist
 
     flag = torch.tensor([count], device=run.engine.device)
     dist.all_reduce(flag)

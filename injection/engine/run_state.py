@@ -28,12 +28,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import transformers
 
+import injection
 from harness import rundir
 from harness.atomic import write_json_atomic, write_text_atomic
 from harness.errors import UserError
+from harness.streams import import_deepspeed
 from injection.engine.config import ExperimentConfig
-from injection.engine.zero import say
+from injection.engine.zero import say, warn
 
 STATE_FILE = "engine_state.json"
 
@@ -146,15 +150,10 @@ def write_config(cfg: ExperimentConfig) -> None:
 
 
 def versions() -> dict[str, str]:
-    import deepspeed
-    import transformers
-
-    import injection
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "deepspeed": deepspeed.__version__,
+        "deepspeed": import_deepspeed().__version__,
         "transformers": transformers.__version__,
         "numpy": np.__version__,
         "injection": injection.__version__,
@@ -176,8 +175,6 @@ def save_checkpoint(
 ) -> None:
     """DeepSpeed's checkpoint of every rank, each rank's RNG state, then (rank 0, last) the engine state that
     marks the checkpoint complete. On a failure (a full disk) the incomplete step directory is removed."""
-    import torch.distributed as dist
-
     tag = f"step{k}"
     ckpt_dir = run_dir / rundir.CHECKPOINTS
     try:
@@ -205,8 +202,6 @@ def load_checkpoint(engine, run_dir: Path, rank: int, world: int) -> tuple[int, 
     k, path = ckpts[-1]
     state = json.loads((path / STATE_FILE).read_text())
     if state["world_size"] != world and rank == 0:
-        from injection.engine.zero import warn
-
         warn(f"resuming a {state['world_size']}-rank checkpoint on {world} ranks")
     load_path, _ = engine.load_checkpoint(
         str(run_dir / rundir.CHECKPOINTS), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False
@@ -223,8 +218,6 @@ def load_checkpoint(engine, run_dir: Path, rank: int, world: int) -> tuple[int, 
 
 
 def runtime(engine) -> dict[str, str]:
-    import torch.distributed as dist
-
     return {
         "device": str(engine.device),
         "distributed_backend": dist.get_backend(),

@@ -20,9 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
 
 from harness.errors import UserError
+from harness.progress import say as say_line
+from harness.streams import import_deepspeed, stdout_to_stderr
+from injection.checkpoints.family import model_family
 from injection.engine.config import ExperimentConfig, resolve_deepspeed_config_path
+from injection.engine.kernels import use_chunked_loss
 from injection.engine.plan import RunPlan
 
 
@@ -36,10 +43,6 @@ def init_distributed(timeout_s: int | None = None) -> tuple[int, int]:
     """(rank, world size). Without a launcher, pretend to be rank 0 of 1 so DeepSpeed works in-process.
 
     `timeout_s` bounds every wait on the other ranks (the rendezvous, collectives); None = DeepSpeed's default."""
-    import torch.distributed as dist
-
-    from harness.streams import import_deepspeed, stdout_to_stderr
-
     deepspeed = import_deepspeed()
     if "RANK" not in os.environ:
         os.environ.update(
@@ -60,8 +63,6 @@ def peer_failure(err: BaseException) -> str | None:
 
     torch raises DistError subclasses for NCCL and the rendezvous store, but a plain RuntimeError that quotes
     gloo's source file for gloo's lost connections and timeouts."""
-    import torch.distributed as dist
-
     text = str(err)
     if not (isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and "gloo" in text)):
         return None
@@ -93,11 +94,6 @@ def deepspeed_config(cfg: ExperimentConfig, plan: RunPlan, grad_clip: float) -> 
 
 def build_engine(cfg: ExperimentConfig, ckpt, plan: RunPlan, rank: int):
     """HF causal LM from the checkpoint dir + AdamW (the checkpoint's hyper-parameters) inside DeepSpeed."""
-    from transformers import AutoModelForCausalLM
-
-    from harness.streams import import_deepspeed, stdout_to_stderr
-    from injection.checkpoints.family import model_family
-
     deepspeed = import_deepspeed()
     grad_clip = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip is not None else ckpt.optimizer.grad_clip
     ds = deepspeed_config(cfg, plan, grad_clip)
@@ -129,8 +125,6 @@ def build_engine(cfg: ExperimentConfig, ckpt, plan: RunPlan, rank: int):
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable()
     if kernels.loss_chunk_tokens:
-        from injection.engine.kernels import use_chunked_loss
-
         use_chunked_loss(model, kernels.loss_chunk_tokens)
     wd = cfg.optimizer.weight_decay if cfg.optimizer.weight_decay is not None else ckpt.optimizer.weight_decay
     groups = model_family(ckpt.kind).param_groups(model, wd)
@@ -151,14 +145,10 @@ def build_engine(cfg: ExperimentConfig, ckpt, plan: RunPlan, rank: int):
 
 
 def warn(message: str) -> None:
-    from harness.progress import say as say_line
-
     say_line(message, style="bold red")
 
 
 def say(message: str) -> None:
-    from harness.progress import say as say_line
-
     say_line(message)
 
 
@@ -191,7 +181,6 @@ def restore_moments(engine, path: Path) -> int:
     Returns the number of parameters restored.
     """
     from deepspeed.utils import safe_set_full_optimizer_state
-    from safetensors import safe_open
 
     opt = engine.optimizer
     with safe_open(str(path), framework="pt") as f:
@@ -237,7 +226,6 @@ def restore_master_weights(engine, checkpoint_dir: Path) -> int:
     round away the checkpoint's fp32 precision; put the checkpoint's own fp32 values back. Returns the
     number of parameters set (0 when the checkpoint's weights are not fp32)."""
     from deepspeed.utils import safe_set_full_fp32_param
-    from safetensors import safe_open
 
     files = sorted(checkpoint_dir.glob("model*.safetensors"))
     names = names_by_param(engine.module)
