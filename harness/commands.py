@@ -15,9 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from harness.errors import HarnessTyper, add_version_option
 
@@ -33,7 +32,7 @@ class CommandRef:
     """What `--help` of the root says about it (and the command's own help where it has no docstring)."""
 
 
-def load_command(ref: CommandRef) -> click.Command:
+def load_command(ref: CommandRef) -> TyperCommand | TyperGroup:
     """The click command of `ref`, its module imported now."""
     module, _, attribute = ref.target.partition(":")
     target: Any = getattr(importlib.import_module(module), attribute)
@@ -47,24 +46,24 @@ def load_command(ref: CommandRef) -> click.Command:
     return command
 
 
-class LazyCommand(click.Command):
+class LazyCommand(TyperCommand):
     """Stands in for a command in the root's listing; the first parse or call imports the real one."""
 
     def __init__(self, ref: CommandRef) -> None:
         super().__init__(ref.name, help=ref.help, add_help_option=False)
         self.ref = ref
-        self._command: click.Command | None = None
+        self._command: TyperCommand | TyperGroup | None = None
 
     @property
-    def command(self) -> click.Command:
+    def command(self) -> TyperCommand | TyperGroup:
         if self._command is None:
             self._command = load_command(self.ref)
         return self._command
 
-    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+    def make_context(self, info_name, args, parent=None, **extra) -> typer.Context:
         return self.command.make_context(info_name, args, parent=parent, **extra)
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         return self.command.invoke(ctx)
 
 

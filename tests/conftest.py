@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.shared import run_directory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,16 +54,27 @@ def olmo_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def olmo_world_factory(tmp_path_factory):
+def shared_dir(tmp_path_factory) -> Path:
+    """A directory of the whole test run, shared by every xdist worker (tests/helpers/shared.py builds in it
+    once, under a lock)."""
+    return run_directory(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def olmo_world_factory(shared_dir):
     """`make(**params) -> OlmoWorld`: a world trained by ai2-olmo's own Trainer (tests/helpers/olmo_world.py),
-    built once per session and parameter set (about 25 s each). Set OLMO_WORLD_CACHE=DIR to keep the
-    worlds between sessions."""
+    built once per test run and parameter set (about 25 s each), by whichever xdist worker asks first. Set
+    OLMO_WORLD_CACHE=DIR to keep the worlds between runs."""
     from tests.helpers.olmo_world import WorldParams, build_olmo_world
 
     cache = os.environ.get("OLMO_WORLD_CACHE")
-    base = Path(cache) if cache else tmp_path_factory.mktemp("olmo-worlds")
+    base = Path(cache) if cache else shared_dir / "olmo-worlds"
 
     def make(**params):
-        return build_olmo_world(base / f"world-{WorldParams(**params).key()}", **params)
+        root = base / f"world-{WorldParams(**params).key()}"
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with open(root.with_name(root.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one worker builds, the others then load what it built
+            return build_olmo_world(root, **params)
 
     return make

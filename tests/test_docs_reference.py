@@ -211,3 +211,12 @@ def test_config_fields_flattens_nested_dataclasses_and_marks_required_ones():
     assert config_fields(Outer) == {"name": REQUIRED, "n": 2, "inner.x": 1.0}
     # `1` read back from the docs is an int, not the float default 1.0: the type check tells them apart
     assert type(yaml.safe_load("1")) is not type(config_fields(Outer)["inner.x"])
+
+
+def test_concepts_say_what_is_this_projects_interpretation():
+    """The three readings of the study that are the project's own are stated as such in docs/concepts.md."""
+    text = (FORMATS.parent / "concepts.md").read_text(encoding="utf-8")
+    section = text.split("### What is this project's interpretation", 1)[1].split("\n## ", 1)[0]
+    flat = " ".join(section.split())
+    for phrase in ("operationalisation", "learnability threshold", "360,000–362,999", "character offsets"):
+        assert phrase in flat, phrase

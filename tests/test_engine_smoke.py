@@ -14,15 +14,38 @@ from typer.testing import CliRunner
 
 from harness.rundir import read_table
 from injection.cli import app
+from tests.helpers.shared import build_once
 
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+@pytest.fixture(scope="session")
+def smoke(shared_dir) -> tuple[Path, Path]:
+    """(cache, run directory) of the shortened smoke run, made once per test run (tests/helpers/shared.py)."""
+
+    def build(directory: Path) -> None:
+        run_dir = directory / "runs" / "smoke"
+        done = subprocess.run(
+            [sys.executable, "-m", "injection", "run", "smoke", *SHORT, "--set", "log_interval=1", "-o", str(run_dir)],
+            cwd=REPO,
+            env=_env(directory / "cache"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "FRESH AdamW moments" in done.stderr  # tiny@0 has no optimizer state
+        (run_dir.parent / "stderr.txt").write_text(done.stderr)
+
+    directory = build_once(shared_dir / "smoke", build)
+    return directory / "cache", directory / "runs" / "smoke"
+
+
+@pytest.fixture
+def cache(smoke) -> Path:
+    return smoke[0]
 
 
 def _env(cache: Path) -> dict[str, str]:
@@ -36,21 +59,9 @@ def _env(cache: Path) -> dict[str, str]:
 SHORT = ["--total-steps", "4", "--set", "schedule_overrides.count=1", "--set", "checkpoint_interval=2"]
 
 
-@pytest.fixture(scope="module")
-def smoke_run(cache, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    done = subprocess.run(
-        [sys.executable, "-m", "injection", "run", "smoke", *SHORT, "--set", "log_interval=1", "-o", str(run_dir)],
-        cwd=REPO,
-        env=_env(cache),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "FRESH AdamW moments" in done.stderr  # tiny@0 has no optimizer state
-    (run_dir.parent / "stderr.txt").write_text(done.stderr)
-    return run_dir
+@pytest.fixture
+def smoke_run(smoke) -> Path:
+    return smoke[1]
 
 
 def test_smoke_preset_runs_end_to_end(smoke_run):
