@@ -302,19 +302,28 @@ def _passes(cfg: CapacityConfig, exposures: int) -> int:
     return min(exposures, cfg.corpus_passes) if cfg.corpus_passes else exposures
 
 
-def build_corpus_for(
-    cfg: CapacityConfig, rung: Rung, knowledge, scenarios: dict[int, str], tokenizer_dir: Path, out: Path
-) -> Corpus:
-    """Documents of every pass (a fresh shuffle per pass, variant r of each biography in pass r, EOS padding to
-    whole windows after each knowledge base's passes), tokenized by `build_corpus`; the order file then cycles
-    the passes for E epochs (and E2 for the second knowledge base)."""
-    corpus_dir = out / "corpora" / rung.data_name
-    meta_file = corpus_dir / "epochs.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        return Corpus(corpus_dir, meta["total_steps"], {k: tuple(v) for k, v in meta["exposures"].items()})
+@dataclass
+class CorpusPlan:
+    """What a rung's corpus holds, before anything is written."""
 
-    tokenizer = load_tokenizer(str(tokenizer_dir))
+    documents: list[str]
+    """Every pass's biographies in order, each knowledge base's passes padded with empty documents (one EOS
+    token each) to whole windows."""
+    order: np.ndarray
+    """Instance of each row the run reads, cycling through the passes for the epochs, cut to whole batches."""
+    instances: int
+    """Windows the documents make."""
+    total_steps: int
+    exposures: dict[str, tuple[list[float], list[float]]]
+    passes: dict[str, int]
+
+
+def plan_corpus(
+    cfg: CapacityConfig, rung: Rung, knowledge: KnowledgeSet, scenarios: dict[int, str], tokenizer
+) -> CorpusPlan:
+    """Documents of every pass (a fresh shuffle per pass, variant r of each biography in pass r, EOS padding to
+    whole windows after each knowledge base's passes) and the order that cycles the passes for E epochs (and E2
+    for the second knowledge base)."""
     parts = []  # (scenario, paragraph ids, epochs)
     for scenario, epochs in (
         ("bios" if not rung.second_people else "first", cfg.exposures),
@@ -363,37 +372,37 @@ def build_corpus_for(
             f"rung {rung.name}: {len(order)} windows of {L} tokens make no global batch of {B}; "
             "more people, exposures or a smaller global_batch"
         )
-    order = order[: total_steps * B]
+    passes = {s: _passes(cfg, e) for s, _, e in parts}
+    return CorpusPlan(docs, order[: total_steps * B], first_instance, total_steps, exposures, passes)
 
+
+def build_corpus_for(
+    cfg: CapacityConfig, rung: Rung, knowledge: KnowledgeSet, scenarios: dict[int, str], tokenizer_dir: Path, out: Path
+) -> Corpus:
+    """The rung's corpus (`plan_corpus`), tokenized by `build_corpus` with its order file and epochs.json; built
+    once per number of people."""
+    corpus_dir = out / "corpora" / rung.data_name
+    meta_file = corpus_dir / "epochs.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        return Corpus(corpus_dir, meta["total_steps"], {k: tuple(v) for k, v in meta["exposures"].items()})
+    plan = plan_corpus(cfg, rung, knowledge, scenarios, load_tokenizer(str(tokenizer_dir)))
     (out / "corpora").mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(corpus_dir)
     try:
-        jsonl = tmp / "documents.jsonl"
-        jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-        info = build_corpus(jsonl, str(tokenizer_dir), L, tmp / "corpus", seed=cfg.seed, show_progress=False)
+        jsonl = kit.write_documents(tmp / "documents.jsonl", plan.documents)
+        info = build_corpus(jsonl, str(tokenizer_dir), cfg.seq_len, tmp / "corpus", seed=cfg.seed, show_progress=False)
         jsonl.unlink()
-        if info["n_instances"] != first_instance:
-            raise RuntimeError(f"corpus of {rung.name}: {info['n_instances']} instances, expected {first_instance}")
+        if info["n_instances"] != plan.instances:
+            raise RuntimeError(f"corpus of {rung.name}: {info['n_instances']} instances, expected {plan.instances}")
         built = tmp / "corpus"
-        write_global_indices(built / "global_indices.npy", order)
-        write_bytes_atomic(
-            built / "epochs.json",
-            (
-                json.dumps(
-                    {
-                        "total_steps": total_steps,
-                        "exposures": exposures,
-                        "passes": {s: _passes(cfg, e) for s, _, e in parts},
-                    },
-                    indent=1,
-                )
-                + "\n"
-            ).encode(),
-        )
+        write_global_indices(built / "global_indices.npy", plan.order)
+        epochs = {"total_steps": plan.total_steps, "exposures": plan.exposures, "passes": plan.passes}
+        write_bytes_atomic(built / "epochs.json", (json.dumps(epochs, indent=1) + "\n").encode())
         replace_dir(built, corpus_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Corpus(corpus_dir, total_steps, exposures)
+    return Corpus(corpus_dir, plan.total_steps, plan.exposures)
 
 
 def parameter_counts(checkpoint_dir: Path) -> tuple[int, int]:

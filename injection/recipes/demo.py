@@ -273,46 +273,10 @@ def pretrain(
     stages = {name: stage_dir(cache, step) for name, step in profile.stages}
     if all((d / "checkpoint.json").is_file() for d in stages.values()):
         return stages
-    lr_schedule = {
-        "kind": "cosine",
-        "peak_lr": profile.peak_lr,
-        "warmup_steps": profile.warmup_steps,
-        "alpha_f": 0.1,
-        "t_max": profile.schedule_t_max,
-    }
-    step0 = kit.tiny_model(
-        stage_dir(cache, 0),
-        tokenizer_dir,
-        profile.model_shape,
-        seq_len,
-        profile.seed,
-        {
-            "family": "tiny",
-            "lr_schedule": lr_schedule,
-            "global_batch_size": profile.global_batch,
-            "seq_len": seq_len,
-            "tokens_per_step": profile.global_batch * seq_len,
-            "demo_profile": profile.name,
-        },
-    )
-    cfg = config_from_dict(
-        dict(
-            checkpoint=str(step0),
-            knowledge=str(probe_knowledge),
-            schedule="none",
-            data=str(corpus),
-            total_steps=profile.pretrain_steps,
-            global_batch=profile.global_batch,
-            micro_batch=profile.global_batch,
-            eval_interval=50,
-            output_dir=str(cache / "pretrain"),
-            checkpoint_interval=100,
-            log_flush_steps=50,
-            seed=profile.seed,
-        )
-    )
+    step0 = initial_model(profile, tokenizer_dir, seq_len, cache)
+    cfg = pretrain_config(profile, step0, corpus, probe_knowledge, cache / "pretrain")
     # a killed pretraining continues (or restarts) in place
-    status = kit.earlier_status(cfg, "pretraining", f"remove {cache / 'pretrain'} and rerun")
+    status = kit.earlier_status(cfg, "pretraining", f"remove {cfg.output_dir} and rerun")
     export = ExportHook(
         [step for _, step in profile.stages],
         lambda global_step: stage_dir(cache, global_step),
@@ -328,9 +292,51 @@ def pretrain(
     if missing:
         # a resumed pretraining skips exports of steps before its checkpoint: start over once
         raise UserError(
-            f"demo pretraining did not export stage(s) {', '.join(missing)}; remove {cache / 'pretrain'} and rerun"
+            f"demo pretraining did not export stage(s) {', '.join(missing)}; remove {cfg.output_dir} and rerun"
         )
     return stages
+
+
+def initial_model(profile: DemoProfile, tokenizer_dir: Path, seq_len: int, cache: Path) -> Path:
+    """Step 0 of the tiny family's "original run": the random initialisation, with the run's learning-rate
+    schedule and rows per step in its checkpoint.json."""
+    lr_schedule = {
+        "kind": "cosine",
+        "peak_lr": profile.peak_lr,
+        "warmup_steps": profile.warmup_steps,
+        "alpha_f": 0.1,
+        "t_max": profile.schedule_t_max,
+    }
+    meta = {
+        "family": "tiny",
+        "lr_schedule": lr_schedule,
+        "global_batch_size": profile.global_batch,
+        "seq_len": seq_len,
+        "tokens_per_step": profile.global_batch * seq_len,
+        "demo_profile": profile.name,
+    }
+    return kit.tiny_model(stage_dir(cache, 0), tokenizer_dir, profile.model_shape, seq_len, profile.seed, meta)
+
+
+def pretrain_config(
+    profile: DemoProfile, step0: Path, corpus: Path, probe_knowledge: Path, run_dir: Path
+) -> ExperimentConfig:
+    return config_from_dict(
+        dict(
+            checkpoint=str(step0),
+            knowledge=str(probe_knowledge),
+            schedule="none",
+            data=str(corpus),
+            total_steps=profile.pretrain_steps,
+            global_batch=profile.global_batch,
+            micro_batch=profile.global_batch,
+            eval_interval=50,
+            output_dir=str(run_dir),
+            checkpoint_interval=100,
+            log_flush_steps=50,
+            seed=profile.seed,
+        )
+    )
 
 
 def register_tiny_family(profile: DemoProfile, stages: dict[str, Path]) -> None:
