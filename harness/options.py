@@ -56,14 +56,13 @@ def parse_list(text: str, tp: Any, name: str) -> tuple:
     return tuple(item(v) for v in numbers)
 
 
-def option_parameters(cls: type, defaults: dict[str, Any] | None = None) -> list[inspect.Parameter]:
-    """One keyword parameter per field of `cls`, annotated as a typer option (its help the field's docstring);
-    `defaults` replace field defaults for this command."""
+def option_parameters(cls: type) -> list[inspect.Parameter]:
+    """One keyword parameter per field of `cls`, annotated as a typer option (its help the field's docstring)."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     params = []
     for f in dataclasses.fields(cls):
-        default = (defaults or {}).get(f.name, f.default)
+        default = f.default
         if default is dataclasses.MISSING:
             raise TypeError(f"{cls.__name__}.{f.name} has no default: a command-line option needs one")
         tp = hints[f.name]
@@ -99,14 +98,14 @@ def build_options(cls: type, values: dict[str, Any]) -> Any:
 Command = Callable[..., Any]
 
 
-def options_from(cls: type, defaults: dict[str, Any] | None = None) -> Callable[[Command], Command]:
+def options_from(cls: type) -> Callable[[Command], Command]:
     """Decorator: the command's parameter annotated `cls` becomes the options of `cls`'s fields (see above)."""
 
     def decorate(command: Command) -> Command:
         signature = inspect.signature(command, eval_str=True)
         [target] = [p.name for p in signature.parameters.values() if p.annotation is cls]
         own = [p for p in signature.parameters.values() if p.name != target]
-        fields = option_parameters(cls, defaults)
+        fields = option_parameters(cls)
         clash = {p.name for p in own} & {p.name for p in fields}
         if clash:
             raise TypeError(f"{command.__name__}: parameters {sorted(clash)} are also fields of {cls.__name__}")
