@@ -8,7 +8,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
+from harness.streams import import_deepspeed
 from tests.helpers.shared import run_directory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -17,9 +19,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def pytest_configure(config):
     """Import DeepSpeed once, outside any captured command, so its logger writes to the process's stderr (it
     binds the stream it finds at import): in-process CLI tests then see only results on stdout."""
-    from harness.streams import import_deepspeed
-
     import_deepspeed()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # one core per worker: torch's default (a thread per core) in each of two workers oversubscribes the
+        # CPU, and OpenMP threads that wait for each other then spin
+        torch.set_num_threads(1)
     # Nothing a test builds lands in the user's ~/.cache/injection, and no test sees what an earlier test run
     # (or the user) left there: one fresh cache per test process (each xdist worker has its own);
     # INJECTION_TEST_KEEP_CACHE=1 keeps the INJECTION_CACHE of the environment instead.
