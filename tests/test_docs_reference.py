@@ -106,19 +106,25 @@ def test_column_tables_match_the_schemas(formats_text, name):
     assert [(n, ARROW_TYPES[t]) for n, t in documented] == schema_columns(_schemas()[name])
 
 
-def test_config_tables_list_every_field_with_its_default(formats_text):
+def _config_class(name: str) -> type:
     from injection.engine.config import ExperimentConfig
+    from injection.recipes.demo import DemoProfile
 
-    rows = [row for table in marked_tables(formats_text, "fields: ExperimentConfig") for row in table]
+    return {"ExperimentConfig": ExperimentConfig, "DemoProfile": DemoProfile}[name]
+
+
+@pytest.mark.parametrize("cls_name", ["ExperimentConfig", "DemoProfile"])
+def test_config_tables_list_every_field_with_its_default(formats_text, cls_name):
+    rows = [row for table in marked_tables(formats_text, f"fields: {cls_name}") for row in table]
     documented: dict[str, str] = {}
     for row in rows:
-        name = code_span(row[0], "config table")
-        assert name not in documented, f"field {name!r} is listed twice"
-        documented[name] = row[2]
-    actual = config_fields(ExperimentConfig)
+        for name in re.findall(r"`([^`]+)`", row[0]):  # a row may document several fields alike
+            assert name not in documented, f"field {name!r} is listed twice"
+            documented[name] = row[2]
+    actual = config_fields(_config_class(cls_name))
     assert sorted(documented) == sorted(actual), (
         f"missing from the docs: {sorted(set(actual) - set(documented))}; "
-        f"not fields of ExperimentConfig: {sorted(set(documented) - set(actual))}"
+        f"not fields of {cls_name}: {sorted(set(documented) - set(actual))}"
     )
     wrong = []
     for name, default in actual.items():

