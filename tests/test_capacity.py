@@ -193,6 +193,7 @@ def test_parameter_counts_match_the_architecture(inputs):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a whole recipe: 1.5-3 minutes on an idle 2-core machine
 def test_quick_profile_from_nothing_then_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"

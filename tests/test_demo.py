@@ -15,6 +15,7 @@ FULL, QUICK = load_demo_profile("full"), load_demo_profile("quick")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a whole recipe: 1.5-3 minutes on an idle 2-core machine
 def test_quick_demo_from_nothing_then_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"

@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a wheel built, installed and run
 
 
 def test_wheel_installed_outside_the_checkout_runs_smoke_and_analysis(tmp_path):
