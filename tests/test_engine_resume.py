@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "tests" / "helpers" / "engine.py"
 KEY = ["step", "paragraph", "kind", "probe"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("engine-resume")]  # one worker builds `reference`
+pytestmark = pytest.mark.slow
 
 
 def _config(tmp: Path, name: str) -> Path:

@@ -83,11 +83,6 @@ SCHEDULE = {
 }
 
 
-#: Every test here shares one served world (a loopback server lives in the process): with `--dist loadgroup`,
-#: xdist runs them all on one worker, so the world is built once.
-pytestmark = pytest.mark.xdist_group("pythia-chain")
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The served data, a one-family catalog pointing at it, a cache, knowledge and a schedule."""
