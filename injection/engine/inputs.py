@@ -17,6 +17,7 @@ from injection.checkpoints.layout import CheckpointInfo, read_checkpoint_dir
 from injection.data.source import BatchStream
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import ProbeItem
+from injection.engine.plan import instance_filter
 from injection.splice import InjectionRecord, SpliceItem, place
 
 
@@ -122,7 +123,8 @@ def resolve_data(spec: str, ckpt: CheckpointInfo) -> Path | str:
 
 
 def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo) -> BatchStream:
-    """The run's batches: the corpus `data` read from the checkpoint's data position, `global_batch` at a time."""
+    """The run's batches: the corpus `data` read from the checkpoint's data position, `global_batch` at a time, with
+    the original run's instance filter (if it had one and the configuration keeps it)."""
     from injection.data.formats import open_corpus
 
     corpus = open_corpus(resolve_data(cfg.data, ckpt))
@@ -132,7 +134,9 @@ def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo) -> BatchStream:
             f"was trained with {ckpt.seq_len}"
         )
     pos = ckpt.data_position
-    stream = BatchStream(corpus, pos.epoch, pos.instances_seen, cfg.global_batch or ckpt.global_batch_size)
+    stream = BatchStream(
+        corpus, pos.epoch, pos.instances_seen, cfg.global_batch or ckpt.global_batch_size, instance_filter(cfg, ckpt)
+    )
     check_stream_covers(stream, cfg.total_steps, cfg.optimizer.moment_warmup_steps, cfg.data)
     return stream
 
