@@ -199,7 +199,9 @@ def rounding_of(confirmed: dict[tuple[int, int], str], ingredient_filter, tokens
     """The rounding of billions of tokens that reproduces every confirmed name of these runs (ceil when several do)."""
     names = {k: v for k, v in confirmed.items() if ingredient_filter(k[0])}
     for rule in ("ceil", "round", "floor"):
-        if all(int(_REVISION.fullmatch(v).group(4)) == ROUNDINGS[rule](s * tokens_per_step / 1e9) for (_, s), v in names.items()):
+        rounded = ROUNDINGS[rule]
+        billions = {v: rounded(s * tokens_per_step / 1e9) for (_, s), v in names.items()}
+        if all(int(_REVISION.fullmatch(v).group(4)) == b for v, b in billions.items()):
             return rule
     raise SystemExit(f"no rounding of the token count reproduces the README's names {sorted(names.values())}")
 
@@ -301,7 +303,6 @@ class Entry:
 
     name: str
     block: dict
-    comments: list[str]
     list_name: str
     list_text: str
 
@@ -313,7 +314,7 @@ def data_list(name: str, config_rel: str, urls: list[str], commit: str) -> str:
         f"# Source: data.paths of allenai/OLMo {config_rel} at revision {commit}",
         f"# (http://olmo-data.org/ written as {PUBLIC_HOST}). {len(urls)} entries.",
         *(
-            [f"# {repeated} entries repeat an earlier file: ai2-olmo numbers each entry's instances anew, so they stay."]
+            [f"# {repeated} entries repeat an earlier file: ai2-olmo numbers every entry's instances, so they stay."]
             if repeated
             else []
         ),
@@ -335,7 +336,6 @@ def make_entry(
     confirmed: dict[int, str],
     extra_steps: dict[int, str],
     commit: str,
-    stage1: bool,
 ) -> Entry:
     where = config_rel
     arch = architecture(cfg["model"], where)
@@ -378,18 +378,13 @@ def make_entry(
             "tokenizer": str(cfg["tokenizer"]["identifier"]),
             "dtype": str(data["memmap_dtype"]),
         },
-        "batch_sizes": [
-            {"first_step": 0, "last_step": None, "global_batch_size": batch, "evidence": f"{config_rel}"}
-        ],
+        "batch_sizes": [{"first_step": 0, "last_step": None, "global_batch_size": batch, "evidence": f"{config_rel}"}],
         "stage_rule": "nearest listed step to OLMo-1B's fractions of training (40,000 / 117,850 / 358,000 of "
         f"739,328 steps) of this run's {listed[-1]:,} steps",
         "stages": stages(listed, listed[-1]),
         "steps": steps,
     }
-    comments = [
-        f"{name}: from allenai/OLMo {config_rel} and {run.folder}/{run.stage2_csv if not stage1 else run.checkpoints_csv}",
-    ]
-    return Entry(name, block, comments, f"{name}.txt", data_list(name, config_rel, paths, commit))
+    return Entry(name, block, f"{name}.txt", data_list(name, config_rel, paths, commit))
 
 
 def entries(source: Source) -> list[Entry]:
@@ -426,7 +421,6 @@ def entries(source: Source) -> list[Entry]:
                 confirmed={s: n for (i, s), n in confirmed.items() if i == 0},
                 extra_steps=extra,
                 commit=commit,
-                stage1=True,
             )
         )
         stage2_rows = checkpoint_rows(source.text(f"{run.folder}/{run.stage2_csv}"), run.stage2_csv)
@@ -452,7 +446,6 @@ def entries(source: Source) -> list[Entry]:
                     confirmed={s: n for (i, s), n in confirmed.items() if i == ingredient},
                     extra_steps={},
                     commit=commit,
-                    stage1=False,
                 )
             )
     return out

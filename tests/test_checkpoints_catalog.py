@@ -22,7 +22,8 @@ def test_shipped_catalog_loads(catalog):
         f"pythia-{s}{v}" for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b") for v in ("", "-deduped")
     }
     olmo2 = {"olmo2-1b", "olmo2-7b", "olmo2-13b"}
-    olmo2 |= {f"olmo2-{size}-stage2-ingredient{i}" for size, n in (("1b", 3), ("7b", 3), ("13b", 4)) for i in range(1, n + 1)}
+    ingredients = {"1b": 3, "7b": 3, "13b": 4}
+    olmo2 |= {f"olmo2-{size}-stage2-ingredient{i}" for size, n in ingredients.items() for i in range(1, n + 1)}
     assert set(catalog.families) == {"olmo-1b", "olmo-7b", "tiny", "pythia-tiny"} | pythia | olmo2
     one, seven = catalog.family("olmo-1b"), catalog.family("olmo-7b")
     assert (len(one.steps), len(seven.steps)) == (351, 526)

@@ -29,8 +29,8 @@ model is built and continued. A kind's module lives at `injection/checkpoints/<k
 
 The learning-rate schedule is data (injection.lr: its kind also says which step each update uses), the data
 order is the corpus format (injection.data), and what the loss adds to the cross-entropy is checkpoint.json's
-`objective` (z-loss, instance filter: injection.engine.objective), so none of them needs code per kind. Adding a family is a new module here
-plus its catalog entries.
+`objective` (z-loss, instance filter: injection.engine.objective), so none of them needs code per kind. Adding a
+family is a new module here plus its catalog entries.
 """
 
 from __future__ import annotations

@@ -403,9 +403,7 @@ def convert_state_dict(state: dict[str, Any], arch: Architecture, where: str, to
     return out
 
 
-def convert_optimizer_state(
-    optim: dict[str, Any], arch: Architecture, where: str, to_hf=None
-) -> dict[str, Any] | None:
+def convert_optimizer_state(optim: dict[str, Any], arch: Architecture, where: str, to_hf=None) -> dict[str, Any] | None:
     """OLMo optim.pt (torch or FSDP full optimizer state dict) -> `exp_avg/<hf name>`, `exp_avg_sq/<hf name>`,
     `step`. State may be keyed by parameter index (resolved through the groups' `param_names`) or by name."""
     import torch

@@ -256,4 +256,3 @@ def convert_original(
         trust_pickle=trust_pickle,
         objective=objective_from_config(cfg, family.objective, where),
     )
-

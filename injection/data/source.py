@@ -25,9 +25,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from harness.errors import UserError
-from injection.instance_filter import InstanceFilter
 from injection.data.order import GlobalIndices, InMemoryIndices, build_global_indices
 from injection.data.remote import ByteReader, is_url, join_location, open_reader, read_text
+from injection.instance_filter import InstanceFilter
 
 CORPUS_FILE = "corpus.json"
 OLMO_FORMAT = "olmo"
