@@ -163,10 +163,13 @@ def _pull_hf(res: Resolved, dest: Path) -> Path:
             return _download_revision(res, dest, name)
         except RevisionNotFoundError:
             if i == len(candidates) - 1:
+                derived = (
+                    f" (the name for {res.ref} is derived, not confirmed)" if res.entry.hf_revision_guessed else ""
+                )
                 raise UserError(
-                    f"{fam.hf_repo} has no branch {' nor '.join(candidates)} (the name for {res.ref} is derived, "
-                    "not confirmed); list its branches (huggingface_hub.list_repo_refs) and pull with --out from a "
-                    "snapshot of the right one, or use --source original"
+                    f"{fam.hf_repo} has no branch {' nor '.join(candidates)}{derived}; list its branches "
+                    "(huggingface_hub.list_repo_refs) and pull with --out from a snapshot of the right one, or use "
+                    "--source original"
                 ) from None
     raise AssertionError("unreachable")
 
