@@ -86,3 +86,23 @@ def test_the_plan_takes_the_checkpoints_objective_unless_configured(tmp_path, ch
     from injection.lr import learning_rate
 
     assert plan.lrs[1] == learning_rate(ckpt.lr_schedule, ckpt.tokens_seen + 2 * ckpt.tokens_per_step)
+
+
+def test_an_exported_checkpoint_carries_the_token_count_on(tmp_path, checkpoint):
+    """A run's export at step S + k has seen T + k × rows × L tokens, so a token-unit schedule continues from it
+    where the first run left off."""
+    from injection.engine.hooks import ExportHook
+    from injection.engine.inputs import read_checkpoint
+    from injection.engine.loop import run_training
+
+    torch.set_num_threads(1)
+    inputs = synthetic_inputs(checkpoint)
+    export = ExportHook([2], lambda step: tmp_path / f"step{step}")
+    run_training(_cfg(tmp_path, checkpoint, total_steps=3), inputs, progress=False, hooks=[export])
+    start = inputs.checkpoint
+    exported = read_checkpoint(str(tmp_path / f"step{start.step + 2}"))
+    assert exported.tokens_seen == start.tokens_seen + 2 * start.tokens_per_step
+    assert exported.objective == start.objective and exported.kind == "olmo2"
+    first = make_plan(_cfg(tmp_path, checkpoint, total_steps=3), start, 1, [])
+    second = make_plan(_cfg(tmp_path, checkpoint, total_steps=1), exported, 1, [])
+    assert second.lrs[0] == first.lrs[2]

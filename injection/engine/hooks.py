@@ -206,6 +206,8 @@ def export_checkpoint(run: Run, k: int, dest: Path, meta_overrides: dict[str, An
         "global_batch_size": run.plan.global_batch,
         "tokens_per_step": run.plan.tokens_per_step,
         "data_position": asdict(DataPosition(epoch, index, "export")),
+        "tokens_seen": (ckpt.tokens_seen if ckpt.tokens_seen is not None else ckpt.step * ckpt.tokens_per_step)
+        + k * run.plan.tokens_per_step,
         "trainer_state": {"global_step": ckpt.step + k, "run_dir": str(run.run_dir)},
         **meta_overrides,
     }
