@@ -94,6 +94,7 @@ class MetricsHook(Hook):
 
     def on_update(self, run, step, metrics):
         row = {"step": [step], "max_mem_gib": [float("nan")], "eval_s": [0.0], "skipped": [False]}
+        row.update(z_loss=[float("nan")], masked_rows=[0])  # runs whose objective has no such term
         row.update({k: [v] for k, v in metrics.items() if k in METRICS_SCHEMA.names})
         self.writer.add(step, row)
 
