@@ -26,7 +26,7 @@ def _sources(family: Family, step: int) -> str:
     if entry and entry.urls:
         parts.append("original" + (f" (+{len(entry.urls) - 1} alt)" if len(entry.urls) > 1 else ""))
     if entry and entry.hf_revision:
-        parts.append(f"hf:{entry.hf_revision}")
+        parts.append(f"hf:{entry.hf_revision}" + (" (derived)" if entry.hf_revision_guessed else ""))
     return ", ".join(parts)
 
 
