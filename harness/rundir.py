@@ -89,13 +89,15 @@ INJECTION_COLUMNS: tuple[Column, ...] = (
 
 METRIC_COLUMNS: tuple[Column, ...] = (
     Column("step", pa.int32(), "run step after the update (k + 1 for update k)"),
-    Column("loss", pa.float32(), "mean training loss of the global batch"),
+    Column("loss", pa.float32(), "mean training loss of the global batch (the cross-entropy, without z-loss)"),
     Column("lr", pa.float64(), "learning rate of the update"),
     Column("grad_norm", pa.float32(), "global gradient norm before clipping"),
     Column("tokens_per_s", pa.float32(), "training throughput of the update"),
     Column("max_mem_gib", pa.float32(), "peak accelerator memory so far (NaN on a CPU)"),
     Column("eval_s", pa.float32(), "seconds spent scoring probes after this update (0 when not evaluated)"),
     Column("skipped", pa.bool_(), "the update was skipped (non-finite loss or gradient norm, when configured)"),
+    Column("z_loss", pa.float32(), "the z-loss term of the objective (NaN for runs without one)"),
+    Column("masked_rows", pa.int32(), "rows whose original instance the run's repetition filter gave no loss"),
 )
 
 

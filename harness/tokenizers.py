@@ -21,6 +21,8 @@ SHIPPED_TOKENIZERS = {
     "olmo-pii": "allenai_eleuther-ai-gpt-neox-20b-pii-special.json",
     "dolma2": "allenai_dolma2.json",
 }
+#: Each file's padding token (`dolma2`, OLMo 2's tokenizer, calls it `<|pad|>`, id 100277).
+PAD_TOKENS = {"olmo": "<|padding|>", "olmo-pii": "<|padding|>", "dolma2": "<|pad|>"}
 
 
 def shipped_tokenizer_file(name: str) -> Path:
@@ -47,7 +49,9 @@ def load_tokenizer(name_or_path: str):
     """
     if name_or_path in SHIPPED_TOKENIZERS:
         file = shipped_tokenizer_file(name_or_path)
-        return PreTrainedTokenizerFast(tokenizer_file=str(file), eos_token="<|endoftext|>", pad_token="<|padding|>")
+        return PreTrainedTokenizerFast(
+            tokenizer_file=str(file), eos_token="<|endoftext|>", pad_token=PAD_TOKENS[name_or_path]
+        )
     path = Path(name_or_path)
     if path.is_file() and path.suffix == ".json":
         try:

@@ -28,6 +28,11 @@ Which step each update uses differs between the two trainers:
 
 Run update k (θ_k → θ_{k+1}, batch S+k) therefore uses `learning_rate(schedule, S + k + UPDATE_OFFSET[kind])`;
 see `lr_for_update`.
+
+OLMo's schedules may also run in tokens (`units: tokens`, OLMo 2): warm-up and horizon are token counts and the
+position is the trainer's count of tokens trained on, which OLMo advances by rows × row length before each
+update. The update from a checkpoint that had seen T tokens, with B rows of L tokens per step, then uses
+lr(T + (k + 1)·B·L).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from typing import Any, Literal
 from harness.errors import UserError
 
 ScheduleKind = Literal["cosine", "linear", "constant", "gpt-neox-cosine"]
+Units = Literal["steps", "tokens"]
 KINDS: tuple[str, ...] = ("cosine", "linear", "constant", "gpt-neox-cosine")
 #: Run update k from global step S uses lr(S + k + offset): 1 where the trainer counts the step before the
 #: update (OLMo), 0 where it steps the scheduler after it (GPT-NeoX).
@@ -55,14 +61,17 @@ class LRSchedule:
     peak_lr: float
     """The optimizer's learning rate in the run's config: the value reached at the end of warm-up."""
     warmup_steps: int = 0
-    """Linear warm-up length in steps."""
+    """Linear warm-up length, in the schedule's `units` (steps, or tokens)."""
     alpha_f: float = 0.1
     """Floor as a fraction of the peak: eta_min = alpha_f · peak_lr (GPT-NeoX's min_lr / lr)."""
     t_max: int | None = None
-    """Length of the decay: the step at which OLMo's reaches the floor (OLMo uses the run's max steps when unset);
-    the cosine's period for `gpt-neox-cosine` (GPT-NeoX's lr_decay_iters)."""
+    """Length of the decay: the step (or token count) at which OLMo's reaches the floor (OLMo uses the run's length
+    when unset); the cosine's period for `gpt-neox-cosine` (GPT-NeoX's lr_decay_iters)."""
     warmup_min_lr: float | None = None
     """Learning rate at step 0 of OLMo's warm-up; OLMo's default is 0.1 · peak_lr. GPT-NeoX warms up from 0."""
+    units: Units = "steps"
+    """What `warmup_steps` and `t_max` count and what the schedule's position is: optimizer `steps`, or `tokens`
+    trained on (OLMo's `scheduler.units: tokens`)."""
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "lr_schedule") -> LRSchedule:
@@ -95,7 +104,12 @@ class LRSchedule:
             alpha_f=0.1 if d.get("alpha_f") is None else number("alpha_f", d["alpha_f"]),
             t_max=number("t_max", d.get("t_max"), integer=True),
             warmup_min_lr=number("warmup_min_lr", d.get("warmup_min_lr")),
+            units=d.get("units") or "steps",
         )
+        if sched.units not in ("steps", "tokens"):
+            raise UserError(f"{where}.units: expected steps or tokens, got {sched.units!r}")
+        if sched.kind == "gpt-neox-cosine" and sched.units != "steps":
+            raise UserError(f"{where}.units: GPT-NeoX's schedule counts steps")
         if sched.peak_lr <= 0:
             raise UserError(f"{where}.peak_lr: must be > 0, got {sched.peak_lr}")
         if sched.kind != "constant" and sched.t_max is None:
@@ -113,8 +127,8 @@ class LRSchedule:
 
 
 def learning_rate(schedule: LRSchedule, step: int) -> float:
-    """The learning rate the run's scheduler gives at `step` (pure): OLMo's global step, or GPT-NeoX's count of
-    applied updates for `gpt-neox-cosine`."""
+    """The learning rate the run's scheduler gives at `step` (pure): OLMo's global step (or its count of tokens, for
+    a schedule in token units), or GPT-NeoX's count of applied updates for `gpt-neox-cosine`."""
     peak = schedule.peak_lr
     if schedule.kind == "constant":
         return peak
@@ -147,7 +161,15 @@ def _gpt_neox_cosine(schedule: LRSchedule, n: int) -> float:
     return max(schedule.alpha_f * peak, peak / 2 * (1 + math.cos(math.pi * x / period)))
 
 
-def lr_for_update(schedule: LRSchedule, start_step: int, k: int) -> float:
+def lr_for_update(
+    schedule: LRSchedule, start_step: int, k: int, *, start_tokens: int | None = None, tokens_per_step: int = 0
+) -> float:
     """Learning rate of run update k (θ_k → θ_{k+1}) when continuing from global step `start_step`: lr(S+k+1) for
-    OLMo's schedules, lr(S+k) for GPT-NeoX's (see the module docstring)."""
-    return learning_rate(schedule, start_step + k + UPDATE_OFFSET[schedule.kind])
+    OLMo's schedules, lr(S+k) for GPT-NeoX's; in token units lr(T + (k+1)·tokens_per_step) from the trainer's
+    count T at the checkpoint (see the module docstring)."""
+    n = k + UPDATE_OFFSET[schedule.kind]
+    if schedule.units == "tokens":
+        if start_tokens is None or tokens_per_step <= 0:
+            raise UserError("a schedule in token units needs the checkpoint's token count and the tokens per step")
+        return learning_rate(schedule, start_tokens + n * tokens_per_step)
+    return learning_rate(schedule, start_step + n)

@@ -21,7 +21,10 @@ def test_shipped_catalog_loads(catalog):
     pythia = {
         f"pythia-{s}{v}" for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b") for v in ("", "-deduped")
     }
-    assert set(catalog.families) == {"olmo-1b", "olmo-7b", "tiny", "pythia-tiny"} | pythia
+    olmo2 = {"olmo2-1b", "olmo2-7b", "olmo2-13b"}
+    ingredients = {"1b": 3, "7b": 3, "13b": 4}
+    olmo2 |= {f"olmo2-{size}-stage2-ingredient{i}" for size, n in ingredients.items() for i in range(1, n + 1)}
+    assert set(catalog.families) == {"olmo-1b", "olmo-7b", "tiny", "pythia-tiny"} | pythia | olmo2
     one, seven = catalog.family("olmo-1b"), catalog.family("olmo-7b")
     assert (len(one.steps), len(seven.steps)) == (351, 526)
     assert one.hf_repo == "allenai/OLMo-1B-hf" and seven.hf_repo == "allenai/OLMo-7B-hf"

@@ -471,6 +471,11 @@ CASES = [
         "optimizer.grad_clip",
     ),
     Case(
+        "run: negative z-loss multiplier",
+        lambda t: ["run", "smoke", "--set", "objective.z_loss_multiplier=-1e-4", "-o", str(t / "r")],
+        "objective.z_loss_multiplier",
+    ),
+    Case(
         "run: -o is a file",
         lambda t: [tiny(t) and (t / "f").write_text("x") and None or "run", str(config(t)), "-o", str(t / "f")],
         "exists and is not a directory",

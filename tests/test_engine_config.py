@@ -102,6 +102,27 @@ def test_pythia_paper_presets(name, size):
     assert smoke.checkpoint.startswith("pythia-tiny@") and smoke.deepspeed_config == "cpu"
 
 
+@pytest.mark.parametrize("size, rows", [("1b", 512), ("7b", 1024)])
+@pytest.mark.parametrize("stage", ["early", "mid", "late"])
+def test_olmo2_paper_presets(size, rows, stage):
+    """The reference design on OLMo 2's own batches (4,096-token rows) at its three stages, controls logged, the
+    checkpoint's AdamW state continued; micro-batches that split the rows on 1, 8 and 16 GPUs; the LM head chunked
+    (a 100,352-entry vocabulary)."""
+    from injection.checkpoints.catalog import load_catalog
+    from injection.engine.plan import accumulation_steps, resolve_micro_batch
+
+    cfg = load_config(f"paper-olmo2-{size}-{stage}")
+    assert (cfg.checkpoint, cfg.schedule, cfg.total_steps) == (f"olmo2-{size}@{stage}", "paper", 2500)
+    assert cfg.knowledge_limit == 130 and cfg.global_batch is None and not cfg.optimizer.fresh_moments
+    assert cfg.optimizer.moment_warmup_steps == 0 and cfg.objective.instance_filter and cfg.precision == "bf16"
+    assert cfg.kernels.loss_chunk_tokens == 4096 and cfg.data == f"data/olmo2-{size}-{stage}"
+    resolved = load_catalog().resolve(cfg.checkpoint)
+    assert resolved.family.batch_size_at(resolved.step) == rows and resolved.family.seq_len == 4096
+    for gpus in (1, 8, 16):
+        micro = resolve_micro_batch(rows, gpus, cfg.micro_batch, cfg.max_micro_batch)
+        assert accumulation_steps(rows, micro, gpus) * micro * gpus == rows and micro == cfg.max_micro_batch
+
+
 def test_overrides_and_explicit_options(tmp_path):
     f = tmp_path / "exp.yaml"
     f.write_text(yaml.safe_dump(BASE))

@@ -51,6 +51,31 @@ def test_update_k_uses_the_next_global_step():
     assert 4e-5 < mid < 4e-4 and not math.isclose(mid, learning_rate(sched, 51001))
 
 
+def test_token_units_follow_olmos_token_count():
+    """OLMo 2 (scheduler.units: tokens): the update from a checkpoint that had seen T tokens uses OLMo's schedule at
+    T + (k + 1) × rows × row length, the count its trainer advances before each update."""
+    tokens_per_step = 512 * 4096
+    ours = LRSchedule("cosine", 4e-4, 8_388_608_000, 0.1, 5_000_000_000_000, 0.0, units="tokens")
+    olmo = CosWithWarmup(
+        grad_clip_warmup_steps=None,
+        grad_clip_warmup_factor=None,
+        warmup_min_lr=0.0,
+        warmup_steps=8_388_608_000,
+        alpha_f=0.1,
+        t_max=5_000_000_000_000,
+    )
+    for step, k in ((300000, 0), (300000, 2499), (1000, 3), (1907359, 0)):
+        seen = step * tokens_per_step
+        expected = olmo.get_lr(4e-4, seen + (k + 1) * tokens_per_step, 10**15)
+        got = lr_for_update(ours, step, k, start_tokens=seen, tokens_per_step=tokens_per_step)
+        assert got == pytest.approx(expected, rel=1e-12)
+        assert got != pytest.approx(learning_rate(ours, step + k + 1))  # a step count would be in warm-up
+    with pytest.raises(UserError, match="token count"):
+        lr_for_update(ours, 300000, 0)
+    with pytest.raises(UserError, match="units: expected steps or tokens"):
+        LRSchedule.from_dict({"kind": "cosine", "peak_lr": 1e-3, "t_max": 10, "units": "epochs"})
+
+
 def test_bad_schedule_names_the_field():
     with pytest.raises(UserError, match="t_max"):
         LRSchedule.from_dict({"kind": "cosine", "peak_lr": 1e-3, "warmup_steps": 10})

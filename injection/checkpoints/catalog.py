@@ -21,7 +21,7 @@ from harness.paths import cache_dir
 from harness.typed import from_mapping
 from injection import shipped_path
 from injection.checkpoints.family import model_family
-from injection.checkpoints.layout import OptimizerSpec, is_complete
+from injection.checkpoints.layout import ObjectiveSpec, OptimizerSpec, is_complete
 from injection.lr import LRSchedule
 
 STAGES = ("early", "mid", "late")
@@ -57,6 +57,9 @@ class DataOrder:
     """`megatron-indexed`: the `.idx` file."""
     data_urls: tuple[str, ...] = ()
     """`megatron-indexed`: the `.bin` token file, or its shards in order."""
+    dtype: Literal["uint16", "uint32"] | None = None
+    """`olmo`: the token files' integer type (the run's `data.memmap_dtype`); unset = uint16 when the vocabulary fits
+    it, else uint32."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,10 @@ class StepEntry:
     urls: tuple[str, ...]
     """Unsharded checkpoint directories (the first is tried first)."""
     hf_revision: str | None
-    """Branch of the family's HF repo holding this step, where confirmed; null otherwise."""
+    """Branch of the family's HF repo holding this step, where known; null otherwise."""
+    hf_revision_guessed: bool = False
+    """The branch name is derived from the step and token count, not confirmed (a pull warns, and tries the name
+    without a `stage1-` prefix too)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,8 @@ class Family:
     precision: str | None = None
     """The precision the original run trained in (informational)."""
     known_issues: tuple[KnownIssue, ...] = ()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    """Loss terms and instance masking beyond the cross-entropy (OLMo 2's z-loss and repetition filter)."""
     _by_step: dict[int, StepEntry] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +130,14 @@ class Family:
     def seq_len(self) -> int:
         """Tokens per row that a step trains on (token counts use it)."""
         return self.data_order.seq_len
+
+    @property
+    def token_dtype(self) -> str:
+        """The integer type of the run's token files (`olmo` format)."""
+        if self.data_order.dtype is not None:
+            return self.data_order.dtype
+        vocab = getattr(self.architecture, "embedding_size", None) or getattr(self.architecture, "vocab_size", 0)
+        return "uint16" if vocab <= 1 << 16 else "uint32"
 
     @property
     def row_len(self) -> int:
@@ -248,6 +264,7 @@ class _Raw:
     builtin: bool = False
     precision: str | None = None
     known_issues: tuple[KnownIssue, ...] = ()
+    objective: dict[str, Any] | None = None
 
 
 def _family(name: str, data: Any, where: str) -> Family:
@@ -293,6 +310,7 @@ def _family(name: str, data: Any, where: str) -> Family:
         builtin=raw.builtin,
         precision=raw.precision,
         known_issues=raw.known_issues,
+        objective=ObjectiveSpec.from_dict(raw.objective, f"{where}: field '{path}.objective'"),
     )
     if not fam.builtin:
         missing = [f"{s}={v}" for s, v in fam.stages.items() if fam.entry(v) is None]

@@ -29,7 +29,7 @@ def _sources(family: Family, step: int) -> str:
     if entry and entry.urls:
         parts.append("original" + (f" (+{len(entry.urls) - 1} alt)" if len(entry.urls) > 1 else ""))
     if entry and entry.hf_revision:
-        parts.append(f"hf:{entry.hf_revision}")
+        parts.append(f"hf:{entry.hf_revision}" + (" (derived)" if entry.hf_revision_guessed else ""))
     return ", ".join(parts)
 
 
@@ -74,28 +74,41 @@ def show(ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e
     rows += [("reported problem", f"{issue.reported} ({issue.source})") for issue in fam.issues_at(step)]
     if res.entry:
         rows += [("original URL", url) for url in res.entry.urls]
-        rows.append(
-            (
-                "HF revision",
-                f"{fam.hf_repo} @ {res.entry.hf_revision}" if res.entry.hf_revision else "unknown (not confirmed)",
-            )
-        )
+        revision = f"{fam.hf_repo} @ {res.entry.hf_revision}" if res.entry.hf_revision else "unknown (not confirmed)"
+        if res.entry.hf_revision_guessed:
+            revision += " (derived from the step, not confirmed)"
+        rows.append(("HF revision", revision))
     elif fam.builtin:
         rows.append(("source", "built offline (step 0) or trained locally"))
-    sched = fam.lr_schedule
+    sched, opt = fam.lr_schedule, fam.optimizer
+    position = fam.tokens_at(step) if sched.units == "tokens" else step
+    decayed = "Linear weights" + (", norms and biases" if opt.decay_norm_and_bias else "")
+    decayed += ", the embedding" if opt.decay_embeddings else ""
     rows += [
-        ("learning rate here", f"{learning_rate(sched, step):.4g}"),
+        ("learning rate here", f"{learning_rate(sched, position):.4g}"),
         (
             "lr schedule",
-            f"{sched.kind}, peak {sched.peak_lr:g}, warmup {sched.warmup_steps}, "
-            f"alpha_f {sched.alpha_f:g}, t_max {sched.t_max}",
+            f"{sched.kind}, peak {sched.peak_lr:g}, warmup {sched.warmup_steps:,}, "
+            f"alpha_f {sched.alpha_f:g}, t_max {sched.t_max if sched.t_max is None else format(sched.t_max, ',')}"
+            + (f" ({sched.units})" if sched.units != "steps" else ""),
         ),
         (
             "optimizer",
-            f"AdamW betas {fam.optimizer.betas}, eps {fam.optimizer.eps:g}, "
-            f"weight decay {fam.optimizer.weight_decay:g}, grad clip {fam.optimizer.grad_clip:g}",
+            f"AdamW betas {opt.betas}, eps {opt.eps:g}, weight decay {opt.weight_decay:g} (on {decayed}), "
+            f"grad clip {opt.grad_clip:g}",
         ),
     ]
+    if fam.objective.z_loss_multiplier is not None:
+        rows.append(("z-loss", f"multiplier {fam.objective.z_loss_multiplier:g}"))
+    if fam.objective.instance_filter is not None:
+        f = fam.objective.instance_filter
+        rows.append(
+            (
+                "instance filter",
+                f"no loss on instances repeating a {f.repetition_min_period}-{f.repetition_max_period} token "
+                f"pattern {f.repetition_max_count}+ times",
+            )
+        )
     arch = dataclasses.asdict(fam.architecture) if dataclasses.is_dataclass(fam.architecture) else fam.architecture
     rows.append(("architecture", f"{fam.kind}: " + ", ".join(f"{k} {v}" for k, v in arch.items())))
     d = fam.data_order
@@ -109,7 +122,7 @@ def show(ref: Annotated[str, typer.Argument(help="FAMILY@STEP or FAMILY@STAGE, e
     else:
         rows += [
             ("data order", f"seed {d.seed}, global_indices {d.global_indices_url}"),
-            ("data files", str(d.data_paths)),
+            ("data files", f"{d.data_paths} ({fam.token_dtype})"),
             ("tokenizer", str(d.tokenizer)),
         ]
     for key, value in rows:

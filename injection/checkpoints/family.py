@@ -8,7 +8,10 @@ model is built and continued. A kind's module lives at `injection/checkpoints/<k
     MODEL_TYPE: str                             transformers' `model_type` of its HF checkpoints
     parse_architecture(data, where) -> arch     the catalog's `architecture:` block, validated (UserError)
     hf_config(arch) -> PretrainedConfig         the HF config of that architecture
-    param_groups(model, weight_decay) -> list   AdamW parameter groups as the original run decayed them
+    param_groups(model, weight_decay, optimizer) -> list
+                                                AdamW parameter groups as the original run decayed them
+                                                (`optimizer`: checkpoint.json's OptimizerSpec, whose flags
+                                                some kinds read)
     loss_factor(seq_len) -> float               turns HF's mean next-token loss into the original trainer's
                                                 objective (OLMo divides the summed loss by rows × L, not L − 1)
     tokenizer(family) -> tokenizer              the run's tokenizer, offline
@@ -24,9 +27,10 @@ model is built and continued. A kind's module lives at `injection/checkpoints/<k
                                                 step 0 of a built-in family (random initialisation, offline;
                                                 needed only by kinds that have built-in families)
 
-The learning-rate schedule is data (injection.lr: its kind also says which step each update uses) and the data
-order is the corpus format (injection.data), so neither needs code per kind. Adding a family is a new module here
-plus its catalog entries.
+The learning-rate schedule is data (injection.lr: its kind also says which step each update uses), the data
+order is the corpus format (injection.data), and what the loss adds to the cross-entropy is checkpoint.json's
+`objective` (z-loss, instance filter: injection.engine.objective), so none of them needs code per kind. Adding a
+family is a new module here plus its catalog entries.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any, Protocol
 from harness.errors import UserError
 
 #: Kinds shipped with the harness (a catalog may name any module under injection/checkpoints/ that defines KIND).
-KNOWN_KINDS = ("olmo", "tiny", "pythia")
+KNOWN_KINDS = ("olmo", "olmo2", "tiny", "pythia")
 
 
 class ModelFamily(Protocol):
@@ -48,7 +52,7 @@ class ModelFamily(Protocol):
 
     def parse_architecture(self, data: Any, where: str) -> Any: ...
     def hf_config(self, arch: Any) -> Any: ...
-    def param_groups(self, model: Any, weight_decay: float) -> list[dict[str, Any]]: ...
+    def param_groups(self, model: Any, weight_decay: float, optimizer: Any = None) -> list[dict[str, Any]]: ...
     def loss_factor(self, seq_len: int) -> float: ...
     def tokenizer(self, family: Any) -> Any: ...
     def convert_original(

@@ -8,7 +8,9 @@ with its one writer (`write_checkpoint_dir`) and its one reader (`read_checkpoin
 
 checkpoint.json holds what continuing the original run needs and the HF files do not say: the family and its
 kind, the global step S, rows per step and sequence length, the optimizer's hyper-parameters and learning-rate
-schedule, whether AdamW moments are present, and where the original data stream stands (`data_position`).
+schedule, whether AdamW moments are present, where the original data stream stands (`data_position`), the
+trainer's token count (`tokens_seen`, for schedules in token units) and what the loss adds to the cross-entropy
+(`objective`: OLMo 2's z-loss and instance filter).
 
 `seq_len` is the length of the rows the data stream holds and the model is fed; `tokens_per_step` counts the
 tokens a step trains on as the original run counted them. They are global_batch_size × seq_len for OLMo; a run
@@ -30,6 +32,7 @@ from safetensors.torch import save_file
 from harness.atomic import replace_dir, staging_dir, write_json_atomic
 from harness.errors import UserError
 from injection.checkpoints.family import kind_of_model_type
+from injection.instance_filter import InstanceFilter
 from injection.lr import LRSchedule
 
 CHECKPOINT_JSON = "checkpoint.json"
@@ -45,14 +48,19 @@ class OptimizerSpec:
     eps: float = 1e-5
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    decay_norm_and_bias: bool = False
+    """OLMo's `optimizer.decay_norm_and_bias`: layer-norm weights and biases get weight decay too."""
+    decay_embeddings: bool = False
+    """OLMo's `optimizer.decay_embeddings`: the token embedding gets weight decay too."""
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> OptimizerSpec:
         if not isinstance(d, dict):
             raise UserError(f"{where}: expected a mapping, got {d!r}")
-        unknown = sorted(set(d) - {"betas", "eps", "weight_decay", "grad_clip", "name"})
+        known = ("betas", "eps", "weight_decay", "grad_clip", "decay_norm_and_bias", "decay_embeddings")
+        unknown = sorted(set(d) - {*known, "name"})
         if unknown:
-            raise UserError(f"{where}: unknown key {unknown[0]!r} (known: betas, eps, weight_decay, grad_clip)")
+            raise UserError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(known)})")
         betas = d.get("betas", cls.betas)
         if not (
             isinstance(betas, (list, tuple))
@@ -60,12 +68,17 @@ class OptimizerSpec:
             and all(_finite_number(b) and 0 <= b < 1 for b in betas)
         ):
             raise UserError(f"{where}.betas: expected two numbers in [0, 1), got {betas!r}")
-        values = {}
+        values: dict[str, Any] = {}
         for name in ("eps", "weight_decay", "grad_clip"):
             value = d.get(name, getattr(cls, name))
             if not _finite_number(value) or value < 0:
                 raise UserError(f"{where}.{name}: must be a finite number >= 0, got {value!r}")
             values[name] = float(value)
+        for name in ("decay_norm_and_bias", "decay_embeddings"):
+            value = d.get(name, False)
+            if not isinstance(value, bool):
+                raise UserError(f"{where}.{name}: expected true or false, got {value!r}")
+            values[name] = value
         return cls(betas=(float(betas[0]), float(betas[1])), **values)
 
     def as_json(self) -> dict[str, Any]:
@@ -74,6 +87,45 @@ class OptimizerSpec:
             "eps": self.eps,
             "weight_decay": self.weight_decay,
             "grad_clip": self.grad_clip,
+            "decay_norm_and_bias": self.decay_norm_and_bias,
+            "decay_embeddings": self.decay_embeddings,
+        }
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What an update minimises besides the next-token cross-entropy (checkpoint.json's `objective`).
+
+    Empty for most runs. OLMo 2 adds PaLM's z-loss (`z_loss_multiplier` × the squared log-normaliser of the
+    softmax at every counted position) and masks the instances ai2-olmo's repetition filter rejects."""
+
+    z_loss_multiplier: float | None = None
+    """None: no z-loss."""
+    instance_filter: InstanceFilter | None = None
+    """None: every instance carries loss."""
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> ObjectiveSpec:
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: expected a mapping of z_loss_multiplier and instance_filter, got {d!r}")
+        unknown = sorted(set(d) - {"z_loss_multiplier", "instance_filter"})
+        if unknown:
+            raise UserError(f"{where}: unknown key {unknown[0]!r} (known: z_loss_multiplier, instance_filter)")
+        z = d.get("z_loss_multiplier")
+        if z is not None and (not _finite_number(z) or z < 0):
+            raise UserError(f"{where}.z_loss_multiplier: must be a finite number >= 0 or null, got {z!r}")
+        filt = d.get("instance_filter")
+        return cls(
+            None if z is None else float(z),
+            None if filt is None else InstanceFilter.from_dict(filt, f"{where}.instance_filter"),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "z_loss_multiplier": self.z_loss_multiplier,
+            "instance_filter": None if self.instance_filter is None else asdict(self.instance_filter),
         }
 
 
@@ -129,6 +181,11 @@ class CheckpointInfo:
     vocab_size: int | None
     """Rows of the model's embedding (the HF config's `vocab_size`): every token id must be below it."""
     meta: dict[str, Any]
+    objective: ObjectiveSpec = ObjectiveSpec()
+    """Loss terms and instance masking beyond the plain cross-entropy (none for most runs)."""
+    tokens_seen: int | None = None
+    """Tokens the original trainer had counted before the checkpoint (OLMo's `global_train_tokens_seen`): where a
+    schedule in token units stands. None = step × tokens per step."""
 
     @property
     def tokens_per_step(self) -> int:
@@ -243,7 +300,16 @@ def read_checkpoint_dir(path: str | Path) -> CheckpointInfo:
         eos_token_id=_model_eos(model_config),
         vocab_size=vocab if isinstance(vocab, int) else None,
         meta=meta,
+        objective=ObjectiveSpec.from_dict(meta.get("objective"), f"{where}: objective"),
+        tokens_seen=_optional_count(meta, "tokens_seen", where),
     )
+
+
+def _optional_count(meta: dict[str, Any], name: str, where: str) -> int | None:
+    value = meta.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise UserError(f"{where}: field {name!r} must be an integer >= 0 or absent, got {value!r}")
+    return value
 
 
 def _kind_from_model_type(path: Path) -> str:

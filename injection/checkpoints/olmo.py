@@ -33,8 +33,14 @@ from harness.errors import UserError
 from harness.tokenizers import load_tokenizer, shipped_name_of
 from harness.typed import from_mapping
 from injection.checkpoints.family import decay_groups
-from injection.checkpoints.layout import DataPosition, checkpoint_meta, write_checkpoint_dir
-from injection.checkpoints.safe_load import safe_torch_load
+from injection.checkpoints.layout import (
+    DataPosition,
+    ObjectiveSpec,
+    OptimizerSpec,
+    checkpoint_meta,
+    write_checkpoint_dir,
+)
+from injection.checkpoints.safe_load import load_olmo_safetensors, safe_torch_load
 from injection.lr import LRSchedule
 
 KIND = "olmo"
@@ -112,18 +118,29 @@ def check_hf_config(config: dict[str, Any], arch: Architecture, where: str) -> d
     return {}
 
 
-def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
-    """OLMo's grouping: weight decay on Linear weights only; embeddings, norms and biases are not decayed
-    (ai2-olmo's get_param_groups with decay_norm_and_bias=False, decay_embeddings=False). A weight tied
-    between the embedding and the LM head counts as an embedding, as in OLMo-1B."""
+def param_groups(model, weight_decay: float, optimizer: OptimizerSpec | None = None) -> list[dict[str, Any]]:
+    """OLMo's grouping (ai2-olmo's get_param_groups): Linear weights are decayed; layer-norm weights and biases only
+    with `decay_norm_and_bias`, the token embedding only with `decay_embeddings` (`optimizer`'s flags, both off by
+    default: OLMo-1's norms have no weights and it decays neither; OLMo 2 decays its norms, not its embedding). A
+    weight tied between the embedding and the LM head counts as an embedding, as in OLMo-1B."""
+
+    spec = optimizer or OptimizerSpec()
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    return decay_groups(
-        model,
-        weight_decay,
-        lambda module, name: (
-            name == "weight" and isinstance(module, torch.nn.Linear) and id(module.weight) not in embeddings
-        ),
-    )
+
+    def decayed(module, name: str) -> bool:
+        if id(getattr(module, name)) in embeddings:
+            return spec.decay_embeddings
+        if name == "bias" or is_norm(module):
+            return spec.decay_norm_and_bias
+        return name == "weight" and isinstance(module, torch.nn.Linear)
+
+    return decay_groups(model, weight_decay, decayed)
+
+
+def is_norm(module) -> bool:
+    """A layer norm of any flavour (torch's, or a model's own RMSNorm / LayerNorm class)."""
+
+    return isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
 
 
 def loss_factor(seq_len: int) -> float:
@@ -224,39 +241,71 @@ def run_facts(cfg: dict[str, Any] | None, family, step: int, where: str) -> dict
         model = cfg.get("model") or {}
         if isinstance(model.get("max_sequence_length"), int):
             seq_len = model["max_sequence_length"]
-        o, s = cfg.get("optimizer") or {}, cfg.get("scheduler") or {}
-        kinds = {"cosine_with_warmup": "cosine", "linear_with_warmup": "linear", "constant": "constant"}
-        updates: dict[str, Any] = {}
-        if s.get("name") in kinds:
-            updates["kind"] = kinds[s["name"]]
-        if o.get("learning_rate") is not None:
-            updates["peak_lr"] = float(o["learning_rate"])
-        if s.get("t_warmup") is not None:
-            updates["warmup_steps"] = int(s["t_warmup"])
-        if s.get("alpha_f") is not None:
-            updates["alpha_f"] = float(s["alpha_f"])
-        if s.get("warmup_min_lr") is not None:
-            updates["warmup_min_lr"] = float(s["warmup_min_lr"])
-        t_max = s.get("t_max") or _max_steps(cfg.get("max_duration"), batch * seq_len)
-        if t_max is not None:
-            updates["t_max"] = int(t_max)
-        new = replace(sched, **updates)
+        new = replace(sched, **_schedule_updates(cfg, batch * seq_len, where))
         if new != sched:
             _warn(
                 f"{where}: learning-rate schedule {new.as_json()} differs from the catalog's {sched.as_json()}; "
                 "using the checkpoint's"
             )
             sched = new
+        o = cfg.get("optimizer") or {}
         changes: dict[str, Any] = {}
         if o.get("betas"):
-            changes["betas"] = tuple(float(b) for b in o["betas"])
+            changes["betas"] = tuple(_number(b, f"{where}: optimizer.betas") for b in o["betas"])
         for key in ("eps", "weight_decay"):
             if o.get(key) is not None:
-                changes[key] = float(o[key])
+                changes[key] = _number(o[key], f"{where}: optimizer.{key}")
+        for key in ("decay_norm_and_bias", "decay_embeddings"):
+            if key in o:
+                changes[key] = bool(o[key])
         if cfg.get("max_grad_norm") is not None:
-            changes["grad_clip"] = float(cfg["max_grad_norm"])
+            changes["grad_clip"] = _number(cfg["max_grad_norm"], f"{where}: max_grad_norm")
         opt = replace(opt, **changes)
     return {"global_batch_size": batch, "seq_len": seq_len, "lr_schedule": sched, "optimizer": opt}
+
+
+def _schedule_updates(cfg: dict[str, Any], tokens_per_step: int, where: str) -> dict[str, Any]:
+    """The scheduler fields an OLMo config.yaml sets (numbers may be written `5e12`, which YAML reads as text)."""
+    o, s = cfg.get("optimizer") or {}, cfg.get("scheduler") or {}
+    kinds = {"cosine_with_warmup": "cosine", "linear_with_warmup": "linear", "constant": "constant"}
+    updates: dict[str, Any] = {}
+    if s.get("name") in kinds:
+        updates["kind"] = kinds[s["name"]]
+    units = s.get("units") or "steps"
+    updates["units"] = units
+    if o.get("learning_rate") is not None:
+        updates["peak_lr"] = _number(o["learning_rate"], f"{where}: optimizer.learning_rate")
+    if s.get("t_warmup") is not None:
+        updates["warmup_steps"] = int(_number(s["t_warmup"], f"{where}: scheduler.t_warmup"))
+    if s.get("alpha_f") is not None:
+        updates["alpha_f"] = _number(s["alpha_f"], f"{where}: scheduler.alpha_f")
+    if s.get("warmup_min_lr") is not None:
+        updates["warmup_min_lr"] = _number(s["warmup_min_lr"], f"{where}: scheduler.warmup_min_lr")
+    if s.get("t_max") is not None:
+        updates["t_max"] = int(_number(s["t_max"], f"{where}: scheduler.t_max"))
+    else:
+        horizon = _max_steps(cfg.get("max_duration"), tokens_per_step)
+        if units == "tokens":
+            horizon = _max_tokens(cfg.get("max_duration"))
+        if horizon is not None:
+            updates["t_max"] = int(horizon)
+    return updates
+
+
+def _number(value: Any, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: {value!r} is not a number") from None
+
+
+def _max_tokens(max_duration: Any) -> int | None:
+    """OLMo's `max_duration` as a token count where it is one ("NT")."""
+    text = str(max_duration).strip().replace("_", "")
+    try:
+        return int(float(text[:-1])) if text.endswith("T") else None
+    except ValueError:
+        return None
 
 
 def data_position(train: dict[str, Any] | None, step: int, global_batch_size: int, where: str) -> DataPosition:
@@ -335,13 +384,14 @@ def olmo_to_hf(name: str, tensor, arch: Architecture) -> Iterator[tuple[str, Any
         raise UserError(f"unexpected parameter {name!r} in an OLMo state dict")
 
 
-def convert_state_dict(state: dict[str, Any], arch: Architecture, where: str) -> dict[str, Any]:
-    """ai2-olmo model state dict -> HF OlmoForCausalLM state dict (fp32, contiguous)."""
+def convert_state_dict(state: dict[str, Any], arch: Architecture, where: str, to_hf=None) -> dict[str, Any]:
+    """ai2-olmo model state dict -> HF state dict (fp32, contiguous), named by `to_hf` (default: OLMo's names)."""
+    to_hf = to_hf or olmo_to_hf
     if not isinstance(state, dict):
         raise UserError(f"{where}: expected a state dict (name -> tensor)")
     out = {}
     for name, tensor in state.items():
-        for hf_name, t in olmo_to_hf(name, tensor, arch):
+        for hf_name, t in to_hf(name, tensor, arch):
             out[hf_name] = t.float().contiguous()
     if arch.weight_tying:
         out.pop("lm_head.weight", None)
@@ -350,9 +400,10 @@ def convert_state_dict(state: dict[str, Any], arch: Architecture, where: str) ->
     return out
 
 
-def convert_optimizer_state(optim: dict[str, Any], arch: Architecture, where: str) -> dict[str, Any] | None:
+def convert_optimizer_state(optim: dict[str, Any], arch: Architecture, where: str, to_hf=None) -> dict[str, Any] | None:
     """OLMo optim.pt (torch or FSDP full optimizer state dict) -> `exp_avg/<hf name>`, `exp_avg_sq/<hf name>`,
     `step`. State may be keyed by parameter index (resolved through the groups' `param_names`) or by name."""
+    to_hf = to_hf or olmo_to_hf
     if not isinstance(optim, dict) or "state" not in optim or "param_groups" not in optim:
         raise UserError(f"{where}: expected an optimizer state dict with 'state' and 'param_groups'")
     id_to_name: dict[Any, str] = {}
@@ -370,7 +421,7 @@ def convert_optimizer_state(optim: dict[str, Any], arch: Architecture, where: st
         if "exp_avg" not in st or "exp_avg_sq" not in st:
             raise UserError(f"{where}: optimizer state for {name} lacks exp_avg / exp_avg_sq (not AdamW?)")
         for moment in ("exp_avg", "exp_avg_sq"):
-            for hf_name, t in olmo_to_hf(name, st[moment], arch):
+            for hf_name, t in to_hf(name, st[moment], arch):
                 out[f"{moment}/{hf_name}"] = t.float().contiguous()
         if "step" in st:
             steps.add(int(torch.as_tensor(st["step"]).item()))
@@ -388,6 +439,23 @@ def convert_optimizer_state(optim: dict[str, Any], arch: Architecture, where: st
 
 # --- the whole conversion ------------------------------------------------------------------------------
 
+#: The two ways an unsharded OLMo checkpoint stores a state dict: torch pickles (model.pt, OLMo-1, OLMo 2 1B) or
+#: ai2-olmo's safetensors encoding (model.safetensors, written by its scripts/unshard.py --safe-tensors: OLMo 2 7B
+#: and 13B). ai2-olmo's own loader looks for the .safetensors name first.
+STATE_FILES = {"model": ("model.safetensors", "model.pt"), "optim": ("optim.safetensors", "optim.pt")}
+
+
+def original_file(src: Path, what: str) -> Path | None:
+    """The file holding `what` (`model` or `optim`) in an unsharded checkpoint directory, or None."""
+    return next((src / name for name in STATE_FILES[what] if (src / name).is_file()), None)
+
+
+def load_state(path: Path, trust_pickle: bool) -> Any:
+
+    if path.suffix == ".safetensors":
+        return load_olmo_safetensors(path, trust_pickle=trust_pickle)
+    return safe_torch_load(path, trust_pickle=trust_pickle)
+
 
 def convert_original(
     src: str | Path, dest: str | Path, *, family, step: int, source_url: str | None = None, trust_pickle: bool = False
@@ -396,29 +464,63 @@ def convert_original(
     src = Path(src)
     cfg = read_olmo_config(src / "config.yaml")
     arch = architecture_from_config(cfg, family.architecture, str(src / "config.yaml"))
-    if not (src / "model.pt").is_file():
-        raise UserError(f"{src}: model.pt is missing")
-    state = safe_torch_load(src / "model.pt", trust_pickle=trust_pickle)
-    hf_state = convert_state_dict(state, arch, str(src / "model.pt"))
+    return convert_run(
+        src,
+        dest,
+        cfg=cfg,
+        arch=arch,
+        model=lambda: OlmoForCausalLM(hf_config(arch)),
+        to_hf=olmo_to_hf,
+        tokenizer=tokenizer(family, cfg),
+        family=family,
+        step=step,
+        source_url=source_url,
+        trust_pickle=trust_pickle,
+    )
+
+
+def convert_run(
+    src: Path,
+    dest: str | Path,
+    *,
+    cfg: dict[str, Any] | None,
+    arch,
+    model,
+    to_hf,
+    tokenizer,
+    family,
+    step: int,
+    source_url: str | None,
+    trust_pickle: bool,
+    objective: ObjectiveSpec | None = None,
+) -> Path:
+    """The conversion shared by OLMo's generations: the weights named by `to_hf` into the HF model `model()` builds
+    (on the meta device), the AdamW moments the same way, the trainer's counters from train.pt and the run's
+    facts from config.yaml, written as one checkpoint directory."""
+
+    model_file = original_file(src, "model")
+    if model_file is None:
+        raise UserError(f"{src}: {' or '.join(STATE_FILES['model'])} is missing")
+    state = load_state(model_file, trust_pickle)
+    hf_state = convert_state_dict(state, arch, str(model_file), to_hf)
     del state
 
     with torch.device("meta"):
-        model = OlmoForCausalLM(hf_config(arch))
-    expected = set(model.state_dict()) - ({"lm_head.weight"} if arch.weight_tying else set())
+        hf_model = model()
+    expected = set(hf_model.state_dict()) - ({"lm_head.weight"} if arch.weight_tying else set())
     if set(hf_state) != expected:
         missing, extra = sorted(expected - set(hf_state)), sorted(set(hf_state) - expected)
         raise UserError(
-            f"{src / 'model.pt'}: does not match the architecture (missing {missing[:3]}, unexpected {extra[:3]})"
+            f"{model_file}: does not match the architecture (missing {missing[:3]}, unexpected {extra[:3]})"
         )
-    model.load_state_dict(hf_state, strict=False, assign=True)
+    hf_model.load_state_dict(hf_state, strict=False, assign=True)
     if arch.weight_tying:
-        model.tie_weights()
+        hf_model.tie_weights()
 
     optimizer_state = None
-    if (src / "optim.pt").is_file():
-        optimizer_state = convert_optimizer_state(
-            safe_torch_load(src / "optim.pt", trust_pickle=trust_pickle), arch, str(src / "optim.pt")
-        )
+    optim_file = original_file(src, "optim")
+    if optim_file is not None:
+        optimizer_state = convert_optimizer_state(load_state(optim_file, trust_pickle), arch, str(optim_file), to_hf)
 
     train = None
     if (src / "train.pt").is_file():
@@ -429,6 +531,8 @@ def convert_original(
             _warn(f"{src / 'train.pt'}: global_step {global_step} differs from the catalog's step {step}")
     facts = run_facts(cfg, family, step, str(src / "config.yaml"))
     position = data_position(train, step, facts["global_batch_size"], str(src / "train.pt"))
+    tokens_seen = (train or {}).get("global_train_tokens_seen")
+    extra = {} if objective is None else {"objective": objective.as_json()}
     meta = checkpoint_meta(
         family=family.name,
         kind=family.kind,
@@ -442,5 +546,7 @@ def convert_original(
         if optimizer_state is None or "step" not in optimizer_state
         else int(optimizer_state["step"]),
         architecture=asdict(arch),
+        **({"tokens_seen": tokens_seen} if isinstance(tokens_seen, int) else {}),
+        **extra,
     )
-    return write_checkpoint_dir(model, tokenizer(family, cfg), dest, meta, optimizer_state)
+    return write_checkpoint_dir(hf_model, tokenizer, dest, meta, optimizer_state)

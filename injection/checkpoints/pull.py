@@ -3,8 +3,10 @@
 Sources:
 - `original`: the run's unsharded directory over HTTP(S) (injection.checkpoints.download), then converted by the
   family's module (keeps AdamW moments, the trainer's step and its data-stream position);
-- `hf`: the family's Hugging Face repository at the step's confirmed revision (weights only, no optimizer state),
-  checked against the catalog's architecture by the family's module;
+- `hf`: the family's Hugging Face repository at the step's revision (weights only, no optimizer state), checked
+  against the catalog's architecture by the family's module. A revision name the catalog marks as derived rather
+  than confirmed (`hf_revision_guessed`, OLMo 2) is pulled with a warning, and without its `stage1-` prefix when
+  the hub has no branch of that name;
 - built-in families (`tiny`, `pythia-tiny`): step 0 is built by the family's module; other steps must already
   exist locally.
 
@@ -24,7 +26,7 @@ import warnings
 from pathlib import Path
 
 from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RevisionNotFoundError
 from transformers import AutoConfig
 
 from harness.atomic import replace_dir, staging_dir, write_json_atomic
@@ -33,10 +35,18 @@ from harness.paths import cache_dir
 from injection.checkpoints.catalog import Catalog, Resolved, load_catalog
 from injection.checkpoints.download import RetryPolicy, download_directory
 from injection.checkpoints.family import model_family
-from injection.checkpoints.layout import DataPosition, checkpoint_meta, is_complete, mark_complete, read_meta
+from injection.checkpoints.layout import (
+    DataPosition,
+    ObjectiveSpec,
+    checkpoint_meta,
+    is_complete,
+    mark_complete,
+    read_meta,
+)
 
-#: The one file an original checkpoint directory must have; the others are optional.
-REQUIRED_FILE = "model.pt"
+#: An original checkpoint directory must hold its model in one of these files (a family's `files` names which);
+#: the other files are optional.
+MODEL_FILES = ("model.pt", "model.safetensors")
 
 
 def default_dest(family: str, step: int) -> Path:
@@ -52,15 +62,14 @@ def _pull_original(
             "; its Hugging Face revision can be pulled with --source hf" if res.entry and res.entry.hf_revision else ""
         )
         raise UserError(f"{res.ref}: the catalog lists no original URL for this step{hint}")
-    if REQUIRED_FILE not in res.family.files:
-        raise UserError(f"{res.family.name}.files must include {REQUIRED_FILE}")
+    required = tuple(f for f in res.family.files if f in MODEL_FILES)
+    if not required:
+        raise UserError(f"{res.family.name}.files must include {' or '.join(MODEL_FILES)}")
     raw = cache_dir() / "downloads" / res.family.name / f"step{res.step}"
     errors = []
     for url in res.entry.urls:
         try:
-            download_directory(
-                url, list(res.family.files), raw, policy=policy, workers=workers, required=(REQUIRED_FILE,)
-            )
+            download_directory(url, list(res.family.files), raw, policy=policy, workers=workers, required=required)
             break
         except UserError as err:
             errors.append(str(err))
@@ -88,6 +97,7 @@ def _hf_hint(repo: str, revision: str) -> str:
 def _hf_meta(res: Resolved, revision: str) -> dict:
     fam = res.family
     batch = fam.batch_size_at(res.step)
+    extra = {"objective": fam.objective.as_json()} if fam.objective != ObjectiveSpec() else {}
     return checkpoint_meta(
         family=fam.name,
         kind=fam.kind,
@@ -102,6 +112,8 @@ def _hf_meta(res: Resolved, revision: str) -> dict:
         hf_repo=fam.hf_repo,
         hf_revision=revision,
         has_optimizer_state=False,
+        tokens_seen=fam.tokens_at(res.step),
+        **extra,
     )
 
 
@@ -120,6 +132,15 @@ def _weight_pattern(repo: str, revision: str) -> str:
     return WEIGHT_PATTERNS[0] if any(f.endswith(".safetensors") for f in files) else WEIGHT_PATTERNS[1]
 
 
+def revision_candidates(entry) -> list[str]:
+    """Branch names to try for a step: the catalog's, and for a derived (guessed) `stage1-` name also the name
+    without that prefix, which some OLMo 2 branches lack."""
+    names = [entry.hf_revision]
+    if entry.hf_revision_guessed and entry.hf_revision.startswith("stage1-"):
+        names.append(entry.hf_revision.removeprefix("stage1-"))
+    return names
+
+
 def _pull_hf(res: Resolved, dest: Path) -> Path:
     fam = res.family
     revision = res.entry.hf_revision if res.entry else None
@@ -127,10 +148,35 @@ def _pull_hf(res: Resolved, dest: Path) -> Path:
         raise UserError(
             f"{res.ref}: no confirmed Hugging Face revision for this step in the catalog; use --source original"
         )
-    meta = _hf_meta(res, revision)
+    candidates = revision_candidates(res.entry)
+    if res.entry.hf_revision_guessed:
+        warnings.warn(
+            f"{res.ref}: the revision name {revision} is derived from the step, not confirmed by the run's authors; "
+            f"trying {' then '.join(candidates)}",
+            stacklevel=3,
+        )
     if dest.is_dir() and (dest / "config.json").is_file() and _has_weights(dest):
-        _adopt(dest, meta, res)  # a snapshot fetched elsewhere, pointed at with --out
+        _adopt(dest, _hf_meta(res, revision), res)  # a snapshot fetched elsewhere, pointed at with --out
         return dest
+    for i, name in enumerate(candidates):
+        try:
+            return _download_revision(res, dest, name)
+        except RevisionNotFoundError:
+            if i == len(candidates) - 1:
+                derived = (
+                    f" (the name for {res.ref} is derived, not confirmed)" if res.entry.hf_revision_guessed else ""
+                )
+                raise UserError(
+                    f"{fam.hf_repo} has no branch {' nor '.join(candidates)}{derived}; list its branches "
+                    "(huggingface_hub.list_repo_refs) and pull with --out from a snapshot of the right one, or use "
+                    "--source original"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+def _download_revision(res: Resolved, dest: Path, revision: str) -> Path:
+    fam = res.family
+    meta = _hf_meta(res, revision)
 
     tmp = staging_dir(dest)
     try:
@@ -142,6 +188,9 @@ def _pull_hf(res: Resolved, dest: Path) -> Path:
         )
         _adopt(tmp, meta, res)
         os.replace(tmp, dest)
+    except RevisionNotFoundError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -235,7 +284,14 @@ def pull_checkpoint(
     if res.family.builtin:
         return _pull_builtin(res, target)
     if source == "hf":
-        return _pull_hf(res, target)
+        out = _pull_hf(res, target)
+        warnings.warn(
+            f"{res.ref} from Hugging Face holds weights only: a run from it starts with fresh AdamW moments unless "
+            "`optimizer.moment_warmup_steps: K` rebuilds them from the K original batches before the checkpoint"
+            + ("; `--source original` carries the run's own" if res.entry and res.entry.urls else ""),
+            stacklevel=2,
+        )
+        return out
     if target.exists() and any(target.iterdir()):
         raise UserError(
             f"{target} exists, is not empty and is not a complete checkpoint; remove it or choose another --out"

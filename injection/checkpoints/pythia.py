@@ -191,9 +191,10 @@ def check_hf_config(config: dict[str, Any], arch: Architecture, where: str) -> d
     return changes
 
 
-def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model, weight_decay: float, optimizer: Any = None) -> list[dict[str, Any]]:
     """GPT-NeoX's grouping: every parameter of a LayerNorm and every bias without weight decay; everything else
-    decayed, the input embedding and the output layer included."""
+    decayed, the input embedding and the output layer included (`optimizer`'s OLMo flags do not apply)."""
+
     return decay_groups(
         model, weight_decay, lambda module, name: not (isinstance(module, torch.nn.LayerNorm) or name == "bias")
     )

@@ -75,13 +75,14 @@ def prepared_dir(family: str) -> Path:
 
 
 def read_file_list(path: Path) -> list[str]:
-    """URLs of a list file: one a line, `#` comments and blank lines ignored, in order."""
+    """URLs of a list file: one a line, `#` comments and blank lines ignored, in order. A URL may repeat: ai2-olmo
+    numbers the instances of every entry of `data.paths` anew (OLMo 2's configs list some files twice, and its
+    stage-2 mixes upsample by repeating files)."""
     try:
         lines = Path(path).read_text().splitlines()
     except FileNotFoundError:
         raise UserError(f"{path}: file list not found") from None
     urls: list[str] = []
-    seen: dict[str, int] = {}
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -94,9 +95,6 @@ def read_file_list(path: Path) -> list[str]:
                 f"{where}: {line} names a directory; the data hosts answer directory URLs with 404, "
                 "so a list names every file"
             )
-        if line in seen:
-            raise UserError(f"{where}: {line} repeats line {seen[line]}")
-        seen[line] = number
         urls.append(line)
     if not urls:
         raise UserError(f"{path}: the file list names no files")
@@ -240,11 +238,14 @@ def fetch_sizes(
 
     Every URL is tried; those that still fail are named together in one UserError at the end."""
     sizes = _load_sizes(cache)
-    todo = [u for u in urls if u not in sizes]
+    unique = list(dict.fromkeys(urls))  # a file listed twice is sized once
+    todo = [u for u in unique if u not in sizes]
     failed: dict[str, str] = {}
     last_write = time.monotonic()
     with progress_bar() as progress:
-        task = progress.add_task("file sizes", total=len(urls), completed=len(urls) - len(todo), visible=show_progress)
+        task = progress.add_task(
+            "file sizes", total=len(unique), completed=len(unique) - len(todo), visible=show_progress
+        )
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         try:
             futures = {pool.submit(http.size, url): url for url in todo}
@@ -266,8 +267,8 @@ def fetch_sizes(
     if failed:
         lines = "\n".join(f"  {url}: {why}" for url, why in failed.items())
         raise UserError(
-            f"{len(failed)} of {len(urls)} token files could not be sized:\n{lines}\n"
-            f"the other {len(urls) - len(failed)} sizes are cached in {cache}; run the command again "
+            f"{len(failed)} of {len(unique)} token files could not be sized:\n{lines}\n"
+            f"the other {len(unique) - len(failed)} sizes are cached in {cache}; run the command again "
             "to fetch only these"
         )
     return {u: sizes[u] for u in urls}
@@ -376,10 +377,12 @@ class PreparePlan:
 
     def describe(self) -> list[str]:
         """The plan in lines, for `--dry-run`."""
+        distinct = set(self.urls)
+        repeats = f" ({len(self.urls) - len(distinct)} of them repeat a file)" if len(distinct) < len(self.urls) else ""
         lines = [
-            f"{self.family}: {len(self.urls)} token files from {self.list_file}",
-            f"would fetch: the sizes of {len(self.urls) - len(self.cached)} files by HEAD requests "
-            f"({len(self.cached)} known from {self.out / SIZES_FILE})",
+            f"{self.family}: {len(self.urls)} token files{repeats} from {self.list_file}, {self.dtype} tokens",
+            f"would fetch: the sizes of {len(distinct - set(self.cached))} files by HEAD requests "
+            f"({len(set(self.cached))} known from {self.out / SIZES_FILE})",
         ]
         if self.order_url is not None:
             what = (
@@ -416,8 +419,7 @@ def plan_prepare(
     urls = read_file_list(list_file)
     out = Path(out) if out is not None else prepared_dir(family)
     arch = fam.architecture
-    # ai2-olmo's memmap files are uint16 unless the vocabulary needs more (its `memmap_dtype`).
-    dtype = "uint16" if arch.embedding_size <= 1 << 16 else "uint32"
+    dtype = fam.token_dtype  # the run's `memmap_dtype` (uint32 for OLMo 2's 100,278-token vocabulary)
     if rebuild_order:
         order_url, reason = None, "--rebuild-order"
     elif order.global_indices_url is None:

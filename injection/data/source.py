@@ -27,6 +27,7 @@ import numpy as np
 from harness.errors import UserError
 from injection.data.order import GlobalIndices, InMemoryIndices, build_global_indices
 from injection.data.remote import ByteReader, is_url, join_location, open_reader, read_text
+from injection.instance_filter import InstanceFilter
 
 CORPUS_FILE = "corpus.json"
 OLMO_FORMAT = "olmo"
@@ -300,6 +301,8 @@ class BatchStream:
     start: int
     """Position of the first batch's first instance in that epoch's order."""
     batch_size: int
+    row_filter: InstanceFilter | None = None
+    """The original run's instance filter: which rows of a batch carry loss (None: all of them)."""
 
     @property
     def seq_len(self) -> int:

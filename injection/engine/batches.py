@@ -3,6 +3,10 @@
 Used alike by the training loop, the data benchmark and the tests. Each batch is read once and spliced once; a
 background thread prepares steps k+1, k+2, … while step k trains, so reading (local or over HTTP) and splicing
 overlap the update. A request out of sequence (a resumed run) restarts the thread from there.
+
+Where the original run filtered instances (the stream's `row_filter`: OLMo 2's repetition filter), the filter
+reads each original instance before splicing and the batch comes back as a masked array whose masked positions
+carry no loss (injection.engine.objective.mask_batch: injected paragraphs always keep theirs).
 """
 
 from __future__ import annotations
@@ -14,7 +18,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from injection.data.source import BatchStream
+from injection.engine.objective import mask_batch
 from injection.splice import InjectionRecord, SpliceItem, apply
+
+
+def original_batch(stream: BatchStream, k: int, items: Sequence[SpliceItem] = (), records=()) -> np.ndarray:
+    """The global batch [B, L] (int64) of run step k with `items` spliced where `records` say, masked where the
+    stream's row filter rejects the original instance."""
+    tokens, _ = stream.batch(k)
+    spliced = np.asarray(apply(tokens, items, records) if items else tokens, dtype=np.int64)
+    if stream.row_filter is None:
+        return spliced
+    return mask_batch(spliced, stream.row_filter.kept_rows(tokens), records)
 
 
 class InjectedBatches:
@@ -40,11 +55,8 @@ class InjectedBatches:
 
     def compute(self, k: int) -> np.ndarray:
         """The spliced global batch [B, L] (int64) of run step k, synchronously."""
-        tokens, _ = self.stream.batch(k)
         items = self.injections.get(k)
-        if items:
-            tokens = apply(tokens, items, self.records[k])
-        return np.asarray(tokens, dtype=np.int64)
+        return original_batch(self.stream, k, items or (), self.records[k] if items else ())
 
     def get(self, k: int) -> np.ndarray:
         if self.prefetch <= 0:

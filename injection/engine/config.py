@@ -61,6 +61,19 @@ class OptimizerOverrides:
 
 
 @dataclass
+class ObjectiveOverrides:
+    """Departures from what the original run's loss computed (checkpoint.json's `objective`: OLMo 2's z-loss and
+    repetition filter)."""
+
+    z_loss_multiplier: float | None = None
+    """Replace the checkpoint's z-loss multiplier (0 = no z-loss); unset = the checkpoint's (OLMo 2: 1e-4, what its
+    trainer applied; its configs' auxiliary_loss_multiplier 1e-5 never reached the loss)."""
+    instance_filter: bool = True
+    """Give no loss to the instances the checkpoint's repetition filter rejects, as the original run did (false:
+    every row carries loss). Injected paragraphs carry loss either way."""
+
+
+@dataclass
 class MonitorConfig:
     """Where training metrics and probe summaries go besides the run directory."""
 
@@ -170,6 +183,8 @@ class ExperimentConfig:
     """Tokenizer for probes and paragraphs; unset = the checkpoint directory's tokenizer."""
     optimizer: OptimizerOverrides = field(default_factory=OptimizerOverrides)
     """Optimizer variants (fresh moments, rebuilt moments, constant learning rate, ...)."""
+    objective: ObjectiveOverrides = field(default_factory=ObjectiveOverrides)
+    """Loss variants (the z-loss multiplier, the repetition filter)."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     """Where metrics go besides the run directory (CSV, TensorBoard, Weights & Biases)."""
 
@@ -229,6 +244,7 @@ def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> Non
     at_least("optimizer.moment_warmup_steps", cfg.optimizer.moment_warmup_steps, 0)
     at_least("optimizer.weight_decay", cfg.optimizer.weight_decay, 0)
     at_least("optimizer.grad_clip", cfg.optimizer.grad_clip, 0)
+    at_least("objective.z_loss_multiplier", cfg.objective.z_loss_multiplier, 0)
     if cfg.optimizer.constant_lr is not None and cfg.optimizer.constant_lr <= 0:
         raise fail("optimizer.constant_lr", f"must be > 0, got {cfg.optimizer.constant_lr}")
     if cfg.optimizer.lr_scale <= 0:

@@ -176,6 +176,7 @@ class MetricsHook(Hook):
 
     def on_update(self, run, step, metrics):
         row = {"step": [step], "max_mem_gib": [float("nan")], "eval_s": [0.0], "skipped": [False]}
+        row.update(z_loss=[float("nan")], masked_rows=[0])  # runs whose objective has no such term
         row.update({k: [v] for k, v in metrics.items() if k in METRICS_SCHEMA.names})
         self.writer.add(step, row)
 
@@ -279,6 +280,8 @@ def export_checkpoint(run: Run, k: int, dest: Path, meta_overrides: dict[str, An
         "global_batch_size": run.plan.global_batch,
         "tokens_per_step": run.plan.tokens_per_step,
         "data_position": asdict(DataPosition(epoch, index, "export")),
+        "tokens_seen": (ckpt.tokens_seen if ckpt.tokens_seen is not None else ckpt.step * ckpt.tokens_per_step)
+        + k * run.plan.tokens_per_step,
         "trainer_state": {"global_step": ckpt.step + k, "run_dir": str(run.run_dir)},
         **meta_overrides,
     }

@@ -27,7 +27,7 @@ from injection.data.formats import open_corpus
 from injection.data.source import BatchStream
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import ProbeItem
-from injection.engine.plan import BatchGeometry, batch_geometry
+from injection.engine.plan import BatchGeometry, batch_geometry, instance_filter
 from injection.schedule import load_schedule
 from injection.splice import InjectionRecord, SpliceItem, paragraph_tokens, place, splice_items
 
@@ -131,7 +131,7 @@ def launched_world() -> int:
 
 def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo, geometry: BatchGeometry) -> BatchStream:
     """The run's batches: the corpus `data` read from the checkpoint's data position, `geometry.global_batch` rows
-    at a time."""
+    at a time, with the original run's instance filter (if it had one and the configuration keeps it)."""
     corpus = open_corpus(resolve_data(cfg.data, ckpt))
     if corpus.seq_len != ckpt.seq_len:
         raise UserError(
@@ -139,7 +139,7 @@ def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo, geometry: BatchGeom
             f"was trained with {ckpt.seq_len}"
         )
     pos = ckpt.data_position
-    stream = BatchStream(corpus, pos.epoch, pos.instances_seen, geometry.global_batch)
+    stream = BatchStream(corpus, pos.epoch, pos.instances_seen, geometry.global_batch, instance_filter(cfg, ckpt))
     check_stream_covers(stream, cfg.total_steps, cfg.optimizer.moment_warmup_steps, cfg.data)
     return stream
 

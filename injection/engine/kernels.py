@@ -48,6 +48,35 @@ def chunked_lm_loss(
     return total / (y != IGNORE_INDEX).sum().clamp(min=1)
 
 
+def _chunk_sums(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, with_z: bool) -> torch.Tensor:
+    logits = head(hidden).float()
+    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if not with_z:
+        return torch.stack([ce, ce.new_zeros(())])
+    # ai2-olmo's z-loss: the squared log-normaliser at every position that carries a label
+    zsq = (logits.logsumexp(-1).square() * (labels != IGNORE_INDEX)).sum()
+    return torch.stack([ce, zsq])
+
+
+def lm_loss_sums(
+    hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module, chunk_tokens: int = 0, *, with_z: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed next-token cross-entropy, summed squared logsumexp of the logits) over the positions whose label is
+    not IGNORE_INDEX, for decoder states `hidden` [B, L, d] under the LM `head` (position t predicts
+    labels[t + 1]). With `chunk_tokens` > 0 the logits of at most that many positions exist at a time, each chunk
+    recomputed in the backward pass, as in `chunked_lm_loss`."""
+    h = hidden[:, :-1].reshape(-1, hidden.size(-1))
+    y = labels[:, 1:].reshape(-1)
+    if chunk_tokens <= 0:
+        sums = _chunk_sums(h, y, head, with_z)
+    else:
+        sums = hidden.new_zeros(2, dtype=torch.float32)
+        for start in range(0, h.size(0), chunk_tokens):
+            part = slice(start, start + chunk_tokens)
+            sums = sums + checkpoint(_chunk_sums, h[part], y[part], head, with_z, use_reentrant=False)
+    return sums[0], sums[1]
+
+
 def use_chunked_loss(model: torch.nn.Module, chunk_tokens: int) -> None:
     """Make `model(input_ids=..., labels=...)` compute its loss with `chunked_lm_loss`.
 

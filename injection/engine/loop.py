@@ -28,13 +28,14 @@ import torch.distributed as dist
 
 from harness.errors import UserError
 from injection.engine import run_state, zero
-from injection.engine.batches import InjectedBatches
+from injection.engine.batches import InjectedBatches, original_batch
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import evaluate_probes
 from injection.engine.hooks import Hook, ManifestHook, MetricsHook, ProbeLogHook, ProgressHook, Run, first_manifest
 from injection.engine.inputs import RunInputs
 from injection.engine.kernels import zero_gradient_loss
 from injection.engine.monitor import monitor_hook
+from injection.engine.objective import masked_rows
 from injection.engine.plan import RunPlan, make_plan
 from injection.splice import shard_batch
 
@@ -108,17 +109,19 @@ class Diverged(Exception):
 
 
 def update(run: Run, batch: np.ndarray, lr: float) -> dict[str, float]:
-    """One optimizer update on this rank's rows of the global batch; returns loss, grad_norm and whether it was
-    skipped. A micro-batch whose loss is not finite adds no gradient; with `nonfinite: skip` the update is then
-    applied at learning rate 0 (parameters unchanged), with `stop` the run stops (Diverged)."""
+    """One optimizer update on this rank's rows of the global batch; returns loss (the cross-entropy), z_loss, the
+    masked rows, grad_norm and whether it was skipped. Positions a masked array masks carry no loss (rows the
+    original run's filter rejected). A micro-batch whose loss is not finite adds no gradient; with
+    `nonfinite: skip` the update is then applied at learning rate 0 (parameters unchanged), with `stop` the run
+    stops (Diverged)."""
     engine, plan = run.engine, run.plan
+    objective = plan.objective
     micro_batches = shard_batch(batch, run.rank, run.world, plan.micro_batch, plan.accumulation)
     zero.set_lr(engine, lr)
-    losses, bad = [], 0
+    terms, bad = [], 0
     for i, micro in enumerate(micro_batches):
-        ids = torch.from_numpy(micro).to(engine.device)
-        out = engine(input_ids=ids, labels=ids)
-        loss = out.loss * plan.loss_factor  # the original trainer's objective (its normalisation)
+        out = engine(**objective.model_inputs(micro, engine.device))
+        loss = objective.loss(out)  # the original trainer's objective (its normalisation, its extra terms)
         if not torch.isfinite(loss):  # sync point: the decision must come before backward
             bad += 1
             loss = zero_gradient_loss(out)  # backward still runs on every micro-batch, adding nothing
@@ -128,14 +131,16 @@ def update(run: Run, batch: np.ndarray, lr: float) -> dict[str, float]:
             zero.set_lr(engine, 0.0)
         engine.backward(loss)
         engine.step()  # DeepSpeed applies the update only at the accumulation boundary
-        losses.append((out.loss * plan.loss_factor).detach().float())
-    loss = torch.stack(losses).mean()
+        terms.append(objective.logged(out))
+    logged = {name: torch.stack([t[name] for t in terms]).mean() for name in terms[0]}
     if run.world > 1:
-        dist.all_reduce(loss)  # sync point: the logged loss is the global batch's mean
-        loss /= run.world
+        for value in logged.values():
+            dist.all_reduce(value)  # sync point: the logged values are the global batch's means
+            value /= run.world
     grad_norm = engine.get_global_grad_norm()
     return {
-        "loss": float(loss),
+        **{name: float(value) for name, value in logged.items()},
+        "masked_rows": masked_rows(batch),
         "grad_norm": float(grad_norm if grad_norm is not None else 0.0),
         "skipped": bool(_any_rank(run, bad)),
     }
@@ -271,8 +276,7 @@ def warm_up_moments(run: Run, steps: int) -> dict[str, Any]:
     ckpt = run.inputs.checkpoint
     stream = run.inputs.stream
     for j in range(-steps, 0):
-        tokens, _ = stream.batch(j)
-        metrics = update(run, np.asarray(tokens, dtype=np.int64), 0.0)
+        metrics = update(run, original_batch(stream, j), 0.0)
         if not math.isfinite(metrics["grad_norm"]):
             raise UserError(
                 f"moment warm-up: the gradient norm of the batch {-j} step(s) before the checkpoint is not finite"

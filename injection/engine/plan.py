@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from harness.errors import UserError
 from injection.checkpoints.family import model_family
+from injection.engine.objective import Objective, make_objective
 from injection.lr import LRSchedule, lr_for_update
 
 
@@ -56,13 +57,23 @@ def accumulation_steps(global_batch: int, micro_batch: int, world: int) -> int:
 
 
 def learning_rates(
-    schedule: LRSchedule, start_step: int, total_steps: int, *, constant_lr: float | None = None, lr_scale: float = 1.0
+    schedule: LRSchedule,
+    start_step: int,
+    total_steps: int,
+    *,
+    constant_lr: float | None = None,
+    lr_scale: float = 1.0,
+    start_tokens: int | None = None,
+    tokens_per_step: int = 0,
 ) -> tuple[float, ...]:
-    """The learning rate of every update k = 0 … T−1: the original schedule continued (update k uses lr(S+k+1)),
-    or a constant, times `lr_scale`."""
+    """The learning rate of every update k = 0 … T−1: the original schedule continued (update k uses lr(S+k+1), or
+    in token units lr(T + (k+1)·tokens_per_step) from the trainer's count T), or a constant, times `lr_scale`."""
     if constant_lr is not None:
         return (constant_lr,) * total_steps
-    return tuple(lr_for_update(schedule, start_step, k) * lr_scale for k in range(total_steps))
+    return tuple(
+        lr_for_update(schedule, start_step, k, start_tokens=start_tokens, tokens_per_step=tokens_per_step) * lr_scale
+        for k in range(total_steps)
+    )
 
 
 def evaluation_steps(
@@ -124,8 +135,8 @@ class RunPlan:
     """Learning rate of update k (θ_k → θ_{k+1})."""
     eval_steps: frozenset[int]
     checkpoint_steps: frozenset[int]
-    loss_factor: float = 1.0
-    """Multiplier of HF's mean next-token loss that gives the original trainer's objective (see the family)."""
+    objective: Objective = Objective()
+    """The original trainer's loss: its normalisation, extra terms and masked rows (injection.engine.objective)."""
     tokens_per_row: int | None = None
     """Tokens a row counts for, as the original run counted them (the checkpoint's); None = seq_len."""
 
@@ -152,9 +163,10 @@ class RunPlan:
 
 def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
     """The plan of a run from its configuration and the checkpoint it starts from (CheckpointInfo)."""
+    geometry = batch_geometry(cfg, ckpt, world)
     return RunPlan(
         total_steps=cfg.total_steps,
-        geometry=batch_geometry(cfg, ckpt, world),
+        geometry=geometry,
         seq_len=ckpt.seq_len,
         lrs=learning_rates(
             ckpt.lr_schedule,
@@ -162,11 +174,31 @@ def make_plan(cfg, ckpt, world: int, injection_steps: Sequence[int]) -> RunPlan:
             cfg.total_steps,
             constant_lr=cfg.optimizer.constant_lr,
             lr_scale=cfg.optimizer.lr_scale,
+            start_tokens=ckpt.tokens_seen if ckpt.tokens_seen is not None else ckpt.step * ckpt.tokens_per_step,
+            tokens_per_step=geometry.global_batch * ckpt.tokens_per_row,
         ),
         eval_steps=evaluation_steps(
             cfg.total_steps, cfg.eval_interval, injection_steps, cfg.eval_dense_window, cfg.eval_steps
         ),
         checkpoint_steps=checkpoint_steps(cfg.total_steps, cfg.checkpoint_interval),
-        loss_factor=model_family(ckpt.kind).loss_factor(ckpt.seq_len),
+        objective=make_objective(
+            model_family(ckpt.kind).loss_factor(ckpt.seq_len),
+            z_loss_multiplier(cfg, ckpt),
+            masks_rows=instance_filter(cfg, ckpt) is not None,
+        ),
         tokens_per_row=ckpt.tokens_per_row,
     )
+
+
+def z_loss_multiplier(cfg, ckpt) -> float | None:
+    """The run's z-loss multiplier: the configuration's `objective.z_loss_multiplier` (0 = none), else the
+    checkpoint's (None = none)."""
+    override = cfg.objective.z_loss_multiplier
+    if override is None:
+        return ckpt.objective.z_loss_multiplier
+    return float(override) or None
+
+
+def instance_filter(cfg, ckpt):
+    """The repetition filter the run masks rows by: the checkpoint's, unless `objective.instance_filter` is false."""
+    return ckpt.objective.instance_filter if cfg.objective.instance_filter else None

@@ -29,7 +29,6 @@ from harness.progress import say as say_line
 from harness.streams import import_deepspeed, stdout_to_stderr
 from injection.checkpoints.family import model_family
 from injection.engine.config import ExperimentConfig, resolve_deepspeed_config_path
-from injection.engine.kernels import use_chunked_loss
 from injection.engine.plan import RunPlan
 
 
@@ -124,10 +123,9 @@ def build_engine(cfg: ExperimentConfig, ckpt, plan: RunPlan, rank: int):
         raise UserError(f"checkpoint {ckpt.path}: cannot load the model: {err}") from None
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable()
-    if kernels.loss_chunk_tokens:
-        use_chunked_loss(model, kernels.loss_chunk_tokens)
+    plan.objective.install(model, kernels.loss_chunk_tokens)  # the trainer's loss, its LM head chunked if asked
     wd = cfg.optimizer.weight_decay if cfg.optimizer.weight_decay is not None else ckpt.optimizer.weight_decay
-    groups = model_family(ckpt.kind).param_groups(model, wd)
+    groups = model_family(ckpt.kind).param_groups(model, wd, ckpt.optimizer)
     optimizer = torch.optim.AdamW(
         groups,
         lr=plan.lrs[0] if plan.lrs else 0.0,

@@ -29,6 +29,14 @@ path instead (same weights, optim.pt keyed by parameter name as in the published
 With `cross_epoch=True` the corpus holds fewer instances, so that epoch 0 ends inside the continued
 steps and OLMo moves on to epoch 1's order (seed + 1), leaving the last instances of epoch 0 unused.
 
+`generation="olmo2"` makes the world OLMo 2-shaped, every setting as the official OLMo 2 configs have it:
+norm_after, QK norm, RMSNorm with weights, an untied LM head, rope_theta 500,000, the dolma2 vocabulary (EOS
+100257, pad 100277) in uint32 token files, z-loss (`softmax_auxiliary_loss` with `auxiliary_loss_multiplier`
+1e-5, as the configs write it), AdamW with eps 1e-8 decaying norms but not the embedding, the cosine schedule in
+token units with `warmup_min_lr` 0, and the repetition instance filter. Its periods and count are smaller than the
+official 1-13 / 32 (which no 32-token instance can reach) and every fourth instance of a file carries a planted
+pattern that trips it, so OLMo masks some rows of every batch.
+
 A finished world is reused when `root` already holds one built with the same parameters.
 """
 
@@ -55,6 +63,12 @@ EOS_TOKEN_ID = 50279
 PAD_TOKEN_ID = 1
 OLMO_TOKENIZER = "tokenizers/allenai_eleuther-ai-gpt-neox-20b-pii-special.json"
 CONFIG = "configs/olmo-tiny.yaml"
+#: The OLMo 2 world's vocabulary (dolma2) and its repetition filter.
+OLMO2_EOS, OLMO2_PAD, OLMO2_VOCAB, OLMO2_EMBEDDING = 100257, 100277, 100278, 100352
+OLMO2_TOKENIZER = "tokenizers/allenai_dolma2.json"
+OLMO2_FILTER = {"repetition_max_period": 4, "repetition_min_period": 1, "repetition_max_count": 5}
+PLANTED_PERIOD, PLANTED_TIMES = 3, 8
+"""The pattern planted into every fourth instance of a file: 3 tokens repeated 8 times (masked: 8 >= 5)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,16 @@ class WorldParams:
     strategy: str = "ddp"
     """"ddp" or "fsdp" (by-block wrapping, fp32): FSDP writes optim.pt keyed by parameter name, as the
     published OLMo checkpoints are; DDP keys it by index, with names prefixed "module."."""
+    generation: str = "olmo"
+    """"olmo" (OLMo-1B-like) or "olmo2" (see the module docstring)."""
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint32 if self.generation == "olmo2" else np.uint16)
+
+    @property
+    def eos_token_id(self) -> int:
+        return OLMO2_EOS if self.generation == "olmo2" else EOS_TOKEN_ID
 
     @property
     def n_instances(self) -> int:
@@ -141,7 +165,7 @@ class OlmoWorld:
 
     @property
     def eos_token_id(self) -> int:
-        return EOS_TOKEN_ID
+        return self.params.eos_token_id
 
     def checkpoint(self, step: int) -> Path:
         path = self.run_dir / f"step{step}-unsharded"
@@ -193,11 +217,12 @@ class OlmoWorld:
     def instance_tokens(self, instance: int) -> np.ndarray:
         """Instance `instance` as OLMo's MemMapDataset reads it: the files' seq_len-token chunks numbered in
         file order, each file's remainder dropped."""
-        L = self.seq_len
+        L, dtype = self.seq_len, self.params.dtype
         for rel in self.data_paths:
-            n = (self.root / rel).stat().st_size // 2 // L
+            n = (self.root / rel).stat().st_size // dtype.itemsize // L
             if instance < n:
-                return np.fromfile(self.root / rel, dtype=np.uint16, count=L, offset=2 * L * instance).astype(np.int64)
+                offset = dtype.itemsize * L * instance
+                return np.fromfile(self.root / rel, dtype=dtype, count=L, offset=offset).astype(np.int64)
             instance -= n
         raise IndexError(f"the world has {self.n_instances} instances")
 
@@ -241,8 +266,9 @@ def build_olmo_world(root: Path, **params) -> OlmoWorld:
 
 
 def train_config(p: WorldParams) -> dict:
-    """The TrainConfig (as YAML data) of the world's run: a tiny OLMo-1B-like model and optimizer."""
-    return {
+    """The TrainConfig (as YAML data) of the world's run: a tiny OLMo-1B-like model and optimizer, or for an OLMo 2
+    world its settings as the official OLMo 2 configs have them (see the module docstring)."""
+    config = {
         "run_name": "olmo-tiny-world",
         "seed": p.seed,
         "precision": "fp32",
@@ -311,24 +337,79 @@ def train_config(p: WorldParams) -> dict:
             else {"fsdp": {"wrapping_strategy": "by_block", "precision": None, "use_orig_params": True}}
         ),
     }
+    return olmo2_config(config, p) if p.generation == "olmo2" else config
+
+
+def olmo2_config(config: dict, p: WorldParams) -> dict:
+    """The OLMo 2 settings over the OLMo-1-like world config."""
+    tokens_per_step = p.global_batch_size * p.seq_len
+    model = {
+        **config["model"],
+        "weight_tying": False,
+        "rope_theta": 500000,
+        "layer_norm_type": "rms",
+        "layer_norm_with_affine": True,
+        "layer_norm_eps": 1e-6,
+        "bias_for_layer_norm": False,
+        "attention_layer_norm": True,
+        "attention_layer_norm_with_affine": True,
+        "norm_after": True,
+        "vocab_size": OLMO2_VOCAB,
+        "embedding_size": OLMO2_EMBEDDING,
+        "eos_token_id": OLMO2_EOS,
+        "pad_token_id": OLMO2_PAD,
+        "init_fn": "normal",
+        "init_std": 0.02,
+        "init_cutoff_factor": 3,
+    }
+    return {
+        **config,
+        "model": model,
+        "softmax_auxiliary_loss": True,
+        "auxiliary_loss_multiplier": 1e-5,
+        "optimizer": {
+            **config["optimizer"],
+            "eps": 1e-8,
+            "decay_norm_and_bias": True,
+            "decay_embeddings": False,
+        },
+        "scheduler": {
+            "name": p.scheduler,
+            "units": "tokens",
+            "t_warmup": p.warmup_steps * tokens_per_step,
+            "t_max": p.max_duration * tokens_per_step,
+            "alpha_f": 0.1,
+            "warmup_min_lr": 0.0,
+        },
+        "tokenizer": {"identifier": OLMO2_TOKENIZER, "truncate_direction": "right"},
+        "data": {**config["data"], "memmap_dtype": "uint32", "instance_filter": dict(OLMO2_FILTER)},
+    }
 
 
 def write_token_files(root: Path, p: WorldParams) -> list[str]:
     """Files of whole documents (random token ids, each followed by EOS), sized to hold an uneven share
-    of the instances plus a remainder of 1 .. seq_len-1 tokens that OLMo drops."""
+    of the instances plus a remainder of 1 .. seq_len-1 tokens that OLMo drops. In an OLMo 2 world every fourth
+    instance of a file (1, 5, 9, ...) carries the planted repetition its filter masks."""
     rng = np.random.default_rng(p.token_seed)
     n0, n1 = p.n_instances * 3 // 8, p.n_instances // 4
     counts = [n0, n1, p.n_instances - n0 - n1]
     remainders = [p.seq_len // 2 + 1, 3, p.seq_len - 1]
     (root / DATA_DIR).mkdir(parents=True)
     paths = []
+    eos = p.eos_token_id
     for name, n, extra in zip(DATA_FILES, counts, remainders):
         left, docs = n * p.seq_len + extra, []
         while left > 0:
             length = min(int(rng.integers(3, 3 * p.seq_len)), left - 1)  # the last document fills the file
-            docs += [rng.integers(2, EOS_TOKEN_ID, size=length), [EOS_TOKEN_ID]]
+            docs += [rng.integers(2, eos, size=length), [eos]]
             left -= length + 1
-        np.concatenate(docs).astype(np.uint16).tofile(root / DATA_DIR / name)
+        tokens = np.concatenate(docs)
+        if p.generation == "olmo2":
+            pattern = np.tile(rng.integers(2, eos, size=PLANTED_PERIOD), PLANTED_TIMES)
+            for instance in range(1, n, 4):
+                start = instance * p.seq_len + int(rng.integers(0, p.seq_len - len(pattern) + 1))
+                tokens[start : start + len(pattern)] = pattern
+        tokens.astype(p.dtype).tofile(root / DATA_DIR / name)
         paths.append(f"{DATA_DIR}/{name}")
     return paths
 
@@ -365,7 +446,7 @@ def _build(root: Path, p: WorldParams) -> None:
     if p.cross_epoch and not (n < (boundary or 0) <= last):
         raise RuntimeError(f"epoch 1 starts at step {boundary}, not inside {n + 1}..{last}")
     (root / "metrics.json").write_text(json.dumps(records, indent=1))
-    n_instances = sum((root / path).stat().st_size // 2 // p.seq_len for path in data_paths)
+    n_instances = sum((root / path).stat().st_size // p.dtype.itemsize // p.seq_len for path in data_paths)
     assert n_instances == p.n_instances
     (root / "world.json").write_text(
         json.dumps(
