@@ -17,10 +17,10 @@ from injection.checkpoints.catalog import load_catalog
 from injection.cli import app
 from injection.data import BatchStream, open_corpus
 from injection.data.order import build_global_indices, write_global_indices
+from harness.http import HttpPolicy
 from injection.data.prepare import (
     LISTS_DIR,
     SIZES_FILE,
-    HttpPolicy,
     plan_prepare,
     prepare_corpus,
     read_file_list,
@@ -180,15 +180,18 @@ def test_an_occasional_404_is_retried(world):
 
 def test_short_range_reads_resume_where_the_body_stopped(world):
     # GET 1 reads the order file's first bytes; GET 2, the first chunk of the full check, dies after 37 bytes,
-    # of which the reader keeps two whole socket reads (32 bytes) and asks for the rest.
+    # all of which the reader keeps (it reads what arrives, 16 bytes at most at a time) before asking for the rest.
     world.server.drop_after["global_indices.npy"] = [100, 37]
-    policy = HttpPolicy(retries=3, backoff=0.01, timeout=10, chunk_bytes=4 * 64, stream_bytes=16)
+    policy = HttpPolicy(retries=3, backoff=0.01, timeout=10, stream_bytes=16)
     info = prepare_corpus(
-        plan_prepare("loop", world.root / "p", full_order_check=True), policy=policy, show_progress=False
+        plan_prepare("loop", world.root / "p", full_order_check=True),
+        policy=policy,
+        chunk_bytes=4 * 64,
+        show_progress=False,
     )
     assert info.extra["order"]["checked"] == "every index" and info.extra["order"]["largest_index"] == N - 1
     ranges = [r for path, r in world.server.requests if path.endswith("global_indices.npy")]
-    assert ranges[1:3] == ["bytes=0-255", "bytes=32-255"], ranges
+    assert ranges[1:3] == ["bytes=0-255", "bytes=37-255"], ranges
 
 
 def test_an_order_saved_with_np_save_is_read_past_its_header(world):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -150,7 +151,15 @@ def prepare(
         bool, typer.Option("--dry-run", help="Print the file URLs and what would be fetched; no network.")
     ] = False,
     workers: Annotated[int, typer.Option("--workers", help="Size requests in flight.", min=1)] = 16,
-    retries: Annotated[int, typer.Option("--retries", help="Further attempts per request, with backoff.", min=0)] = 5,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            "--retries",
+            help="At most this many failed attempts in a row per request (default: retry within the budget, "
+            "INJECTION_HTTP_BUDGET seconds).",
+            min=0,
+        ),
+    ] = None,
     full_order_check: Annotated[
         bool,
         typer.Option(
@@ -168,8 +177,8 @@ def prepare(
 ) -> None:
     """Describe a run's corpus (corpus.json): token-file URLs from the shipped list, their sizes, the order; or,
     for data published as a Megatron indexed dataset, its index and token files, checked by opening them."""
+    from harness.http import default_policy
     from injection.data.prepare import (
-        HttpPolicy,
         is_indexed_family,
         plan_prepare,
         plan_prepare_indexed,
@@ -199,7 +208,7 @@ def prepare(
         return
     info = prepare_corpus(
         plan,
-        policy=HttpPolicy(retries=retries),
+        policy=dataclasses.replace(default_policy(), retries=retries),
         workers=workers,
         warn=lambda message: typer.echo(f"warning: {message}", err=True),
     )
