@@ -97,22 +97,18 @@ class HttpPolicy:
         return cls(**values)
 
 
-_default_policy: HttpPolicy | None = None
+_configured: dict[str, float | None] = {}
 
 
 def default_policy() -> HttpPolicy:
-    """The policy transfers use unless given one: `configure`'s, else the environment's."""
-    global _default_policy
-    if _default_policy is None:
-        _default_policy = HttpPolicy.from_env()
-    return _default_policy
+    """The policy transfers use unless given one: the environment's, with what `configure` set."""
+    return replace(HttpPolicy.from_env(), **_configured)
 
 
 def configure(**settings: float | None) -> HttpPolicy:
-    """Replace fields of the process's default policy (None values ignored); returns the new policy."""
-    global _default_policy
-    _default_policy = replace(default_policy(), **{k: v for k, v in settings.items() if v is not None})
-    return _default_policy
+    """Set fields of the process's default policy (None values ignored); returns the new default."""
+    _configured.update({k: v for k, v in settings.items() if v is not None})
+    return default_policy()
 
 
 # ---- errors ------------------------------------------------------------------------------------------------
@@ -195,6 +191,10 @@ class _Attempts:
         self.not_found = 0
         self.since = time.monotonic()
         self.noted = 0.0
+        self._before = (self.since, 0)
+
+    def begin(self) -> None:
+        self._before = (self.since, self.failures)
 
     def progressed(self) -> None:
         self.failures = 0
@@ -203,6 +203,9 @@ class _Attempts:
     def failed(self, err: _Retry) -> None:
         """Count the failure, then wait before the next attempt, or raise HostUnavailable once the budget is spent."""
         _count(err.kind)
+        if err.kind == "trickled":
+            # A trickle is not progress: otherwise a host sending a few bytes a second would never run out of budget.
+            self.since, self.failures = self._before
         self.failures += 1
         policy = self.policy
         waited = time.monotonic() - self.since
@@ -304,6 +307,7 @@ class HttpClient:
     ) -> requests.Response:
         """The response of one attempt when its status is in `accept`; raises _Retry or HttpError otherwise."""
         _count("requests")
+        attempts.begin()
         try:
             response = session().request(
                 method,

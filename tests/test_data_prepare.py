@@ -13,11 +13,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from harness.http import HttpPolicy
 from injection.checkpoints.catalog import load_catalog
 from injection.cli import app
 from injection.data import BatchStream, open_corpus
 from injection.data.order import build_global_indices, write_global_indices
-from harness.http import HttpPolicy
 from injection.data.prepare import (
     LISTS_DIR,
     SIZES_FILE,
@@ -319,3 +319,25 @@ def test_make_data_lists_keeps_config_order_and_public_urls(tmp_path):
     )
     with pytest.raises(SystemExit, match="s3://ai2-llm"):
         main([str(tmp_path / "olmo"), "--revision", "abc123", "--out", str(tmp_path / "lists")])
+
+
+def test_prepare_through_a_chaotic_host_equals_a_clean_one(world, monkeypatch):
+    """`injection data prepare` while the host answers 503s, 429s with Retry-After, half bodies, dropped and reset
+    connections, stalls and trickles: the same corpus description as from a clean host."""
+    from tests.helpers.http_server import FAULTS, Chaos
+
+    for name, value in (("BUDGET", "10"), ("TIMEOUT", "0.5"), ("BACKOFF", "0.01")):
+        monkeypatch.setenv(f"INJECTION_HTTP_{name}", value)
+    assert _prepare("--out", str(world.root / "clean"), "--full-order-check").exit_code == 0
+    world.server.retry_after, world.server.stall_seconds, world.server.trickle_seconds = "1", 1.0, 0.02
+    world.server.chaos = Chaos(FAULTS[:7], every=1, limit=7)
+    result = _prepare("--out", str(world.root / "chaos"), "--full-order-check")
+    assert result.exit_code == 0, result.output
+    assert sorted(world.server.faults_served()) == sorted(FAULTS[:7])
+
+    def described(where):
+        info = json.loads((world.root / where / "corpus.json").read_text())
+        info["extra"].pop("prepared")
+        return info
+
+    assert described("chaos") == described("clean")

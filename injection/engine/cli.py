@@ -110,7 +110,7 @@ def run(
     """
     from harness.streams import import_deepspeed
     from injection.engine.inputs import prepare_inputs
-    from injection.engine.loop import Interrupted, LostRank, run_training
+    from injection.engine.loop import DataUnavailable, Interrupted, LostRank, run_training
 
     import_deepspeed()  # before anything imports it: its log lines go to stderr, the run directory alone to stdout
     cfg = resolve_config(config, preset, set_, resume, out, total_steps, seed)
@@ -118,10 +118,10 @@ def run(
     inputs = prepare_inputs(cfg)
     try:
         run_dir = run_training(cfg, inputs, resume=resume is not None, progress=True)
-    except Interrupted as err:
+    except (Interrupted, DataUnavailable) as err:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {err}", file=sys.stderr)
-        raise typer.Exit(128 + err.signum) from None
+        raise typer.Exit(err.exit_code) from None
     except LostRank as err:
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one line per node (rank 0's may be the lost one)
             print(f"error: {err}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,7 @@ OPERATIONAL_FIELDS = (
     "monitor",
     "label",
     "distributed_timeout",
+    "http",
 )
 
 
@@ -87,6 +89,21 @@ class KernelConfig:
     """Torch's single-kernel AdamW."""
     compile: bool = False
     """torch.compile the model (through DeepSpeed's engine.compile)."""
+
+
+@dataclass
+class HttpConfig:
+    """How the run reads a corpus served over http(s) (unset: the INJECTION_HTTP_* environment variables, else the
+    defaults shown in docs/reliability.md)."""
+
+    retry_budget: float | None = None
+    """Seconds one read keeps retrying a host that fails (busy, unreachable, stalling) without receiving a byte;
+    past it the run stops at the next update boundary with a checkpoint (status `interrupted`). Default 900."""
+    timeout: float | None = None
+    """Seconds to connect, and the longest a read waits for more bytes before it is retried from where it stopped.
+    Default 60."""
+    backoff: float | None = None
+    """The first wait between retries (it doubles up to 60 s, with jitter). Default 1."""
 
 
 @dataclass
@@ -171,6 +188,8 @@ class ExperimentConfig:
     """Optimizer variants (fresh moments, rebuilt moments, constant learning rate, ...)."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     """Where metrics go besides the run directory (CSV, TensorBoard, Weights & Biases)."""
+    http: HttpConfig = field(default_factory=HttpConfig)
+    """Retries of a corpus read over http(s): how long a host may stay away before the run stops cleanly."""
 
     # ---- derived helpers -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -225,6 +244,10 @@ def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> Non
     at_least("eval_dense_window", cfg.eval_dense_window, 0)
     at_least("kernels.loss_chunk_tokens", cfg.kernels.loss_chunk_tokens, 0)
     at_least("checkpoint_interval", cfg.checkpoint_interval, 0)
+    for name in ("retry_budget", "timeout", "backoff"):
+        value = getattr(cfg.http, name)
+        if value is not None and not (math.isfinite(value) and (value > 0 if name == "timeout" else value >= 0)):
+            raise fail(f"http.{name}", f"must be a finite number {'>' if name == 'timeout' else '>='} 0, got {value}")
     at_least("optimizer.moment_warmup_steps", cfg.optimizer.moment_warmup_steps, 0)
     at_least("optimizer.weight_decay", cfg.optimizer.weight_decay, 0)
     at_least("optimizer.grad_clip", cfg.optimizer.grad_clip, 0)

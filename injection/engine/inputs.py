@@ -123,8 +123,10 @@ def resolve_data(spec: str, ckpt: CheckpointInfo) -> Path | str:
 
 def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo) -> BatchStream:
     """The run's batches: the corpus `data` read from the checkpoint's data position, `global_batch` at a time."""
+    from harness.http import configure
     from injection.data.formats import open_corpus
 
+    configure(budget=cfg.http.retry_budget, timeout=cfg.http.timeout, backoff=cfg.http.backoff)
     corpus = open_corpus(resolve_data(cfg.data, ckpt))
     if corpus.seq_len != ckpt.seq_len:
         raise UserError(
