@@ -535,16 +535,31 @@ def _item(world: World, rng: random.Random, n_paraphrases: int) -> dict[str, Any
     return item
 
 
+#: Bounds of one generated set: its size and every paragraph's text grow with them.
+MAX_PARAGRAPHS = 100_000
+MAX_PARAPHRASES = 1_000
+
+
 def generate_worlds(n_paragraphs: int, seed: int) -> list[World]:
     """The worlds behind `generate_knowledge(n_paragraphs, ..., seed)` (same seed, same worlds)."""
     return [w for w, _ in _generate(n_paragraphs, 0, seed)]
 
 
-def _generate(n_paragraphs: int, n_paraphrases: int, seed: int) -> list[tuple[World, dict[str, Any]]]:
+def check_sizes(n_paragraphs: int, n_paraphrases: int, where: str = "") -> None:
+    """The generator's bounds (a set of 100,000 paragraphs takes minutes; the studies use 120)."""
     if n_paragraphs < 1:
-        raise UserError(f"--paragraphs must be at least 1, got {n_paragraphs}")
+        raise UserError(f"{where}--paragraphs must be at least 1, got {n_paragraphs}")
     if n_paraphrases < 0:
-        raise UserError(f"--paraphrases must be at least 0, got {n_paraphrases}")
+        raise UserError(f"{where}--paraphrases must be at least 0, got {n_paraphrases}")
+    if n_paragraphs > MAX_PARAGRAPHS or n_paraphrases > MAX_PARAPHRASES:
+        raise UserError(
+            f"{where}--paragraphs {n_paragraphs:,} --paraphrases {n_paraphrases:,}: the generator makes at most "
+            f"{MAX_PARAGRAPHS:,} paragraphs of at most {MAX_PARAPHRASES:,} paraphrases"
+        )
+
+
+def _generate(n_paragraphs: int, n_paraphrases: int, seed: int) -> list[tuple[World, dict[str, Any]]]:
+    check_sizes(n_paragraphs, n_paraphrases)
     # Worlds first from their own stream, so the names do not depend on the number of paraphrases.
     world_rng = random.Random(seed)
     names = NameGenerator(world_rng)

@@ -221,9 +221,7 @@ def load_capacity_config(
     profile: str | None = None, config: str | Path | None = None, overrides: list[str] | None = None
 ) -> CapacityConfig:
     """A shipped profile or a YAML file, then `--set key=value` overrides; validated."""
-    import yaml
-
-    from harness.typed import from_mapping
+    from harness.typed import from_mapping, load_yaml
     from injection.engine.config import set_dotted
 
     if config is not None:
@@ -236,8 +234,8 @@ def load_capacity_config(
             raise UserError(f"--profile {name!r}: expected one of {', '.join(PROFILES)}")
         path = profile_path(name)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+    except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level")

@@ -25,10 +25,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.errors import UserError
-from harness.typed import from_mapping
+from harness.typed import from_mapping, load_yaml
 from injection.checkpoints.layout import DataPosition, checkpoint_meta, write_checkpoint_dir
 from injection.lr import LRSchedule
 
@@ -150,9 +148,9 @@ def read_olmo_config(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {err}") from None
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected an OLMo training config (a mapping)")
     return data

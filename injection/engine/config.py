@@ -20,8 +20,9 @@ from typing import Any, Literal
 import yaml
 
 from harness.errors import UserError
-from harness.typed import from_mapping
+from harness.typed import YamlSyntaxError, from_mapping, load_yaml
 from injection import shipped_path
+from injection.schedule import MAX_STEPS
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -237,6 +238,11 @@ def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> Non
         "max_micro_batch",
     ):
         at_least(name, getattr(cfg, name), 1)
+    if cfg.total_steps > MAX_STEPS:
+        raise fail(
+            "total_steps",
+            f"must be at most {MAX_STEPS:,} (the probe log stores run steps as int32), got {cfg.total_steps:,}",
+        )
     if cfg.micro_batch != "auto":
         at_least("micro_batch", cfg.micro_batch, 1)
     for name in ("global_batch", "knowledge_limit", "analysis_window", "distributed_timeout"):
@@ -282,11 +288,10 @@ def set_dotted(data: dict[str, Any], assignment: str) -> str:
             f"--set {assignment!r}: expected KEY=VALUE with a key like total_steps or optimizer.constant_lr"
         )
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0]
+        value = load_yaml(raw, f"--set {assignment!r}") if raw != "" else ""
+    except YamlSyntaxError as err:
         raise UserError(
-            f"--set {assignment!r}: the value is not valid YAML ({first}); quote strings with special characters"
+            f"--set {assignment!r}: the value is not valid YAML ({err.problem}); quote strings with special characters"
         ) from None
     # YAML 1.1 reads `1e-4` as a string; numbers written that way are meant as floats.
     if isinstance(value, str):
@@ -328,11 +333,9 @@ def read_config_source(source: str) -> tuple[dict[str, Any], str]:
                 f"config {source!r} is neither a YAML file nor a preset (presets: {', '.join(available_presets())})"
             )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8"), f"config {path}") or {}
     except UnicodeDecodeError as err:
         raise UserError(f"config {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"config {path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise UserError(f"config {path}: expected a mapping at the top level")
     return data, str(path)
