@@ -45,6 +45,7 @@ _USER_OS_ERRORS = {
     errno.ENOENT: "no such file or directory",
     errno.EEXIST: "already exists",
     errno.ENAMETOOLONG: "file name too long",
+    errno.EIO: "input/output error (the disk or file system failed)",
     errno.ELOOP: "too many levels of symbolic links (a symlink loop?)",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import signal
@@ -122,6 +123,16 @@ def run(
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(err.exit_code) from None
+    except OSError as err:
+        from harness.errors import describe_os_error
+        from injection.engine.run_state import intact_note
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO) or int(os.environ.get("RANK", "0")) != 0:
+            raise
+        print(
+            f"error: {describe_os_error(err)}; {intact_note(Path(cfg.output_dir))} once there is space", file=sys.stderr
+        )
+        raise typer.Exit(2) from None
     except LostRank as err:
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one line per node (rank 0's may be the lost one)
             print(f"error: {err}", file=sys.stderr)
