@@ -84,13 +84,21 @@ def resolve_config(
 def preflight(cfg, resume: bool) -> None:
     """The cheap checks, before inputs are prepared or any process group exists: run directory, checkpoint, that
     the global batch splits over ranks × micro-batch, the monitor's package."""
+    from harness.locks import check_directory_free
     from injection.engine.inputs import read_checkpoint
     from injection.engine.monitor import check_monitor
     from injection.engine.plan import check_split
-    from injection.engine.run_state import check_run_dir
+    from injection.engine.run_state import check_run_dir, claim_run_dir
 
     check_monitor(cfg)
-    check_run_dir(cfg, resume)
+    try:
+        check_run_dir(cfg, resume)  # before anything is written into the directory: it may not be a run at all
+    except UserError:
+        if Path(cfg.output_dir).is_dir():
+            check_directory_free(cfg.output_dir, "`injection run`")  # "in use by ..." says more than "running"
+        raise
+    if int(os.environ.get("RANK", "0")) == 0:
+        claim_run_dir(cfg)  # held from here to the run's end: a second writer is refused before any work
     check_split(cfg, read_checkpoint(cfg.checkpoint), int(os.environ.get("WORLD_SIZE", "1")))
 
 
@@ -273,6 +281,10 @@ def launch(
     # validated here, once, rather than on every rank after the processes started
     cfg = resolve_config(config, None, set_, resume)
     check_monitor(cfg)
+    if not dry_run:
+        from harness.locks import check_directory_free
+
+        check_directory_free(cfg.output_dir, "`injection launch`")
     world = launch_world_size(hostfile, num_gpus, num_nodes)
     try:
         ckpt = read_checkpoint(cfg.checkpoint)

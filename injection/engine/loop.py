@@ -364,9 +364,11 @@ def run_training(
     random.seed(cfg.seed)
     rank, world = zero.init_distributed(cfg.distributed_timeout)
     decision = run_state.check_run_dir(cfg, resume)  # every rank, before the first collective
+    run_state.claim_run_dir(cfg, rank, world)  # one writer per run directory
     if decision.action == "done":
         if rank == 0:
             zero.say(decision.message)
+        run_state.release_run_dir(decision.run_dir, rank)
         return decision.run_dir
     plan = make_plan(cfg, inputs.checkpoint, world, sorted(inputs.injections))
     if inputs.stream.batch_size != plan.global_batch:
@@ -449,6 +451,7 @@ def run_training(
         except OSError:
             if error is None:
                 raise  # with an error already in flight (a full disk), report that one
+    run_state.release_run_dir(run.run_dir, rank)
     if error is not None:
         raise error
     return run.run_dir

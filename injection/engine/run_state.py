@@ -37,6 +37,7 @@ import torch
 from harness import rundir
 from harness.atomic import write_json_atomic, write_text_atomic
 from harness.errors import UserError
+from harness.locks import LOCK_FILE, hold_directory, release_directory
 from injection.engine.config import ExperimentConfig
 
 STATE_FILE = "engine_state.json"
@@ -82,7 +83,7 @@ def check_run_dir(cfg: ExperimentConfig, resume: bool) -> Decision:
         raise UserError(f"output directory {run_dir}: exists and is not a directory")
     manifest = read_status(run_dir) if run_dir.is_dir() else None
     if manifest is None:
-        if run_dir.is_dir() and any(run_dir.iterdir()):
+        if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
             raise UserError(
                 f"output directory {run_dir} is not empty and holds no run (no {rundir.MANIFEST}); "
                 "choose another -o/--out"
@@ -119,6 +120,29 @@ def check_run_dir(cfg: ExperimentConfig, resume: bool) -> Decision:
     if not ckpts:
         return Decision("restart", run_dir, f"{run_dir}: no complete checkpoint yet; starting again from step 0")
     return Decision("resume", run_dir, f"{run_dir}: resuming from the checkpoint after step {ckpts[-1][0]}")
+
+
+def claim_run_dir(cfg: ExperimentConfig, rank: int = 0, world: int = 1) -> None:
+    """Make this run the directory's one writer: rank 0 takes its lock (UserError naming the process that has it),
+    and every rank learns the outcome before the first collective (none waits for a rank that gave up)."""
+    run_dir = Path(cfg.output_dir)
+    refusal: list[str | None] = [None]
+    if rank == 0 and (run_dir.is_dir() or not run_dir.exists()):
+        try:
+            hold_directory(run_dir, f"`{resume_command(run_dir, world)}`")
+        except UserError as err:
+            refusal[0] = str(err)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(refusal, src=0)  # sync point, once, at start
+    if refusal[0] is not None:
+        raise UserError(refusal[0])
+
+
+def release_run_dir(run_dir: Path, rank: int = 0) -> None:
+    if rank == 0:
+        release_directory(run_dir)
 
 
 def clear_partial_run(run_dir: Path) -> None:
