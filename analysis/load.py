@@ -224,6 +224,8 @@ def _int_column(table: pa.Table, name: str, file: Path) -> np.ndarray:
         raise UserError(f"{file}: column {name!r} has {column.null_count} null value(s)")
     if not pa.types.is_integer(column.type):
         raise UserError(f"{file}: column {name!r} must be integer, found {column.type}")
+    if pa.types.is_uint64(column.type) and len(column) and pc.max(column).as_py() > np.iinfo(np.int64).max:
+        raise UserError(f"{file}: column {name!r} holds {pc.max(column).as_py()}, beyond any run step or paragraph")
     return column.to_numpy().astype(np.int64)
 
 

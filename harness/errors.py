@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -82,7 +83,10 @@ def _exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as err:
             return _fail(str(err))
         except Stopped as err:
-            return _fail(str(err), err.exit_code)
+            # A run stopped inside a command that runs it for the user (the demo, the capacity ladder): the same
+            # command continues it too.
+            again = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+            return _fail(f"{err}; or run `{again}` again, which continues from there", err.exit_code)
         except KeyboardInterrupt as err:
             name = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
             code = 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
