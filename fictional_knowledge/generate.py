@@ -26,6 +26,7 @@ from fictional_knowledge.checks import PARAPHRASES_FIELD, TEXT_FIELD, check_item
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS
 from harness.atomic import write_bytes_atomic
 from harness.errors import UserError
+from harness.outputs import check_new_file
 
 PROBES_PER_KIND = 5
 
@@ -579,9 +580,12 @@ def dumps_knowledge(document: list[dict[str, Any]] | dict[str, Any]) -> bytes:
     return (json.dumps(document, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
 
-def write_knowledge(out: str | Path, n_paragraphs: int, n_paraphrases: int, seed: int) -> list[dict[str, Any]]:
-    """Generate a knowledge set, check it like any input file, and write it atomically to `out`."""
-    out = Path(out)
+def write_knowledge(
+    out: str | Path, n_paragraphs: int, n_paraphrases: int, seed: int, overwrite: bool = False
+) -> list[dict[str, Any]]:
+    """Generate a knowledge set, check it like any input file, and write it atomically to `out` (an existing file
+    only with `overwrite`)."""
+    out = check_new_file(out, overwrite)
     items = generate_knowledge(n_paragraphs, n_paraphrases, seed)
     check_items(items, str(out))
     write_bytes_atomic(out, dumps_knowledge(items))

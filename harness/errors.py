@@ -104,7 +104,8 @@ def _exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
             # pathlib's resolve() on Python < 3.13 reports a symlink loop this way rather than as ELOOP
             if not str(err).startswith("Symlink loop"):
                 raise
-            return _fail(f"{str(err).removeprefix('Symlink loop from ')}: a symlink loop")
+            where = str(err).removeprefix("Symlink loop from ").strip("'\"")
+            return _fail(f"{where}: a symbolic link that leads nowhere (a symlink loop)")
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

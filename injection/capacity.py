@@ -666,8 +666,10 @@ def run_capacity(cfg: CapacityConfig, out: Path):
     from analysis.load import load_run
     from analysis.plots import plot_capacity
     from analysis.report import write_report
+    from harness.paths import check_resumable_dir
 
     t0 = time.perf_counter()
+    check_resumable_dir(out, marker="capacity.yaml", what="capacity experiment")
     out.mkdir(parents=True, exist_ok=True)
     resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     saved = out / "capacity.yaml"

@@ -260,6 +260,36 @@ def scan_order(
     return largest
 
 
+def check_prepare_out(out: Path, family: str) -> None:
+    """Refuse to replace, in the folder the description goes to, a `corpus.json` or `sizes.json` that is not this
+    command's own work for `family` (a corpus the user built there, a file of the same name)."""
+    corpus = out / CORPUS_FILE
+    if corpus.exists():
+        try:
+            data = json.loads(corpus.read_text(encoding="utf-8"))
+            ours = isinstance(data, dict) and (data.get("extra") or {}).get("family") == family
+            ours = ours and "prepared" in data["extra"]
+        except (OSError, ValueError, RecursionError, AttributeError, TypeError):
+            ours = False
+        if not ours:
+            raise UserError(
+                f"--out {out}: {CORPUS_FILE} exists and is not a description prepared for {family}; refusing to "
+                "replace it: choose another --out"
+            )
+    sizes = out / SIZES_FILE
+    if sizes.exists():
+        try:
+            data = json.loads(sizes.read_text(encoding="utf-8"))
+            ours = isinstance(data, dict) and all(isinstance(k, str) and is_url(k) for k in data)
+        except (OSError, ValueError, RecursionError):
+            ours = False
+        if not ours:
+            raise UserError(
+                f"--out {out}: {SIZES_FILE} exists and is not this command's cache of file sizes; refusing to replace "
+                "it: choose another --out"
+            )
+
+
 def open_prepared(family: str):
     """(corpus, location) of `family`'s prepared description in the cache (`injection data prepare FAMILY`)."""
     where = prepared_dir(family)
@@ -348,6 +378,7 @@ def plan_prepare(
         order_url, reason = None, f"the catalog lists no published order file for {family}"
     else:
         order_url, reason = order.global_indices_url, None
+    check_prepare_out(out, family)
     known = _load_sizes(out / SIZES_FILE)
     return PreparePlan(
         family=family,
@@ -498,10 +529,12 @@ def plan_prepare_indexed(family: str, out: Path | None = None, *, catalog_path: 
             f"names no published data for {family!r}"
         )
     last_step = max((e.step for e in fam.steps), default=0)
+    out = Path(out) if out is not None else prepared_dir(family)
+    check_prepare_out(out, family)
     return IndexedPlan(
         family=family,
         catalog=catalog.path,
-        out=Path(out) if out is not None else prepared_dir(family),
+        out=out,
         index=order.index_url,
         paths=list(order.data_urls),
         row_len=fam.row_len,
