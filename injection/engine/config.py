@@ -95,7 +95,7 @@ class KernelConfig:
 @dataclass
 class HttpConfig:
     """How the run reads a corpus served over http(s) (unset: the INJECTION_HTTP_* environment variables, else the
-    defaults shown in docs/reliability.md)."""
+    defaults named below)."""
 
     retry_budget: float | None = None
     """Seconds one read keeps retrying a host that fails (busy, unreachable, stalling) without receiving a byte;
@@ -182,7 +182,7 @@ class ExperimentConfig:
     above the slowest checkpoint save of the run (the others wait for it at a barrier)."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A non-finite loss: `stop` the run (exit 2, the manifest says where) or `skip` that update (parameters left
-    unchanged) and count it."""
+    unchanged) and count it. A non-finite gradient norm always stops the run (the update already moved the weights)."""
     tokenizer: str | None = None
     """Tokenizer for probes and paragraphs; unset = the checkpoint directory's tokenizer."""
     optimizer: OptimizerOverrides = field(default_factory=OptimizerOverrides)
