@@ -85,7 +85,7 @@ def _exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Stopped as err:
             # A run stopped inside a command that runs it for the user (the demo, the capacity ladder): the same
             # command continues it too.
-            again = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+            again = command_line()
             return _fail(f"{err}; or run `{again}` again, which continues from there", err.exit_code)
         except KeyboardInterrupt as err:
             name = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
@@ -111,6 +111,14 @@ def _exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def command_line() -> str:
+    """The command as the user typed it (`injection demo --quick`, also under `python -m injection`)."""
+    program = Path(sys.argv[0]).name if sys.argv else "?"
+    if program == "__main__.py":
+        program = Path(sys.argv[0]).parent.name
+    return " ".join([program, *sys.argv[1:]])
 
 
 def _fail(message: str, code: int = 2) -> None:

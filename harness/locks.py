@@ -17,11 +17,10 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import threading
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.errors import UserError, command_line
 
 LOCK_FILE = ".writer.lock"
 
@@ -57,11 +56,10 @@ def hold_directory(directory: str | Path, what: str) -> None:
                 f"{directory} is in use by {_holder(path)}: a directory has one writer at a time; wait for that "
                 f"process to finish, or stop it, then run {what} again"
             ) from None
-        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else what
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "command": command,
+            "command": command_line(),
             "since": _dt.datetime.now().isoformat(timespec="seconds"),
         }
         os.ftruncate(fd, 0)
