@@ -106,7 +106,9 @@ def default_policy() -> HttpPolicy:
 
 
 def configure(**settings: float | None) -> HttpPolicy:
-    """Set fields of the process's default policy (None values ignored); returns the new default."""
+    """Set the process's default policy: these fields (None: the environment's or the default), replacing what an
+    earlier call set; returns the new default."""
+    _configured.clear()
     _configured.update({k: v for k, v in settings.items() if v is not None})
     return default_policy()
 
