@@ -59,8 +59,11 @@ def test_a_step_past_the_last_full_batch_ends_at_once(tmp_path):
     """It used to loop forever: every epoch after the first had length 0 and the loop advanced the epoch unbounded."""
     stream = BatchStream(_indexed(tmp_path), 0, 10 * B, B)
     assert stream.position(1) == (0, 11 * B)
+    assert stream.position(2) == (0, 12 * B)  # where the stream stands after its last batch...
+    with pytest.raises(UserError, match=r"rows 48…51 \(epoch 0\) are outside this dataset's 48 rows"):
+        stream.batch(2)  # ...which holds no batch
     with pytest.raises(UserError, match=r"rows 0…3 \(epoch 1\) are outside this dataset's 48 rows"):
-        stream.position(2)
+        stream.position(3)
     with pytest.raises(UserError, match=r"outside this dataset's 48 rows"):
         stream.segments(3)
 

@@ -353,11 +353,18 @@ class BatchStream:
                     f"order (the checkpoint is {self.start:,} instances into it)"
                 )
             return self.epoch, index
-        for epoch, index, _, full in self._epochs():
+        epochs, end = self._epochs(), None
+        while True:
+            try:
+                epoch, index, _, full = next(epochs)
+            except UserError:
+                if k == 0 and end is not None:
+                    return end  # where a stream that has ended stands after its last batch (it has no batch k)
+                raise
             if k < full:
                 return epoch, index + k * B
             k -= full
-        raise AssertionError("unreachable: _epochs ends with an error")
+            end = (epoch, index + full * B)
 
     def batch(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(tokens int64 [B, L], original instance ids int64 [B]) of run step k."""
