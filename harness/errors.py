@@ -100,6 +100,8 @@ def _exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
             if message is None:
                 raise
             return _fail(message)
+        except RecursionError:
+            return _fail("an input is nested too deeply to read (a JSON or YAML document thousands of levels deep?)")
         except RuntimeError as err:
             # pathlib's resolve() on Python < 3.13 reports a symlink loop this way rather than as ELOOP
             if not str(err).startswith("Symlink loop"):

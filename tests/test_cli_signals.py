@@ -84,3 +84,25 @@ def test_sigterm_during_the_demo_names_the_command_that_continues(tmp_path):
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "interrupted (SIGTERM)" in errors[0], stderr[-3000:]
     assert f"or run `injection demo --quick -o {out}` again, which continues from there" in errors[0]
+
+
+@pytest.mark.slow
+def test_a_demo_output_whose_run_manifest_was_cut_short_says_what_to_do(tmp_path):
+    """A demo directory left by a disk that filled: the next `injection demo` names the damaged file and the way on."""
+    out = tmp_path / "demo"
+    manifest = out / "runs" / "early" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"format": "injection-run/1", "status": "runn')
+    done = subprocess.run(
+        [sys.executable, "-m", "injection", "demo", "--quick", "-o", str(out)],
+        cwd=REPO,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {manifest}: malformed JSON"), done.stderr[-3000:]
+    assert f"move {manifest.parent} away and run the command again" in errors[0]

@@ -135,7 +135,7 @@ def read_corpus_json(location: str | Path) -> tuple[dict[str, Any], str]:
     where = join_location(location, CORPUS_FILE)
     try:
         data = json.loads(read_text(where))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise UserError(f"{where}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a JSON object")
