@@ -4,7 +4,7 @@ windows (`data extract`) and the byte ranges a run reads for hours or days.
 What a data host does over hours, and what a transfer does about it:
 
     answer                                            what happens
-    429, or 503 with Retry-After                      waits as long as the host asks (within the budget), then again
+    429, or 503 with Retry-After                      waits at least as long as the host asks (within the budget)
     408, 425, other 5xx                               retried with exponential backoff and jitter
     refused, reset or dropped connection              retried; a body cut short resumes by Range from the bytes received
     a read that stalls (no byte for `timeout` s) or   retried the same way
@@ -213,7 +213,7 @@ class _Attempts:
         waited = time.monotonic() - self.since
         delay = min(policy.max_backoff, policy.backoff * 2 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
         if err.retry_after is not None:
-            delay = err.retry_after  # the host said how long: that is what it will accept
+            delay = max(delay, err.retry_after)  # at least what the host asked (a "0" does not make us spin)
         over_retries = policy.retries is not None and self.failures > policy.retries
         if over_retries or waited + delay > policy.budget:
             if err.kind in ("HTTP 404", "HTTP 410"):
