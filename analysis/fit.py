@@ -62,6 +62,10 @@ FLAG_TEXT = {
 }
 
 
+#: The largest step count an option can name (a probe log's steps are int32).
+MAX_T = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class FitOptions:
     rules: str = "paper"
@@ -122,8 +126,16 @@ class FitOptions:
             if not 0 < level < 1:
                 raise UserError(f"option retention_levels: {level:g} is not a fraction between 0 and 1")
         for t in self.at:
-            if t < 1:
-                raise UserError(f"option at: every t must be at least 1, got {t}")
+            if math.isfinite(t) and t < 1:
+                raise UserError(f"option at: every t must be at least 1, got {t:g}")
+            if isinstance(t, bool) or not math.isfinite(t) or t != int(t) or t > MAX_T:
+                raise UserError(f"option at: every t must be a whole number of steps up to {MAX_T:,}, got {t:g}")
+        for name in ("t_min", "t_max", "window"):
+            value = getattr(self, name)
+            if value is not None and value > MAX_T:
+                raise UserError(f"option {name}: must be at most {MAX_T:,} steps, got {value:,}")
+        if self.iqr_factor is not None and not math.isfinite(self.iqr_factor):
+            raise UserError(f"option iqr_factor: must be a finite number, got {self.iqr_factor}")
         if not 0 < self.ci_level < 1:
             raise UserError(f"option ci_level: must be between 0 and 1, got {self.ci_level}")
         if self.bootstrap < 0 or self.bootstrap == 1:

@@ -156,12 +156,23 @@ def load_run(path: str | Path) -> Run:
     injections = _read_table(path / rundir.INJECTIONS, INJECTION_KEYS, ("scenario",))
     run = _to_matrices(path, manifest, table, metric_names)
     _attach_encounters(run, injections)
+    _check_agreement(run, injections)
     return run
+
+
+#: Manifest fields that count steps, rows or tokens: whole numbers >= 0 where present (JSON allows Infinity, -1, 1.5).
+COUNT_FIELDS = ("start_step", "total_steps", "last_step", "start_tokens", "global_batch_size", "seq_len", "n_probes")
+#: The largest step a probe log can hold (its `step` column is int32).
+MAX_STEP = 2**31 - 1
 
 
 def _read_manifest(path: Path) -> dict:
     manifest = rundir.read_manifest(path)
     file = path / rundir.MANIFEST
+    for key in COUNT_FIELDS:
+        value = manifest.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**63):
+            raise UserError(f"{file}: field {key!r} must be a whole number >= 0, found {value!r}")
     tps = manifest.get("tokens_per_step")
     if tps is not None and (isinstance(tps, bool) or not isinstance(tps, (int, float)) or tps <= 0):
         raise UserError(f"{file}: field 'tokens_per_step' must be a positive integer, found {tps!r}")
@@ -213,6 +224,8 @@ def _int_column(table: pa.Table, name: str, file: Path) -> np.ndarray:
         raise UserError(f"{file}: column {name!r} has {column.null_count} null value(s)")
     if not pa.types.is_integer(column.type):
         raise UserError(f"{file}: column {name!r} must be integer, found {column.type}")
+    if pa.types.is_uint64(column.type) and len(column) and pc.max(column).as_py() > np.iinfo(np.int64).max:
+        raise UserError(f"{file}: column {name!r} holds {pc.max(column).as_py()}, beyond any run step or paragraph")
     return column.to_numpy().astype(np.int64)
 
 
@@ -237,6 +250,16 @@ def _to_matrices(path: Path, manifest: dict, table: pa.Table, metric_names: list
     n_probes, n_steps = len(keys), len(steps)
 
     counts = np.bincount(row_probe * n_steps + row_step, minlength=n_probes * n_steps)
+    if step.min() < 0 or step.max() > MAX_STEP:
+        r = int(np.argmax((step < 0) | (step > MAX_STEP)))
+        raise UserError(f"{file}: row {r}: step {step[r]} is not a run step (0 … {MAX_STEP:,})")
+    total = manifest.get("total_steps")
+    if total is not None and step.max() > total:
+        r = int(np.argmax(step > total))
+        raise UserError(
+            f"{file}: row {r}: step {step[r]} is beyond the run's {total} steps (manifest.json total_steps): the "
+            "files belong to different runs"
+        )
     if (counts > 1).any():
         cell = int(np.argmax(counts > 1))
         raise UserError(
@@ -294,7 +317,10 @@ def _to_matrices(path: Path, manifest: dict, table: pa.Table, metric_names: list
         matrix[row_probe, row_step] = values
         run.metrics[name] = matrix
     if "exact_match" in table.column_names:
-        column = table.column("exact_match").fill_null(False)
+        column = table.column("exact_match")
+        if not pa.types.is_boolean(column.type):
+            raise UserError(f"{file}: column 'exact_match' must be boolean (true/false), found {column.type}")
+        column = column.fill_null(False)
         matrix = np.zeros((n_probes, n_steps), dtype=bool)
         matrix[row_probe, row_step] = column.to_numpy(zero_copy_only=False).astype(bool)
         run.exact_match = matrix
@@ -316,6 +342,51 @@ def _attach_encounters(run: Run, injections: pa.Table) -> None:
         if p in scenario_of:
             by_scenario.setdefault(scenario_of[p], set()).update(steps.tolist())
     run.injection_steps_by_scenario = {s: np.array(sorted(v), dtype=np.int64) for s, v in by_scenario.items()}
+
+
+def _check_agreement(run: Run, injections: pa.Table) -> None:
+    """The three files must describe one run: every injected paragraph has probes (under an injected scenario, with
+    the scenario injections.parquet gives it), every injection lies inside the run, and the manifest's counts match
+    the tables. UserError naming the row and both files otherwise."""
+    file, log = run.path / rundir.INJECTIONS, run.path / rundir.PROBES
+    manifest = run.path / rundir.MANIFEST
+    step = _int_column(injections, "step", file)
+    paragraph = _int_column(injections, "paragraph", file)
+    scenario_of = dict(zip(run.paragraph.tolist(), run.scenario.tolist()))
+    total = run.manifest.get("total_steps")
+    given = injections.column("scenario").to_pylist() if "scenario" in injections.column_names else None
+    for r, (k, p) in enumerate(zip(step.tolist(), paragraph.tolist())):
+        if p not in scenario_of:
+            raise UserError(
+                f"{file}: row {r}: paragraph {p} is injected at step {k}, but {log.name} has no probe of it: the "
+                "knowledge set of the probes is not the one injected"
+            )
+        if scenario_of[p] == "none":
+            raise UserError(
+                f"{file}: row {r}: paragraph {p} is injected at step {k}, but {log.name} logs it as a control "
+                "(scenario 'none')"
+            )
+        if given is not None and given[r] is not None and given[r] != scenario_of[p]:
+            raise UserError(
+                f"{file}: row {r}: paragraph {p} has scenario {given[r]!r}, {log.name} gives it {scenario_of[p]!r}"
+            )
+        if k < 0 or (total is not None and k >= total):
+            raise UserError(
+                f"{file}: row {r}: injection step {k} is outside the run's steps 0 … {(total or 1) - 1} "
+                f"({manifest.name} total_steps {total})"
+            )
+    expected = run.manifest.get("n_probes")
+    if expected is not None and expected != run.n_probes:
+        raise UserError(
+            f"{manifest}: n_probes is {expected}, {log.name} holds {run.n_probes} probes: the probes are not those "
+            "of the run's knowledge set"
+        )
+    copies = run.manifest.get("n_injected_copies")
+    if isinstance(copies, int) and not isinstance(copies, bool) and copies != injections.num_rows:
+        raise UserError(
+            f"{manifest}: n_injected_copies is {copies}, {file.name} has {injections.num_rows} rows: the files belong "
+            "to different runs"
+        )
 
 
 def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ from fictional_knowledge.load import knowledge_from_document, value_space_to_jso
 from fictional_knowledge.model import REFERENCE_PROBE_FIELDS, Attribute, DateRange, KnowledgeSet, ValueSet, ValueSpace
 from harness.atomic import write_bytes_atomic
 from harness.errors import UserError
+from harness.outputs import check_new_file
 
 
 @dataclass(frozen=True)
@@ -281,9 +282,10 @@ def generate_bios(spec: BiosSpec) -> KnowledgeSet:
     return knowledge
 
 
-def write_bios(out: str | Path, spec: BiosSpec) -> KnowledgeSet:
-    """Generate a biography set, check it like any input file, and write it atomically to `out`."""
-    out = Path(out)
+def write_bios(out: str | Path, spec: BiosSpec, overwrite: bool = False) -> KnowledgeSet:
+    """Generate a biography set, check it like any input file, and write it atomically to `out` (an existing file
+    only with `overwrite`)."""
+    out = check_new_file(out, overwrite)
     document = generate_bios_document(spec)
     knowledge, _ = knowledge_from_document(document, str(out))
     write_bytes_atomic(out, dumps_knowledge(document))

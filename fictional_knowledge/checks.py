@@ -85,6 +85,8 @@ def parse_json_bytes(data: bytes, source: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{source}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    except RecursionError:
+        raise UserError(f"{source}: not a knowledge file: its JSON is nested too deeply to read") from None
 
 
 def _check_string(value: Any, where: str, problems: list[str]) -> None:
@@ -92,6 +94,15 @@ def _check_string(value: Any, where: str, problems: list[str]) -> None:
         problems.append(f"{where}: expected a string, got {_type_name(value)}")
     elif not value.strip():
         problems.append(f"{where}: empty string")
+    else:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            # JSON can spell half of a surrogate pair ("\ud800"); no text encoding, so no tokenizer, can hold it
+            problems.append(
+                f"{where}: character {err.start} is a lone surrogate (U+{ord(value[err.start]):04X}), which is not "
+                "text any tokenizer can encode"
+            )
 
 
 def _check_string_list(value: Any, where: str, problems: list[str]) -> bool:

@@ -72,6 +72,7 @@ def generate(
     shuffle: Annotated[
         bool, typer.Option(help="Paraphrase variants reorder the six sentences.", rich_help_panel=_BIOS)
     ] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Write a new fictional knowledge set made by the project's own template generator (offline)."""
     if style == "bios":
@@ -87,7 +88,7 @@ def generate(
             shuffle=shuffle,
             seed=seed,
         )
-        knowledge = write_bios(out, spec)
+        knowledge = write_bios(out, spec, overwrite=overwrite)
         space = knowledge.value_space
         sizes = ", ".join(f"{a.name} {a.size:,}" for a in space.attributes)
         bits = len(knowledge) * sum(a.bits for a in space.attributes)
@@ -97,6 +98,6 @@ def generate(
         )
         return
 
-    items = write_knowledge(out, paragraphs, paraphrases, seed)
+    items = write_knowledge(out, paragraphs, paraphrases, seed, overwrite=overwrite)
     n_probes = sum(len(it[f]) for it in items for f in ("mem_input", "gen_input", "hard_gen_input"))
     typer.echo(f"wrote {out}: {len(items)} paragraphs, {paraphrases} paraphrases each, {n_probes} probes (seed {seed})")

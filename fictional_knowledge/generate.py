@@ -26,6 +26,7 @@ from fictional_knowledge.checks import PARAPHRASES_FIELD, TEXT_FIELD, check_item
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS
 from harness.atomic import write_bytes_atomic
 from harness.errors import UserError
+from harness.outputs import check_new_file
 
 PROBES_PER_KIND = 5
 
@@ -535,16 +536,31 @@ def _item(world: World, rng: random.Random, n_paraphrases: int) -> dict[str, Any
     return item
 
 
+#: Bounds of one generated set: its size and every paragraph's text grow with them.
+MAX_PARAGRAPHS = 100_000
+MAX_PARAPHRASES = 1_000
+
+
 def generate_worlds(n_paragraphs: int, seed: int) -> list[World]:
     """The worlds behind `generate_knowledge(n_paragraphs, ..., seed)` (same seed, same worlds)."""
     return [w for w, _ in _generate(n_paragraphs, 0, seed)]
 
 
-def _generate(n_paragraphs: int, n_paraphrases: int, seed: int) -> list[tuple[World, dict[str, Any]]]:
+def check_sizes(n_paragraphs: int, n_paraphrases: int, where: str = "") -> None:
+    """The generator's bounds (a set of 100,000 paragraphs takes minutes; the studies use 120)."""
     if n_paragraphs < 1:
-        raise UserError(f"--paragraphs must be at least 1, got {n_paragraphs}")
+        raise UserError(f"{where}--paragraphs must be at least 1, got {n_paragraphs}")
     if n_paraphrases < 0:
-        raise UserError(f"--paraphrases must be at least 0, got {n_paraphrases}")
+        raise UserError(f"{where}--paraphrases must be at least 0, got {n_paraphrases}")
+    if n_paragraphs > MAX_PARAGRAPHS or n_paraphrases > MAX_PARAPHRASES:
+        raise UserError(
+            f"{where}--paragraphs {n_paragraphs:,} --paraphrases {n_paraphrases:,}: the generator makes at most "
+            f"{MAX_PARAGRAPHS:,} paragraphs of at most {MAX_PARAPHRASES:,} paraphrases"
+        )
+
+
+def _generate(n_paragraphs: int, n_paraphrases: int, seed: int) -> list[tuple[World, dict[str, Any]]]:
+    check_sizes(n_paragraphs, n_paraphrases)
     # Worlds first from their own stream, so the names do not depend on the number of paraphrases.
     world_rng = random.Random(seed)
     names = NameGenerator(world_rng)
@@ -564,9 +580,12 @@ def dumps_knowledge(document: list[dict[str, Any]] | dict[str, Any]) -> bytes:
     return (json.dumps(document, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
 
-def write_knowledge(out: str | Path, n_paragraphs: int, n_paraphrases: int, seed: int) -> list[dict[str, Any]]:
-    """Generate a knowledge set, check it like any input file, and write it atomically to `out`."""
-    out = Path(out)
+def write_knowledge(
+    out: str | Path, n_paragraphs: int, n_paraphrases: int, seed: int, overwrite: bool = False
+) -> list[dict[str, Any]]:
+    """Generate a knowledge set, check it like any input file, and write it atomically to `out` (an existing file
+    only with `overwrite`)."""
+    out = check_new_file(out, overwrite)
     items = generate_knowledge(n_paragraphs, n_paraphrases, seed)
     check_items(items, str(out))
     write_bytes_atomic(out, dumps_knowledge(items))

@@ -163,6 +163,13 @@ def parse_generate_spec(spec: str) -> tuple[int, int, int]:
         ) from None
     if n <= 0 or m < 0 or seed < 0:
         raise UserError(f"knowledge {spec!r}: PARAGRAPHS must be > 0, PARAPHRASES and SEED >= 0")
+    from fictional_knowledge.generate import MAX_PARAGRAPHS, MAX_PARAPHRASES
+
+    if n > MAX_PARAGRAPHS or m > MAX_PARAPHRASES:
+        raise UserError(
+            f"knowledge {spec!r}: at most {MAX_PARAGRAPHS:,} paragraphs and {MAX_PARAPHRASES:,} paraphrases are "
+            "generated"
+        )
     return n, m, seed
 
 

@@ -31,6 +31,9 @@ def make_parents(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
+        for p in [path.parent, *path.parent.parents]:
+            if p.is_symlink() and not p.exists():
+                raise UserError(f"{path}: {p} is a symbolic link that leads nowhere (a symlink loop?)") from None
         blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), path.parent)
         raise UserError(f"{path}: {blocker} is a file, not a directory") from None
 
@@ -133,6 +136,8 @@ def replace_dir(tmp: Path, dest: Path) -> None:
 def ensure_dir(path: str | Path) -> Path:
     """`path` as an existing directory (created if needed); UserError when it exists and is not one."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{path}: a symbolic link that leads nowhere (a symlink loop, or its target is missing)")
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: output path exists and is not a directory")
     path.mkdir(parents=True, exist_ok=True)

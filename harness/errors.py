@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import errno
 import functools
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import typer
+
+from harness.streams import tolerant_output
 
 
 class UserError(Exception):
@@ -18,6 +23,17 @@ class UserError(Exception):
     The message must say which file, which item and which field. Command-line entry points print it
     without a traceback and exit with code 2; library callers can catch it like any exception.
     """
+
+
+class Stopped(Exception):
+    """A command that stopped at a clean point on purpose (a signal, a data host that went away): its message says
+    what was kept and the command that continues; the process exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every `finally` and staging clean-up runs."""
 
 
 #: Operating-system failures that are about the user's files or disk, not about the program: reported as one
@@ -33,6 +49,8 @@ _USER_OS_ERRORS = {
     errno.ENOENT: "no such file or directory",
     errno.EEXIST: "already exists",
     errno.ENAMETOOLONG: "file name too long",
+    errno.EIO: "input/output error (the disk or file system failed)",
+    errno.ELOOP: "too many levels of symbolic links (a symlink loop?)",
 }
 
 
@@ -47,22 +65,69 @@ def describe_os_error(err: OSError) -> str | None:
     return f"{where}: {what}" if where else what
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
 def _exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+
+        tolerant_output()
+        previous = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+            signal.SIG_DFL,
+            None,
+        ):
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            raise typer.Exit(code=2) from None
+            return _fail(str(err))
+        except Stopped as err:
+            # A run stopped inside a command that runs it for the user (the demo, the capacity ladder): the same
+            # command continues it too.
+            again = command_line()
+            return _fail(f"{err}; or run `{again}` again, which continues from there", err.exit_code)
+        except KeyboardInterrupt as err:
+            name = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
+            code = 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
+            return _fail(
+                f"interrupted ({name}) before the command finished; outputs are written whole or not at all, so "
+                "nothing half-written is left: run the command again",
+                code,
+            )
         except OSError as err:
             message = describe_os_error(err)
             if message is None:
                 raise
-            print(f"error: {message}", file=sys.stderr)
-            raise typer.Exit(code=2) from None
+            return _fail(message)
+        except RecursionError:
+            return _fail("an input is nested too deeply to read (a JSON or YAML document thousands of levels deep?)")
+        except RuntimeError as err:
+            # pathlib's resolve() on Python < 3.13 reports a symlink loop this way rather than as ELOOP
+            if not str(err).startswith("Symlink loop"):
+                raise
+            where = str(err).removeprefix("Symlink loop from ").strip("'\"")
+            return _fail(f"{where}: a symbolic link that leads nowhere (a symlink loop)")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def command_line() -> str:
+    """The command as the user typed it (`injection demo --quick`, also under `python -m injection`)."""
+    program = Path(sys.argv[0]).name if sys.argv else "?"
+    if program == "__main__.py":
+        program = Path(sys.argv[0]).parent.name
+    return " ".join([program, *sys.argv[1:]])
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code=code)
 
 
 class HarnessTyper(typer.Typer):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import math
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -51,9 +52,12 @@ def parse_list(text: str, tp: Any, name: str) -> tuple:
         raise UserError(f"{flag(name)} {text!r}: expected comma-separated {what}, e.g. {example}") from None
     if not numbers:
         raise UserError(f"{flag(name)} {text!r}: expected at least one number")
-    if item is int and any(v != int(v) for v in numbers):
+    if item is not int:
+        return tuple(numbers)
+    if any(math.isfinite(v) and v != int(v) for v in numbers):
         raise UserError(f"{flag(name)} {text!r}: expected comma-separated {what}, e.g. {example}")
-    return tuple(item(v) for v in numbers)
+    # an infinite value (1e400) is left as it is for the options' own validation to name, with its bounds
+    return tuple(int(v) if math.isfinite(v) else v for v in numbers)
 
 
 def option_parameters(cls: type) -> list[inspect.Parameter]:
@@ -92,6 +96,9 @@ def build_options(cls: type, values: dict[str, Any]) -> Any:
             typed = f"{flag(name)} {value!r}:" if _is_tuple(hints[name]) else f"{flag(name)}:"
             text = text.replace(f"option {name}:", typed)
         raise UserError(text) from None
+    for name, value in parsed.items():
+        if _is_tuple(hints[name]) and typing.get_args(hints[name])[0] is int and not all(type(v) is int for v in value):
+            raise UserError(f"{flag(name)} {values[name]!r}: expected comma-separated whole numbers, e.g. 100,1000")
     return options
 
 

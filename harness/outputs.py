@@ -87,3 +87,14 @@ class OwnedDir:
         files = {**self._ledger(), **entries}
         document = {"about": "files written here by knowledge-injection; others are never replaced", "files": files}
         write_bytes_atomic(self.path / LEDGER, (json.dumps(document, indent=1, sort_keys=True) + "\n").encode())
+
+
+def check_new_file(path: str | Path, overwrite: bool, option: str = "--out") -> Path:
+    """The file a user named for a command to create (`--out FILE`): refused when it exists, unless `overwrite`
+    says the user means to replace it (a file of one's own directory holds no ledger to tell ours from theirs)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a file name")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise UserError(f"{option} {path} already exists; pass --overwrite to replace it, or choose another name")
+    return path

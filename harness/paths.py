@@ -36,3 +36,21 @@ def check_output_dir(out: Path, *, marker: str, what: str, overwrite: bool, inpu
             f"--out {out} exists and is not a {what} made by this tool (no {marker}); refusing to "
             "replace it: choose another output directory or remove it yourself"
         )
+
+
+def check_resumable_dir(out: Path, *, marker: str, what: str, option: str = "--out") -> None:
+    """Refuse an output directory that a command continuing its own earlier work would write into, when it holds
+    something else: `out` may be absent, empty, or a `what` this tool made (it holds `marker`)."""
+    from harness.errors import UserError
+
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise UserError(f"{option} {out}: exists and is not a directory")
+    if (out / marker).is_file() or not any(out.iterdir()):
+        return
+    raise UserError(
+        f"{option} {out} holds files and is not a {what} made by this tool (no {marker}); refusing to write into "
+        "it: choose another (new or empty) directory"
+    )

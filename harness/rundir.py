@@ -192,8 +192,12 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{file}: missing (a run directory needs {PROBES}, {INJECTIONS} and {MANIFEST})")
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{file}: malformed JSON ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise UserError(
+            f"{file}: malformed JSON ({err or 'nested too deeply'}): the run's record is damaged (cut short by a full "
+            f"disk or a copy?); restore it, or move {Path(run_dir)} away and run the command again to start the run "
+            "over"
+        ) from None
     if not isinstance(manifest, dict):
         raise UserError(f"{file}: expected a JSON object at the top level, found {type(manifest).__name__}")
     return manifest

@@ -25,7 +25,75 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import yaml
+
 from harness.errors import UserError
+
+#: The largest YAML text read (configs, schedules, catalogs are a few kilobytes to a megabyte).
+MAX_YAML_CHARS = 32 << 20
+#: The most values a YAML document may stand for once its aliases are expanded: a few lines of aliases of aliases
+#: stand for billions, which whatever reads the document (a hash, a copy, a dump) would then walk.
+MAX_YAML_NODES = 1_000_000
+
+
+class YamlSyntaxError(UserError):
+    """Text that is not YAML; `problem` is the parser's first line."""
+
+    def __init__(self, where: str, err: yaml.YAMLError) -> None:
+        self.problem = str(err).splitlines()[0]
+        super().__init__(f"{where}: not valid YAML: {err}")
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse one YAML document safely (no Python objects) and within bounds: UserError naming `where` when it is not
+    YAML, too large, nested too deeply, or expands (through aliases) to more than MAX_YAML_NODES values."""
+    if len(text) > MAX_YAML_CHARS:
+        raise UserError(f"{where}: {len(text):,} characters; a YAML input may have at most {MAX_YAML_CHARS:,}")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, where)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise YamlSyntaxError(where, err) from None
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, where: str) -> None:
+    """Count the values a node graph stands for with its aliases expanded (each shared node counted once per use)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        if not children_done:
+            if key in open_nodes:
+                raise UserError(f"{where}: an alias refers to a value that contains it (a recursive document)")
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        open_nodes.discard(key)
+        sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+        if sizes[key] > MAX_YAML_NODES:
+            raise UserError(
+                f"{where}: the document stands for more than {MAX_YAML_NODES:,} values once its aliases are "
+                "expanded (aliases of aliases); refusing to read it"
+            )
 
 
 def _label(where: str, path: str, origins: Mapping[str, str] | None) -> str:

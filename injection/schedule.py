@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from harness.errors import UserError
+from harness.typed import load_yaml
 
 VARIANT_POLICIES = ("original", "paraphrase", "cycle", "random")
 _GROUP_FIELDS = ("scenario", "paragraphs", "first_step", "interval", "count", "steps", "variant", "seed")
@@ -124,6 +124,15 @@ class Schedule:
         return plan
 
 
+#: The scenario of paragraphs that are never injected (the controls); no group may take it.
+CONTROL_SCENARIO = "none"
+#: Bounds on what a few lines of YAML can ask for: the largest paragraph id (generated sets stop at 100,000), the most
+#: injected copies a schedule may plan, and the longest run (the probe log stores run steps as int32).
+MAX_PARAGRAPH_ID = 10_000_000
+MAX_COPIES = 10_000_000
+MAX_STEPS = 2**31 - 1
+
+
 def parse_paragraphs(value: Any, where: str) -> tuple[int, ...]:
     """`7`, `"0-39"`, `"0-3, 8"`, or a list of those -> sorted, de-duplicated ids."""
     items = value if isinstance(value, list) else [value]
@@ -144,6 +153,11 @@ def parse_paragraphs(value: Any, where: str) -> tuple[int, ...]:
             lo, hi = int(m[1]), int(m[2] or m[1])
             if hi < lo:
                 raise UserError(f"{where}: field 'paragraphs' range {part!r} is empty")
+            if hi > MAX_PARAGRAPH_ID:
+                raise UserError(
+                    f"{where}: field 'paragraphs' has {part!r}; paragraph ids above {MAX_PARAGRAPH_ID:,} name no "
+                    "knowledge item"
+                )
             out.update(range(lo, hi + 1))
     if not out:
         raise UserError(f"{where}: field 'paragraphs' is empty")
@@ -168,6 +182,11 @@ def _build_group(raw: Mapping[str, Any], where: str) -> Group:
     scenario = raw["scenario"]
     if not isinstance(scenario, str) or not scenario.strip():
         raise UserError(f"{where}: field 'scenario' must be a non-empty string")
+    if scenario.strip() == CONTROL_SCENARIO:
+        raise UserError(
+            f"{where}: field 'scenario' is {CONTROL_SCENARIO!r}, the name of the paragraphs that are never injected "
+            "(the controls); give the injected group another name"
+        )
     variant = raw.get("variant", "original")
     if variant not in VARIANT_POLICIES:
         raise UserError(f"{where}: field 'variant' is {variant!r}; expected one of {', '.join(VARIANT_POLICIES)}")
@@ -209,6 +228,8 @@ def schedule_from_dict(data: Any, where: str, overrides: Mapping[str, Any] | Non
     if total_steps is None:
         raise UserError(f"{where}: missing field 'total_steps'")
     total_steps = _int(total_steps, where, "total_steps", 1)
+    if total_steps > MAX_STEPS:
+        raise UserError(f"{where}: field 'total_steps' is {total_steps:,}; a run has at most {MAX_STEPS:,} steps")
     groups_raw = data.get("groups")
     if not isinstance(groups_raw, list):
         raise UserError(f"{where}: field 'groups' must be a list (empty: no injections, the original run continued)")
@@ -217,6 +238,7 @@ def schedule_from_dict(data: Any, where: str, overrides: Mapping[str, Any] | Non
         if not isinstance(raw, dict):
             raise UserError(f"{where}: groups[{i}] must be a mapping")
         groups.append(_build_group({**defaults, **raw}, f"{where}: groups[{i}]"))
+    check_bounds(groups, total_steps, where)
     owner: dict[int, int] = {}
     for i, group in enumerate(groups):
         for p in group.paragraphs:
@@ -241,6 +263,34 @@ def schedule_from_dict(data: Any, where: str, overrides: Mapping[str, Any] | Non
     )
 
 
+def check_bounds(groups: list[Group], total_steps: int, where: str) -> None:
+    """Before any step list is made: every group ends inside the run, the plan's size is bounded, and groups that share
+    a scenario name share its design (the analysis pools them as one scenario; they may differ only in when they
+    start, as the demo's staggered chunks do)."""
+    copies = 0
+    for i, group in enumerate(groups):
+        last = group.steps[-1] if group.steps is not None else group.first_step + group.interval * (group.count - 1)
+        if last >= total_steps:
+            raise UserError(
+                f"{where}: groups[{i}] ({group.scenario}): injection step {last} is beyond the run "
+                f"(total_steps = {total_steps})"
+            )
+        copies += len(group.paragraphs) * (len(group.steps) if group.steps is not None else group.count)
+    if copies > MAX_COPIES:
+        raise UserError(f"{where}: plans {copies:,} injected copies; a schedule may plan at most {MAX_COPIES:,}")
+    design: dict[str, tuple[int, tuple]] = {}
+    for i, group in enumerate(groups):
+        steps = group.encounter_steps()
+        mine = (tuple(s - steps[0] for s in steps), group.variant, group.seed)
+        first = design.setdefault(group.scenario, (i, mine))
+        if first[1] != mine:
+            raise UserError(
+                f"{where}: groups[{first[0]}] and groups[{i}] are both called {group.scenario!r} but inject "
+                "differently (encounters, spacing or variant policy); the analysis pools a scenario's probes, so "
+                "give each design its own scenario name"
+            )
+
+
 def builtin_schedules() -> list[str]:
     return sorted(
         p.name[: -len(".yaml")] for p in resources.files("injection.schedules").iterdir() if p.name.endswith(".yaml")
@@ -260,11 +310,7 @@ def load_schedule(name_or_file: str | Path, overrides: Mapping[str, Any] | None 
                 f"schedule {text_name!r} is neither a built-in ({', '.join(builtin_schedules())}) nor a YAML file"
             )
         where, text = str(path), path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise UserError(f"{where}: not valid YAML ({err})") from None
-    return schedule_from_dict(data, where, overrides)
+    return schedule_from_dict(load_yaml(text, where), where, overrides)
 
 
 def plan_steps(plan: Sequence[PlannedInjection]) -> dict[int, list[PlannedInjection]]:

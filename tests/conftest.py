@@ -82,3 +82,12 @@ def olmo_world_factory(shared_dir):
             return build_olmo_world(root, **params)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _default_http_policy():
+    """A run's `http` settings become the process's default HTTP policy: none leaks from one test to the next."""
+    from harness import http
+
+    yield
+    http._configured.clear()

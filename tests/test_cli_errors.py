@@ -21,6 +21,7 @@ from analysis.cli import app as analysis_app
 from injection.cli import app as injection_app
 from tests.helpers.corpus import make_corpus
 from tests.helpers.engine import write_tiny_checkpoint
+from tests.helpers.indexed import make_indexed_corpus
 
 runner = CliRunner()
 KNOWLEDGE_ITEM = {
@@ -83,7 +84,7 @@ def planted_run(tmp: Path, **manifest) -> Path:
     return tmp / "run"
 
 
-def probes_with_column(tmp: Path, column: str, values) -> Path:
+def probes_with_column(tmp: Path, column: str, values, arrow_type=None) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -95,7 +96,9 @@ def probes_with_column(tmp: Path, column: str, values) -> Path:
     )
     for f in files:
         table = pq.read_table(f)
-        table = table.set_column(table.schema.get_field_index(column), column, pa.array([values] * table.num_rows))
+        table = table.set_column(
+            table.schema.get_field_index(column), column, pa.array([values] * table.num_rows, arrow_type)
+        )
         pq.write_table(table, f)
     return run
 
@@ -127,6 +130,85 @@ def precious_dir(tmp: Path) -> Path:
     keep.mkdir(exist_ok=True)
     (keep / "thesis.tex").write_text("precious")
     return keep
+
+
+def injections_with_row(tmp: Path, **row) -> Path:
+    """The planted run with one more row in injections.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = planted_run(tmp, **row.pop("manifest", {}))
+    table = pq.read_table(run / "injections.parquet")
+    first = {name: table.column(name)[0].as_py() for name in table.column_names}
+    extra = pa.table({name: pa.array([row.get(name, first[name])], table.schema.field(name).type) for name in first})
+    pq.write_table(pa.concat_tables([table, extra]), run / "injections.parquet")
+    return run
+
+
+def pa_uint64():
+    import pyarrow as pa
+
+    return pa.uint64()
+
+
+def alias_bomb(tmp: Path) -> Path:
+    """A config of a few hundred bytes whose aliases stand for 9^9 (387 million) values."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n" + yaml.safe_dump({"checkpoint": "tiny@0", "total_steps": 3}))
+    return path
+
+
+def schedule_file(tmp: Path, groups: list[dict]) -> Path:
+    path = tmp / "s.yaml"
+    path.write_text(yaml.safe_dump({"total_steps": 10, "groups": groups}))
+    return path
+
+
+_HOST = None
+
+
+def loopback(tmp: Path, script: dict[str, list[str]] | None = None, corpus_json: bytes | None = None) -> str:
+    """A small corpus on a loopback host that misbehaves as `script` says; its URL. (One host per test process.)"""
+    import shutil
+    import tempfile
+
+    from tests.helpers.http_server import FileServer
+
+    global _HOST
+    if _HOST is None:
+        _HOST = FileServer(Path(tempfile.mkdtemp(prefix="cli-errors-host-"))).__enter__()
+    name = tmp.name
+    shutil.copytree(make_corpus(tmp / "served"), _HOST.root / name)
+    if corpus_json is not None:
+        (_HOST.root / name / "corpus.json").write_bytes(corpus_json)
+    _HOST.script.clear()
+    _HOST.script.update({k: list(v) for k, v in (script or {}).items()})
+    return _HOST.url(name)
+
+
+def extract_from(source: str, tmp: Path) -> list[str]:
+    return ["data", "extract", "--source", source, "--out", str(tmp / "w"), "--steps", "2", "--start", "0"] + [
+        "--batch-size",
+        "2",
+    ]
+
+
+def holder(tmp: Path) -> Path:
+    """A run directory held by another live process (it lets go within a minute)."""
+    import subprocess
+    import sys
+
+    run = run_dir_with_status(tmp, "interrupted")
+    code = (
+        "import sys, time; from harness.locks import hold_directory; hold_directory(sys.argv[1], 'x'); "
+        "print('held', flush=True); time.sleep(30)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "held"
+    return run
 
 
 # ---- the table ----------------------------------------------------------------------------------------------
@@ -518,7 +600,8 @@ CASES = [
     Case(
         "run: tokenizer of another model",
         lambda t: [
-            tiny(t) and make_corpus(t / "c", seq_len=32) and None or "run",
+            # the corpus holds the checkpoint's data position (instance 4,000) and the run's 30 steps after it
+            tiny(t) and make_corpus(t / "c", seq_len=32, file_tokens=(140_000,)) and None or "run",
             str(config(t, knowledge=str(knowledge_file(t)), schedule="none")),
         ],
         "does not belong to this checkpoint",
@@ -682,12 +765,275 @@ CASES = [
         "not a run directory",
         analysis_app,
     ),
+    # run files that contradict each other, corrupted run files, option values beyond reason
+    Case(
+        "fit: an injected paragraph has no probes",
+        lambda t: [injections_with_row(t, paragraph=99) and None or "fit", str(t / "run")],
+        "row 4: paragraph 99 is injected at step 0, but probes.parquet has no probe of it",
+        analysis_app,
+    ),
+    Case(
+        "fit: an injection beyond the run",
+        lambda t: [injections_with_row(t, step=500, manifest={"total_steps": 80}) and None or "fit", str(t / "run")],
+        "injection step 500 is outside the run's steps 0 … 79",
+        analysis_app,
+    ),
+    Case(
+        "fit: injections give a paragraph another scenario",
+        lambda t: [injections_with_row(t, scenario="once") and None or "fit", str(t / "run")],
+        "paragraph 0 has scenario 'once', probes.parquet gives it 'paraphrase'",
+        analysis_app,
+    ),
+    Case(
+        "fit: logged steps beyond the manifest's run",
+        lambda t: [planted_run(t, total_steps=50) and None or "fit", str(t / "run")],
+        "step 51 is beyond the run's 50 steps",
+        analysis_app,
+    ),
+    Case(
+        "fit: the manifest's knowledge set has other probes",
+        lambda t: [planted_run(t, n_probes=999) and None or "fit", str(t / "run")],
+        "n_probes is 999, probes.parquet holds 12 probes",
+        analysis_app,
+    ),
+    Case(
+        "fit: exact_match stored as strings",
+        lambda t: [probes_with_column(t, "exact_match", "False") and None or "fit", str(t / "run")],
+        "column 'exact_match' must be boolean",
+        analysis_app,
+    ),
+    Case(
+        "fit: a manifest whose start step is Infinity",
+        lambda t: [planted_run(t, start_step=float("inf")) and None or "fit", str(t / "run")],
+        "field 'start_step' must be a whole number >= 0, found inf",
+        analysis_app,
+    ),
+    Case(
+        "fit: negative steps",
+        lambda t: [probes_with_column(t, "step", -3) and None or "fit", str(t / "run")],
+        "step -3 is not a run step",
+        analysis_app,
+    ),
+    Case(
+        "fit: uint64 steps",
+        lambda t: [probes_with_column(t, "step", 2**64 - 1, pa_uint64()) and None or "fit", str(t / "run")],
+        "column 'step' holds 18446744073709551615",
+        analysis_app,
+    ),
+    Case(
+        "fit: --at 1e400",
+        lambda t: [planted_run(t) and None or "fit", str(t / "run"), "--at", "1e400"],
+        "--at '1e400': every t must be a whole number of steps",
+        analysis_app,
+    ),
+    Case(
+        "plot: --out is a symlink loop",
+        lambda t: [
+            planted_run(t) and (t / "loop").symlink_to(t / "loop") or "plot",
+            str(t / "run"),
+            "-o",
+            str(t / "loop"),
+        ],
+        "symlink",
+        analysis_app,
+    ),
+    # unbounded work from a small file
+    Case("run: YAML aliases that expand to billions", lambda t: ["run", str(alias_bomb(t))], "once its aliases"),
+    Case(
+        "run: total_steps 10^23",
+        lambda t: ["run", "smoke", "--set", "total_steps=100000000000000000000000", "-o", str(t / "r")],
+        "must be at most 2,147,483,647",
+    ),
+    Case(
+        "plan: a group called none",
+        lambda t: [
+            "plan",
+            "--knowledge",
+            "generate:4:1:0",
+            "--schedule",
+            str(schedule_file(t, [{"scenario": "none", "paragraphs": "0-1"}])),
+        ],
+        "the name of the paragraphs that are never injected",
+    ),
+    Case(
+        "plan: two groups, one name, two designs",
+        lambda t: [
+            "plan",
+            "--knowledge",
+            "generate:4:1:0",
+            "--schedule",
+            str(
+                schedule_file(
+                    t,
+                    [
+                        {"scenario": "twice", "paragraphs": "0-1", "count": 2, "interval": 3},
+                        {"scenario": "twice", "paragraphs": "2-3", "count": 1},
+                    ],
+                )
+            ),
+        ],
+        "both called 'twice' but inject differently",
+    ),
+    Case(
+        "plan: a paragraph range of a trillion ids",
+        lambda t: [
+            "plan",
+            "--knowledge",
+            "generate:4:1:0",
+            "--schedule",
+            str(schedule_file(t, [{"scenario": "x", "paragraphs": "0-999999999999"}])),
+        ],
+        "name no knowledge item",
+    ),
+    Case(
+        "generate: a billion paragraphs",
+        lambda t: ["knowledge", "generate", "--out", str(t / "k.json"), "--paragraphs", "1000000000"],
+        "the generator makes at most 100,000 paragraphs",
+    ),
+    # knowledge text a tokenizer cannot hold
+    Case(
+        "validate: a lone surrogate in a paragraph",
+        lambda t: [
+            "knowledge",
+            "validate",
+            str(knowledge_file(t, [{**KNOWLEDGE_ITEM, "train_context": "Quorvel was born in Vantrel.\ud800"}])),
+        ],
+        "item 0, field 'train_context': character 28 is a lone surrogate (U+D800)",
+    ),
+    Case(
+        "validate: JSON nested 100,000 levels deep",
+        lambda t: [
+            (t / "k.json").write_text("[" * 100_000 + "]" * 100_000) and None or "knowledge",
+            "validate",
+            str(t / "k.json"),
+        ],
+        "nested too deeply",
+    ),
+    # never hang: data that ends before the run, positions past an epoch
+    Case(
+        "extract: --start-instance past the end of the epoch",
+        lambda t: [
+            make_corpus(t / "c") and None or "data",
+            "extract",
+            "--source",
+            str(t / "c"),
+            "--out",
+            str(t / "w"),
+            "--steps",
+            "2",
+            "--start-instance",
+            "1000000",
+            "--batch-size",
+            "2",
+        ],
+        "stream position 1,000,000 is beyond the end of epoch 0's order",
+    ),
+    Case(
+        "extract: past the last full batch of an indexed corpus",
+        lambda t: [
+            make_indexed_corpus(t / "c", n_rows=12 * 4, row_len=16) is None or "data",
+            "extract",
+            "--source",
+            str(t / "c"),
+            "--out",
+            str(t / "w"),
+            "--steps",
+            "3",
+            "--start",
+            "10",
+            "--batch-size",
+            "4",
+        ],
+        "rows 0…3 (epoch 1) are outside this dataset's 48 rows",
+    ),
+    Case(
+        "run: an indexed corpus that ends before the run",
+        lambda t: [
+            make_indexed_corpus(t / "c", n_rows=8, row_len=32) is None or "run",
+            str(config(t, checkpoint="tiny@0+L32", schedule="none")),
+        ],
+        "does not hold the 30 steps of 16 rows this run reads",
+    ),
+    # a host that misbehaves (the retry budget is 1 s here)
+    Case(
+        "extract: the host answers Content-Length abc",
+        lambda t: extract_from(loopback(t, {"corpus.json": ["bad-length"]}), t),
+        "invalid Content-Length 'abc'",
+    ),
+    Case(
+        "extract: the host answers other bytes than asked",
+        lambda t: extract_from(loopback(t, {"global_indices.npy": ["bad-range"]}), t),
+        "Content-Range does not match the request",
+    ),
+    Case(
+        "extract: a redirect loop",
+        lambda t: extract_from(loopback(t, {"corpus.json": ["redirect-loop"] * 40}), t),
+        "redirect loop",
+    ),
+    Case(
+        "extract: corpus.json over http is not UTF-8",
+        lambda t: extract_from(loopback(t, corpus_json=b'{"paths": "\xff"}'), t),
+        "corpus.json: not UTF-8 text",
+    ),
+    Case(
+        "extract: the host trickles",
+        lambda t: extract_from(loopback(t, {"global_indices.npy": ["trickle"] * 50}), t),
+        "bytes/s, under 1024",
+    ),
+    Case(
+        "extract: the host is away",
+        lambda t: extract_from("http://127.0.0.1:9/corpus", t),
+        "no complete answer after",
+    ),
+    Case(
+        "extract: the host does not have the corpus",
+        lambda t: extract_from(loopback(t) + "/nowhere", t),
+        "not found (HTTP 404)",
+    ),
+    # one writer per run directory; damaged run state
+    Case(
+        "run: the run directory is in use",
+        lambda t: ["run", "--resume", str(holder(t))],
+        "is in use by process",
+    ),
+    Case(
+        "run: --resume a run whose manifest was cut short",
+        lambda t: [
+            run_dir_with_status(t, "interrupted").joinpath("manifest.json").write_text('{"config_hash": "ab')
+            and None
+            or "run",
+            "--resume",
+            str(t / "run"),
+        ],
+        "away and run the command again to start the run over",
+    ),
+    # nothing the user made is replaced
+    Case(
+        "generate: --out exists",
+        lambda t: ["knowledge", "generate", "--out", str(knowledge_file(t)), "--paragraphs", "2"],
+        "already exists; pass --overwrite",
+        precious=lambda t: [t / "k.json"],
+    ),
+    Case(
+        "prepare: --out holds another corpus",
+        lambda t: [make_corpus(t / "c") and None or "data", "prepare", "olmo-1b", "--out", str(t / "c"), "--dry-run"],
+        "corpus.json exists and is not a description prepared for olmo-1b",
+        precious=lambda t: [t / "c" / "corpus.json"],
+    ),
+    Case(
+        "capacity: --out holds other files",
+        lambda t: ["capacity", "--profile", "quick", "--out", str(precious_dir(t))],
+        "is not a capacity experiment made by this tool",
+        precious=lambda t: [t / "keep" / "thesis.tex"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_exits_2_with_one_line(case, tmp_path, monkeypatch):
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
+    for name, seconds in (("BUDGET", "1"), ("TIMEOUT", "0.3"), ("BACKOFF", "0.01")):
+        monkeypatch.setenv(f"INJECTION_HTTP_{name}", seconds)
     if case.name == "pull: broken catalog":
         monkeypatch.setenv("INJECTION_CATALOG", str(tmp_path / "cat.yaml"))
     args = case.setup(tmp_path)
@@ -702,7 +1048,10 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, monkeypatch):
     assert case.expect in errors[0], f"{case.name}: {errors[0]!r} does not mention {case.expect!r}"
     if os.environ.get("CLI_ERROR_TABLE"):  # docs/errors.md is made from these lines
         with open(os.environ["CLI_ERROR_TABLE"], "a", encoding="utf-8") as table:
-            table.write(json.dumps({"case": case.name, "error": errors[0].replace(str(tmp_path), "TMP")}) + "\n")
+            line = errors[0].replace(str(tmp_path), "TMP")
+            if _HOST is not None:
+                line = line.replace(_HOST.url(tmp_path.name), "http://127.0.0.1:PORT/corpus")
+            table.write(json.dumps({"case": case.name, "error": line}) + "\n")
     for path, content in before.items():
         assert path.read_bytes() == content, f"{case.name}: {path} changed"
     leftovers = [p for p in tmp_path.rglob(".*.tmp*")]

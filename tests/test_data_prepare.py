@@ -13,6 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from harness.http import HttpPolicy
 from injection.checkpoints.catalog import load_catalog
 from injection.cli import app
 from injection.data import BatchStream, open_corpus
@@ -20,7 +21,6 @@ from injection.data.order import build_global_indices, write_global_indices
 from injection.data.prepare import (
     LISTS_DIR,
     SIZES_FILE,
-    HttpPolicy,
     plan_prepare,
     prepare_corpus,
     read_file_list,
@@ -180,15 +180,18 @@ def test_an_occasional_404_is_retried(world):
 
 def test_short_range_reads_resume_where_the_body_stopped(world):
     # GET 1 reads the order file's first bytes; GET 2, the first chunk of the full check, dies after 37 bytes,
-    # of which the reader keeps two whole socket reads (32 bytes) and asks for the rest.
+    # all of which the reader keeps (it reads what arrives, 16 bytes at most at a time) before asking for the rest.
     world.server.drop_after["global_indices.npy"] = [100, 37]
-    policy = HttpPolicy(retries=3, backoff=0.01, timeout=10, chunk_bytes=4 * 64, stream_bytes=16)
+    policy = HttpPolicy(retries=3, backoff=0.01, timeout=10, stream_bytes=16)
     info = prepare_corpus(
-        plan_prepare("loop", world.root / "p", full_order_check=True), policy=policy, show_progress=False
+        plan_prepare("loop", world.root / "p", full_order_check=True),
+        policy=policy,
+        chunk_bytes=4 * 64,
+        show_progress=False,
     )
     assert info.extra["order"]["checked"] == "every index" and info.extra["order"]["largest_index"] == N - 1
     ranges = [r for path, r in world.server.requests if path.endswith("global_indices.npy")]
-    assert ranges[1:3] == ["bytes=0-255", "bytes=32-255"], ranges
+    assert ranges[1:3] == ["bytes=0-255", "bytes=37-255"], ranges
 
 
 def test_an_order_saved_with_np_save_is_read_past_its_header(world):
@@ -316,3 +319,25 @@ def test_make_data_lists_keeps_config_order_and_public_urls(tmp_path):
     )
     with pytest.raises(SystemExit, match="s3://ai2-llm"):
         main([str(tmp_path / "olmo"), "--revision", "abc123", "--out", str(tmp_path / "lists")])
+
+
+def test_prepare_through_a_chaotic_host_equals_a_clean_one(world, monkeypatch):
+    """`injection data prepare` while the host answers 503s, 429s with Retry-After, half bodies, dropped and reset
+    connections, stalls and trickles: the same corpus description as from a clean host."""
+    from tests.helpers.http_server import FAULTS, Chaos
+
+    for name, value in (("BUDGET", "10"), ("TIMEOUT", "0.5"), ("BACKOFF", "0.01")):
+        monkeypatch.setenv(f"INJECTION_HTTP_{name}", value)
+    assert _prepare("--out", str(world.root / "clean"), "--full-order-check").exit_code == 0
+    world.server.retry_after, world.server.stall_seconds, world.server.trickle_seconds = "1", 1.0, 0.02
+    world.server.chaos = Chaos(FAULTS[:7], every=1, limit=7)
+    result = _prepare("--out", str(world.root / "chaos"), "--full-order-check")
+    assert result.exit_code == 0, result.output
+    assert sorted(world.server.faults_served()) == sorted(FAULTS[:7])
+
+    def described(where):
+        info = json.loads((world.root / where / "corpus.json").read_text())
+        info["extra"].pop("prepared")
+        return info
+
+    assert described("chaos") == described("clean")

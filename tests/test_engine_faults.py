@@ -196,3 +196,47 @@ def test_sigterm_stops_at_a_clean_point_and_resume_continues_exactly(tmp_path):
     expected = read_table(tmp_path / "reference" / "probes.parquet").sort_values(key, ignore_index=True)
     assert ours[key].equals(expected[key])
     np.testing.assert_array_equal(ours.logprob.to_numpy(), expected.logprob.to_numpy())
+
+
+class PoisonGradients(Hook):
+    """Makes every gradient of update `update` infinite while the loss stays finite (a backward hook)."""
+
+    def __init__(self, update: int) -> None:
+        self.update, self.calls = update, 0
+
+    def on_start(self, run, k0):
+        self.k0, self.micro = k0, run.plan.accumulation
+        param = next(run.engine.module.parameters())
+
+        def poison(grad):
+            self.calls += 1
+            return grad * float("inf") if (self.calls - 1) // self.micro == self.update - self.k0 else grad
+
+        param.register_hook(poison)
+
+
+def test_the_advice_after_a_divergence_is_one_that_helps(tmp_path):
+    """A non-finite gradient norm has already moved the weights: skipping cannot help, and before the first
+    checkpoint there is none to name. (Following `--set nonfinite=skip` there used to diverge again, with the same
+    advice and a checkpoint that did not exist.)"""
+    torch.set_num_threads(1)
+    ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=True)
+    with pytest.raises(UserError) as err:
+        run_training(_cfg(tmp_path), synthetic_inputs(ck), progress=False, hooks=[PoisonGradients(update=1)])
+    message = str(err.value)
+    assert "non-finite gradient norm at update 1 (run step 2)" in message
+    assert "no checkpoint was saved before it" in message and "nonfinite=skip" not in message
+    assert "lower the learning rate" in message
+    assert complete_checkpoints(tmp_path / "run") == []
+
+
+def test_after_skipping_the_advice_does_not_repeat_itself(tmp_path):
+    torch.set_num_threads(1)
+    ck = write_tiny_checkpoint(tmp_path / "ck", with_optimizer=True)
+    with pytest.raises(UserError) as err:
+        run_training(
+            _cfg(tmp_path, nonfinite="skip"), synthetic_inputs(ck), progress=False, hooks=[PoisonGradients(update=3)]
+        )
+    message = str(err.value)
+    assert "the checkpoint after step 2 is intact" in message and "nonfinite: skip is already set" in message
+    assert "--set nonfinite=skip" not in message

@@ -133,5 +133,5 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path, monkeypatch):
 
     monkeypatch.setattr(harness.atomic.os, "replace", fail)
     with pytest.raises(OSError):
-        gen.write_knowledge(out, 2, 1, 0)
+        gen.write_knowledge(out, 2, 1, 0, overwrite=True)  # replacing a file only when told to
     assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["k.json"]

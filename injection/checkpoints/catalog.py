@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from harness.errors import UserError
 from harness.paths import cache_dir
-from harness.typed import from_mapping
+from harness.typed import from_mapping, load_yaml
 from injection import shipped_path
 from injection.checkpoints.family import model_family
 from injection.checkpoints.layout import ObjectiveSpec, OptimizerSpec, is_complete
@@ -323,14 +321,11 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     """Read and validate checkpoints.yaml (default: `catalog_path()`)."""
     p = Path(path) if path is not None else catalog_path()
     try:
-        # The C loader when libyaml is present: the step lists make this file large for the pure one.
-        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        raw = load_yaml(p.read_text(encoding="utf-8"), f"checkpoint catalog {p}")
     except FileNotFoundError:
         raise UserError(f"checkpoint catalog {p} not found (set INJECTION_CATALOG to its location)") from None
     except UnicodeDecodeError as err:
         raise UserError(f"checkpoint catalog {p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"checkpoint catalog {p}: not valid YAML: {err}") from None
     if not isinstance(raw, dict) or set(raw) != {"families"} or not isinstance(raw["families"], dict):
         raise UserError(f"{p}: expected one top-level key 'families' mapping names to families")
     families = {name: _family(name, data, str(p)) for name, data in raw["families"].items()}

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.errors import HarnessTyper
+from harness.http import default_policy
 from harness.streams import import_deepspeed
 from injection.checkpoints.catalog import Family, human_tokens, load_catalog
-from injection.checkpoints.download import RetryPolicy
 from injection.checkpoints.pull import pull_checkpoint
 from injection.lr import learning_rate
 
@@ -154,9 +154,17 @@ def pull(
     ] = False,
     keep_original: Annotated[bool, typer.Option("--keep-original", help="Keep the downloaded original files.")] = False,
     workers: Annotated[int, typer.Option(help="Files downloaded in parallel.")] = 4,
-    retries: Annotated[int, typer.Option(help="Further attempts per file after a failure.")] = 5,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            help="At most this many failed attempts in a row per file (default: retry within the budget, "
+            "INJECTION_HTTP_BUDGET seconds).",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
     """Fetch a checkpoint and leave it as an HF model directory with checkpoint.json."""
+
     import_deepspeed()  # transformers may import it: its log lines must not reach stdout
 
     with warnings.catch_warnings(record=True) as caught:
@@ -166,7 +174,7 @@ def pull(
             source=source,
             dest=out,
             trust_pickle=trust_pickle,
-            policy=RetryPolicy(retries=retries),
+            policy=dataclasses.replace(default_policy(), retries=retries),
             workers=workers,
             keep_original=keep_original,
         )

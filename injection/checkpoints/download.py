@@ -1,38 +1,21 @@
-"""Downloading files over HTTP(S): resumable `.part` files (Range requests), retries with exponential backoff,
-files in parallel, sizes checked against what the server announced; nothing appears under its final name
-before it is whole.
+"""Downloading checkpoint files over HTTP(S) through the harness's client (harness.http): resumable `.part` files
+(Range requests), retries within a budget, files in parallel, sizes checked against what the host announced;
+nothing appears under its final name before it is whole.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-import requests
 from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from harness.errors import UserError
+from harness.http import FileSink, HostUnavailable, HttpClient, HttpPolicy, NotFound
 from harness.progress import progress as make_progress
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to try: `retries` further attempts per file, sleeping `backoff * 2**attempt` seconds."""
-
-    retries: int = 5
-    backoff: float = 1.0
-    timeout: float = 60.0
-    chunk_size: int = 1 << 20
-    """Bytes per read; a dropped connection loses at most the chunk being read."""
-
-
-class _Retryable(Exception):
-    """A transfer that may succeed if tried again (dropped connection, short body, 5xx)."""
 
 
 def safe_name(name: str) -> str:
@@ -45,78 +28,42 @@ def safe_name(name: str) -> str:
     return norm
 
 
-def _total_from(resp: requests.Response, have: int) -> int | None:
-    content_range = resp.headers.get("Content-Range", "")
-    if "/" in content_range and not content_range.endswith("/*"):
-        return int(content_range.rsplit("/", 1)[1])
-    length = resp.headers.get("Content-Length")
-    if length is None:
-        return None
-    return int(length) + (have if resp.status_code == 206 else 0)
-
-
 def download_file(
-    url: str, dest: Path, *, session: requests.Session, policy: RetryPolicy, progress=None, optional: bool = False
+    url: str, dest: Path, *, policy: HttpPolicy | None = None, progress=None, optional: bool = False
 ) -> bool:
-    """Download `url` to `dest`, continuing `dest.part` where an earlier attempt stopped.
+    """Download `url` to `dest`, continuing `dest.part` where an earlier attempt (or pull) stopped.
 
-    Returns False when the file does not exist (404) and `optional`; raises UserError when a required
-    file is missing, the size never matches the server's, or retries run out.
+    Returns False when the file does not exist (404) and `optional`; raises UserError when a required file is
+    missing or the host keeps failing past the retry budget (the `.part` is kept for the next pull).
     """
     part = dest.with_name(dest.name + ".part")
     task = progress.add_task(dest.name, total=None) if progress else None
-    last_error = ""
-    for attempt in range(policy.retries + 1):
-        if attempt:
-            time.sleep(policy.backoff * 2 ** (attempt - 1))
-        have = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        try:
-            with session.get(url, headers=headers, stream=True, timeout=policy.timeout) as resp:
-                if resp.status_code == 404:
-                    if optional:
-                        if progress:
-                            progress.update(task, description=f"{dest.name} (absent)", total=0, completed=0)
-                        return False
-                    raise UserError(f"{url}: not found (404); {dest.name} is required")
-                if resp.status_code == 416 and have:
-                    # The .part may already hold everything; a fresh request tells the true size.
-                    part.unlink()
-                    raise _Retryable("range not satisfiable; restarting the file")
-                if resp.status_code >= 500:
-                    raise _Retryable(f"HTTP {resp.status_code}")
-                if resp.status_code not in (200, 206):
-                    raise UserError(f"{url}: HTTP {resp.status_code} {resp.reason}")
-                if resp.status_code == 200 and have:
-                    have = 0  # the server ignored the Range header: start over
-                total = _total_from(resp, have)
-                if progress:
-                    progress.update(task, total=total, completed=have)
-                with part.open("ab" if have else "wb") as f:
-                    for chunk in resp.iter_content(policy.chunk_size):
-                        f.write(chunk)
-                        if progress:
-                            progress.advance(task, len(chunk))
-            size = part.stat().st_size
-            if total is not None and size != total:
-                if size > total:
-                    part.unlink()
-                raise _Retryable(f"got {size} bytes, the server announced {total}")
-            os.replace(part, dest)
-            return True
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-            _Retryable,
-        ) as err:
-            last_error = str(err).splitlines()[0] if str(err) else type(err).__name__
-            if isinstance(err, requests.exceptions.ChunkedEncodingError):
-                last_error = f"connection closed before the announced size arrived: {last_error}"
-    raise UserError(
-        f"{url}: download failed after {policy.retries + 1} attempts ({last_error}); "
-        f"the partial file {part} is kept and a new pull continues from it"
-    )
+
+    def on_total(total: int | None, have: int) -> None:
+        if progress:
+            progress.update(task, total=total, completed=have)
+
+    def on_bytes(n: int) -> None:
+        if progress:
+            progress.advance(task, n)
+
+    try:
+        with FileSink(part) as sink:
+            HttpClient(policy).fetch(url, sink, on_total=on_total, on_bytes=on_bytes)
+    except NotFound:
+        part.unlink(missing_ok=True)
+        if optional:
+            if progress:
+                progress.update(task, description=f"{dest.name} (absent)", total=0, completed=0)
+            return False
+        raise UserError(f"{url}: not found (404); {dest.name} is required") from None
+    except HostUnavailable as err:
+        kept = part.stat().st_size if part.exists() else 0
+        raise UserError(
+            f"{err}; the partial file {part} ({kept:,} bytes) is kept and a new pull continues from it"
+        ) from None
+    os.replace(part, dest)
+    return True
 
 
 def download_directory(
@@ -124,7 +71,7 @@ def download_directory(
     files: list[str],
     dest: Path,
     *,
-    policy: RetryPolicy,
+    policy: HttpPolicy | None = None,
     workers: int = 4,
     required: tuple[str, ...] = (),
 ) -> list[str]:
@@ -140,7 +87,6 @@ def download_directory(
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    session = requests.Session()
     with make_progress(*columns, bytes_unit=True) as progress, ThreadPoolExecutor(max_workers=workers) as pool:
 
         def fetch(name: str) -> bool:
@@ -151,7 +97,6 @@ def download_directory(
             return download_file(
                 base + quote(name),
                 target,
-                session=session,
                 policy=policy,
                 progress=progress,
                 optional=name not in required,

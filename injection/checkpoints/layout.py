@@ -220,7 +220,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         )
     try:
         meta = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise UserError(f"{file}: not valid JSON: {err}") from None
     if not isinstance(meta, dict):
         raise UserError(f"{file}: expected a JSON object")
@@ -230,7 +230,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def _model_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise UserError(f"{path / 'config.json'}: unreadable: {err}") from None
     if not isinstance(config, dict):
         raise UserError(f"{path / 'config.json'}: expected a JSON object")

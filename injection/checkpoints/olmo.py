@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from transformers import OlmoConfig, OlmoForCausalLM
 
 from harness.errors import UserError
 from harness.tokenizers import load_tokenizer, shipped_name_of
-from harness.typed import from_mapping
+from harness.typed import from_mapping, load_yaml
 from injection.checkpoints.family import decay_groups
 from injection.checkpoints.layout import (
     DataPosition,
@@ -164,9 +163,9 @@ def read_olmo_config(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {err}") from None
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected an OLMo training config (a mapping)")
     return data

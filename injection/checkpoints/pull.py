@@ -31,9 +31,10 @@ from transformers import AutoConfig
 
 from harness.atomic import replace_dir, staging_dir, write_json_atomic
 from harness.errors import UserError
+from harness.http import HttpPolicy
 from harness.paths import cache_dir
 from injection.checkpoints.catalog import Catalog, Resolved, load_catalog
-from injection.checkpoints.download import RetryPolicy, download_directory
+from injection.checkpoints.download import download_directory
 from injection.checkpoints.family import model_family
 from injection.checkpoints.layout import (
     DataPosition,
@@ -55,7 +56,7 @@ def default_dest(family: str, step: int) -> Path:
 
 
 def _pull_original(
-    res: Resolved, dest: Path, *, trust_pickle: bool, policy: RetryPolicy, workers: int, keep_original: bool
+    res: Resolved, dest: Path, *, trust_pickle: bool, policy: HttpPolicy | None, workers: int, keep_original: bool
 ) -> Path:
     if res.entry is None or not res.entry.urls:
         hint = (
@@ -81,7 +82,17 @@ def _pull_original(
             raw, dest, family=res.family, step=res.step, source_url=url, trust_pickle=trust_pickle
         )
     except UserError as err:
-        raise UserError(f"{err} (downloaded files are in {raw}; delete them to download again)") from None
+        # What the host sent cannot be converted (garbage, an error page, another run's files): a later pull must
+        # not find it and convert it again, so it leaves the download cache (kept aside with --keep-original).
+        if keep_original:
+            aside = raw.with_name(f"{raw.name}.rejected")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(raw, aside)
+            kept = f"the downloaded files were moved to {aside}; the next pull downloads them again"
+        else:
+            shutil.rmtree(raw, ignore_errors=True)
+            kept = "the downloaded files were removed; the next pull downloads them again"
+        raise UserError(f"{err} ({kept})") from None
     if not keep_original:
         shutil.rmtree(raw, ignore_errors=True)
     return out
@@ -256,7 +267,7 @@ def pull_checkpoint(
     dest: str | Path | None = None,
     trust_pickle: bool = False,
     catalog: Catalog | None = None,
-    policy: RetryPolicy = RetryPolicy(),
+    policy: HttpPolicy | None = None,
     workers: int = 4,
     keep_original: bool = False,
 ) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from fictional_knowledge.load import load_knowledge
 from harness.errors import HarnessTyper, UserError
+from harness.http import default_policy
 from harness.tokenizers import load_tokenizer
 from injection.checkpoints.catalog import load_catalog
 from injection.checkpoints.layout import read_checkpoint_dir
@@ -20,7 +22,6 @@ from injection.data.build import build_corpus
 from injection.data.extract import extract_window
 from injection.data.formats import open_corpus
 from injection.data.prepare import (
-    HttpPolicy,
     is_indexed_family,
     open_prepared,
     plan_prepare,
@@ -162,7 +163,15 @@ def prepare(
         bool, typer.Option("--dry-run", help="Print the file URLs and what would be fetched; no network.")
     ] = False,
     workers: Annotated[int, typer.Option("--workers", help="Size requests in flight.", min=1)] = 16,
-    retries: Annotated[int, typer.Option("--retries", help="Further attempts per request, with backoff.", min=0)] = 5,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            "--retries",
+            help="At most this many failed attempts in a row per request (default: retry within the budget, "
+            "INJECTION_HTTP_BUDGET seconds).",
+            min=0,
+        ),
+    ] = None,
     full_order_check: Annotated[
         bool,
         typer.Option(
@@ -180,6 +189,7 @@ def prepare(
 ) -> None:
     """Describe a run's corpus (corpus.json): token-file URLs from the shipped list, their sizes, the order; or,
     for data published as a Megatron indexed dataset, its index and token files, checked by opening them."""
+
     if is_indexed_family(family):
         indexed = plan_prepare_indexed(family, out)
         if dry_run:
@@ -202,7 +212,7 @@ def prepare(
         return
     info = prepare_corpus(
         plan,
-        policy=HttpPolicy(retries=retries),
+        policy=dataclasses.replace(default_policy(), retries=retries),
         workers=workers,
         warn=lambda message: typer.echo(f"warning: {message}", err=True),
     )

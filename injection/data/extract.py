@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.atomic import write_json_atomic
+from harness.atomic import ensure_dir, write_json_atomic
 from harness.errors import UserError
 from harness.progress import progress as make_progress
 from injection.data.source import CORPUS_FILE, DTYPES, BatchStream, Corpus, CorpusInfo, OrderedCorpus
@@ -75,10 +75,17 @@ def extract_window(
         "seq_len": corpus.seq_len,
         "dtype": dtype,
     }
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     state_path = out / STATE_FILE
     if state_path.exists():
-        previous = json.loads(state_path.read_text())
+        try:
+            previous = json.loads(state_path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError):
+            raise UserError(
+                f"{state_path}: unreadable (damaged); move {out} away and extract again, or choose another --out"
+            ) from None
+        if not isinstance(previous, dict):
+            raise UserError(f"{state_path}: not an extract's state; choose another --out")
         if previous != state:
             diff = ", ".join(f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in state.items() if previous.get(k) != v)
             raise UserError(f"{out} holds an extract of a different window ({diff}); choose another --out")

@@ -37,19 +37,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import threading
 import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import requests
 
 from harness.atomic import write_json_atomic
 from harness.errors import UserError
+from harness.http import HttpClient, HttpError, HttpPolicy, NotFound, default_policy
 from harness.paths import cache_dir
 from harness.progress import progress as progress_bar
 from injection.checkpoints.catalog import load_catalog
@@ -62,8 +61,6 @@ from injection.data.source import CORPUS_FILE, DTYPES, INDEXED_FORMAT, CorpusInf
 LISTS_DIR = Path(__file__).resolve().parent / "lists"
 SIZES_FILE = "sizes.json"
 _NPY_MAGIC = b"\x93NUMPY"
-#: Statuses worth another try. 404 is among them: the public hosts answer it for an existing file now and then.
-_RETRY_STATUS = {404, 408, 429, 500, 502, 503, 504}
 
 
 def prepared_dir(family: str) -> Path:
@@ -123,99 +120,23 @@ def resolve_list(data_paths: str | None, catalog_path: Path, family: str) -> Pat
     return path
 
 
-# --- HTTP ------------------------------------------------------------------------------------------------
+# --- HTTP ---------------------------------------------------------------------------------------------
+
+#: 404 answers retried per file: the public hosts answer 404 for an existing file now and then.
+NOT_FOUND_RETRIES = 2
 
 
-@dataclass(frozen=True)
-class HttpPolicy:
-    """How hard to try: `retries` further attempts, sleeping `backoff · 2**attempt` seconds in between."""
-
-    retries: int = 5
-    backoff: float = 1.0
-    timeout: float = 60.0
-    chunk_bytes: int = 64 << 20
-    """Bytes per Range request when the whole order file is read."""
-    stream_bytes: int = 1 << 16
-    """Bytes per socket read: a body that stops short keeps all but the read in progress."""
+def _client(policy: HttpPolicy | None) -> HttpClient:
+    policy = policy if policy is not None else default_policy()
+    return HttpClient(replace(policy, not_found_retries=max(policy.not_found_retries, NOT_FOUND_RETRIES)))
 
 
-class _Retry(Exception):
-    """A Range read to try again: the body ended early, or the server answered with a transient status."""
-
-
-class Http:
-    """HEAD sizes and resumable Range reads with one pooled `requests.Session` per thread."""
-
-    def __init__(self, policy: HttpPolicy = HttpPolicy()):
-        self.policy = policy
-        self._local = threading.local()
-
-    def _session(self):
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
-
-    def _sleep(self, attempt: int) -> None:
-        time.sleep(self.policy.backoff * 2 ** (attempt - 1))
-
-    def size(self, url: str) -> tuple[int | None, str]:
-        """(bytes, "") of a file, or (None, why) once the retries are spent or the answer is final."""
-        why = ""
-        for attempt in range(self.policy.retries + 1):
-            if attempt:
-                self._sleep(attempt)
-            try:
-                response = self._session().head(url, allow_redirects=True, timeout=self.policy.timeout)
-            except requests.RequestException as err:
-                why = type(err).__name__
-                continue
-            length = response.headers.get("Content-Length")
-            if response.status_code == 200 and length is not None:
-                return int(length), ""
-            why = f"HTTP {response.status_code}" + (" without Content-Length" if response.status_code == 200 else "")
-            if response.status_code != 200 and response.status_code not in _RETRY_STATUS:
-                return None, why
-        return None, f"{why} after {self.policy.retries + 1} attempts"
-
-    def read(self, url: str, offset: int, length: int) -> bytes:
-        """Bytes [offset, offset + length). A short body (a dropped connection, a truncated answer) is resumed
-        from where it stopped; `retries` attempts in a row that bring nothing are an error."""
-        buf = bytearray()
-        idle, why = 0, ""
-        while len(buf) < length:
-            start = offset + len(buf)
-            before = len(buf)
-            try:
-                headers = {"Range": f"bytes={start}-{offset + length - 1}"}
-                with self._session().get(url, headers=headers, stream=True, timeout=self.policy.timeout) as response:
-                    if response.status_code == 200:
-                        raise UserError(
-                            f"{url}: the server ignores HTTP Range requests (it answered 200 to a "
-                            "range); the order and token files must be served by byte ranges"
-                        )
-                    if response.status_code != 206:
-                        if response.status_code not in _RETRY_STATUS:
-                            raise UserError(
-                                f"{url}: HTTP {response.status_code} for bytes {start}-{offset + length - 1}"
-                            )
-                        raise _Retry(f"HTTP {response.status_code}")
-                    for chunk in response.iter_content(self.policy.stream_bytes):
-                        buf += chunk[: length - len(buf)]
-                        if len(buf) >= length:
-                            break
-                if len(buf) < length:
-                    raise _Retry(f"the body ended after {len(buf) - before} bytes")
-            except (requests.RequestException, _Retry) as err:
-                why = str(err).splitlines()[0] if isinstance(err, _Retry) else type(err).__name__
-                idle = 0 if len(buf) > before else idle + 1
-                if idle > self.policy.retries:
-                    raise UserError(
-                        f"{url}: reading bytes {start}-{offset + length - 1} failed {idle} times in a row ({why})"
-                    ) from None
-                if idle:
-                    self._sleep(idle)
-        return bytes(buf)
+def _size(http: HttpClient, url: str) -> tuple[int | None, str]:
+    """(bytes, "") of a file, or (None, why) once the host's answer is final or the retries are spent."""
+    try:
+        return http.size(url), ""
+    except HttpError as err:
+        return None, err.reason
 
 
 # --- sizes -----------------------------------------------------------------------------------------------
@@ -232,7 +153,7 @@ def _load_sizes(path: Path) -> dict[str, int]:
 
 
 def fetch_sizes(
-    urls: list[str], cache: Path, http: Http, *, workers: int = 16, show_progress: bool = True
+    urls: list[str], cache: Path, http: HttpClient, *, workers: int = 16, show_progress: bool = True
 ) -> dict[str, int]:
     """Byte size of every URL; known sizes come from `cache`, new ones are added to it as they arrive.
 
@@ -248,7 +169,7 @@ def fetch_sizes(
         )
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
         try:
-            futures = {pool.submit(http.size, url): url for url in todo}
+            futures = {pool.submit(_size, http, url): url for url in todo}
             for future in as_completed(futures):
                 url = futures[future]
                 size, why = future.result()
@@ -285,13 +206,14 @@ class OrderFile:
     entries: int
 
 
-def probe_order(url: str, http: Http) -> OrderFile | None:
+def probe_order(url: str, http: HttpClient) -> OrderFile | None:
     """Size and layout of a published order file; None when the host no longer has it."""
-    size, why = http.size(url)
-    if size is None:
-        if why.startswith("HTTP 404"):
-            return None
-        raise UserError(f"{url}: cannot get the order file's size ({why})")
+    try:
+        size = http.size(url)
+    except NotFound:
+        return None
+    except HttpError as err:
+        raise UserError(f"{url}: cannot get the order file's size ({err.reason})") from None
     head = http.read(url, 0, min(size, len(_NPY_MAGIC))) if size else b""
     if head.startswith(_NPY_MAGIC):
         entries = len(GlobalIndices(url))  # np.save layout: the reader parses the header
@@ -312,11 +234,13 @@ def check_order_size(order: OrderFile, n_instances: int, n_files: int, max_batch
         )
 
 
-def scan_order(order: OrderFile, n_instances: int, http: Http, *, show_progress: bool = True) -> int:
+def scan_order(
+    order: OrderFile, n_instances: int, http: HttpClient, *, chunk_bytes: int = 64 << 20, show_progress: bool = True
+) -> int:
     """Read the whole order file; returns its largest index. Raises UserError naming the file, the first
     offending entry and the largest index when any index is ≥ n_instances."""
     largest, first_bad, n_bad = -1, None, 0
-    step = max(4, http.policy.chunk_bytes // 4 * 4)
+    step = max(4, chunk_bytes // 4 * 4)
     with progress_bar() as progress:
         task = progress.add_task("order entries checked", total=order.entries, visible=show_progress)
         for start in range(0, order.entries * 4, step):
@@ -337,6 +261,36 @@ def scan_order(order: OrderFile, n_instances: int, http: Http, *, show_progress:
             "(it cannot be verified)"
         )
     return largest
+
+
+def check_prepare_out(out: Path, family: str) -> None:
+    """Refuse to replace, in the folder the description goes to, a `corpus.json` or `sizes.json` that is not this
+    command's own work for `family` (a corpus the user built there, a file of the same name)."""
+    corpus = out / CORPUS_FILE
+    if corpus.exists():
+        try:
+            data = json.loads(corpus.read_text(encoding="utf-8"))
+            ours = isinstance(data, dict) and (data.get("extra") or {}).get("family") == family
+            ours = ours and "prepared" in data["extra"]
+        except (OSError, ValueError, RecursionError, AttributeError, TypeError):
+            ours = False
+        if not ours:
+            raise UserError(
+                f"--out {out}: {CORPUS_FILE} exists and is not a description prepared for {family}; refusing to "
+                "replace it: choose another --out"
+            )
+    sizes = out / SIZES_FILE
+    if sizes.exists():
+        try:
+            data = json.loads(sizes.read_text(encoding="utf-8"))
+            ours = isinstance(data, dict) and all(isinstance(k, str) and is_url(k) for k in data)
+        except (OSError, ValueError, RecursionError):
+            ours = False
+        if not ours:
+            raise UserError(
+                f"--out {out}: {SIZES_FILE} exists and is not this command's cache of file sizes; refusing to replace "
+                "it: choose another --out"
+            )
 
 
 def open_prepared(family: str):
@@ -426,6 +380,7 @@ def plan_prepare(
         order_url, reason = None, f"the catalog lists no published order file for {family}"
     else:
         order_url, reason = order.global_indices_url, None
+    check_prepare_out(out, family)
     known = _load_sizes(out / SIZES_FILE)
     return PreparePlan(
         family=family,
@@ -453,13 +408,16 @@ def _warn(message: str) -> None:
 def prepare_corpus(
     plan: PreparePlan,
     *,
-    policy: HttpPolicy = HttpPolicy(),
+    policy: HttpPolicy | None = None,
     workers: int = 16,
+    chunk_bytes: int = 64 << 20,
     show_progress: bool = True,
     warn: Callable[[str], None] = _warn,
 ) -> CorpusInfo:
-    """Fetch sizes, check the order and write `plan.out/corpus.json` (last, atomically); returns it."""
-    http = Http(policy)
+    """Fetch sizes, check the order and write `plan.out/corpus.json` (last, atomically); returns it.
+
+    `chunk_bytes`: bytes per Range request when the whole order file is read (`full_order_check`)."""
+    http = _client(policy)
     plan.out.mkdir(parents=True, exist_ok=True)
     order_url, reason = plan.order_url, plan.rebuild_reason
     order = None
@@ -494,7 +452,10 @@ def prepare_corpus(
         order_facts = {"source": order.url, "entries": order.entries, "checked": "size"}
         if plan.full_order_check:
             order_facts.update(
-                checked="every index", largest_index=scan_order(order, n_instances, http, show_progress=show_progress)
+                checked="every index",
+                largest_index=scan_order(
+                    order, n_instances, http, chunk_bytes=chunk_bytes, show_progress=show_progress
+                ),
             )
 
     info = CorpusInfo(
@@ -566,10 +527,12 @@ def plan_prepare_indexed(family: str, out: Path | None = None, *, catalog_path: 
             f"names no published data for {family!r}"
         )
     last_step = max((e.step for e in fam.steps), default=0)
+    out = Path(out) if out is not None else prepared_dir(family)
+    check_prepare_out(out, family)
     return IndexedPlan(
         family=family,
         catalog=catalog.path,
-        out=Path(out) if out is not None else prepared_dir(family),
+        out=out,
         index=order.index_url,
         paths=list(order.data_urls),
         row_len=fam.row_len,

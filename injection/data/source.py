@@ -136,7 +136,7 @@ def read_corpus_json(location: str | Path) -> tuple[dict[str, Any], str]:
     where = join_location(location, CORPUS_FILE)
     try:
         data = json.loads(read_text(where))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise UserError(f"{where}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a JSON object")
@@ -289,6 +289,11 @@ class Corpus:
         )
 
 
+#: A run may read its corpus at most this many times over: beyond it the data surely does not match the run (and
+#: resolving its batches would be work without bound).
+MAX_EPOCHS = 1000
+
+
 @dataclass(frozen=True)
 class BatchStream:
     """Run step k -> the original instances of its batch: `batch_size` at a time from a stream position.
@@ -304,9 +309,41 @@ class BatchStream:
     row_filter: InstanceFilter | None = None
     """The original run's instance filter: which rows of a batch carry loss (None: all of them)."""
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"the data stream needs a batch size >= 1, got {self.batch_size}")
+        if self.epoch < 0 or self.start < 0:
+            raise UserError(f"stream position epoch {self.epoch}, position {self.start}: both must be >= 0")
+        length = self.corpus.epoch_length(self.epoch)
+        if self.start > length:
+            raise UserError(
+                f"stream position {self.start:,} is beyond the end of epoch {self.epoch}'s order of {length:,} "
+                "instances (a position counts instances from the start of its epoch)"
+            )
+
     @property
     def seq_len(self) -> int:
         return self.corpus.seq_len
+
+    def _epochs(self):
+        """(epoch, first position, full batches from there) of the epochs the stream reads, in order; the data
+        ends (UserError, the corpus's own) at an epoch after the first that holds no full batch."""
+        epoch, index = self.epoch, self.start
+        for _ in range(MAX_EPOCHS):
+            length = self.corpus.epoch_length(epoch)
+            full = max((length - index) // self.batch_size, 0)
+            if full == 0 and epoch != self.epoch:
+                self.corpus.instances(epoch, 0, self.batch_size)  # raises the format's own "outside the data" error
+                raise UserError(
+                    f"the data ends in epoch {epoch}: it holds {length:,} instances, fewer than a batch of "
+                    f"{self.batch_size:,}"
+                )
+            yield epoch, index, length, full
+            epoch, index = epoch + 1, 0
+        raise UserError(
+            f"the run would read its corpus more than {MAX_EPOCHS:,} times over ({self.batch_size:,} rows per step "
+            f"from epoch {self.epoch} position {self.start:,}): that many steps cannot be served by this data"
+        )
 
     def position(self, k: int) -> tuple[int, int]:
         """(epoch, first position) of batch k: an epoch's last incomplete batch is dropped, as OLMo's loader does."""
@@ -319,13 +356,18 @@ class BatchStream:
                     f"order (the checkpoint is {self.start:,} instances into it)"
                 )
             return self.epoch, index
-        epoch, index = self.epoch, self.start
+        epochs, end = self._epochs(), None
         while True:
-            full = (self.corpus.epoch_length(epoch) - index) // B
+            try:
+                epoch, index, _, full = next(epochs)
+            except UserError:
+                if k == 0 and end is not None:
+                    return end  # where a stream that has ended stands after its last batch (it has no batch k)
+                raise
             if k < full:
                 return epoch, index + k * B
-            k -= max(full, 0)
-            epoch, index = epoch + 1, 0
+            k -= full
+            end = (epoch, index + full * B)
 
     def batch(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(tokens int64 [B, L], original instance ids int64 [B]) of run step k."""
@@ -334,17 +376,17 @@ class BatchStream:
 
     def segments(self, n_steps: int) -> list[Segment]:
         """The stream positions that steps 0 … n_steps − 1 read, as segments per epoch. Where the run crosses into
-        the next epoch, the whole tail of the earlier one is included (a smaller batch size would read more of it)."""
+        the next epoch, the whole tail of the earlier one is included (a smaller batch size would read more of it).
+        UserError when the data ends before the last of them."""
         out: list[Segment] = []
-        epoch, index, left = self.epoch, self.start, n_steps
-        while left > 0:
-            length = self.corpus.epoch_length(epoch)
-            full = (length - index) // self.batch_size
+        left = n_steps
+        for epoch, index, length, full in self._epochs():
+            if left <= 0:
+                break
             if left <= full:
                 out.append(Segment(epoch, index, left * self.batch_size))
                 break
             if length > index:
                 out.append(Segment(epoch, index, length - index))
-            left -= max(full, 0)
-            epoch, index = epoch + 1, 0
+            left -= full
         return out

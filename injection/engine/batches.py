@@ -63,7 +63,14 @@ class InjectedBatches:
             return self.compute(k)
         if self._queue is None or k != self._next:
             self._restart(k)
-        got, batch, err = self._queue.get()
+        while True:
+            try:
+                got, batch, err = self._queue.get(timeout=5.0)
+                break
+            except queue.Empty:
+                # every read is bounded (the HTTP layer's budget), so a silent, dead thread is a bug, not a wait
+                if self._thread is None or not self._thread.is_alive():
+                    raise RuntimeError(f"the batch thread stopped without preparing step {k}") from None
         assert got == k
         if err is not None:
             self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import signal
@@ -13,14 +14,15 @@ from typing import Annotated
 import torch
 import typer
 
-from harness.errors import UserError
+from harness.errors import UserError, describe_os_error
+from harness.locks import check_directory_free
 from harness.streams import import_deepspeed
 from injection.engine.config import OPERATIONAL_FIELDS, load_config
 from injection.engine.inputs import launched_world, prepare_inputs, read_checkpoint
-from injection.engine.loop import Interrupted, LostRank, run_training
+from injection.engine.loop import DataUnavailable, Interrupted, LostRank, run_training
 from injection.engine.monitor import check_monitor
 from injection.engine.plan import batch_geometry
-from injection.engine.run_state import check_run_dir
+from injection.engine.run_state import check_run_dir, claim_run_dir, intact_note
 
 Config = Annotated[str | None, typer.Argument(help="Experiment YAML file or preset name (smoke, paper-7b-mid, ...).")]
 Preset = Annotated[str | None, typer.Option("--preset", help="Preset name (same as giving it as CONFIG).")]
@@ -90,7 +92,14 @@ def preflight(cfg, resume: bool) -> None:
     """The cheap checks, before inputs are prepared or any process group exists: run directory, checkpoint, that
     the global batch splits over ranks × micro-batch, the monitor's package."""
     check_monitor(cfg)
-    check_run_dir(cfg, resume)
+    try:
+        check_run_dir(cfg, resume)  # before anything is written into the directory: it may not be a run at all
+    except UserError:
+        if Path(cfg.output_dir).is_dir():
+            check_directory_free(cfg.output_dir, "`injection run`")  # "in use by ..." says more than "running"
+        raise
+    if int(os.environ.get("RANK", "0")) == 0:
+        claim_run_dir(cfg)  # held from here to the run's end: a second writer is refused before any work
     batch_geometry(cfg, read_checkpoint(cfg.checkpoint), launched_world())
 
 
@@ -109,16 +118,24 @@ def run(
     One process by default; under DeepSpeed's launcher (see `injection launch`) every rank runs this.
     Ctrl-C or SIGTERM stops after the current update, saves a checkpoint and prints the command that continues.
     """
+
     import_deepspeed()  # before anything imports it: its log lines go to stderr, the run directory alone to stdout
     cfg = resolve_config(config, preset, set_, resume, out, total_steps, seed)
     preflight(cfg, resume is not None)  # before the (slower) input preparation
     inputs = prepare_inputs(cfg)
     try:
         run_dir = run_training(cfg, inputs, resume=resume is not None, progress=True)
-    except Interrupted as err:
+    except (Interrupted, DataUnavailable) as err:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {err}", file=sys.stderr)
-        raise typer.Exit(128 + err.signum) from None
+        raise typer.Exit(err.exit_code) from None
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO) or int(os.environ.get("RANK", "0")) != 0:
+            raise
+        print(
+            f"error: {describe_os_error(err)}; {intact_note(Path(cfg.output_dir))} once there is space", file=sys.stderr
+        )
+        raise typer.Exit(2) from None
     except LostRank as err:
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one line per node (rank 0's may be the lost one)
             print(f"error: {err}", file=sys.stderr)
@@ -250,6 +267,8 @@ def launch(
     # validated here, once, rather than on every rank after the processes started
     cfg = resolve_config(config, None, set_, resume)
     check_monitor(cfg)
+    if not dry_run:
+        check_directory_free(cfg.output_dir, "`injection launch`")
     world = launch_world_size(hostfile, num_gpus, num_nodes)
     try:
         ckpt = read_checkpoint(cfg.checkpoint)

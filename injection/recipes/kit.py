@@ -17,13 +17,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from harness import rundir
 from harness.atomic import write_bytes_atomic
 from harness.errors import UserError
 from harness.tokenizers import load_tokenizer, train_bpe_tokenizer
-from harness.typed import from_mapping
+from harness.typed import from_mapping, load_yaml
 from injection.checkpoints.layout import is_complete
 from injection.checkpoints.tiny import build_tiny_checkpoint
 from injection.engine.config import ExperimentConfig, set_dotted
@@ -62,8 +60,8 @@ def read_profile(
             raise UserError(f"--profile {name!r}: expected one of {', '.join(names)}")
         source = profile_dir(recipe_file) / f"{name}.yaml"
     try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        data = load_yaml(source.read_text(encoding="utf-8"), str(source)) or {}
+    except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read {source}: {err}") from None
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a mapping at the top level")
