@@ -33,7 +33,7 @@ from fictional_knowledge.checks import (
     parse_json_bytes,
     split_document,
 )
-from fictional_knowledge.generate import generate_knowledge
+from fictional_knowledge.generate import MAX_PARAGRAPHS, MAX_PARAPHRASES, generate_knowledge
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS, KnowledgeSet, Paragraph, Probe, ValueSpace
 from harness.errors import UserError
 
@@ -163,7 +163,6 @@ def parse_generate_spec(spec: str) -> tuple[int, int, int]:
         ) from None
     if n <= 0 or m < 0 or seed < 0:
         raise UserError(f"knowledge {spec!r}: PARAGRAPHS must be > 0, PARAPHRASES and SEED >= 0")
-    from fictional_knowledge.generate import MAX_PARAGRAPHS, MAX_PARAPHRASES
 
     if n > MAX_PARAGRAPHS or m > MAX_PARAPHRASES:
         raise UserError(

@@ -18,7 +18,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from harness.errors import HarnessTyper, add_version_option
+from harness.errors import HarnessTyper, add_version_option, fail_interrupted
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,10 @@ class CommandRef:
 def load_command(ref: CommandRef) -> TyperCommand | TyperGroup:
     """The click command of `ref`, its module imported now."""
     module, _, attribute = ref.target.partition(":")
-    target: Any = getattr(importlib.import_module(module), attribute)
+    try:
+        target: Any = getattr(importlib.import_module(module), attribute)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM during the seconds of imports: the same one line
+        fail_interrupted(err)
     if not isinstance(target, typer.Typer):
         single = HarnessTyper()
         single.command(ref.name, help=None if inspect.getdoc(target) else ref.help)(target)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -69,19 +70,40 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, so that every
+    `finally` and staging clean-up runs; a handler someone else installed is left alone."""
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+        signal.SIG_DFL,
+        None,
+    ):
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def fail_interrupted(err: KeyboardInterrupt) -> NoReturn:
+    """The one line and exit code (130 SIGINT, 143 SIGTERM) of a command stopped by a signal."""
+    terminated = isinstance(err, Terminated)
+    _fail(
+        f"interrupted ({'SIGTERM' if terminated else 'SIGINT'}) before the command finished; outputs are written "
+        "whole or not at all, so nothing half-written is left: run the command again",
+        128 + (signal.SIGTERM if terminated else signal.SIGINT),
+    )
+
+
 def _exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-
         tolerant_output()
-        previous = None
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
-            signal.SIG_DFL,
-            None,
-        ):
-            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except UserError as err:
             return _fail(str(err))
         except Stopped as err:
@@ -90,13 +112,7 @@ def _exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
             again = command_line()
             return _fail(f"{err}; or run `{again}` again, which continues from there", err.exit_code)
         except KeyboardInterrupt as err:
-            name = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
-            code = 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
-            return _fail(
-                f"interrupted ({name}) before the command finished; outputs are written whole or not at all, so "
-                "nothing half-written is left: run the command again",
-                code,
-            )
+            fail_interrupted(err)
         except OSError as err:
             message = describe_os_error(err)
             if message is None:
@@ -110,9 +126,6 @@ def _exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             where = str(err).removeprefix("Symlink loop from ").strip("'\"")
             return _fail(f"{where}: a symbolic link that leads nowhere (a symlink loop)")
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -125,7 +138,7 @@ def command_line() -> str:
     return " ".join([program, *sys.argv[1:]])
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code=code)
 
@@ -140,6 +153,11 @@ class HarnessTyper(typer.Typer):
         kwargs.setdefault("add_completion", False)
         kwargs.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
         super().__init__(**kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # from the start, not only once a command runs: a command's imports take seconds
+        with sigterm_as_interrupt():
+            return super().__call__(*args, **kwargs)
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         register = super().command(*args, **kwargs)

@@ -41,7 +41,6 @@ def check_output_dir(out: Path, *, marker: str, what: str, overwrite: bool, inpu
 def check_resumable_dir(out: Path, *, marker: str, what: str, option: str = "--out") -> None:
     """Refuse an output directory that a command continuing its own earlier work would write into, when it holds
     something else: `out` may be absent, empty, or a `what` this tool made (it holds `marker`)."""
-    from harness.errors import UserError
 
     out = Path(out)
     if not out.exists() and not out.is_symlink():

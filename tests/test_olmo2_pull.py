@@ -13,14 +13,14 @@ import yaml
 from huggingface_hub.errors import RevisionNotFoundError
 
 from harness.errors import UserError
+from harness.http import HttpPolicy
 from injection.checkpoints import pull
 from injection.checkpoints.catalog import load_catalog
-from injection.checkpoints.download import RetryPolicy
 from injection.checkpoints.pull import pull_checkpoint
 from tests.helpers.http_server import FileServer
 from tests.helpers.olmo_original import TINY_OLMO2_MODEL, write_original_olmo2_checkpoint
 
-FAST = RetryPolicy(retries=1, backoff=0.001, timeout=10, chunk_size=1 << 16)
+FAST = HttpPolicy(retries=1, backoff=0.001, timeout=10, stream_bytes=1 << 16)
 STEP = 40
 FILES = ["config.yaml", "model.safetensors", "optim.safetensors", "train.pt"]
 
