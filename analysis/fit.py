@@ -302,8 +302,24 @@ class RunAnalysis:
             "tokens_per_step": self.run.tokens_per_step,
             "start_step": self.run.manifest.get("start_step"),
             "start_tokens": self.run.start_tokens,
+            "knowledge_entropy": _entropy_record(self.run),
             "warnings": list(self.warnings),
         }
+
+
+def _entropy_record(run: Run) -> dict | None:
+    """Knowledge entropy at the first and the last measured step, where the run measured it."""
+    h = run.knowledge_entropy
+    if h is None:
+        return None
+    total = h.total
+    return {
+        "first_step": int(h.steps[0]),
+        "first": float(total[0]),
+        "last_step": int(h.steps[-1]),
+        "last": float(total[-1]),
+        "layers": int(h.layers.shape[1]),
+    }
 
 
 def resolve_window(run: Run, requested: int | None) -> tuple[int, str]:

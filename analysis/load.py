@@ -29,6 +29,21 @@ ANALYSIS_DEFAULTS = "analysis_defaults"
 
 
 @dataclass
+class KnowledgeEntropy:
+    """A run's knowledge entropy measurements (knowledge_entropy.parquet)."""
+
+    steps: np.ndarray
+    """Measured run steps, ascending (int64)."""
+    layers: np.ndarray
+    """float64 [steps x layers]: each layer's entropy at each measured step."""
+
+    @property
+    def total(self) -> np.ndarray:
+        """Knowledge entropy: the sum over layers, at each measured step."""
+        return self.layers.sum(axis=1)
+
+
+@dataclass
 class Run:
     """One run directory as matrices. Probe i is (paragraph[i], kind[i], probe_index[i]) of scenario[i]."""
 
@@ -45,9 +60,13 @@ class Run:
     """Column name -> float64 matrix [probes x steps] for each metric column present in the log."""
     exact_match: np.ndarray | None = None
     """bool matrix [probes x steps], or None when the log has no `exact_match` column."""
+    token_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    """Token column (harness.rundir.TOKEN_NAMES) -> float64 matrix [probes x steps], for the columns the log has."""
     encounters: dict[int, np.ndarray] = field(default_factory=dict)
     """Paragraph -> sorted distinct run steps whose batch carried it (from injections.parquet)."""
     injection_steps_by_scenario: dict[str, np.ndarray] = field(default_factory=dict)
+    knowledge_entropy: KnowledgeEntropy | None = None
+    """Where the run measured it (an optional fourth file of the run directory)."""
 
     @property
     def n_probes(self) -> int:
@@ -149,14 +168,30 @@ def load_run(path: str | Path) -> Run:
             "injections.parquet and manifest.json)"
         )
     manifest = _read_manifest(path)
-    table = _read_table(path / rundir.PROBES, PROBE_KEYS, METRIC_COLUMNS + ("exact_match",))
+    table = _read_table(path / rundir.PROBES, PROBE_KEYS, METRIC_COLUMNS + ("exact_match",) + rundir.TOKEN_NAMES)
     metric_names = [c for c in METRIC_COLUMNS if c in table.column_names]
     if not metric_names:
         raise UserError(f"{path / rundir.PROBES}: none of the metric columns {', '.join(METRIC_COLUMNS)} is present")
     injections = _read_table(path / rundir.INJECTIONS, INJECTION_KEYS, ("scenario",))
     run = _to_matrices(path, manifest, table, metric_names)
     _attach_encounters(run, injections)
+    if (path / rundir.KNOWLEDGE_ENTROPY).exists():
+        run.knowledge_entropy = read_knowledge_entropy(path / rundir.KNOWLEDGE_ENTROPY)
     return run
+
+
+def read_knowledge_entropy(file: Path) -> KnowledgeEntropy:
+    """knowledge_entropy.parquet as a steps × layers matrix; UserError unless every step has every layer once."""
+    table = _read_table(file, ("step", "layer", "entropy"), ())
+    if table.num_rows == 0:
+        raise UserError(f"{file}: no measurement")
+    step, layer = _int_column(table, "step", file), _int_column(table, "layer", file)
+    steps, layers = np.unique(step), np.unique(layer)
+    matrix = np.full((len(steps), len(layers)), np.nan)
+    matrix[np.searchsorted(steps, step), np.searchsorted(layers, layer)] = table.column("entropy").to_numpy()
+    if table.num_rows != matrix.size or np.isnan(matrix).any():
+        raise UserError(f"{file}: expected one entropy per (step, layer) for {len(layers)} layers at every step")
+    return KnowledgeEntropy(steps=steps, layers=matrix)
 
 
 def _read_manifest(path: Path) -> dict:
@@ -298,6 +333,11 @@ def _to_matrices(path: Path, manifest: dict, table: pa.Table, metric_names: list
         matrix = np.zeros((n_probes, n_steps), dtype=bool)
         matrix[row_probe, row_step] = column.to_numpy(zero_copy_only=False).astype(bool)
         run.exact_match = matrix
+    for name in rundir.TOKEN_NAMES:
+        if name in table.column_names:
+            matrix = np.full((n_probes, n_steps), np.nan)
+            matrix[row_probe, row_step] = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+            run.token_stats[name] = matrix
     return run
 
 

@@ -7,6 +7,8 @@
     effectivity      mean effectivity per encounter, one panel per kind
     exact_match      exact-match rate over steps (axis scaled to the data)
     control_drift    the control probes' own mean Δℓ over steps (runs that log controls)
+    token_dynamics   surprisal, entropy and rank of the target tokens per group over steps (runs that log them)
+    knowledge_entropy  knowledge entropy over steps beside mean R(t) (runs that measure it)
 
 Legends sit outside the axes so that they never cover data; groups without data get no panel.
 """
@@ -358,7 +360,92 @@ def control_drift_figure(analysis: RunAnalysis) -> Figure | None:
     return fig
 
 
-#: The figures of one run (`exact_match` and `control_drift` only where the run has what they show).
+def knowledge_entropy_figure(analysis: RunAnalysis) -> Figure | None:
+    """Knowledge entropy over the run's steps, beside the mean retainability R(t) of every group (None for a
+    run that did not measure it)."""
+    h = analysis.run.knowledge_entropy
+    if h is None:
+        return None
+    run = analysis.run
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 3.9), gridspec_kw={"width_ratios": [1, 1.15]})
+    left.plot(h.steps, h.total, marker="o", ms=3, lw=1.3, color="0.15")
+    _mark_injections(left, sorted({int(s) for v in run.injection_steps_by_scenario.values() for s in v}))
+    left.set_xlabel(STEP_LABEL)
+    left.set_ylabel(f"knowledge entropy (nats, sum over {h.layers.shape[1]} layers)")
+    left.set_title("knowledge entropy")
+    _legend_below(left, ncol=1)
+    groups = _fitted_groups(analysis)
+    styles = ("-", "--", ":", "-.")
+    for i, (scenario, fits) in enumerate(groups.items()):
+        for j, g in enumerate(fits):
+            right.plot(
+                g.retention_t,
+                g.retention_mean,
+                ls=styles[j % len(styles)],
+                lw=1.1,
+                color=_color(SCENARIO_COLORS, scenario, i),
+                label=f"{scenario} / {g.kind}",
+            )
+    right.set_xscale("log")
+    right.axhline(0, color="0.5", lw=0.6)
+    right.set_xlabel(T_LABEL)
+    right.set_ylabel("mean R(t)")
+    right.set_title("retainability" if groups else "retainability: no group has one")
+    if groups:
+        right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(f"{run.label}: knowledge entropy beside retainability", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+#: Rows of the token-dynamics figure: (title, column drawn solid, column drawn dashed or None, log axis).
+TOKEN_PANELS = (
+    ("surprisal −log p (nats): mean; dashed: largest", "surprisal_mean", "surprisal_max", False),
+    ("entropy of the prediction at target positions (nats)", "entropy_mean", None, False),
+    ("rank + 1 of the target tokens: mean; dashed: worst", "rank_mean", "rank_max", True),
+)
+
+
+def token_figure(analysis: RunAnalysis) -> Figure | None:
+    """Per group, the mean over its probes of the token columns at every logged step: one column of panels per
+    scenario, one row per quantity, one colour per kind; None for a log without the token columns."""
+    run = analysis.run
+    if not run.token_stats:
+        return None
+    rows = [p for p in TOKEN_PANELS if p[1] in run.token_stats]
+    scenarios = _scenarios(analysis)
+    fig, axes = plt.subplots(
+        len(rows), len(scenarios), figsize=(4.4 * len(scenarios), 2.6 * len(rows) + 0.9), sharex=True, squeeze=False
+    )
+    for col, scenario in enumerate(scenarios):
+        for row, (title, solid, dashed, log) in enumerate(rows):
+            ax = axes[row, col]
+            for i, kind in enumerate(_kinds(analysis)):
+                members = (run.scenario == scenario) & (run.kind == kind)
+                if not members.any():
+                    continue
+                color = _color(KIND_COLORS, kind, i)
+                for name, style in ((solid, "-"), (dashed, "--")):
+                    if name is not None and name in run.token_stats:
+                        mean = run.token_stats[name][members].mean(axis=0) + (1.0 if log else 0.0)
+                        ax.plot(run.steps, mean, ls=style, lw=1.1, color=color, label=kind if style == "-" else None)
+            if log:
+                ax.set_yscale("log")
+            _mark_injections(ax, run.injection_steps_by_scenario.get(scenario, []), label=False)
+            if col == 0:
+                ax.set_ylabel(title, fontsize=8.5)
+            if row == 0:
+                ax.set_title(f"{scenario} (control)" if scenario == CONTROL_SCENARIO else scenario)
+        axes[-1, col].set_xlabel(STEP_LABEL)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(len(labels), 1), frameon=False)
+    fig.suptitle(f"{run.label}: target tokens, mean over each group's probes (dotted: injections)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+#: The figures of one run (`exact_match`, `control_drift`, `token_dynamics` and `knowledge_entropy` only where the
+#: run has what they show).
 RUN_FIGURES = (
     "trajectories",
     "study_fig2",
@@ -367,6 +454,8 @@ RUN_FIGURES = (
     "effectivity",
     "exact_match",
     "control_drift",
+    "token_dynamics",
+    "knowledge_entropy",
 )
 CAPACITY_FIGURES = ("capacity_bits", "capacity_memorization", "capacity_attributes", "capacity_trajectories")
 
@@ -384,7 +473,12 @@ def run_figures(analysis: RunAnalysis) -> dict[str, Figure]:
         "study_decay": study_decay_figure(analysis),
         "effectivity": effectivity_figure(analysis),
     }
-    for stem, make in (("exact_match", exact_match_figure), ("control_drift", control_drift_figure)):
+    for stem, make in (
+        ("exact_match", exact_match_figure),
+        ("control_drift", control_drift_figure),
+        ("token_dynamics", token_figure),
+        ("knowledge_entropy", knowledge_entropy_figure),
+    ):
         fig = make(analysis)
         if fig is not None:
             figures[stem] = fig

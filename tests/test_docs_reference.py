@@ -92,13 +92,15 @@ def _schemas():
 
     return {
         "probes.parquet": rundir.PROBE_SCHEMA,
+        "probes.parquet token columns": rundir.schema(rundir.TOKEN_COLUMNS),
         "injections.parquet": rundir.INJECTION_SCHEMA,
         "train_metrics.parquet": rundir.METRICS_SCHEMA,
+        "knowledge_entropy.parquet": rundir.KNOWLEDGE_ENTROPY_SCHEMA,
         "curves": CURVE_SCHEMA,
     }
 
 
-@pytest.mark.parametrize("name", ["probes.parquet", "injections.parquet", "train_metrics.parquet", "curves"])
+@pytest.mark.parametrize("name", sorted(_schemas()))
 def test_column_tables_match_the_schemas(formats_text, name):
     documented = documented_columns(formats_text, name)
     unknown_types = sorted({t for _, t in documented if t not in ARROW_TYPES})

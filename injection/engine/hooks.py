@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from harness.rundir import METRICS, METRICS_SCHEMA, PROBE_SCHEMA, PROBES, SCORE_NAMES, PartWriter
+from harness.rundir import METRICS, METRICS_SCHEMA, PROBE_KEY_COLUMNS, PROBE_SCHEMA, PROBES, PartWriter
 from injection.engine.config import ExperimentConfig
 from injection.engine.evaluate import ProbeItem
 from injection.engine.inputs import RunInputs
@@ -52,13 +53,19 @@ class Hook:
     def on_end(self, run: Run, status: str) -> None: ...
 
 
+PROBE_KEY_NAMES = tuple(c.name for c in PROBE_KEY_COLUMNS)
+
+
 class ProbeLogHook(Hook):
     """One row per (step, probe) in RUN_DIR/probes.parquet/."""
 
     name = "probe_log"
 
-    def __init__(self, run_dir: Path, items: Sequence[ProbeItem], flush_steps: int) -> None:
-        self.writer = PartWriter(Path(run_dir) / PROBES, PROBE_SCHEMA, flush_steps)
+    def __init__(
+        self, run_dir: Path, items: Sequence[ProbeItem], flush_steps: int, schema: pa.Schema = PROBE_SCHEMA
+    ) -> None:
+        self.writer = PartWriter(Path(run_dir) / PROBES, schema, flush_steps)
+        self.scores = [name for name in schema.names if name not in PROBE_KEY_NAMES]
         self.keys = {
             "paragraph": np.array([it.paragraph for it in items], dtype=np.int32),
             "scenario": np.array([it.scenario for it in items], dtype=object),
@@ -70,7 +77,7 @@ class ProbeLogHook(Hook):
         n = len(self.keys["paragraph"])
         self.writer.add(
             step,
-            {"step": np.full(n, step, dtype=np.int32), **self.keys, **{name: scores[name] for name in SCORE_NAMES}},
+            {"step": np.full(n, step, dtype=np.int32), **self.keys, **{name: scores[name] for name in self.scores}},
         )
 
     def state_dict(self):

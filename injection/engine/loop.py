@@ -28,6 +28,7 @@ from harness.errors import UserError
 from injection.engine import run_state, zero
 from injection.engine.batches import InjectedBatches
 from injection.engine.config import ExperimentConfig
+from injection.engine.entropy import KnowledgeEntropyHook
 from injection.engine.evaluate import evaluate_probes
 from injection.engine.hooks import Hook, MetricsHook, ProbeLogHook, ProgressHook, Run
 from injection.engine.inputs import RunInputs, describe_inputs, run_label
@@ -154,7 +155,14 @@ def _any_rank(run: Run, count: int) -> bool:
 def evaluate(run: Run, step: int) -> float:
     """Score every probe on the current weights (split over ranks); returns the seconds it took."""
     t0 = time.perf_counter()
-    scores = evaluate_probes(run.engine.module, run.inputs.probe_items, run.cfg.eval_batch_tokens, run.rank, run.world)
+    scores = evaluate_probes(
+        run.engine.module,
+        run.inputs.probe_items,
+        run.cfg.eval_batch_tokens,
+        run.rank,
+        run.world,
+        token_stats=run.cfg.probe_token_stats,
+    )
     if scores is not None:
         for hook in run.hooks:
             hook.on_eval(run, step, scores)
@@ -330,7 +338,9 @@ def run_training(
             **{k: old[k] for k in ("skipped_updates", "optimizer_state") if k in old and decision.action == "resume"},
         }
         run.hooks = [
-            ProbeLogHook(run.run_dir, inputs.probe_items, cfg.log_flush_steps),
+            ProbeLogHook(
+                run.run_dir, inputs.probe_items, cfg.log_flush_steps, rundir.probe_schema(cfg.probe_token_stats)
+            ),
             MetricsHook(run.run_dir, cfg.log_flush_steps),
         ]
         from injection.engine.monitor import monitor_hook
@@ -340,6 +350,7 @@ def run_training(
             run.hooks.append(ProgressHook(cfg.total_steps, cfg.log_interval))
         rundir.write_injections(run.run_dir, inputs.all_records)
     run.hooks += list(hooks)
+    run.hooks += KnowledgeEntropyHook.for_run(run)  # every rank: each runs the forwards, rank 0 writes
     if decision.action == "resume":
         k0, saved = run_state.load_checkpoint(run.engine, run.run_dir, rank, world)
         for hook in run.hooks:

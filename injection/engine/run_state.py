@@ -118,7 +118,14 @@ def check_run_dir(cfg: ExperimentConfig, resume: bool) -> Decision:
 
 def clear_partial_run(run_dir: Path) -> None:
     """Remove what a run that never reached a checkpoint left (logs, partial checkpoints), keeping nothing stale."""
-    for name in (rundir.PROBES, rundir.METRICS, rundir.CHECKPOINTS, rundir.INJECTIONS, "monitor"):
+    for name in (
+        rundir.PROBES,
+        rundir.METRICS,
+        rundir.KNOWLEDGE_ENTROPY,
+        rundir.CHECKPOINTS,
+        rundir.INJECTIONS,
+        "monitor",
+    ):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path)
