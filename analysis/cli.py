@@ -44,6 +44,18 @@ ControlAdjust = Annotated[
         "at every step, before effectivity and retainability; reports show raw and adjusted.",
     ),
 ]
+TwinAdjust = Annotated[
+    bool,
+    typer.Option(
+        "--twin-adjust/--no-twin-adjust",
+        help="Measure every probe against its own twin where the run has one (manifest.json 'twin', or "
+        "--baseline): Δℓ = ℓ − ℓ of the twin; reports show raw, control-adjusted and twin-adjusted.",
+    ),
+]
+Baseline = Annotated[
+    str | None,
+    typer.Option(help="The twin run directory to measure against (default: the twin the run's manifest names)."),
+]
 Window = Annotated[
     int | None,
     typer.Option(
@@ -115,6 +127,8 @@ def _options(
     at: str,
     bootstrap: int,
     ci_level: float,
+    twin_adjust: bool = True,
+    baseline: str | None = None,
 ):
     from analysis.fit import FitOptions
 
@@ -135,6 +149,7 @@ def _options(
         "t_max": "--t-max",
         "bootstrap": "--bootstrap",
         "ci_level": "--ci-level",
+        "baseline": "--baseline",
     }
     options = FitOptions(
         rules=rules,
@@ -149,6 +164,8 @@ def _options(
         at=steps,
         bootstrap=bootstrap,
         ci_level=ci_level,
+        twin_adjust=twin_adjust,
+        baseline=baseline,
     )
     try:
         options.validate()
@@ -207,6 +224,7 @@ def fit(
     rules: Rules = "paper",
     scale: Scale = "logprob",
     control_adjust: ControlAdjust = False,
+    twin_adjust: TwinAdjust = True,
     window: Window = None,
     iqr_factor: IqrFactor = None,
     metric: Metric = "logprob",
@@ -217,6 +235,7 @@ def fit(
     bootstrap: Bootstrap = 0,
     ci_level: CiLevel = 0.95,
     curves: Curves = None,
+    baseline: Baseline = None,
 ) -> None:
     """Effectivity, decay constant a (± se, R²), t* with its interval, retention levels, for every group."""
     from analysis.export import check_curves_path, fit_document
@@ -241,6 +260,8 @@ def fit(
         at,
         bootstrap,
         ci_level,
+        twin_adjust,
+        baseline,
     )
     if curves is not None:
         check_curves_path(curves, [run_dir])
@@ -254,7 +275,9 @@ def fit(
     console.print(
         rich_table(
             f"{analysis.run.label} ({run_dir}): {options.rules} rules, {options.scale} scale"
-            + (", control-adjusted" if options.control_adjust else ""),
+            + {"control": ", control-adjusted", "twin": f", measured against the twin {analysis.twin_path}"}.get(
+                analysis.adjustment, ""
+            ),
             analysis.fits,
             console,
         )
@@ -277,6 +300,7 @@ def plot(
     rules: Rules = "paper",
     scale: Scale = "logprob",
     control_adjust: ControlAdjust = False,
+    twin_adjust: TwinAdjust = True,
     window: Window = None,
     iqr_factor: IqrFactor = None,
     metric: Metric = "logprob",
@@ -286,6 +310,7 @@ def plot(
     at: At = "100,1000",
     bootstrap: Bootstrap = 0,
     ci_level: CiLevel = 0.95,
+    baseline: Baseline = None,
 ) -> None:
     """PNG and PDF figures: Δℓ trajectories (also in the study's Figure 2 layout), mean R(t) with the fits and
     t*, effectivity by encounter, exact match, the control probes' drift."""
@@ -305,6 +330,8 @@ def plot(
         at,
         bootstrap,
         ci_level,
+        twin_adjust,
+        baseline,
     )
     [analysis] = _analyse([run_dir], options)
     for path in plot_run(analysis, out):
@@ -319,6 +346,7 @@ def compare(
     rules: Rules = "paper",
     scale: Scale = "logprob",
     control_adjust: ControlAdjust = False,
+    twin_adjust: TwinAdjust = True,
     window: Window = None,
     iqr_factor: IqrFactor = None,
     metric: Metric = "logprob",
@@ -351,6 +379,7 @@ def compare(
         at,
         bootstrap,
         ci_level,
+        twin_adjust,
     )
     if curves is not None:
         check_curves_path(curves, run_dirs)
@@ -419,6 +448,7 @@ def report(
     rules: Rules = "paper",
     scale: Scale = "logprob",
     control_adjust: ControlAdjust = False,
+    twin_adjust: TwinAdjust = True,
     window: Window = None,
     iqr_factor: IqrFactor = None,
     metric: Metric = "logprob",
@@ -428,6 +458,7 @@ def report(
     at: At = "100,1000",
     bootstrap: Bootstrap = 0,
     ci_level: CiLevel = 0.95,
+    baseline: Baseline = None,
 ) -> None:
     """One self-contained HTML report (tables, notes, embedded figures) for one or more runs."""
     from analysis.report import REPORT, build_report
@@ -446,6 +477,8 @@ def report(
         at,
         bootstrap,
         ci_level,
+        twin_adjust,
+        baseline,
     )
     analyses = _analyse(run_dirs, options)
     path = OwnedDir(out).write(REPORT, build_report(analyses))

@@ -26,6 +26,11 @@ INJECTION_KEYS = ("step", "paragraph")
 KIND_ORDER = ("mem", "sem", "comp")
 #: Manifest key where a run records how it was designed to be analysed.
 ANALYSIS_DEFAULTS = "analysis_defaults"
+#: Manifest key naming a run's twin: its directory, relative to the run directory (`twin_of` names the way back).
+TWIN = "twin"
+#: ℓ of a run and of its twin at the first logged step may differ by this much (nats) before the analysis warns:
+#: both score the same checkpoint, so only a different machine's rounding separates them.
+TWIN_START_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -356,6 +361,65 @@ def _attach_encounters(run: Run, injections: pa.Table) -> None:
         if p in scenario_of:
             by_scenario.setdefault(scenario_of[p], set()).update(steps.tolist())
     run.injection_steps_by_scenario = {s: np.array(sorted(v), dtype=np.int64) for s, v in by_scenario.items()}
+
+
+@dataclass
+class Twin:
+    """The twin of a run, aligned with it: the same continuation with nothing spliced (injection.engine.twin)."""
+
+    path: Path
+    run: Run
+    rows: np.ndarray
+    """int64 [run probes]: the twin's probe (matrix row) of each of the run's probes."""
+    columns: np.ndarray
+    """int64 [run steps]: the twin's column of each of the run's logged steps."""
+
+    def metric(self, name: str) -> np.ndarray:
+        """The twin's `name` matrix in the run's probe and step order."""
+        return self.run.metric(name)[self.rows][:, self.columns]
+
+
+def twin_path(run: Run, baseline: str | Path | None = None) -> tuple[Path | None, str | None]:
+    """(the twin's directory, or None; a warning, or None): `baseline` where given, else the manifest's `twin`
+    where that directory holds a run. A named twin that is not there yet is a warning, not an error."""
+    if baseline is not None:
+        return Path(baseline), None
+    named = run.manifest.get(TWIN)
+    if named is None:
+        return None, None
+    file = run.path / rundir.MANIFEST
+    if not isinstance(named, str) or not named:
+        raise UserError(f"{file}: field {TWIN!r} must name the twin's directory, found {named!r}")
+    path = run.path / named
+    if not (path / rundir.MANIFEST).is_file():
+        return None, f"the manifest names the twin {path}, which holds no run yet: not measured against a twin"
+    return path, None
+
+
+def load_twin(run: Run, path: Path) -> Twin:
+    """The twin run at `path`, aligned with `run` probe by probe (paragraph, kind, probe index) and step by step;
+    UserError when it lacks a probe or a logged step of the run."""
+    twin = load_run(path)
+    key_of = {k: i for i, k in enumerate(zip(twin.paragraph.tolist(), twin.kind.tolist(), twin.probe_index.tolist()))}
+    keys = list(zip(run.paragraph.tolist(), run.kind.tolist(), run.probe_index.tolist()))
+    missing = [k for k in keys if k not in key_of]
+    if missing:
+        p, kind, q = missing[0]
+        raise UserError(
+            f"{path / rundir.PROBES}: the twin lacks {len(missing)} of the run's probes (first: paragraph {p}, "
+            f"kind {kind!r}, probe {q}); a twin logs the same probes as its run"
+        )
+    columns = np.searchsorted(twin.steps, run.steps)
+    absent = run.steps[
+        (columns >= len(twin.steps)) | (twin.steps[np.minimum(columns, len(twin.steps) - 1)] != run.steps)
+    ]
+    if len(absent):
+        status = twin.manifest.get("status", "unknown")
+        raise UserError(
+            f"{path / rundir.PROBES}: the twin has not logged step(s) {_short_list(absent)} of the run (its status: "
+            f"{status}); finish it with `injection run --resume {path}`, or analyse without it (--no-twin-adjust)"
+        )
+    return Twin(path=path, run=twin, rows=np.array([key_of[k] for k in keys], dtype=np.int64), columns=columns)
 
 
 def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -366,3 +366,11 @@ def control_adjusted(run: Run, values: np.ndarray, enc: Encounters) -> np.ndarra
     code = np.array([kinds.index(k) if k in drift else -1 for k in run.kind])
     shift = np.where((code >= 0)[:, None], table[np.maximum(code, 0)], 0.0)
     return values - shift
+
+
+def twin_adjusted(values: np.ndarray, twin: np.ndarray) -> np.ndarray:
+    """ℓ''(q; θ_k) = ℓ(q; θ_k) − [ℓ^twin(q; θ_k) − ℓ^twin(q; θ_first)]: each probe's own counterfactual drift taken
+    out. The twin starts from the same checkpoint, so ℓ''(k) − ℓ''(first) = ℓ(k) − ℓ^twin(k) = Δℓ_q(k), the change
+    the injections caused; unlike the difference itself, ℓ'' keeps the probe's level (the perplexity scale needs it).
+    """
+    return values - (twin - twin[:, :1])

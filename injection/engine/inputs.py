@@ -186,7 +186,7 @@ def prepare_inputs(cfg: ExperimentConfig) -> RunInputs:
         ckpt,
         stream,
         probe_items(knowledge, tokenizer, scenario_of),
-        splice_items(plan, tokens),
+        splice_items(plan, tokens) if cfg.splice else {},  # a twin: the scenarios stay, the paragraphs do not
         knowledge_source=cfg.knowledge,
     )
     check_vocabulary(inputs, cfg.tokenizer or str(ckpt.path))
