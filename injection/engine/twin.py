@@ -35,9 +35,7 @@ def twin_config(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def twin_inputs(inputs: RunInputs) -> RunInputs:
     """The run's inputs without a paragraph to splice (same checkpoint, batches and probes, scenarios kept)."""
-    return replace(
-        inputs, injections={}, records={}, manifest_extra={**inputs.manifest_extra, "twin_of": TWIN_OF}
-    )
+    return replace(inputs, injections={}, records={}, manifest_extra={**inputs.manifest_extra, "twin_of": TWIN_OF})
 
 
 def link_twin(run_dir: Path) -> None:
