@@ -7,6 +7,7 @@
     effectivity      mean effectivity per encounter, one panel per kind
     exact_match      exact-match rate over steps (axis scaled to the data)
     control_drift    the control probes' own mean Δℓ over steps (runs that log controls)
+    adjustments      mean R(t) and its fit raw, control-adjusted and against the twin, side by side (adjusted runs)
     token_dynamics   surprisal, entropy and rank of the target tokens per group over steps (runs that log them)
     knowledge_entropy  knowledge entropy over steps beside mean R(t) (runs that measure it)
 
@@ -365,6 +366,55 @@ def control_drift_figure(analysis: RunAnalysis) -> Figure | None:
     return fig
 
 
+#: How each variant of an adjusted analysis is drawn: (label, colour).
+VARIANT_STYLE = {
+    "none": ("raw", "0.55"),
+    "control": ("control-adjusted", "#ff7f0e"),
+    "twin": ("twin-adjusted", "#1f77b4"),
+}
+
+
+def adjustments_figure(analysis: RunAnalysis) -> Figure | None:
+    """Mean R(t) of every injected group and its fitted line, raw, control-adjusted and measured against the
+    twin side by side (one panel per scenario and kind); None for an analysis measured against neither."""
+    if analysis.raw is None:
+        return None
+    variants = [v for v in (analysis.raw, analysis.control, analysis) if v is not None]
+    groups = [(g.scenario, g.kind) for g in analysis.fits if not g.control and g.encounter_steps]
+    scenarios = list(dict.fromkeys(s for s, _ in groups))
+    kinds = list(dict.fromkeys(k for _, k in groups))
+    if not groups:
+        return _empty("no injected group")
+    fig, axes = plt.subplots(
+        len(scenarios), len(kinds), figsize=(4.2 * len(kinds), 2.9 * len(scenarios) + 0.6), squeeze=False
+    )
+    for row, scenario in enumerate(scenarios):
+        for col, kind in enumerate(kinds):
+            ax = axes[row, col]
+            for v in variants:
+                g = next((f for f in v.fits if (f.scenario, f.kind) == (scenario, kind)), None)
+                if g is None or g.curve is None or not len(g.retention_t):
+                    continue
+                label, color = VARIANT_STYLE[v.adjustment]
+                ax.plot(g.retention_t, g.retention_mean, "o", ms=2, alpha=0.45, color=color, mec="none")
+                fitted = f", R² {fmt(g.r2)}" if np.isfinite(g.a) else ", not fitted"
+                ax.plot([], [], "o", color=color, label=f"{label}: a = {fmt(g.a)}{fitted}")
+                if np.isfinite(g.a):
+                    t = np.array([g.retention_t[0], g.retention_t[-1]], dtype=float)
+                    ax.plot(t, g.b - g.a * np.log10(t), color=color, lw=1.4)
+            ax.set_xscale("log")
+            ax.axhline(0, color="0.5", lw=0.6)
+            ax.set_title(f"{scenario} / {kind}", fontsize=10)
+            ax.legend(loc="lower left", fontsize=7, frameon=False)
+            if col == 0:
+                ax.set_ylabel("mean R(t)")
+            if row == len(scenarios) - 1:
+                ax.set_xlabel(T_LABEL)
+    fig.suptitle(f"{analysis.run.label}: retainability and its fit, by what ℓ is measured against", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 def knowledge_entropy_figure(analysis: RunAnalysis) -> Figure | None:
     """Knowledge entropy over the run's steps, beside the mean retainability R(t) of every group (None for a
     run that did not measure it)."""
@@ -449,8 +499,8 @@ def token_figure(analysis: RunAnalysis) -> Figure | None:
     return fig
 
 
-#: The figures of one run (`exact_match`, `control_drift`, `token_dynamics` and `knowledge_entropy` only where the
-#: run has what they show).
+#: The figures of one run (`exact_match`, `control_drift`, `adjustments`, `token_dynamics` and `knowledge_entropy`
+#: only where the run has what they show).
 RUN_FIGURES = (
     "trajectories",
     "study_fig2",
@@ -459,6 +509,7 @@ RUN_FIGURES = (
     "effectivity",
     "exact_match",
     "control_drift",
+    "adjustments",
     "token_dynamics",
     "knowledge_entropy",
 )
@@ -481,6 +532,7 @@ def run_figures(analysis: RunAnalysis) -> dict[str, Figure]:
     for stem, make in (
         ("exact_match", exact_match_figure),
         ("control_drift", control_drift_figure),
+        ("adjustments", adjustments_figure),
         ("token_dynamics", token_figure),
         ("knowledge_entropy", knowledge_entropy_figure),
     ):

@@ -193,3 +193,13 @@ def test_a_twin_added_to_a_finished_run_from_the_command_line(tmp_path):
     assert document["run"]["adjustment"] == "twin" and "raw_groups" in document
     result = CliRunner().invoke(analysis_app, ["fit", str(run_dir), "--json", "--window", "1", "--no-twin-adjust"])
     assert json.loads(result.stdout)["run"]["adjustment"] == "none"
+
+
+def test_the_adjustments_figure_draws_every_variant(drifting):
+    from analysis.plots import adjustments_figure
+
+    analysis = analyse_run(load_run(drifting.path), FitOptions(window=50))
+    fig = adjustments_figure(analysis)
+    labels = {t.get_text().split(":")[0] for ax in fig.axes for t in ax.get_legend().get_texts()}
+    assert labels == {"raw", "control-adjusted", "twin-adjusted"} and len(fig.axes) == 2 * 3
+    assert adjustments_figure(analyse_run(load_run(drifting.path), FitOptions(window=50, twin_adjust=False))) is None
