@@ -1,4 +1,4 @@
-"""`analysis fit|plot|compare|capacity|report`: thin wrappers over analysis.fit, analysis.capacity,
+"""`analysis fit|plot|compare|capacity|report|priming`: thin wrappers over analysis.fit, analysis.capacity,
 analysis.plots, analysis.report and analysis.export. Results go to stdout; warnings, notes on files written and
 progress to stderr."""
 
@@ -483,6 +483,43 @@ def report(
     analyses = _analyse(run_dirs, options)
     path = OwnedDir(out).write(REPORT, build_report(analyses))
     print(path)
+
+
+@app.command()
+def priming(
+    run_dir: RunDir,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write priming.json, priming_scores.parquet and the priming figure here."),
+    ] = None,
+    window: Window = None,
+) -> None:
+    """Priming of each paragraph's keyword in unrelated contexts (probes of kind `prime`) over the run, and how its
+    probability in its own context before learning predicts it (Sun et al. 2025)."""
+    from analysis.load import load_run
+    from analysis.priming import PRIMING_JSON, SCORES_FILE, priming_analysis, write_priming
+    from analysis.report import print_priming
+
+    if out is not None:
+        from analysis.plots import figure_files
+
+        OwnedDir(out).claim([PRIMING_JSON, SCORES_FILE, *figure_files(["priming"])])
+    if window is not None and window < 1:
+        raise UserError(f"--window: must be >= 1, got {window}")
+    analysis = priming_analysis(load_run(run_dir), window)
+    if analysis is None:
+        raise UserError(
+            f"{run_dir / 'probes.parquet'}: no priming probes (kind 'prime'); log them with priming_probes in the "
+            "run's configuration"
+        )
+    if json_output:
+        print(json.dumps(analysis.record(), indent=2, allow_nan=False))
+    else:
+        print_priming(analysis, _console())
+    if out is not None:
+        for path in write_priming(analysis, out):
+            print(path, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from analysis.load import METRIC_COLUMNS, TWIN_START_TOLERANCE, Run, Twin, load_twin, twin_path
+from analysis.load import METRIC_COLUMNS, PRIME_KIND, TWIN_START_TOLERANCE, Run, Twin, load_twin, twin_path
 from analysis.metrics import (
     CONTROL_SCENARIO,
     REASONS,
@@ -416,7 +416,7 @@ def _twin_analysis(
 
 def _has_controls(run: Run, enc: Encounters, drift: dict[str, np.ndarray]) -> bool:
     """Whether the run has control probes of every injected kind (what control adjustment needs)."""
-    return bool(drift) and {str(k) for k in run.kind[enc.count > 0]} <= set(drift)
+    return bool(drift) and {str(k) for k in run.kind[(enc.count > 0) & (run.kind != PRIME_KIND)]} <= set(drift)
 
 
 def fit_run(run: Run, options: FitOptions | None = None) -> list[GroupFit]:

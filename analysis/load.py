@@ -24,6 +24,8 @@ METRIC_COLUMNS = rundir.LOGPROB_COLUMNS
 #: What the analysis needs of injections.parquet (its other columns are informational).
 INJECTION_KEYS = ("step", "paragraph")
 KIND_ORDER = ("mem", "sem", "comp")
+#: Priming probes (kind `prime`) measure something else (analysis.priming): they form no group of the fits.
+PRIME_KIND = "prime"
 #: Manifest key where a run records how it was designed to be analysed.
 ANALYSIS_DEFAULTS = "analysis_defaults"
 #: Manifest key naming a run's twin: its directory, relative to the run directory (`twin_of` names the way back).
@@ -117,12 +119,13 @@ class Run:
         return self.metrics[name]
 
     def groups(self) -> list[tuple[str, str]]:
-        """(scenario, kind) pairs in a stable order: scenarios by first paragraph, kinds mem/sem/comp first."""
+        """(scenario, kind) pairs in a stable order: scenarios by first paragraph, kinds mem/sem/comp first
+        (priming probes form no group)."""
         first_paragraph: dict[str, int] = {}
         for scenario, paragraph in zip(self.scenario, self.paragraph):
             first_paragraph[scenario] = min(first_paragraph.get(scenario, paragraph), paragraph)
         scenarios = sorted(first_paragraph, key=lambda s: (first_paragraph[s], s))
-        kinds = sorted(set(self.kind), key=_kind_sort_key)
+        kinds = sorted(set(self.kind) - {PRIME_KIND}, key=_kind_sort_key)
         present = set(zip(self.scenario, self.kind))
         return [(s, k) for s in scenarios for k in kinds if (s, k) in present]
 

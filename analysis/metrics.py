@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.load import Run
+from analysis.load import PRIME_KIND, Run
 from analysis.rules import Rules
 from harness.errors import UserError
 
@@ -329,8 +329,9 @@ def on_scale(values: np.ndarray, scale: str) -> np.ndarray:
 
 
 def control_members(run: Run, enc: Encounters) -> np.ndarray:
-    """bool [probes]: control probes, i.e. of scenario `none` and of a paragraph that was never injected."""
-    return (run.scenario == CONTROL_SCENARIO) & (enc.count == 0)
+    """bool [probes]: control probes, i.e. of scenario `none` and of a paragraph that was never injected (priming
+    probes aside)."""
+    return (run.scenario == CONTROL_SCENARIO) & (enc.count == 0) & (run.kind != PRIME_KIND)
 
 
 def control_drift(run: Run, values: np.ndarray, enc: Encounters) -> dict[str, np.ndarray]:
@@ -355,7 +356,7 @@ def control_adjusted(run: Run, values: np.ndarray, enc: Encounters) -> np.ndarra
             f"{run.path}: control adjustment needs control probes (scenario "
             f"{CONTROL_SCENARIO!r}, paragraphs never injected); this run has none"
         )
-    missing = sorted({str(k) for k in run.kind[enc.count > 0]} - set(drift))
+    missing = sorted({str(k) for k in run.kind[(enc.count > 0) & (run.kind != PRIME_KIND)]} - set(drift))
     if missing:
         raise UserError(
             f"{run.path}: control adjustment needs control probes (scenario {CONTROL_SCENARIO!r}) of "

@@ -10,6 +10,7 @@
     adjustments      mean R(t) and its fit raw, control-adjusted and against the twin, side by side (adjusted runs)
     token_dynamics   surprisal, entropy and rank of the target tokens per group over steps (runs that log them)
     knowledge_entropy  knowledge entropy over steps beside mean R(t) (runs that measure it)
+    priming          priming scores over steps, and after learning against the keyword's probability before
 
 Legends sit outside the axes so that they never cover data; groups without data get no panel.
 """
@@ -366,6 +367,60 @@ def control_drift_figure(analysis: RunAnalysis) -> Figure | None:
     return fig
 
 
+def priming_figure(priming) -> Figure:
+    """Priming (analysis.priming): each paragraph's priming score over the run steps (thin; thick: the geometric
+    mean of each scenario), and after learning against its keyword's probability in its own context before."""
+    run = priming.run
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    scenarios = list(dict.fromkeys(i.scenario for i in priming.items))
+    for n, scenario in enumerate(scenarios):
+        color = "0.55" if scenario == CONTROL_SCENARIO else _color(SCENARIO_COLORS, scenario, n)
+        members = [i for i in priming.items if i.scenario == scenario]
+        for item in members:
+            left.plot(run.steps, item.scores, color=color, lw=0.6, alpha=0.3)
+        mean = np.exp(np.log(np.stack([i.scores for i in members])).mean(axis=0))
+        left.plot(run.steps, mean, color=color, lw=1.8, label=f"{scenario} ({len(members)} paragraphs)")
+        xs = np.array([i.p_before for i in members])
+        ys = np.array([i.after for i in members])
+        marker = "x" if scenario == CONTROL_SCENARIO else "o"
+        right.scatter(xs, ys, s=18, marker=marker, color=color, label=scenario)
+    _mark_injections(left, sorted({int(s) for v in run.injection_steps_by_scenario.values() for s in v}), label=False)
+    for ax in (left, right):
+        ax.axhline(1.0, color="0.4", lw=0.7)
+        ax.set_yscale("log")
+    left.set_xlabel(STEP_LABEL)
+    left.set_ylabel("priming score S = mean of P(keyword | context) / P before")
+    left.set_title("priming over the run (dotted: injections)")
+    left.legend(loc="upper left", fontsize=7.5, frameon=False)
+    line = priming.relation
+    if line is not None:
+        x = np.array([i.p_before for i in priming.items if i.injected and i.p_before > 0])
+        grid = np.geomspace(x.min(), x.max(), 20)
+        right.plot(
+            grid,
+            10 ** (line.intercept + line.slope * np.log10(grid)),
+            color="0.15",
+            lw=1.3,
+            label=f"fit: slope {fmt(line.slope)}, r {fmt(line.pearson_r)}, ρ {fmt(line.spearman_rho)}, n {line.n}",
+        )
+    right.set_xscale("log")
+    right.set_xlabel("P(keyword | its own context) before learning")
+    right.set_ylabel(f"priming score after learning (t_N + {priming.window})")
+    right.set_title("what the keyword's probability before learning predicts")
+    right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False)
+    fig.suptitle(f"{run.label}: priming of each paragraph's keyword in unrelated contexts", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def _priming(analysis: RunAnalysis) -> Figure | None:
+    from analysis.priming import has_priming, priming_analysis
+
+    if not has_priming(analysis.run) or "logprob_sum" not in analysis.run.metrics:
+        return None
+    return priming_figure(priming_analysis(analysis.run, analysis.options.window))
+
+
 #: How each variant of an adjusted analysis is drawn: (label, colour).
 VARIANT_STYLE = {
     "none": ("raw", "0.55"),
@@ -499,8 +554,8 @@ def token_figure(analysis: RunAnalysis) -> Figure | None:
     return fig
 
 
-#: The figures of one run (`exact_match`, `control_drift`, `adjustments`, `token_dynamics` and `knowledge_entropy`
-#: only where the run has what they show).
+#: The figures of one run (`exact_match`, `control_drift`, `adjustments`, `token_dynamics`, `knowledge_entropy` and
+#: `priming` only where the run has what they show).
 RUN_FIGURES = (
     "trajectories",
     "study_fig2",
@@ -512,6 +567,7 @@ RUN_FIGURES = (
     "adjustments",
     "token_dynamics",
     "knowledge_entropy",
+    "priming",
 )
 CAPACITY_FIGURES = ("capacity_bits", "capacity_memorization", "capacity_attributes", "capacity_trajectories")
 
@@ -535,6 +591,7 @@ def run_figures(analysis: RunAnalysis) -> dict[str, Figure]:
         ("adjustments", adjustments_figure),
         ("token_dynamics", token_figure),
         ("knowledge_entropy", knowledge_entropy_figure),
+        ("priming", _priming),
     ):
         fig = make(analysis)
         if fig is not None:

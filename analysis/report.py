@@ -433,6 +433,7 @@ def build_report(analyses: list[RunAnalysis]) -> str:
         if fitted:
             parts.append("<h3>Retention</h3>")
             parts.append(_html_columns(retention_columns(analysis.options), fitted))
+        parts.append(priming_html(analysis))
         parts.append("<h3>Effectivity by encounter</h3>")
         parts.append(_html_columns(encounter_columns(analysis.fits), injected(analysis.fits)))
         for note in fit_notes(analysis.fits):
@@ -701,3 +702,60 @@ def capacity_html(analysis) -> str:
         parts.append(_img(png_bytes(fig), stem))
         plt.close(fig)
     return "\n".join(parts)
+
+
+# ---- priming ------------------------------------------------------------------------------------------------
+
+PRIMING_COLUMNS = ["paragraph", "scenario", "keyword", "P before", "S after", "S peak", "before", "after"]
+
+
+def priming_rows(priming) -> list[list[str]]:
+    return [
+        [
+            str(i.paragraph),
+            i.scenario,
+            i.keyword if i.keyword is not None else "?",
+            fmt(i.p_before),
+            fmt(i.after),
+            fmt(float(i.scores.max())),
+            str(i.before_step),
+            str(i.after_step),
+        ]
+        for i in priming.items
+    ]
+
+
+def relation_line(priming) -> str:
+    line = priming.relation
+    if line is None:
+        return "no relation fitted"
+    return (
+        f"log10 S after ≈ {fmt(line.intercept)} + {fmt(line.slope)} · log10 P before over {line.n} injected "
+        f"paragraphs: Pearson r {fmt(line.pearson_r)}, Spearman ρ {fmt(line.spearman_rho)}"
+    )
+
+
+def print_priming(priming, console) -> None:
+    """The priming table, the relation and the notes, on a rich console."""
+    title = (
+        f"{priming.run.label}: priming score S (mean P(keyword | unrelated context) / P before), after = the "
+        f"end of the last encounter's {priming.window}-step window; P before: the keyword in its own context"
+    )
+    console.print(_plain_table(title, PRIMING_COLUMNS, priming_rows(priming), left=3))
+    console.print(relation_line(priming), highlight=False)
+    for note in priming.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+
+
+def priming_html(analysis: RunAnalysis) -> str:
+    """The priming section of a run in the report (empty for a run without priming probes)."""
+    from analysis.priming import has_priming, priming_analysis
+
+    if not has_priming(analysis.run) or "logprob_sum" not in analysis.run.metrics:
+        return ""
+    priming = priming_analysis(analysis.run, analysis.options.window)
+    return (
+        "<h3>Priming</h3><p>Priming score S: the mean over a paragraph's priming probes of P(keyword | unrelated "
+        "context) now / before its first encounter; after = the end of its last encounter's window. "
+        f"{html.escape(relation_line(priming))}.</p>" + _html_table(PRIMING_COLUMNS, priming_rows(priming), left=3)
+    )

@@ -88,6 +88,7 @@ def formats_text() -> str:
 
 def _schemas():
     from analysis.export import CURVE_SCHEMA
+    from analysis.priming import SCORES_SCHEMA
     from harness import rundir
 
     return {
@@ -97,6 +98,7 @@ def _schemas():
         "train_metrics.parquet": rundir.METRICS_SCHEMA,
         "knowledge_entropy.parquet": rundir.KNOWLEDGE_ENTROPY_SCHEMA,
         "curves": CURVE_SCHEMA,
+        "priming_scores.parquet": SCORES_SCHEMA,
     }
 
 

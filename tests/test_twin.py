@@ -155,9 +155,10 @@ def test_a_run_with_its_twin(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_twin_added_to_a_finished_run_from_the_command_line(tmp_path):
-    """`injection run smoke`, then `injection run --resume RUN --twin` adds the twin; `analysis fit RUN` measures
-    against it; the twin is a run of its own that `--resume RUN/twin` recognises."""
+def test_every_measure_through_the_command_line(tmp_path):
+    """`injection run smoke` with priming probes, the token columns and knowledge entropy; then
+    `injection run --resume RUN --twin` adds the twin to the finished run; `analysis fit RUN` measures against it
+    and `analysis priming RUN` reads the priming probes; the twin is a run of its own (`--resume RUN/twin`)."""
     import os
     import subprocess
     import sys
@@ -178,8 +179,15 @@ def test_a_twin_added_to_a_finished_run_from_the_command_line(tmp_path):
         return done
 
     short = ["--total-steps", "3", "--set", "schedule_overrides.count=1", "--set", "checkpoint_interval=2"]
-    injection("smoke", *short, "-o", str(run_dir))
-    assert "twin" not in json.loads((run_dir / "manifest.json").read_text())
+    measures = ["priming_probes=knowledge", "probe_token_stats=true", "knowledge_entropy.interval=2"]
+    injection("smoke", *short, *[a for m in measures for a in ("--set", m)], "-o", str(run_dir))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert "twin" not in manifest and len(manifest["priming"]) == 6 * 5
+    probes = read_table(run_dir / "probes.parquet")
+    assert len(probes) == 4 * 6 * 20 and (probes.kind == "prime").sum() == 4 * 6 * 5
+    assert "rank_max" in probes.columns
+    assert sorted(set(read_table(run_dir / "knowledge_entropy.parquet").step)) == [0, 2, 3]
+
     done = injection("--resume", str(run_dir), "--twin")
     assert "already complete" in done.stderr and done.stdout.strip() == str(run_dir)
     twin = json.loads((run_dir / "twin" / "manifest.json").read_text())
@@ -187,12 +195,17 @@ def test_a_twin_added_to_a_finished_run_from_the_command_line(tmp_path):
     assert json.loads((run_dir / "manifest.json").read_text())["twin"] == "twin"
     assert "already complete" in injection("--resume", str(run_dir / "twin")).stderr
 
-    result = CliRunner().invoke(analysis_app, ["fit", str(run_dir), "--json", "--window", "1"])
+    runner = CliRunner()
+    result = runner.invoke(analysis_app, ["fit", str(run_dir), "--json", "--window", "1"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["run"]["adjustment"] == "twin" and "raw_groups" in document
-    result = CliRunner().invoke(analysis_app, ["fit", str(run_dir), "--json", "--window", "1", "--no-twin-adjust"])
+    assert document["run"]["knowledge_entropy"]["last_step"] == 3
+    result = runner.invoke(analysis_app, ["fit", str(run_dir), "--json", "--window", "1", "--no-twin-adjust"])
     assert json.loads(result.stdout)["run"]["adjustment"] == "none"
+    result = runner.invoke(analysis_app, ["priming", str(run_dir), "--json", "--window", "1"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["paragraphs"]) == 6
 
 
 def test_the_adjustments_figure_draws_every_variant(drifting):

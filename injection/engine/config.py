@@ -123,6 +123,9 @@ class ExperimentConfig:
     nothing spliced, its probes still grouped by the schedule's scenarios (see `twin`)."""
     schedule_overrides: dict[str, Any] | None = None
     """Replace schedule defaults (e.g. `{interval: 10, count: 3}`) without writing a new schedule file."""
+    priming_probes: str | None = None
+    """Also log priming probes (kind `prime`): `knowledge` for those the knowledge set carries (the generator
+    writes them), or a priming file that adds them to a set without any (docs/formats.md); null = none."""
     knowledge_limit: int | None = None
     """Use only the first N paragraphs of the knowledge set; paragraphs the schedule never injects are logged as
     controls (scenario `none`)."""
@@ -227,6 +230,7 @@ class ExperimentConfig:
 #: identity, so a run written before the field existed keeps its hash and can still be resumed.
 LATER_FIELDS: dict[str, Any] = {
     "splice": True,
+    "priming_probes": None,
     "probe_token_stats": False,
     "knowledge_entropy": dataclasses.asdict(KnowledgeEntropyConfig()),
 }

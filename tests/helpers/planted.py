@@ -342,3 +342,54 @@ def write_scored_run(
     meta.update(manifest or {})
     (path / "manifest.json").write_text(json.dumps(meta))
     return path
+
+
+def write_priming_run(
+    path: Path,
+    keywords: list[tuple[float, float]],
+    *,
+    controls: int = 2,
+    n_steps: int = 40,
+    encounter: int = 5,
+    primes: int = 4,
+    seed: int = 0,
+) -> Path:
+    """A run whose paragraphs' priming is planted: paragraph i (of `keywords`, each (x_i, y_i)) is injected at
+    step `encounter`; its keyword has probability 10^x_i in its own context (its `mem` probe 0, constant) and from
+    the step after the encounter on, each of its `primes` priming probes gives the keyword 10^y_i times the
+    probability it had before: priming score S_i = 10^y_i exactly. `controls` more paragraphs are never injected
+    and never primed (S = 1). manifest.json `priming` says which keyword each priming probe asks for."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    steps = np.arange(n_steps)
+    after = (steps > encounter).astype(np.float64)
+    trajectories: dict[tuple[int, str, str, int], np.ndarray] = {}
+    recorded = []
+    for p, (x, y) in enumerate([*keywords, *[(-2.0, 0.0)] * controls]):
+        scenario = "once" if p < len(keywords) else "none"
+        trajectories[(p, scenario, "mem", 0)] = np.full(n_steps, x * np.log(10))
+        for j in range(primes):
+            base = -12.0 + 6.0 * rng.random()
+            trajectories[(p, scenario, "prime", j)] = base + after * y * np.log(10)
+            recorded.append({"paragraph": p, "probe": j, "keyword": f"keyword {p}", "mem_probe": 0})
+    keys = list(trajectories)
+    sums = np.stack([trajectories[k] for k in keys]).T.ravel()  # rows by step, then probe
+    pq.write_table(
+        pa.table(
+            {
+                "step": pa.array(np.repeat(steps, len(keys)), pa.int32()),
+                "paragraph": pa.array([k[0] for k in keys] * n_steps, pa.int32()),
+                "scenario": pa.array([k[1] for k in keys] * n_steps),
+                "kind": pa.array([k[2] for k in keys] * n_steps),
+                "probe": pa.array([k[3] for k in keys] * n_steps, pa.int16()),
+                "logprob": pa.array(sums / 2, pa.float64()),
+                "logprob_sum": pa.array(sums, pa.float64()),
+                "first_logprob": pa.array(sums / 2, pa.float64()),
+                "exact_match": pa.array(np.zeros(len(sums), bool)),
+            }
+        ),
+        path / "probes.parquet",
+    )
+    _write_injections(path, [PlantedScenario("once", list(range(len(keywords))), [encounter], [1.0], 0.0)], False)
+    (path / "manifest.json").write_text(json.dumps({"tokens_per_step": 100, "priming": recorded}))
+    return path
