@@ -135,7 +135,10 @@ class FitOptions:
         if self.bootstrap < 0 or self.bootstrap == 1:
             raise UserError(f"option bootstrap: must be 0 (delta method) or >= 2 resamples, got {self.bootstrap}")
         if self.baseline is not None and not self.twin_adjust:
-            raise UserError(f"option baseline: {self.baseline} is a twin to measure against, but twin_adjust is off")
+            raise UserError(
+                f"option baseline: {self.baseline} is a twin to measure against, but twin adjustment is off "
+                "(twin_adjust false, --no-twin-adjust)"
+            )
 
     def record(self) -> dict:
         """The options as JSON (what `fit --json` and `compare --json` record)."""

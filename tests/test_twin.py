@@ -89,7 +89,7 @@ def test_without_the_twin_or_against_another_baseline(drifting, tmp_path):
     analysis = analyse_run(load_run(other.path), FitOptions(window=50, baseline=str(drifting.path / "twin")))
     assert analysis.adjustment == "twin"
     assert any("does not start where the run does" in w for w in analysis.warnings)  # another run's probes
-    with pytest.raises(UserError, match="twin_adjust is off"):
+    with pytest.raises(UserError, match="twin adjustment is off"):
         FitOptions(baseline="x", twin_adjust=False).validate()
 
 

@@ -205,6 +205,11 @@ def prepare_inputs(cfg: ExperimentConfig) -> RunInputs:
     if cfg.priming_probes:
         knowledge = with_priming_probes(cfg, knowledge)
     stream = open_stream(cfg, ckpt)
+    if cfg.knowledge_entropy.interval and cfg.knowledge_entropy.rows > stream.batch_size:
+        raise UserError(
+            f"field 'knowledge_entropy.rows': {cfg.knowledge_entropy.rows} rows, but the run's batches have "
+            f"{stream.batch_size} (the sample is the first rows of the first batch)"
+        )
     plan = load_schedule(cfg.schedule, cfg.schedule_overrides).plan(knowledge, cfg.total_steps)
     scenario_of: dict[int, str] = {}
     for p in plan:
