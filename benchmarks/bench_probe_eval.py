@@ -68,18 +68,19 @@ def evaluator_at(rev: str) -> types.ModuleType | None:
     return module
 
 
-def alternating(fns: dict[str, object], rounds: int) -> dict[str, float]:
-    """Median seconds of each function, timed in turn round after round (a shared machine's load then falls on
-    all of them alike)."""
+def alternating(fns: dict[str, object], rounds: int, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds of each function over `rounds` rounds, each round timing every function once in a new random
+    order: on a shared machine the others' load then falls on all of them alike."""
     for fn in fns.values():
         fn()  # warm-up
+    rng = np.random.default_rng(seed)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
-        for name, fn in fns.items():
+        for name in rng.permutation(list(fns)):
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
 
 
 def main() -> None:
@@ -99,7 +100,7 @@ def main() -> None:
         help="git revision whose evaluator the evaluation without token columns is timed against "
         "(default: the last one before the token columns existed)",
     )
-    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds for the token-column ratios")
+    ap.add_argument("--rounds", type=int, default=15, help="alternating rounds for the token-column ratios")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -163,15 +164,24 @@ def main() -> None:
     before = evaluator_at(args.baseline_rev)
     if before is not None:
         variants["before"] = lambda: before.evaluate_probes(model, items, max_tokens=16384)
-    t = alternating(variants, args.rounds)
+    times = alternating(variants, args.rounds)
+    best = {name: min(t) for name, t in times.items()}  # the least disturbed of each: its own cost
+    median = {name: float(np.median(t)) for name, t in times.items()}
     print(
-        f"token columns: {t['tokens'] * 1e3:.1f} ms vs {t['now'] * 1e3:.1f} ms without ({args.rounds} rounds, medians)"
+        f"token columns: {best['tokens'] * 1e3:.1f} ms vs {best['now'] * 1e3:.1f} ms without (fastest of "
+        f"{args.rounds} alternating rounds; medians {median['tokens'] * 1e3:.1f} / {median['now'] * 1e3:.1f} ms)"
     )
-    print(f"token columns add {t['tokens'] / t['now'] - 1:+.1%} to the probe evaluation")
+    print(
+        f"token columns add {best['tokens'] / best['now'] - 1:+.1%} to the probe evaluation "
+        f"(medians: {median['tokens'] / median['now'] - 1:+.1%})"
+    )
     if before is None:
         print(f"evaluator at {args.baseline_rev}: not available (no git, or no such revision)")
     else:
-        print(f"without token columns vs the evaluator at {args.baseline_rev}: {t['now'] / t['before']:.3f}×")
+        print(
+            f"without token columns vs the evaluator at {args.baseline_rev}: {best['now'] / best['before']:.3f}× "
+            f"(medians: {median['now'] / median['before']:.3f}×)"
+        )
 
 
 if __name__ == "__main__":
