@@ -497,13 +497,14 @@ def priming(
 ) -> None:
     """Priming of each paragraph's keyword in unrelated contexts (probes of kind `prime`) over the run, and how its
     probability in its own context before learning predicts it (Sun et al. 2025)."""
+    import pyarrow.parquet as pq
+
     from analysis.load import load_run
-    from analysis.priming import PRIMING_JSON, SCORES_FILE, priming_analysis, write_priming
+    from analysis.plots import figure_files, priming_figure, save_figure
+    from analysis.priming import PRIMING_JSON, SCORES_FILE, priming_analysis, scores_table
     from analysis.report import print_priming
 
     if out is not None:
-        from analysis.plots import figure_files
-
         OwnedDir(out).claim([PRIMING_JSON, SCORES_FILE, *figure_files(["priming"])])
     if window is not None and window < 1:
         raise UserError(f"--window: must be >= 1, got {window}")
@@ -518,7 +519,13 @@ def priming(
     else:
         print_priming(analysis, _console())
     if out is not None:
-        for path in write_priming(analysis, out):
+        table = scores_table(analysis)
+        owned = OwnedDir(out)
+        print(
+            owned.write(PRIMING_JSON, json.dumps(analysis.record(), indent=2, allow_nan=False) + "\n"), file=sys.stderr
+        )
+        print(owned.write_with(SCORES_FILE, lambda handle: pq.write_table(table, handle)), file=sys.stderr)
+        for path in save_figure(priming_figure(analysis), out, "priming"):
             print(path, file=sys.stderr)
 
 

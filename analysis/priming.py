@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -247,24 +246,5 @@ def scores_table(analysis: PrimingAnalysis) -> pa.Table:
     )
 
 
-#: What `analysis priming -o DIR` writes besides the figure.
+#: What `analysis priming -o DIR` writes besides the `priming` figure.
 PRIMING_JSON, SCORES_FILE = "priming.json", "priming_scores.parquet"
-
-
-def write_priming(analysis: PrimingAnalysis, out: Path) -> list[Path]:
-    """DIR/priming.json, DIR/priming_scores.parquet and the `priming` figure; never over a file the user made."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    from analysis.plots import figure_files, priming_figure, save_figure
-    from harness.outputs import OwnedDir
-
-    owned = OwnedDir(out)
-    owned.claim([PRIMING_JSON, SCORES_FILE, *figure_files(["priming"])])
-    table = scores_table(analysis)
-    return [
-        owned.write(PRIMING_JSON, json.dumps(analysis.record(), indent=2, allow_nan=False) + "\n"),
-        owned.write_with(SCORES_FILE, lambda handle: pq.write_table(table, handle)),
-        *save_figure(priming_figure(analysis), Path(out), "priming"),
-    ]
