@@ -86,6 +86,9 @@ class DemoProfile:
     """The most paragraphs one step carries (0: `paragraphs_per_group`). A larger group is injected in chunks
     of this size on consecutive steps, so a group can have more probes to average over without any step
     giving more of its rows to injected text."""
+    twin: bool = False
+    """Run each injection run's twin too (the same continuation with nothing spliced), so that every probe is
+    measured against its own counterfactual; the control-adjusted numbers stay beside."""
 
     @property
     def n_once(self) -> int:
@@ -118,6 +121,7 @@ class DemoProfile:
                 "window",
                 "control_paragraphs",
                 "paragraphs_per_step",
+                "twin",
             )
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
@@ -220,6 +224,7 @@ QUICK = DemoProfile(
     run_steps=50,
     eval_interval=1,
     window=6,
+    twin=True,
 )
 
 
@@ -496,24 +501,37 @@ def check_earlier_run(cfg, out: Path, same_inputs: bool) -> str | None:
 
 
 def injection_run(profile: DemoProfile, cfg, status: str | None) -> Path:
-    """One run of the study's design; reused when complete, resumed when interrupted (`status` as found)."""
+    """One run of the study's design, and its twin where the profile asks; reused when complete, resumed when
+    interrupted (`status` as found)."""
+    from harness.rundir import read_manifest
     from injection.engine.inputs import prepare_inputs
     from injection.engine.loop import run_training
+    from injection.engine.twin import run_twin, twin_dir
 
     run_dir = Path(cfg.output_dir)
-    if status == "complete":
+    twin_done = not profile.twin or (
+        (twin_dir(run_dir) / "manifest.json").is_file() and read_manifest(twin_dir(run_dir)).get("status") == "complete"
+    )
+    if status == "complete" and twin_done:
         return run_dir
-    _say(f"injection run from {cfg.label} ({profile.run_steps} steps)")
-    run_training(cfg, prepare_inputs(cfg), resume=status is not None, progress=True)
+    inputs = prepare_inputs(cfg)
+    if status != "complete":
+        _say(f"injection run from {cfg.label} ({profile.run_steps} steps)")
+        run_training(cfg, inputs, resume=status is not None, progress=True)
+    if not twin_done:
+        _say(f"its twin: the same {profile.run_steps} steps with nothing spliced")
+        run_twin(cfg, inputs, progress=True)
     return run_dir
 
 
 def analyse(profile: DemoProfile, run_dirs: dict[str, Path], out: Path) -> dict[str, Any]:
     """Figures per run, the report over all runs, and summary.json (fit objects as `analysis fit --json`).
 
-    Every metric is control-adjusted: the never-injected control probes' mean drift (a tiny model at a
-    high learning rate moves every probe a little) is subtracted first, so what remains is the injections'
-    own effect. The unadjusted fits sit beside them under `fit_raw`."""
+    Every metric is adjusted before it is computed, so that what remains is the injections' own effect: with
+    twins, each probe is measured against its twin (`fit`), with the control-adjusted fits beside it
+    (`fit_control`); without, the never-injected control probes' mean drift (a tiny model at a high learning
+    rate moves every probe a little) is subtracted (`fit`). The unadjusted fits sit beside them under
+    `fit_raw`."""
     from analysis import FitOptions, analyse_run, load_run
     from analysis.plots import plot_run
     from analysis.report import write_report
@@ -530,6 +548,7 @@ def analyse(profile: DemoProfile, run_dirs: dict[str, Path], out: Path) -> dict[
                 "run_dir": str(run_dir),
                 "fit": [g.record() for g in analysis.fits],
                 "fit_raw": [g.record() for g in analysis.raw.fits],
+                **({"fit_control": [g.record() for g in analysis.control.fits]} if analysis.control else {}),
                 "recall": mem_recall(run),
             }
         )
@@ -585,7 +604,8 @@ def run_demo(
     out: Path, quick: bool = False, knowledge: Path | None = None, profile: DemoProfile | None = None
 ) -> dict[str, Any]:
     """The whole demo into `out`; returns summary.json's content. `profile` (default FULL, or QUICK with
-    `quick`) lets benchmarks/demo_sweep.py try other numbers; only FULL registers the `tiny` family."""
+    `quick`) lets benchmarks/demo_sweep.py try other numbers; only FULL (with or without twins) registers the `tiny`
+    family."""
     import yaml
 
     from harness.outputs import OwnedDir
@@ -613,7 +633,7 @@ def run_demo(
     owned.write(KNOWLEDGE, knowledge_bytes)  # every check passed: the first write into --out
     owned.write(SCHEDULE, schedule_bytes)
     stages = pretrain(profile, corpus, tokenizer_dir, seq_len, out / KNOWLEDGE, cache / f"L{seq_len}")
-    if profile is FULL and seq_len == profile.seq_len:
+    if dataclasses.replace(profile, twin=False) == FULL and seq_len == profile.seq_len:  # FULL, twins or not
         register_tiny_family(profile, stages)
     run_dirs = {stage: injection_run(profile, cfg, statuses[stage]) for stage, cfg in configs.items()}
     summary = analyse(profile, run_dirs, out)
@@ -638,7 +658,10 @@ def demo(
         Path, typer.Option("--out", "-o", help="Where the runs, figures, report and summary.json go.")
     ] = Path("demo_out"),
     quick: Annotated[
-        bool, typer.Option("--quick", help="A smaller model, corpus and schedule (1.5–2 minutes).")
+        bool,
+        typer.Option(
+            "--quick", help="A smaller model, corpus and schedule; every run with its twin (the tests' demo)."
+        ),
     ] = False,
     knowledge: Annotated[
         Path | None,
@@ -646,27 +669,38 @@ def demo(
             "--knowledge", help="Inject this knowledge set (its first paragraphs) instead of a generated one."
         ),
     ] = None,
+    twin: Annotated[
+        bool,
+        typer.Option(
+            "--twin",
+            help="Also run every injection run's twin and measure each probe against it (--quick always does; "
+            "twice the runs' time).",
+        ),
+    ] = False,
 ) -> None:
     """The whole experiment offline on one CPU: corpus, tiny model, injections, analysis."""
-    summary = run_demo(out, quick, knowledge)
+    profile = QUICK if quick else FULL
+    profile = dataclasses.replace(profile, twin=True) if twin else profile
+    summary = run_demo(out, knowledge=knowledge, profile=profile)
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"decay constants and effectivity, control-adjusted ({summary['wall_seconds']:.0f} s)")
-    for col in ("checkpoint", "scenario", "kind", "effectivity", "a", "R²", "t* (steps)"):
+    twins = profile.twin
+    adjusted = "measured against each run's twin" if twins else "control-adjusted"
+    table = Table(title=f"decay constants and effectivity, {adjusted} ({summary['wall_seconds']:.0f} s)")
+    for col in ("checkpoint", "scenario", "kind", "effectivity", "a", "R²", "t* (steps)", *(["R² ctrl"] * twins)):
         table.add_column(col)
     fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
     for run in summary["runs"]:
+        control_r2 = {(f["scenario"], f["kind"]): f["r2"] for f in run.get("fit_control", [])}
         for f in run["fit"]:
-            if f["control"]:  # never injected: its drift was subtracted from every other row
+            if f["control"]:  # never injected: its drift (unadjusted) is what control adjustment subtracts
                 table.add_row(
                     run["checkpoint"],
                     "none (control)",
                     f["kind"],
                     "drift " + fmt(f["drift_last"], "+.3f"),
-                    "—",
-                    "—",
-                    "—",
+                    *["—"] * (3 + twins),
                     style="dim",
                 )
                 continue
@@ -678,6 +712,7 @@ def demo(
                 fmt(f["a"], ".3f"),
                 fmt(f["r2"], ".2f"),
                 fmt(f["t_star_steps"], ".3g"),
+                *([fmt(control_r2.get((f["scenario"], f["kind"])), ".2f")] * twins),
             )
     console = Console()
     console.print(table)
