@@ -17,6 +17,11 @@ COMMANDS = (
         "Stored knowledge in bits, bits per parameter, memorization and overwriting of capacity runs.",
     ),
     CommandRef("report", "analysis.commands:report", "One self-contained HTML report for one or more runs."),
+    CommandRef(
+        "priming",
+        "analysis.commands:priming",
+        "Priming of each paragraph's keyword in unrelated contexts, and what predicts it.",
+    ),
 )
 
 app = lazy_app(

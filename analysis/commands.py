@@ -1,4 +1,4 @@
-"""`analysis fit|plot|compare|capacity|report`: thin wrappers over analysis.fit, analysis.capacity,
+"""`analysis fit|plot|compare|capacity|report|priming`: thin wrappers over analysis.fit, analysis.capacity,
 analysis.plots, analysis.report and analysis.export. Results go to stdout; warnings, notes on files written and
 progress to stderr.
 
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import pyarrow.parquet as pq
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -28,14 +29,17 @@ from analysis.plots import (
     figure_files,
     plot_capacity,
     plot_run,
+    priming_figure,
     save_figure,
 )
+from analysis.priming import PRIMING_JSON, SCORES_FILE, priming_analysis, scores_table
 from analysis.report import (
     REPORT,
     build_report,
     compare_table,
     fit_notes,
     print_capacity,
+    print_priming,
     rich_adjusted_table,
     rich_control_table,
     rich_encounter_table,
@@ -43,6 +47,7 @@ from analysis.report import (
     rich_table,
     unique_labels,
 )
+from harness.errors import UserError
 from harness.options import options_from
 from harness.outputs import OwnedDir
 
@@ -104,7 +109,9 @@ def fit(run_dir: RunDir, options: FitOptions, json_output: JsonOutput = False, c
     console.print(
         rich_table(
             f"{analysis.run.label} ({run_dir}): {options.rules} rules, {options.scale} scale"
-            + (", control-adjusted" if options.control_adjust else ""),
+            + {"control": ", control-adjusted", "twin": f", measured against the twin {analysis.twin_path}"}.get(
+                analysis.adjustment, ""
+            ),
             analysis.fits,
             console,
         )
@@ -139,6 +146,11 @@ def compare(
     curves: Curves = None,
 ) -> None:
     """Decay constants, t* with intervals and effectivity across runs (stages, model sizes, batch sizes)."""
+    if options.baseline is not None and len(run_dirs) > 1:
+        raise UserError(
+            "--baseline names one twin, and compare was given several runs: each run is measured against the twin "
+            "its own manifest names"
+        )
     if out is not None:
         OwnedDir(out).claim(["compare.json", *figure_files(["compare"])])
     if curves is not None:
@@ -190,3 +202,42 @@ def report(run_dirs: RunDirs, out: Out, options: FitOptions) -> None:
     analyses = _analyse(run_dirs, options)
     path = OwnedDir(out).write(REPORT, build_report(analyses))
     print(path)
+
+
+def priming(
+    run_dir: RunDir,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write priming.json, priming_scores.parquet and the priming figure here."),
+    ] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(help="Steps after an encounter searched for the keyword's peak (default: the run's window)."),
+    ] = None,
+) -> None:
+    """Priming of each paragraph's keyword in unrelated contexts (probes of kind `prime`) over the run, and how its
+    probability in its own context before learning predicts it (Sun et al. 2025)."""
+    if out is not None:
+        OwnedDir(out).claim([PRIMING_JSON, SCORES_FILE, *figure_files(["priming"])])
+    if window is not None and window < 1:
+        raise UserError(f"--window: must be >= 1, got {window}")
+    analysis = priming_analysis(load_run(run_dir), window)
+    if analysis is None:
+        raise UserError(
+            f"{run_dir / 'probes.parquet'}: no priming probes (kind 'prime'); log them with priming_probes in the "
+            "run's configuration"
+        )
+    if json_output:
+        print(json.dumps(analysis.record(), indent=2, allow_nan=False))
+    else:
+        print_priming(analysis, _console())
+    if out is not None:
+        table = scores_table(analysis)
+        owned = OwnedDir(out)
+        print(
+            owned.write(PRIMING_JSON, json.dumps(analysis.record(), indent=2, allow_nan=False) + "\n"), file=sys.stderr
+        )
+        print(owned.write_with(SCORES_FILE, lambda handle: pq.write_table(table, handle)), file=sys.stderr)
+        for path in save_figure(priming_figure(analysis), out, "priming"):
+            print(path, file=sys.stderr)

@@ -1,9 +1,10 @@
 """What the analysis writes as data: the JSON documents of `fit --json` / `compare --json` and the curves table.
 
 fit --json       {"options": {...}, "run": {..., "warnings": [...]}, "groups": [...],
-                  "raw_groups": [...] (with control adjustment), "control_drift": {...}}
+                  "raw_groups": [...] (when adjusted), "control_groups": [...] (twin-adjusted, with controls),
+                  "control_drift": {...}}
 compare --json   {"options": {...}, "runs": [{...}, ...], "groups": [{"run": LABEL, ...}, ...],
-                  "raw_groups": [...] (with control adjustment)}
+                  "raw_groups": [...], "control_groups": [...] (as for fit)}
 --curves FILE    Parquet, one row per (run, scenario, kind, t): CURVE_SCHEMA
 """
 
@@ -38,6 +39,7 @@ CURVE_SCHEMA = pa.schema(
         ("n_excluded", pa.int32()),
         ("in_fit", pa.bool_()),
         ("negated", pa.bool_()),
+        ("twin_adjusted", pa.bool_()),
     ],
     metadata=CURVES_MARK,
 )
@@ -55,6 +57,7 @@ CURVE_COLUMNS_DOC = {
     "n_excluded": "probes of the group without retainability (see the group's exclusions)",
     "in_fit": "this t lies in the fitted range",
     "negated": "the curve was negated before the fit (study-code rules; mean R at the first fitted t < 0)",
+    "twin_adjusted": "true: measured against the run's twin (Δℓ = ℓ − ℓ of the twin)",
 }
 
 
@@ -66,6 +69,8 @@ def fit_document(analysis: RunAnalysis) -> dict:
     }
     if analysis.raw is not None:
         document["raw_groups"] = [g.record() for g in analysis.raw.fits]
+    if analysis.control is not None:
+        document["control_groups"] = [g.record() for g in analysis.control.fits]
     document["control_drift"] = drift_record(analysis)
     return document
 
@@ -90,25 +95,24 @@ def compare_document(labels: list[str], analyses: list[RunAnalysis], options: Fi
             {"run": label, "path": str(a.run.path), **g.record()} for label, a in zip(labels, analyses) for g in a.fits
         ],
     }
-    if any(a.raw is not None for a in analyses):
-        document["raw_groups"] = [
-            {"run": label, "path": str(a.run.path), **g.record()}
-            for label, a in zip(labels, analyses)
-            if a.raw is not None
-            for g in a.raw.fits
-        ]
+    for key, side in (("raw_groups", "raw"), ("control_groups", "control")):
+        if any(getattr(a, side) is not None for a in analyses):
+            document[key] = [
+                {"run": label, "path": str(a.run.path), **g.record()}
+                for label, a in zip(labels, analyses)
+                if getattr(a, side) is not None
+                for g in getattr(a, side).fits
+            ]
     return document
 
 
 def curves_table(label: str, analysis: RunAnalysis) -> pa.Table:
     """Mean R(t), its standard error and the probe counts for every group with retainability."""
-    parts = [_curves(label, analysis, adjusted=analysis.options.control_adjust)]
-    if analysis.raw is not None:
-        parts.append(_curves(label, analysis.raw, adjusted=False))
+    parts = [_curves(label, a) for a in (analysis, analysis.control, analysis.raw) if a is not None]
     return pa.concat_tables(parts)
 
 
-def _curves(label: str, analysis: RunAnalysis, adjusted: bool) -> pa.Table:
+def _curves(label: str, analysis: RunAnalysis) -> pa.Table:
     columns: dict[str, list[np.ndarray]] = {name: [] for name in CURVE_SCHEMA.names}
     for g in analysis.fits:
         c = g.curve
@@ -121,7 +125,7 @@ def _curves(label: str, analysis: RunAnalysis, adjusted: bool) -> pa.Table:
             ("path", np.full(n, str(analysis.run.path), dtype=object)),
             ("scenario", np.full(n, g.scenario, dtype=object)),
             ("kind", np.full(n, g.kind, dtype=object)),
-            ("control_adjusted", np.full(n, adjusted)),
+            ("control_adjusted", np.full(n, analysis.adjustment == "control")),
             ("t", c.t),
             ("mean_r", c.mean),
             ("se", c.se),
@@ -130,6 +134,7 @@ def _curves(label: str, analysis: RunAnalysis, adjusted: bool) -> pa.Table:
             ("n_excluded", np.full(n, g.n_excluded)),
             ("in_fit", (c.t >= g.t_min) & (c.t <= upper)),
             ("negated", np.full(n, g.negated)),
+            ("twin_adjusted", np.full(n, analysis.adjustment == "twin")),
         ):
             columns[name].append(values)
     arrays = []

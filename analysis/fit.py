@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 
-from analysis.load import METRIC_COLUMNS, Run
+from analysis.load import METRIC_COLUMNS, PRIME_KIND, TWIN_START_TOLERANCE, Run, Twin, load_twin, twin_path
 from analysis.metrics import (
     CONTROL_SCENARIO,
     REASONS,
@@ -44,6 +45,7 @@ from analysis.metrics import (
     probe_encounters,
     retention,
     t_star_interval_delta,
+    twin_adjusted,
     x_intercept,
 )
 from analysis.rules import SCALES, Rules, rule_set
@@ -82,8 +84,14 @@ class FitOptions:
     """`logprob`: work on ℓ. `perplexity`: work on −exp(−ℓ), the negated perplexity, so that higher is still
     better (the study's scripts' default)."""
     control_adjust: bool = False
-    """Subtract the mean drift of the never-injected control probes (scenario `none`) of the same kind, at every
-    step, before effectivity and retainability; reports then show raw and adjusted."""
+    """Subtract the mean drift of the control probes of the same kind before computing anything (where the run is
+    measured against a twin, the control-adjusted results are shown beside the twin-adjusted ones instead)."""
+    twin_adjust: bool = True
+    """Measure every probe against its own twin where the run has one (manifest.json `twin`, or `baseline`):
+    effectivity, retainability and the fits on Δℓ = ℓ − ℓ^twin, with the raw (and control-adjusted) results beside
+    them. false: ignore the twin."""
+    baseline: str | None = None
+    """The twin run directory to measure against (default: the twin the run's manifest names, if any)."""
     t_min: int = 1
     """First t of the decay fit (t = 0 has no logarithm)."""
     t_max: int | None = None
@@ -140,6 +148,11 @@ class FitOptions:
             raise UserError(f"option ci_level: must be between 0 and 1, got {self.ci_level}")
         if self.bootstrap < 0 or self.bootstrap == 1:
             raise UserError(f"option bootstrap: must be 0 (delta method) or >= 2 resamples, got {self.bootstrap}")
+        if self.baseline is not None and not self.twin_adjust:
+            raise UserError(
+                f"option baseline: {self.baseline} is a twin to measure against, but twin adjustment is off "
+                "(twin_adjust false, --no-twin-adjust)"
+            )
 
     def record(self) -> dict:
         """The options as JSON (what `fit --json` and `compare --json` record)."""
@@ -148,6 +161,8 @@ class FitOptions:
             "scale": self.scale,
             "metric": self.metric,
             "control_adjust": self.control_adjust,
+            "twin_adjust": self.twin_adjust,
+            "baseline": self.baseline,
             "window": self.window,
             "iqr_factor": self.iqr_factor,
             "t_min": self.t_min,
@@ -304,7 +319,14 @@ class RunAnalysis:
     control_drift: dict[str, np.ndarray] = field(default_factory=dict)
     """Per kind: mean change of the control probes' raw ℓ since the first logged step, at every logged step."""
     raw: RunAnalysis | None = None
-    """With control adjustment: the same analysis on the unadjusted ℓ, for side-by-side reports."""
+    """With control or twin adjustment: the same analysis on the unadjusted ℓ, for side-by-side reports."""
+    adjustment: str = "none"
+    """What the values are measured against: `none` (raw ℓ), `control` (the control probes' drift) or `twin`."""
+    control: RunAnalysis | None = None
+    """With twin adjustment, where the run has control probes of every injected kind: the control-adjusted
+    analysis, for side-by-side reports."""
+    twin_path: Path | None = None
+    """The twin the values are measured against (twin adjustment)."""
 
     def run_record(self) -> dict:
         return {
@@ -317,8 +339,26 @@ class RunAnalysis:
             "tokens_per_step": self.run.tokens_per_step,
             "start_step": self.run.manifest.get("start_step"),
             "start_tokens": self.run.start_tokens,
+            "adjustment": self.adjustment,
+            "twin": str(self.twin_path) if self.twin_path is not None else None,
+            "knowledge_entropy": _entropy_record(self.run),
             "warnings": list(self.warnings),
         }
+
+
+def _entropy_record(run: Run) -> dict | None:
+    """Knowledge entropy at the first and the last measured step, where the run measured it."""
+    h = run.knowledge_entropy
+    if h is None:
+        return None
+    total = h.total
+    return {
+        "first_step": int(h.steps[0]),
+        "first": float(total[0]),
+        "last_step": int(h.steps[-1]),
+        "last": float(total[-1]),
+        "layers": int(h.layers.shape[1]),
+    }
 
 
 def resolve_window(run: Run, requested: int | None) -> tuple[int, str]:
@@ -332,7 +372,9 @@ def resolve_window(run: Run, requested: int | None) -> tuple[int, str]:
 
 
 def analyse_run(run: Run, options: FitOptions | None = None) -> RunAnalysis:
-    """Every (scenario, kind) of the run under `options`; with control adjustment, the raw analysis too."""
+    """Every (scenario, kind) of the run under `options`. Measured against the run's twin where it has one (and
+    `twin_adjust`), else against the control probes' drift with `control_adjust`; an adjusted analysis keeps the
+    raw one (and, beside a twin-adjusted one, the control-adjusted one where the run has the controls)."""
     options = options or FitOptions()
     options.validate()
     window, source = resolve_window(run, options.window)
@@ -349,6 +391,10 @@ def analyse_run(run: Run, options: FitOptions | None = None) -> RunAnalysis:
         )
     drift = control_drift(run, raw_values, enc)
     extras = dict(window_source=source, encounter_spacing=spacing, warnings=warnings, control_drift=drift)
+    path, why_not = twin_path(run, options.baseline) if options.twin_adjust else (None, None)
+    warnings += [why_not] if why_not else []
+    if path is not None:
+        return _twin_analysis(run, resolved, load_twin(run, path), enc, raw_values, **extras)
     if not options.control_adjust:
         return _analyse(run, resolved, on_scale(raw_values, options.scale), enc, raw_values, **extras)
     adjusted = control_adjusted(run, raw_values, enc)
@@ -356,7 +402,38 @@ def analyse_run(run: Run, options: FitOptions | None = None) -> RunAnalysis:
     analysis.raw = _analyse(
         run, replace(resolved, control_adjust=False), on_scale(raw_values, options.scale), enc, raw_values, **extras
     )
+    analysis.adjustment = "control"
     return analysis
+
+
+def _twin_analysis(
+    run: Run, options: FitOptions, twin: Twin, enc: Encounters, raw_values: np.ndarray, **extras
+) -> RunAnalysis:
+    """Every probe measured against its twin, with the raw and (where possible) control-adjusted analyses beside."""
+    twin_values = twin.metric(options.metric)
+    start_gap = float(np.abs(raw_values[:, 0] - twin_values[:, 0]).max())
+    if start_gap > TWIN_START_TOLERANCE:
+        extras["warnings"].append(
+            f"the twin {twin.path} does not start where the run does: ℓ at the first logged step differs by up to "
+            f"{start_gap:.3g} nats (is it this run's twin, from the same checkpoint?)"
+        )
+    plain = replace(options, control_adjust=False)
+    scale = options.scale
+    analysis = _analyse(run, plain, on_scale(twin_adjusted(raw_values, twin_values), scale), enc, raw_values, **extras)
+    analysis.adjustment, analysis.twin_path = "twin", twin.path
+    analysis.raw = _analyse(run, plain, on_scale(raw_values, scale), enc, raw_values, **extras)
+    if _has_controls(run, enc, extras["control_drift"]):
+        control = control_adjusted(run, raw_values, enc)
+        analysis.control = _analyse(
+            run, replace(options, control_adjust=True), on_scale(control, scale), enc, raw_values, **extras
+        )
+        analysis.control.adjustment = "control"
+    return analysis
+
+
+def _has_controls(run: Run, enc: Encounters, drift: dict[str, np.ndarray]) -> bool:
+    """Whether the run has control probes of every injected kind (what control adjustment needs)."""
+    return bool(drift) and {str(k) for k in run.kind[(enc.count > 0) & (run.kind != PRIME_KIND)]} <= set(drift)
 
 
 def fit_run(run: Run, options: FitOptions | None = None) -> list[GroupFit]:

@@ -24,8 +24,30 @@ METRIC_COLUMNS = rundir.LOGPROB_COLUMNS
 #: What the analysis needs of injections.parquet (its other columns are informational).
 INJECTION_KEYS = ("step", "paragraph")
 KIND_ORDER = ("mem", "sem", "comp")
+#: Priming probes (kind `prime`) measure something else (analysis.priming): they form no group of the fits.
+PRIME_KIND = "prime"
 #: Manifest key where a run records how it was designed to be analysed.
 ANALYSIS_DEFAULTS = "analysis_defaults"
+#: Manifest key naming a run's twin: its directory, relative to the run directory (`twin_of` names the way back).
+TWIN = "twin"
+#: ℓ of a run and of its twin at the first logged step may differ by this much (nats) before the analysis warns:
+#: both score the same checkpoint, so only a different machine's rounding separates them.
+TWIN_START_TOLERANCE = 1e-3
+
+
+@dataclass
+class KnowledgeEntropy:
+    """A run's knowledge entropy measurements (knowledge_entropy.parquet)."""
+
+    steps: np.ndarray
+    """Measured run steps, ascending (int64)."""
+    layers: np.ndarray
+    """float64 [steps x layers]: each layer's entropy at each measured step."""
+
+    @property
+    def total(self) -> np.ndarray:
+        """Knowledge entropy: the sum over layers, at each measured step."""
+        return self.layers.sum(axis=1)
 
 
 @dataclass
@@ -45,9 +67,13 @@ class Run:
     """Column name -> float64 matrix [probes x steps] for each metric column present in the log."""
     exact_match: np.ndarray | None = None
     """bool matrix [probes x steps], or None when the log has no `exact_match` column."""
+    token_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    """Token column (harness.rundir.TOKEN_NAMES) -> float64 matrix [probes x steps], for the columns the log has."""
     encounters: dict[int, np.ndarray] = field(default_factory=dict)
     """Paragraph -> sorted distinct run steps whose batch carried it (from injections.parquet)."""
     injection_steps_by_scenario: dict[str, np.ndarray] = field(default_factory=dict)
+    knowledge_entropy: KnowledgeEntropy | None = None
+    """Where the run measured it (an optional fourth file of the run directory)."""
 
     @property
     def n_probes(self) -> int:
@@ -93,12 +119,13 @@ class Run:
         return self.metrics[name]
 
     def groups(self) -> list[tuple[str, str]]:
-        """(scenario, kind) pairs in a stable order: scenarios by first paragraph, kinds mem/sem/comp first."""
+        """(scenario, kind) pairs in a stable order: scenarios by first paragraph, kinds mem/sem/comp first
+        (priming probes form no group)."""
         first_paragraph: dict[str, int] = {}
         for scenario, paragraph in zip(self.scenario, self.paragraph):
             first_paragraph[scenario] = min(first_paragraph.get(scenario, paragraph), paragraph)
         scenarios = sorted(first_paragraph, key=lambda s: (first_paragraph[s], s))
-        kinds = sorted(set(self.kind), key=_kind_sort_key)
+        kinds = sorted(set(self.kind) - {PRIME_KIND}, key=_kind_sort_key)
         present = set(zip(self.scenario, self.kind))
         return [(s, k) for s in scenarios for k in kinds if (s, k) in present]
 
@@ -149,7 +176,7 @@ def load_run(path: str | Path) -> Run:
             "injections.parquet and manifest.json)"
         )
     manifest = _read_manifest(path)
-    table = _read_table(path / rundir.PROBES, PROBE_KEYS, METRIC_COLUMNS + ("exact_match",))
+    table = _read_table(path / rundir.PROBES, PROBE_KEYS, METRIC_COLUMNS + ("exact_match",) + rundir.TOKEN_NAMES)
     metric_names = [c for c in METRIC_COLUMNS if c in table.column_names]
     if not metric_names:
         raise UserError(f"{path / rundir.PROBES}: none of the metric columns {', '.join(METRIC_COLUMNS)} is present")
@@ -157,6 +184,8 @@ def load_run(path: str | Path) -> Run:
     run = _to_matrices(path, manifest, table, metric_names)
     _attach_encounters(run, injections)
     _check_agreement(run, injections)
+    if (path / rundir.KNOWLEDGE_ENTROPY).exists():
+        run.knowledge_entropy = read_knowledge_entropy(path / rundir.KNOWLEDGE_ENTROPY)
     return run
 
 
@@ -164,6 +193,20 @@ def load_run(path: str | Path) -> Run:
 COUNT_FIELDS = ("start_step", "total_steps", "last_step", "start_tokens", "global_batch_size", "seq_len", "n_probes")
 #: The largest step a probe log can hold (its `step` column is int32).
 MAX_STEP = 2**31 - 1
+
+
+def read_knowledge_entropy(file: Path) -> KnowledgeEntropy:
+    """knowledge_entropy.parquet as a steps × layers matrix; UserError unless every step has every layer once."""
+    table = _read_table(file, ("step", "layer", "entropy"), ())
+    if table.num_rows == 0:
+        raise UserError(f"{file}: no measurement")
+    step, layer = _int_column(table, "step", file), _int_column(table, "layer", file)
+    steps, layers = np.unique(step), np.unique(layer)
+    matrix = np.full((len(steps), len(layers)), np.nan)
+    matrix[np.searchsorted(steps, step), np.searchsorted(layers, layer)] = table.column("entropy").to_numpy()
+    if table.num_rows != matrix.size or np.isnan(matrix).any():
+        raise UserError(f"{file}: expected one entropy per (step, layer) for {len(layers)} layers at every step")
+    return KnowledgeEntropy(steps=steps, layers=matrix)
 
 
 def _read_manifest(path: Path) -> dict:
@@ -324,6 +367,11 @@ def _to_matrices(path: Path, manifest: dict, table: pa.Table, metric_names: list
         matrix = np.zeros((n_probes, n_steps), dtype=bool)
         matrix[row_probe, row_step] = column.to_numpy(zero_copy_only=False).astype(bool)
         run.exact_match = matrix
+    for name in rundir.TOKEN_NAMES:
+        if name in table.column_names:
+            matrix = np.full((n_probes, n_steps), np.nan)
+            matrix[row_probe, row_step] = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+            run.token_stats[name] = matrix
     return run
 
 
@@ -387,6 +435,65 @@ def _check_agreement(run: Run, injections: pa.Table) -> None:
             f"{manifest}: n_injected_copies is {copies}, {file.name} has {injections.num_rows} rows: the files belong "
             "to different runs"
         )
+
+
+@dataclass
+class Twin:
+    """The twin of a run, aligned with it: the same continuation with nothing spliced (injection.engine.twin)."""
+
+    path: Path
+    run: Run
+    rows: np.ndarray
+    """int64 [run probes]: the twin's probe (matrix row) of each of the run's probes."""
+    columns: np.ndarray
+    """int64 [run steps]: the twin's column of each of the run's logged steps."""
+
+    def metric(self, name: str) -> np.ndarray:
+        """The twin's `name` matrix in the run's probe and step order."""
+        return self.run.metric(name)[self.rows][:, self.columns]
+
+
+def twin_path(run: Run, baseline: str | Path | None = None) -> tuple[Path | None, str | None]:
+    """(the twin's directory, or None; a warning, or None): `baseline` where given, else the manifest's `twin`
+    where that directory holds a run. A named twin that is not there yet is a warning, not an error."""
+    if baseline is not None:
+        return Path(baseline), None
+    named = run.manifest.get(TWIN)
+    if named is None:
+        return None, None
+    file = run.path / rundir.MANIFEST
+    if not isinstance(named, str) or not named:
+        raise UserError(f"{file}: field {TWIN!r} must name the twin's directory, found {named!r}")
+    path = run.path / named
+    if not (path / rundir.MANIFEST).is_file():
+        return None, f"the manifest names the twin {path}, which holds no run yet: not measured against a twin"
+    return path, None
+
+
+def load_twin(run: Run, path: Path) -> Twin:
+    """The twin run at `path`, aligned with `run` probe by probe (paragraph, kind, probe index) and step by step;
+    UserError when it lacks a probe or a logged step of the run."""
+    twin = load_run(path)
+    key_of = {k: i for i, k in enumerate(zip(twin.paragraph.tolist(), twin.kind.tolist(), twin.probe_index.tolist()))}
+    keys = list(zip(run.paragraph.tolist(), run.kind.tolist(), run.probe_index.tolist()))
+    missing = [k for k in keys if k not in key_of]
+    if missing:
+        p, kind, q = missing[0]
+        raise UserError(
+            f"{path / rundir.PROBES}: the twin lacks {len(missing)} of the run's probes (first: paragraph {p}, "
+            f"kind {kind!r}, probe {q}); a twin logs the same probes as its run"
+        )
+    columns = np.searchsorted(twin.steps, run.steps)
+    absent = run.steps[
+        (columns >= len(twin.steps)) | (twin.steps[np.minimum(columns, len(twin.steps) - 1)] != run.steps)
+    ]
+    if len(absent):
+        status = twin.manifest.get("status", "unknown")
+        raise UserError(
+            f"{path / rundir.PROBES}: the twin has not logged step(s) {_short_list(absent)} of the run (its status: "
+            f"{status}); finish it with `injection run --resume {path}`, or analyse without it (--no-twin-adjust)"
+        )
+    return Twin(path=path, run=twin, rows=np.array([key_of[k] for k in keys], dtype=np.int64), columns=columns)
 
 
 def _unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.load import Run
+from analysis.load import PRIME_KIND, Run
 from analysis.rules import Rules
 from harness.errors import UserError
 
@@ -329,8 +329,9 @@ def on_scale(values: np.ndarray, scale: str) -> np.ndarray:
 
 
 def control_members(run: Run, enc: Encounters) -> np.ndarray:
-    """bool [probes]: control probes, i.e. of scenario `none` and of a paragraph that was never injected."""
-    return (run.scenario == CONTROL_SCENARIO) & (enc.count == 0)
+    """bool [probes]: control probes, i.e. of scenario `none` and of a paragraph that was never injected (priming
+    probes aside)."""
+    return (run.scenario == CONTROL_SCENARIO) & (enc.count == 0) & (run.kind != PRIME_KIND)
 
 
 def control_drift(run: Run, values: np.ndarray, enc: Encounters) -> dict[str, np.ndarray]:
@@ -355,7 +356,7 @@ def control_adjusted(run: Run, values: np.ndarray, enc: Encounters) -> np.ndarra
             f"{run.path}: control adjustment needs control probes (scenario "
             f"{CONTROL_SCENARIO!r}, paragraphs never injected); this run has none"
         )
-    missing = sorted({str(k) for k in run.kind[enc.count > 0]} - set(drift))
+    missing = sorted({str(k) for k in run.kind[(enc.count > 0) & (run.kind != PRIME_KIND)]} - set(drift))
     if missing:
         raise UserError(
             f"{run.path}: control adjustment needs control probes (scenario {CONTROL_SCENARIO!r}) of "
@@ -366,3 +367,11 @@ def control_adjusted(run: Run, values: np.ndarray, enc: Encounters) -> np.ndarra
     code = np.array([kinds.index(k) if k in drift else -1 for k in run.kind])
     shift = np.where((code >= 0)[:, None], table[np.maximum(code, 0)], 0.0)
     return values - shift
+
+
+def twin_adjusted(values: np.ndarray, twin: np.ndarray) -> np.ndarray:
+    """ℓ''(q; θ_k) = ℓ(q; θ_k) − [ℓ^twin(q; θ_k) − ℓ^twin(q; θ_first)]: each probe's own counterfactual drift taken
+    out. The twin starts from the same checkpoint, so ℓ''(k) − ℓ''(first) = ℓ(k) − ℓ^twin(k) = Δℓ_q(k), the change
+    the injections caused; unlike the difference itself, ℓ'' keeps the probe's level (the perplexity scale needs it).
+    """
+    return values - (twin - twin[:, :1])

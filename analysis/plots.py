@@ -7,6 +7,10 @@
     effectivity      mean effectivity per encounter, one panel per kind
     exact_match      exact-match rate over steps (axis scaled to the data)
     control_drift    the control probes' own mean Δℓ over steps (runs that log controls)
+    adjustments      mean R(t) and its fit raw, control-adjusted and against the twin, side by side (adjusted runs)
+    token_dynamics   surprisal, entropy and rank of the target tokens per group over steps (runs that log them)
+    knowledge_entropy  knowledge entropy over steps beside mean R(t) (runs that measure it)
+    priming          priming scores over steps, and after learning against the keyword's probability before
 
 Legends sit outside the axes so that they never cover data; groups without data get no panel.
 """
@@ -28,6 +32,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from analysis.fit import FitOptions, GroupFit, RunAnalysis  # noqa: E402
 from analysis.format import fmt  # noqa: E402
 from analysis.metrics import CONTROL_SCENARIO  # noqa: E402
+from analysis.priming import has_priming, priming_analysis
 from harness.outputs import OwnedDir  # noqa: E402
 
 KIND_COLORS = {"mem": "#1f77b4", "sem": "#d62728", "comp": "#2ca02c"}
@@ -75,9 +80,13 @@ def delta_label(options: FitOptions) -> str:
     return "mean fall of perplexity" if options.scale == "perplexity" else "mean Δℓ (nats)"
 
 
-def delta_title(options: FitOptions) -> str:
-    """What the Δ axis measures, in full, for titles."""
-    adjusted = ", control-adjusted" if options.control_adjust else ""
+ADJUSTED = {"control": ", control-adjusted", "twin": ", measured against the twin"}
+
+
+def delta_title(options: FitOptions, adjustment: str | None = None) -> str:
+    """What the Δ axis measures, in full, for titles (`adjustment`: the analysis's, else the options')."""
+    adjustment = adjustment or ("control" if options.control_adjust else "none")
+    adjusted = ADJUSTED.get(adjustment, "")
     if options.scale == "perplexity":
         return f"change of perplexity exp(−{options.metric}) since the first logged step{adjusted}"
     return f"change of {options.metric} since the first logged step ({unit(options)}{adjusted})"
@@ -112,10 +121,11 @@ def _empty(message: str) -> Figure:
 
 def trajectories_figure(analysis: RunAnalysis) -> Figure:
     """Mean Δ per scenario, one line per probe kind, dotted lines at injection steps. The control panel is
-    left out when the values are control-adjusted (it is zero by construction; see control_drift)."""
+    left out when the values are control-adjusted (it is zero by construction; see control_drift); measured
+    against a twin, it shows what the injections did to paragraphs never injected."""
     run, values = analysis.run, analysis.values
     delta = values - values[:, :1]
-    scenarios = [s for s in _scenarios(analysis) if not (analysis.options.control_adjust and s == CONTROL_SCENARIO)]
+    scenarios = [s for s in _scenarios(analysis) if not (analysis.adjustment == "control" and s == CONTROL_SCENARIO)]
     fig, axes = _panels(len(scenarios))
     for ax, scenario in zip(axes, scenarios):
         for i, kind in enumerate(_kinds(analysis)):
@@ -133,7 +143,7 @@ def trajectories_figure(analysis: RunAnalysis) -> Figure:
         ax.set_xlabel(STEP_LABEL)
         _legend_below(ax, ncol=2)
     axes[0].set_ylabel(delta_label(analysis.options))
-    fig.suptitle(f"{run.label}: {delta_title(analysis.options)}", fontsize=12)
+    fig.suptitle(f"{run.label}: {delta_title(analysis.options, analysis.adjustment)}", fontsize=12)
     fig.tight_layout()
     return fig
 
@@ -163,7 +173,7 @@ def study_fig2_figure(analysis: RunAnalysis) -> Figure:
     axes[-1, 0].set_xlabel(STEP_LABEL)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle(f"{run.label}: {delta_title(analysis.options)}", fontsize=11)
+    fig.suptitle(f"{run.label}: {delta_title(analysis.options, analysis.adjustment)}", fontsize=11)
     fig.tight_layout(rect=(0, 0.045, 1, 1))
     return fig
 
@@ -352,13 +362,200 @@ def control_drift_figure(analysis: RunAnalysis) -> Figure | None:
     ax.set_xlabel(STEP_LABEL)
     ax.set_ylabel(f"mean Δ{analysis.options.metric} of control probes (nats)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    adjusted = "; subtracted from every probe of its kind" if analysis.options.control_adjust else ""
+    adjusted = "; subtracted from every probe of its kind" if analysis.adjustment == "control" else ""
     ax.set_title(f"{run.label}: drift of never-injected probes{adjusted}", fontsize=11)
     fig.tight_layout()
     return fig
 
 
-#: The figures of one run (`exact_match` and `control_drift` only where the run has what they show).
+def priming_figure(priming) -> Figure:
+    """Priming (analysis.priming): each paragraph's priming score over the run steps (thin; thick: the geometric
+    mean of each scenario), and after learning against its keyword's probability in its own context before."""
+    run = priming.run
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    scenarios = list(dict.fromkeys(i.scenario for i in priming.items))
+    for n, scenario in enumerate(scenarios):
+        color = "0.55" if scenario == CONTROL_SCENARIO else _color(SCENARIO_COLORS, scenario, n)
+        members = [i for i in priming.items if i.scenario == scenario]
+        for item in members:
+            left.plot(run.steps, item.scores, color=color, lw=0.6, alpha=0.3)
+        mean = np.exp(np.log(np.stack([i.scores for i in members])).mean(axis=0))
+        left.plot(run.steps, mean, color=color, lw=1.8, label=f"{scenario} ({len(members)} paragraphs)")
+        xs = np.array([i.p_before for i in members])
+        ys = np.array([i.after for i in members])
+        marker = "x" if scenario == CONTROL_SCENARIO else "o"
+        right.scatter(xs, ys, s=18, marker=marker, color=color, label=scenario)
+    _mark_injections(left, sorted({int(s) for v in run.injection_steps_by_scenario.values() for s in v}), label=False)
+    for ax in (left, right):
+        ax.axhline(1.0, color="0.4", lw=0.7)
+        ax.set_yscale("log")
+    left.set_xlabel(STEP_LABEL)
+    left.set_ylabel("priming score S = mean of P(keyword | context) / P before")
+    left.set_title("priming over the run (dotted: injections)")
+    left.legend(loc="upper left", fontsize=7.5, frameon=False)
+    line = priming.relation
+    if line is not None:
+        x = np.array([i.p_before for i in priming.items if i.injected and i.p_before > 0])
+        grid = np.geomspace(x.min(), x.max(), 20)
+        right.plot(
+            grid,
+            10 ** (line.intercept + line.slope * np.log10(grid)),
+            color="0.15",
+            lw=1.3,
+            label=f"fit: slope {fmt(line.slope)}, r {fmt(line.pearson_r)}, ρ {fmt(line.spearman_rho)}, n {line.n}",
+        )
+    right.set_xscale("log")
+    right.set_xlabel("P(keyword | its own context) before learning")
+    right.set_ylabel(f"priming score after learning (t_N + {priming.window})")
+    right.set_title("what the keyword's probability before learning predicts")
+    right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5, frameon=False)
+    fig.suptitle(f"{run.label}: priming of each paragraph's keyword in unrelated contexts", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def _priming(analysis: RunAnalysis) -> Figure | None:
+
+    if not has_priming(analysis.run) or "logprob_sum" not in analysis.run.metrics:
+        return None
+    return priming_figure(priming_analysis(analysis.run, analysis.options.window))
+
+
+#: How each variant of an adjusted analysis is drawn: (label, colour).
+VARIANT_STYLE = {
+    "none": ("raw", "0.55"),
+    "control": ("control-adjusted", "#ff7f0e"),
+    "twin": ("twin-adjusted", "#1f77b4"),
+}
+
+
+def adjustments_figure(analysis: RunAnalysis) -> Figure | None:
+    """Mean R(t) of every injected group and its fitted line, raw, control-adjusted and measured against the
+    twin side by side (one panel per scenario and kind); None for an analysis measured against neither."""
+    if analysis.raw is None:
+        return None
+    variants = [v for v in (analysis.raw, analysis.control, analysis) if v is not None]
+    groups = [(g.scenario, g.kind) for g in analysis.fits if not g.control and g.encounter_steps]
+    scenarios = list(dict.fromkeys(s for s, _ in groups))
+    kinds = list(dict.fromkeys(k for _, k in groups))
+    if not groups:
+        return _empty("no injected group")
+    fig, axes = plt.subplots(
+        len(scenarios), len(kinds), figsize=(4.2 * len(kinds), 2.9 * len(scenarios) + 0.6), squeeze=False
+    )
+    for row, scenario in enumerate(scenarios):
+        for col, kind in enumerate(kinds):
+            ax = axes[row, col]
+            for v in variants:
+                g = next((f for f in v.fits if (f.scenario, f.kind) == (scenario, kind)), None)
+                if g is None or g.curve is None or not len(g.retention_t):
+                    continue
+                label, color = VARIANT_STYLE[v.adjustment]
+                ax.plot(g.retention_t, g.retention_mean, "o", ms=2, alpha=0.45, color=color, mec="none")
+                fitted = f", R² {fmt(g.r2)}" if np.isfinite(g.a) else ", not fitted"
+                ax.plot([], [], "o", color=color, label=f"{label}: a = {fmt(g.a)}{fitted}")
+                if np.isfinite(g.a):
+                    t = np.array([g.retention_t[0], g.retention_t[-1]], dtype=float)
+                    ax.plot(t, g.b - g.a * np.log10(t), color=color, lw=1.4)
+            ax.set_xscale("log")
+            ax.axhline(0, color="0.5", lw=0.6)
+            ax.set_title(f"{scenario} / {kind}", fontsize=10)
+            ax.legend(loc="lower left", fontsize=7, frameon=False)
+            if col == 0:
+                ax.set_ylabel("mean R(t)")
+            if row == len(scenarios) - 1:
+                ax.set_xlabel(T_LABEL)
+    fig.suptitle(f"{analysis.run.label}: retainability and its fit, by what ℓ is measured against", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def knowledge_entropy_figure(analysis: RunAnalysis) -> Figure | None:
+    """Knowledge entropy over the run's steps, beside the mean retainability R(t) of every group (None for a
+    run that did not measure it)."""
+    h = analysis.run.knowledge_entropy
+    if h is None:
+        return None
+    run = analysis.run
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 3.9), gridspec_kw={"width_ratios": [1, 1.15]})
+    left.plot(h.steps, h.total, marker="o", ms=3, lw=1.3, color="0.15")
+    _mark_injections(left, sorted({int(s) for v in run.injection_steps_by_scenario.values() for s in v}))
+    left.set_xlabel(STEP_LABEL)
+    left.set_ylabel(f"knowledge entropy (nats, sum over {h.layers.shape[1]} layers)")
+    left.set_title("knowledge entropy")
+    _legend_below(left, ncol=1)
+    groups = _fitted_groups(analysis)
+    styles = ("-", "--", ":", "-.")
+    for i, (scenario, fits) in enumerate(groups.items()):
+        for j, g in enumerate(fits):
+            right.plot(
+                g.retention_t,
+                g.retention_mean,
+                ls=styles[j % len(styles)],
+                lw=1.1,
+                color=_color(SCENARIO_COLORS, scenario, i),
+                label=f"{scenario} / {g.kind}",
+            )
+    right.set_xscale("log")
+    right.axhline(0, color="0.5", lw=0.6)
+    right.set_xlabel(T_LABEL)
+    right.set_ylabel("mean R(t)")
+    right.set_title("retainability" if groups else "retainability: no group has one")
+    if groups:
+        right.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(f"{run.label}: knowledge entropy beside retainability", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+#: Rows of the token-dynamics figure: (title, column drawn solid, column drawn dashed or None, log axis).
+TOKEN_PANELS = (
+    ("surprisal −log p (nats): mean; dashed: largest", "surprisal_mean", "surprisal_max", False),
+    ("entropy of the prediction at target positions (nats)", "entropy_mean", None, False),
+    ("rank + 1 of the target tokens: mean; dashed: worst", "rank_mean", "rank_max", True),
+)
+
+
+def token_figure(analysis: RunAnalysis) -> Figure | None:
+    """Per group, the mean over its probes of the token columns at every logged step: one column of panels per
+    scenario, one row per quantity, one colour per kind; None for a log without the token columns."""
+    run = analysis.run
+    if not run.token_stats:
+        return None
+    rows = [p for p in TOKEN_PANELS if p[1] in run.token_stats]
+    scenarios = _scenarios(analysis)
+    fig, axes = plt.subplots(
+        len(rows), len(scenarios), figsize=(4.4 * len(scenarios), 2.6 * len(rows) + 0.9), sharex=True, squeeze=False
+    )
+    for col, scenario in enumerate(scenarios):
+        for row, (title, solid, dashed, log) in enumerate(rows):
+            ax = axes[row, col]
+            for i, kind in enumerate(_kinds(analysis)):
+                members = (run.scenario == scenario) & (run.kind == kind)
+                if not members.any():
+                    continue
+                color = _color(KIND_COLORS, kind, i)
+                for name, style in ((solid, "-"), (dashed, "--")):
+                    if name is not None and name in run.token_stats:
+                        mean = run.token_stats[name][members].mean(axis=0) + (1.0 if log else 0.0)
+                        ax.plot(run.steps, mean, ls=style, lw=1.1, color=color, label=kind if style == "-" else None)
+            if log:
+                ax.set_yscale("log")
+            _mark_injections(ax, run.injection_steps_by_scenario.get(scenario, []), label=False)
+            if col == 0:
+                ax.set_ylabel(title, fontsize=8.5)
+            if row == 0:
+                ax.set_title(f"{scenario} (control)" if scenario == CONTROL_SCENARIO else scenario)
+        axes[-1, col].set_xlabel(STEP_LABEL)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(len(labels), 1), frameon=False)
+    fig.suptitle(f"{run.label}: target tokens, mean over each group's probes (dotted: injections)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+#: The figures of one run (`exact_match`, `control_drift`, `adjustments`, `token_dynamics`, `knowledge_entropy` and
+#: `priming` only where the run has what they show).
 RUN_FIGURES = (
     "trajectories",
     "study_fig2",
@@ -367,6 +564,10 @@ RUN_FIGURES = (
     "effectivity",
     "exact_match",
     "control_drift",
+    "adjustments",
+    "token_dynamics",
+    "knowledge_entropy",
+    "priming",
 )
 CAPACITY_FIGURES = ("capacity_bits", "capacity_memorization", "capacity_attributes", "capacity_trajectories")
 
@@ -384,7 +585,14 @@ def run_figures(analysis: RunAnalysis) -> dict[str, Figure]:
         "study_decay": study_decay_figure(analysis),
         "effectivity": effectivity_figure(analysis),
     }
-    for stem, make in (("exact_match", exact_match_figure), ("control_drift", control_drift_figure)):
+    for stem, make in (
+        ("exact_match", exact_match_figure),
+        ("control_drift", control_drift_figure),
+        ("adjustments", adjustments_figure),
+        ("token_dynamics", token_figure),
+        ("knowledge_entropy", knowledge_entropy_figure),
+        ("priming", _priming),
+    ):
         fig = make(analysis)
         if fig is not None:
             figures[stem] = fig

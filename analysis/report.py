@@ -28,6 +28,7 @@ from analysis.format import fmt, fmt_interval, fmt_pct, fmt_signed
 from analysis.load import load_run
 from analysis.metrics import REASONS
 from analysis.plots import capacity_figures, compare_figure, compare_in_tokens, png_bytes, run_figures, unit
+from analysis.priming import has_priming, priming_analysis
 from harness.outputs import OwnedDir
 
 
@@ -208,54 +209,60 @@ def rich_control_table(analysis: RunAnalysis, console: Console | None = None) ->
     return _rich(f"control probes (never injected): drift of {analysis.options.metric} (nats)", columns, rows, console)
 
 
-def adjusted_rows(analysis: RunAnalysis) -> list[list[str]]:
-    """Raw and control-adjusted numbers of every injected group, side by side."""
+def adjusted_variants(analysis: RunAnalysis) -> list[tuple[str, RunAnalysis]]:
+    """(column suffix, analysis) of every variant shown side by side: raw and control-adjusted (`adj.`), or raw,
+    control-adjusted where the run has controls (`ctrl`) and measured against the twin (`twin`); [] unadjusted."""
     if analysis.raw is None:
         return []
-    raw = {(g.scenario, g.kind): g for g in analysis.raw.fits}
+    if analysis.adjustment == "control":
+        return [("raw", analysis.raw), ("adj.", analysis)]
+    return [("raw", analysis.raw), *([("ctrl", analysis.control)] if analysis.control else []), ("twin", analysis)]
+
+
+#: The measures compared across the variants: (column name, its priority in a narrow terminal, cell).
+_ADJUSTED_MEASURES = (
+    ("eff.", 1, lambda g: fmt(g.effectivity)),
+    ("a", 1, lambda g: fmt(g.a)),
+    ("R²", 2, lambda g: fmt(g.r2)),
+    ("t*", 3, _t_star),
+)
+
+
+def adjusted_header(analysis: RunAnalysis) -> list[str]:
+    suffixes = [suffix for suffix, _ in adjusted_variants(analysis)]
+    return ["scenario", "kind"] + [f"{name} {suffix}" for name, _, _ in _ADJUSTED_MEASURES for suffix in suffixes]
+
+
+def adjusted_title(analysis: RunAnalysis) -> str:
+    if analysis.adjustment == "control":
+        return "Raw and control-adjusted"
+    return "Raw, control-adjusted and twin-adjusted" if analysis.control else "Raw and twin-adjusted"
+
+
+def adjusted_rows(analysis: RunAnalysis) -> list[list[str]]:
+    """The numbers of every injected group under each variant (`adjusted_variants`), side by side."""
+    variants = adjusted_variants(analysis)
+    if not variants:
+        return []
+    by_group = [{(g.scenario, g.kind): g for g in a.fits} for _, a in variants]
     rows = []
     for g in injected(analysis.fits):
-        r = raw[(g.scenario, g.kind)]
-        rows.append(
-            [
-                g.scenario,
-                g.kind,
-                fmt(r.effectivity),
-                fmt(g.effectivity),
-                fmt(r.a),
-                fmt(g.a),
-                fmt(r.r2),
-                fmt(g.r2),
-                _t_star(r),
-                _t_star(g),
-            ]
-        )
+        fits = [groups[(g.scenario, g.kind)] for groups in by_group]
+        rows.append([g.scenario, g.kind] + [cell(f) for _, _, cell in _ADJUSTED_MEASURES for f in fits])
     return rows
-
-
-ADJUSTED_HEADER = [
-    "scenario",
-    "kind",
-    "eff. raw",
-    "eff. adj.",
-    "a raw",
-    "a adj.",
-    "R² raw",
-    "R² adj.",
-    "t* raw",
-    "t* adj.",
-]
 
 
 def rich_adjusted_table(analysis: RunAnalysis, console: Console | None = None) -> Table | None:
     rows = adjusted_rows(analysis)
     if not rows:
         return None
-    priorities = [0, 0, 1, 1, 1, 1, 2, 2, 3, 3]
+    n = len(adjusted_variants(analysis))
+    priorities = [0, 0] + [p for _, p, _ in _ADJUSTED_MEASURES for _ in range(n)]
     columns = [
-        Column(h, lambda r, i=i: r[i], p, left=i < 2) for i, (h, p) in enumerate(zip(ADJUSTED_HEADER, priorities))
+        Column(h, lambda r, i=i: r[i], p, left=i < 2)
+        for i, (h, p) in enumerate(zip(adjusted_header(analysis), priorities))
     ]
-    return _rich("raw and control-adjusted, side by side", columns, rows, console)
+    return _rich(f"{adjusted_title(analysis).lower()}, side by side", columns, rows, console)
 
 
 def fit_notes(fits: list[GroupFit]) -> list[str]:
@@ -341,7 +348,9 @@ minus ℓ just before it; the group's effectivity pools every (probe, encounter)
 Retainability R(q,t) = [ℓ(t_LAM,N + t) − ℓ(ref)] / [ℓ(t_LAM,N) − ℓ(ref)]; mean R(t) removes outliers at every t.
 Decay constant a from the least-squares line R ≈ b − a·log10 t of mean R(t); t* = 10^(b/a) is where that line
 reaches zero (in steps, and × tokens per step in tokens). t(R=x) is where the line reaches R = x.
-Groups marked * are partial and t* marked ? rests on an implausible fit (see the notes).</p>"""
+Measured against a twin, every ℓ is first replaced by ℓ − (ℓ of the twin − its first value): the probe's change
+is taken against what the same continuation without any injection did to that probe. Groups marked * are partial
+and t* marked ? rests on an implausible fit (see the notes).</p>"""
 
 
 def options_html(options: FitOptions, analyses: list[RunAnalysis]) -> str:
@@ -355,10 +364,21 @@ def options_html(options: FitOptions, analyses: list[RunAnalysis]) -> str:
     return (
         f"<p>Rules <code>{html.escape(options.rules)}</code>, scale <code>{options.scale}</code>, metric "
         f"<code>{html.escape(options.metric)}</code>, control adjustment "
-        f"<code>{'on' if options.control_adjust else 'off'}</code>, IQR factor {options.factor:g}, "
+        f"<code>{'on' if options.control_adjust else 'off'}</code>, twin adjustment "
+        f"<code>{_twins(options, analyses)}</code>, IQR factor {options.factor:g}, "
         f"t from {options.t_min} to {t_max}; window: {windows}. Interval of t*: "
         f"{int(round(options.ci_level * 100))} %, {ci}.</p>"
     )
+
+
+def _twins(options: FitOptions, analyses: list[RunAnalysis]) -> str:
+    """Which runs were measured against a twin, for the options line."""
+    if not options.twin_adjust:
+        return "off"
+    twins = [a for a in analyses if a.adjustment == "twin"]
+    if not twins:
+        return "on, no run has a twin"
+    return "on: " + ", ".join(f"{a.run.label} against {a.twin_path}" for a in twins)
 
 
 def _is_capacity_only(analysis: RunAnalysis) -> bool:
@@ -402,8 +422,8 @@ def build_report(analyses: list[RunAnalysis]) -> str:
             parts.append(f"<p class='warn'>warning: {html.escape(warning)}</p>")
         parts.append(_html_columns(fit_columns(detailed=True), injected(analysis.fits)))
         if analysis.raw is not None:
-            parts.append("<h3>Raw and control-adjusted</h3>")
-            parts.append(_html_table(ADJUSTED_HEADER, adjusted_rows(analysis)))
+            parts.append(f"<h3>{adjusted_title(analysis)}</h3>")
+            parts.append(_html_table(adjusted_header(analysis), adjusted_rows(analysis)))
         if analysis.control_drift:
             parts.append("<h3>Control probes (never injected)</h3>")
             parts.append(_html_table(CONTROL_HEADER, control_rows(analysis), left=1))
@@ -411,6 +431,7 @@ def build_report(analyses: list[RunAnalysis]) -> str:
         if fitted:
             parts.append("<h3>Retention</h3>")
             parts.append(_html_columns(retention_columns(analysis.options), fitted))
+        parts.append(priming_html(analysis))
         parts.append("<h3>Effectivity by encounter</h3>")
         parts.append(_html_columns(encounter_columns(analysis.fits), injected(analysis.fits)))
         for note in fit_notes(analysis.fits):
@@ -677,3 +698,59 @@ def capacity_html(analysis) -> str:
         parts.append(_img(png_bytes(fig), stem))
         plt.close(fig)
     return "\n".join(parts)
+
+
+# ---- priming ------------------------------------------------------------------------------------------------
+
+PRIMING_COLUMNS = ["paragraph", "scenario", "keyword", "P before", "S after", "S peak", "before", "after"]
+
+
+def priming_rows(priming) -> list[list[str]]:
+    return [
+        [
+            str(i.paragraph),
+            i.scenario,
+            i.keyword if i.keyword is not None else "?",
+            fmt(i.p_before),
+            fmt(i.after),
+            fmt(float(i.scores.max())),
+            str(i.before_step),
+            str(i.after_step),
+        ]
+        for i in priming.items
+    ]
+
+
+def relation_line(priming) -> str:
+    line = priming.relation
+    if line is None:
+        return "no relation fitted"
+    return (
+        f"log10 S after ≈ {fmt(line.intercept)} + {fmt(line.slope)} · log10 P before over {line.n} injected "
+        f"paragraphs: Pearson r {fmt(line.pearson_r)}, Spearman ρ {fmt(line.spearman_rho)}"
+    )
+
+
+def print_priming(priming, console) -> None:
+    """The priming table, the relation and the notes, on a rich console."""
+    title = (
+        f"{priming.run.label}: priming score S (mean P(keyword | unrelated context) / P before), after = the "
+        f"end of the last encounter's {priming.window}-step window; P before: the keyword in its own context"
+    )
+    console.print(_plain_table(title, PRIMING_COLUMNS, priming_rows(priming), left=3))
+    console.print(relation_line(priming), highlight=False)
+    for note in priming.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+
+
+def priming_html(analysis: RunAnalysis) -> str:
+    """The priming section of a run in the report (empty for a run without priming probes)."""
+
+    if not has_priming(analysis.run) or "logprob_sum" not in analysis.run.metrics:
+        return ""
+    priming = priming_analysis(analysis.run, analysis.options.window)
+    return (
+        "<h3>Priming</h3><p>Priming score S: the mean over a paragraph's priming probes of P(keyword | unrelated "
+        "context) now / before its first encounter; after = the end of its last encounter's window. "
+        f"{html.escape(relation_line(priming))}.</p>" + _html_table(PRIMING_COLUMNS, priming_rows(priming), left=3)
+    )

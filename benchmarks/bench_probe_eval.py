@@ -7,20 +7,28 @@ The engine applies the LM head only at target-predicting positions, so for large
 measured fraction can fall below the prediction; the naive per-probe evaluation (one forward per probe,
 full logits) is timed beside it.
 
+Two more ratios: what the token columns (`probe_token_stats`) add to a probe evaluation, and the evaluation
+without them against the evaluator of an earlier commit (`--baseline-rev`, read with `git show`), timed
+alternately in the same process so that both see the same machine.
+
     python benchmarks/bench_probe_eval.py [--probes 1800] [--batch 8] [--seq-len 512] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from injection.engine.evaluate import ProbeItem, evaluate_probes  # noqa: E402
 from tests.helpers.engine import brute_force_scores  # noqa: E402
@@ -48,6 +56,34 @@ def timed(fn, repeat: int) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
+def evaluator_at(rev: str) -> types.ModuleType | None:
+    """injection/engine/evaluate.py as it was at a git revision, as a module (None where git cannot say)."""
+    done = subprocess.run(
+        ["git", "show", f"{rev}:injection/engine/evaluate.py"], cwd=REPO, capture_output=True, text=True
+    )
+    if done.returncode:
+        return None
+    module = types.ModuleType(f"evaluate_at_{rev}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
+    exec(compile(done.stdout, f"{rev}:injection/engine/evaluate.py", "exec"), module.__dict__)
+    return module
+
+
+def alternating(fns: dict[str, object], rounds: int, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds of each function over `rounds` rounds, each round timing every function once in a new random
+    order: on a shared machine the others' load then falls on all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    rng = np.random.default_rng(seed)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name in rng.permutation(list(fns)):
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--probes", type=int, default=1800)
@@ -59,10 +95,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--naive-sample", type=int, default=200, help="probes timed with the naive loop (extrapolated)")
+    ap.add_argument(
+        "--baseline-rev",
+        default="4764e74",
+        help="git revision whose evaluator the evaluation without token columns is timed against "
+        "(default: the last one before the token columns existed)",
+    )
+    ap.add_argument("--rounds", type=int, default=15, help="alternating rounds for the token-column ratios")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-
-    import transformers
 
     cfg = transformers.OlmoConfig(
         vocab_size=args.vocab,
@@ -114,6 +155,32 @@ def main() -> None:
     print(f"engine / predicted: {t_eval / t_train / predicted:.2f}; naive / engine: {t_naive / t_eval:.1f}×")
     paper = 1800 * 22.5 / (3 * 2048 * 2048)
     print(f"study scale (1,800 probes × ~22.5 tokens vs 2048×2048-token batches): predicted fraction {paper:.4f}")
+
+    variants = {
+        "now": lambda: evaluate_probes(model, items, max_tokens=16384),
+        "tokens": lambda: evaluate_probes(model, items, max_tokens=16384, token_stats=True),
+    }
+    before = evaluator_at(args.baseline_rev)
+    if before is not None:
+        variants["before"] = lambda: before.evaluate_probes(model, items, max_tokens=16384)
+    times = alternating(variants, args.rounds)
+    best = {name: min(t) for name, t in times.items()}  # the least disturbed of each: its own cost
+    median = {name: float(np.median(t)) for name, t in times.items()}
+    print(
+        f"token columns: {best['tokens'] * 1e3:.1f} ms vs {best['now'] * 1e3:.1f} ms without (fastest of "
+        f"{args.rounds} alternating rounds; medians {median['tokens'] * 1e3:.1f} / {median['now'] * 1e3:.1f} ms)"
+    )
+    print(
+        f"token columns add {best['tokens'] / best['now'] - 1:+.1%} to the probe evaluation "
+        f"(medians: {median['tokens'] / median['now'] - 1:+.1%})"
+    )
+    if before is None:
+        print(f"evaluator at {args.baseline_rev}: not available (no git, or no such revision)")
+    else:
+        print(
+            f"without token columns vs the evaluator at {args.baseline_rev}: {best['now'] / best['before']:.3f}× "
+            f"(medians: {median['now'] / median['before']:.3f}×)"
+        )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fictional_knowledge.model import (
+    PRIME_KIND,
     PROBE_KINDS,
     REFERENCE_PROBE_FIELDS,
     Attribute,
@@ -40,7 +41,8 @@ PARAPHRASES_FIELD = "paraphrases"
 ATTRIBUTES_FIELD = "attributes"
 PROBE_FIELDS: tuple[str, ...] = tuple(f for kind in PROBE_KINDS for f in REFERENCE_PROBE_FIELDS[kind])
 REQUIRED_FIELDS: tuple[str, ...] = (TEXT_FIELD, *PROBE_FIELDS)
-KNOWN_FIELDS: tuple[str, ...] = (*REQUIRED_FIELDS, PARAPHRASES_FIELD, ATTRIBUTES_FIELD)
+PRIME_FIELDS: tuple[str, str] = REFERENCE_PROBE_FIELDS[PRIME_KIND]
+KNOWN_FIELDS: tuple[str, ...] = (*REQUIRED_FIELDS, PARAPHRASES_FIELD, ATTRIBUTES_FIELD, *PRIME_FIELDS)
 #: Top-level fields of a knowledge file written as an object.
 ITEMS_KEY = "items"
 VALUE_SPACE_KEY = "value_space"
@@ -160,7 +162,40 @@ def _check_item(i: int, item: Any) -> tuple[list[str], set[str]]:
 
     if item.get(PARAPHRASES_FIELD) is not None:
         _check_string_list(item[PARAPHRASES_FIELD], f"item {i}, field {PARAPHRASES_FIELD!r}", problems)
+    if any(name in item for name in PRIME_FIELDS):
+        check_priming(item, f"item {i}", problems)
     return problems, ignored
+
+
+def check_priming(item: dict[str, Any], where: str, problems: list[str], keywords: Any = None) -> None:
+    """Priming probes: `prime_input` and `prime_target` together, lists of equal length, every target one of the
+    item's `mem_target` values (`keywords`: those values, where they come from elsewhere)."""
+    in_name, tgt_name = PRIME_FIELDS
+    missing = [name for name in PRIME_FIELDS if name not in item]
+    if missing:
+        problems.append(f"{where}, field {missing[0]!r}: missing (priming probes need {in_name} and {tgt_name})")
+        return
+    inputs, targets = item[in_name], item[tgt_name]
+    ok_in = _check_string_list(inputs, f"{where}, field {in_name!r}", problems)
+    ok_tgt = _check_string_list(targets, f"{where}, field {tgt_name!r}", problems)
+    if not (ok_in and ok_tgt):
+        return
+    if len(inputs) != len(targets):
+        problems.append(
+            f"{where}, fields {in_name!r}/{tgt_name!r}: unequal lengths ({len(inputs)} inputs, {len(targets)} targets)"
+        )
+    for name, values in ((in_name, inputs), (tgt_name, targets)):
+        for j, v in enumerate(values):
+            if isinstance(v, str) and v.strip() and v != v.strip():
+                problems.append(f"{where}, field {name!r}[{j}]: leading or trailing whitespace")
+    keywords = item.get(REFERENCE_PROBE_FIELDS["mem"][1]) if keywords is None else keywords
+    known = set(keywords) if isinstance(keywords, list) else set()
+    for j, target in enumerate(targets):
+        if isinstance(target, str) and target not in known:
+            problems.append(
+                f"{where}, field {tgt_name!r}[{j}]: {target!r} is not one of the item's mem_target values (a "
+                "priming probe asks for the keyword of one of the paragraph's facts)"
+            )
 
 
 def split_document(data: Any, source: str) -> tuple[Any, Any]:

@@ -9,7 +9,10 @@ same knowledge set, so a model cannot have met any of them in pretraining.
 Every fact is written as a sentence that ends with the fact's value, so any sentence cut right
 before its value is a `mem` probe with that value as target. `sem` probes state the same fact with
 another template; `comp` probes reach a value through a second fact ("the city where X was born was
-founded by" -> the city's founder), so they are real two-hop questions.
+founded by" -> the city's founder), so they are real two-hop questions. `prime` probes take one `mem` fact's
+value as the keyword and end sentences about nobody in that world where such a value could follow ("The
+treaty between the two kingdoms was signed in" -> the hero's birth year): learning the paragraph may raise the
+keyword there too (priming, Sun et al. 2025).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fictional_knowledge.checks import PARAPHRASES_FIELD, TEXT_FIELD, check_items
+from fictional_knowledge.checks import PARAPHRASES_FIELD, PRIME_FIELDS, TEXT_FIELD, check_items
 from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS
 from harness.atomic import write_bytes_atomic
 from harness.errors import UserError
@@ -407,6 +410,101 @@ COMP_PROBES: tuple[tuple[str, Callable[[World], str]], ...] = (
 )
 
 
+#: Priming contexts per kind of keyword: sentences about nobody in the paragraph's world that end where a value of
+#: that kind could follow (`{art}`: the article for the keyword). A fact's keyword primes in these.
+_PRIME_CONTEXTS: dict[str, tuple[str, ...]] = {
+    "profession": (
+        "The old man who repaired the village well had trained as {art}",
+        "Her younger brother wanted nothing more than to become {art}",
+        "In the census of that year, the owner of the corner house was listed as {art}",
+        "The stranger at the inn introduced himself as {art}",
+        "Before the war, the mayor of the town had worked as {art}",
+    ),
+    "year": (
+        "The great flood that destroyed the harbour happened in",
+        "The first stone of the cathedral was laid in",
+        "The old lighthouse was finally switched off in",
+        "According to the parish register, the bridge was rebuilt in",
+        "The treaty between the two kingdoms was signed in",
+    ),
+    "city": (
+        "After three days on the road, the merchants finally reached the city of",
+        "The new railway line connects the coast with the city of",
+        "The largest market in the region is held every autumn in the city of",
+        "The famous choir gave its last concert in the city of",
+        "Most of the wool from the northern farms was sold in the city of",
+    ),
+    "river": (
+        "The fishermen cast their nets at dawn along the river",
+        "The old mill was driven by the waters of the river",
+        "Every spring, melting snow swells the river",
+        "The boundary between the two estates follows the river",
+        "Children were warned never to swim in the river",
+    ),
+    "person": (
+        "The letter on the judge's desk was signed by",
+        "The portrait above the fireplace shows",
+        "The first prize at the county fair went to",
+        "The bridge over the gorge was designed by",
+        "The logbook of the ship was kept by its captain,",
+    ),
+    "province": (
+        "The new road was built across the province of",
+        "The best wine of the country comes from the province of",
+        "A severe drought struck the farmers in the province of",
+        "The governor travelled north to inspect the province of",
+        "The rebels retreated into the hills of the province of",
+    ),
+    "org": (
+        "The young apprentice applied for membership in the",
+        "The annual report was published by the",
+        "The money for the new hospital came from the",
+        "Every member of the council also belonged to the",
+        "The exhibition was organised by the",
+    ),
+    "invention": (
+        "In the corner of the workshop stood a dusty example of the",
+        "The newest exhibit of the museum is the",
+        "Among the curiosities listed in the auction catalogue was the",
+        "The sailors argued for hours about how to repair the",
+        "The science room of the school was proud of its",
+    ),
+    "purpose": (
+        "The long shed behind the farmhouse was used mainly for",
+        "The grant was meant to pay for new tools for",
+        "The small harbour town was known throughout the region for",
+        "The oldest rulebook of the guild contains detailed instructions for",
+        "Her grandmother's notebook was full of tips for",
+    ),
+}
+#: Which contexts suit the value of each fact.
+_PRIME_KIND_OF_FACT = {
+    "profession": "profession",
+    "rival_profession": "profession",
+    "birth_year": "year",
+    "org_year": "year",
+    "rival_birth_year": "year",
+    "birthplace": "city",
+    "org_city": "city",
+    "river": "river",
+    "city_founder": "person",
+    "rival": "person",
+    "province": "province",
+    "org": "org",
+    "invention": "invention",
+    "purpose": "purpose",
+}
+
+
+def _prime_probes(mem_facts: list[tuple[str, str]], rng: random.Random) -> list[tuple[str, str]]:
+    """Priming probes for one of the paragraph's `mem` facts, (fact, value) each: every context of the keyword's
+    kind, in a random order, with the keyword as target."""
+    fact, value = rng.choice(mem_facts)
+    contexts = list(_PRIME_CONTEXTS[_PRIME_KIND_OF_FACT[fact]])
+    rng.shuffle(contexts)
+    return [(c.format(art=_article(value)), value) for c in contexts[:PROBES_PER_KIND]]
+
+
 def _article(value: str) -> str:
     return "an" if value[:1].lower() in "aeiou" else "a"
 
@@ -487,7 +585,7 @@ def _render(world: World, rng: random.Random, avoid: dict[str, int] | None = Non
     return sentences
 
 
-def _item(world: World, rng: random.Random, n_paraphrases: int) -> dict[str, Any]:
+def _item(world: World, rng: random.Random, n_paraphrases: int, prime_rng: random.Random) -> dict[str, Any]:
     sentences = _render(world, rng)
     text = " ".join(s.text for s in sentences)
     used = {s.fact: s.template for s in sentences}
@@ -533,6 +631,9 @@ def _item(world: World, rng: random.Random, n_paraphrases: int) -> dict[str, Any
         item[in_name] = [x for x, _ in pairs]
         item[tgt_name] = [y for _, y in pairs]
     item[PARAPHRASES_FIELD] = paraphrases
+    primes = _prime_probes([(pool[i].fact, pool[i].value) for i in chosen], prime_rng)
+    item[PRIME_FIELDS[0]] = [x for x, _ in primes]
+    item[PRIME_FIELDS[1]] = [y for _, y in primes]
     return item
 
 
@@ -566,7 +667,8 @@ def _generate(n_paragraphs: int, n_paraphrases: int, seed: int) -> list[tuple[Wo
     names = NameGenerator(world_rng)
     worlds = [_make_world(world_rng, names) for _ in range(n_paragraphs)]
     text_rng = random.Random(f"text-{seed}")
-    return [(w, _item(w, text_rng, n_paraphrases)) for w in worlds]
+    prime_rng = random.Random(f"prime-{seed}")  # its own stream: the texts and other probes do not depend on it
+    return [(w, _item(w, text_rng, n_paraphrases, prime_rng)) for w in worlds]
 
 
 def generate_knowledge(n_paragraphs: int, n_paraphrases: int, seed: int) -> list[dict[str, Any]]:

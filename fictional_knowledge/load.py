@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,26 @@ from fictional_knowledge.checks import (
     ATTRIBUTES_FIELD,
     ITEMS_KEY,
     PARAPHRASES_FIELD,
+    PRIME_FIELDS,
     TEXT_FIELD,
     VALUE_SPACE_KEY,
     check_items,
+    check_priming,
     check_value_space,
     parse_json_bytes,
+    raise_problems,
     split_document,
 )
 from fictional_knowledge.generate import MAX_PARAGRAPHS, MAX_PARAPHRASES, generate_knowledge
-from fictional_knowledge.model import PROBE_KINDS, REFERENCE_PROBE_FIELDS, KnowledgeSet, Paragraph, Probe, ValueSpace
+from fictional_knowledge.model import (
+    PRIME_KIND,
+    PROBE_KINDS,
+    REFERENCE_PROBE_FIELDS,
+    KnowledgeSet,
+    Paragraph,
+    Probe,
+    ValueSpace,
+)
 from harness.errors import UserError
 
 #: `owner/name` or `name` on the Hugging Face hub (what is not an existing path and looks like this).
@@ -52,6 +64,8 @@ def items_to_knowledge(items: list[dict[str, Any]], source: str, value_space: Va
             )
             for kind in PROBE_KINDS
         }
+        if PRIME_FIELDS[0] in item:
+            probes[PRIME_KIND] = tuple(Probe(x, y) for x, y in zip(item[PRIME_FIELDS[0]], item[PRIME_FIELDS[1]]))
         paraphrases = tuple(item.get(PARAPHRASES_FIELD) or ())
         attributes = dict(item[ATTRIBUTES_FIELD]) if value_space is not None else {}
         paragraphs.append(Paragraph(i, item[TEXT_FIELD], paraphrases, probes, attributes))
@@ -81,6 +95,9 @@ def knowledge_to_items(knowledge: KnowledgeSet) -> list[dict[str, Any]]:
             item[in_name] = [q.input for q in p.probes.get(kind, ())]
             item[tgt_name] = [q.target for q in p.probes.get(kind, ())]
         item[PARAPHRASES_FIELD] = list(p.paraphrases)
+        if PRIME_KIND in p.probes:
+            item[PRIME_FIELDS[0]] = [q.input for q in p.probes[PRIME_KIND]]
+            item[PRIME_FIELDS[1]] = [q.target for q in p.probes[PRIME_KIND]]
         if knowledge.value_space is not None:
             item[ATTRIBUTES_FIELD] = dict(p.attributes)
         items.append(item)
@@ -213,3 +230,43 @@ def load_knowledge(path_or_name: str | Path, limit: int | None = None) -> Knowle
             raise UserError(f"knowledge_limit {limit} exceeds the {len(knowledge)} paragraphs of {path_or_name}")
         knowledge = knowledge.subset(limit)
     return knowledge
+
+
+def with_priming(knowledge: KnowledgeSet, path: str | Path) -> KnowledgeSet:
+    """The knowledge set with the priming probes of a priming file added (for sets that carry none, such as the
+    reference set). The file is a JSON list of `{"paragraph": ID, "prime_input": [...], "prime_target": [...]}`,
+    each target one of that paragraph's `mem` targets; a paragraph is listed at most once and must not carry
+    priming probes already."""
+    source = str(path)
+    try:
+        data = parse_json_bytes(Path(path).read_bytes(), source)
+    except OSError as err:
+        raise UserError(f"{source}: cannot read: {err.strerror}") from None
+    if not isinstance(data, list) or not data:
+        raise UserError(f'{source}: expected a non-empty JSON list of {{"paragraph", "prime_input", "prime_target"}}')
+    problems: list[str] = []
+    added: dict[int, tuple[Probe, ...]] = {}
+    for i, entry in enumerate(data):
+        where = f"entry {i}"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected an object with paragraph, prime_input, prime_target")
+            continue
+        unknown = sorted(set(entry) - {"paragraph", *PRIME_FIELDS})
+        if unknown:
+            problems.append(f"{where}: unknown field {unknown[0]!r} (known: paragraph, {', '.join(PRIME_FIELDS)})")
+        p = entry.get("paragraph")
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < len(knowledge):
+            problems.append(f"{where}, field 'paragraph': expected a paragraph id 0…{len(knowledge) - 1}, found {p!r}")
+            continue
+        if p in added or PRIME_KIND in knowledge[p].probes:
+            problems.append(f"{where}, field 'paragraph': paragraph {p} already has priming probes")
+            continue
+        before = len(problems)
+        check_priming(entry, f"{where} (paragraph {p})", problems, [q.target for q in knowledge[p].probes["mem"]])
+        if len(problems) == before:
+            added[p] = tuple(Probe(x, y) for x, y in zip(entry[PRIME_FIELDS[0]], entry[PRIME_FIELDS[1]]))
+    raise_problems(source, problems)
+    paragraphs = tuple(
+        replace(p, probes={**p.probes, PRIME_KIND: added[p.id]}) if p.id in added else p for p in knowledge.paragraphs
+    )
+    return KnowledgeSet(paragraphs, knowledge.source, knowledge.value_space)

@@ -10,17 +10,21 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
-ProbeKind = Literal["mem", "sem", "comp"]
+ProbeKind = Literal["mem", "sem", "comp", "prime"]
 
 #: Probe kinds in the order they are logged. `mem`: a sentence of the paragraph cut before a fact;
 #: `sem`: the same fact in other words; `comp`: needs two facts combined.
 PROBE_KINDS: tuple[ProbeKind, ...] = ("mem", "sem", "comp")
+#: Priming probes (optional, logged where a run asks for them): a context unrelated to the paragraph that ends where
+#: one of its facts' targets, the keyword, could follow; their target is that keyword (Sun et al. 2025).
+PRIME_KIND: ProbeKind = "prime"
 
 #: Field names of the reference JSON format for each probe kind (input field, target field).
 REFERENCE_PROBE_FIELDS: dict[ProbeKind, tuple[str, str]] = {
     "mem": ("mem_input", "mem_target"),
     "sem": ("gen_input", "gen_target"),
     "comp": ("hard_gen_input", "hard_gen_target"),
+    "prime": ("prime_input", "prime_target"),
 }
 
 
@@ -184,13 +188,20 @@ class KnowledgeSet:
     def __getitem__(self, i: int) -> Paragraph:
         return self.paragraphs[i]
 
-    def iter_probes(self, paragraphs: list[int] | None = None) -> Iterator[ProbeRef]:
-        """Every probe, in a fixed order: paragraph, then kind (mem, sem, comp), then index."""
+    def iter_probes(
+        self, paragraphs: list[int] | None = None, kinds: tuple[ProbeKind, ...] = PROBE_KINDS
+    ) -> Iterator[ProbeRef]:
+        """Every probe of `kinds`, in a fixed order: paragraph, then kind (mem, sem, comp, prime), then index."""
         chosen = self.paragraphs if paragraphs is None else [self.paragraphs[i] for i in paragraphs]
         for p in chosen:
-            for kind in PROBE_KINDS:
+            for kind in kinds:
                 for i, probe in enumerate(p.probes.get(kind, ())):
                     yield ProbeRef(p.id, kind, i, probe)
+
+    @property
+    def has_priming(self) -> bool:
+        """Whether any paragraph carries priming probes."""
+        return any(p.probes.get(PRIME_KIND) for p in self.paragraphs)
 
     def subset(self, n: int) -> KnowledgeSet:
         """The first n paragraphs (the reference experiment uses the first 120 of 130)."""

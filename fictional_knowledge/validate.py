@@ -15,7 +15,7 @@ import numpy as np
 
 from fictional_knowledge.encode import encode_paragraphs, encode_probes
 from fictional_knowledge.load import load_knowledge_checked
-from fictional_knowledge.model import PROBE_KINDS, KnowledgeSet, ProbeKind, ValueSpace
+from fictional_knowledge.model import PRIME_KIND, PROBE_KINDS, KnowledgeSet, ProbeKind, ValueSpace
 from harness.tokenizers import load_tokenizer
 
 # --------------------------------------------------------------------------------------------- summary
@@ -61,6 +61,8 @@ class KnowledgeSummary:
     ignored_fields: tuple[str, ...] = ()
     tokens: TokenReport | None = field(default=None)
     value_space: ValueSpace | None = None
+    priming: int = 0
+    """Priming probes (kind `prime`)."""
 
     def lines(self) -> list[str]:
         dist = ", ".join(f"{n} paraphrases: {c}" for n, c in sorted(self.paraphrases.items()))
@@ -72,6 +74,8 @@ class KnowledgeSummary:
             f"paraphrases per paragraph: {dist}",
             f"mem probes not verbatim in their paragraph: {self.mem_not_verbatim} (informational)",
         ]
+        if self.priming:
+            out.insert(2, f"priming probes: {self.priming} (logged by runs with priming_probes)")
         if self.ignored_fields:
             out.append("ignored fields: " + ", ".join(self.ignored_fields))
         space = self.value_space
@@ -137,6 +141,7 @@ def summarize(
         tuple(ignored_fields),
         tokens,
         knowledge.value_space,
+        sum(len(p.probes.get(PRIME_KIND, ())) for p in knowledge.paragraphs),
     )
 
 

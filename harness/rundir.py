@@ -1,9 +1,11 @@
 """The run directory: the contract between the training engine and the analysis, declared once.
 
-    RUN_DIR/probes.parquet/          one row per (step, probe): PROBE_SCHEMA (a directory of Parquet parts)
+    RUN_DIR/probes.parquet/          one row per (step, probe): PROBE_SCHEMA, or probe_schema(token_stats=True)
+                                     with the token columns (a directory of Parquet parts)
     RUN_DIR/injections.parquet       one row per injected paragraph copy: INJECTION_SCHEMA
     RUN_DIR/manifest.json            resolved configuration, checkpoint identity, tokens_per_step, status, ...
     RUN_DIR/train_metrics.parquet/   one row per update: METRICS_SCHEMA
+    RUN_DIR/knowledge_entropy.parquet/  where measured: one row per (step, layer): KNOWLEDGE_ENTROPY_SCHEMA
     RUN_DIR/config.yaml              the resolved experiment configuration
     RUN_DIR/checkpoints/stepK/       resumable training state
 
@@ -39,6 +41,7 @@ MANIFEST = "manifest.json"
 METRICS = "train_metrics.parquet"
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
+KNOWLEDGE_ENTROPY = "knowledge_entropy.parquet"
 #: What `manifest.json`'s "format" says for directories written by this version.
 MANIFEST_FORMAT = "injection-run/1"
 
@@ -74,6 +77,16 @@ SCORE_COLUMNS: tuple[Column, ...] = (
     Column("first_rank", pa.int32(), "vocabulary entries scored above the first target token (0 = greedy pick)"),
 )
 SCORE_NAMES: tuple[str, ...] = tuple(c.name for c in SCORE_COLUMNS)
+#: Per-token dynamics of the target span (a run's `probe_token_stats`), from the same logits as ℓ: one number
+#: per probe for what varies along its target tokens.
+TOKEN_COLUMNS: tuple[Column, ...] = (
+    Column("surprisal_mean", pa.float32(), "mean over the target tokens of −log p (nats)"),
+    Column("surprisal_max", pa.float32(), "the largest −log p of a target token (nats)"),
+    Column("entropy_mean", pa.float32(), "mean entropy of the predictive distribution at the target positions (nats)"),
+    Column("rank_mean", pa.float32(), "mean over the target tokens of the vocabulary entries scored above each"),
+    Column("rank_max", pa.int32(), "the worst target token's rank (vocabulary entries scored above it)"),
+)
+TOKEN_NAMES: tuple[str, ...] = tuple(c.name for c in TOKEN_COLUMNS)
 #: Score columns that can serve as ℓ in the analysis (real-valued log-probabilities).
 LOGPROB_COLUMNS: tuple[str, ...] = ("logprob", "logprob_sum", "first_logprob")
 
@@ -101,13 +114,34 @@ METRIC_COLUMNS: tuple[Column, ...] = (
 )
 
 
+#: `knowledge_entropy.parquet/`: written by runs that measure knowledge entropy (`knowledge_entropy.interval`).
+KNOWLEDGE_ENTROPY_COLUMNS: tuple[Column, ...] = (
+    Column("step", pa.int32(), "run step k of the measurement"),
+    Column("layer", pa.int16(), "decoder layer, from 0"),
+    Column("entropy", pa.float64(), "entropy of the layer's normalised mean absolute feed-forward coefficients (nats)"),
+)
+
+
 def schema(columns: Sequence[Column]) -> pa.Schema:
     return pa.schema([(c.name, c.type) for c in columns])
 
 
 PROBE_SCHEMA = schema(PROBE_KEY_COLUMNS + SCORE_COLUMNS)
+
+
+def score_columns(token_stats: bool = False) -> tuple[Column, ...]:
+    """What the probe evaluation computes for a run: the scores, and the token columns where asked."""
+    return SCORE_COLUMNS + (TOKEN_COLUMNS if token_stats else ())
+
+
+def probe_schema(token_stats: bool = False) -> pa.Schema:
+    """The probe log's schema for a run with or without the token columns."""
+    return schema(PROBE_KEY_COLUMNS + score_columns(token_stats))
+
+
 INJECTION_SCHEMA = schema(INJECTION_COLUMNS)
 METRICS_SCHEMA = schema(METRIC_COLUMNS)
+KNOWLEDGE_ENTROPY_SCHEMA = schema(KNOWLEDGE_ENTROPY_COLUMNS)
 
 _PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 

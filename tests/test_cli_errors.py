@@ -84,6 +84,14 @@ def planted_run(tmp: Path, **manifest) -> Path:
     return tmp / "run"
 
 
+def unfinished_twin(tmp: Path) -> Path:
+    """A twin of `planted_run(tmp)` that stopped at step 39."""
+    from tests.helpers.planted import PlantedScenario, write_planted_run
+
+    write_planted_run(tmp / "twin", [PlantedScenario("paraphrase", [0, 1], [], [], 0.0)], n_steps=40, probes_per_kind=2)
+    return tmp / "twin"
+
+
 def probes_with_column(tmp: Path, column: str, values, arrow_type=None) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -607,6 +615,38 @@ CASES = [
         "does not belong to this checkpoint",
     ),
     Case(
+        "run: priming file names a paragraph beyond the set",
+        lambda t: [
+            make_corpus(t / "c", seq_len=32)
+            and (t / "p.json").write_text(json.dumps([{"paragraph": 9}]))
+            and None
+            or "run",
+            str(config(t, checkpoint="tiny@0+L32", priming_probes=str(t / "p.json"))),
+        ],
+        "entry 0, field 'paragraph': expected a paragraph id 0…3",
+    ),
+    Case(
+        "run: priming probes asked of a set without them",
+        lambda t: [
+            make_corpus(t / "c", seq_len=32) and None or "run",
+            str(config(t, checkpoint="tiny@0+L32", knowledge=str(knowledge_file(t)), priming_probes="knowledge")),
+        ],
+        "carries no priming probes",
+    ),
+    Case(
+        "run: knowledge entropy sample larger than a batch",
+        lambda t: [
+            make_corpus(t / "c", seq_len=32) and None or "run",
+            str(config(t, checkpoint="tiny@0+L32", knowledge_entropy={"interval": 5, "rows": 100})),
+        ],
+        "field 'knowledge_entropy.rows': 100 rows",
+    ),
+    Case(
+        "run: negative knowledge entropy interval",
+        lambda t: [tiny(t) and None or "run", str(config(t, knowledge_entropy={"interval": -1}))],
+        "knowledge_entropy.interval",
+    ),
+    Case(
         "run: seq_len of data and checkpoint differ",
         lambda t: [tiny(t) and make_corpus(t / "c", seq_len=16) and None or "run", str(config(t))],
         "seq_len 16",
@@ -745,6 +785,29 @@ CASES = [
         "fit: --window 0",
         lambda t: [planted_run(t) and None or "fit", str(t / "run"), "--window", "0"],
         "window",
+        analysis_app,
+    ),
+    Case(
+        "fit: --baseline with --no-twin-adjust",
+        lambda t: [planted_run(t) and None or "fit", str(t / "run"), "--baseline", str(t / "run"), "--no-twin-adjust"],
+        "--baseline",
+        analysis_app,
+    ),
+    Case(
+        "fit: --baseline is an unfinished twin",
+        lambda t: [
+            planted_run(t) and unfinished_twin(t) and None or "fit",
+            str(t / "run"),
+            "--baseline",
+            str(t / "twin"),
+        ],
+        "has not logged step(s) 40, 41",
+        analysis_app,
+    ),
+    Case(
+        "priming: a run without priming probes",
+        lambda t: [planted_run(t) and None or "priming", str(t / "run")],
+        "no priming probes",
         analysis_app,
     ),
     Case(

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -25,11 +26,16 @@ def test_quick_demo_from_nothing_then_cached(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["checkpoint"] for r in summary["runs"]] == ["tiny@early", "tiny@late"]
     for run in summary["runs"]:
-        # the fit objects are exactly the groups `analysis fit --json` prints for that run directory:
-        # control-adjusted under "fit", unadjusted under "fit_raw"
-        for key, flag in (("fit", "--control-adjust"), ("fit_raw", "--no-control-adjust")):
+        # the fit objects are exactly the groups `analysis fit --json` prints for that run directory: measured
+        # against the run's twin under "fit", control-adjusted under "fit_control", unadjusted under "fit_raw"
+        assert json.loads((Path(run["run_dir"]) / "twin" / "manifest.json").read_text())["status"] == "complete"
+        for key, flags in (
+            ("fit", []),
+            ("fit_control", ["--control-adjust", "--no-twin-adjust"]),
+            ("fit_raw", ["--no-twin-adjust"]),
+        ):
             printed = CliRunner().invoke(
-                app_analysis(), ["fit", run["run_dir"], "--json", "--window", str(QUICK.window), flag]
+                app_analysis(), ["fit", run["run_dir"], "--json", "--window", str(QUICK.window), *flags]
             )
             assert printed.exit_code == 0, printed.output
             assert run[key] == json.loads(printed.stdout)["groups"]
@@ -52,8 +58,9 @@ def test_quick_demo_from_nothing_then_cached(tmp_path, monkeypatch):
     meta = json.loads((stage_dirs[2] / "checkpoint.json").read_text())
     assert meta["step"] == 60 and meta["has_optimizer_state"] and meta["family"] == "tiny"
 
-    # a second invocation reuses the corpus, the checkpoints and the finished runs
-    before = {p: p.stat().st_mtime_ns for p in stage_dirs + [out / "runs" / "early" / "manifest.json"]}
+    # a second invocation reuses the corpus, the checkpoints and the finished runs and twins
+    finished = [out / "runs" / "early" / "manifest.json", out / "runs" / "early" / "twin" / "manifest.json"]
+    before = {p: p.stat().st_mtime_ns for p in stage_dirs + finished}
     again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert "pretraining" not in again.output and "injection run" not in again.output

@@ -88,17 +88,21 @@ def formats_text() -> str:
 
 def _schemas():
     from analysis.export import CURVE_SCHEMA
+    from analysis.priming import SCORES_SCHEMA
     from harness import rundir
 
     return {
         "probes.parquet": rundir.PROBE_SCHEMA,
+        "probes.parquet token columns": rundir.schema(rundir.TOKEN_COLUMNS),
         "injections.parquet": rundir.INJECTION_SCHEMA,
         "train_metrics.parquet": rundir.METRICS_SCHEMA,
+        "knowledge_entropy.parquet": rundir.KNOWLEDGE_ENTROPY_SCHEMA,
         "curves": CURVE_SCHEMA,
+        "priming_scores.parquet": SCORES_SCHEMA,
     }
 
 
-@pytest.mark.parametrize("name", ["probes.parquet", "injections.parquet", "train_metrics.parquet", "curves"])
+@pytest.mark.parametrize("name", sorted(_schemas()))
 def test_column_tables_match_the_schemas(formats_text, name):
     documented = documented_columns(formats_text, name)
     unknown_types = sorted({t for _, t in documented if t not in ARROW_TYPES})

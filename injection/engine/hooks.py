@@ -17,10 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from harness.errors import UserError
 from harness.progress import progress
-from harness.rundir import MANIFEST_FORMAT, METRICS, METRICS_SCHEMA, PROBE_SCHEMA, PROBES, SCORE_NAMES, PartWriter
+from harness.rundir import (
+    MANIFEST_FORMAT,
+    METRICS,
+    METRICS_SCHEMA,
+    PROBE_KEY_COLUMNS,
+    PROBE_SCHEMA,
+    PROBES,
+    PartWriter,
+)
 from harness.tokenizers import load_tokenizer
 from injection.checkpoints.layout import DataPosition, write_checkpoint_dir
 from injection.engine import run_state
@@ -88,6 +97,7 @@ class ManifestHook(Hook):
         self.manifest["last_step"] = step
 
     def on_checkpoint(self, run, step):
+        self.manifest.update(run.manifest_extra)
         self.write(last_checkpoint=step)
 
     def on_end(self, run, status):
@@ -137,13 +147,19 @@ def encounter_spacing(inputs: RunInputs) -> int | None:
     return min(gaps) if gaps else None
 
 
+PROBE_KEY_NAMES = tuple(c.name for c in PROBE_KEY_COLUMNS)
+
+
 class ProbeLogHook(Hook):
     """One row per (step, probe) in RUN_DIR/probes.parquet/."""
 
     name = "probe_log"
 
-    def __init__(self, run_dir: Path, items: Sequence[ProbeItem], flush_steps: int) -> None:
-        self.writer = PartWriter(Path(run_dir) / PROBES, PROBE_SCHEMA, flush_steps)
+    def __init__(
+        self, run_dir: Path, items: Sequence[ProbeItem], flush_steps: int, schema: pa.Schema = PROBE_SCHEMA
+    ) -> None:
+        self.writer = PartWriter(Path(run_dir) / PROBES, schema, flush_steps)
+        self.scores = [name for name in schema.names if name not in PROBE_KEY_NAMES]
         self.keys = {
             "paragraph": np.array([it.paragraph for it in items], dtype=np.int32),
             "scenario": np.array([it.scenario for it in items], dtype=object),
@@ -155,7 +171,7 @@ class ProbeLogHook(Hook):
         n = len(self.keys["paragraph"])
         self.writer.add(
             step,
-            {"step": np.full(n, step, dtype=np.int32), **self.keys, **{name: scores[name] for name in SCORE_NAMES}},
+            {"step": np.full(n, step, dtype=np.int32), **self.keys, **{name: scores[name] for name in self.scores}},
         )
 
     def state_dict(self):

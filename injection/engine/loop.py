@@ -26,11 +26,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from harness import rundir
 from harness.errors import Stopped, UserError
 from harness.http import HttpError
 from injection.engine import run_state, zero
 from injection.engine.batches import InjectedBatches, original_batch
 from injection.engine.config import ExperimentConfig
+from injection.engine.entropy import KnowledgeEntropyHook
 from injection.engine.evaluate import evaluate_probes
 from injection.engine.hooks import Hook, ManifestHook, MetricsHook, ProbeLogHook, ProgressHook, Run, first_manifest
 from injection.engine.inputs import RunInputs
@@ -176,7 +178,14 @@ def _any_rank(run: Run, count: int) -> bool:
 def evaluate(run: Run, step: int) -> float:
     """Score every probe on the current weights (split over ranks); returns the seconds it took."""
     t0 = time.perf_counter()
-    scores = evaluate_probes(run.engine.module, run.inputs.probe_items, run.cfg.eval_batch_tokens, run.rank, run.world)
+    scores = evaluate_probes(
+        run.engine.module,
+        run.inputs.probe_items,
+        run.cfg.eval_batch_tokens,
+        run.rank,
+        run.world,
+        token_stats=run.cfg.probe_token_stats,
+    )
     if scores is not None:
         for hook in run.hooks:
             hook.on_eval(run, step, scores)
@@ -366,22 +375,24 @@ def plan_run(cfg: ExperimentConfig, inputs: RunInputs, world: int) -> RunPlan:
 
 
 def run_hooks(run: Run, decision: run_state.Decision, progress: bool, extra: Sequence[Hook]) -> list[Hook]:
-    """Rank 0's writing hooks, the manifest first (the run directory opened before any), then `extra` on every
-    rank. They start in this order and end in the reverse one, so the manifest is written last."""
+    """Rank 0's writing hooks, the manifest first (the run directory opened before any), then `extra` and the
+    knowledge-entropy measurement on every rank. They start in this order and end in the reverse one, so the
+    manifest is written last."""
+    earlier = run_state.open_run_dir(run.cfg, decision, run.inputs.all_records) if run.rank == 0 else None
+    every_rank = [*extra, *KnowledgeEntropyHook.for_run(run)]  # each rank runs the entropy's forwards, rank 0 writes
     if run.rank != 0:
-        return list(extra)
-    earlier = run_state.open_run_dir(run.cfg, decision, run.inputs.all_records)
+        return every_rank
     cfg, run_dir = run.cfg, run.run_dir
     writers: list[Hook] = [
         ManifestHook(run_dir, first_manifest(run, earlier)),
-        ProbeLogHook(run_dir, run.inputs.probe_items, cfg.log_flush_steps),
+        ProbeLogHook(run_dir, run.inputs.probe_items, cfg.log_flush_steps, rundir.probe_schema(cfg.probe_token_stats)),
         MetricsHook(run_dir, cfg.log_flush_steps),
     ]
     writers += [h for h in (monitor_hook(cfg, run_dir),) if h is not None]
     if progress:
         writers.append(ProgressHook(cfg.total_steps, cfg.log_interval))
     writers.append(TransferStatsHook())
-    return [*writers, *extra]
+    return [*writers, *every_rank]
 
 
 def restore(run: Run) -> int:

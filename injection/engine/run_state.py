@@ -164,7 +164,14 @@ def release_run_dir(run_dir: Path, rank: int = 0) -> None:
 
 def clear_partial_run(run_dir: Path) -> None:
     """Remove what a run that never reached a checkpoint left (logs, partial checkpoints), keeping nothing stale."""
-    for name in (rundir.PROBES, rundir.METRICS, rundir.CHECKPOINTS, rundir.INJECTIONS, "monitor"):
+    for name in (
+        rundir.PROBES,
+        rundir.METRICS,
+        rundir.KNOWLEDGE_ENTROPY,
+        rundir.CHECKPOINTS,
+        rundir.INJECTIONS,
+        "monitor",
+    ):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path)

@@ -53,6 +53,8 @@ from injection.checkpoints.pull import default_dest
 from injection.data.build import build_corpus
 from injection.engine.config import ExperimentConfig, config_from_dict
 from injection.engine.hooks import ExportHook
+from injection.engine.inputs import prepare_inputs
+from injection.engine.twin import run_twin, twin_config
 from injection.recipes import kit
 from injection.schedule import schedule_from_dict
 
@@ -125,6 +127,9 @@ class DemoProfile:
     """The most paragraphs one step carries (0: `paragraphs_per_group`). A larger group is injected in chunks
     of this size on consecutive steps, so a group can have more probes to average over without any step
     giving more of its rows to injected text."""
+    twin: bool = False
+    """Run each injection run's twin too (the same continuation with nothing spliced), so that every probe is
+    measured against its own counterfactual; the control-adjusted numbers stay beside."""
 
     @property
     def model_shape(self) -> kit.ModelShape:
@@ -161,6 +166,7 @@ class DemoProfile:
                 "window",
                 "control_paragraphs",
                 "paragraphs_per_step",
+                "twin",
             )
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
@@ -434,19 +440,27 @@ def check_earlier_run(cfg: ExperimentConfig, out: Path, same_inputs: bool) -> st
     return status
 
 
-def injection_run(profile: DemoProfile, cfg: ExperimentConfig, status: str | None) -> Path:
-    """One run of the study's design; reused when complete, resumed when interrupted (`status` as found)."""
+def injection_run(profile: DemoProfile, cfg: ExperimentConfig, status: str | None, out: Path) -> Path:
+    """One run of the study's design, and its twin where the profile asks; reused when complete, resumed when
+    interrupted (`status` as found)."""
     if status != "complete":
         say(f"injection run from {cfg.label} ({profile.run_steps} steps)", prefix="demo:")
-    return kit.train(cfg, status)
+        kit.train(cfg, status)
+    remedy = f"choose another --out, or remove {out} to start over"
+    if profile.twin and kit.earlier_status(twin_config(cfg), "demo configuration", remedy) != "complete":
+        say(f"its twin: the same {profile.run_steps} steps with nothing spliced", prefix="demo:")
+        run_twin(cfg, prepare_inputs(cfg), progress=True)
+    return Path(cfg.output_dir)
 
 
 def analyse(profile: DemoProfile, run_dirs: dict[str, Path], out: Path) -> dict[str, Any]:
     """Figures per run, the report over all runs, and summary.json (fit objects as `analysis fit --json`).
 
-    Every metric is control-adjusted: the never-injected control probes' mean drift (a tiny model at a
-    high learning rate moves every probe a little) is subtracted first, so what remains is the injections'
-    own effect. The unadjusted fits sit beside them under `fit_raw`."""
+    Every metric is adjusted before it is computed, so that what remains is the injections' own effect: with
+    twins, each probe is measured against its twin (`fit`), with the control-adjusted fits beside it
+    (`fit_control`); without, the never-injected control probes' mean drift (a tiny model at a high learning
+    rate moves every probe a little) is subtracted (`fit`). The unadjusted fits sit beside them under
+    `fit_raw`."""
     options = FitOptions(window=profile.window, control_adjust=True)
     summary: dict[str, Any] = {"profile": profile.name, "runs": []}
     for stage, run_dir in run_dirs.items():
@@ -459,6 +473,7 @@ def analyse(profile: DemoProfile, run_dirs: dict[str, Path], out: Path) -> dict[
                 "run_dir": str(run_dir),
                 "fit": [g.record() for g in analysis.fits],
                 "fit_raw": [g.record() for g in analysis.raw.fits],
+                **({"fit_control": [g.record() for g in analysis.control.fits]} if analysis.control else {}),
                 "recall": mem_recall(run),
             }
         )
@@ -537,9 +552,9 @@ def run_demo(
     owned.write(KNOWLEDGE, knowledge_bytes)  # every check passed: the first write into --out
     owned.write(SCHEDULE, schedule_bytes)
     stages = pretrain(profile, corpus, tokenizer_dir, seq_len, out / KNOWLEDGE, cache / f"L{seq_len}")
-    if profile == full and seq_len == profile.seq_len:
+    if dataclasses.replace(profile, twin=False) == full and seq_len == profile.seq_len:  # the full, twins or not
         register_tiny_family(profile, stages)
-    run_dirs = {stage: injection_run(profile, cfg, statuses[stage]) for stage, cfg in configs.items()}
+    run_dirs = {stage: injection_run(profile, cfg, statuses[stage], out) for stage, cfg in configs.items()}
     summary = analyse(profile, run_dirs, out)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     owned.write(SUMMARY, json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -556,7 +571,10 @@ def demo(
         Path, typer.Option("--out", "-o", help="Where the runs, figures, report and summary.json go.")
     ] = Path("demo_out"),
     quick: Annotated[
-        bool, typer.Option("--quick", help="A smaller model, corpus and schedule (1.5–2 minutes).")
+        bool,
+        typer.Option(
+            "--quick", help="A smaller model, corpus and schedule; every run with its twin (the tests' demo)."
+        ),
     ] = False,
     knowledge: Annotated[
         Path | None,
@@ -564,24 +582,35 @@ def demo(
             "--knowledge", help="Inject this knowledge set (its first paragraphs) instead of a generated one."
         ),
     ] = None,
+    twin: Annotated[
+        bool,
+        typer.Option(
+            "--twin",
+            help="Also run every injection run's twin and measure each probe against it (--quick always does; "
+            "twice the runs' time).",
+        ),
+    ] = False,
 ) -> None:
     """The whole experiment offline on one CPU: corpus, tiny model, injections, analysis."""
-    summary = run_demo(out, quick, knowledge)
-    table = Table(title=f"decay constants and effectivity, control-adjusted ({summary['wall_seconds']:.0f} s)")
-    for col in ("checkpoint", "scenario", "kind", "effectivity", "a", "R²", "t* (steps)"):
+    profile = load_demo_profile("quick" if quick else "full")
+    profile = dataclasses.replace(profile, twin=True) if twin else profile
+    summary = run_demo(out, knowledge=knowledge, profile=profile)
+    twins = profile.twin
+    adjusted = "measured against each run's twin" if twins else "control-adjusted"
+    table = Table(title=f"decay constants and effectivity, {adjusted} ({summary['wall_seconds']:.0f} s)")
+    for col in ("checkpoint", "scenario", "kind", "effectivity", "a", "R²", "t* (steps)", *(["R² ctrl"] * twins)):
         table.add_column(col)
     fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
     for run in summary["runs"]:
+        control_r2 = {(f["scenario"], f["kind"]): f["r2"] for f in run.get("fit_control", [])}
         for f in run["fit"]:
-            if f["control"]:  # never injected: its drift was subtracted from every other row
+            if f["control"]:  # never injected: its drift (unadjusted) is what control adjustment subtracts
                 table.add_row(
                     run["checkpoint"],
                     "none (control)",
                     f["kind"],
                     "drift " + fmt(f["drift_last"], "+.3f"),
-                    "—",
-                    "—",
-                    "—",
+                    *["—"] * (3 + twins),
                     style="dim",
                 )
                 continue
@@ -593,6 +622,7 @@ def demo(
                 fmt(f["a"], ".3f"),
                 fmt(f["r2"], ".2f"),
                 fmt(f["t_star_steps"], ".3g"),
+                *([fmt(control_r2.get((f["scenario"], f["kind"])), ".2f")] * twins),
             )
     console = Console()
     console.print(table)

@@ -87,11 +87,15 @@ def write_planted_run(
     parts: int = 1,
     extra_columns: bool = False,
     flat_probes: set[tuple[int, str, int]] = frozenset(),
+    drift: float = 0.0,
+    twin: bool = False,
 ) -> PlantedRun:
     """Write probes.parquet (a file if parts == 1, else a directory of parts), injections.parquet, manifest.json.
 
     `steps` overrides the logged steps (default 0..n_steps−1); `flat_probes` lists (paragraph, kind, probe)
-    whose ℓ never changes (no gain).
+    whose ℓ never changes (no gain). `drift` > 0 adds to every probe its own random walk (steps of that standard
+    deviation, from 0 at the first logged step): what the model does anyway. With `twin`, PATH/twin is the run's
+    twin: the same probes with the same drift and nothing injected, named in both manifests as the engine does.
     """
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -112,6 +116,27 @@ def write_planted_run(
     matrix = np.stack(blocks)
     if noise:
         matrix = matrix + rng.normal(0.0, noise, matrix.shape)
+    walk, pres = np.zeros_like(matrix), np.array(pres)
+    if drift:
+        steps_drawn = np.random.default_rng([seed, 1]).normal(0.0, drift, matrix.shape)
+        walk = np.cumsum(steps_drawn, axis=1) - steps_drawn[:, :1]  # 0 at the first logged step
+        # Everything on a grid of 2^-16 nats (|ℓ| < 16): float32 holds every value, sum and difference exactly, so a
+        # twin's drift cancels to the last bit and the planted plateau at each peak stays a tie.
+        matrix, walk, pres = (np.round(x * 2**16) / 2**16 for x in (matrix, walk, pres))
+    if twin:
+        _write_log(path / "twin", pres[:, None] + walk, ids, logged, pres, 1, False)
+        _write_injections(path / "twin", [], False)
+        (path / "twin" / "manifest.json").write_text(json.dumps({"tokens_per_step": tokens_per_step, "twin_of": ".."}))
+    _write_log(path, matrix + walk, ids, logged, pres, parts, extra_columns)
+    _write_injections(path, scenarios, extra_columns)
+    meta = {"tokens_per_step": tokens_per_step, "seed": seed, **({"twin": "twin"} if twin else {})}
+    meta.update(manifest or {})
+    (path / "manifest.json").write_text(json.dumps(meta))
+    return PlantedRun(path=path, scenarios=scenarios, steps=logged, kind_scale=scale)
+
+
+def _write_log(path: Path, matrix, ids, logged, pres, parts: int, extra_columns: bool) -> None:
+    path.mkdir(parents=True, exist_ok=True)
     n_probes, n_cols = matrix.shape
     para = np.array([i[0] for i in ids], dtype=np.int32)
     scen = np.array([i[1] for i in ids], dtype=object)
@@ -122,7 +147,7 @@ def write_planted_run(
     step_col = np.repeat(logged.astype(np.int32), n_probes)
     values = matrix.T.ravel().astype(np.float32)
     # Recalled exactly once ℓ has risen 0.5 nats above its starting value.
-    recalled = (matrix - np.array(pres)[:, None] > 0.5).T.ravel()
+    recalled = (matrix - pres[:, None] > 0.5).T.ravel()
     columns = {
         "step": pa.array(step_col, pa.int32()),
         "paragraph": pa.array(np.tile(para, n_cols), pa.int32()),
@@ -152,6 +177,8 @@ def write_planted_run(
             chunk = table.slice(bounds[i] * n_probes, (bounds[i + 1] - bounds[i]) * n_probes)
             pq.write_table(chunk, target / f"part-{i:05d}.parquet")
 
+
+def _write_injections(path: Path, scenarios: list[PlantedScenario], extra_columns: bool) -> None:
     inj = {"step": [], "paragraph": [], "scenario": [], "variant": [], "row": [], "offset": [], "tokens": []}
     row = 0
     for sc in scenarios:
@@ -174,10 +201,6 @@ def write_planted_run(
     if extra_columns:
         inj_table = inj_table.append_column("source", pa.array(["other-tool"] * inj_table.num_rows))
     pq.write_table(inj_table, path / "injections.parquet")
-    meta = {"tokens_per_step": tokens_per_step, "seed": seed}
-    meta.update(manifest or {})
-    (path / "manifest.json").write_text(json.dumps(meta))
-    return PlantedRun(path=path, scenarios=scenarios, steps=logged, kind_scale=scale)
 
 
 def paper_scenarios(decay: tuple[float, float, float] = (0.20, 0.25, 0.35), controls: int = 0) -> list[PlantedScenario]:
@@ -318,4 +341,55 @@ def write_scored_run(
     meta = {"tokens_per_step": 1000}
     meta.update(manifest or {})
     (path / "manifest.json").write_text(json.dumps(meta))
+    return path
+
+
+def write_priming_run(
+    path: Path,
+    keywords: list[tuple[float, float]],
+    *,
+    controls: int = 2,
+    n_steps: int = 40,
+    encounter: int = 5,
+    primes: int = 4,
+    seed: int = 0,
+) -> Path:
+    """A run whose paragraphs' priming is planted: paragraph i (of `keywords`, each (x_i, y_i)) is injected at
+    step `encounter`; its keyword has probability 10^x_i in its own context (its `mem` probe 0, constant) and from
+    the step after the encounter on, each of its `primes` priming probes gives the keyword 10^y_i times the
+    probability it had before: priming score S_i = 10^y_i exactly. `controls` more paragraphs are never injected
+    and never primed (S = 1). manifest.json `priming` says which keyword each priming probe asks for."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    steps = np.arange(n_steps)
+    after = (steps > encounter).astype(np.float64)
+    trajectories: dict[tuple[int, str, str, int], np.ndarray] = {}
+    recorded = []
+    for p, (x, y) in enumerate([*keywords, *[(-2.0, 0.0)] * controls]):
+        scenario = "once" if p < len(keywords) else "none"
+        trajectories[(p, scenario, "mem", 0)] = np.full(n_steps, x * np.log(10))
+        for j in range(primes):
+            base = -12.0 + 6.0 * rng.random()
+            trajectories[(p, scenario, "prime", j)] = base + after * y * np.log(10)
+            recorded.append({"paragraph": p, "probe": j, "keyword": f"keyword {p}", "mem_probe": 0})
+    keys = list(trajectories)
+    sums = np.stack([trajectories[k] for k in keys]).T.ravel()  # rows by step, then probe
+    pq.write_table(
+        pa.table(
+            {
+                "step": pa.array(np.repeat(steps, len(keys)), pa.int32()),
+                "paragraph": pa.array([k[0] for k in keys] * n_steps, pa.int32()),
+                "scenario": pa.array([k[1] for k in keys] * n_steps),
+                "kind": pa.array([k[2] for k in keys] * n_steps),
+                "probe": pa.array([k[3] for k in keys] * n_steps, pa.int16()),
+                "logprob": pa.array(sums / 2, pa.float64()),
+                "logprob_sum": pa.array(sums, pa.float64()),
+                "first_logprob": pa.array(sums / 2, pa.float64()),
+                "exact_match": pa.array(np.zeros(len(sums), bool)),
+            }
+        ),
+        path / "probes.parquet",
+    )
+    _write_injections(path, [PlantedScenario("once", list(range(len(keywords))), [encounter], [1.0], 0.0)], False)
+    (path / "manifest.json").write_text(json.dumps({"tokens_per_step": 100, "priming": recorded}))
     return path
