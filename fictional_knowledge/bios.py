@@ -34,9 +34,10 @@ scores (the value in the biography's own prefix, the name at its start) are buil
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -298,6 +299,12 @@ class Bios:
     def name_space(self) -> int:
         return self.spec.name_space
 
+    @property
+    def value_bits(self) -> float:
+        """log2 S0: the bits of one person's values (the gender's included; the work city, which follows the
+        employer, adds none)."""
+        return 1.0 + sum(0.0 if a.derived_from else math.log2(s.size) for a, s in zip(ATTRIBUTES, self._sets))
+
     def person(self, i: int) -> Person:
         if not 0 <= i < self.spec.people:
             raise IndexError(f"person {i} outside 0..{self.spec.people - 1}")
@@ -449,17 +456,22 @@ def generate_bios(spec: BiosSpec) -> KnowledgeSet:
 
 def write_bios(out: str | Path, spec: BiosSpec) -> Bios:
     """Write a biography set to `out` atomically, one person at a time (memory does not grow with the number of
-    people); the same bytes as `json.dumps` of `generate_bios_document` with the project's layout. Returns the
-    generator (its value space, name space)."""
+    people); the same bytes as `dumps_knowledge(generate_bios_document(spec))`. Returns the generator."""
     bios = Bios(spec)
+    write_people(out, bios, range(spec.people))
+    return bios
+
+
+def write_people(out: str | Path, bios: Bios, people: Iterable[int]) -> Path:
+    """A knowledge file of the given people of a set (item i is person people[i]), written atomically one person
+    at a time in the layout of `generate.dumps_knowledge`."""
 
     def write(handle: IO[bytes]) -> None:
         head = json.dumps({VALUE_SPACE_KEY: bios.value_space_json}, ensure_ascii=False, indent=1)
         handle.write(f'{head[:-2]},\n "{ITEMS_KEY}": ['.encode())
-        for i, item in enumerate(bios.items()):
-            text = json.dumps(item, ensure_ascii=False, indent=1).replace("\n", "\n  ")
+        for i, person in enumerate(people):
+            text = json.dumps(bios.item(bios.person(person)), ensure_ascii=False, indent=1).replace("\n", "\n  ")
             handle.write(f"{',' if i else ''}\n  {text}".encode())
         handle.write(b"\n ]\n}\n")
 
-    write_atomic(out, write)
-    return bios
+    return write_atomic(out, write)
