@@ -285,9 +285,9 @@ class Bios:
         names = NameGenerator(random.Random(f"bios-{spec.seed}"))
         rng = names.rng
         self.value_space = _value_space(spec, names)
-        self.first_names = _prefix_free_set(spec.first_names, lambda: names.word(rng.choice([2, 2, 3])))
-        self.middle_names = _prefix_free_set(spec.middle_names, lambda: names.word(2))
-        self.last_names = _prefix_free_set(spec.last_names, lambda: names.word(rng.choice([2, 3])))
+        self.first_names = _prefix_free_set(spec.first_names, lambda: names.coined((2, 2, 3), ("",)))
+        self.middle_names = _prefix_free_set(spec.middle_names, lambda: names.coined((2,), ("",)))
+        self.last_names = _prefix_free_set(spec.last_names, lambda: names.coined((2, 3), ("",)))
         cities = self.value_space.value_sets["cities"].size
         #: employer index -> the index of the city it is based in
         self.headquarters = tuple(rng.randrange(cities) for _ in range(spec.employers))

@@ -30,6 +30,7 @@ probes are generated and written one at a time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -550,11 +551,16 @@ def planned_parameters(cfg: CapacityConfig, model: ModelSpec) -> tuple[int, int]
     """(total, non-embedding) parameters the model will have with a `tokenizer_vocab`-entry tokenizer."""
     # token ids only need to lie inside the vocabulary here
     shape = model.shape.architecture(cfg.tokenizer_vocab, cfg.seq_len, eos_token_id=0, pad_token_id=1)
-    family = load_catalog().family("pythia-tiny" if model.architecture == "gpt2" else "tiny")
-    arch = dataclasses.replace(family.architecture, **shape)
+    arch = dataclasses.replace(_architecture("pythia-tiny" if model.architecture == "gpt2" else "tiny"), **shape)
     if model.architecture == "gpt2":
         return _count_parameters(gpt_neox_hf_config(dataclasses.replace(arch, params=None, non_embedding_params=None)))
     return _count_parameters(olmo_hf_config(arch))
+
+
+@functools.lru_cache(maxsize=2)
+def _architecture(family: str):
+    """A built-in family's architecture from the catalog (read once: the catalog is large)."""
+    return load_catalog().family(family).architecture
 
 
 def _count_parameters(config) -> tuple[int, int]:
@@ -633,12 +639,14 @@ def eval_steps(cfg: CapacityConfig, corpus: Corpus, batch: int) -> list[int]:
 # ---- the plan (dry run) -------------------------------------------------------------------------------------------
 
 
-def tokens_per_person(cfg: CapacityConfig, bios: Bios) -> float:
-    """Mean tokens of a biography with its EOS, under a BPE of the configured size trained on a sample."""
-    sample = min(bios.spec.people, SAMPLE_PEOPLE)
-    texts = [bios.biography(p, d).text for p in bios.people(0, sample) for d in range(2)]
+@functools.lru_cache(maxsize=8)
+def tokens_per_person(spec: BiosSpec, vocab: int) -> float:
+    """Mean tokens of a biography with its EOS, under a BPE of `vocab` entries trained on two draws of the
+    biographies of the first 1,000 people."""
+    bios = Bios(dataclasses.replace(spec, people=min(spec.people, 1000)))
+    texts = [bios.biography(p, d).text for p in bios.people() for d in range(2)]
     with tempfile.TemporaryDirectory() as tmp:
-        train_bpe_tokenizer(texts, cfg.tokenizer_vocab, Path(tmp) / "tokenizer")
+        train_bpe_tokenizer(texts, vocab, Path(tmp) / "tokenizer")
         tokenizer = load_tokenizer(str(Path(tmp) / "tokenizer"))
         return float(np.mean([len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]])) + 1
 
@@ -660,7 +668,7 @@ def plan(cfg: CapacityConfig, generate: bool = True) -> list[dict[str, Any]]:
     if generate:
         seconds = generate_people(bios)
         say(f"generated {bios.spec.people:,} people and their probe biographies in {seconds:.0f} s", prefix="capacity:")
-    per_person = tokens_per_person(cfg, bios)
+    per_person = tokens_per_person(bios.spec, cfg.tokenizer_vocab)
     rows = []
     for rung in cfg.rungs():
         total, non_embedding = planned_parameters(cfg, rung.model)
