@@ -303,3 +303,19 @@ def test_quick_profile_from_nothing_then_reused(tmp_path, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in manifests} == manifests
     other = CliRunner().invoke(app, ["capacity", "--profile", "quick", "--out", str(out), "--set", "exposures=30"])
     assert other.exit_code == 2 and "another configuration" in other.output
+
+
+def test_corpus_writer_cuts_files_at_whole_instances(tmp_path):
+    from injection.recipes.kit import CorpusWriter
+
+    writer = CorpusWriter(tmp_path, seq_len=4, eos=0, vocab=100, file_tokens=8)
+    docs = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
+    writer.add(docs[:2])
+    writer.pad()
+    assert writer.instances == 2  # 3 + 1 + 1 + 1 tokens, padded to 8
+    writer.add(docs[2:])
+    writer.pad()
+    writer.close()
+    stream = np.concatenate([np.fromfile(tmp_path / p, dtype=np.uint16) for p in writer.paths]).tolist()
+    assert stream == [5, 6, 7, 0, 8, 0, 0, 0, 9, 10, 11, 12, 13, 0, 14, 15, 0, 0, 0, 0]
+    assert writer.paths == ["part-00000.npy", "part-00001.npy", "part-00002.npy"] and writer.counts == [2, 2, 1]

@@ -218,14 +218,13 @@ class CorpusWriter:
     is followed by `eos`, files are cut at whole instances of `seq_len` tokens, and `pad()` fills the current
     instance with EOS so that what follows starts an instance of its own. Memory holds one file's tokens."""
 
-    def __init__(self, directory: Path, seq_len: int, eos: int, vocab: int, file_tokens: int = 1 << 27):
+    def __init__(self, directory: Path, seq_len: int, eos: int, vocab: int, file_tokens: int = 1 << 25):
         self.directory, self.seq_len, self.eos = Path(directory), seq_len, eos
         self.dtype = np.uint16 if vocab < 65536 else np.uint32
-        self.file_tokens = max(seq_len, file_tokens // seq_len * seq_len)
+        self._buffer = np.empty(max(seq_len, file_tokens // seq_len * seq_len), dtype=self.dtype)
+        self._filled = 0
         self.paths: list[str] = []
         self.counts: list[int] = []
-        self._buffer: list[np.ndarray] = []
-        self._buffered = 0
         self.tokens = 0
         """Tokens written so far (documents, their EOS and padding)."""
 
@@ -236,9 +235,8 @@ class CorpusWriter:
 
     def add(self, documents: Iterable[Sequence[int]]) -> None:
         for ids in documents:
-            doc = np.empty(len(ids) + 1, dtype=self.dtype)
-            doc[:-1], doc[-1] = ids, self.eos
-            self._append(doc)
+            self._append(np.asarray(ids, dtype=self.dtype))
+            self._append(np.array([self.eos], dtype=self.dtype))
 
     def pad(self) -> None:
         missing = -self.tokens % self.seq_len
@@ -246,26 +244,26 @@ class CorpusWriter:
             self._append(np.full(missing, self.eos, dtype=self.dtype))
 
     def _append(self, tokens: np.ndarray) -> None:
-        self._buffer.append(tokens)
-        self._buffered += len(tokens)
-        self.tokens += len(tokens)
-        while self._buffered >= self.file_tokens:
-            joined = np.concatenate(self._buffer)
-            self._write(joined[: self.file_tokens])
-            rest = joined[self.file_tokens :]
-            self._buffer, self._buffered = [rest], len(rest)
+        while len(tokens):
+            take = min(len(tokens), len(self._buffer) - self._filled)
+            self._buffer[self._filled : self._filled + take] = tokens[:take]
+            self._filled += take
+            self.tokens += take
+            tokens = tokens[take:]
+            if self._filled == len(self._buffer):
+                self._write()
 
-    def _write(self, tokens: np.ndarray) -> None:
+    def _write(self) -> None:
         name = f"part-{len(self.paths):05d}.npy"
-        tokens.tofile(self.directory / name)
+        self._buffer[: self._filled].tofile(self.directory / name)
         self.paths.append(name)
-        self.counts.append(len(tokens) // self.seq_len)
+        self.counts.append(self._filled // self.seq_len)
+        self._filled = 0
 
     def close(self) -> None:
         """Write what is buffered (call `pad()` first: a partial instance at the end would be dropped)."""
-        if self._buffered:
-            self._write(np.concatenate(self._buffer))
-            self._buffer, self._buffered = [], 0
+        if self._filled:
+            self._write()
 
 
 def write_order(
