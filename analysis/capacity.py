@@ -39,9 +39,10 @@ description of that run, not a capacity). Every fit that ends at a bound says so
 Across the rungs of one model (runs that differ in N), its capacity is its most bits; it is limited by the model
 when some rung offered more than twice that and the rung reaching it had converged (its bits grew by less than
 `plateau` over the last tenth of its exposures), by training when it had not, and otherwise possibly by the data.
-A line through the origin of capacity against parameters gives bits per parameter. Overwriting: for a knowledge
-base whose exposures stop while another one is trained, the share of its bits and exact matches kept, and its
-mean retainability after the switch with the same decay fit as injected paragraphs.
+A line through the origin of capacity against parameters gives bits per parameter (a model whose bits are ≤ 0
+at every rung enters it as 0: what a model stores is never below 0, and its bound shows nothing more).
+Overwriting: for a knowledge base whose exposures stop while another one is trained, the share of its bits and
+exact matches kept, and its mean retainability after the switch with the same decay fit as injected paragraphs.
 """
 
 from __future__ import annotations
@@ -1035,7 +1036,11 @@ def analyse_capacity(runs: list[Run], options: CapacityOptions | None = None) ->
             notes.append(note)
         models.append(model)
     models.sort(key=lambda m: m.parameters)
-    capacity = np.array([m.capacity for m in models])
+    # What a model stores is never below 0 bits: a rung whose lower bound is negative shows only that.
+    capacity = np.array([max(m.capacity, 0.0) if np.isfinite(m.capacity) else np.nan for m in models])
+    for m in models:
+        if m.capacity <= 0:
+            notes.append(f"model {m.model}: R(F) ≤ 0 at every rung ({m.capacity:,.0f} at best): 0 bits in the fits")
     fit_total = fit_proportional(np.array([m.parameters for m in models]), capacity)
     fit_non_embedding = fit_proportional(np.array([m.non_embedding_parameters for m in models]), capacity)
     fact_fit = fit_linear(

@@ -662,7 +662,7 @@ def bits_trajectory_figure(analysis) -> Figure:
                 switch = trained[np.searchsorted(r.steps, kb.overwrite.switch_step)]
                 for ax in axes:
                     ax.axvline(switch, color=color, ls="--", lw=0.8)
-    axes[0].set_yscale("symlog", linthresh=max(min(scale, default=1.0), 1.0))
+    axes[0].set_yscale("symlog", linthresh=max(0.01 * max(scale, default=100.0), 1.0))
     for ax in axes:
         ax.axhline(0, color="0.5", lw=0.6)
         ax.set_xlabel("epochs trained (exposures, summed over knowledge bases)")

@@ -254,6 +254,14 @@ def test_capacity_per_model_bits_per_parameter_and_fact_capacity(ladder):
     assert data_limited.models[0].limited_by == "data" and "limited by the data" in data_limited.notes[0]
 
 
+def test_a_model_with_no_positive_rung_counts_as_zero_in_the_fits(ladder, tmp_path):
+    blank = _rung(tmp_path / "t", 50, 0, "tiny", 500, 100)  # nobody known: 50 × (10 − 20) bits
+    analysis = analyse_capacity([load_run(p) for p in [blank, *ladder]])
+    assert analysis.models[0].capacity == pytest.approx(-500)
+    assert analysis.fit_total.slope == pytest.approx(1_820_000 / (10_000_000 + 500**2))
+    assert any("R(F) ≤ 0 at every rung (-500 at best): 0 bits in the fits" in n for n in analysis.notes)
+
+
 def test_a_model_still_learning_is_limited_by_training(tmp_path):
     rising = _rung(tmp_path / "r", 100, 60, "m", 1000, 400, rising=True)
     steady = _rung(tmp_path / "s", 100, 60, "m", 1000, 400)
