@@ -180,7 +180,8 @@ def capacity(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write capacity.json and the figures here.")] = None,
 ) -> None:
-    """Stored knowledge in bits, bits per parameter, exact-match memorization and overwriting of capacity runs."""
+    """Knowledge capacity of capacity runs: R(F) as Allen-Zhu & Li define it (name and values scored in context),
+    bits per parameter, exact-match fact capacity and memorization (Lu et al.), and overwriting."""
     if out is not None:
         OwnedDir(out).claim(["capacity.json", *figure_files(CAPACITY_FIGURES)])
     analysis = analyse_capacity([load_run(p) for p in run_dirs], options)

@@ -569,7 +569,13 @@ RUN_FIGURES = (
     "knowledge_entropy",
     "priming",
 )
-CAPACITY_FIGURES = ("capacity_bits", "capacity_memorization", "capacity_attributes", "capacity_trajectories")
+CAPACITY_FIGURES = (
+    "capacity_bits",
+    "capacity_memorization",
+    "capacity_attributes",
+    "capacity_trajectories",
+    "capacity_facts",
+)
 
 
 def figure_files(stems) -> list[str]:
@@ -698,14 +704,24 @@ def plot_run(analysis: RunAnalysis, out_dir: str | Path) -> list[Path]:
 
 # ---- capacity runs ----------------------------------------------------------------------------------------
 
+#: Allen-Zhu & Li's published R(F) (bits per parameter) after 1,000 and 100 exposures per fact.
+PUBLISHED_RATIOS = ((2.0, "1,000"), (1.0, "100"))
+
 
 def capacity_bits_figure(analysis) -> Figure:
-    """Stored bits against parameters (total, non-embedding) on log axes, with the fitted bits per parameter and
-    the 2 and 1 bits-per-parameter lines; one point per run (colour: people), a star per model's capacity."""
+    """R(F)·P (stored bits, Allen-Zhu & Li's measure) against parameters (total, non-embedding) on log axes, with
+    the fitted bits per parameter and the published 2 and 1 bits-per-parameter lines of the same measure; one
+    point per run (colour: people), a star per model's capacity. Runs with R(F) ≤ 0 (or none) cannot sit on a log
+    axis: they are drawn as ▼ on its lower edge and counted in the legend."""
     fig, axes = _panels(2, width=5.4, height=4.4, sharey=True)
     people = np.array([r.people for r in analysis.runs], dtype=float)
     cmap = plt.get_cmap("viridis")
     norm = matplotlib.colors.LogNorm(vmin=max(people.min(), 1), vmax=max(people.max(), 2))
+    bits = np.array([r.bits[r.column] for r in analysis.runs], dtype=float)
+    positive = np.isfinite(bits) & (bits > 0)
+    capacities = np.array([m.capacity for m in analysis.models], dtype=float)
+    shown = np.concatenate([bits[positive], capacities[np.isfinite(capacities) & (capacities > 0)]])
+    floor = shown.min() / 10 if len(shown) else 1.0
     for ax, which, fit in (
         (axes[0], "total", analysis.fit_total),
         (axes[1], "non-embedding", analysis.fit_non_embedding),
@@ -715,32 +731,59 @@ def capacity_bits_figure(analysis) -> Figure:
             return info_or_model.parameters if which == "total" else info_or_model.non_embedding_parameters
 
         x = np.array([params(r.info) for r in analysis.runs], dtype=float)
-        y = np.array([max(r.bits[r.column], 1e-3) for r in analysis.runs])
-        ax.scatter(x, y, c=people, cmap=cmap, norm=norm, s=28, zorder=3, label="runs (colour: people)")
+        ax.scatter(x[positive], bits[positive], c=people[positive], cmap=cmap, norm=norm, s=28, zorder=3, label="runs")
+        if (~positive).any():
+            ax.scatter(
+                x[~positive],
+                np.full((~positive).sum(), floor),
+                c=people[~positive],
+                cmap=cmap,
+                norm=norm,
+                marker="v",
+                s=40,
+                zorder=3,
+                label=f"R(F) ≤ 0 or none: {(~positive).sum()} run(s), drawn at the floor",
+            )
+        keep = np.isfinite(capacities) & (capacities > 0)
         mx = np.array([params(m) for m in analysis.models], dtype=float)
-        my = np.array([max(m.capacity, 1e-3) for m in analysis.models])
         ax.scatter(
-            mx, my, marker="*", s=150, facecolors="none", edgecolors="black", zorder=4, label="capacity (max over N)"
+            mx[keep],
+            capacities[keep],
+            marker="*",
+            s=150,
+            facecolors="none",
+            edgecolors="black",
+            zorder=4,
+            label="capacity (max over N)",
         )
         span = np.array([x.min() / 1.5, x.max() * 1.5])
-        ax.plot(span, 2 * span, color="0.35", lw=1.2, label="2 bits / parameter")
-        ax.plot(span, span, color="0.35", lw=1.0, ls="--", label="1 bit / parameter")
+        for (ratio, exposures), style in zip(PUBLISHED_RATIOS, ("-", "--")):
+            ax.plot(
+                span,
+                ratio * span,
+                color="0.35",
+                lw=1.1,
+                ls=style,
+                label=f"R(F) = {ratio:g} (published, {exposures} exp.)",
+            )
         if fit is not None and fit.slope > 0:
             se = f" ± {fit.slope_se:.2g}" if np.isfinite(fit.slope_se) else ""
             ax.plot(span, fit.slope * span, color="#d62728", lw=1.6, label=f"fit: {fit.slope:.3g}{se} bits / parameter")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_ylim(bottom=floor / 2)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(f"{which} parameters")
-        ax.legend(loc="upper left", fontsize=7.5)
-    axes[0].set_ylabel("stored bits (Σ max(0, log2|V| − CE))")
+        ax.legend(loc="upper left", fontsize=7)
+    axes[0].set_ylabel("R(F)·P: N·log2(N0/e^p1) + N·log2(S0/e^p2) bits")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="people N", shrink=0.8)
     fig.suptitle("knowledge stored against model size", fontsize=12)
     return fig
 
 
 def memorization_figure(analysis) -> Figure:
-    """Exact-match rate against exposures while each knowledge base is trained, with M(E) = M∞(1 − e^(−E/τ))."""
+    """Exact-match rate against exposures while each knowledge base is trained, with M(E) = M∞(1 − e^(−E/τ))
+    (dotted where the fit describes no saturation)."""
     fig, axes = _panels(1, width=6.4, height=4.2)
     ax = axes[0]
     index = 0
@@ -753,78 +796,127 @@ def memorization_figure(analysis) -> Figure:
             fit = kb.memorization
             if fit is not None:
                 label = f"{name}: M∞ {fit.m_inf:.2f}, τ {fit.tau:.3g}, R² {fit.r2:.2f}"
+                label += " (no saturation)" if fit.problems else ""
                 e = np.linspace(0, kb.exposures[grow].max(), 200)
-                ax.plot(e, fit(e), color=color, lw=1.2, ls="--")
+                ax.plot(e, fit(e), color=color, lw=1.2, ls=":" if fit.problems else "--")
             else:
                 label = f"{name}: not fitted"
             ax.plot(kb.exposures[grow], kb.exact_match[grow], "o", ms=3.5, color=color, label=label)
+    in_context = any(kb.exact_match_in_context for r in analysis.runs for kb in r.knowledge_bases)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("exposures per fact E")
-    ax.set_ylabel("exact-match rate (greedy decoding of the value)")
-    ax.legend(loc="best", fontsize=7.5)
-    ax.set_title("memorization against exposures")
+    ax.set_ylabel(f"exact-match rate ({'in context' if in_context else 'isolated probes'})")
+    ax.legend(loc="best", fontsize=7)
+    ax.set_title("exact match within each run (one schedule)")
     fig.tight_layout()
     return fig
 
 
 def attribute_figure(analysis) -> Figure:
-    """Per attribute: the share of its bits stored and its exact-match rate, one bar per run."""
+    """Per value: log2|V| minus its cross-entropy in context as a share of log2|V| (what a person's value costs
+    less than a uniform guess), and its exact-match rate in context; one bar per run."""
     fig, axes = _panels(2, width=5.8, height=4.0, sharey=False)
-    names = [name for name, _ in analysis.runs[0].info.attributes]
+    names = [v.name for v in analysis.runs[0].knowledge_bases[0].values]
     width = 0.8 / max(len(analysis.runs), 1)
     x = np.arange(len(names))
     for i, r in enumerate(analysis.runs):
         col = r.column
-        stored = np.zeros(len(names))
-        available = np.zeros(len(names))
+        known = np.zeros(len(names))
         em = np.zeros(len(names))
-        facts = np.zeros(len(names))
+        weight = 0
         for kb in r.knowledge_bases:
-            for j, a in enumerate(kb.attributes[: len(names)]):
-                stored[j] += a.bits[col]
-                available[j] += a.available_bits
-                em[j] += a.exact_match[col] * a.facts if a.facts else 0.0
-                facts[j] += a.facts
+            by_name = {v.name: v for v in kb.values}
+            for j, name in enumerate(names):
+                v = by_name.get(name)
+                if v is not None:
+                    ce = v.context_ce[col] if np.isfinite(v.context_ce[col]) else v.isolated_ce[col]
+                    hit = v.context_em[col] if np.isfinite(v.context_em[col]) else v.isolated_em[col]
+                    known[j] += kb.people * (1 - ce / math.log2(v.size))
+                    em[j] += kb.people * hit
+            weight += kb.people
         offset = (i - (len(analysis.runs) - 1) / 2) * width
         color = _FALLBACK[i % len(_FALLBACK)]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            axes[0].bar(x + offset, stored / available, width, color=color, label=r.label)
-            axes[1].bar(x + offset, em / facts, width, color=color, label=r.label)
-    for ax, title in zip(axes, ("share of the attribute's bits stored", "exact-match rate")):
+        axes[0].bar(x + offset, known / weight, width, color=color, label=r.label)
+        axes[1].bar(x + offset, em / weight, width, color=color, label=r.label)
+    axes[0].axhline(0, color="0.5", lw=0.6)
+    axes[0].set_title("1 − CE / log2|V| (in context)")
+    axes[1].set_title("exact-match rate (in context)")
+    axes[1].set_ylim(0, 1.02)
+    for ax in axes:
         ax.set_xticks(x, names, rotation=25, ha="right", fontsize=8)
-        ax.set_ylim(0, 1.02)
-        ax.set_title(title)
-    axes[0].legend(loc="best", fontsize=7.5)
-    fig.suptitle("per attribute (at each run's compared step)", fontsize=12)
+    axes[0].legend(loc="best", fontsize=7)
+    fig.suptitle("per value (at each run's compared step)", fontsize=12)
     fig.tight_layout()
     return fig
 
 
 def bits_trajectory_figure(analysis) -> Figure:
-    """Stored bits of every knowledge base (and their share of what it holds) against the epochs trained so far
-    (summed over the run's knowledge bases, so a second knowledge base continues the axis; dashed: it starts)."""
+    """R(F)·P of every knowledge base (symmetric log axis: negative values are drawn) and its share of what the
+    knowledge base offers, against the epochs trained so far (summed over the run's knowledge bases, so a second
+    knowledge base continues the axis; dashed: it starts)."""
     fig, axes = _panels(2, width=5.6, height=4.2, sharey=False)
     index = 0
+    scale = []
     for r in analysis.runs:
         trained = np.sum([kb.exposures for kb in r.knowledge_bases], axis=0)
         for kb in r.knowledge_bases:
             color = _FALLBACK[index % len(_FALLBACK)]
             index += 1
             name = r.label if len(r.knowledge_bases) == 1 else f"{r.label} / {kb.scenario}"
-            axes[0].plot(trained, np.where(kb.bits > 0, kb.bits, np.nan), color=color, lw=1.3, label=name)
-            axes[1].plot(trained, kb.bits / kb.available_bits, color=color, lw=1.3)
+            axes[0].plot(trained, kb.bits.value, color=color, lw=1.3, label=name)
+            axes[1].plot(trained, kb.bits.value / kb.most_bits, color=color, lw=1.3)
+            scale += [abs(v) for v in kb.bits.value if np.isfinite(v) and v != 0]
             if kb.overwrite is not None:
                 switch = trained[np.searchsorted(r.steps, kb.overwrite.switch_step)]
                 for ax in axes:
                     ax.axvline(switch, color=color, ls="--", lw=0.8)
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("stored bits (log scale; zero not drawn)")
-    axes[1].set_ylabel("share of the knowledge base's bits stored")
-    axes[1].set_ylim(-0.02, 1.02)
+    axes[0].set_yscale("symlog", linthresh=max(0.01 * max(scale, default=100.0), 1.0))
     for ax in axes:
+        ax.axhline(0, color="0.5", lw=0.6)
         ax.set_xlabel("epochs trained (exposures, summed over knowledge bases)")
-    axes[0].legend(loc="best", fontsize=7.5)
+    axes[0].set_ylabel("R(F)·P bits (symmetric log scale)")
+    axes[1].set_ylabel("share of N·log2(N0/N) + N·log2 S0")
+    axes[0].legend(loc="best", fontsize=7)
     fig.suptitle("stored knowledge during training", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def facts_figure(analysis) -> Figure:
+    """Lu et al.'s two views: facts recalled exactly at each model's rung with the most people against
+    non-embedding parameters (with the least-squares line), and facts recalled against the exposures a schedule
+    ends at (separate runs of one model and one set of people) with C(E) = c + a(1 − e^(−E/τ))."""
+    fig, axes = _panels(2, width=5.6, height=4.2, sharey=False)
+    ax = axes[0]
+    x = np.array([m.non_embedding_parameters for m in analysis.models], dtype=float)
+    y = np.array([m.fact_capacity for m in analysis.models], dtype=float)
+    ax.plot(x, y, "o", color="black", ms=5, label="models (rung with the most people)")
+    fit = analysis.fact_fit
+    if fit is not None:
+        span = np.linspace(0, x.max() * 1.1, 50)
+        ax.plot(
+            span, fit.intercept + fit.slope * span, color="#d62728", lw=1.4, label=f"line: {fit.slope:.3g} per param"
+        )
+    ax.set_xlabel("non-embedding parameters")
+    ax.set_ylabel("facts recalled exactly")
+    ax.set_title("exact-match fact capacity")
+    ax.legend(loc="best", fontsize=7)
+    ax = axes[1]
+    for i, curve in enumerate(analysis.epochs):
+        color = _FALLBACK[i % len(_FALLBACK)]
+        ax.plot(curve.exposures, curve.facts_recalled, "o", color=color, label=f"{curve.model}, N {curve.people:,}")
+        if curve.fit is not None:
+            e = np.linspace(0, curve.exposures.max() * 1.05, 200)
+            ax.plot(e, curve.fit(e), color=color, lw=1.2, ls=":" if curve.fit.at_bound else "--")
+    if not analysis.epochs:
+        ax.text(
+            0.5, 0.5, "no runs that differ only in their exposures", ha="center", va="center", transform=ax.transAxes
+        )
+    ax.set_xlabel("exposures E the schedule ends at (separate runs)")
+    ax.set_ylabel("facts recalled exactly at the end")
+    ax.set_title("capacity against epochs")
+    if analysis.epochs:
+        ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -836,6 +928,7 @@ def capacity_figures(analysis) -> dict[str, Figure]:
         "capacity_memorization": memorization_figure(analysis),
         "capacity_attributes": attribute_figure(analysis),
         "capacity_trajectories": bits_trajectory_figure(analysis),
+        "capacity_facts": facts_figure(analysis),
     }
 
 

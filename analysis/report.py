@@ -465,19 +465,39 @@ CAPACITY_COLUMNS = [
     "params",
     "non-emb params",
     "people",
+    "probed",
     "step",
     "exposures",
-    "bits",
-    "strict",
-    "of available",
+    "R(F)·P bits",
+    "± se",
+    "name term",
+    "value term",
+    "of most",
     "bits/param",
     "bits/non-emb",
-    "EM",
-    "M∞",
-    "τ",
-    "R²",
+    "facts recalled",
+    "converged",
 ]
-ATTRIBUTE_COLUMNS = ["run", "knowledge base", "attribute", "|V|", "log2|V|", "bits", "of available", "CE bits", "EM"]
+DIAGNOSTIC_COLUMNS = [
+    "run",
+    "knowledge base",
+    "isolated bits (unfloored)",
+    "floored bits",
+    "floor slack F·H2(q)",
+    "floored − slack",
+    "R(F)·P bits",
+]
+VALUE_COLUMNS = [
+    "run",
+    "knowledge base",
+    "value",
+    "|V|",
+    "log2|V|",
+    "CE in context",
+    "CE isolated",
+    "EM in context",
+    "EM isolated",
+]
 MODEL_COLUMNS = [
     "model",
     "params",
@@ -486,8 +506,11 @@ MODEL_COLUMNS = [
     "bits/param",
     "bits/non-emb",
     "limited by",
+    "fact capacity (EM)",
     "rungs (people: bits)",
 ]
+MEMORIZATION_COLUMNS = ["run", "knowledge base", "EM", "M∞", "τ", "R²", "problems"]
+EPOCH_COLUMNS = ["model", "people", "exposures E", "facts recalled", "C(∞)", "c", "a", "τ", "R²"]
 OVERWRITE_COLUMNS = [
     "run",
     "knowledge base",
@@ -509,13 +532,15 @@ def _int(value: int) -> str:
     return f"{value:,}"
 
 
+def _yes_no(value: bool | None) -> str:
+    return "—" if value is None else "yes" if value else "no"
+
+
 def capacity_rows(analysis) -> list[list[str]]:
     rows = []
     for r in analysis.runs:
         rec = r.record()
-        fit = r.knowledge_bases[0].memorization
-        share = rec["bits"] / rec["available_bits"] if rec["available_bits"] else math.nan
-        em = sum(kb.exact_match[r.column] * kb.people for kb in r.knowledge_bases) / max(r.people, 1)
+        share = rec["bits"] / rec["most_bits"] if rec["bits"] is not None and rec["most_bits"] else None
         rows.append(
             [
                 rec["run"],
@@ -523,40 +548,59 @@ def capacity_rows(analysis) -> list[list[str]]:
                 _int(rec["parameters"]),
                 _int(rec["non_embedding_parameters"]),
                 _int(rec["people"]),
+                _int(rec["probed_people"]),
                 str(rec["step"]),
                 fmt(rec["exposures"]),
                 fmt(rec["bits"]),
-                fmt(rec["bits_strict"]),
+                fmt(rec["bits_se"]),
+                fmt(rec["name_bits"]),
+                fmt(rec["value_bits"]),
                 fmt(share),
                 fmt(rec["bits_per_parameter"]),
                 fmt(rec["bits_per_non_embedding_parameter"]),
-                fmt(em),
-                fmt(fit.m_inf if fit else None),
-                fmt(fit.tau if fit else None),
-                fmt(fit.r2 if fit else None),
+                fmt(rec["facts_recalled"]),
+                _yes_no(rec["converged"]),
             ]
         )
     return rows
 
 
-def attribute_rows(analysis) -> list[list[str]]:
+def diagnostic_rows(analysis) -> list[list[str]]:
     rows = []
     for r in analysis.runs:
         col = r.column
         for kb in r.knowledge_bases:
-            for a in kb.attributes:
-                share = a.bits[col] / a.available_bits if a.available_bits else math.nan
+            rows.append(
+                [
+                    r.label,
+                    kb.scenario,
+                    fmt(kb.isolated_bits[col]),
+                    fmt(kb.floored_bits[col]),
+                    fmt(kb.floor_slack[col]),
+                    fmt(kb.floored_bits[col] - kb.floor_slack[col]),
+                    fmt(kb.bits.value[col]),
+                ]
+            )
+    return rows
+
+
+def value_rows(analysis) -> list[list[str]]:
+    rows = []
+    for r in analysis.runs:
+        col = r.column
+        for kb in r.knowledge_bases:
+            for v in kb.values:
                 rows.append(
                     [
                         r.label,
                         kb.scenario,
-                        a.name,
-                        _int(a.size),
-                        fmt(math.log2(a.size)),
-                        fmt(a.bits[col]),
-                        fmt(share),
-                        fmt(a.cross_entropy[col]),
-                        fmt(a.exact_match[col]),
+                        v.name + (f" (follows {v.derived_from})" if v.derived_from else ""),
+                        _int(v.size),
+                        fmt(math.log2(v.size)),
+                        fmt(v.context_ce[col]),
+                        fmt(v.isolated_ce[col]),
+                        fmt(v.context_em[col]),
+                        fmt(v.isolated_em[col]),
                     ]
                 )
     return rows
@@ -571,11 +615,51 @@ def model_rows(analysis) -> list[list[str]]:
             fmt(m.capacity),
             fmt(m.capacity / m.parameters),
             fmt(m.capacity / m.non_embedding_parameters),
-            "model" if m.limited_by_model else "data",
-            ", ".join(f"{r.people}: {r.bits[r.column]:,.0f}" for r in sorted(m.runs, key=lambda r: r.people)),
+            m.limited_by,
+            fmt(m.fact_capacity),
+            ", ".join(f"{r.people}: {fmt(r.bits[r.column])}" for r in sorted(m.runs, key=lambda r: r.people)),
         ]
         for m in analysis.models
     ]
+
+
+def memorization_rows(analysis) -> list[list[str]]:
+    rows = []
+    for r in analysis.runs:
+        for kb in r.knowledge_bases:
+            fit = kb.memorization
+            rows.append(
+                [
+                    r.label,
+                    kb.scenario,
+                    fmt(kb.exact_match[r.column]),
+                    fmt(fit.m_inf if fit else None),
+                    fmt(fit.tau if fit else None),
+                    fmt(fit.r2 if fit else None),
+                    "; ".join(fit.problems) if fit else "not fitted",
+                ]
+            )
+    return rows
+
+
+def epoch_rows(analysis) -> list[list[str]]:
+    rows = []
+    for e in analysis.epochs:
+        fit = e.fit
+        rows.append(
+            [
+                e.model,
+                _int(e.people),
+                ", ".join(fmt(v) for v in e.exposures),
+                ", ".join(fmt(v) for v in e.facts_recalled),
+                fmt(fit.limit if fit else None),
+                fmt(fit.offset if fit else None),
+                fmt(fit.amplitude if fit else None),
+                fmt(fit.tau if fit else None) + (" (bound)" if fit and fit.at_bound else ""),
+                fmt(fit.r2 if fit else None),
+            ]
+        )
+    return rows
 
 
 def overwrite_rows(analysis) -> list[list[str]]:
@@ -613,7 +697,19 @@ def fit_line(analysis) -> str:
                 f"{fmt(fit.slope)}{se} bits per {name} parameter (R² {fmt(fit.r2)}, "
                 f"{fit.n_points} model{'s' if fit.n_points != 1 else ''})"
             )
-    return "capacity against parameters, line through the origin: " + "; ".join(parts) if parts else ""
+    return "R(F): capacity against parameters, line through the origin: " + "; ".join(parts) if parts else ""
+
+
+def fact_fit_line(analysis) -> str:
+    fit = analysis.fact_fit
+    if fit is None:
+        return ""
+    se = f" ± {fmt(fit.slope_se)}" if math.isfinite(fit.slope_se) else ""
+    return (
+        f"facts recalled exactly (each model's rung with the most people) against non-embedding parameters: "
+        f"{fmt(fit.slope)}{se} facts per parameter, intercept {fmt(fit.intercept)} (R² {fmt(fit.r2)}, "
+        f"{fit.n_points} models)"
+    )
 
 
 def capacity_notes(analysis) -> list[str]:
@@ -621,12 +717,12 @@ def capacity_notes(analysis) -> list[str]:
 
 
 def print_capacity(analysis, console) -> None:
-    """The capacity tables, the bits-per-parameter line and the notes, on a rich console."""
+    """The capacity tables, the fitted lines and the notes, on a rich console."""
     for table in capacity_tables(analysis):
         console.print(table)
-    line = fit_line(analysis)
-    if line:
-        console.print(line, highlight=False)
+    for line in (fit_line(analysis), fact_fit_line(analysis)):
+        if line:
+            console.print(line, highlight=False)
     for note in capacity_notes(analysis):
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
 
@@ -644,13 +740,33 @@ def capacity_tables(analysis) -> list[Table]:
     kind = analysis.runs[0].kind
     tables = [
         _plain_table(
-            f"stored knowledge ({kind} probes; bits = Σ max(0, log2|V| − CE))",
+            "stored knowledge R(F)·P = N·log2(N0/e^p1) + N·log2(S0/e^p2) (name and values scored in context)",
             CAPACITY_COLUMNS,
             capacity_rows(analysis),
         ),
-        _plain_table("per attribute", ATTRIBUTE_COLUMNS, attribute_rows(analysis), left=3),
         _plain_table("capacity per model (most bits over the rungs)", MODEL_COLUMNS, model_rows(analysis), left=1),
+        _plain_table(
+            f"diagnostics, not the measure: values after isolated {kind} probes",
+            DIAGNOSTIC_COLUMNS,
+            diagnostic_rows(analysis),
+        ),
+        _plain_table("per value (cross-entropy in bits)", VALUE_COLUMNS, value_rows(analysis), left=3),
+        _plain_table(
+            "exact-match rate against exposures within each run: M(E) = M∞(1 − e^(−E/τ))",
+            MEMORIZATION_COLUMNS,
+            memorization_rows(analysis),
+        ),
     ]
+    rows = epoch_rows(analysis)
+    if rows:
+        tables.append(
+            _plain_table(
+                "facts recalled against the exposures a schedule ends at: C(E) = c + a(1 − e^(−E/τ))",
+                EPOCH_COLUMNS,
+                rows,
+                left=1,
+            )
+        )
     rows = overwrite_rows(analysis)
     if rows:
         tables.append(
@@ -659,13 +775,17 @@ def capacity_tables(analysis) -> list[Table]:
     return tables
 
 
-_CAPACITY_DEFINITIONS = """<p>Stored knowledge (after Allen-Zhu &amp; Li, "Physics of Language Models: Part 3.3"):
-for every (person, attribute a), log2 |V_a| minus the model's cross-entropy of the value in bits (its summed
-token log-probability after the probe prompt, divided by −ln 2), floored at 0 and summed (<code>bits</code>);
-<code>strict</code> floors each attribute's sum instead, so facts predicted worse than a uniform guess cancel
-facts that are known. Exact match (EM): greedy decoding yields the whole value. M(E) = M∞·(1 − e^(−E/τ)) is
-fitted to EM against exposures E. A model's capacity is its most bits over rungs with different numbers of
-people; bits per parameter is the slope of a line through the origin of capacity against parameters.</p>"""
+_CAPACITY_DEFINITIONS = """<p>Stored knowledge as Allen-Zhu &amp; Li define it ("Physics of Language Models: Part 3.3",
+Def. 4.1/4.3): R(F)·P = N·log2(N0/e<sup>p1</sup>) + N·log2(S0/e<sup>p2</sup>) bits, with N people, N0 the names the
+generator could draw, S0 the product of the independent value-set sizes (the work city follows the employer), p1 the
+mean cross-entropy (nats) of a person's name at the start of a biography and p2 the mean summed cross-entropy of
+the person's values scored in context (inside the biography, after the name and the values before them). Nothing is
+floored: a model that knows nothing scores at most 0 in expectation. "Of most" divides by N·log2(N0/N) +
+N·log2 S0, what the data offers. Diagnostics: the same values after isolated sentences, unfloored and floored at 0
+per fact; the floor can credit up to F·H2(q) bits (F facts, q the share guessed above uniform) that the weights do
+not hold. Exact match (EM): greedy decoding yields the whole value; facts recalled = EM × facts (Lu et al.). A
+model's capacity is its most bits over rungs with different numbers of people; bits per parameter is the slope of
+a line through the origin of capacity against parameters.</p>"""
 
 
 def capacity_html(analysis) -> str:
@@ -674,15 +794,22 @@ def capacity_html(analysis) -> str:
         _CAPACITY_DEFINITIONS,
         _html_table(CAPACITY_COLUMNS, capacity_rows(analysis)),
     ]
-    line = fit_line(analysis)
-    if line:
-        parts.append(f"<p>{html.escape(line)}</p>")
+    for line in (fit_line(analysis), fact_fit_line(analysis)):
+        if line:
+            parts.append(f"<p>{html.escape(line)}</p>")
     parts += [
         "<h3>Capacity per model</h3>",
-        _html_table(MODEL_COLUMNS, model_rows(analysis)),
-        "<h3>Per attribute</h3>",
-        _html_table(ATTRIBUTE_COLUMNS, attribute_rows(analysis)),
+        _html_table(MODEL_COLUMNS, model_rows(analysis), left=1),
+        "<h3>Diagnostics (isolated probes; not the measure)</h3>",
+        _html_table(DIAGNOSTIC_COLUMNS, diagnostic_rows(analysis)),
+        "<h3>Per value</h3>",
+        _html_table(VALUE_COLUMNS, value_rows(analysis), left=3),
+        "<h3>Exact match within each run</h3>",
+        _html_table(MEMORIZATION_COLUMNS, memorization_rows(analysis)),
     ]
+    rows = epoch_rows(analysis)
+    if rows:
+        parts += ["<h3>Facts recalled against the exposures a schedule ends at</h3>", _html_table(EPOCH_COLUMNS, rows)]
     rows = overwrite_rows(analysis)
     if rows:
         parts += [

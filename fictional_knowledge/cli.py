@@ -69,9 +69,14 @@ def generate(
         int, typer.Option(help="First birth year (dates: days 1-28 of every month).", rich_help_panel=_BIOS)
     ] = 1900,
     last_year: Annotated[int, typer.Option(help="Last birth year.", rich_help_panel=_BIOS)] = 2099,
-    shuffle: Annotated[
-        bool, typer.Option(help="Paraphrase variants reorder the six sentences.", rich_help_panel=_BIOS)
-    ] = True,
+    bios_style: Annotated[
+        Literal["multi", "simple"],
+        typer.Option(
+            help="multi: bioS(N), multi + permute (every variant draws templates and sentence order afresh); "
+            "simple: bioS^simple (one biography per person; needs --paraphrases 0).",
+            rich_help_panel=_BIOS,
+        ),
+    ] = "multi",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Write a new fictional knowledge set made by the project's own template generator (offline)."""
@@ -85,16 +90,14 @@ def generate(
             first_year=first_year,
             last_year=last_year,
             paraphrases=paraphrases,
-            shuffle=shuffle,
+            style=bios_style,
             seed=seed,
         )
-        knowledge = write_bios(out, spec, overwrite=overwrite)
-        space = knowledge.value_space
-        sizes = ", ".join(f"{a.name} {a.size:,}" for a in space.attributes)
-        bits = len(knowledge) * sum(a.bits for a in space.attributes)
+        bios = write_bios(out, spec, overwrite=overwrite)
+        sizes = ", ".join(f"{a.name} {a.size:,}" for a in bios.value_space.attributes)
         typer.echo(
-            f"wrote {out}: {len(knowledge)} people, {paraphrases} paraphrases each, value sets {sizes}; "
-            f"{bits:,.0f} bits of facts (seed {seed})"
+            f"wrote {out}: {spec.people:,} people ({bios_style}), {paraphrases} paraphrases each, value sets "
+            f"{sizes} (employer_city follows employer); {bios.name_space:,} possible names (seed {seed})"
         )
         return
 

@@ -23,7 +23,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -250,14 +250,23 @@ class CapacityManifest:
         "capacity": {
           "model": "d64-L2",                                  # runs of one model are compared across data sizes
           "parameters": {"total": 412160, "non_embedding": 150016},
-          "attributes": [{"name": "birth_date", "size": 67200}, ...],   # mem/sem probe i asks for attribute i
-          "exposures": {"bios": {"steps": [0, 600], "exposures": [0, 100]}}
+          "attributes": [{"name": "birth_date", "size": 67200}, ...,   # mem/sem probe i asks for attribute i
+                         {"name": "employer_city", "size": 200, "derived_from": "employer"}],
+          "exposures": {"bios": {"steps": [0, 600], "exposures": [0, 100]}},
+          "people": {"bios": 20000},                          # people of each knowledge base (optional)
+          "name_space": 160000000,                            # N0, the names the generator can make (optional)
+          "context": [{"name": "birth_date", "size": 67200}, ..., {"name": "gender", "size": 2}]   # (optional)
         }
 
     `exposures` maps each scenario of the probe log (one knowledge base) to the mean number of times each of
     its facts has been seen, as a piecewise-linear function of the run step through the given points (constant
     after the last one). A knowledge base trained first and then left alone (while another is learned) has
     a flat piece at the end.
+
+    `people` is how many people a knowledge base has; the probe log may hold a uniform sample of them (its
+    paragraphs), and totals are then estimated from the sample. `context` lists what `ctx` probe j scores: the
+    value of context[j] inside the biography's own text (`name` probe 0 scores the name that opens it); an entry
+    (attribute or context value) `derived_from` another adds no information of its own.
     """
 
     model: str
@@ -268,18 +277,39 @@ class CapacityManifest:
     exposures: dict[str, tuple[tuple[float, ...], tuple[float, ...]]]
     """scenario -> (run steps, exposures at those steps). Steps may be fractional: where an epoch ends inside
     an update's batch."""
+    people: dict[str, int] = field(default_factory=dict)
+    """scenario -> people of that knowledge base (missing: the people of the probe log)."""
+    name_space: int | None = None
+    """N0: how many full names the generator could have drawn."""
+    context: tuple[tuple[str, int], ...] = ()
+    """(name, number of choices) that `ctx` probe j scores in context."""
+    derived: dict[str, str] = field(default_factory=dict)
+    """attribute or context name -> the one it follows (it carries no information of its own)."""
 
     def exposures_at(self, scenario: str, steps: np.ndarray) -> np.ndarray:
         knots_steps, knots_values = self.exposures[scenario]
         return np.interp(np.asarray(steps, dtype=np.float64), knots_steps, knots_values)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        def entries(pairs: tuple[tuple[str, int], ...]) -> list[dict[str, Any]]:
+            return [
+                {"name": n, "size": size, **({"derived_from": self.derived[n]} if n in self.derived else {})}
+                for n, size in pairs
+            ]
+
+        out: dict[str, Any] = {
             "model": self.model,
             "parameters": {"total": self.parameters, "non_embedding": self.non_embedding_parameters},
-            "attributes": [{"name": n, "size": size} for n, size in self.attributes],
+            "attributes": entries(self.attributes),
             "exposures": {s: {"steps": list(st), "exposures": list(ex)} for s, (st, ex) in self.exposures.items()},
         }
+        if self.people:
+            out["people"] = dict(self.people)
+        if self.name_space is not None:
+            out["name_space"] = self.name_space
+        if self.context:
+            out["context"] = entries(self.context)
+        return out
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], file: Path) -> CapacityManifest:
@@ -307,14 +337,34 @@ class CapacityManifest:
             raise UserError(f"{where}, 'parameters': expected {{total, non_embedding}}, found {params!r}")
         total = count(params.get("total"), "'parameters.total'", 1)
         non_embedding = count(params.get("non_embedding"), "'parameters.non_embedding'", 1)
-        attributes = raw["attributes"]
-        if not isinstance(attributes, list) or not attributes:
-            raise UserError(f"{where}, 'attributes': expected a non-empty list of {{name, size}}")
-        parsed_attributes = []
-        for i, a in enumerate(attributes):
-            if not isinstance(a, dict) or not isinstance(a.get("name"), str):
-                raise UserError(f"{where}, 'attributes'[{i}]: expected {{name, size}}, found {a!r}")
-            parsed_attributes.append((a["name"], count(a.get("size"), f"'attributes'[{i}].size", 2)))
+        derived: dict[str, str] = {}
+
+        def named_sizes(key: str, required: bool) -> tuple[tuple[str, int], ...]:
+            entries = raw.get(key)
+            if entries is None and not required:
+                return ()
+            if not isinstance(entries, list) or not entries:
+                raise UserError(f"{where}, {key!r}: expected a non-empty list of {{name, size}}")
+            parsed = []
+            for i, a in enumerate(entries):
+                if not isinstance(a, dict) or not isinstance(a.get("name"), str):
+                    raise UserError(f"{where}, {key!r}[{i}]: expected {{name, size}}, found {a!r}")
+                parsed.append((a["name"], count(a.get("size"), f"{key!r}[{i}].size", 2)))
+                source = a.get("derived_from")
+                if source is not None:
+                    if not isinstance(source, str):
+                        raise UserError(f"{where}, {key!r}[{i}].derived_from: expected a name, found {source!r}")
+                    derived[a["name"]] = source
+            return tuple(parsed)
+
+        parsed_attributes = named_sizes("attributes", True)
+        context = named_sizes("context", False)
+        names = {n for n, _ in parsed_attributes + context}
+        for name, source in derived.items():
+            if source not in names or source == name:
+                raise UserError(
+                    f"{where}: {name!r} is derived_from {source!r}, which is not another attribute or context value"
+                )
         exposures_raw = raw["exposures"]
         if not isinstance(exposures_raw, dict) or not exposures_raw:
             raise UserError(f"{where}, 'exposures': expected an object mapping each scenario to {{steps, exposures}}")
@@ -334,4 +384,21 @@ class CapacityManifest:
             ):
                 raise UserError(f"{here}, exposures: expected non-decreasing numbers >= 0, found {values}")
             exposures[str(scenario)] = (tuple(float(v) for v in steps), tuple(float(v) for v in values))
-        return cls(str(raw["model"]), total, non_embedding, tuple(parsed_attributes), exposures)
+        people_raw = raw.get("people", {})
+        if not isinstance(people_raw, dict):
+            raise UserError(f"{where}, 'people': expected an object mapping each scenario to its number of people")
+        people = {str(s): count(n, f"'people.{s}'", 1) for s, n in people_raw.items()}
+        name_space = raw.get("name_space")
+        if name_space is not None:
+            name_space = count(name_space, "'name_space'", 2)
+        return cls(
+            str(raw["model"]),
+            total,
+            non_embedding,
+            parsed_attributes,
+            exposures,
+            people,
+            name_space,
+            context,
+            derived,
+        )

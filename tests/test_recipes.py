@@ -80,7 +80,7 @@ interval: 2
 def test_the_recipes_are_found_with_their_profiles():
     assert set(recipe_files()) == {"demo", "capacity"}
     assert kit.profile_names(recipe_files()["demo"]) == ["full", "quick"]
-    assert kit.profile_names(recipe_files()["capacity"]) == ["cpu", "gpu", "quick"]
+    assert kit.profile_names(recipe_files()["capacity"]) == ["cpu", "gpu", "gpu100", "quick"]
     listed = CliRunner().invoke(app, ["--help"]).output
     assert "demo" in listed and "capacity" in listed
 

@@ -280,16 +280,30 @@ def capacity_manifest(
     model: str = "m",
     parameters: int = 1000,
     non_embedding: int = 600,
+    people: dict[str, int] | None = None,
+    name_space: int | None = None,
+    context: list[tuple[str, int]] | None = None,
+    derived: dict[str, str] | None = None,
 ) -> dict:
     """`manifest.json["capacity"]` of a capacity run (harness.rundir.CapacityManifest)."""
-    return {
-        "capacity": {
-            "model": model,
-            "parameters": {"total": parameters, "non_embedding": non_embedding},
-            "attributes": [{"name": n, "size": s} for n, s in attributes],
-            "exposures": {sc: {"steps": list(st), "exposures": list(ex)} for sc, (st, ex) in exposures.items()},
-        }
+    derived = derived or {}
+
+    def entries(pairs):
+        return [{"name": n, "size": s, **({"derived_from": derived[n]} if n in derived else {})} for n, s in pairs]
+
+    raw = {
+        "model": model,
+        "parameters": {"total": parameters, "non_embedding": non_embedding},
+        "attributes": entries(attributes),
+        "exposures": {sc: {"steps": list(st), "exposures": list(ex)} for sc, (st, ex) in exposures.items()},
     }
+    if people:
+        raw["people"] = dict(people)
+    if name_space is not None:
+        raw["name_space"] = name_space
+    if context:
+        raw["context"] = entries(context)
+    return {"capacity": raw}
 
 
 def write_scored_run(
