@@ -157,7 +157,8 @@ def documented_keys(text: str, name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fit_json(tmp_path_factory) -> dict:
-    """`analysis fit --json` of a planted run with control probes, control-adjusted (so every key appears)."""
+    """`analysis fit --json` of a planted run with control probes against a twin, control adjustment asked for too
+    (so every key appears)."""
     import json
 
     from typer.testing import CliRunner
@@ -169,8 +170,12 @@ def fit_json(tmp_path_factory) -> dict:
         PlantedScenario("duplicate", [0, 1, 2], [0, 60, 120], [1.0, 0.5, 0.5], 0.25),
         PlantedScenario("none", [3, 4], [], [], 0.0),
     ]
-    run_dir = write_planted_run(tmp_path_factory.mktemp("fit-json") / "run", scenarios, n_steps=301).path
-    result = CliRunner().invoke(app, ["fit", str(run_dir), "--json", "--control-adjust"])
+    root = tmp_path_factory.mktemp("fit-json")
+    run_dir = write_planted_run(root / "run", scenarios, n_steps=301).path
+    # a twin: the same probes, nothing injected (so the control-adjusted groups are reported beside)
+    twin = [PlantedScenario(s.name, s.paragraphs, [], [], 0.0) for s in scenarios]
+    twin_dir = write_planted_run(root / "twin", twin, n_steps=301).path
+    result = CliRunner().invoke(app, ["fit", str(run_dir), "--json", "--control-adjust", "--baseline", str(twin_dir)])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 

@@ -102,7 +102,7 @@ def test_a_run_logs_knowledge_entropy_at_its_interval(tmp_path):
     ck = write_tiny_checkpoint(tmp_path / "ck")
     cfg = synthetic_config(
         ck,
-        total_steps=3,
+        total_steps=4,  # the synthetic inputs inject at step 3
         micro_batch=2,
         output_dir=tmp_path / "run",
         knowledge_entropy={"interval": 2, "rows": 3},
@@ -112,11 +112,11 @@ def test_a_run_logs_knowledge_entropy_at_its_interval(tmp_path):
     run_dir = run_training(cfg, inputs, progress=False)
 
     table = read_table(run_dir / "knowledge_entropy.parquet")
-    assert sorted(set(table.step)) == [0, 2, 3] and sorted(set(table.layer)) == [0, 1]
+    assert sorted(set(table.step)) == [0, 2, 4] and sorted(set(table.layer)) == [0, 1]
     sample = inputs.stream.batch(0)[0][:3]  # the first rows of the first batch, as the original run saw them
     step0 = table[table.step == 0].sort_values("layer").entropy.to_numpy()
     np.testing.assert_allclose(step0, knowledge_entropy(tiny_model(seed=0), sample), rtol=0, atol=1e-6)
-    assert (table[table.step == 3].sort_values("layer").entropy.to_numpy() != step0).all()  # training moved it
+    assert (table[table.step == 4].sort_values("layer").entropy.to_numpy() != step0).all()  # training moved it
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["knowledge_entropy"]["rows"] == 3 and manifest["knowledge_entropy"]["tokens"] == 3 * 32
     assert manifest["knowledge_entropy"]["layers"] == 2
@@ -128,7 +128,7 @@ def test_a_run_logs_knowledge_entropy_at_its_interval(tmp_path):
     # the analysis reads both, draws them, and records knowledge entropy with the run
     analysis = analyse_run(load_run(run_dir), FitOptions(window=2))
     h = analysis.run.knowledge_entropy
-    assert h.steps.tolist() == [0, 2, 3] and h.layers.shape == (3, 2)
+    assert h.steps.tolist() == [0, 2, 4] and h.layers.shape == (3, 2)
     assert h.total[0] == pytest.approx(step0.sum())
     assert set(analysis.run.token_stats) == {"surprisal_mean", "surprisal_max", "entropy_mean", "rank_mean", "rank_max"}
     assert analysis.run_record()["knowledge_entropy"]["first"] == pytest.approx(step0.sum())

@@ -269,6 +269,7 @@ LATER_FIELDS: dict[str, Any] = {
     "priming_probes": None,
     "probe_token_stats": False,
     "knowledge_entropy": dataclasses.asdict(KnowledgeEntropyConfig()),
+    "objective": dataclasses.asdict(ObjectiveOverrides()),
 }
 
 

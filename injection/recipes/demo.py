@@ -53,8 +53,6 @@ from injection.checkpoints.pull import default_dest
 from injection.data.build import build_corpus
 from injection.engine.config import ExperimentConfig, config_from_dict
 from injection.engine.hooks import ExportHook
-from injection.engine.inputs import prepare_inputs
-from injection.engine.twin import run_twin, twin_config
 from injection.recipes import kit
 from injection.schedule import schedule_from_dict
 
@@ -447,9 +445,9 @@ def injection_run(profile: DemoProfile, cfg: ExperimentConfig, status: str | Non
         say(f"injection run from {cfg.label} ({profile.run_steps} steps)", prefix="demo:")
         kit.train(cfg, status)
     remedy = f"choose another --out, or remove {out} to start over"
-    if profile.twin and kit.earlier_status(twin_config(cfg), "demo configuration", remedy) != "complete":
+    if profile.twin and kit.twin_status(cfg, "demo configuration", remedy) != "complete":
         say(f"its twin: the same {profile.run_steps} steps with nothing spliced", prefix="demo:")
-        run_twin(cfg, prepare_inputs(cfg), progress=True)
+        kit.train_twin(cfg)
     return Path(cfg.output_dir)
 
 

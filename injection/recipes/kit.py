@@ -37,6 +37,7 @@ from injection.engine.evaluate import ProbeItem
 from injection.engine.hooks import Hook
 from injection.engine.inputs import prepare_inputs
 from injection.engine.loop import run_training
+from injection.engine.twin import run_twin, twin_config
 
 Profile = TypeVar("Profile")
 
@@ -359,3 +360,14 @@ def train(
         inputs.probe_items += list(extra_probes())
     inputs.manifest_extra.update(manifest or {})
     return run_training(cfg, inputs, resume=status is not None, progress=True, hooks=hooks)
+
+
+def twin_status(cfg: ExperimentConfig, what: str, remedy: str) -> str | None:
+    """The status of the twin of the run `cfg` (`RUN_DIR/twin`), as `earlier_status` reads a run's."""
+    return earlier_status(twin_config(cfg), what, remedy)
+
+
+def train_twin(cfg: ExperimentConfig) -> Path:
+    """The twin of the run `cfg` as `injection run --twin` makes it: the same continuation with nothing spliced,
+    resumed where it stopped. Returns its directory."""
+    return run_twin(cfg, prepare_inputs(cfg), progress=True)
