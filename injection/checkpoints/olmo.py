@@ -77,16 +77,23 @@ def parse_architecture(data: Any, where: str, path: str = "architecture") -> Arc
         raise UserError(
             f"{where}: field '{path}.layer_norm': only 'nonparametric' is supported, got {arch.layer_norm!r}"
         )
+    check_shape(arch, where, path)
+    return arch
+
+
+def check_shape(arch: Architecture, where: str, path: str) -> None:
+    """The checks every OLMo generation's architecture passes: heads that split the width, and an embedding that
+    holds the vocabulary."""
     if arch.d_model % arch.n_heads or arch.n_heads % arch.n_kv_heads:
         raise UserError(f"{where}: field '{path}': d_model must divide by n_heads and n_heads by n_kv_heads")
     if arch.embedding_size < arch.vocab_size:
         raise UserError(f"{where}: field '{path}.embedding_size': smaller than vocab_size")
-    return arch
 
 
-def hf_config(arch: Architecture):
-    """transformers' `OlmoConfig` for an OLMo (Feb 2024) architecture."""
-    return OlmoConfig(
+def hf_config_fields(arch: Architecture) -> dict[str, Any]:
+    """The fields `OlmoConfig` and `Olmo2Config` share, from an OLMo architecture (SwiGLU: the MLP's hidden size
+    counts both halves)."""
+    return dict(
         vocab_size=arch.embedding_size,
         hidden_size=arch.d_model,
         intermediate_size=arch.mlp_hidden_size // 2,
@@ -95,13 +102,17 @@ def hf_config(arch: Architecture):
         num_key_value_heads=arch.n_kv_heads,
         max_position_embeddings=arch.max_sequence_length,
         rope_parameters={"rope_type": "default", "rope_theta": arch.rope_theta},
-        clip_qkv=arch.clip_qkv,
         tie_word_embeddings=arch.weight_tying,
         pad_token_id=arch.pad_token_id,
         eos_token_id=arch.eos_token_id,
         bos_token_id=None,
         attention_bias=False,
     )
+
+
+def hf_config(arch: Architecture):
+    """transformers' `OlmoConfig` for an OLMo (Feb 2024) architecture."""
+    return OlmoConfig(**hf_config_fields(arch), clip_qkv=arch.clip_qkv)
 
 
 def check_hf_config(config: dict[str, Any], arch: Architecture, where: str) -> dict[str, Any]:

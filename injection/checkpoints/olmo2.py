@@ -84,32 +84,13 @@ def parse_architecture(data: Any, where: str, path: str = "architecture") -> Arc
         raise UserError(f"{where}: field '{path}': OLMo 2 has norm_after and qk_norm true (Olmo2ForCausalLM)")
     if arch.clip_qkv is not None:
         raise UserError(f"{where}: field '{path}.clip_qkv': Olmo2ForCausalLM cannot clip q, k and v")
-    if arch.d_model % arch.n_heads or arch.n_heads % arch.n_kv_heads:
-        raise UserError(f"{where}: field '{path}': d_model must divide by n_heads and n_heads by n_kv_heads")
-    if arch.embedding_size < arch.vocab_size:
-        raise UserError(f"{where}: field '{path}.embedding_size': smaller than vocab_size")
+    olmo.check_shape(arch, where, path)
     return arch
 
 
 def hf_config(arch: Architecture):
     """transformers' `Olmo2Config` for an OLMo 2 architecture."""
-
-    return Olmo2Config(
-        vocab_size=arch.embedding_size,
-        hidden_size=arch.d_model,
-        intermediate_size=arch.mlp_hidden_size // 2,
-        num_hidden_layers=arch.n_layers,
-        num_attention_heads=arch.n_heads,
-        num_key_value_heads=arch.n_kv_heads,
-        max_position_embeddings=arch.max_sequence_length,
-        rope_parameters={"rope_type": "default", "rope_theta": arch.rope_theta},
-        rms_norm_eps=arch.layer_norm_eps,
-        tie_word_embeddings=arch.weight_tying,
-        pad_token_id=arch.pad_token_id,
-        eos_token_id=arch.eos_token_id,
-        bos_token_id=None,
-        attention_bias=False,
-    )
+    return Olmo2Config(**olmo.hf_config_fields(arch), rms_norm_eps=arch.layer_norm_eps)
 
 
 def check_hf_config(config: dict[str, Any], arch: Architecture, where: str) -> dict[str, Any]:
