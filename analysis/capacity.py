@@ -525,6 +525,13 @@ class RunCapacity:
         return float(self.knowledge_bases[0].exposures[-1])
 
     @property
+    def scheduled_exposures(self) -> float:
+        """The exposures its schedule ends at (the manifest's last point of its first knowledge base). Its last
+        update may stop short of them by part of a row, by a different share for each N: rungs of one schedule are
+        grouped by this, not by the exposures reached."""
+        return float(self.info.exposures[self.knowledge_bases[0].scenario][1][-1])
+
+    @property
     def converged(self) -> bool | None:
         states = [kb.converged(self.plateau) for kb in self.knowledge_bases]
         return None if None in states else all(states)
@@ -991,7 +998,7 @@ def _epoch_curves(results: list[RunCapacity], notes: list[str]) -> list[EpochCur
             groups.setdefault((r.info.model, r.people), []).append(r)
     curves = []
     for (model, people), rs in groups.items():
-        ends = sorted({round(r.final_exposures, 6) for r in rs})
+        ends = {r.scheduled_exposures for r in rs}
         if len(ends) < 2:
             continue
         rs = sorted(rs, key=lambda r: r.final_exposures)
@@ -1028,8 +1035,8 @@ def analyse_capacity(runs: list[Run], options: CapacityOptions | None = None) ->
                 + "; ".join(f"{r.run.path}: {r.info.parameters}" for r in rs)
             )
         # Rungs of a model's capacity differ in N at the longest schedule; shorter schedules are epoch runs.
-        longest = max(r.final_exposures for r in rs)
-        rungs = [r for r in rs if abs(r.final_exposures - longest) < 1e-6]
+        longest = max(r.scheduled_exposures for r in rs)
+        rungs = [r for r in rs if r.scheduled_exposures == longest]
         model = ModelCapacity(name, rs[0].info.parameters, rs[0].info.non_embedding_parameters, rungs)
         note = _limit_note(model)
         if note:

@@ -203,9 +203,12 @@ def test_offset_exponential_and_linear_fits_recover_exact_curves():
     assert fit_linear(np.array([1.0, 1.0]), np.array([2.0, 3.0])) is None
 
 
-def _rung(path, people: int, known: int, model: str, parameters: int, non_embedding: int, rising=False, end=100):
+def _rung(
+    path, people: int, known: int, model: str, parameters: int, non_embedding: int, rising=False, end=100, last=10.0
+):
     """One value `a` of 1,024 (10 bits), no names: the first `known` people are known at the end (CE 0), the rest
-    cost 20 bits; logged at 0, 90 % and 100 % of `end` exposures. `rising`: at 90 % nobody is known yet."""
+    cost 20 bits; logged at steps 0, 9 and 10, the schedule reaching `end` exposures at step `last` (after step 10
+    when the last update stops short of a whole epoch). `rising`: at step 9 nobody is known yet."""
     scores = {}
     for p in range(people):
         at90 = 20.0 if rising or p >= known else 0.0
@@ -215,7 +218,7 @@ def _rung(path, people: int, known: int, model: str, parameters: int, non_embedd
         scores[(p, "bios", "mem", 0)] = (sums, [False, at90 == 0, at100 == 0])
     manifest = capacity_manifest(
         [("a", 1024)],
-        {"bios": ([0, 10], [0, end])},
+        {"bios": ([0, last], [0, end])},
         model=model,
         parameters=parameters,
         non_embedding=non_embedding,
@@ -269,6 +272,19 @@ def test_a_model_still_learning_is_limited_by_training(tmp_path):
     assert model.runs[0].converged is False and model.limited_by == "training"
     assert model.record()["limited_by"] == "training"
     assert analyse_capacity([load_run(steady)]).models[0].limited_by == "model"
+
+
+def test_rungs_of_one_schedule_stopping_short_by_different_shares_are_one_model(tmp_path):
+    """Each N's last update stops short of the schedule's last epoch by a different share of a row (49.95 and
+    49.98 of 50 exposures, as a real ladder ends): they are rungs of one schedule, and the best of them is the
+    model's capacity."""
+    few = _rung(tmp_path / "n50", 50, 40, "m", 1000, 400, end=50, last=10.01)
+    many = _rung(tmp_path / "n200", 200, 120, "m", 1000, 400, end=50, last=10.004)
+    [model] = analyse_capacity([load_run(few), load_run(many)]).models
+    assert sorted(r.people for r in model.runs) == [50, 200]
+    # N50: 40·10 − 10·10 = 300; N200: 120·10 − 80·10 = 400
+    assert model.capacity == pytest.approx(400) and model.best.people == 200
+    assert model.record()["capacity_bits"] == pytest.approx(400)
 
 
 def test_capacity_against_epochs_from_separate_runs(tmp_path):
