@@ -4,7 +4,6 @@ Output degrades on a terminal that cannot show every character (an ASCII locale)
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.processes import child_env
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = child_env()
     env.update(INJECTION_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     return env
 

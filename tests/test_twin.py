@@ -18,6 +18,7 @@ from injection.engine.loop import run_training
 from injection.engine.twin import run_twin, twin_config
 from tests.helpers.engine import synthetic_config, synthetic_inputs, write_tiny_checkpoint
 from tests.helpers.planted import KIND_SCALE, PlantedScenario, write_planted_run
+from tests.helpers.processes import child_env
 
 SCENARIOS = [
     PlantedScenario("paraphrase", [0, 1, 2], [0, 100, 200], [1.0, 0.6, 0.6], 0.2),
@@ -159,7 +160,6 @@ def test_every_measure_through_the_command_line(tmp_path):
     """`injection run smoke` with priming probes, the token columns and knowledge entropy; then
     `injection run --resume RUN --twin` adds the twin to the finished run; `analysis fit RUN` measures against it
     and `analysis priming RUN` reads the priming probes; the twin is a run of its own (`--resume RUN/twin`)."""
-    import os
     import subprocess
     import sys
 
@@ -168,7 +168,7 @@ def test_every_measure_through_the_command_line(tmp_path):
     from analysis.cli import app as analysis_app
 
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     run_dir = tmp_path / "smoke"
 
     def injection(*args: str) -> subprocess.CompletedProcess:

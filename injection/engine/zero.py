@@ -43,16 +43,24 @@ def init_distributed(timeout_s: int | None = None) -> tuple[int, int]:
 
     `timeout_s` bounds every wait on the other ranks (the rendezvous, collectives); None = DeepSpeed's default."""
     deepspeed = import_deepspeed()
-    if "RANK" not in os.environ:
-        os.environ.update(
-            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
-        )
+    alone = "RANK" not in os.environ
+    if alone:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # NCCL then knows each rank's GPU
-    if not dist.is_initialized():
-        timeout = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
-        with stdout_to_stderr():  # DeepSpeed prints while it loads its communication ops
-            deepspeed.init_distributed(verbose=False, **timeout)
+    timeout = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+    for attempt in range(5):
+        if dist.is_initialized():
+            break
+        if alone:
+            # a free port can be taken by another process between the probe and the listen: then take another
+            os.environ["MASTER_PORT"] = str(_free_port())
+        try:
+            with stdout_to_stderr():  # DeepSpeed prints while it loads its communication ops
+                deepspeed.init_distributed(verbose=False, **timeout)
+        except dist.DistNetworkError:
+            if not alone or attempt == 4:
+                raise
     return dist.get_rank(), dist.get_world_size()
 
 
