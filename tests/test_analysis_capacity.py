@@ -335,6 +335,7 @@ def small_run(tmp_path_factory):
     return _planted(tmp_path_factory.mktemp("cap") / "run", [KNOWS, KNOWS, BLANK, {**KNOWS, "a": 30.0}])
 
 
+@pytest.mark.slow
 def test_cli_json_tables_figures_and_report(small_run, ladder, tmp_path):
     paths = [str(small_run), *map(str, ladder)]
     result = runner.invoke(app, ["capacity", *paths, "--json"])

@@ -254,6 +254,7 @@ def test_label_is_the_checkpoint_as_typed(tmp_path):
     assert [load_run(p).label for p in (typed, path, labelled)] == ["tiny@mid", "tiny@275", "late, lr 1e-2"]
 
 
+@pytest.mark.slow
 def test_plot_writes_every_figure(run_dir, tmp_path):
     out = tmp_path / "figs"
     result = runner.invoke(app, ["plot", str(run_dir), "-o", str(out)])
@@ -294,6 +295,7 @@ def test_figures_have_no_empty_panels_and_a_scaled_exact_match_axis(run_dir):
     assert top <= em.get_ylim()[1] <= max(5.0, top * 1.1 + 1)
 
 
+@pytest.mark.slow
 def test_compare_two_schedules_and_report(run_dir, tmp_path):
     other = write_planted_run(
         tmp_path / "small-batch",
@@ -467,6 +469,7 @@ def test_help_shows_every_default():
         (["compare"], "compare.pdf"),
     ],
 )
+@pytest.mark.slow
 def test_out_never_replaces_a_file_the_user_made(run_dir, tmp_path, command, made):
     """A file in --out that this tool did not write (or that was changed since) is refused before any work,
     and nothing is written; the tool's own files are replaced on a rerun."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from injection.cli import app
@@ -34,6 +35,7 @@ def test_unknown_step_exits_2_with_nearby_steps():
     assert "nearby steps: 5000, 40000, 41000" in result.output
 
 
+@pytest.mark.slow
 def test_pull_tiny_offline(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 

@@ -77,6 +77,7 @@ def _pull(catalog, dest, **kw):
     return out, [str(w.message) for w in caught]
 
 
+@pytest.mark.slow
 def test_pull_original_end_to_end(tmp_path, served, cache):
     from transformers import AutoModelForCausalLM
 
@@ -97,6 +98,7 @@ def test_pull_original_end_to_end(tmp_path, served, cache):
     assert _pull(_catalog(tmp_path, served), tmp_path / "ckpt")[0] == out and not served.requests
 
 
+@pytest.mark.slow
 def test_interrupted_transfer_resumes(tmp_path, served, cache):
     catalog = _catalog(tmp_path, served)
     served.drop_after["model.pt"] = [50_000]
@@ -118,6 +120,7 @@ def test_interrupted_transfer_resumes(tmp_path, served, cache):
     assert not any(path.endswith("optim.pt") for path, _ in served.requests)
 
 
+@pytest.mark.slow
 def test_dropped_connections_are_retried(tmp_path, served, cache):
     served.drop_after["model.pt"] = [10_000, 20_000]
     served.drop_after["optim.pt"] = [5_000]
@@ -129,6 +132,7 @@ def test_dropped_connections_are_retried(tmp_path, served, cache):
     assert 0 < first <= 10_000 and first < second <= first + 20_000  # each retry continued the .part
 
 
+@pytest.mark.slow
 def test_truncated_file_fails_without_complete_dir(tmp_path, served, cache):
     served.truncate["model.pt"] = 100
     with pytest.raises(
@@ -139,6 +143,7 @@ def test_truncated_file_fails_without_complete_dir(tmp_path, served, cache):
     assert not list(tmp_path.glob(".ckpt.tmp-*"))
 
 
+@pytest.mark.slow
 def test_corrupted_file_fails_without_complete_dir(tmp_path, served, cache):
     root = tmp_path / "bad"
     shutil.copytree(served.root, root)
@@ -150,6 +155,7 @@ def test_corrupted_file_fails_without_complete_dir(tmp_path, served, cache):
     assert not (tmp_path / "ckpt").exists() and not list(tmp_path.glob(".ckpt.tmp-*"))
 
 
+@pytest.mark.slow
 def test_missing_model_is_fatal(tmp_path, served, cache):
     served.missing.add("model.pt")
     with pytest.raises(UserError, match=r"not found \(404\); model.pt is required"):
@@ -157,6 +163,7 @@ def test_missing_model_is_fatal(tmp_path, served, cache):
     assert not (tmp_path / "ckpt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["../escape.pt", "/etc/passwd"])
 def test_hostile_file_names_are_refused(tmp_path, served, cache, name):
     catalog = _catalog(tmp_path, served, files=("model.pt", name))
@@ -165,6 +172,7 @@ def test_hostile_file_names_are_refused(tmp_path, served, cache, name):
     assert not (tmp_path / "escape.pt").exists() and not served.requests
 
 
+@pytest.mark.slow
 def test_hf_offline_is_a_clear_error(tmp_path, served, cache, monkeypatch):
     import huggingface_hub.constants
 
@@ -176,6 +184,7 @@ def test_hf_offline_is_a_clear_error(tmp_path, served, cache, monkeypatch):
     assert not (tmp_path / "ckpt").exists() and not list(tmp_path.glob(".ckpt.tmp-*"))
 
 
+@pytest.mark.slow
 def test_hf_snapshot_fetched_elsewhere_is_adopted(tmp_path, served, cache):
     from transformers import OlmoForCausalLM
 
@@ -191,6 +200,7 @@ def test_hf_snapshot_fetched_elsewhere_is_adopted(tmp_path, served, cache):
     assert "hf_config_changes" not in meta  # the -hf conversion computes what OLMo trained
 
 
+@pytest.mark.slow
 def test_hf_snapshot_of_another_size_is_refused(tmp_path, served, cache):
     from transformers import OlmoForCausalLM
 
@@ -230,6 +240,7 @@ def test_staging_dirs_of_killed_processes_are_removed_at_the_next_write(tmp_path
     assert live.exists() and elsewhere.exists() and other_dest.exists()
 
 
+@pytest.mark.slow
 def test_pull_through_a_chaotic_host_equals_a_clean_pull(tmp_path, served, cache, monkeypatch):
     """`injection pull` while the host answers 503s, 429s with Retry-After, half bodies, dropped and reset
     connections, stalls and trickles: the checkpoint is byte for byte the one a clean host gives."""
@@ -256,6 +267,7 @@ def test_pull_through_a_chaotic_host_equals_a_clean_pull(tmp_path, served, cache
         assert (tmp_path / "chaos" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_garbage_from_the_host_is_not_kept_for_the_next_pull(tmp_path, served, cache):
     """A host that sends garbage of the announced size: the pull fails, and the garbage does not stay in the download
     cache where the next pull would convert it again."""

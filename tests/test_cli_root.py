@@ -1,3 +1,4 @@
+import pytest
 from typer.testing import CliRunner
 
 from harness.errors import HarnessTyper, UserError
@@ -37,6 +38,7 @@ def test_version_and_short_help():
     assert "Usage" in CliRunner().invoke(app, ["run", "-h"]).output
 
 
+@pytest.mark.slow
 def test_results_alone_on_stdout_in_a_real_process(tmp_path):
     """`DIR=$(injection pull tiny@0 -o X)` captures the directory and nothing else: DeepSpeed's and the
     harness's own messages go to stderr."""

@@ -23,6 +23,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_ends_a_command_with_one_line(tmp_path, sig):
     """`knowledge generate` of a large set (a minute of work) stopped a moment after it started."""

@@ -102,6 +102,7 @@ def test_shipped_lists_are_the_official_training_files(family, count, subset):
     assert any(fnmatch.fnmatch(f"data/lists/{family}.txt", p) for p in patterns), "lists must ship as package data"
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_shipped_lists_without_network(tmp_path, monkeypatch):
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("INJECTION_CATALOG", raising=False)
@@ -127,6 +128,7 @@ def _stream(location) -> BatchStream:
     return BatchStream(open_corpus(location), 0, 0, B)
 
 
+@pytest.mark.slow
 def test_prepare_then_extract_serve_the_run_by_byte_ranges(world):
     result = _prepare()
     assert result.exit_code == 0, result.output
@@ -152,6 +154,7 @@ def test_prepare_then_extract_serve_the_run_by_byte_ranges(world):
     assert np.array_equal(window.batch(1)[0], local.batch(6)[0])
 
 
+@pytest.mark.slow
 def test_sizes_are_cached_and_a_second_run_fetches_only_the_missing(world):
     world.server.missing |= {NAMES[1], NAMES[3]}
     failed = _prepare("--retries", "0")
@@ -213,6 +216,7 @@ def test_an_order_of_the_wrong_size_names_the_file(world, entries):
     assert not (world.root / "cache" / "data" / "loop" / "corpus.json").exists()
 
 
+@pytest.mark.slow
 def test_a_file_set_that_does_not_match_the_order_names_the_file(world):
     world.write_catalog(urls=world.urls[:-1])  # one file fewer: fewer instances than the order holds
     missing_file = _prepare()
@@ -227,6 +231,7 @@ def test_a_file_set_that_does_not_match_the_order_names_the_file(world):
     assert odd.exit_code == 2 and world.urls[0] in odd.stderr and "not a whole number of uint16" in odd.stderr
 
 
+@pytest.mark.slow
 def test_an_index_beyond_the_files_is_named_in_the_full_check_and_in_every_extracted_window(world):
     order = build_global_indices(N, SEED)
     bad_step = 9
@@ -261,6 +266,7 @@ def test_an_index_beyond_the_files_is_named_in_the_full_check_and_in_every_extra
     assert not (world.root / "across" / "corpus.json").exists()
 
 
+@pytest.mark.slow
 def test_without_an_order_file_the_order_is_rebuilt_with_a_warning(world):
     world.write_catalog(order_url=None)
     result = _prepare()
@@ -280,6 +286,7 @@ def test_without_an_order_file_the_order_is_rebuilt_with_a_warning(world):
     assert gone.global_indices is None and "HTTP 404" in warned[0] and world.order_url in warned[0]
 
 
+@pytest.mark.slow
 def test_a_directory_url_is_refused_before_any_request(world):
     world.write_catalog(urls=[*world.urls[:2], world.server.url("files/")])
     result = _prepare()
@@ -321,6 +328,7 @@ def test_make_data_lists_keeps_config_order_and_public_urls(tmp_path):
         main([str(tmp_path / "olmo"), "--revision", "abc123", "--out", str(tmp_path / "lists")])
 
 
+@pytest.mark.slow
 def test_prepare_through_a_chaotic_host_equals_a_clean_one(world, monkeypatch):
     """`injection data prepare` while the host answers 503s, 429s with Retry-After, half bodies, dropped and reset
     connections, stalls and trickles: the same corpus description as from a clean host."""

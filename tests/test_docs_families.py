@@ -31,6 +31,7 @@ def olmo2_commands(text: str) -> list[list[str]]:
     return commands
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", [DOCS, README], ids=["docs/families.md", "README.md"])
 def test_the_olmo2_command_sequence_is_runnable_as_written(source):
     catalog = load_catalog()

@@ -107,6 +107,7 @@ def test_with_no_intact_checkpoint_the_resume_says_what_to_do(reference, tmp_pat
     assert run_state.complete_checkpoints(run_dir) == []  # the next --resume starts over instead of failing again
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_under_torchs_writer_is_a_full_disk_naming_the_intact_checkpoint(tmp_path, monkeypatch):
     """Through `injection run`: torch reports a full disk as "unexpected pos"; the user sees one line."""
     from injection.cli import app

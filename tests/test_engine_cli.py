@@ -3,6 +3,7 @@
 import json
 import shlex
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -74,6 +75,7 @@ def test_invalid_config_field_and_resume_without_run(tmp_path):
     _fails(["run"], "give an experiment CONFIG")
 
 
+@pytest.mark.slow
 def test_launch_dry_run_builds_the_deepspeed_command(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node1 slots=8\nnode2 slots=8\n")

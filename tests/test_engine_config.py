@@ -69,6 +69,7 @@ def test_one_function_decides_the_batch_geometry(tmp_path):
         batch_geometry(wider, ck, 3)
 
 
+@pytest.mark.slow
 def test_prepare_inputs_builds_the_stream_from_the_geometry(tmp_path, monkeypatch):
     """The data stream reads the rows the geometry decides, and a split that does not fit the launched ranks is
     refused while the inputs are prepared, before any process group exists."""

@@ -93,6 +93,7 @@ def test_a_non_finite_loss_is_skipped_under_the_chunked_loss(tmp_path):
     np.testing.assert_array_equal(before, after)  # the skipped update moved nothing
 
 
+@pytest.mark.slow
 def test_compiled_model_gives_the_plain_probe_log(tmp_path):
     from torch._dynamo.utils import counters
 

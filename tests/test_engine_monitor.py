@@ -187,6 +187,7 @@ def read_wandb_offline(directory: Path) -> dict[str, dict[int, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_wandb_monitor_offline_after_crash_and_resume(checkpoint, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):

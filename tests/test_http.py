@@ -131,6 +131,7 @@ def test_text_that_is_not_utf8_is_named(host):
         HttpClient(FAST).text(host.url("text.json"))
 
 
+@pytest.mark.slow
 def test_one_connection_pool_per_host_shared_by_threads(host):
     client = HttpClient(FAST)
     for i in range(20):

@@ -150,6 +150,7 @@ def test_token_file_lists_are_the_configs_data_paths(catalog, name):
     assert urls == read_file_list(LISTS_DIR / "olmo2-1b.txt")
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_official_lists_without_network(tmp_path, monkeypatch):
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("INJECTION_CATALOG", raising=False)

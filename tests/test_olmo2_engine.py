@@ -88,6 +88,7 @@ def test_the_plan_takes_the_checkpoints_objective_unless_configured(tmp_path, ch
     assert plan.lrs[1] == learning_rate(ckpt.lr_schedule, ckpt.tokens_seen + 2 * ckpt.tokens_per_step)
 
 
+@pytest.mark.slow
 def test_an_exported_checkpoint_carries_the_token_count_on(tmp_path, checkpoint):
     """A run's export at step S + k has seen T + k × rows × L tokens, so a token-unit schedule continues from it
     where the first run left off."""

@@ -78,6 +78,7 @@ def _pull(catalog, dest, **kw):
     return out, [str(w.message) for w in caught]
 
 
+@pytest.mark.slow
 def test_the_safetensors_layout_is_pulled_and_converted(tmp_path, served):
     catalog = _catalog(tmp_path, served, revision="stage1-step40-tokens1B")
     out, _ = _pull(catalog, tmp_path / "ckpt")
@@ -87,6 +88,7 @@ def test_the_safetensors_layout_is_pulled_and_converted(tmp_path, served):
     assert {path.rsplit("/", 1)[-1] for path, _ in served.requests} >= set(FILES)
 
 
+@pytest.mark.slow
 def test_a_missing_model_safetensors_is_fatal(tmp_path, served):
     served.missing.add("model.safetensors")
     with pytest.raises(UserError, match=r"not found \(404\); model.safetensors is required"):
@@ -94,6 +96,7 @@ def test_a_missing_model_safetensors_is_fatal(tmp_path, served):
     assert not (tmp_path / "ckpt").exists()
 
 
+@pytest.mark.slow
 def test_a_guessed_revision_warns_and_tries_the_name_without_stage1(tmp_path, served, monkeypatch):
     tried = []
 
@@ -120,6 +123,7 @@ def _missing_branch(res, dest, revision):
     raise RevisionNotFoundError(f"no branch {revision}", response=answer)
 
 
+@pytest.mark.slow
 def test_when_no_candidate_exists_every_name_tried_is_named(tmp_path, served, monkeypatch):
     monkeypatch.setattr(pull, "_download_revision", _missing_branch)
     catalog = _catalog(tmp_path, served, revision="stage1-step40-tokens1B")
@@ -127,6 +131,7 @@ def test_when_no_candidate_exists_every_name_tried_is_named(tmp_path, served, mo
         _pull(catalog, tmp_path / "hf", source="hf")
 
 
+@pytest.mark.slow
 def test_a_confirmed_revision_is_tried_alone(tmp_path, served, monkeypatch):
     tried = []
 

@@ -62,6 +62,7 @@ def test_the_catalog_loads_every_model_with_all_154_steps(catalog):
     assert catalog.family("pythia-1b-deduped").precision == "bf16" and catalog.family("pythia-12b").precision == "fp16"
 
 
+@pytest.mark.slow
 def test_stages_are_olmo_1b_fractions_of_training(families):
     """Same fractions of the run as OLMo-1B's stages (40,000 / 117,850 / 358,000 of 739,328 steps)."""
     for fam in families.values():
@@ -97,6 +98,7 @@ def test_architecture_reproduces_the_published_parameter_counts(families, size):
     assert total - embeddings == arch["non_embedding_params"]
 
 
+@pytest.mark.slow
 def test_embedding_rows_follow_the_model_parallel_padding(families):
     """50,277 tokens padded to 128 x model-parallel size: as in the published config.json files."""
     rows = {size: families[f"pythia-{size}"]["architecture"]["embedding_size"] for size in SIZES}

@@ -140,6 +140,7 @@ def _invoke(world, *args):
     return result
 
 
+@pytest.mark.slow
 def test_prepare_and_extract_the_served_indexed_dataset(world, tmp_path):
     dry = _invoke(world, "data", "prepare", FAMILY, "--dry-run")
     assert dry.stdout.split() == [f"{world['url']}/pile/document.idx"] + [
@@ -164,6 +165,7 @@ def test_prepare_and_extract_the_served_indexed_dataset(world, tmp_path):
     assert np.array_equal(tokens, world["rows"][12:24])
 
 
+@pytest.mark.slow
 def test_prepare_refuses_a_family_without_published_data(world):
     result = runner.invoke(app, ["data", "prepare", "pythia-tiny"])  # the shipped catalog: built in, no data
     assert result.exit_code == 2 and "lists no index_url and data_urls" in " ".join(result.output.split())

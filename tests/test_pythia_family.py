@@ -115,6 +115,7 @@ def test_the_objective_is_gpt_neox_loss_on_rows_one_longer_than_the_context(tiny
     assert float(ours) == pytest.approx(float(neox), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_pythia_tiny_checkpoint(tiny_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -139,6 +140,7 @@ def test_offline_tokenizer_speaks_pythia_ids():
     assert ids and max(ids) < 50277 and 0 not in ids  # no BOS, nothing beyond Pythia's own vocabulary
 
 
+@pytest.mark.slow
 def test_pull_without_hf_names_the_hf_source(tmp_path, monkeypatch):
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path))
     result = runner.invoke(app, ["pull", "pythia-1b@mid"])
@@ -215,6 +217,7 @@ def test_pull_refuses_a_snapshot_of_another_size(tmp_path, monkeypatch, catalog)
     assert not (snapshot / "checkpoint.json").exists()
 
 
+@pytest.mark.slow
 def test_pull_builds_pythia_tiny_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("INJECTION_CACHE", str(tmp_path))
     result = runner.invoke(app, ["pull", "pythia-tiny@0", "--out", str(tmp_path / "pt")])
@@ -229,6 +232,7 @@ def test_pull_builds_pythia_tiny_offline(tmp_path, monkeypatch):
         local_checkpoint("pythia-1b@0+L96")
 
 
+@pytest.mark.slow
 def test_checkpoints_show_and_list_a_pythia_model():
     shown = runner.invoke(app, ["checkpoints", "show", "pythia-2.8b@early"], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output

@@ -69,6 +69,7 @@ def test_twin_adjusted_trajectories_are_the_planted_ones(drifting):
     assert (delta[none] == 0).all()  # never injected, nothing planted: exactly its twin
 
 
+@pytest.mark.slow
 def test_reports_show_raw_control_and_twin_side_by_side(drifting):
     analysis = analyse_run(load_run(drifting.path), FitOptions(window=50))
     header = adjusted_header(analysis)
