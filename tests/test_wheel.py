@@ -67,6 +67,8 @@ def test_wheel_installed_outside_the_checkout_runs_smoke_and_analysis(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=tmp_path,  # a PYTHONPATH of "." must not show pip this checkout as already installed
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     assert install.returncode == 0, install.stderr[-2000:]
 
@@ -78,7 +80,7 @@ def test_wheel_installed_outside_the_checkout_runs_smoke_and_analysis(tmp_path):
         if k not in ("PYTHONPATH", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     }
     env.update(INJECTION_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    where = subprocess.run(
+    found = subprocess.run(
         [
             str(python),
             "-c",
@@ -89,8 +91,9 @@ def test_wheel_installed_outside_the_checkout_runs_smoke_and_analysis(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
+    )
+    assert found.returncode == 0, found.stderr[-3000:]
+    where = found.stdout
     assert where.startswith(str(venv)) and where.strip().endswith("True"), where
 
     bin_dir = venv / "bin"
