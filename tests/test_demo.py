@@ -6,10 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from injection.cli import app
-from injection.recipes.demo import RESERVED_PARAGRAPHS, load_demo_profile
+from injection.recipes.demo import RESERVED_PARAGRAPHS, load_demo_profile, summary_table
 from tests.helpers.knowledge import placeholder_set as knowledge
 
 FULL, QUICK = load_demo_profile("full"), load_demo_profile("quick")
@@ -256,3 +257,39 @@ def test_a_run_of_another_knowledge_set_is_refused_before_anything_is_written(tm
     assert check_earlier_run(cfg, out, same_inputs=True) == "complete"
     with pytest.raises(UserError, match="holds a run of another knowledge set or schedule"):
         check_earlier_run(cfg, out, same_inputs=False)
+
+
+def _fit(scenario, kind, r2, control=False, drift=None):
+    return dict(
+        scenario=scenario,
+        kind=kind,
+        control=control,
+        effectivity=None if control else 0.25,
+        a=0.4,
+        r2=r2,
+        t_star_steps=120.0,
+        drift_last=drift,
+    )
+
+
+def test_summary_table_shows_the_control_adjusted_r2_beside_the_twins():
+    run = {
+        "checkpoint": "tiny@late",
+        "fit": [_fit("once", "mem", 0.5), _fit("none", "mem", 0.9, control=True, drift=0.125)],
+        "fit_control": [_fit("once", "mem", 0.11), _fit("none", "mem", 0.9, control=True, drift=0.125)],
+    }
+    summary = {"wall_seconds": 12.0, "runs": [run]}
+
+    def rendered(twins):
+        console = Console(width=200, record=True)
+        console.print(summary_table(summary, twins=twins))
+        return console.export_text()
+
+    with_twins, without = rendered(True), rendered(False)
+    assert "measured against each run's twin" in with_twins and "control-adjusted" in without
+    once_row = next(line for line in with_twins.splitlines() if "once" in line)
+    assert "0.50" in once_row and "0.11" in once_row  # against the twin, then the control-adjusted R²
+    assert "R² ctrl" in with_twins and "R² ctrl" not in without
+    assert "0.11" not in without
+    control_row = next(line for line in without.splitlines() if "none (control)" in line)
+    assert "drift +0.125" in control_row

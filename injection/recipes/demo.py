@@ -593,7 +593,16 @@ def demo(
     profile = load_demo_profile("quick" if quick else "full")
     profile = dataclasses.replace(profile, twin=True) if twin else profile
     summary = run_demo(out, knowledge=knowledge, profile=profile)
-    twins = profile.twin
+    console = Console()
+    console.print(summary_table(summary, twins=profile.twin))
+    for text, ok in phenomenon_checks(summary):
+        mark = "[dim]–" if ok is None else "[green]✓" if ok else "[red]✗"
+        console.print(f"  {mark}[/] {text}" + (" (no exact match in either group at this size)" if ok is None else ""))
+    console.print(f"report: {out / 'report' / 'report.html'}   summary: {out / 'summary.json'}")
+
+
+def summary_table(summary: dict, twins: bool) -> Table:
+    """The demo's fits as a table: one row per injected group and kind, the controls' drift dimmed."""
     adjusted = "measured against each run's twin" if twins else "control-adjusted"
     table = Table(title=f"decay constants and effectivity, {adjusted} ({summary['wall_seconds']:.0f} s)")
     for col in ("checkpoint", "scenario", "kind", "effectivity", "a", "R²", "t* (steps)", *(["R² ctrl"] * twins)):
@@ -622,9 +631,4 @@ def demo(
                 fmt(f["t_star_steps"], ".3g"),
                 *([fmt(control_r2.get((f["scenario"], f["kind"])), ".2f")] * twins),
             )
-    console = Console()
-    console.print(table)
-    for text, ok in phenomenon_checks(summary):
-        mark = "[dim]–" if ok is None else "[green]✓" if ok else "[red]✗"
-        console.print(f"  {mark}[/] {text}" + (" (no exact match in either group at this size)" if ok is None else ""))
-    console.print(f"report: {out / 'report' / 'report.html'}   summary: {out / 'summary.json'}")
+    return table
