@@ -125,6 +125,11 @@ class EpochSpec:
     """The numbers of exposures the schedules end at (the ladder's own `exposures` is one more point)."""
 
 
+def _positive(where: str, name: str, value: int | float) -> None:
+    if not value > 0:
+        raise UserError(f"{where}: field {name!r} must be > 0, got {value}")
+
+
 @dataclass
 class CapacityConfig:
     """One knowledge-capacity experiment: a ladder of models × numbers of people."""
@@ -177,10 +182,13 @@ class CapacityConfig:
     seed: int = 0
 
     def validate(self, where: str) -> None:
-        def positive(name: str, value: int | float) -> None:
-            if not value > 0:
-                raise UserError(f"{where}: field {name!r} must be > 0, got {value}")
+        """Refuses, naming `where` and the field, a profile the ladder cannot train."""
+        self._validate_models(where)
+        self._validate_training(where)
+        self._validate_extra_rungs(where)
+        self.bios_spec(self.total_people).check(f"{where}: field 'bios'")
 
+    def _validate_models(self, where: str) -> None:
         if not self.models:
             raise UserError(f"{where}: field 'models' is empty")
         names = [m.name for m in self.models]
@@ -190,9 +198,9 @@ class CapacityConfig:
             )
         for m in self.models:
             for f in ("d_model", "n_layers", "n_heads"):
-                positive(f"models.{m.name}.{f}", getattr(m, f))
+                _positive(where, f"models.{m.name}.{f}", getattr(m, f))
             if m.mlp_ratio is not None:
-                positive(f"models.{m.name}.mlp_ratio", m.mlp_ratio)
+                _positive(where, f"models.{m.name}.mlp_ratio", m.mlp_ratio)
             if m.d_model % m.n_heads:
                 raise UserError(
                     f"{where}: model {m.name!r}: d_model {m.d_model} is not a multiple of n_heads {m.n_heads}"
@@ -203,13 +211,15 @@ class CapacityConfig:
             if not self.people_of(m):
                 raise UserError(f"{where}: model {m.name!r} has no numbers of people (field 'people' is empty)")
             for n in self.people_of(m):
-                positive(f"people of {m.name}", n)
-        positive("exposures", self.exposures)
+                _positive(where, f"people of {m.name}", n)
+
+    def _validate_training(self, where: str) -> None:
+        _positive(where, "exposures", self.exposures)
         for x in self.eval_exposures:
             if not 0 <= x <= self.exposures:
                 raise UserError(f"{where}: field 'eval_exposures' has {x:g}, outside 0..exposures ({self.exposures})")
         for name in ("tokenizer_vocab", "seq_len", "global_batch", "peak_lr", "eval_batch_tokens", "mfu"):
-            positive(name, getattr(self, name))
+            _positive(where, name, getattr(self, name))
         if self.micro_batch is not None and (self.micro_batch < 1 or self.global_batch % self.micro_batch):
             raise UserError(
                 f"{where}: field 'micro_batch' ({self.micro_batch}) must divide global_batch ({self.global_batch})"
@@ -223,10 +233,13 @@ class CapacityConfig:
         if not self.probe_kinds or set(self.probe_kinds) - {"mem", "sem"}:
             raise UserError(f"{where}: field 'probe_kinds' must list mem and/or sem, got {self.probe_kinds}")
         if self.probe_people is not None:
-            positive("probe_people", self.probe_people)
+            _positive(where, "probe_people", self.probe_people)
         for name in ("corpus_passes", "min_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"{where}: field {name!r} must be >= 0, got {getattr(self, name)}")
+
+    def _validate_extra_rungs(self, where: str) -> None:
+        names = [m.name for m in self.models]
         for extra, fields in ((self.overwrite, ("people", "second_people", "second_exposures")), (self.epochs, ())):
             if extra is None:
                 continue
@@ -238,15 +251,14 @@ class CapacityConfig:
                     f"({', '.join(names)})"
                 )
             for name in fields:
-                positive(f"{label}.{name}", getattr(extra, name))
+                _positive(where, f"{label}.{name}", getattr(extra, name))
         if self.epochs is not None:
-            positive("epochs.people", self.epochs.people)
+            _positive(where, "epochs.people", self.epochs.people)
             if not self.epochs.exposures or any(not 0 < e < self.exposures for e in self.epochs.exposures):
                 raise UserError(
                     f"{where}: field 'epochs.exposures' must list numbers of exposures in 1..{self.exposures - 1} "
                     f"(the ladder's own {self.exposures} is the last point), got {self.epochs.exposures}"
                 )
-        self.bios_spec(self.total_people).check(f"{where}: field 'bios'")
 
     # ---- derived -----------------------------------------------------------------------------------------
 
